@@ -1,0 +1,27 @@
+# palomar: `make test` installs what it needs (Debian packages, a venv) and runs the whole suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test lint deps system-deps clean
+
+deps: system-deps $(VENV)/.installed
+
+system-deps:
+	./scripts/install-system-deps
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: deps
+	$(VENV)/bin/ruff check src tests bench
+
+test: deps lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""Allow `python -m palomar`."""
+
+from palomar.cli.main import main
+
+main()

@@ -1,0 +1,18 @@
+"""The `palomar` command: one entry point, one sub-command group per role."""
+
+from __future__ import annotations
+
+import click
+
+from palomar import __version__
+from palomar.cli import cluster_cmd, config_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="palomar")
+def main() -> None:
+    """palomar: an open mail-cluster layer for Dovecot CE."""
+
+
+main.add_command(config_cmd.config)
+main.add_command(cluster_cmd.cluster)
