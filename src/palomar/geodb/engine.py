@@ -1,0 +1,105 @@
+"""The GeoDB engine contract: the few primitives every engine (SQLite, Cassandra) implements.
+
+Everything above this layer (the typed repository, the CLI, the services) is written against
+these primitives only, so both engines serve exactly the same query set. Every read names a full
+partition key (plus an optional clustering prefix); the only exception is `scan`, which callers
+use for the small, explicitly listed tables (sites, tags, backends per site, ...) and for
+admin listings whose name says they list everything.
+
+Write semantics are Cassandra's: each column carries a write time (microseconds since the
+epoch); an upsert only replaces a column whose stored write time is older or equal; a delete
+writes a tombstone that hides every column written before it. Writes are therefore idempotent
+and concurrent writers converge on the newest write, whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Key = Mapping[str, Any]
+Values = Mapping[str, Any]
+
+
+def now_micros() -> int:
+    """A write time in Cassandra's unit (microseconds since the epoch)."""
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: its column values and, per value column, the write time of that value."""
+
+    values: dict[str, Any]
+    writetimes: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self.values.get(name)
+        return default if value is None else value
+
+    def writetime(self, name: str) -> int | None:
+        return self.writetimes.get(name)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """Outcome of a lightweight transaction: whether we won, and the row that is stored now."""
+
+    applied: bool
+    row: Row
+
+
+class GeoDBError(Exception):
+    """A GeoDB call failed (engine unreachable, bad schema use)."""
+
+
+class GeoEngine(abc.ABC):
+    """Primitive, engine-neutral access to the GeoDB tables of `schema.cql`."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and make sure the schema exists."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def upsert(self, table: str, key: Key, values: Values, *, timestamp: int | None = None) -> None:
+        """Write `values` for the row with the full primary `key` (last write wins per column).
+
+        A value of None deletes that column (a cell tombstone at `timestamp`).
+        """
+
+    @abc.abstractmethod
+    async def insert_if_absent(self, table: str, key: Key, values: Values) -> InsertResult:
+        """Lightweight transaction: create the row only if no live row has this primary key."""
+
+    @abc.abstractmethod
+    async def update_if(
+        self, table: str, key: Key, values: Values, expected: Values
+    ) -> InsertResult:
+        """Lightweight transaction: write `values` only if the row's columns equal `expected`."""
+
+    @abc.abstractmethod
+    async def get(self, table: str, key: Key) -> Row | None:
+        """Read one row by its full primary key; None when it does not exist (or is deleted)."""
+
+    @abc.abstractmethod
+    async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
+        """Rows of one partition, optionally narrowed by a prefix of the clustering columns,
+        in clustering order."""
+
+    @abc.abstractmethod
+    async def scan(self, table: str) -> list[Row]:
+        """Every row of a table. Only for small tables and for listings named as such."""
+
+    @abc.abstractmethod
+    async def delete(self, table: str, key: Key, *, timestamp: int | None = None) -> None:
+        """Delete a row (full primary key) or a whole partition (partition key only)."""
