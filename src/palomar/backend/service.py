@@ -1,0 +1,211 @@
+"""`palomar backend`: accepts hops from proxies, enforces one backend per user, logs users in to
+the local Dovecot and relays. Registers itself in the GeoDB and reports backend_stats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from uuid import UUID, uuid4
+
+from palomar.backend.dovecot_login import LOGINS, DovecotEndpoint
+from palomar.cluster.model import Backend, SiteView, Stat
+from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
+from palomar.geodb.engine import now_micros
+from palomar.geodb.repository import GeoDB
+from palomar.net.link import Link
+from palomar.net.proxyheader import read_proxy_header
+from palomar.net.relay import Relay, RelayStats
+from palomar.protocols import hop
+from palomar.protocols.proxyproto import ProxyProtocolError
+
+log = logging.getLogger("palomar.backend")
+
+STATS_INTERVAL = 30.0
+"""Seconds between backend_stats / user_count_approx writes."""
+HOP_HEADER_TIMEOUT = 5.0
+
+
+@dataclass
+class BackendState:
+    geodb: GeoDB
+    localdb: object
+    name: str
+    site_name: str
+    secret: bytes
+    dovecot: DovecotEndpoint
+    test_username: str | None = None
+    replay: hop.ReplayCache = field(default_factory=hop.ReplayCache)
+    backend_id: UUID | None = None
+    site_id: UUID | None = None
+    active: dict[int, Relay] = field(default_factory=dict)
+    logins: int = 0
+    referrals: int = 0
+    refused: int = 0
+
+    async def register(self) -> Backend:
+        """`cluster backend add --self`: make sure this backend exists (new ones start standby)."""
+        site = await self.geodb.site_get_by_name(self.site_name)
+        if site is None:
+            raise RuntimeError(f"site {self.site_name!r} does not exist in the GeoDB (cluster site add)")
+        existing = await self.geodb.backend_find_by_host(self.name)
+        if existing is None:
+            await self.geodb.backend_add(Backend(id=uuid4(), site_id=site.id, host=self.name))
+            existing = await self.geodb.backend_find_by_host(self.name)
+            log.info("registered backend %s in site %s (standby)", self.name, self.site_name)
+        assert existing is not None
+        self.backend_id, self.site_id = existing.id, site.id
+        return existing
+
+    async def site_view(self) -> SiteView:
+        assert self.site_id is not None
+        site = await self.geodb.site_get(self.site_id)
+        assert site is not None
+        return SiteView(site, tuple(await self.geodb.backend_list(self.site_id)))
+
+    async def ownership(self, username: str):
+        """Decide with fresh GeoDB data: a backend must never serve a user it does not own."""
+        assert self.backend_id is not None
+        view = await self.site_view()
+        user = await self.geodb.user_get(username)
+        group = None
+        if user is not None and user.group_name:
+            group = await self.geodb.group_get(view.site.id, user.group_name)
+        user_redirect = None
+        group_redirect = None
+        if group is not None:
+            row = self.localdb.user_get(group.name, username)
+            user_redirect = row.redirect_host if row is not None else None
+            grow = self.localdb.group_get(group.name)
+            if grow is not None and grow.redirect_host:
+                group_redirect = (grow.redirect_host, float(grow.last_update))
+        test_user = expand_test_username(self.test_username, self.name) if self.test_username else None
+        decision = check_ownership(self.backend_id, username, group, user_redirect, group_redirect, time.time(),
+                                   site_view=view, test_username=test_user)
+        return decision, group
+
+    async def write_stats(self) -> None:
+        assert self.site_id is not None and self.backend_id is not None
+        users = len({key for key in (r.username for r in self.localdb.user_list(None))})
+        await self.geodb.backend_stats_put(self.site_id, self.backend_id, [
+            Stat("sessions_active", float(len(self.active)), "gauge"),
+            Stat("logins", float(self.logins), "counter"),
+            Stat("referrals", float(self.referrals), "counter"),
+            Stat("hops_refused", float(self.refused), "counter"),
+        ])
+        await self.geodb.backend_update(self.site_id, self.backend_id, user_count_approx=users)
+
+
+async def handle_hop(state: BackendState, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    peer = sock.getpeername()
+    try:
+        async with asyncio.timeout(HOP_HEADER_TIMEOUT):
+            header = await read_proxy_header(sock)
+        request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
+                             now_us=now_micros(), replay=state.replay)
+    except (TimeoutError, ProxyProtocolError, ConnectionError, OSError, hop.HopError) as exc:
+        state.refused += 1
+        log.warning("hop from %s refused: %s", peer[0], exc)
+        with contextlib.suppress(OSError):
+            await loop.sock_sendall(sock, hop.encode_reply(hop.Failure("denied", "hop refused")))
+        sock.close()
+        return
+    _, link = await loop.connect_accepted_socket(Link, sock)
+    reply, dovecot = await _serve(state, request)
+    link.write(hop.encode_reply(reply))
+    if dovecot is None:
+        link.close()
+        return
+    state.logins += 1
+    proxy_transport, dovecot_transport = link.transport, dovecot.transport
+    assert proxy_transport is not None and dovecot_transport is not None
+    key = id(proxy_transport)
+
+    def done(stats: RelayStats) -> None:
+        state.active.pop(key, None)
+        log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", request.session_id,
+                 request.user, request.protocol, request.client[0], stats.bytes_in, stats.bytes_out,
+                 stats.closed_by or "backend")
+
+    relay = Relay(proxy_transport, dovecot_transport, done)
+    state.active[key] = relay
+    relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
+
+
+async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
+    login = LOGINS.get(request.protocol)
+    if login is None:
+        return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
+    decision, group = await state.ownership(request.user)
+    if isinstance(decision, Refer):
+        state.referrals += 1
+        log.info("session=%s user=%s referred to %s: %s", request.session_id, request.user, decision.host,
+                 decision.reason)
+        return hop.Referral(decision.host, decision.reason), None
+    if not isinstance(decision, Own):
+        log.warning("session=%s user=%s not served here: %s", request.session_id, request.user, decision.reason)
+        return hop.Failure("unavailable", decision.reason), None
+    reply, link = await login(state.dovecot, request)
+    if link is not None and group is not None:
+        state.localdb.user_put(group.name, request.user)
+    log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
+             request.protocol, request.client[0], request.client[1],
+             "ok" if link is not None else getattr(reply, "text", "failed"))
+    return reply, link
+
+
+async def _stats_loop(state: BackendState) -> None:
+    while True:
+        try:
+            await state.write_stats()
+        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+            log.warning("writing backend_stats failed: %s", exc)
+        await asyncio.sleep(STATS_INTERVAL)
+
+
+async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT."""
+    from palomar.net.server import AcceptLoop, listen_socket
+    from palomar.service_runtime import open_geodb, open_localdb, wait_for_stop_signal
+
+    secret = cfg["cluster_hop_secret"]
+    if not secret:
+        raise RuntimeError("cluster_hop_secret is not set")
+    dovecot = DovecotEndpoint(
+        host=cfg["cluster_backend_dovecot_host"],
+        ports={proto: cfg[f"cluster_backend_dovecot_{proto}_port"]
+               for proto in ("imap", "pop3", "lmtp", "submission", "sieve")},
+        master_user=cfg["cluster_backend_dovecot_master_user"],
+        master_password=cfg["cluster_backend_dovecot_master_password"],
+    )
+    state = BackendState(
+        geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
+        site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
+        test_username=cfg["cluster_backend_test_username"] or None,
+    )
+    await state.register()
+    loops = []
+    for address in cfg["listen"]:
+        host = "0.0.0.0" if address == "*" else address
+        sock = listen_socket(host, cfg["cluster_hop_port"])
+        loop = AcceptLoop(sock, lambda s: handle_hop(state, s))
+        loop.start()
+        loops.append(loop)
+        log.info("backend %s accepting hops on %s:%d", state.name, host, cfg["cluster_hop_port"])
+    stats = asyncio.get_running_loop().create_task(_stats_loop(state))
+    if ready is not None:
+        ready.set()
+    try:
+        await wait_for_stop_signal()
+    finally:
+        stats.cancel()
+        for accept_loop in loops:
+            await accept_loop.close()
+        for relay in list(state.active.values()):
+            relay.close(by="proxy")
+        await state.geodb.close()
+        log.info("backend stopped")

@@ -1,0 +1,36 @@
+"""Shared start-up for the service commands: load the config, set up logging, run, exit cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+
+import click
+
+from palomar.config import Config, ConfigError, load
+
+
+def load_or_exit(path: str) -> Config:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        click.echo(f"palomar: {exc}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"palomar: cannot read {path}: {exc.strerror}", err=True)
+        sys.exit(1)
+
+
+def run_service(cfg: Config, role: str, main: Callable[[], Awaitable[None]]) -> None:
+    """Run a role's main coroutine; a start-up failure is one clear line, not a traceback."""
+    from palomar.service_runtime import setup_logging
+
+    setup_logging(cfg, role)
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, OSError) as exc:
+        click.echo(f"palomar {role}: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,61 @@
+"""JSON form of the model dataclasses, for the LocalDB's GeoDB cache and for `--json` output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, TypeVar, get_type_hints
+from uuid import UUID
+
+from palomar.cluster.model import Backend, ForceMove, Group, Site, SiteView, User
+
+T = TypeVar("T")
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, UUIDs and tuples as JSON-ready values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, UUID):
+        return str(obj)
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(cls: type[T], data: dict[str, Any]) -> T:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        hint = str(hints[f.name])
+        if value is None:
+            values[f.name] = None
+        elif "ForceMove" in hint:
+            values[f.name] = ForceMove(UUID(value["id"]), value["percentage"], tuple(value["dest"]))
+        elif "UUID" in hint:
+            values[f.name] = UUID(value)
+        else:
+            values[f.name] = value
+    return cls(**values)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_plain(obj), separators=(",", ":"), sort_keys=True)
+
+
+def load_site_view(text: str) -> SiteView:
+    data = json.loads(text)
+    return SiteView(_from_plain(Site, data["site"]), tuple(_from_plain(Backend, b) for b in data["backends"]))
+
+
+def load_group(text: str) -> Group | None:
+    data = json.loads(text)
+    return None if data is None else _from_plain(Group, data)
+
+
+def load_user(text: str) -> User | None:
+    data = json.loads(text)
+    return None if data is None else _from_plain(User, data)

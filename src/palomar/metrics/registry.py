@@ -1,0 +1,68 @@
+"""Counters with labels and their OpenMetrics text exposition (the format Dovecot's stats uses).
+
+Metric names follow the seed (`proxy_session_success`, `proxy_session_failure`,
+`lmtp_rcpt_finished_success`, ...), exported with a `palomar_` prefix and `_total` suffix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Counter:
+    """A monotonically increasing count per label set."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.help = help_text
+        self.labels = labels
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(labels.get(name, "") for name in self.labels)
+        self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(tuple(labels.get(name, "") for name in self.labels), 0.0)
+
+    def items(self) -> Iterable[tuple[dict[str, str], float]]:
+        for key, value in sorted(self._values.items()):
+            yield dict(zip(self.labels, key, strict=True)), value
+
+
+class Registry:
+    """All counters of one process."""
+
+    def __init__(self, prefix: str = "palomar") -> None:
+        self.prefix = prefix
+        self.started = time.time()
+        self._counters: dict[str, Counter] = {}
+
+    def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
+        existing = self._counters.get(name)
+        if existing is None:
+            existing = self._counters[name] = Counter(name, help_text, labels)
+        return existing
+
+    def exposition(self) -> str:
+        """OpenMetrics text, ending with `# EOF`."""
+        out = [
+            "# HELP process_start_time_seconds Timestamp of service start",
+            "# TYPE process_start_time_seconds gauge",
+            f"process_start_time_seconds {int(self.started)}",
+        ]
+        for counter in self._counters.values():
+            name = f"{self.prefix}_{counter.name}"
+            out.append(f"# HELP {name} {counter.help}")
+            out.append(f"# TYPE {name} counter")
+            for labels, value in counter.items():
+                label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                suffix = "{" + label_text + "}" if label_text else ""
+                out.append(f"{name}_total{suffix} {value:g}")
+        out.append("# EOF")
+        return "\n".join(out) + "\n"

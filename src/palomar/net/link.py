@@ -1,0 +1,129 @@
+"""A connection for the login phase: await bytes, write bytes, then hand over to the relay.
+
+asyncio Protocols instead of streams: the same transport is later switched to the relay
+protocol with `set_protocol`, so an established session costs two transports and two small
+protocol objects, not a task with buffered readers and writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+READ_LIMIT = 256 * 1024
+"""Pause reading when this much unread input piled up during the login phase."""
+
+
+class LinkClosed(Exception):
+    """The peer went away while we were waiting for it."""
+
+
+class Link(asyncio.Protocol):
+    """Buffers what the peer sends until the session code awaits it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._lost = False
+        self._paused = False
+
+    # asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > READ_LIMIT and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # session API
+    @property
+    def closed(self) -> bool:
+        return self._lost or self.transport is None or self.transport.is_closing()
+
+    async def read(self) -> bytes:
+        """Everything received so far (at least one byte); b"" once the peer closed."""
+        while not self._buffer:
+            if self._eof or self._lost:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None and not self._lost:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes that belong to the next phase (e.g. what follows a header)."""
+        self._buffer[:0] = data
+
+    def take_buffer(self) -> bytes:
+        """Hand over unread bytes (at the switch to relaying)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def peername(self) -> tuple[str, int] | None:
+        if self.transport is None:
+            return None
+        peer = self.transport.get_extra_info("peername")
+        return (peer[0], peer[1]) if peer else None
+
+    def sockname(self) -> tuple[str, int] | None:
+        if self.transport is None:
+            return None
+        name = self.transport.get_extra_info("sockname")
+        return (name[0], name[1]) if name else None
+
+    async def start_tls(self, context, *, server_side: bool, server_hostname: str | None = None) -> None:
+        """Upgrade in place (STARTTLS). Unread plaintext is discarded: bytes pipelined after a
+        STARTTLS command must never be treated as if they had been encrypted."""
+        assert self.transport is not None
+        self._buffer.clear()
+        loop = asyncio.get_running_loop()
+        new = await loop.start_tls(self.transport, self, context, server_side=server_side,
+                                   server_hostname=server_hostname)
+        if new is None:
+            raise LinkClosed("TLS handshake failed")
+        self.transport = new  # type: ignore[assignment]
+
+
+async def open_link(host: str, port: int, *, timeout: float) -> Link:
+    """Connect to host:port within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    _, link = await asyncio.wait_for(loop.create_connection(Link, host, port), timeout)
+    return link

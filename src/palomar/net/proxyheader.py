@@ -1,0 +1,37 @@
+"""Reading a PROXY header from a raw socket without consuming a byte more."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from palomar.protocols.proxyproto import ProxyHeader, ProxyHeaderParser
+
+
+async def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly n bytes from a raw socket: the PROXY header must be consumed without taking any
+    byte of what follows (which may be a TLS ClientHello)."""
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise ConnectionError("peer closed during the PROXY header")
+        data += chunk
+    return bytes(data)
+
+
+async def read_proxy_header(sock: socket.socket) -> ProxyHeader:
+    """Read one PROXY v1 or v2 header, byte-exact."""
+    parser = ProxyHeaderParser()
+    first = await _recv_exact(sock, 8)
+    header = parser.feed(first)
+    if header is None and not first.startswith(b"PROXY"):
+        rest = await _recv_exact(sock, 8)
+        header = parser.feed(rest)
+        if header is None:
+            header = parser.feed(await _recv_exact(sock, struct.unpack(">H", rest[6:8])[0]))
+    while header is None:  # v1: a text line of at most 107 bytes, read byte by byte
+        header = parser.feed(await _recv_exact(sock, 1))
+    return header

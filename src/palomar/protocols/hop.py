@@ -1,0 +1,277 @@
+"""The proxy -> backend hop (docs/design/backend-hop.md), sans-IO.
+
+A proxy that has authenticated a user opens a TCP connection to the backend's palomar
+service and writes one PROXY v2 header. Its address block carries the client's real
+address; palomar TLVs (the PROXY protocol's custom range 0xE0-0xEF) carry the user, the
+protocol, the session id, the destination backend, a time and a nonce, and an HMAC-SHA256
+over all of it keyed with the cluster's shared secret. The backend answers with one line
+(logged in / referral / failure); after a logged-in line both sides only relay bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+HOP_VERSION = b"1"
+
+TLV_VERSION = 0xE0
+TLV_USER = 0xE1
+TLV_PROTOCOL = 0xE2
+TLV_SESSION = 0xE3
+TLV_TIME = 0xE4
+TLV_NONCE = 0xE5
+TLV_BACKEND = 0xE6
+TLV_TTL = 0xE7
+TLV_CLIENT_TLS = 0xE8
+TLV_MAC = 0xEF
+
+PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
+DEFAULT_WINDOW_US = 30_000_000
+"""How far a hop's time may be from the backend's clock (both directions)."""
+MAX_REPLY_LINE = 65536
+NONCE_BYTES = 16
+MAC_BYTES = 32
+
+
+class HopError(Exception):
+    """A hop header or reply that must be refused; the text is safe to log."""
+
+
+@dataclass(frozen=True)
+class HopRequest:
+    """What a proxy asserts about one session it hands to a backend."""
+
+    user: str
+    protocol: str
+    session_id: str
+    backend_host: str
+    client: tuple[str, int]
+    local: tuple[str, int]
+    client_tls: bool = False
+    ttl: int = 5
+    timestamp_us: int = 0
+    nonce: bytes = field(default=b"", repr=False)
+
+    def tlvs(self) -> list[tuple[int, bytes]]:
+        """The palomar TLVs, without the MAC, in their canonical order."""
+        return [
+            (TLV_VERSION, HOP_VERSION),
+            (TLV_USER, self.user.encode()),
+            (TLV_PROTOCOL, self.protocol.encode()),
+            (TLV_SESSION, self.session_id.encode()),
+            (TLV_TIME, struct.pack(">Q", self.timestamp_us)),
+            (TLV_NONCE, self.nonce),
+            (TLV_BACKEND, self.backend_host.encode()),
+            (TLV_TTL, bytes([self.ttl])),
+            (TLV_CLIENT_TLS, b"1" if self.client_tls else b"0"),
+        ]
+
+
+def _mac(secret: bytes, client: tuple[str, int], local: tuple[str, int], tlvs: Iterable[tuple[int, bytes]]) -> bytes:
+    """HMAC over the addresses and every palomar TLV (sorted by type), so nothing can be altered."""
+    mac = hmac.new(secret, b"palomar-hop-v1\0", hashlib.sha256)
+    for host, port in (client, local):
+        mac.update(ipaddress.ip_address(host).packed + struct.pack(">H", port))
+    for tlv_type, value in sorted(t for t in tlvs if t[0] != TLV_MAC):
+        mac.update(struct.pack(">BH", tlv_type, len(value)) + value)
+    return mac.digest()
+
+
+def seal(request: HopRequest, secret: bytes, now_us: int) -> tuple[list[tuple[int, bytes]], HopRequest]:
+    """Stamp a request with time and a fresh nonce and return its TLVs including the MAC."""
+    stamped = HopRequest(
+        user=request.user,
+        protocol=request.protocol,
+        session_id=request.session_id,
+        backend_host=request.backend_host,
+        client=request.client,
+        local=request.local,
+        client_tls=request.client_tls,
+        ttl=request.ttl,
+        timestamp_us=now_us,
+        nonce=os.urandom(NONCE_BYTES),
+    )
+    tlvs = stamped.tlvs()
+    tlvs.append((TLV_MAC, _mac(secret, stamped.client, stamped.local, tlvs)))
+    return tlvs, stamped
+
+
+class ReplayCache:
+    """Nonces seen within the validity window; a nonce seen twice is a replay.
+
+    Entries expire with the window, so memory is bounded by the hop rate times the window.
+    """
+
+    def __init__(self, window_us: int = DEFAULT_WINDOW_US, max_entries: int = 1_000_000) -> None:
+        self.window_us = window_us
+        self.max_entries = max_entries
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+
+    def check_and_add(self, nonce: bytes, now_us: int) -> bool:
+        """True if the nonce is new (and remember it), False for a replay."""
+        horizon = now_us - 2 * self.window_us
+        while self._seen:
+            oldest, seen_at = next(iter(self._seen.items()))
+            if seen_at >= horizon and len(self._seen) < self.max_entries:
+                break
+            self._seen.popitem(last=False)
+        if nonce in self._seen:
+            return False
+        self._seen[nonce] = now_us
+        return True
+
+
+def verify(
+    client: tuple[str, int] | None,
+    local: tuple[str, int] | None,
+    tlvs: Iterable[tuple[int, bytes]],
+    *,
+    secret: bytes,
+    own_host: str,
+    now_us: int,
+    replay: ReplayCache,
+) -> HopRequest:
+    """Check a received hop header and return the request it carries, or raise HopError."""
+    pairs = list(tlvs)
+    fields: dict[int, bytes] = {}
+    for tlv_type, value in pairs:
+        if 0xE0 <= tlv_type <= 0xEF:
+            if tlv_type in fields:
+                raise HopError(f"duplicate hop field 0x{tlv_type:02x}")
+            fields[tlv_type] = value
+    if client is None or local is None:
+        raise HopError("hop header without addresses")
+    if fields.get(TLV_VERSION) != HOP_VERSION:
+        raise HopError("not a palomar hop header (or an unsupported version)")
+    missing = [t for t in (TLV_USER, TLV_PROTOCOL, TLV_SESSION, TLV_TIME, TLV_NONCE, TLV_BACKEND, TLV_TTL,
+                           TLV_CLIENT_TLS, TLV_MAC) if t not in fields]
+    if missing:
+        raise HopError("hop header lacks fields " + ",".join(f"0x{t:02x}" for t in missing))
+    expected = _mac(secret, client, local, [(t, v) for t, v in fields.items()])
+    if not hmac.compare_digest(expected, fields[TLV_MAC]):
+        raise HopError("hop MAC mismatch (wrong shared secret or altered header)")
+    if len(fields[TLV_TIME]) != 8 or len(fields[TLV_TTL]) != 1 or len(fields[TLV_NONCE]) != NONCE_BYTES:
+        raise HopError("malformed hop field")
+    timestamp_us = struct.unpack(">Q", fields[TLV_TIME])[0]
+    if abs(now_us - timestamp_us) > replay.window_us:
+        raise HopError("hop header outside the time window (clock skew or replay)")
+    try:
+        request = HopRequest(
+            user=fields[TLV_USER].decode(),
+            protocol=fields[TLV_PROTOCOL].decode("ascii"),
+            session_id=fields[TLV_SESSION].decode("ascii"),
+            backend_host=fields[TLV_BACKEND].decode(),
+            client=client,
+            local=local,
+            client_tls=fields[TLV_CLIENT_TLS] == b"1",
+            ttl=fields[TLV_TTL][0],
+            timestamp_us=timestamp_us,
+            nonce=fields[TLV_NONCE],
+        )
+    except UnicodeDecodeError as exc:
+        raise HopError("hop field is not valid text") from exc
+    if request.protocol not in PROTOCOLS:
+        raise HopError(f"unknown protocol {request.protocol!r}")
+    if request.backend_host != own_host:
+        raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
+    if request.ttl < 1:
+        raise HopError("hop TTL exhausted (proxies appear to be looping)")
+    if not replay.check_and_add(request.nonce, now_us):
+        raise HopError("replayed hop header")
+    return request
+
+
+# --- replies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """The backend logged the user in; `text` is Dovecot's post-login reply (e.g. IMAP's tagged OK)."""
+
+    text: bytes
+
+
+@dataclass(frozen=True)
+class Referral:
+    """The user lives elsewhere now: the proxy should go to `host`."""
+
+    host: str
+    reason: str = ""
+
+
+FAILURE_CODES = ("denied", "temp", "auth", "internal", "protocol", "unavailable")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The backend could not log the user in. `code` is one of FAILURE_CODES."""
+
+    code: str
+    text: str
+
+
+HopReply = LoggedIn | Referral | Failure
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def encode_reply(reply: HopReply) -> bytes:
+    """One CRLF-terminated line."""
+    if isinstance(reply, LoggedIn):
+        return b"OK " + base64.b64encode(reply.text) + b"\r\n"
+    if isinstance(reply, Referral):
+        return f"REFERRAL {reply.host} {_clean(reply.reason)}".rstrip().encode() + b"\r\n"
+    if reply.code not in FAILURE_CODES:
+        raise ValueError(f"unknown failure code {reply.code!r}")
+    return f"FAIL {reply.code} {_clean(reply.text)}".rstrip().encode() + b"\r\n"
+
+
+def decode_reply(line: bytes) -> HopReply:
+    """Parse one reply line (with or without its CRLF); raise HopError if it is malformed."""
+    text = line.rstrip(b"\r\n")
+    verb, _, rest = text.partition(b" ")
+    try:
+        if verb == b"OK":
+            return LoggedIn(base64.b64decode(rest, validate=True))
+        if verb == b"REFERRAL":
+            host, _, reason = rest.decode().partition(" ")
+            if not host:
+                raise HopError("referral without a host")
+            return Referral(host, reason)
+        if verb == b"FAIL":
+            code, _, message = rest.decode().partition(" ")
+            if code not in FAILURE_CODES:
+                raise HopError(f"unknown failure code {code!r}")
+            return Failure(code, message)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HopError("malformed hop reply") from exc
+    raise HopError("malformed hop reply")
+
+
+class ReplyReader:
+    """Collects the backend's reply line from a byte stream; keeps what follows it."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.leftover = b""
+
+    def feed(self, data: bytes) -> HopReply | None:
+        self._buf += data
+        end = self._buf.find(b"\n")
+        if end < 0:
+            if len(self._buf) > MAX_REPLY_LINE:
+                raise HopError("hop reply line too long")
+            return None
+        line = bytes(self._buf[: end + 1])
+        self.leftover = bytes(self._buf[end + 1 :])
+        return decode_reply(line)

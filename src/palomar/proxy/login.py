@@ -1,0 +1,95 @@
+"""The protocol-neutral part of a login on the proxy: authenticate, route, hop, account.
+
+Each protocol front end (IMAP now; POP3, Submission, ManageSieve later) turns its own
+commands into a `LoginAttempt` and its outcome back into protocol replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from palomar.auth.passdb import AuthRequest
+from palomar.proxy.hop_client import Established, HopFailed, HopTarget
+from palomar.proxy.state import ProxyState
+
+log = logging.getLogger("palomar.proxy")
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    session_id: str
+    protocol: str
+    username: str
+    password: str
+    mechanism: str
+    client: tuple[str, int]
+    local: tuple[str, int]
+    client_tls: bool
+
+    def __repr__(self) -> str:  # never show the password
+        return f"LoginAttempt(session={self.session_id}, user={self.username!r}, protocol={self.protocol})"
+
+
+@dataclass(frozen=True)
+class AuthFailed:
+    """Wrong credentials (after the failure delay)."""
+
+
+@dataclass(frozen=True)
+class NoLogin:
+    reason: str
+
+
+@dataclass(frozen=True)
+class TempFailed:
+    """Nothing the user did wrong: retry later. `error_code` is Dovecot's code for the log and metrics."""
+
+    error_code: str
+    text: str
+
+
+LoginOutcome = Established | AuthFailed | NoLogin | TempFailed
+
+
+async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
+    """Run one login to its end. Returns the outcome and the user name after passdb renames."""
+    request = AuthRequest(
+        username=attempt.username, password=attempt.password, service=attempt.protocol,
+        remote_ip=attempt.client[0], local_ip=attempt.local[0], secured=attempt.client_tls,
+        mechanism=attempt.mechanism,
+    )
+    result = await state.passdb.authenticate(request)
+    if result.status in ("failed", "unknown_user"):
+        await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
+        state.metrics.auth_failures.inc()
+        return AuthFailed(), attempt.username
+    if result.status == "nologin":
+        await asyncio.sleep(state.auth_failure_delay)
+        return NoLogin(result.reason or "Login disabled."), result.user
+    if result.status != "ok":
+        return TempFailed("temp_fail", "authentication service temporarily failed"), attempt.username
+    user = result.user
+    state.metrics.auth_successes.inc()
+    route = await state.router.route(user, host_override=result.fields.get("host"))
+    if route.host is None:
+        return TempFailed("proxy_dest_unavailable", route.reason), user
+    target = HopTarget(
+        user=user, protocol=attempt.protocol, session_id=attempt.session_id, client=attempt.client,
+        local=attempt.local, client_tls=attempt.client_tls,
+    )
+    started = time.monotonic()
+    outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
+    if isinstance(outcome, HopFailed):
+        state.count_failure(outcome.host, outcome.error_code)
+        if outcome.auth:
+            return AuthFailed(), user
+        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, user,
+                    outcome.error_code, outcome.host, outcome.text)
+        return TempFailed(outcome.error_code, outcome.text), user
+    state.count_success(outcome.host)
+    log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, user, outcome.host,
+              time.monotonic() - started)
+    return outcome, user

@@ -1,0 +1,127 @@
+"""The I/O around the pure routing rules: read the GeoDB through the LocalDB cache, decide
+with `cluster.routing.route_user`, perform the writes the decision asks for.
+
+Stale cache entries are safe: the backend re-checks ownership and refers the proxy on,
+so a short cache lifetime only trades GeoDB reads for an occasional extra hop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from palomar.cluster import codec
+from palomar.cluster.hashing import default_group_name
+from palomar.cluster.model import Group, SiteView
+from palomar.cluster.routing import Routed, Unavailable, route_user
+from palomar.geodb.repository import GeoDB
+
+log = logging.getLogger("palomar.proxy")
+
+MAX_RACE_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    host: str | None
+    reason: str = ""
+    group: str | None = None
+
+
+class Router:
+    """Routes users of the local site; one per proxy process."""
+
+    def __init__(
+        self,
+        geodb: GeoDB,
+        cache: Any,
+        *,
+        site_name: str,
+        group_count: int,
+        cache_ttl: float = 5.0,
+    ) -> None:
+        self.geodb = geodb
+        self.cache = cache
+        self.site_name = site_name
+        self.group_count = group_count
+        self.cache_ttl = cache_ttl
+
+    async def _cached(self, key: str, load, fetch):
+        now = time.time()
+        text = self.cache.cache_get(key, now)
+        if text is not None:
+            return load(text)
+        value = await fetch()
+        self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, now)
+        return value
+
+    def invalidate(self, *keys: str) -> None:
+        for key in keys:
+            self.cache.cache_delete(key)
+
+    async def site_view(self) -> SiteView | None:
+        async def fetch():
+            site = await self.geodb.site_get_by_name(self.site_name)
+            if site is None:
+                return None
+            return SiteView(site, tuple(await self.geodb.backend_list(site.id)))
+
+        def load(text: str):
+            return None if text == "null" else codec.load_site_view(text)
+
+        return await self._cached(f"site/{self.site_name}", load, fetch)
+
+    async def _group(self, view: SiteView, name: str) -> Group | None:
+        return await self._cached(f"group/{view.site.id}/{name}", codec.load_group,
+                                  lambda: self.geodb.group_get(view.site.id, name))
+
+    async def route(self, username: str, *, host_override: str | None = None) -> RouteResult:
+        view = await self.site_view()
+        if view is None:
+            return RouteResult(None, f"site {self.site_name!r} is not in the GeoDB")
+        user = await self._cached(f"user/{username}", codec.load_user, lambda: self.geodb.user_get(username))
+        for _ in range(MAX_RACE_RETRIES):
+            group_name = user.group_name if user is not None and user.group_name else None
+            groups: dict[str, Group] = {}
+            if group_name is None:
+                group_name = default_group_name(username, self.group_count)
+            group = await self._group(view, group_name)
+            if group is not None:
+                groups[group_name] = group
+            decision = route_user(username, user, groups, view, group_count=self.group_count, now=time.time(),
+                                  passdb_host=host_override)
+            if isinstance(decision, Unavailable):
+                return RouteResult(None, decision.reason)
+            assert isinstance(decision, Routed)
+            if decision.user_write is not None:
+                await self.geodb.user_put(username, group_name=decision.user_write.group_name)
+                self.invalidate(f"user/{username}")
+                user = decision.user_write
+            if decision.group_write is not None and not await self._write_group(view, decision):
+                self.invalidate(f"group/{view.site.id}/{group_name}")
+                continue
+            return RouteResult(decision.backend.host, decision.via, decision.group_name)
+        return RouteResult(None, "could not settle the group's backend (concurrent writers)")
+
+    async def _write_group(self, view: SiteView, decision: Routed) -> bool:
+        """Apply the decision's conditional group write; False if another writer won."""
+        write = decision.group_write
+        assert write is not None
+        new = write.group
+        key = f"group/{view.site.id}/{new.name}"
+        if write.expect_backend_id is None:
+            existing = await self.geodb.group_get(view.site.id, new.name)
+            if existing is None:
+                applied, _ = await self.geodb.group_create_if_absent(new)
+            else:
+                applied, _ = await self.geodb.group_assign_backend(
+                    view.site.id, new.name, new.backend_id, new.alt_backend_id)
+        else:
+            applied, _ = await self.geodb.group_replace_backend(
+                view.site.id, new.name, new.backend_id, new.alt_backend_id, expect_backend_id=write.expect_backend_id)
+            if applied:
+                log.info("group %s failed over to backend %s", new.name, new.backend_id)
+        self.invalidate(key)
+        return applied

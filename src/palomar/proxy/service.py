@@ -1,0 +1,117 @@
+"""`palomar proxy`: client-facing listeners, metrics, and the proxy_dest_stats writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from functools import partial
+
+from palomar.auth.passdb import PassdbChain
+from palomar.cluster.model import ProxyDestStat
+from palomar.config import Config
+from palomar.metrics.http import serve_metrics
+from palomar.metrics.registry import Registry
+from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy.hop_client import HopClient
+from palomar.proxy.imap_frontend import serve_imap
+from palomar.proxy.router import Router
+from palomar.proxy.state import ProxyMetrics, ProxyState
+from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
+
+log = logging.getLogger("palomar.proxy")
+
+DEST_STATS_INTERVAL = 10.0
+"""Seconds between proxy_dest_stats writes (only destinations whose counters changed)."""
+
+FRONTENDS = {"imap-login": serve_imap}
+
+
+def listener_addresses(cfg: Config, listener) -> list[str]:
+    addresses = listener.address or cfg["listen"]
+    return ["0.0.0.0" if a == "*" else ("::" if a == "::" else a) for a in addresses]
+
+
+async def flush_dest_stats(state: ProxyState) -> None:
+    if state.site_id is None or not state.dest.dirty:
+        return
+    rows = []
+    for dest_host in sorted(state.dest.dirty):
+        for key, value in state.dest.values[dest_host].items():
+            rows.append(ProxyDestStat(state.site_id, dest_host, state.proxy_host, key, value, "counter"))
+    state.dest.dirty.clear()
+    await state.router.geodb.proxy_dest_stats_put(rows)
+
+
+async def _dest_stats_loop(state: ProxyState) -> None:
+    while True:
+        await asyncio.sleep(DEST_STATS_INTERVAL)
+        try:
+            await flush_dest_stats(state)
+        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+            log.warning("writing proxy_dest_stats failed: %s", exc)
+
+
+async def build_state(cfg: Config) -> ProxyState:
+    geodb = await open_geodb(cfg)
+    localdb = open_localdb(cfg)
+    router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
+                    group_count=cfg["cluster_default_group_count"])
+    site = await geodb.site_get_by_name(cfg["cluster_local_site"])
+    secret = cfg["cluster_hop_secret"]
+    if not secret:
+        raise RuntimeError("cluster_hop_secret is not set")
+    return ProxyState(
+        passdb=PassdbChain.from_settings(cfg.passdbs),
+        router=router,
+        hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
+        metrics=ProxyMetrics(Registry()),
+        site_id=site.id if site else None,
+        tls=server_tls_context(cfg),
+        allow_cleartext=cfg["auth_allow_cleartext"],
+        auth_failure_delay=cfg["auth_failure_delay"],
+        greeting=cfg["login_greeting"],
+        haproxy_timeout=cfg["haproxy_timeout"],
+        haproxy_trusted=tuple(cfg["haproxy_trusted_networks"]),
+    )
+
+
+async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+    state = await build_state(cfg)
+    loops: list[AcceptLoop] = []
+    for service_name, frontend in FRONTENDS.items():
+        service = cfg.services.get(service_name)
+        if service is None:
+            continue
+        for listener in service.listeners.values():
+            for address in listener_addresses(cfg, listener):
+                sock = listen_socket(address, listener.port)
+                handler = partial(frontend, state, haproxy=listener.haproxy, ssl=listener.ssl)
+                loop = AcceptLoop(sock, handler)
+                loop.start()
+                loops.append(loop)
+                log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
+                         " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
+    metrics_servers = []
+    stats = cfg.services.get("stats")
+    if stats is not None:
+        for listener in stats.listeners.values():
+            for address in listener_addresses(cfg, listener):
+                metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
+    flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state))
+    log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
+    if ready is not None:
+        ready.set()
+    try:
+        await wait_for_stop_signal()
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(Exception):
+            await flush_dest_stats(state)
+        for accept_loop in loops:
+            await accept_loop.close()
+        for server in metrics_servers:
+            server.close()
+        await state.router.geodb.close()
+        log.info("proxy stopped")

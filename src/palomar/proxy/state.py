@@ -1,0 +1,86 @@
+"""Everything a proxy process shares between its sessions: passdb, router, hop client,
+metrics, and the per-destination counters that flow into the GeoDB's proxy_dest_stats."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from palomar.metrics.registry import Counter, Registry
+from palomar.proxy.hop_client import HopClient
+
+log = logging.getLogger("palomar.proxy")
+
+
+class ProxyMetrics:
+    """The seed's proxy metrics plus a few of palomar's own."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.session_success: Counter = registry.counter(
+            "proxy_session_success", "Sessions established to a backend (proxy_session_established)",
+            ("dest_host",))
+        self.session_failure: Counter = registry.counter(
+            "proxy_session_failure",
+            "Sessions that failed towards a backend, not counting auth temp failures and redirects",
+            ("dest_host",))
+        self.redirects: Counter = registry.counter(
+            "proxy_session_redirected", "Referrals received from backends", ("dest_host",))
+        self.auth_successes: Counter = registry.counter("auth_successes", "Successful passdb authentications")
+        self.auth_failures: Counter = registry.counter("auth_failures", "Failed passdb authentications")
+        self.sessions_finished: Counter = registry.counter(
+            "proxy_session_finished", "Proxied sessions that ended", ("dest_host", "disconnect_side"))
+
+
+NOT_FAILURES = ("proxy_dest_auth_temp_failed", "proxy_dest_redirected")
+"""The seed's proxy_session_failure filter excludes these error codes."""
+
+
+@dataclass
+class DestCounters:
+    """Per-destination totals since this proxy started (written to proxy_dest_stats)."""
+
+    values: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    dirty: set[str] = field(default_factory=set)
+
+    def add(self, dest_host: str, key: str, amount: float = 1.0) -> None:
+        self.values[dest_host][key] += amount
+        self.dirty.add(dest_host)
+
+
+@dataclass
+class ProxyState:
+    passdb: Any
+    router: Any
+    hops: HopClient
+    metrics: ProxyMetrics
+    site_id: UUID | None
+    proxy_host: str = field(default_factory=socket.gethostname)
+    tls: ssl.SSLContext | None = None
+    allow_cleartext: bool = False
+    auth_failure_delay: float = 2.0
+    greeting: str = "palomar ready."
+    haproxy_timeout: float = 3.0
+    haproxy_trusted: tuple = ()
+    login_timeout: float = 180.0
+    dest: DestCounters = field(default_factory=DestCounters)
+
+    def count_success(self, dest_host: str) -> None:
+        self.metrics.session_success.inc(dest_host=dest_host)
+        self.dest.add(dest_host, "session_success")
+
+    def count_failure(self, dest_host: str, error_code: str) -> None:
+        if error_code in NOT_FAILURES:
+            return
+        self.metrics.session_failure.inc(dest_host=dest_host)
+        self.dest.add(dest_host, "session_failure")
+        self.dest.add(dest_host, f"error_{error_code}")
+
+    def count_redirect(self, dest_host: str) -> None:
+        self.metrics.redirects.inc(dest_host=dest_host)
+        self.dest.add(dest_host, "session_redirected")

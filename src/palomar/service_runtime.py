@@ -1,0 +1,60 @@
+"""What every long-running role shares: logging setup, opening the stores, signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from palomar.config import Config
+from palomar.geodb import open_engine
+from palomar.geodb.repository import GeoDB
+from palomar.localdb import LocalDB
+
+
+def setup_logging(cfg: Config, role: str) -> None:
+    """One line per event, `key=value` fields; to `log_path` or stderr."""
+    path = cfg["log_path"]
+    handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if os.environ.get("PALOMAR_DEBUG") else logging.INFO)
+
+
+async def open_geodb(cfg: Config) -> GeoDB:
+    driver = cfg["cluster_geodb_driver"]
+    if driver == "sqlite":
+        engine = open_engine("sqlite", path=str(cfg["cluster_geodb_path"]))
+    else:
+        engine = open_engine(driver, hosts=cfg["cassandra_hosts"], keyspace=cfg["cassandra_keyspace"])
+    await engine.open()
+    return GeoDB(engine)
+
+
+def open_localdb(cfg: Config) -> LocalDB:
+    path = Path(str(cfg["cluster_localdb_path"]))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return LocalDB(str(path))
+
+
+def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """The TLS context for client-facing listeners, or None when `ssl = no` or no certificate."""
+    if cfg["ssl"] == "no" or not cfg["ssl_server_cert_file"]:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cfg["ssl_server_cert_file"]), str(cfg["ssl_server_key_file"]))
+    return context
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    await stop
