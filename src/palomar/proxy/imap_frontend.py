@@ -17,7 +17,7 @@ from palomar.proxy.state import ProxyState
 log = logging.getLogger("palomar.proxy")
 session_log = logging.getLogger("palomar.session")
 
-CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+")
+
 
 
 def log_session(protocol: str, conn: ClientConnection, user: str, host: str, stats: RelayStats) -> None:
@@ -35,7 +35,7 @@ async def serve_imap(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
         return
     link = conn.link
     core = imap.ImapLoginServer(
-        CAPABILITIES,
+        imap.DEFAULT_CAPABILITIES,
         starttls=state.tls is not None and not conn.tls,
         secured=conn.tls,
         allow_cleartext=state.allow_cleartext,
@@ -60,30 +60,33 @@ async def serve_imap(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
                 return
             events = core.receive(data)
             link.write(core.data_to_send())
-            for event in events:
+            while events:
+                event = events.pop(0)
                 if isinstance(event, imap.Close):
+                    link.write(core.data_to_send())
                     link.close()
                     return
                 if isinstance(event, imap.StartTlsRequest):
+                    link.write(core.data_to_send())
                     await link.start_tls(state.tls, server_side=True)
                     conn.tls = True
                     core.tls_started()
-                    link.write(core.data_to_send())
                 elif isinstance(event, imap.LoginRequest):
-                    if await _login(state, conn, core, event):
+                    more = await _login(state, conn, core, event)
+                    if more is None:
                         return
-                    link.write(core.data_to_send())
+                    events.extend(more)
+                link.write(core.data_to_send())
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
         link.abort()
 
 
 async def _login(state: ProxyState, conn: ClientConnection, core: imap.ImapLoginServer,
-                 event: imap.LoginRequest) -> bool:
-    """True when the session now relays (the login phase is over)."""
-    if event.authzid and event.authzid != event.username:
-        core.login_failed(event.tag, imap.tagged(event.tag, "NO", "[AUTHORIZATIONFAILED] Authorization failed"))
-        return False
+                 event: imap.LoginRequest) -> list | None:
+    """None when the session now relays; else the events of commands pipelined after the login."""
+    if event.is_master_login:
+        return core.login_failed(event.tag, "NO [AUTHORIZATIONFAILED] Authorization failed")
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol="imap", username=event.username, password=event.password,
         mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
@@ -104,15 +107,14 @@ async def _login(state: ProxyState, conn: ClientConnection, core: imap.ImapLogin
         relay = Relay(client_transport, backend_transport, done)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer())
-        return True
+        return None
     if isinstance(outcome, AuthFailed):
-        reply = imap.tagged(event.tag, "NO", "[AUTHENTICATIONFAILED] Authentication failed.")
+        reply = imap.AUTH_FAILED
     elif isinstance(outcome, NoLogin):
-        reply = imap.tagged(event.tag, "NO", f"[CONTACTADMIN] {outcome.reason}")
+        reply = f"NO [CONTACTADMIN] {' '.join(outcome.reason.split())}"
     else:
         assert isinstance(outcome, TempFailed)
-        reply = imap.tagged(event.tag, "NO", "[UNAVAILABLE] Account is temporarily unavailable.")
+        reply = "NO [UNAVAILABLE] Account is temporarily unavailable."
     session_log.info("session=%s proto=imap user=%s client=%s:%d result=%s", conn.session_id, user,
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    core.login_failed(event.tag, reply)
-    return False
+    return core.login_failed(event.tag, reply)

@@ -1,0 +1,387 @@
+"""The local Dovecot CE instance behind `palomar backend`: one standalone dovecot.conf.
+
+The palomar backend has already had the user authenticated by a proxy, so Dovecot must trust
+exactly one thing: a login as the master user with the master secret. The master passdb
+holds only that user (hashed, never the plain secret). Of the ordinary passdbs, a deny
+passdb refuses every login that did not pass the master passdb, and a static passdb then
+accepts any target user without a password of its own: an ordinary user/password login
+never succeeds.
+
+Rendering is a pure function of `DovecotParams`; `write_instance` is the only I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_NAME = "dovecot.conf"
+MASTER_PASSDB_NAME = "master-users.passwd"
+DEFAULT_MASTER_USER = "palomar-master"
+
+# A few long-lived login processes serve all connections (Dovecot's "high-performance"
+# mode). The client limits are sized for the 20000 open files this class of host allows.
+LOGIN_PROCESSES = 2
+LOGIN_CLIENT_LIMIT = 4000
+SHARED_CLIENT_LIMIT = 10500
+IMAP_PROCESS_LIMIT = 5000
+POP3_PROCESS_LIMIT = 1000
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
+# Characters that have a meaning in Dovecot values or passwd-file lines (variables,
+# file includes, field separators, comments) are kept out of paths.
+_PATH_BAD = re.compile(r"[\s\"'\\%$:#<>{}]")
+
+
+class DovecotConfigError(ValueError):
+    """A parameter that would give Dovecot a broken or unsafe configuration."""
+
+
+@dataclass(frozen=True)
+class DovecotParams:
+    """Everything that differs between two backend Dovecot instances.
+
+    `conf_dir` holds the generated dovecot.conf and the master passdb; `mail_root` is the
+    one mail directory shared by all backends (homes are `mail_root/<domain>/<user>`).
+    Port 0 turns the doveadm HTTP API or the OpenMetrics listener off.
+    """
+
+    instance_name: str
+    hostname: str
+    conf_dir: Path
+    base_dir: Path
+    state_dir: Path
+    log_path: Path
+    listen: str
+    imap_port: int
+    pop3_port: int
+    lmtp_port: int
+    submission_port: int
+    sieve_port: int
+    doveadm_http_port: int
+    metrics_port: int
+    mail_root: Path
+    master_password: str = field(repr=False)
+    doveadm_password: str = field(repr=False)
+    master_user: str = DEFAULT_MASTER_USER
+    doveadm_api_key: str = field(default="", repr=False)
+    trusted_networks: tuple[str, ...] = ("127.0.0.1/32",)
+    relay_host: str = "127.0.0.1"
+    relay_port: int = 25
+    mail_uid: str = "vmail"
+    mail_gid: str = "vmail"
+
+    def __post_init__(self) -> None:
+        _check_params(self)
+
+    @property
+    def config_path(self) -> Path:
+        return self.conf_dir / CONFIG_NAME
+
+    @property
+    def master_passdb_path(self) -> Path:
+        return self.conf_dir / MASTER_PASSDB_NAME
+
+    def listeners(self) -> dict[str, int]:
+        """Every TCP port this instance listens on (on `listen`), by service name."""
+        ports = {
+            "imap": self.imap_port,
+            "pop3": self.pop3_port,
+            "lmtp": self.lmtp_port,
+            "submission": self.submission_port,
+            "sieve": self.sieve_port,
+            "doveadm_http": self.doveadm_http_port,
+            "metrics": self.metrics_port,
+        }
+        return {name: port for name, port in ports.items() if port}
+
+
+@dataclass(frozen=True)
+class InstanceFiles:
+    config: Path
+    master_passdb: Path
+
+
+def _check_params(p: DovecotParams) -> None:
+    for label, value in (("instance_name", p.instance_name), ("mail_uid", p.mail_uid),
+                         ("mail_gid", p.mail_gid)):
+        if not _NAME_RE.match(value):
+            raise DovecotConfigError(f"{label} {value!r}: use letters, digits, '.', '_' and '-' only")
+    if not _HOST_RE.match(p.hostname):
+        raise DovecotConfigError(f"hostname {p.hostname!r} is not a host name")
+    if not _USER_RE.match(p.master_user):
+        raise DovecotConfigError(f"master user {p.master_user!r}: use letters, digits and ._@+- only")
+    try:
+        listen = ipaddress.ip_address(p.listen)
+    except ValueError:
+        raise DovecotConfigError(f"listen address {p.listen!r} is not an IP address") from None
+    if not listen.is_loopback:
+        raise DovecotConfigError(f"listen address {p.listen} is not a loopback address")
+    for label, path in (("conf_dir", p.conf_dir), ("base_dir", p.base_dir), ("state_dir", p.state_dir),
+                        ("log_path", p.log_path), ("mail_root", p.mail_root)):
+        if not Path(path).is_absolute():
+            raise DovecotConfigError(f"{label} {str(path)!r} must be an absolute path")
+        if _PATH_BAD.search(str(path)):
+            raise DovecotConfigError(f"{label} {str(path)!r} contains a character Dovecot would interpret")
+    required = {"imap": p.imap_port, "pop3": p.pop3_port, "lmtp": p.lmtp_port,
+                "submission": p.submission_port, "sieve": p.sieve_port}
+    optional = {"doveadm_http": p.doveadm_http_port, "metrics": p.metrics_port}
+    for name, port in {**required, **optional}.items():
+        low = 1 if name in required else 0
+        if not isinstance(port, int) or not low <= port <= 65535:
+            raise DovecotConfigError(f"{name} port {port!r} is out of range")
+    used = [port for port in {**required, **optional}.values() if port]
+    if len(used) != len(set(used)):
+        raise DovecotConfigError("two services of one instance share a port")
+    if not 1 <= p.relay_port <= 65535:
+        raise DovecotConfigError(f"relay port {p.relay_port!r} is out of range")
+    if not _HOST_RE.match(p.relay_host):
+        raise DovecotConfigError(f"relay host {p.relay_host!r} is not a host name or address")
+    if not p.trusted_networks:
+        raise DovecotConfigError("trusted_networks must name the palomar backend's address")
+    for net in p.trusted_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise DovecotConfigError(f"trusted network {net!r} is not an address or network") from None
+    for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password)):
+        if not secret:
+            raise DovecotConfigError(f"{label} is empty")
+    for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password),
+                          ("doveadm API key", p.doveadm_api_key)):
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
+            raise DovecotConfigError(f"{label} contains a control character")
+
+
+def _quote(value: str) -> str:
+    """A Dovecot config string literal: taken verbatim, no variables, no `<file` include."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """Dovecot `{SSHA512}`: base64(SHA-512(password + salt) + salt).
+
+    The master secret is a long random machine secret checked on every proxied login, so a
+    fast salted hash is enough; slow schemes protect guessable human passwords.
+    """
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return "{SSHA512}" + base64.b64encode(digest + salt).decode("ascii")
+
+
+def master_passwd_line(user: str, password: str) -> str:
+    """One passwd-file line for the master passdb, with a hashed password.
+
+    No `allow_nets` here: Dovecot checks it against the forwarded client address (rip),
+    not the palomar backend's own; `login_trusted_networks` is what limits forwarding.
+    """
+    if not _USER_RE.match(user):
+        raise DovecotConfigError(f"master user {user!r}: use letters, digits and ._@+- only")
+    if not password:
+        raise DovecotConfigError("master password is empty")
+    return f"{user}:{hash_password(password)}\n"
+
+
+def render(p: DovecotParams) -> str:
+    """The complete dovecot.conf of one backend instance."""
+    trusted = " ".join(p.trusted_networks)
+    doveadm_keys = f"doveadm_password = {_quote(p.doveadm_password)}\n"
+    if p.doveadm_api_key:
+        doveadm_keys += f"doveadm_api_key = {_quote(p.doveadm_api_key)}\n"
+    return f"""\
+# Dovecot CE backend instance {p.instance_name}, generated by `palomar backend dovecot-config`.
+# Only the local `palomar backend` talks to it: it logs users in as the master user.
+instance_name = {p.instance_name}
+hostname = {p.hostname}
+base_dir = {p.base_dir}
+state_dir = {p.state_dir}
+log_path = {p.log_path}
+listen = {p.listen}
+
+protocols = imap pop3 lmtp sieve submission
+
+# Loopback only: plaintext authentication, no TLS.
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+
+# The palomar backend forwards the client's address (IMAP ID x-originating-ip, XCLIENT);
+# it is believed only from these networks and becomes rip= in the log.
+login_trusted_networks = {trusted}
+imap_id_log = *
+auth_verbose = yes
+verbose_proctitle = yes
+
+# Only the master user can log in: SASL PLAIN authzid=<user> authcid={p.master_user}.
+auth_username_format = %Lu
+auth_master_user_separator = *
+passdb {{
+  driver = passwd-file
+  args = {p.master_passdb_path}
+  master = yes
+  result_success = continue
+}}
+# Everyone who has not logged in as the master user is refused here ...
+passdb {{
+  driver = static
+  args = nopassword=y
+  deny = yes
+  skip = authenticated
+}}
+# ... and after a master login, any target user is accepted without a password of its own.
+# (Dovecot ignores skip = unauthenticated on the first passdb, hence the deny passdb above.)
+passdb {{
+  driver = static
+  args = nopassword=y
+  skip = unauthenticated
+}}
+userdb {{
+  driver = static
+  args = uid={p.mail_uid} gid={p.mail_gid} home={p.mail_root}/%Ld/%Ln allow_all_users=yes
+}}
+
+# One mail directory shared by every backend (NFS in production).
+mail_location = sdbox:~/mail
+mmap_disable = yes
+mail_max_userip_connections = 200
+namespace inbox {{
+  inbox = yes
+  separator = /
+}}
+lda_mailbox_autocreate = yes
+protocol lmtp {{
+  mail_plugins = $mail_plugins sieve
+}}
+plugin {{
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}}
+
+submission_relay_host = {p.relay_host}
+submission_relay_port = {p.relay_port}
+
+service imap-login {{
+  inet_listener imap {{
+    port = {p.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = {LOGIN_PROCESSES}
+  client_limit = {LOGIN_CLIENT_LIMIT}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {p.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+  service_count = 0
+  process_min_avail = 1
+}}
+service submission-login {{
+  inet_listener submission {{
+    port = {p.submission_port}
+  }}
+}}
+service managesieve-login {{
+  inet_listener sieve {{
+    port = {p.sieve_port}
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    port = {p.lmtp_port}
+  }}
+}}
+service imap {{
+  process_limit = {IMAP_PROCESS_LIMIT}
+}}
+service pop3 {{
+  process_limit = {POP3_PROCESS_LIMIT}
+}}
+# Every session process keeps connections to anvil, auth and stats: the default
+# client_limit of 1000 stalls new sessions beyond 1000.
+service anvil {{
+  client_limit = {SHARED_CLIENT_LIMIT}
+}}
+service auth {{
+  client_limit = {SHARED_CLIENT_LIMIT}
+}}
+
+# doveadm HTTP API: POST /doveadm/v1 (Basic doveadm:<password> or X-Dovecot-API <key>).
+{doveadm_keys}service doveadm {{
+  inet_listener http {{
+    port = {p.doveadm_http_port}
+  }}
+}}
+
+# OpenMetrics: GET /metrics on the stats HTTP listener.
+metric auth_success {{
+  filter = event=auth_request_finished AND success=yes
+}}
+metric auth_failure {{
+  filter = event=auth_request_finished AND NOT success=yes
+}}
+metric imap_command {{
+  filter = event=imap_command_finished
+  group_by = cmd_name tagged_reply_state
+}}
+metric mail_delivery {{
+  filter = event=mail_delivery_finished
+}}
+service stats {{
+  client_limit = {SHARED_CLIENT_LIMIT}
+  inet_listener http {{
+    port = {p.metrics_port}
+  }}
+}}
+"""
+
+
+def write_instance(p: DovecotParams, internal_group: str = "dovecot") -> InstanceFiles:
+    """Write dovecot.conf (0600, it holds the doveadm secrets) and the master passdb.
+
+    Dovecot's auth process runs as the internal user, so the passdb is 0640 with group
+    `internal_group` when we run as root and that group exists, else 0600.
+    """
+    p.conf_dir.mkdir(parents=True, exist_ok=True)
+    gid = _group_id(internal_group) if os.geteuid() == 0 else None
+    passdb_mode = 0o640 if gid is not None else 0o600
+    _write_private(p.master_passdb_path, master_passwd_line(p.master_user, p.master_password),
+                   mode=passdb_mode, gid=gid)
+    _write_private(p.config_path, render(p), mode=0o600, gid=None)
+    return InstanceFiles(config=p.config_path, master_passdb=p.master_passdb_path)
+
+
+def _group_id(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _write_private(path: Path, text: str, mode: int, gid: int | None) -> None:
+    """Replace `path` atomically; the file is never readable beyond `mode`, not even briefly."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if gid is not None:
+                os.fchown(out.fileno(), 0, gid)
+            os.fchmod(out.fileno(), mode)
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

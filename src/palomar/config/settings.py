@@ -1,0 +1,220 @@
+"""The registry of every setting palomar knows: name, type, default, roles, meaning.
+
+The loader refuses anything not listed here, so a setting we do not implement can
+never be silently ignored. Adding a setting is one `_add(...)` line; the docs test
+makes sure docs/configuration.md lists it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from palomar.config.values import (
+    ADDRESSES,
+    BOOL,
+    MODE,
+    NETWORKS,
+    PATH,
+    PORT,
+    SECRET,
+    STRING,
+    TIME,
+    UINT,
+    WORDS,
+    ValueType,
+    enum,
+)
+
+Role = Literal["proxy", "backend", "both"]
+PROXY: Role = "proxy"
+BACKEND: Role = "backend"
+BOTH: Role = "both"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting. `unsupported` is the reason it is recognised but refused."""
+
+    name: str
+    type: ValueType
+    default: str
+    roles: Role
+    meaning: str
+    extension: bool = False
+    unsupported: str | None = None
+
+    @property
+    def secret(self) -> bool:
+        return self.type.name == "secret"
+
+    def parse(self, text: str) -> Any:
+        return self.type.parse(text)
+
+    @property
+    def default_value(self) -> Any:
+        return self.type.parse(self.default)
+
+    def applies_to(self, role: str | None) -> bool:
+        return role is None or self.roles in (BOTH, role)
+
+
+class Registry(dict[str, Setting]):
+    """Settings of one scope (top level, or inside one kind of section), by name, in order."""
+
+    def add(
+        self,
+        name: str,
+        type_: ValueType,
+        default: str,
+        roles: Role,
+        meaning: str,
+        *,
+        extension: bool = False,
+        unsupported: str | None = None,
+    ) -> None:
+        if name in self:
+            raise ValueError(f"setting {name} registered twice")
+        self[name] = Setting(name, type_, default, roles, meaning, extension, unsupported)
+
+
+GLOBAL = Registry()
+_add = GLOBAL.add
+
+# --- the seed's cluster settings -------------------------------------------------------------------------
+_add("cluster_local_site", STRING, "", BOTH, "this server's site name, as used by `palomar cluster site`")
+_add("cluster_backend_name", STRING, "", BACKEND, "this backend's name, as used by `palomar cluster backend`")
+_add("cluster_backend_test_username", STRING, "", BOTH,
+     "test login used to probe backends; `%{backend_host}` expands to the probed backend; "
+     "backends never move this user")
+_add("cluster_backend_test_password", SECRET, "", PROXY, "password of the test login")
+_add("cluster_proxy_check_backends", BOOL, "yes", PROXY,
+     "whether this proxy probes offline backends to see if they are back")
+_add("cluster_user_move_timeout", TIME, "31 secs", BOTH,
+     "if one user's move has not finished in this time, treat it as done and move the next user")
+_add("cluster_default_group_count", UINT, "100", BOTH,
+     "number of automatically created user groups default-1 .. default-N")
+_add("cluster_director_transition_config", PATH, "", BOTH,
+     "director-to-cluster transition file", unsupported="not supported yet")
+_add("cluster_geodb", STRING, "", BOTH, "GeoDB dict",
+     unsupported="not supported: palomar uses cluster_geodb_driver, cluster_geodb_path and cassandra_hosts")
+_add("cluster_localdb", STRING, "", BOTH, "LocalDB dict",
+     unsupported="not supported: palomar uses cluster_localdb_path")
+_add("cassandra_hosts", WORDS, "", BOTH, "Cassandra contact points of the GeoDB (host or host:port)")
+
+# --- Dovecot settings palomar honours --------------------------------------------------------------------
+_add("haproxy_trusted_networks", NETWORKS, "", BOTH,
+     "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
+_add("haproxy_timeout", TIME, "3 secs", BOTH, "how long to wait for the PROXY header")
+_add("login_trusted_networks", NETWORKS, "", BOTH,
+     "networks whose connections may forward the client's address and session (proxies, on backends)")
+_add("doveadm_port", PORT, "0", BOTH, "TCP port of the doveadm service on backends (0: none)")
+_add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
+     unsupported="not supported yet")
+_add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
+_add("listen", ADDRESSES, "*, ::", BOTH, "addresses listeners bind to unless they set `address`")
+_add("ssl", enum("no", "yes", "required"), "yes", BOTH,
+     "TLS: `no`, `yes` (offered), `required` (no authentication without TLS)")
+_add("ssl_server_cert_file", PATH, "", BOTH, "PEM file with the server certificate chain")
+_add("ssl_server_key_file", PATH, "", BOTH, "PEM file with the server's private key")
+_add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication without TLS")
+_add("auth_failure_delay", TIME, "2 secs", PROXY, "delay before answering a failed authentication")
+_add("auth_username_format", STRING, "%Lu", PROXY,
+     "how user names are normalised before lookup (`%Lu`: lowercased)")
+_add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
+_add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
+_add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")
+
+# --- palomar extensions ----------------------------------------------------------------------------------
+_ext = {"extension": True}
+_add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH, "GeoDB engine", **_ext)
+_add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
+     "SQLite GeoDB file (driver sqlite)", **_ext)
+_add("cassandra_keyspace", STRING, "cluster", BOTH,
+     "Cassandra keyspace of the GeoDB (also accepted as `dict_server { dict cluster-geodb { ... } }`)", **_ext)
+_add("cluster_localdb_path", PATH, "/dev/shm/palomar/localdb.sqlite", BOTH,
+     "this server's LocalDB (SQLite)", **_ext)
+_add("cluster_hop_secret", SECRET, "", BOTH,
+     "shared secret proxies use to prove themselves to backends", **_ext)
+_add("cluster_hop_port", PORT, "7425", BOTH,
+     "port where every backend's palomar service listens for proxies", **_ext)
+_add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
+     "address of the local Dovecot CE behind this backend", **_ext)
+_add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,
+     "Dovecot master user the backend logs users in with", **_ext)
+_add("cluster_backend_dovecot_master_password", SECRET, "", BACKEND,
+     "password of that master user", **_ext)
+_add("cluster_backend_dovecot_imap_port", PORT, "10143", BACKEND, "IMAP port of the local Dovecot", **_ext)
+_add("cluster_backend_dovecot_pop3_port", PORT, "10110", BACKEND, "POP3 port of the local Dovecot", **_ext)
+_add("cluster_backend_dovecot_lmtp_port", PORT, "10024", BACKEND, "LMTP port of the local Dovecot", **_ext)
+_add("cluster_backend_dovecot_submission_port", PORT, "10587", BACKEND,
+     "Submission port of the local Dovecot", **_ext)
+_add("cluster_backend_dovecot_sieve_port", PORT, "14190", BACKEND,
+     "ManageSieve port of the local Dovecot", **_ext)
+_add("cluster_backend_dovecot_doveadm_http_port", PORT, "18080", BACKEND,
+     "doveadm HTTP API port of the local Dovecot", **_ext)
+
+# --- sections --------------------------------------------------------------------------------------------
+_RESULT = enum("return-ok", "return", "return-fail", "continue", "continue-ok", "continue-fail")
+
+PASSDB = Registry()
+PASSDB.add("driver", STRING, "", BOTH, "passdb driver, e.g. `passwd-file` (required)")
+PASSDB.add("args", STRING, "", BOTH, "driver arguments, e.g. the passwd-file path")
+PASSDB.add("master", BOOL, "no", BOTH, "a master passdb: log in as another user")
+PASSDB.add("result_success", _RESULT, "return-ok", BOTH, "what to do when the user authenticates")
+PASSDB.add("result_failure", _RESULT, "continue", BOTH, "what to do when authentication fails")
+PASSDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when the passdb fails")
+PASSDB.add("skip", enum("never", "authenticated", "unauthenticated"), "never", BOTH,
+           "when to skip this passdb")
+
+USERDB = Registry()
+USERDB.add("driver", STRING, "", BOTH, "userdb driver, e.g. `passwd-file` or `static` (required)")
+USERDB.add("args", STRING, "", BOTH, "driver arguments")
+USERDB.add("result_success", _RESULT, "return-ok", BOTH, "what to do when the user is found")
+USERDB.add("result_failure", _RESULT, "continue", BOTH, "what to do when the user is not found")
+USERDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when the userdb fails")
+USERDB.add("skip", enum("never", "found", "notfound"), "never", BOTH, "when to skip this userdb")
+
+# Field sections of passdb/userdb: `fields { key = value }`; any key is allowed.
+FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
+
+SERVICE = Registry()
+SERVICE.add("process_min_avail", UINT, "0", BOTH, "processes started ahead of connections")
+SERVICE.add("process_limit", UINT, "100", BOTH, "maximum number of processes")
+SERVICE.add("client_limit", UINT, "1000", BOTH, "maximum connections per process")
+
+INET_LISTENER = Registry()
+INET_LISTENER.add("port", PORT, "0", BOTH, "TCP port (0 disables the listener)")
+INET_LISTENER.add("address", ADDRESSES, "", BOTH, "addresses to bind (empty: `listen`)")
+INET_LISTENER.add("haproxy", BOOL, "no", BOTH,
+                  "expect a HAProxy PROXY header (only from `haproxy_trusted_networks`)")
+INET_LISTENER.add("ssl", BOOL, "no", BOTH, "TLS from the first byte (imaps, pop3s, submissions)")
+
+UNIX_LISTENER = Registry()
+UNIX_LISTENER.add("mode", MODE, "0600", BOTH, "permissions of the socket")
+UNIX_LISTENER.add("user", STRING, "", BOTH, "owner of the socket")
+UNIX_LISTENER.add("group", STRING, "", BOTH, "group of the socket")
+
+# The only thing the seed's examples put in `dict_server { dict cluster-geodb { ... } }`.
+GEODB_DICT = Registry()
+GEODB_DICT.add("cassandra_keyspace", STRING, "cluster", BOTH, "same as the top-level cassandra_keyspace")
+
+SERVICE_NAMES = (
+    "imap-login", "pop3-login", "submission-login", "managesieve-login", "lmtp", "doveadm", "stats", "cluster",
+)
+
+# Dovecot's default inet listeners: service -> (listener name, port, implicit TLS).
+DEFAULT_LISTENERS: dict[str, tuple[tuple[str, int, bool], ...]] = {
+    "imap-login": (("imap", 143, False), ("imaps", 993, True)),
+    "pop3-login": (("pop3", 110, False), ("pop3s", 995, True)),
+    "submission-login": (("submission", 587, False), ("submissions", 465, True)),
+    "managesieve-login": (("sieve", 4190, False),),
+    "lmtp": (("lmtp", 24, False),),
+}
+# `doveadm { inet_listener tcp }` takes its port from doveadm_port.
+DOVEADM_LISTENER = "tcp"
+
+# What `@cluster_defaults = proxy|backend` adds besides the role (the seed's group expansion).
+CLUSTER_UNIX_LISTENERS = (("cluster-userdb", 0o666), ("login/cluster", 0o666))
+
+GROUPS = {"cluster_defaults": ("proxy", "backend"), "metric_defaults": ("proxy", "backend")}

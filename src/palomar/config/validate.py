@@ -1,0 +1,121 @@
+"""Cross-setting rules that need no network: what each role requires, TLS, HAProxy, doveadm, ports.
+
+Pure: takes a loaded (not yet returned) Config and returns the problems found, each
+located at the line that makes the requirement apply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from palomar.config.errors import Issue, Location
+from palomar.config.model import ListenerSettings
+
+if TYPE_CHECKING:
+    from palomar.config.loader import Config
+
+_REQUIRED = {
+    "proxy": ("cluster_local_site", "cluster_hop_secret"),
+    "backend": ("cluster_backend_name", "cluster_local_site", "cluster_hop_secret",
+                "cluster_backend_dovecot_master_password"),
+}
+
+
+def cross_check(cfg: Config, main: Location) -> list[Issue]:
+    """Every cross-setting problem of `cfg`; `main` locates problems that belong to no single line."""
+    issues: list[Issue] = []
+    role_at = cfg.role_location or main
+    for name in _REQUIRED.get(cfg.role or "", ()):
+        if not cfg[name]:
+            issues.append(Issue(role_at, f"{name}: required on a {cfg.role} (@cluster_defaults = {cfg.role})"))
+    if cfg.role == "proxy" and cfg["cluster_proxy_check_backends"]:
+        for name in ("cluster_backend_test_username", "cluster_backend_test_password"):
+            if not cfg[name]:
+                at = cfg.location("cluster_proxy_check_backends") or role_at
+                issues.append(Issue(at, f"{name}: required to probe backends "
+                                        "(or set cluster_proxy_check_backends = no)"))
+    issues += _geodb(cfg)
+    issues += _tls(cfg, role_at)
+    issues += _listeners(cfg)
+    return issues
+
+
+def _geodb(cfg: Config) -> list[Issue]:
+    """Settings of the engine not in use would be silently ignored: refuse them."""
+    driver = cfg["cluster_geodb_driver"]
+    if driver == "cassandra":
+        issues = [Issue(cfg.location("cluster_geodb_path"),
+                        "cluster_geodb_path: only used with cluster_geodb_driver = sqlite")
+                  ] if cfg.is_set("cluster_geodb_path") else []
+        if not cfg["cassandra_hosts"]:
+            issues.append(Issue(cfg.location("cluster_geodb_driver"),
+                                "cassandra_hosts: required with cluster_geodb_driver = cassandra"))
+        return issues
+    return [
+        Issue(cfg.location(name), f"{name}: only used with cluster_geodb_driver = cassandra "
+                                  f"(cluster_geodb_driver is {driver})")
+        for name in ("cassandra_hosts", "cassandra_keyspace") if cfg.is_set(name)
+    ]
+
+
+def _tls(cfg: Config, role_at: Location) -> list[Issue]:
+    issues: list[Issue] = []
+    explicit_tls = [key for key, listener in _explicit_listeners(cfg) if listener.ssl]
+    if cfg["ssl"] == "no":
+        for service, name in explicit_tls:
+            issues.append(Issue(cfg.listener_locations[(service, name)],
+                                f"service {service} {{ inet_listener {name} }}: ssl = yes but ssl = no globally"))
+        return issues
+    if cfg.role == "proxy" or cfg.is_set("ssl") or explicit_tls:
+        missing = [n for n in ("ssl_server_cert_file", "ssl_server_key_file") if not cfg[n]]
+        if missing:
+            at = cfg.listener_locations[explicit_tls[0]] if explicit_tls else cfg.location("ssl") or role_at
+            issues.append(Issue(at, f"ssl: TLS is enabled (ssl = {cfg['ssl']}) but {' and '.join(missing)} "
+                                    f"{'is' if len(missing) == 1 else 'are'} not set; set them or ssl = no"))
+    return issues
+
+
+def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], ListenerSettings]]:
+    """Enabled listeners the configuration writes out (not only Dovecot's defaults)."""
+    for key in cfg.listener_explicit:
+        service, name = key
+        listener = cfg.services[service].listeners.get(name)
+        if listener is not None:
+            yield key, listener
+
+
+def _listeners(cfg: Config) -> list[Issue]:
+    issues: list[Issue] = []
+    bound: list[tuple[str, int, str, str]] = []
+    for service in cfg.services.values():
+        for listener in service.listeners.values():
+            fallback = "doveadm_port" if service.name == "doveadm" else "listen"
+            at = cfg.listener_locations.get((service.name, listener.name)) or cfg.location(fallback)
+            title = f"service {service.name} {{ inet_listener {listener.name} }}"
+            if listener.haproxy and not cfg["haproxy_trusted_networks"]:
+                issues.append(Issue(at, f"{title}: haproxy = yes needs haproxy_trusted_networks"))
+            if service.name == "doveadm" and not cfg["doveadm_password"]:
+                issues.append(Issue(at, f"{title}: doveadm_password is required for the doveadm listener"))
+            for address in listener.address:
+                for other_address, other_port, other_title, _ in bound:
+                    if other_port == listener.port and _overlap(address, other_address):
+                        issues.append(Issue(at, f"{title}: port {listener.port} on {address} "
+                                                f"is already used by {other_title}"))
+                bound.append((address, listener.port, title, service.name))
+    return issues
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether binding both addresses on one port would collide (`*` = all IPv4, `::` = all IPv6)."""
+    if a == b:
+        return True
+    for wildcard, family in (("*", 4), ("::", 6)):
+        for x, y in ((a, b), (b, a)):
+            if x == wildcard:
+                try:
+                    return ipaddress.ip_address(y).version == family
+                except ValueError:
+                    return False
+    return False

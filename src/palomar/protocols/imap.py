@@ -1,0 +1,798 @@
+"""IMAP login phase, sans-IO: the server side palomar's proxy shows to clients, and the
+client side palomar's backend uses to log a user in to its Dovecot as a master user.
+
+Both cores take bytes and return events; the bytes they want sent are collected in
+`data_to_send()`. After the login they step aside: whatever the peer pipelined after
+the login command is handed back by `leftover()` so it can be relayed, not lost.
+Reply texts follow Dovecot's imap-login so clients see what they would see there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from palomar.protocols.imap_syntax import (
+    ArgReader,
+    ImapSyntaxError,
+    LineAssembler,
+    LineTooLong,
+    LiteralAnnounced,
+    Response,
+    decode,
+    parse_response,
+    quote,
+)
+
+__all__ = [
+    "AUTH_FAILED",
+    "DEFAULT_CAPABILITIES",
+    "PRIVACY_REQUIRED",
+    "ClientState",
+    "Event",
+    "LoginResult",
+    "Close",
+    "IdReceived",
+    "ImapLoginClient",
+    "ImapLoginServer",
+    "LoggedIn",
+    "LoginFailed",
+    "LoginRequest",
+    "ServerState",
+    "StartTlsRequest",
+    "rewrite_tag",
+    "tagged",
+    "untagged",
+]
+
+DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+",
+)
+MECHANISMS = ("PLAIN", "LOGIN")
+MAX_TAG_LENGTH = 100
+MAX_ID_KEY = 30
+MAX_ID_VALUE = 1024
+
+AUTH_FAILED = "NO [AUTHENTICATIONFAILED] Authentication failed."
+PRIVACY_REQUIRED = "NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+BAD_COMMAND = "Error in IMAP command received by server."
+INPUT_FULL = "Input buffer full, aborting"
+_TAG_FORBIDDEN = frozenset(b'+(){ %*"\\')
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _line(text: str) -> bytes:
+    if "\r" in text or "\n" in text:
+        raise ValueError("reply text must be a single line")
+    return text.encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def tagged(tag: str, status: str, text: str) -> bytes:
+    """`tag STATUS text\\r\\n`, e.g. tagged("a1", "NO", "[AUTHENTICATIONFAILED] Authentication failed.")."""
+    return _line(f"{tag} {status} {text}")
+
+
+def untagged(text: str) -> bytes:
+    return _line(f"* {text}")
+
+
+def rewrite_tag(backend_line: bytes, client_tag: str, capabilities: Sequence[str] | None = None) -> bytes:
+    """Give the backend's tagged reply the client's tag: `L OK [CAPABILITY ...] Logged in`
+    becomes `<client_tag> OK [CAPABILITY ...] Logged in`. With `capabilities`, a tagged OK
+    lacking a response code gets `[CAPABILITY ...]` inserted, so the client still learns
+    the post-login capabilities (as Dovecot's proxy does)."""
+    line = backend_line.rstrip(b"\r\n")
+    _, sep, rest = line.partition(b" ")
+    if not sep or not rest:
+        raise ValueError("not a tagged reply line")
+    status, _, text = rest.partition(b" ")
+    if capabilities is not None and status.upper() == b"OK" and not text.startswith(b"["):
+        code = ("[CAPABILITY " + " ".join(capabilities) + "]").encode("ascii")
+        rest = status + b" " + code + (b" " + text if text else b"")
+    return client_tag.encode("ascii") + b" " + rest + b"\r\n"
+
+
+def _valid_tag(raw: bytes) -> str | None:
+    """The tag, or None when it must not be echoed (Dovecot answers such lines with `*`)."""
+    if not raw or len(raw) > MAX_TAG_LENGTH:
+        return None
+    if any(b <= 0x20 or b >= 0x7F or b in _TAG_FORBIDDEN for b in raw):
+        return None
+    return raw.decode("ascii")
+
+
+def _b64decode(data: bytes) -> bytes:
+    """Strict base64 (RFC 4648 alphabet and padding), as SASL requires."""
+    if not data:
+        return b""
+    decoded = base64.b64decode(data, validate=True)
+    if base64.b64encode(decoded) != data:  # stray padding or a partial quantum
+        raise binascii.Error("non-canonical base64")
+    return decoded
+
+
+# --------------------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """The client asked to log in; answer with login_failed() or login_succeeded().
+
+    `command` is LOGIN or AUTHENTICATE; `mechanism` is the SASL mechanism (the LOGIN
+    command counts as PLAIN). `authzid` is set when a PLAIN client asked to act as
+    another user (a master-user style login) - the caller decides whether to allow it.
+    """
+
+    tag: str
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = "PLAIN"
+    command: str = "LOGIN"
+    authzid: str | None = None
+
+    @property
+    def is_master_login(self) -> bool:
+        return self.authzid is not None and self.authzid != self.username
+
+
+@dataclass(frozen=True)
+class StartTlsRequest:
+    """The core has queued `tag OK Begin TLS negotiation now.`; send it, handshake, then tls_started()."""
+
+    tag: str
+
+
+@dataclass(frozen=True)
+class IdReceived:
+    """The client's ID parameters (RFC 2971), for logging; already answered by the core."""
+
+    tag: str
+    params: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection after sending data_to_send()."""
+
+    reason: str
+
+
+Event = LoginRequest | StartTlsRequest | IdReceived | Close
+
+
+class ServerState(enum.Enum):
+    COMMAND = "command"
+    AUTH_CONTINUE = "auth-continue"
+    AWAIT_LOGIN = "await-login"
+    AWAIT_TLS = "await-tls"
+    LOGGED_IN = "logged-in"
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------------- server
+
+
+class ImapLoginServer:
+    """Pre-login IMAP server core: answers what it can by itself and hands logins to the caller."""
+
+    def __init__(
+        self,
+        capabilities: Iterable[str] = DEFAULT_CAPABILITIES,
+        *,
+        starttls: bool,
+        secured: bool,
+        allow_cleartext: bool,
+        greeting: str = "Palomar ready.",
+        max_line: int = 8192,
+        max_bad_commands: int = 3,
+        server_id: Sequence[tuple[str, str]] = (("name", "palomar"),),
+    ) -> None:
+        self.base_capabilities = tuple(capabilities)
+        for cap in self.base_capabilities:
+            upper = cap.upper()
+            if upper in ("STARTTLS", "LOGINDISABLED") or upper.startswith("AUTH="):
+                raise ValueError(f"{cap} is decided by the connection state, not configured")
+        _line(greeting)
+        self.starttls = starttls
+        self.secured = secured
+        self.allow_cleartext = allow_cleartext
+        self.greeting_text = greeting
+        self.max_line = max_line
+        self.max_bad_commands = max_bad_commands
+        self.server_id = tuple(server_id)
+        self.state = ServerState.COMMAND
+        #: The client used CAPABILITY before any STARTTLS: it may ignore [CAPABILITY] codes,
+        #: so the post-login capabilities should be sent as an untagged line too.
+        self.client_used_capability = False
+        self.tls_active = False
+        self.bad_commands = 0
+        self._lines = LineAssembler(max_line)
+        self._out = bytearray()
+        self._pending_tag: str | None = None
+        self._auth: _SaslState | None = None
+        self._after_login = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<ImapLoginServer state={self.state.value} secured={self.secured}>"
+
+    # ---- what the caller asks
+
+    @property
+    def cleartext_allowed(self) -> bool:
+        return self.secured or self.allow_cleartext
+
+    def capability_string(self) -> str:
+        caps = list(self.base_capabilities)
+        if self.starttls and not self.secured:
+            caps.append("STARTTLS")
+        if self.cleartext_allowed:
+            caps.extend(f"AUTH={mech}" for mech in MECHANISMS)
+        else:
+            caps.append("LOGINDISABLED")
+        return " ".join(caps)
+
+    def greeting(self) -> bytes:
+        return untagged(f"OK [CAPABILITY {self.capability_string()}] {self.greeting_text}")
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
+            return []  # bytes before the TLS handshake are dropped: command injection defence
+        if self.state is ServerState.LOGGED_IN:
+            self._after_login += data
+            return []
+        self._lines.feed(data)
+        if self.state is ServerState.AWAIT_LOGIN:
+            events: list[Event] = []
+            if self._lines.buffered > max(8 * self.max_line, 65536):
+                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
+            return events
+        return self._process()
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STARTTLS is done; read commands again, now secured."""
+        if self.state is not ServerState.AWAIT_TLS:
+            raise RuntimeError("tls_started() without STARTTLS")
+        self.secured = True
+        self.tls_active = True
+        self._lines = LineAssembler(self.max_line)
+        self.state = ServerState.COMMAND
+
+    def login_failed(self, tag: str, response: str) -> list[Event]:
+        """Send `tag <response>` (e.g. AUTH_FAILED) and resume reading commands."""
+        self._check_pending(tag)
+        self._out += _line(f"{tag} {response}")
+        self._pending_tag = None
+        self.state = ServerState.COMMAND
+        return self._process()
+
+    def login_succeeded(self) -> None:
+        """The caller has written the OK; from now on the core produces nothing."""
+        self._check_pending(self._pending_tag or "")
+        self._pending_tag = None
+        self.state = ServerState.LOGGED_IN
+        self._after_login[:0] = self._lines.take_buffer()
+
+    def leftover(self) -> bytes:
+        """Bytes the client sent after its login command (to relay to the backend); clears them."""
+        data = bytes(self._after_login)
+        self._after_login.clear()
+        return data
+
+    def _check_pending(self, tag: str) -> None:
+        if self.state is not ServerState.AWAIT_LOGIN or tag != self._pending_tag:
+            raise RuntimeError("no login is waiting for this tag")
+
+    # ---- input loop
+
+    def _process(self) -> list[Event]:
+        events: list[Event] = []
+        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
+            try:
+                item = self._lines.next_message(literals=self.state is ServerState.COMMAND)
+            except LineTooLong:
+                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
+                break
+            if item is None:
+                break
+            if isinstance(item, LiteralAnnounced):
+                self._on_literal(item, events)
+            elif self.state is ServerState.AUTH_CONTINUE:
+                self._on_sasl_response(item, events)
+            else:
+                self._on_command(item, events)
+        return events
+
+    def _close_with_bye(self, text: str, reason: str, events: list[Event]) -> None:
+        self._out += untagged(f"BYE {text}")
+        self.state = ServerState.CLOSED
+        self._lines.reset()
+        events.append(Close(reason))
+
+    def _bad_command(self, tag: str | None, events: list[Event], text: str = BAD_COMMAND) -> None:
+        self.bad_commands += 1
+        if self.bad_commands >= self.max_bad_commands:
+            self._close_with_bye("Too many invalid IMAP commands.", "Too many invalid commands", events)
+        else:
+            self._out += tagged(tag or "*", "BAD", text)
+
+    def _on_literal(self, announced: LiteralAnnounced, events: list[Event]) -> None:
+        fits = len(announced.head) + announced.size <= self.max_line
+        if not announced.synchronizing:
+            # The client sends the bytes anyway; if they cannot fit we cannot resynchronise.
+            if fits:
+                self._lines.accept_literal()
+            else:
+                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
+            return
+        raw_tag, _, rest = announced.head.partition(b" ")
+        tag = _valid_tag(raw_tag)
+        name = rest.split(b" ", 1)[0].upper()
+        if tag is not None and name in (b"LOGIN", b"ID") and fits and (
+            name == b"ID" or self.cleartext_allowed
+        ):
+            self._out += b"+ OK\r\n"
+            self._lines.accept_literal()
+            return
+        # Refused: the client waits for "+ OK", so it will not send the literal.
+        self._lines.refuse_literal()
+        if tag is None or name not in (b"LOGIN", b"ID"):
+            self._bad_command(tag, events)
+        elif not fits:
+            self._bad_command(tag, events, "Literal size too large.")
+        else:
+            # LOGIN without TLS: refused before the password is sent in the clear.
+            self._out += _line(f"{tag} {PRIVACY_REQUIRED}")
+
+    def _on_command(self, message: bytes, events: list[Event]) -> None:
+        raw_tag, sep, _ = message.partition(b" ")
+        tag = _valid_tag(raw_tag)
+        if tag is None or not sep:
+            self._bad_command(tag, events)
+            return
+        reader = ArgReader(message, len(raw_tag) + 1)
+        try:
+            name = reader.atom().upper().decode("ascii")
+        except ImapSyntaxError:
+            self._bad_command(tag, events)
+            return
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            if tag.upper() == "LOGIN":
+                self._out += tagged(tag, "BAD", "First parameter in line is IMAP's command tag, not the "
+                                    "command name. Add that before the command, like: a login user pass")
+                return
+            self._bad_command(tag, events)
+            return
+        try:
+            handler(self, tag, reader, events)
+        except ImapSyntaxError:
+            self._bad_command(tag, events)
+
+    # ---- commands
+
+    def _cmd_capability(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        if not self.tls_active:
+            self.client_used_capability = True
+        self._out += untagged(f"CAPABILITY {self.capability_string()}")
+        self._out += tagged(tag, "OK", "Pre-login capabilities listed, post-login capabilities have more.")
+
+    def _cmd_noop(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        self._out += tagged(tag, "OK", "NOOP completed.")
+
+    def _cmd_logout(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        self._out += untagged("BYE Logging out")
+        self._out += tagged(tag, "OK", "Logout completed.")
+        self.state = ServerState.CLOSED
+        self._lines.reset()
+        events.append(Close("Aborted login (logged out)"))
+
+    def _cmd_enable(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        self._out += tagged(tag, "BAD", "ENABLE is not allowed before authentication.")
+
+    def _cmd_starttls(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        if self.secured:
+            self._out += tagged(tag, "BAD", "TLS is already active.")
+            return
+        if not self.starttls:
+            self._out += tagged(tag, "BAD", "TLS support isn't enabled.")
+            return
+        self._out += tagged(tag, "OK", "Begin TLS negotiation now.")
+        self._lines.reset()  # anything pipelined in plaintext is discarded
+        self.state = ServerState.AWAIT_TLS
+        events.append(StartTlsRequest(tag))
+
+    def _cmd_id(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        try:
+            params = _parse_id(reader)
+        except ImapSyntaxError:
+            self._out += tagged(tag, "BAD", "Invalid ID parameters")
+            return
+        if self.server_id:
+            pairs = " ".join(f"{quote(k)} {quote(v)}" for k, v in self.server_id)
+            self._out += untagged(f"ID ({pairs})")
+        else:
+            self._out += untagged("ID NIL")
+        self._out += tagged(tag, "OK", "ID completed.")
+        events.append(IdReceived(tag, params))
+
+    def _cmd_login(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        if not self.cleartext_allowed:
+            self._out += _line(f"{tag} {PRIVACY_REQUIRED}")
+            return
+        reader.sp()
+        user = reader.astring()
+        reader.sp()
+        password = reader.astring()
+        reader.end()
+        self._request_login(LoginRequest(tag, decode(user), decode(password), "PLAIN", "LOGIN"), events)
+
+    def _cmd_authenticate(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
+        reader.sp()
+        mech = reader.atom().upper().decode("ascii")
+        initial: bytes | None = None
+        if not reader.at_end():
+            reader.sp()
+            initial = reader.atom()
+            reader.end()
+        if mech not in MECHANISMS:
+            self._out += tagged(tag, "NO", "Unsupported authentication mechanism.")
+            return
+        if not self.cleartext_allowed:
+            self._out += _line(f"{tag} {PRIVACY_REQUIRED}")
+            return
+        self._auth = _SaslState(tag, mech)
+        if initial is None:
+            self._challenge(b"" if mech == "PLAIN" else b"Username:")
+            return
+        try:
+            data = b"" if initial == b"=" else _b64decode(initial)
+        except binascii.Error:
+            self._auth = None
+            self._out += tagged(tag, "BAD", "Invalid base64 data in initial response")
+            return
+        self._sasl_step(data, events)
+
+    # ---- SASL
+
+    def _challenge(self, data: bytes) -> None:
+        self._out += b"+ " + base64.b64encode(data) + b"\r\n"
+        self.state = ServerState.AUTH_CONTINUE
+
+    def _on_sasl_response(self, line: bytes, events: list[Event]) -> None:
+        assert self._auth is not None
+        tag = self._auth.tag
+        self.state = ServerState.COMMAND
+        if line == b"*":
+            self._auth = None
+            self._out += tagged(tag, "BAD", "Authentication aborted by client.")
+            return
+        try:
+            data = _b64decode(line)
+        except binascii.Error:
+            self._auth = None
+            self._out += tagged(tag, "BAD", "Invalid base64 data in continued response")
+            return
+        self._sasl_step(data, events)
+
+    def _sasl_step(self, data: bytes, events: list[Event]) -> None:
+        auth = self._auth
+        assert auth is not None
+        if auth.mechanism == "LOGIN" and auth.username is None:
+            auth.username = data
+            self._challenge(b"Password:")
+            return
+        self._auth = None
+        if auth.mechanism == "LOGIN":
+            assert auth.username is not None
+            user, password, authzid = auth.username, data, None
+        else:
+            parts = data.split(b"\0")
+            if len(parts) != 3:
+                self._out += _line(f"{auth.tag} {AUTH_FAILED}")
+                return
+            authzid, user, password = parts
+        if not user:
+            self._out += _line(f"{auth.tag} {AUTH_FAILED}")
+            return
+        self._request_login(LoginRequest(
+            auth.tag, decode(user), decode(password), auth.mechanism, "AUTHENTICATE",
+            decode(authzid) if authzid else None,
+        ), events)
+
+    def _request_login(self, request: LoginRequest, events: list[Event]) -> None:
+        self._pending_tag = request.tag
+        self.state = ServerState.AWAIT_LOGIN
+        events.append(request)
+
+
+@dataclass
+class _SaslState:
+    tag: str
+    mechanism: str
+    username: bytes | None = field(default=None, repr=False)
+
+
+def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
+    """`SP ( "(" [string SP nstring *(SP string SP nstring)] ")" / NIL )` with Dovecot's limits."""
+    reader.sp()
+    if reader.peek() != ord("("):
+        if reader.atom().upper() != b"NIL":
+            raise ImapSyntaxError("expected a list or NIL")
+        reader.end()
+        return ()
+    reader.expect(b"(")
+    params: list[tuple[str, str | None]] = []
+    while reader.peek() != ord(")"):
+        if params:
+            reader.sp()
+        key = reader.string()
+        reader.sp()
+        value = reader.nstring()
+        if len(key) > MAX_ID_KEY or (value is not None and len(value) > MAX_ID_VALUE):
+            raise ImapSyntaxError("ID parameter too long")
+        params.append((decode(key), None if value is None else decode(value)))
+    reader.expect(b")")
+    reader.end()
+    return tuple(params)
+
+
+_COMMANDS = {
+    "CAPABILITY": ImapLoginServer._cmd_capability,
+    "NOOP": ImapLoginServer._cmd_noop,
+    "LOGOUT": ImapLoginServer._cmd_logout,
+    "ENABLE": ImapLoginServer._cmd_enable,
+    "STARTTLS": ImapLoginServer._cmd_starttls,
+    "ID": ImapLoginServer._cmd_id,
+    "LOGIN": ImapLoginServer._cmd_login,
+    "AUTHENTICATE": ImapLoginServer._cmd_authenticate,
+}
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """The backend accepted the login. `ok_line` is its tagged OK line (with CRLF, tag `L`;
+    see rewrite_tag); `untagged` holds the other untagged lines it sent meanwhile, ready to
+    forward (its replies to our ID and CAPABILITY, and BYE, are left out)."""
+
+    ok_line: bytes
+    capabilities: list[str]
+    untagged: bytes = b""
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    """The login did not succeed.
+
+    kind: `auth` (wrong credentials, or a NO without code), `temp` (UNAVAILABLE, or the
+    backend went away: worth retrying), `referral` (the user lives elsewhere: `referral`
+    holds the URL), `config` (SERVERBUG), `other` (another response code, to forward
+    verbatim) or `protocol` (the backend did not speak IMAP as expected).
+    """
+
+    kind: str
+    response_code: str | None
+    text: str
+    referral: str | None = None
+    line: bytes = b""
+
+
+LoginResult = LoggedIn | LoginFailed
+
+
+class ClientState(enum.Enum):
+    BANNER = "banner"
+    CAPABILITY = "capability"
+    AUTHENTICATE = "authenticate"
+    DONE = "done"
+
+
+_TEMP_CODES = frozenset({"UNAVAILABLE"})
+_AUTH_CODES = frozenset({"AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED"})
+
+
+class ImapLoginClient:
+    """Logs a user in to a Dovecot backend as a master user (SASL PLAIN with
+    authzid=username, authcid=master_user), in Dovecot's proxy order: banner, optional
+    `C CAPABILITY`, `I ID (...)` and `L AUTHENTICATE PLAIN` pipelined."""
+
+    def __init__(
+        self,
+        username: str,
+        *,
+        master_user: str,
+        master_password: str,
+        id_fields: Sequence[tuple[str, str | None]] = (),
+        max_line: int = 65536,
+    ) -> None:
+        for value in (username, master_user, master_password):
+            if "\0" in value:
+                raise ValueError("NUL is not allowed in SASL PLAIN fields")
+        if not username or not master_user:
+            raise ValueError("username and master_user must not be empty")
+        self.username = username
+        self._id_line = (
+            "I ID (" + " ".join(f"{quote(k)} {'NIL' if v is None else quote(v)}" for k, v in id_fields) + ")"
+            if id_fields else None
+        )
+        plain = "\0".join((username, master_user, master_password)).encode("utf-8", "surrogateescape")
+        self._initial_response = base64.b64encode(plain)
+        self.state = ClientState.BANNER
+        self.capabilities: list[str] = []
+        self.result: LoginResult | None = None
+        self._lines = LineAssembler(max_line)
+        self._out = bytearray()
+        self._untagged = bytearray()
+        self._awaiting_challenge = False
+        self._leftover = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<ImapLoginClient user={self.username!r} state={self.state.value}>"
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def leftover(self) -> bytes:
+        """Bytes the backend sent after its tagged login reply; clears them."""
+        data = bytes(self._leftover)
+        self._leftover.clear()
+        return data
+
+    def connection_lost(self) -> LoginResult:
+        """The backend closed the connection; the result, or a temporary failure if none yet."""
+        if self.result is None:
+            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
+        assert self.result is not None
+        return self.result
+
+    def receive(self, data: bytes) -> LoginResult | None:
+        """Feed the backend's bytes; returns the result once, when it is known."""
+        if self.state is ClientState.DONE:
+            self._leftover += data
+            return None
+        self._lines.feed(data)
+        while self.state is not ClientState.DONE:
+            try:
+                item = self._lines.next_message()
+                if isinstance(item, LiteralAnnounced):
+                    self._lines.accept_literal()
+                    continue
+            except LineTooLong:
+                return self._protocol_error("Backend sent a too long line")
+            if item is None:
+                return None
+            self._on_line(item)
+        return self.result
+
+    # ---- internals
+
+    def _finish(self, result: LoginResult) -> None:
+        self.result = result
+        self.state = ClientState.DONE
+        self._leftover[:0] = self._lines.take_buffer()
+
+    def _protocol_error(self, text: str) -> LoginResult:
+        self._finish(LoginFailed("protocol", None, text))
+        assert self.result is not None
+        return self.result
+
+    def _on_line(self, line: bytes) -> None:
+        try:
+            resp = parse_response(line)
+        except ImapSyntaxError:
+            self._protocol_error(f"Invalid reply from backend: {_shorten(line)}")
+            return
+        if self.state is ClientState.BANNER:
+            self._on_banner(resp)
+        elif resp.tag == "*":
+            self._on_untagged(resp)
+        elif self.state is ClientState.CAPABILITY:
+            self._on_capability_reply(resp)
+        else:
+            self._on_login_reply(resp)
+
+    def _on_banner(self, resp: Response) -> None:
+        if resp.tag != "*" or resp.status != "OK":
+            self._protocol_error(f"Invalid banner: {_shorten(resp.raw)}")
+            return
+        if resp.code == "CAPABILITY" and resp.code_args:
+            self.capabilities = resp.code_args.split()
+            self._start_login()
+        else:
+            self._out += b"C CAPABILITY\r\n"
+            self.state = ClientState.CAPABILITY
+
+    def _has(self, capability: str) -> bool:
+        return any(cap.upper() == capability for cap in self.capabilities)
+
+    def _start_login(self) -> None:
+        if not (self._has("IMAP4REV1") or self._has("IMAP4REV2")):
+            self._protocol_error("Backend does not support IMAP4rev1")
+            return
+        if self._id_line is not None and self._has("ID"):
+            self._out += self._id_line.encode("utf-8", "surrogateescape") + b"\r\n"
+        if self._has("SASL-IR"):
+            self._out += b"L AUTHENTICATE PLAIN " + self._initial_response + b"\r\n"
+        else:
+            self._out += b"L AUTHENTICATE PLAIN\r\n"
+            self._awaiting_challenge = True
+        self.state = ClientState.AUTHENTICATE
+
+    def _on_untagged(self, resp: Response) -> None:
+        if resp.status == "CAPABILITY":
+            self.capabilities = resp.text.split()
+        elif resp.status in ("BYE", "ID"):
+            pass  # BYE during login is not forwarded; ID answers our own command
+        else:
+            self._untagged += resp.raw
+
+    def _on_capability_reply(self, resp: Response) -> None:
+        if resp.tag == "C" and resp.status == "OK" and self.capabilities:
+            self._start_login()
+        else:
+            self._protocol_error(f"CAPABILITY failed: {_shorten(resp.raw)}")
+
+    def _on_login_reply(self, resp: Response) -> None:
+        if resp.tag == "+":
+            if not self._awaiting_challenge:
+                self._protocol_error("Unexpected continuation from backend")
+                return
+            self._awaiting_challenge = False
+            self._out += self._initial_response + b"\r\n"
+        elif resp.tag == "I":
+            if resp.status != "OK" and resp.code == "SERVERBUG":
+                self._finish(LoginFailed("config", "SERVERBUG", resp.text, line=resp.raw))
+        elif resp.tag == "L":
+            self._on_tagged_login(resp)
+        else:
+            self._protocol_error(f"Unexpected reply from backend: {_shorten(resp.raw)}")
+
+    def _on_tagged_login(self, resp: Response) -> None:
+        if resp.status == "OK":
+            if resp.code == "CAPABILITY" and resp.code_args:
+                self.capabilities = resp.code_args.split()
+            self._finish(LoggedIn(resp.raw, list(self.capabilities), bytes(self._untagged)))
+            return
+        if resp.status != "NO":
+            self._protocol_error(f"Login refused by backend: {_shorten(resp.raw)}")
+            return
+        code = resp.code
+        if code is None or code in _AUTH_CODES:
+            kind = "auth"
+        elif code in _TEMP_CODES:
+            kind = "temp"
+        elif code == "REFERRAL":
+            kind = "referral"
+        elif code == "SERVERBUG":
+            kind = "config"
+        else:
+            kind = "other"
+        referral = resp.code_args if kind == "referral" else None
+        if kind == "referral" and not referral:
+            self._protocol_error("REFERRAL without a URL")
+            return
+        self._finish(LoginFailed(kind, code, resp.text, referral, resp.raw))
+
+
+def _shorten(raw: bytes, limit: int = 80) -> str:
+    text = decode(raw.rstrip(b"\r\n"))
+    return text if len(text) <= limit else text[:limit] + "..."
+

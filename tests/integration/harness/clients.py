@@ -1,0 +1,46 @@
+"""Client-side helpers for the stdlib mail clients: IMAP ID, SASL PLAIN as a master user.
+
+imaplib knows neither the ID command nor a source address; both are what the palomar
+backend does in front of Dovecot, so tests need them.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import socket
+
+imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED", "LOGOUT"))
+
+
+def sasl_plain(authzid: str, authcid: str, password: str) -> bytes:
+    """The SASL PLAIN message: authzid NUL authcid NUL password."""
+    return f"{authzid}\0{authcid}\0{password}".encode()
+
+
+def sasl_plain_b64(authzid: str, authcid: str, password: str) -> str:
+    return base64.b64encode(sasl_plain(authzid, authcid, password)).decode()
+
+
+class IMAP4From(imaplib.IMAP4):
+    """imaplib.IMAP4 that can connect from a chosen local address (e.g. 127.0.0.99)."""
+
+    def __init__(self, host: str, port: int, source: str | None = None, timeout: float = 10.0) -> None:
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        source = (self._source, 0) if self._source else None
+        return socket.create_connection((self.host, self.port), timeout, source_address=source)
+
+
+def imap_id(imap: imaplib.IMAP4, fields: dict[str, str]) -> tuple[str, list[bytes]]:
+    """Send `ID (...)`; before LOGIN it is what carries the client's address to Dovecot."""
+    body = " ".join(f'"{key}" "{value}"' for key, value in fields.items())
+    typ, data = imap._simple_command("ID", f"({body})")
+    return typ, data
+
+
+def imap_master_login(imap: imaplib.IMAP4, user: str, master_user: str, master_password: str) -> None:
+    """AUTHENTICATE PLAIN with authzid=user, authcid=master user (raises imaplib.IMAP4.error)."""
+    imap.authenticate("PLAIN", lambda _challenge: sasl_plain(user, master_user, master_password))

@@ -1,0 +1,121 @@
+"""A real HAProxy in TCP mode in front of palomar proxies, as in the seed's sample haproxy.conf.
+
+Every server line has `check send-proxy-v2`, so the proxies behind it see the client's
+address in a PROXY v2 header. HAProxy runs in the foreground (`-db`) as our child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.net import wait_port
+from harness.procs import stop_tree
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One `listen` section: clients connect to `bind`, connections go round-robin to `servers`."""
+
+    name: str
+    bind: tuple[str, int]
+    servers: Sequence[tuple[str, int]]
+    send_proxy_v2: bool = True
+    check: bool = True
+    extra_server_options: tuple[str, ...] = field(default=())
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
+                       timeout_server: str = "1m", timeout_connect: str = "10s",
+                       check_interval: str = "2s") -> str:
+    """The haproxy.cfg text: the seed's defaults, one `listen` per entry."""
+    lines = [
+        "global",
+        "  log stderr format raw local0 info",
+        "  maxconn 4096",
+        "",
+        "defaults",
+        "  mode tcp",
+        "  log global",
+        "  option dontlognull",
+        "  retries 3",
+        "  timeout queue 1m",
+        f"  timeout connect {timeout_connect}",
+        f"  timeout client {timeout_client}",
+        f"  timeout server {timeout_server}",
+        "  timeout check 10s",
+        "  maxconn 4096",
+    ]
+    for listen in listens:
+        lines += ["", f"listen {listen.name}", f"  bind {_addr(*listen.bind)}", "  mode tcp",
+                  "  balance roundrobin"]
+        for index, (host, port) in enumerate(listen.servers, start=1):
+            options = []
+            if listen.check:
+                options.append(f"check inter {check_interval}")
+            if listen.send_proxy_v2:
+                options.append("send-proxy-v2")
+            options.extend(listen.extra_server_options)
+            lines.append(f"  server {listen.name}-{index} {_addr(host, port)} {' '.join(options)}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+class HAProxyInstance:
+    """haproxy -db with a rendered config under `workdir`; stopped by pid."""
+
+    def __init__(self, listens: Sequence[Listen], workdir: Path, **render_options: str) -> None:
+        self.listens = list(listens)
+        self.workdir = workdir
+        self.config_path = workdir / "haproxy.cfg"
+        self.log_path = workdir / "haproxy.log"
+        self._render_options = render_options
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.running():
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render_haproxy_cfg(self.listens, **self._render_options))
+        check = subprocess.run(["haproxy", "-c", "-f", str(self.config_path)], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy rejects {self.config_path}:\n{check.stdout}{check.stderr}")
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.config_path)],
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          start_new_session=True)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        try:
+            for listen in self.listens:
+                wait_port(listen.bind[0], listen.bind[1], deadline, alive=self.running)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop()
+            raise RuntimeError(f"haproxy did not start: {exc}\n{self.log_text()}") from None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            stop_tree(self._proc)
+            self._proc = None
+        atexit.unregister(self.stop)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""

@@ -1,0 +1,60 @@
+"""Loopback ports: pick a free one, and wait until a listener accepts connections."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+POLL_INTERVAL = 0.02
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now (the kernel picks it)."""
+    return free_ports(host, 1)[0]
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct free ports: all are held at once, since the kernel may hand out one twice."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a TCP connect to host:port succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, deadline: float, alive: Callable[[], bool] | None = None) -> None:
+    """Poll connect() until host:port accepts, or raise TimeoutError at `deadline` (time.monotonic()).
+
+    `alive` lets the caller stop waiting early when the server process has died.
+    """
+    while True:
+        if port_accepts(host, port):
+            return
+        if alive is not None and not alive():
+            raise RuntimeError(f"server exited before {host}:{port} accepted connections")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{host}:{port} did not accept connections in time")
+        time.sleep(POLL_INTERVAL)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` until it holds; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(POLL_INTERVAL)

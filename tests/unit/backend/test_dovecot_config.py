@@ -1,0 +1,169 @@
+"""The Dovecot backend config generator: what it renders, what it refuses, what it writes."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import grp
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from palomar.backend.dovecot_config import (
+    DovecotConfigError,
+    DovecotParams,
+    hash_password,
+    master_passwd_line,
+    render,
+    write_instance,
+)
+from palomar.cli.backend_cmd import parse_host_port
+
+# Made by `doveadm pw -s SSHA512 -p 'correct horse'` (Dovecot 2.3.19).
+DOVEADM_SSHA512 = ("{SSHA512}xduPvSBnUgb/DomB4dCswrnSy9QwsfPqDTUcroqE1wJuVM6LOWnSAgi4ACbWapJ0BIGM7wwQ8N6KMIUj"
+                   "q0PnkjtHM44=")
+
+
+def _params(tmp: Path = Path("/srv/be1"), **changes: object) -> DovecotParams:
+    base = DovecotParams(
+        instance_name="backend1", hostname="backend1.example.test", conf_dir=tmp / "etc",
+        base_dir=tmp / "run", state_dir=tmp / "state", log_path=tmp / "dovecot.log", listen="127.0.0.2",
+        imap_port=10143, pop3_port=10110, lmtp_port=10024, submission_port=10587, sieve_port=14190,
+        doveadm_http_port=18080, metrics_port=19900, mail_root=Path("/srv/mail"),
+        master_password="Master-Secret-9", doveadm_password='pw "with" \\ quotes', doveadm_api_key="api-key-1",
+        trusted_networks=("127.0.0.1/32", "127.0.0.2/32"), relay_host="127.0.0.1", relay_port=2525,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _block(text: str, header: str) -> str:
+    start = text.index(header)
+    return text[start:text.index("\n}", start) + 2]
+
+
+def test_render_sets_listeners_and_trust() -> None:
+    text = render(_params())
+    assert "listen = 127.0.0.2\n" in text
+    assert "protocols = imap pop3 lmtp sieve submission\n" in text
+    assert "login_trusted_networks = 127.0.0.1/32 127.0.0.2/32\n" in text
+    assert "imap_id_log = *\n" in text
+    assert "log_path = /srv/be1/dovecot.log\n" in text
+    for service, port in (("imap-login", 10143), ("pop3-login", 10110), ("lmtp", 10024),
+                          ("submission-login", 10587), ("managesieve-login", 14190), ("doveadm", 18080),
+                          ("stats", 19900)):
+        assert f"port = {port}\n" in _block(text, f"service {service} {{"), service
+    imap_login = _block(text, "service imap-login {")
+    assert "service_count = 0" in imap_login and "port = 0" in imap_login  # high-performance, no imaps
+    for service in ("anvil", "auth", "stats"):
+        assert "client_limit = 10500" in _block(text, f"service {service} {{")
+    assert "submission_relay_host = 127.0.0.1\nsubmission_relay_port = 2525\n" in text
+    assert "mail_plugins = $mail_plugins sieve" in _block(text, "protocol lmtp {")
+
+
+def test_render_passdbs_admit_only_the_master_user() -> None:
+    text = render(_params())
+    passdbs = [_block(text[i:], "passdb {") for i in range(len(text)) if text.startswith("passdb {", i)]
+    assert len(passdbs) == 3
+    master, deny, target = passdbs
+    assert "args = /srv/be1/etc/master-users.passwd" in master
+    assert "master = yes" in master and "result_success = continue" in master
+    assert "deny = yes" in deny and "skip = authenticated" in deny
+    assert "driver = static" in target and "nopassword=y" in target and "skip = unauthenticated" in target
+    userdb = _block(text, "userdb {")
+    assert "uid=vmail gid=vmail home=/srv/mail/%Ld/%Ln" in userdb
+    assert "mail_location = sdbox:~/mail\n" in text
+
+
+def test_render_keeps_the_master_secret_out_and_quotes_doveadm_secrets() -> None:
+    text = render(_params())
+    assert "Master-Secret-9" not in text
+    assert 'doveadm_password = "pw \\"with\\" \\\\ quotes"\n' in text
+    assert 'doveadm_api_key = "api-key-1"\n' in text
+    assert "doveadm_api_key" not in render(_params(doveadm_api_key=""))
+
+
+def test_repr_hides_secrets() -> None:
+    text = repr(_params())
+    for secret in ("Master-Secret-9", "quotes", "api-key-1"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"listen": "192.0.2.1"}, "not a loopback"),
+        ({"listen": "backend1"}, "not an IP address"),
+        ({"pop3_port": 10143}, "share a port"),
+        ({"imap_port": 0}, "imap port"),
+        ({"metrics_port": 70000}, "metrics port"),
+        ({"base_dir": Path("run")}, "absolute"),
+        ({"mail_root": Path("/srv/mail%d")}, "character"),
+        ({"mail_root": Path("/srv/my mail")}, "character"),
+        ({"master_user": "bad:user"}, "master user"),
+        ({"master_password": ""}, "master password is empty"),
+        ({"doveadm_password": "a\nb"}, "control character"),
+        ({"trusted_networks": ("127.0.0.300",)}, "trusted network"),
+        ({"trusted_networks": ()}, "trusted_networks"),
+        ({"instance_name": "x y"}, "instance_name"),
+        ({"relay_port": 0}, "relay port"),
+    ],
+)
+def test_bad_params_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(DovecotConfigError, match=message):
+        _params(**changes)
+
+
+def test_ipv6_loopback_listen() -> None:
+    assert "listen = ::1\n" in render(_params(listen="::1"))
+
+
+def test_hash_password_matches_dovecot() -> None:
+    raw = base64.b64decode(DOVEADM_SSHA512.removeprefix("{SSHA512}"))
+    salt = raw[64:]
+    assert hash_password("correct horse", salt) == DOVEADM_SSHA512
+    assert hash_password("correct horsE", salt) != DOVEADM_SSHA512
+    assert hash_password("x") != hash_password("x")  # fresh salt each time
+
+
+def test_master_passwd_line() -> None:
+    line = master_passwd_line("palomar-master", "s3cret")
+    user, hashed = line.rstrip("\n").split(":")
+    assert user == "palomar-master" and hashed.startswith("{SSHA512}") and "s3cret" not in line
+    with pytest.raises(DovecotConfigError):
+        master_passwd_line("a b", "s3cret")
+
+
+def test_write_instance_files_are_private(tmp_path: Path) -> None:
+    params = _params(tmp_path)
+    files = write_instance(params)
+    assert files.config.read_text() == render(params)
+    assert stat.S_IMODE(files.config.stat().st_mode) == 0o600
+    passdb_mode = stat.S_IMODE(files.master_passdb.stat().st_mode)
+    try:
+        dovecot_gid: int | None = grp.getgrnam("dovecot").gr_gid
+    except KeyError:
+        dovecot_gid = None
+    if os.geteuid() == 0 and dovecot_gid is not None:
+        assert passdb_mode == 0o640
+        assert files.master_passdb.stat().st_gid == dovecot_gid
+    else:
+        assert passdb_mode == 0o600
+    assert files.master_passdb.read_text().startswith("palomar-master:{SSHA512}")
+    assert sorted(p.name for p in tmp_path.joinpath("etc").iterdir()) == ["dovecot.conf", "master-users.passwd"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:25", ("127.0.0.1", 25)), ("relay.example.test:2525", ("relay.example.test", 2525)),
+     ("[::1]:25", ("::1", 25))],
+)
+def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["relay", "relay:", ":25", "relay:99999", "::1:25", "[nothex]:25"])
+def test_parse_host_port_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_host_port(text)

@@ -1,0 +1,128 @@
+"""Cross-setting rules: what each role requires, TLS, HAProxy, doveadm, GeoDB engine, port clashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from palomar.config import ConfigError, load
+
+from .test_loader import PROXY
+
+
+def _errors(path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return info.value.lines
+
+
+def test_backend_requires_name_site_secret_and_master_password(write) -> None:
+    path = write("backend.conf", "# a backend\n@cluster_defaults = backend\n")
+    assert _errors(path) == [
+        f"{path}:2: cluster_backend_name: required on a backend (@cluster_defaults = backend)",
+        f"{path}:2: cluster_local_site: required on a backend (@cluster_defaults = backend)",
+        f"{path}:2: cluster_hop_secret: required on a backend (@cluster_defaults = backend)",
+        f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend)",
+    ]
+
+
+def test_proxy_requires_site_secret_and_test_login(write) -> None:
+    path = write("proxy.conf", "@cluster_defaults = proxy\nssl = no\n")
+    assert _errors(path) == [
+        f"{path}:1: cluster_local_site: required on a proxy (@cluster_defaults = proxy)",
+        f"{path}:1: cluster_hop_secret: required on a proxy (@cluster_defaults = proxy)",
+        f"{path}:1: cluster_backend_test_username: required to probe backends "
+        "(or set cluster_proxy_check_backends = no)",
+        f"{path}:1: cluster_backend_test_password: required to probe backends "
+        "(or set cluster_proxy_check_backends = no)",
+    ]
+    relaxed = write("relaxed.conf", "@cluster_defaults = proxy\nssl = no\ncluster_local_site = A\n"
+                                    "cluster_hop_secret = s\ncluster_proxy_check_backends = no\n")
+    assert load(relaxed)["cluster_proxy_check_backends"] is False
+
+
+def test_tls_needs_certificate_and_key(write) -> None:
+    base = PROXY.replace("ssl = no", "")
+    path = write("proxy.conf", base + "ssl_server_cert_file = /etc/palomar/cert.pem\n")
+    assert _errors(path) == [
+        f"{path}:1: ssl: TLS is enabled (ssl = yes) but ssl_server_key_file is not set; set them or ssl = no"
+    ]
+    required = write("required.conf", "ssl = required\n")
+    assert _errors(required) == [
+        f"{required}:1: ssl: TLS is enabled (ssl = required) but ssl_server_cert_file and ssl_server_key_file "
+        "are not set; set them or ssl = no"
+    ]
+    listener = write("listener.conf", "service doveadm {\n  inet_listener tcp {\n    port = 2300\n"
+                                      "    ssl = yes\n  }\n}\ndoveadm_password = x\n")
+    assert _errors(listener)[0].startswith(f"{listener}:2: ssl: TLS is enabled")
+    ok = write("ok.conf", base + "ssl_server_cert_file = /c.pem\nssl_server_key_file = /k.pem\n")
+    assert set(load(ok).services["imap-login"].listeners) == {"imap", "imaps"}
+
+
+def test_explicit_tls_listener_with_ssl_off(write) -> None:
+    path = write("proxy.conf", PROXY + "service imap-login {\n  inet_listener imaps {\n    port = 1993\n  }\n}\n")
+    assert _errors(path) == [
+        f"{path}:8: service imap-login {{ inet_listener imaps }}: ssl = yes but ssl = no globally"
+    ]
+
+
+def test_haproxy_listener_requires_trusted_networks(write) -> None:
+    path = write("proxy.conf", PROXY + """
+        service imap-login {
+          inet_listener imap-haproxy {
+            haproxy = yes
+            port = 1143
+          }
+        }
+        """)
+    assert _errors(path) == [
+        f"{path}:9: service imap-login {{ inet_listener imap-haproxy }}: haproxy = yes needs haproxy_trusted_networks"
+    ]
+    fixed = write("fixed.conf", path.read_text() + "haproxy_trusted_networks = 127.0.0.0/8\n")
+    assert load(fixed).services["imap-login"].listeners["imap-haproxy"].haproxy is True
+
+
+def test_doveadm_listener_requires_password(write) -> None:
+    path = write("proxy.conf", "# doveadm\ndoveadm_port = 2300\n")
+    assert _errors(path) == [
+        f"{path}:2: service doveadm {{ inet_listener tcp }}: doveadm_password is required for the doveadm listener"
+    ]
+
+
+def test_geodb_engine_settings_must_match_the_driver(write) -> None:
+    path = write("a.conf", "cassandra_hosts = c1 c2\ncassandra_keyspace = ks\n")
+    assert _errors(path) == [
+        f"{path}:1: cassandra_hosts: only used with cluster_geodb_driver = cassandra (cluster_geodb_driver is sqlite)",
+        f"{path}:2: cassandra_keyspace: only used with cluster_geodb_driver = cassandra "
+        "(cluster_geodb_driver is sqlite)",
+    ]
+    cassandra = write("b.conf", "cluster_geodb_driver = cassandra\ncluster_geodb_path = /x.sqlite\n")
+    assert _errors(cassandra) == [
+        f"{cassandra}:1: cassandra_hosts: required with cluster_geodb_driver = cassandra",
+        f"{cassandra}:2: cluster_geodb_path: only used with cluster_geodb_driver = sqlite",
+    ]
+
+
+def test_listeners_on_the_same_port_clash(write) -> None:
+    path = write("a.conf", """
+        ssl = no
+        service lmtp {
+          inet_listener lmtp {
+            port = 143
+            address = 127.0.0.1
+          }
+        }
+        service stats {
+          inet_listener http {
+            port = 9900
+            address = ::1
+          }
+          inet_listener http2 {
+            port = 9900
+            address = 127.0.0.1
+          }
+        }
+        """)
+    assert _errors(path) == [
+        f"{path}:3: service lmtp {{ inet_listener lmtp }}: port 143 on 127.0.0.1 is already used by "
+        "service imap-login { inet_listener imap }"
+    ]
