@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.dovecot import DovecotInstance, backend_params, ensure_mail_user
 from harness.smtp_sink import SmtpSink
+
+from palomar.devcluster.dovecot import DovecotInstance, backend_params, ensure_mail_user
 
 BACKEND_ADDRESSES = {"backend1": "127.0.0.2", "backend2": "127.0.0.3"}
 

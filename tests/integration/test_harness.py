@@ -10,11 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from harness.certs import self_signed
-from harness.dovecot import DovecotInstance, backend_params
-from harness.haproxy import HAProxyInstance, Listen, render_haproxy_cfg
-from harness.net import free_port, port_accepts
-from harness.procs import is_running, snapshot_tree
+
+from palomar.devcluster.certs import self_signed
+from palomar.devcluster.dovecot import DovecotInstance, backend_params
+from palomar.devcluster.haproxy import HAProxyInstance, Listen, render_haproxy_cfg
+from palomar.devcluster.net import free_port, port_accepts
+from palomar.devcluster.procs import is_running, snapshot_tree
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 

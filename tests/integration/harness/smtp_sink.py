@@ -8,7 +8,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from harness.net import free_port
+from palomar.devcluster.net import free_port
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.net import wait_port
-from harness.procs import stop_tree
+from palomar.devcluster.net import wait_port
+from palomar.devcluster.procs import stop_tree
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.net import POLL_INTERVAL
+from palomar.devcluster.net import POLL_INTERVAL
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.net import free_ports, wait_port, wait_until
-from harness.procs import stop_tree
 from palomar.backend.dovecot_config import DEFAULT_MASTER_USER, DovecotParams, write_instance
+from palomar.devcluster.net import free_ports, wait_port, wait_until
+from palomar.devcluster.procs import stop_tree
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 MIN_INOTIFY_INSTANCES = 8192
