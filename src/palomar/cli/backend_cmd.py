@@ -14,9 +14,23 @@ DEFAULT_RELAY = "127.0.0.1:25"
 DEFAULT_METRICS_PORT = 19900
 
 
-@click.group()
-def backend() -> None:
-    """The backend role: the service in front of a local Dovecot CE."""
+@click.group(invoke_without_command=True)
+@click.option("-c", "--config", "config_path", envvar="PALOMAR_CONFIG", default="/etc/palomar/palomar.conf",
+              show_default=True, help="palomar backend configuration file (for running the service)")
+@click.pass_context
+def backend(ctx: click.Context, config_path: str) -> None:
+    """The backend role: the service in front of a local Dovecot CE.
+
+    Without a sub-command, runs the service: accepts hops from proxies, checks that this
+    backend owns each user, logs the user in to the local Dovecot and relays.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from palomar.backend.service import run_backend
+    from palomar.cli.service_cmd import load_or_exit, run_service
+
+    cfg = load_or_exit(config_path)
+    run_service(cfg, "backend", lambda: run_backend(cfg))
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

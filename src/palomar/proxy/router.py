@@ -40,7 +40,7 @@ class Router:
         *,
         site_name: str,
         group_count: int,
-        cache_ttl: float = 5.0,
+        cache_ttl: int = 3,
     ) -> None:
         self.geodb = geodb
         self.cache = cache
@@ -49,7 +49,7 @@ class Router:
         self.cache_ttl = cache_ttl
 
     async def _cached(self, key: str, load, fetch):
-        now = time.time()
+        now = int(time.time())
         text = self.cache.cache_get(key, now)
         if text is not None:
             return load(text)

@@ -1,0 +1,282 @@
+"""A complete palomar cluster on loopback: Dovecot CE backends, `palomar backend` in front of
+each, `palomar proxy` processes, and HAProxy with send-proxy-v2 in front of the proxies.
+
+Each server gets its own loopback address (backends 127.0.0.2.., proxies 127.0.0.10..), so the
+cluster looks like several hosts; HAProxy listens on `lb_host`. Everything is configured the
+way an operator would: config files and `palomar cluster` commands.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from palomar.auth.schemes import hash_password
+from palomar.devcluster.certs import self_signed
+from palomar.devcluster.dovecot import DovecotInstance, backend_params
+from palomar.devcluster.haproxy import HAProxyInstance, Listen
+from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
+from palomar.devcluster.procs import stop_tree
+
+SITE = "DC1"
+PROBE_USERNAME = "probe-%{backend_host}"
+
+
+@dataclass(frozen=True)
+class DemoUser:
+    name: str
+    password: str
+
+
+def demo_users(count: int) -> list[DemoUser]:
+    return [DemoUser(f"user{i}@example.test", f"password{i}") for i in range(1, count + 1)]
+
+
+@dataclass
+class LbPorts:
+    """Where HAProxy listens (0 = pick a free port)."""
+
+    imap: int = 0
+    imaps: int = 0
+
+
+@dataclass
+class ProxyNode:
+    name: str
+    host: str
+    config: Path
+    imap: int
+    imaps: int
+    imap_haproxy: int
+    imaps_haproxy: int
+    metrics: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.parent / "palomar.log"
+
+
+@dataclass
+class BackendNode:
+    name: str
+    host: str
+    config: Path
+    dovecot: DovecotInstance
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.config.parent / "palomar.log"
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    backends_count: int = 2
+    proxies_count: int = 2
+    users_count: int = 20
+    lb_host: str = "127.0.0.1"
+    lb_ports: LbPorts = field(default_factory=LbPorts)
+    auth_failure_delay: str = "2 secs"
+    allow_cleartext: bool = False
+    palomar_cmd: tuple[str, ...] = (sys.executable, "-m", "palomar")
+    hop_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    backends: list[BackendNode] = field(default_factory=list)
+    proxies: list[ProxyNode] = field(default_factory=list)
+    haproxy: HAProxyInstance | None = None
+    users: list[DemoUser] = field(default_factory=list)
+
+    # --- layout ---------------------------------------------------------------------------
+    @property
+    def geodb_path(self) -> Path:
+        return self.root / "geodb.sqlite"
+
+    @property
+    def admin_config(self) -> Path:
+        """A config for running `palomar cluster` against this cluster (the first proxy's)."""
+        return self.proxies[0].config
+
+    def palomar(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a `palomar` command (e.g. `cluster backend list`) against this cluster."""
+        return subprocess.run([*self.palomar_cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=check, timeout=60)
+
+    def cluster(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.palomar("cluster", "-c", str(self.admin_config), *args, check=check)
+
+    def _write_users(self) -> None:
+        self.users = demo_users(self.users_count)
+        lines = [f"{u.name}:{hash_password('SHA512-CRYPT', u.password)}" for u in self.users]
+        (self.root / "users.passwd").write_text("\n".join(lines) + "\n")
+        (self.root / "users.passwd").chmod(0o600)
+        probes = [f"probe-{host}" for host in self._backend_hosts()]
+        (self.root / "test-accounts.passwd").write_text("".join(f"{p}::::::\n" for p in probes))
+
+    def _backend_hosts(self) -> list[str]:
+        return [f"127.0.0.{2 + i}" for i in range(self.backends_count)]
+
+    def _proxy_hosts(self) -> list[str]:
+        return [f"127.0.0.{10 + i}" for i in range(self.proxies_count)]
+
+    def _hop_port(self) -> int:
+        """One port free on every backend address (the hop port is cluster-wide)."""
+        for _ in range(50):
+            port = free_port(self._backend_hosts()[0])
+            if all(not port_accepts(host, port) for host in self._backend_hosts()):
+                return port
+        raise RuntimeError("no common free port for the hop")
+
+    def _common(self, role_dir: Path) -> list[str]:
+        return [
+            f"cluster_local_site = {SITE}",
+            f"cluster_geodb_path = {self.geodb_path}",
+            f"cluster_localdb_path = {role_dir / 'localdb.sqlite'}",
+            f"cluster_hop_secret = {self.hop_secret}",
+            f"cluster_hop_port = {self.hop_port}",
+            f"cluster_backend_test_username = {PROBE_USERNAME}",
+            f"log_path = {role_dir / 'palomar.log'}",
+            f"base_dir = {role_dir / 'run'}",
+        ]
+
+    def _proxy_config(self, node: ProxyNode) -> str:
+        role_dir = node.config.parent
+        lines = ["@cluster_defaults = proxy", *self._common(role_dir)]
+        lines += [
+            f"cluster_backend_test_password = {self.probe_password}",
+            f"listen = {node.host}",
+            f"haproxy_trusted_networks = {self.lb_host}/32",
+            f"ssl_server_cert_file = {self.root / 'tls' / 'localhost.crt'}",
+            f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
+            f"auth_allow_cleartext = {'yes' if self.allow_cleartext else 'no'}",
+            f"auth_failure_delay = {self.auth_failure_delay}",
+            "passdb test-accounts {",
+            "  driver = passwd-file",
+            f"  args = {self.root / 'test-accounts.passwd'}",
+            "  fields {",
+            "    proxy = y",
+            f"    password = {self.probe_password}",
+            "  }",
+            "}",
+            "passdb users {",
+            "  driver = passwd-file",
+            f"  args = scheme=SHA512-CRYPT {self.root / 'users.passwd'}",
+            "}",
+            "service imap-login {",
+            f"  inet_listener imap {{\n    port = {node.imap}\n  }}",
+            f"  inet_listener imaps {{\n    port = {node.imaps}\n    ssl = yes\n  }}",
+            f"  inet_listener imap-haproxy {{\n    port = {node.imap_haproxy}\n    haproxy = yes\n  }}",
+            f"  inet_listener imaps-haproxy {{\n    port = {node.imaps_haproxy}\n    haproxy = yes\n    ssl = yes\n  }}",
+            "}",
+            "service stats {",
+            f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
+            "}",
+        ]
+        for service, listeners in (("pop3-login", ("pop3", "pop3s")), ("submission-login", ("submission",
+                                   "submissions")), ("managesieve-login", ("sieve",)), ("lmtp", ("lmtp",))):
+            lines.append(f"service {service} {{")
+            lines += [f"  inet_listener {name} {{\n    port = 0\n  }}" for name in listeners]
+            lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _backend_config(self, node: BackendNode) -> str:
+        p = node.dovecot.params
+        lines = ["@cluster_defaults = backend", *self._common(node.config.parent)]
+        lines += [
+            f"cluster_backend_name = {node.host}",
+            f"listen = {node.host}",
+            f"cluster_backend_dovecot_host = {p.listen}",
+            f"cluster_backend_dovecot_imap_port = {p.imap_port}",
+            f"cluster_backend_dovecot_pop3_port = {p.pop3_port}",
+            f"cluster_backend_dovecot_lmtp_port = {p.lmtp_port}",
+            f"cluster_backend_dovecot_submission_port = {p.submission_port}",
+            f"cluster_backend_dovecot_sieve_port = {p.sieve_port}",
+            f"cluster_backend_dovecot_doveadm_http_port = {p.doveadm_http_port}",
+            f"cluster_backend_dovecot_master_user = {p.master_user}",
+            f"cluster_backend_dovecot_master_password = {p.master_password}",
+            f"doveadm_password = {p.doveadm_password}",
+            "service doveadm {",
+            "  inet_listener tcp {\n    port = 0\n  }",
+            "}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # --- processes --------------------------------------------------------------------------
+    def _spawn(self, role: str, config: Path) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        err = open(config.parent / f"{role}.stderr.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            return subprocess.Popen([*self.palomar_cmd, role, "-c", str(config)], stdin=subprocess.DEVNULL,
+                                    stdout=err, stderr=err, env=env, start_new_session=True)
+        finally:
+            err.close()
+
+    def _wait(self, proc: subprocess.Popen[bytes], host: str, port: int, what: str, log: Path) -> None:
+        try:
+            wait_port(host, port, time.monotonic() + 30, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as exc:
+            details = []
+            for path in (log, log.parent / f"{what}.stderr.log"):
+                if path.exists():
+                    details.append(path.read_text(errors="replace")[-3000:])
+            raise RuntimeError(f"{what} on {host}:{port} did not start: {exc}\n" + "\n".join(details)) from None
+
+    def start(self) -> LocalCluster:
+        atexit.register(self.stop)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self_signed(self.root / "tls")
+        self._write_users()
+        self.hop_port = self._hop_port()
+        mail_root = self.root / "mail"
+        for index, host in enumerate(self._backend_hosts(), start=1):
+            name = f"backend{index}"
+            dovecot = DovecotInstance(backend_params(name, host, self.root / "dovecot", mail_root))
+            config = self.root / name / "palomar.conf"
+            self.backends.append(BackendNode(name, host, config, dovecot))
+        for index, host in enumerate(self._proxy_hosts(), start=1):
+            ports = free_ports(host, 5)
+            config = self.root / f"proxy{index}" / "palomar.conf"
+            self.proxies.append(ProxyNode(f"proxy{index}", host, config, *ports))
+        for node in self.proxies:
+            node.config.parent.mkdir(parents=True, exist_ok=True)
+            node.config.write_text(self._proxy_config(node))
+            node.config.chmod(0o600)
+        self.cluster("site", "add", SITE)
+        for node in self.backends:
+            node.dovecot.start()
+            node.config.parent.mkdir(parents=True, exist_ok=True)
+            node.config.write_text(self._backend_config(node))
+            node.config.chmod(0o600)
+            node.proc = self._spawn("backend", node.config)
+            self._wait(node.proc, node.host, self.hop_port, "backend", node.log_path)
+            self.cluster("backend", "update", "--status", "online", node.host)
+        for node in self.proxies:
+            node.proc = self._spawn("proxy", node.config)
+            self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
+        lb_imap = self.lb_ports.imap or free_port(self.lb_host)
+        lb_imaps = self.lb_ports.imaps or free_port(self.lb_host)
+        self.haproxy = HAProxyInstance([
+            Listen("imap", (self.lb_host, lb_imap), [(p.host, p.imap_haproxy) for p in self.proxies]),
+            Listen("imaps", (self.lb_host, lb_imaps), [(p.host, p.imaps_haproxy) for p in self.proxies]),
+        ], self.root / "haproxy", timeout_client="31m", timeout_server="31m")
+        self.haproxy.start()
+        self.lb_imap, self.lb_imaps = lb_imap, lb_imaps
+        return self
+
+    def stop(self) -> None:
+        if self.haproxy is not None:
+            self.haproxy.stop()
+        for node in [*self.proxies, *self.backends]:
+            if node.proc is not None:
+                stop_tree(node.proc)
+                node.proc = None
+        for node in self.backends:
+            node.dovecot.stop()
+        atexit.unregister(self.stop)
