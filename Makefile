@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint deps system-deps clean
+.PHONY: test lint deps system-deps clean demo
 
 deps: system-deps $(VENV)/.installed
 
@@ -25,3 +25,9 @@ test: deps lint
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+
+DEMO_DIR ?= demo-run
+
+demo: deps
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/palomar demo --dir $(DEMO_DIR)

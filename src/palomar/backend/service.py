@@ -107,7 +107,10 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
             header = await read_proxy_header(sock)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
                              now_us=now_micros(), replay=state.replay)
-    except (TimeoutError, ProxyProtocolError, ConnectionError, OSError, hop.HopError) as exc:
+    except ConnectionError:  # connected and left without a word (e.g. a port probe)
+        sock.close()
+        return
+    except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
         log.warning("hop from %s refused: %s", peer[0], exc)
         with contextlib.suppress(OSError):

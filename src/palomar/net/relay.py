@@ -49,7 +49,7 @@ class _End(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.relay.half_closed(self)
-        return True
+        return self.transport.can_write_eof()  # TLS cannot stay half-open: let it close
 
     def pause_writing(self) -> None:
         if self.peer is not None:

@@ -1,0 +1,60 @@
+"""`palomar demo`: a whole cluster on this machine, until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--dir", "root", default="demo-run", show_default=True, type=click.Path(file_okay=False),
+              help="working directory for configs, mail, logs and the GeoDB")
+@click.option("--imap-port", default=1143, show_default=True, help="HAProxy's IMAP port (STARTTLS)")
+@click.option("--imaps-port", default=1993, show_default=True, help="HAProxy's IMAPS port")
+@click.option("--users", default=20, show_default=True, help="how many demo users to create")
+def demo(root: str, imap_port: int, imaps_port: int, users: int) -> None:
+    """Start two Dovecot backends with palomar in front, two proxies and HAProxy (embedded GeoDB)."""
+    from palomar.devcluster.cluster import LbPorts, LocalCluster
+
+    path = Path(root).resolve()
+    if (path / "geodb.sqlite").exists():
+        click.echo(f"palomar demo: {path} holds an earlier demo; remove it or pass --dir", err=True)
+        sys.exit(1)
+    cluster = LocalCluster(path, users_count=users, lb_ports=LbPorts(imap=imap_port, imaps=imaps_port),
+                           allow_cleartext=True)
+    click.echo("palomar demo: starting Dovecot backends, palomar backends, proxies and HAProxy ...")
+    try:
+        cluster.start()
+    except (RuntimeError, OSError) as exc:
+        cluster.stop()
+        click.echo(f"palomar demo: could not start: {exc}", err=True)
+        sys.exit(1)
+    user = cluster.users[0]
+    click.echo(f"""
+palomar demo is running (site DC1, GeoDB {cluster.geodb_path}).
+
+  IMAP (STARTTLS or plain) 127.0.0.1:{cluster.lb_imap}    IMAPS 127.0.0.1:{cluster.lb_imaps}
+  user {user.name}   password {user.password}   (user1 .. user{users}, passwordN)
+
+  Try:  curl -k --ssl-reqd 'imap://127.0.0.1:{cluster.lb_imap}/INBOX' -u '{user.name}:{user.password}'
+        openssl s_client -quiet -connect 127.0.0.1:{cluster.lb_imaps}
+        palomar cluster -c {cluster.admin_config} backend list
+        palomar cluster -c {cluster.admin_config} group list
+
+  Backends: {", ".join(f"{b.name} {b.host}" for b in cluster.backends)}
+  Proxies:  {", ".join(f"{p.name} {p.host} (metrics http://{p.host}:{p.metrics}/metrics)" for p in cluster.proxies)}
+  Logs under {path}.  Ctrl-C stops everything.
+""")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("palomar demo: stopping ...")
+        cluster.stop()
