@@ -1,10 +1,51 @@
-"""`palomar cluster ...`: the admin commands of `doveadm cluster`."""
+"""`palomar cluster ...`: the admin commands of `doveadm cluster`, against the GeoDB in the config.
+
+The verbs live in one module per entity (`cluster_site`, `cluster_backend`, `cluster_group_user`,
+`cluster_tag`, `cluster_localdb`); this module holds the group, its global options and the one
+place where errors become a one-line message.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from palomar.cli import cluster_backend, cluster_group_user, cluster_localdb, cluster_site, cluster_tag
+from palomar.cli.cluster_context import ClusterContext, default_config_path, expected_errors, report
 
-@click.group()
-def cluster() -> None:
+
+class _ClusterGroup(click.Group):
+    """Turns the operator's and the environment's errors into `palomar cluster: ...` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except expected_errors() as err:
+            report(err)
+            ctx.exit(1)
+
+
+@click.group(cls=_ClusterGroup)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    default=default_config_path,
+    show_default="$PALOMAR_CONFIG or /etc/palomar/palomar.conf",
+    help="palomar configuration file naming the GeoDB.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print JSON instead of tables.")
+@click.pass_context
+def cluster(ctx: click.Context, config_path: str, json_output: bool) -> None:
     """Administer the cluster state in the GeoDB."""
+    ctx.obj = ClusterContext(config_path=config_path, json_output=json_output)
+
+
+cluster.add_command(cluster_site.site)
+cluster.add_command(cluster_backend.backend)
+cluster.add_command(cluster_group_user.group)
+cluster.add_command(cluster_group_user.user)
+cluster.add_command(cluster_tag.tag)
+cluster.add_command(cluster_localdb.localdb)

@@ -138,6 +138,8 @@ _add("cluster_hop_secret", SECRET, "", BOTH,
      "shared secret proxies use to prove themselves to backends", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
+_add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
+     "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
      "address of the local Dovecot CE behind this backend", **_ext)
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,

@@ -22,9 +22,6 @@ from palomar.service_runtime import open_geodb, open_localdb, server_tls_context
 
 log = logging.getLogger("palomar.proxy")
 
-DEST_STATS_INTERVAL = 10.0
-"""Seconds between proxy_dest_stats writes (only destinations whose counters changed)."""
-
 FRONTENDS = {"imap-login": serve_imap}
 
 
@@ -44,9 +41,10 @@ async def flush_dest_stats(state: ProxyState) -> None:
     await state.router.geodb.proxy_dest_stats_put(rows)
 
 
-async def _dest_stats_loop(state: ProxyState) -> None:
+async def _dest_stats_loop(state: ProxyState, interval: float) -> None:
+    """Write the counters of destinations that changed, every `cluster_proxy_stats_interval`."""
     while True:
-        await asyncio.sleep(DEST_STATS_INTERVAL)
+        await asyncio.sleep(interval)
         try:
             await flush_dest_stats(state)
         except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
@@ -99,7 +97,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         for listener in stats.listeners.values():
             for address in listener_addresses(cfg, listener):
                 metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
-    flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state))
+    flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()

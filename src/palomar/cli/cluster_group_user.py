@@ -1,0 +1,284 @@
+"""`palomar cluster group ...` and `palomar cluster user ...`: placement of users and groups."""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from typing import Any
+from uuid import UUID
+
+import click
+
+from palomar.cli.cluster_context import ClusterContext, CommandError, backend_by_host, pass_ctx, site_by_name
+from palomar.cli.output import micros_to_iso
+from palomar.cluster import validation as check
+from palomar.cluster.model import Group, User
+from palomar.geodb.repository import GeoDB
+
+GROUP_COLUMNS = ("site", "name", "backend", "alt_backend", "moving", "sticky_users", "sticky_backend")
+USER_COLUMNS = ("username", "site", "group", "failover_group", "moving_site", "moving_group")
+
+
+def group_record(group: Group, site_names: dict[UUID, str], hosts: dict[UUID, str]) -> dict[str, Any]:
+    def host(backend_id: UUID | None) -> str | None:
+        return None if backend_id is None else hosts.get(backend_id, str(backend_id))
+
+    return {
+        "site": site_names.get(group.site_id, str(group.site_id)),
+        "name": group.name,
+        "backend": host(group.backend_id),
+        "alt_backend": host(group.alt_backend_id),
+        "moving": group.moving,
+        "sticky_users": group.sticky_users,
+        "sticky_backend": group.sticky_backend,
+        "backend_id": group.backend_id,
+        "alt_backend_id": group.alt_backend_id,
+        "backend_changed": micros_to_iso(group.backend_changed_us),
+    }
+
+
+def user_record(user: User, site_names: dict[UUID, str]) -> dict[str, Any]:
+    def site(site_id: UUID | None) -> str | None:
+        return None if site_id is None else site_names.get(site_id, str(site_id))
+
+    return {
+        "username": user.username,
+        "site": site(user.preferred_site_id),
+        "group": user.group_name,
+        "failover_group": user.failover_site_group_name,
+        "moving_site": site(user.moving_preferred_site_id),
+        "moving_group": user.moving_group_name,
+        "moving_failover_group": user.moving_failover_site_group_name,
+        "metacache_last_host": user.metacache_last_host,
+    }
+
+
+async def _lookup_names(db: GeoDB) -> tuple[dict[UUID, str], dict[UUID, str]]:
+    sites = {s.id: s.name for s in await db.site_list()}
+    hosts = {b.id: b.host for b in await db.backend_list_all()}
+    return sites, hosts
+
+
+async def _group(db: GeoDB, site_name: str, name: str) -> Group:
+    found_site = await site_by_name(db, site_name)
+    found = await db.group_get(found_site.id, name)
+    if found is None:
+        raise CommandError(f"group '{name}' does not exist in site '{site_name}'")
+    return found
+
+
+# -- groups -------------------------------------------------------------------------------------
+
+
+@click.group()
+def group() -> None:
+    """User groups: move, status, update, list."""
+
+
+@group.command("move")
+@click.option("--direct", is_flag=True, help="Rewrite the backend at once, no migration (testing only).")
+@click.argument("site")
+@click.argument("name", metavar="GROUP")
+@click.argument("host")
+@pass_ctx
+def group_move(ctx: ClusterContext, direct: bool, site: str, name: str, host: str) -> None:
+    """Move GROUP of SITE to backend HOST (the move runs on the group's next access)."""
+
+    async def action(db: GeoDB) -> None:
+        found = await _group(db, site, name)
+        target = await backend_by_host(db, host)
+        if target.site_id != found.site_id:
+            raise CommandError(f"backend '{host}' is not in site '{site}'")
+        if direct or found.backend_id is None:
+            # --direct, or a group nobody owns yet: there is no source backend to migrate from.
+            await db.group_update(found.site_id, found.name, backend_id=target.id)
+            return
+        if found.backend_id == target.id:
+            raise CommandError(f"group '{name}' is already on backend '{target.host}'")
+        if found.moving:
+            if found.alt_backend_id == target.id:
+                return  # the same move is already requested; a new marker would restart nothing
+            raise CommandError(f"group '{name}' is already moving to another backend; wait or use --direct")
+        await db.group_update(found.site_id, found.name, alt_backend_id=target.id, moving=str(uuid.uuid4()))
+
+    ctx.run(action)
+
+
+@group.command("status")
+@click.argument("site")
+@click.argument("name", metavar="GROUP")
+@pass_ctx
+def group_status(ctx: ClusterContext, site: str, name: str) -> None:
+    """Show one group."""
+
+    async def action(db: GeoDB) -> dict[str, Any]:
+        found = await _group(db, site, name)
+        sites, hosts = await _lookup_names(db)
+        return group_record(found, sites, hosts)
+
+    ctx.emit_record(ctx.run(action))
+
+
+@group.command("update")
+@click.option("--sticky-users", metavar="yes|no", help="Users are not re-grouped automatically.")
+@click.option("--sticky-backend", metavar="yes|no", help="The group is not moved automatically.")
+@click.argument("site")
+@click.argument("name", metavar="GROUP")
+@pass_ctx
+def group_update(
+    ctx: ClusterContext, sticky_users: str | None, sticky_backend: str | None, site: str, name: str
+) -> None:
+    """Change a group's sticky flags."""
+    fields: dict[str, Any] = {}
+    if sticky_users is not None:
+        fields["sticky_users"] = check.yes_no(sticky_users, "--sticky-users value")
+    if sticky_backend is not None:
+        fields["sticky_backend"] = check.yes_no(sticky_backend, "--sticky-backend value")
+    if not fields:
+        raise CommandError("nothing to update: give --sticky-users or --sticky-backend")
+
+    async def action(db: GeoDB) -> None:
+        found = await _group(db, site, name)
+        await db.group_update(found.site_id, found.name, **fields)
+
+    ctx.run(action)
+
+
+@group.command("list")
+@click.option("--site", metavar="SITE", help="Only the groups of this site.")
+@click.argument("mask", required=False)
+@pass_ctx
+def group_list(ctx: ClusterContext, site: str | None, mask: str | None) -> None:
+    """List groups, optionally only names matching MASK (* and ? wildcards)."""
+
+    async def action(db: GeoDB) -> list[dict[str, Any]]:
+        sites, hosts = await _lookup_names(db)
+        site_ids = [(await site_by_name(db, site)).id] if site is not None else list(sites)
+        records = []
+        for site_id in site_ids:
+            for g in await db.group_list(site_id):
+                if mask is None or fnmatch.fnmatchcase(g.name, mask):
+                    records.append(group_record(g, sites, hosts))
+        return records
+
+    ctx.emit_list(ctx.run(action), GROUP_COLUMNS)
+
+
+# -- users --------------------------------------------------------------------------------------
+
+
+@click.group()
+def user() -> None:
+    """Users: move, status, delete, list."""
+
+
+@user.command("move")
+@click.option("--direct", is_flag=True, help="Write the new placement at once, no migration (testing only).")
+@click.option("--site", metavar="SITE", help="Target site (default: the user's, else cluster_local_site).")
+@click.argument("username", metavar="USER")
+@click.argument("group_name", metavar="GROUP")
+@click.argument("failover_group", metavar="[FAILOVER_GROUP]", required=False)
+@pass_ctx
+def user_move(
+    ctx: ClusterContext,
+    direct: bool,
+    site: str | None,
+    username: str,
+    group_name: str,
+    failover_group: str | None,
+) -> None:
+    """Move USER to GROUP (and FAILOVER_GROUP); the move runs on the user's next access."""
+    check.entity_name(username, "user name")
+    check.entity_name(group_name, "group name")
+    if failover_group is not None:
+        check.entity_name(failover_group, "failover group name")
+
+    async def action(db: GeoDB) -> None:
+        current = await db.user_get(username)
+        if current is None and not direct:
+            raise CommandError(f"user '{username}' does not exist (use --direct to place a new user)")
+        if site is not None:
+            site_id = (await site_by_name(db, site)).id
+        elif current is not None and current.preferred_site_id is not None:
+            site_id = current.preferred_site_id
+        else:
+            site_id = (await site_by_name(db, ctx.local_site_name())).id
+        failover = failover_group
+        if failover is None and current is not None:
+            failover = current.failover_site_group_name
+        if direct:
+            await db.user_put(
+                username,
+                group_name=group_name,
+                preferred_site_id=site_id,
+                failover_site_group_name=failover,
+                moving_group_name=None,
+                moving_preferred_site_id=None,
+                moving_failover_site_group_name=None,
+            )
+        else:
+            await db.user_put(
+                username,
+                moving_group_name=group_name,
+                moving_preferred_site_id=site_id,
+                moving_failover_site_group_name=failover,
+            )
+
+    ctx.run(action)
+
+
+@user.command("status")
+@click.argument("username", metavar="USER")
+@pass_ctx
+def user_status(ctx: ClusterContext, username: str) -> None:
+    """Show one user's placement."""
+
+    async def action(db: GeoDB) -> dict[str, Any]:
+        found = await db.user_get(username)
+        if found is None:
+            raise CommandError(f"user '{username}' does not exist")
+        sites, hosts = await _lookup_names(db)
+        record = user_record(found, sites)
+        record["last_backends"] = {
+            sites.get(us.site_id, str(us.site_id)): hosts.get(us.backend_id, str(us.backend_id))
+            for us in await db.user_sites_list(username)
+            if us.backend_id is not None
+        }
+        return record
+
+    record = ctx.run(action)
+    if not ctx.json_output:
+        last = record.pop("last_backends")
+        record["last_backends"] = [f"{s}={h}" for s, h in last.items()]
+    ctx.emit_record(record)
+
+
+@user.command("delete")
+@click.argument("username", metavar="USER")
+@pass_ctx
+def user_delete(ctx: ClusterContext, username: str) -> None:
+    """Delete a user's GeoDB record (it is recreated on the next login)."""
+
+    async def action(db: GeoDB) -> None:
+        if await db.user_get(username) is None:
+            raise CommandError(f"user '{username}' does not exist")
+        await db.user_delete(username)
+
+    ctx.run(action)
+
+
+@user.command("list")
+@click.argument("mask", required=False)
+@pass_ctx
+def user_list(ctx: ClusterContext, mask: str | None) -> None:
+    """List users, optionally only names matching MASK (* and ? wildcards). Reads the whole table."""
+
+    async def action(db: GeoDB) -> list[dict[str, Any]]:
+        sites = {s.id: s.name for s in await db.site_list()}
+        return [
+            user_record(u, sites)
+            for u in await db.user_list_all()
+            if mask is None or fnmatch.fnmatchcase(u.username, mask)
+        ]
+
+    ctx.emit_list(ctx.run(action), USER_COLUMNS)
