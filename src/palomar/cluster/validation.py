@@ -104,14 +104,15 @@ def is_literal_ip(value: str) -> bool:
 
 
 def host_name(value: str) -> str:
-    """A syntactically valid DNS host name that is not an IP literal.
+    """A backend's host: a syntactically valid DNS name, or an IP address literal.
 
-    Backends are known by name because a backend's address may change while its identity
-    (and the groups assigned to it) must not; a literal IP would pin the identity to an address.
+    Palomar insists on DNS names; palomar also takes a literal address, for clusters whose
+    backends have no DNS entries (and for the loopback demo). Names stay the recommendation:
+    the host is the backend's identity, and a name survives a change of address.
     """
     host = (value or "").strip().rstrip(".")
     if is_literal_ip(host):
-        raise ValidationError(f"invalid backend name {value!r}: a DNS name is required, not an IP address")
+        return str(ipaddress.ip_address(host.strip("[]")))
     if not host or len(host) > 253 or not all(_HOST_LABEL.match(label) for label in host.split(".")):
         raise ValidationError(f"invalid backend name {value!r}: not a valid host name")
     return host.lower()
@@ -120,6 +121,8 @@ def host_name(value: str) -> str:
 def resolvable_host_name(value: str, resolve: Callable[[str], object]) -> str:
     """`host_name`, and `resolve(host)` must succeed (it raises OSError when the name is unknown)."""
     host = host_name(value)
+    if is_literal_ip(host):
+        return host
     try:
         resolve(host)
     except (OSError, UnicodeError):

@@ -29,9 +29,13 @@ def test_backend_add_with_id_and_site(two_sites: Cluster) -> None:
     assert two_sites.db(lambda db: db.backend_find_by_host("localhost")).id == given
 
 
-def test_backend_add_rejects_ip_unresolvable_duplicates_and_bad_ids(two_sites: Cluster) -> None:
-    assert "not an IP address" in two_sites.fails("backend", "add", "127.0.0.1")
-    assert "not an IP address" in two_sites.fails("backend", "add", "::1")
+def test_backend_add_accepts_ip_literals_normalised(two_sites: Cluster) -> None:
+    assert two_sites.json("backend", "add", "127.0.0.7")["host"] == "127.0.0.7"
+    assert two_sites.json("backend", "add", "[0:0::1]")["host"] == "::1"
+    assert two_sites.fails("backend", "add", "::1") == "backend '::1' already exists"
+
+
+def test_backend_add_rejects_unresolvable_duplicates_and_bad_ids(two_sites: Cluster) -> None:
     assert "does not resolve" in two_sites.fails("backend", "add", "no-such-host.invalid")
     assert "not a valid host name" in two_sites.fails("backend", "add", "bad_-.host..")
     assert two_sites.fails("backend", "add", "b1.test") == "backend 'b1.test' already exists"

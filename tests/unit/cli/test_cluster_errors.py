@@ -106,6 +106,6 @@ def test_real_executable_end_to_end(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stdout == ""
     assert bad.stderr.strip() == "palomar cluster: invalid load factor 101: must be between 0 and 100"
-    ip = _palomar(config, "backend", "add", "127.0.0.1")
+    ip = _palomar(config, "backend", "add", "no-such-host.invalid")
     assert ip.returncode == 1 and "Traceback" not in ip.stderr
     assert len(ip.stderr.strip().splitlines()) == 1
