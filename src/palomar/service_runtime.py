@@ -26,12 +26,17 @@ def setup_logging(cfg: Config, role: str) -> None:
     root.setLevel(logging.DEBUG if os.environ.get("PALOMAR_DEBUG") else logging.INFO)
 
 
-async def open_geodb(cfg: Config) -> GeoDB:
+def geodb_engine_options(cfg: Config) -> tuple[str, dict]:
+    """The GeoDB driver named by the config and the options its engine takes."""
     driver = cfg["cluster_geodb_driver"]
     if driver == "sqlite":
-        engine = open_engine("sqlite", path=str(cfg["cluster_geodb_path"]))
-    else:
-        engine = open_engine(driver, hosts=cfg["cassandra_hosts"], keyspace=cfg["cassandra_keyspace"])
+        return driver, {"path": str(cfg["cluster_geodb_path"])}
+    return driver, {"hosts": cfg["cassandra_hosts"], "keyspace": cfg["cassandra_keyspace"]}
+
+
+async def open_geodb(cfg: Config) -> GeoDB:
+    driver, options = geodb_engine_options(cfg)
+    engine = open_engine(driver, **options)
     await engine.open()
     return GeoDB(engine)
 

@@ -26,6 +26,7 @@ from palomar.config import load as load_config
 from palomar.geodb import open_engine
 from palomar.geodb.engine import GeoDBError
 from palomar.geodb.repository import GeoDB
+from palomar.service_runtime import geodb_engine_options
 
 DEFAULT_CONFIG = "/etc/palomar/palomar.conf"
 PROG = "palomar cluster"
@@ -110,15 +111,9 @@ class ClusterContext:
     # -- GeoDB --------------------------------------------------------------------------------
 
     async def open_geodb(self) -> GeoDB:
-        driver = self.setting("cluster_geodb_driver") or "sqlite"
-        kwargs: dict[str, Any] = {}
-        if driver == "sqlite":
-            path = self.setting("cluster_geodb_path")
-            if not path:
-                raise CommandError("cluster_geodb_path is not set in the config")
-            kwargs["path"] = path
+        driver, options = geodb_engine_options(self.config())
         try:
-            engine = open_engine(driver, **kwargs)
+            engine = open_engine(driver, **options)
             await engine.open()
         except (GeoDBError, sqlite3.Error, OSError) as err:
             raise CommandError(f"cannot open the GeoDB ({driver}): {_one_line(err)}") from None
