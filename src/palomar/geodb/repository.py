@@ -555,6 +555,20 @@ class GeoDB:
         )
         return result.applied, _group(result.row)
 
+    async def group_replace_backend(
+        self, site_id: UUID, name: str, backend_id: UUID, alt_backend_id: UUID | None, *,
+        expect_backend_id: UUID | None,
+    ) -> tuple[bool, Group]:
+        """Move a group to `backend_id` (failover, or a move finishing) only if it is still on
+        `expect_backend_id` (LWT): of many proxies doing the same failover, one write lands."""
+        result = await self.engine.update_if(
+            "user_groups",
+            {"site_id": site_id, "name": name},
+            {"backend_id": backend_id, "alt_backend_id": alt_backend_id, "moving": None},
+            {"backend_id": expect_backend_id},
+        )
+        return result.applied, _group(result.row)
+
     async def group_update(self, site_id: UUID, name: str, **fields: Any) -> None:
         """Write any of backend_id, alt_backend_id, moving, sticky_users, sticky_backend, refresh_after."""
         values = _only(
