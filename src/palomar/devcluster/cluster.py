@@ -93,6 +93,8 @@ class LocalCluster:
     proxies: list[ProxyNode] = field(default_factory=list)
     haproxy: HAProxyInstance | None = None
     users: list[DemoUser] = field(default_factory=list)
+    extra_passwd_lines: tuple[str, ...] = ()
+    """Raw passwd-file lines added to the users' passdb (e.g. a `nologin` user)."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -115,6 +117,7 @@ class LocalCluster:
     def _write_users(self) -> None:
         self.users = demo_users(self.users_count)
         lines = [f"{u.name}:{hash_password('SHA512-CRYPT', u.password)}" for u in self.users]
+        lines += self.extra_passwd_lines
         (self.root / "users.passwd").write_text("\n".join(lines) + "\n")
         (self.root / "users.passwd").chmod(0o600)
         probes = [f"probe-{host}" for host in self._backend_hosts()]

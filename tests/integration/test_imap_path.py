@@ -1,0 +1,329 @@
+"""The IMAP path end to end: real clients → HAProxy → palomar proxy → palomar backend → Dovecot CE."""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from harness.clients import IMAP4From
+
+from palomar.devcluster.cluster import LocalCluster
+from palomar.devcluster.net import wait_until
+from palomar.geodb.engine import now_micros
+from palomar.protocols import hop
+from palomar.protocols.proxyproto import build_v1, build_v2
+
+CLIENT_SOURCE = "127.0.0.99"
+"""Clients connect from here, so a backend log showing it proves the real address travelled."""
+FAILURE_DELAY = 0.4
+
+
+@pytest.fixture(scope="module")
+def cluster(harness_root: Path):
+    nologin = "blocked@example.test:{PLAIN}blockedpw::::::nologin=y reason=Mailbox_suspended_by_admin"
+    pinned = "pinned@example.test:{PLAIN}pinnedpw::::::host=127.0.0.3"
+    c = LocalCluster(harness_root / "imap-cluster", auth_failure_delay=f"{int(FAILURE_DELAY * 1000)} ms",
+                     extra_passwd_lines=(nologin, pinned))
+    c.start()
+    yield c
+    c.stop()
+
+
+def tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class IMAP4SSLFrom(imaplib.IMAP4_SSL):
+    def __init__(self, host: str, port: int, source: str) -> None:
+        self._source = source
+        super().__init__(host, port, ssl_context=tls_context(), timeout=15)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def backend_of(cluster: LocalCluster, user: str) -> str:
+    """The backend host the GeoDB assigns the user's group to."""
+    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
+    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
+    return next(g["backend"] for g in groups if g["name"] == group)
+
+
+def dovecot_of(cluster: LocalCluster, host: str):
+    return next(b.dovecot for b in cluster.backends if b.host == host)
+
+
+# --- real clients -------------------------------------------------------------------------------
+
+
+def test_imaplib_login_over_tls_and_dovecot_logs_the_real_client_address(cluster: LocalCluster) -> None:
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    typ, data = imap.login("user1@example.test", "password1")
+    assert typ == "OK" and b"CAPABILITY" in data[0]
+    assert imap.select("INBOX")[0] == "OK"
+    imap.logout()
+    host = backend_of(cluster, "user1@example.test")
+    dovecot_of(cluster, host).wait_for_log(r"Login: user=<user1@example\.test>.*rip=127\.0\.0\.99")
+
+
+def test_imaplib_starttls_then_authenticate_plain(cluster: LocalCluster) -> None:
+    imap = IMAP4From(cluster.lb_host, cluster.lb_imap, source=CLIENT_SOURCE)
+    assert "STARTTLS" in imap.capabilities and "LOGINDISABLED" in imap.capabilities
+    imap.starttls(ssl_context=tls_context())
+    typ, _ = imap.authenticate("PLAIN", lambda _: b"\0user2@example.test\0password2")
+    assert typ == "OK"
+    assert imap.list()[0] == "OK"
+    imap.logout()
+
+
+def test_cleartext_login_is_refused_before_tls(cluster: LocalCluster) -> None:
+    imap = IMAP4From(cluster.lb_host, cluster.lb_imap, source=CLIENT_SOURCE)
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        imap.login("user3@example.test", "password3")
+    imap.logout()
+
+
+def test_wrong_password_fails_after_the_delay(cluster: LocalCluster) -> None:
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    started = time.monotonic()
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\] Authentication failed"):
+        imap.login("user4@example.test", "not-the-password")
+    assert time.monotonic() - started >= FAILURE_DELAY
+    # the session stays usable: the right password now works
+    assert imap.login("user4@example.test", "password4")[0] == "OK"
+    imap.logout()
+
+
+def test_nologin_user_gets_the_reason(cluster: LocalCluster) -> None:
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    with pytest.raises(imaplib.IMAP4.error, match="Mailbox_suspended_by_admin"):
+        imap.login("blocked@example.test", "blockedpw")
+    imap.logout()
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "-k", "--interface", CLIENT_SOURCE, *args], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_curl_append_list_and_fetch_over_imap_and_imaps(cluster: LocalCluster, tmp_path: Path) -> None:
+    message = tmp_path / "msg.eml"
+    body = "From: a@example.test\r\nTo: user5@example.test\r\nSubject: curl append\r\n\r\nhello through palomar\r\n"
+    message.write_bytes(body.encode())
+    auth = ["-u", "user5@example.test:password5"]
+    appended = curl("--ssl-reqd", f"imap://{cluster.lb_host}:{cluster.lb_imap}/INBOX", *auth, "-T", str(message))
+    assert appended.returncode == 0, appended.stderr
+    listed = curl(f"imaps://{cluster.lb_host}:{cluster.lb_imaps}/", *auth)
+    assert listed.returncode == 0 and "INBOX" in listed.stdout
+    fetched = curl(f"imaps://{cluster.lb_host}:{cluster.lb_imaps}/INBOX;UID=1", *auth)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.replace("\r\n", "\n") == body.replace("\r\n", "\n")
+
+
+def test_mbsync_synchronises_both_ways(cluster: LocalCluster, tmp_path: Path) -> None:
+    local = tmp_path / "maildir"
+    (local / "INBOX" / "new").mkdir(parents=True)
+    for sub in ("cur", "tmp"):
+        (local / "INBOX" / sub).mkdir()
+    (local / "INBOX" / "new" / "1.local:2,").write_bytes(b"Subject: from maildir\r\n\r\nlocal message\r\n")
+    config = tmp_path / "mbsyncrc"
+    config.write_text(f"""IMAPAccount palomar
+Host localhost
+Port {cluster.lb_imaps}
+User user6@example.test
+Pass password6
+SSLType IMAPS
+CertificateFile {cluster.root / 'tls' / 'localhost.crt'}
+
+IMAPStore remote
+Account palomar
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+
+Channel sync
+Far :remote:
+Near :local:
+Patterns INBOX
+Create Both
+Sync All
+SyncState *
+""")
+    seeded = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    seeded.login("user6@example.test", "password6")
+    seeded.append("INBOX", None, None, b"Subject: from server\r\n\r\nremote message\r\n")
+    seeded.logout()
+    run = subprocess.run(["mbsync", "-c", str(config), "sync"], capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stdout + run.stderr
+    local_texts = [p.read_bytes() for d in ("new", "cur") for p in (local / "INBOX" / d).iterdir()]
+    assert any(b"remote message" in t for t in local_texts)
+    check = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    check.login("user6@example.test", "password6")
+    check.select("INBOX")
+    _, found = check.search(None, "SUBJECT", '"from maildir"')
+    assert found[0].split(), "the maildir message did not reach the server"
+    check.logout()
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+def held_session(host: str, port: int, user: str, password: str) -> imaplib.IMAP4:
+    imap = IMAP4From(host, port, source=CLIENT_SOURCE)
+    imap.starttls(ssl_context=tls_context())
+    imap.login(user, password)
+    return imap
+
+
+def test_same_user_from_both_proxies_lands_on_one_backend(cluster: LocalCluster) -> None:
+    user, password = "user7@example.test", "password7"
+    sessions = [held_session(p.host, p.imap, user, password) for p in cluster.proxies]
+    try:
+        where = {b.host: [r["username"] for r in b.dovecot.doveadm_http("who", {})] for b in cluster.backends}
+        holders = [host for host, users in where.items() if user in users]
+        assert holders == [backend_of(cluster, user)]
+    finally:
+        for imap in sessions:
+            imap.logout()
+
+
+def test_users_spread_over_both_backends_by_group(cluster: LocalCluster) -> None:
+    for i in range(8, 21):
+        imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+        imap.login(f"user{i}@example.test", f"password{i}")
+        imap.logout()
+    hosts = {backend_of(cluster, f"user{i}@example.test") for i in range(8, 21)}
+    assert hosts == {b.host for b in cluster.backends}
+
+
+def test_user_sent_to_the_wrong_backend_is_referred_to_the_right_one(cluster: LocalCluster) -> None:
+    """passdb pins pinned@ to 127.0.0.3; its group lives on 127.0.0.2; that backend refers the proxy."""
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    imap.login("user1@example.test", "password1")  # makes sure user1's group exists
+    imap.logout()
+    group = json.loads(cluster.cluster("--json", "user", "status", "user1@example.test").stdout)["group"]
+    cluster.cluster("group", "move", "--direct", "DC1", group, "127.0.0.2")
+    cluster.cluster("user", "move", "--direct", "pinned@example.test", group)
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    assert imap.login("pinned@example.test", "pinnedpw")[0] == "OK"
+    imap.logout()
+    dovecot_of(cluster, "127.0.0.2").wait_for_log(r"Login: user=<pinned@example\.test>")
+    assert "user=<pinned@example.test>" not in dovecot_of(cluster, "127.0.0.3").log_text()
+    wrong = next(b for b in cluster.backends if b.host == "127.0.0.3")
+    wait_until(lambda: "pinned@example.test referred to 127.0.0.2" in wrong.log_path.read_text(), 10,
+               "the referral in the backend log")
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def closed_without_greeting(sock: socket.socket) -> bool:
+    sock.settimeout(10)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_haproxy_listener_drops_untrusted_sources(cluster: LocalCluster) -> None:
+    proxy = cluster.proxies[0]
+    sock = socket.create_connection((proxy.host, proxy.imap_haproxy), source_address=("127.0.0.50", 0))
+    sock.sendall(build_v2(("192.0.2.1", 1234), (proxy.host, proxy.imap_haproxy)))
+    assert closed_without_greeting(sock)
+    sock.close()
+    wait_until(lambda: "127.0.0.50 dropped: not in haproxy_trusted_networks" in proxy.log_path.read_text(), 10,
+               "the drop in the proxy log")
+
+
+@pytest.mark.parametrize("header", [
+    b"PROXY TCP4 1.2.3.4\r\n",
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x02ab",
+    b"GET / HTTP/1.0\r\n\r\n",
+])
+def test_malformed_proxy_header_is_dropped(cluster: LocalCluster, header: bytes) -> None:
+    proxy = cluster.proxies[0]
+    sock = socket.create_connection((proxy.host, proxy.imap_haproxy))
+    sock.sendall(header)
+    assert closed_without_greeting(sock)
+    sock.close()
+
+
+def test_haproxy_local_health_check_gets_the_greeting(cluster: LocalCluster) -> None:
+    proxy = cluster.proxies[0]
+    for header in (b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00", build_v1(("127.0.0.1", 1), (proxy.host, 2))):
+        sock = socket.create_connection((proxy.host, proxy.imap_haproxy))
+        sock.sendall(header)
+        sock.settimeout(10)
+        assert sock.recv(200).startswith(b"* OK ")
+        sock.close()
+
+
+def send_hop(cluster: LocalCluster, raw: bytes) -> bytes:
+    backend = cluster.backends[0]
+    sock = socket.create_connection((backend.host, cluster.hop_port))
+    sock.sendall(raw)
+    sock.settimeout(10)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return data
+
+
+def hop_header(cluster: LocalCluster, secret: str, user: str) -> bytes:
+    request = hop.HopRequest(user=user, protocol="imap", session_id="test-hop", backend_host=cluster.backends[0].host,
+                             client=("192.0.2.10", 4000), local=("127.0.0.1", 143))
+    tlvs, _ = hop.seal(request, secret.encode(), now_micros())
+    return build_v2(request.client, request.local, tlvs)
+
+
+def test_backend_refuses_a_wrong_shared_secret(cluster: LocalCluster) -> None:
+    assert send_hop(cluster, hop_header(cluster, "wrong-secret", "user1@example.test")) == b"FAIL denied hop refused\r\n"
+    wait_until(lambda: "hop MAC mismatch" in cluster.backends[0].log_path.read_text(), 10, "the refusal logged")
+
+
+def test_backend_refuses_a_replayed_hop(cluster: LocalCluster) -> None:
+    user = "user1@example.test"
+    if backend_of(cluster, user) != cluster.backends[0].host:
+        user = next(f"user{i}@example.test" for i in range(8, 21)
+                    if backend_of(cluster, f"user{i}@example.test") == cluster.backends[0].host)
+    raw = hop_header(cluster, cluster.hop_secret, user)
+    first = send_hop(cluster, raw)
+    assert first.startswith(b"OK ")
+    assert send_hop(cluster, raw) == b"FAIL denied hop refused\r\n"
+    wait_until(lambda: "replayed hop header" in cluster.backends[0].log_path.read_text(), 10, "the replay logged")
+
+
+# --- accounting ----------------------------------------------------------------------------------
+
+
+def test_metrics_count_sessions_per_backend(cluster: LocalCluster) -> None:
+    import urllib.request
+
+    imap = IMAP4SSLFrom(cluster.proxies[0].host, cluster.proxies[0].imaps, CLIENT_SOURCE)
+    imap.login("user1@example.test", "password1")
+    imap.logout()
+    host = backend_of(cluster, "user1@example.test")
+    text = urllib.request.urlopen(f"http://{cluster.proxies[0].host}:{cluster.proxies[0].metrics}/metrics",
+                                  timeout=10).read().decode()
+    assert text.endswith("# EOF\n")
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'palomar_proxy_session_success_total{{dest_host="{host}"}}'))
+    assert float(line.split()[-1]) >= 1
+    session_lines = [ln for ln in cluster.proxies[0].log_path.read_text().splitlines()
+                     if "palomar.session" in ln and "user=user1@example.test" in ln and "backend=" in ln]
+    assert session_lines and "client=127.0.0.99:" in session_lines[-1] and "password1" not in "\n".join(session_lines)
