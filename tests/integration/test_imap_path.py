@@ -29,7 +29,7 @@ def cluster(harness_root: Path):
     nologin = "blocked@example.test:{PLAIN}blockedpw::::::nologin=y reason=Mailbox_suspended_by_admin"
     pinned = "pinned@example.test:{PLAIN}pinnedpw::::::host=127.0.0.3"
     c = LocalCluster(harness_root / "imap-cluster", auth_failure_delay=f"{int(FAILURE_DELAY * 1000)} ms",
-                     extra_passwd_lines=(nologin, pinned))
+                     extra_passwd_lines=(nologin, pinned), stats_interval="1 secs")
     c.start()
     yield c
     c.stop()
@@ -327,3 +327,69 @@ def test_metrics_count_sessions_per_backend(cluster: LocalCluster) -> None:
     session_lines = [ln for ln in cluster.proxies[0].log_path.read_text().splitlines()
                      if "palomar.session" in ln and "user=user1@example.test" in ln and "backend=" in ln]
     assert session_lines and "client=127.0.0.99:" in session_lines[-1] and "password1" not in "\n".join(session_lines)
+
+
+def geodb_read(cluster: LocalCluster, action):
+    import asyncio
+
+    from palomar.geodb import open_engine
+    from palomar.geodb.repository import GeoDB
+
+    async def main():
+        engine = open_engine("sqlite", path=str(cluster.geodb_path))
+        await engine.open()
+        try:
+            return await action(GeoDB(engine))
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def test_sessions_flow_into_proxy_dest_stats(cluster: LocalCluster) -> None:
+    imap = IMAP4SSLFrom(cluster.lb_host, cluster.lb_imaps, CLIENT_SOURCE)
+    imap.login("user2@example.test", "password2")
+    imap.logout()
+    host = backend_of(cluster, "user2@example.test")
+
+    def rows():
+        async def action(db):
+            site = await db.site_get_by_name("DC1")
+            return await db.proxy_dest_stats_list(site.id, host)
+        return [r for r in geodb_read(cluster, action) if r.key == "session_success" and r.value >= 1]
+
+    wait_until(lambda: bool(rows()), 15, "proxy_dest_stats rows")
+    assert {r.proxy_host for r in rows()} <= {socket.gethostname()}
+
+
+def test_backends_report_backend_stats_and_user_counts(cluster: LocalCluster) -> None:
+    async def action(db):
+        site = await db.site_get_by_name("DC1")
+        return await db.backend_stats_list(site.id), await db.backend_list(site.id)
+
+    stats, backends = geodb_read(cluster, action)
+    assert {b.id for b in backends} <= set(stats)
+    assert all({s.key for s in stats[b.id]} >= {"sessions_active", "logins"} for b in backends)
+    assert all(b.user_count_approx is not None for b in backends)
+
+
+def test_proxy_keeps_serving_while_clients_misbehave(cluster: LocalCluster) -> None:
+    proxy = cluster.proxies[0]
+    silent = socket.create_connection((proxy.host, proxy.imap))  # never sends anything
+    silent.settimeout(10)
+    assert silent.recv(200).startswith(b"* OK ")
+    flood = socket.create_connection((proxy.host, proxy.imap))
+    flood.settimeout(10)
+    flood.recv(200)
+    flood.sendall(b"a LOGIN " + b"x" * 70000 + b"\r\n")
+    data = b""
+    while True:
+        chunk = flood.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert b"BYE" in data
+    imap = held_session(proxy.host, proxy.imap, "user3@example.test", "password3")
+    assert imap.noop()[0] == "OK"
+    imap.logout()
+    silent.close()

@@ -86,6 +86,7 @@ class LocalCluster:
     lb_ports: LbPorts = field(default_factory=LbPorts)
     auth_failure_delay: str = "2 secs"
     allow_cleartext: bool = False
+    stats_interval: str = "10 secs"
     palomar_cmd: tuple[str, ...] = (sys.executable, "-m", "palomar")
     hop_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
@@ -160,6 +161,7 @@ class LocalCluster:
             f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
             f"auth_allow_cleartext = {'yes' if self.allow_cleartext else 'no'}",
             f"auth_failure_delay = {self.auth_failure_delay}",
+            f"cluster_proxy_stats_interval = {self.stats_interval}",
             "passdb test-accounts {",
             "  driver = passwd-file",
             f"  args = {self.root / 'test-accounts.passwd'}",
