@@ -15,14 +15,16 @@ from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
-from palomar.proxy.imap_frontend import serve_imap
+from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.router import Router
+from palomar.proxy.session import serve
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
 
 log = logging.getLogger("palomar.proxy")
 
-FRONTENDS = {"imap-login": serve_imap}
+FRONTENDS = {"imap-login": ImapAdapter()}
+"""Client-facing services and the adapter that speaks each one's protocol."""
 
 
 def listener_addresses(cfg: Config, listener) -> list[str]:
@@ -78,14 +80,14 @@ async def build_state(cfg: Config) -> ProxyState:
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
     loops: list[AcceptLoop] = []
-    for service_name, frontend in FRONTENDS.items():
+    for service_name, adapter in FRONTENDS.items():
         service = cfg.services.get(service_name)
         if service is None:
             continue
         for listener in service.listeners.values():
             for address in listener_addresses(cfg, listener):
                 sock = listen_socket(address, listener.port)
-                handler = partial(frontend, state, haproxy=listener.haproxy, ssl=listener.ssl)
+                handler = partial(serve, state, adapter=adapter, haproxy=listener.haproxy, ssl=listener.ssl)
                 loop = AcceptLoop(sock, handler)
                 loop.start()
                 loops.append(loop)

@@ -1,0 +1,149 @@
+"""One client session on the proxy, for every protocol with a login phase (IMAP, POP3,
+Submission, ManageSieve): drive the protocol's sans-IO core, log in through the cluster, relay.
+
+What differs per protocol lives in a small `Adapter`: how to build the core and how to word
+the replies. The session loop, the accounting and the switch to relaying are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from palomar.net.relay import Relay, RelayStats
+from palomar.proxy.frontend import ClientConnection, accept
+from palomar.proxy.hop_client import Established
+from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
+from palomar.proxy.state import ProxyState
+
+log = logging.getLogger("palomar.proxy")
+session_log = logging.getLogger("palomar.session")
+
+
+class Adapter(Protocol):
+    """The protocol-specific part of a session."""
+
+    protocol: str
+    """The hop protocol name: imap, pop3, submission or sieve."""
+
+    def make_core(self, state: ProxyState, conn: ClientConnection) -> Any: ...
+
+    def is_login(self, event: Any) -> bool: ...
+
+    def is_starttls(self, event: Any) -> bool: ...
+
+    def is_close(self, event: Any) -> bool: ...
+
+    def refused_master(self, event: Any) -> str | None:
+        """A response refusing a master-user style login (authzid differs), or None."""
+
+    def success(self, event: Any, core: Any, established: Established) -> bytes:
+        """What the client sees when the backend logged it in."""
+
+    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
+        """The response given to `core.login_failed` for a failed login."""
+
+    def timeout_bye(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class FrontendSpec:
+    adapter: Adapter
+    haproxy: bool
+    ssl: bool
+
+
+def log_session(protocol: str, conn: ClientConnection, user: str, host: str, stats: RelayStats) -> None:
+    """The one structured line per proxied session."""
+    session_log.info(
+        "session=%s proto=%s user=%s client=%s:%d backend=%s in=%d out=%d duration=%.3f idle=%.3f closed_by=%s",
+        conn.session_id, protocol, user, conn.client[0], conn.client[1], host, stats.bytes_in, stats.bytes_out,
+        time.monotonic() - stats.started, time.monotonic() - stats.last_activity, stats.closed_by or "proxy",
+    )
+
+
+async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, haproxy: bool, ssl: bool) -> None:
+    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+    if conn is None:
+        return
+    link = conn.link
+    core = adapter.make_core(state, conn)
+    link.write(core.greeting())
+    deadline = time.monotonic() + state.login_timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                link.write(adapter.timeout_bye())
+                link.close()
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    data = await link.read()
+            except TimeoutError:
+                continue
+            if not data:
+                link.close()
+                return
+            events = core.receive(data)
+            link.write(core.data_to_send())
+            while events:
+                event = events.pop(0)
+                if adapter.is_close(event):
+                    link.write(core.data_to_send())
+                    link.close()
+                    return
+                if adapter.is_starttls(event):
+                    link.write(core.data_to_send())
+                    await link.start_tls(state.tls, server_side=True)
+                    conn.tls = True
+                    core.tls_started()
+                elif adapter.is_login(event):
+                    more = await _login(state, conn, core, adapter, event)
+                    if more is None:
+                        return
+                    events.extend(more)
+                link.write(core.data_to_send())
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s client connection error: %s", conn.session_id, exc)
+        link.abort()
+
+
+async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
+    """None when the session now relays; else the events of commands pipelined after the login."""
+    refusal = adapter.refused_master(event)
+    if refusal is not None:
+        return core.login_failed(*_failed_args(event, refusal))
+    attempt = LoginAttempt(
+        session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
+        mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
+    )
+    outcome, user = await perform_login(state, attempt)
+    if isinstance(outcome, Established):
+        core.login_succeeded()
+        conn.link.write(adapter.success(event, core, outcome))
+        backend_transport = outcome.link.transport
+        client_transport = conn.link.transport
+        assert backend_transport is not None and client_transport is not None
+
+        def done(stats: RelayStats) -> None:
+            state.metrics.sessions_finished.inc(dest_host=outcome.host, disconnect_side=stats.closed_by or "proxy")
+            log_session(adapter.protocol, conn, user, outcome.host, stats)
+
+        relay = Relay(client_transport, backend_transport, done)
+        relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
+                    server_pending=outcome.leftover + outcome.link.take_buffer())
+        return None
+    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
+                     conn.client[0], conn.client[1], type(outcome).__name__)
+    return core.login_failed(*_failed_args(event, adapter.failure(outcome)))
+
+
+def _failed_args(event: Any, response: str) -> tuple:
+    """IMAP's core takes the command tag; the line-based protocols have none."""
+    tag = getattr(event, "tag", None)
+    return (tag, response) if tag is not None else (response,)
