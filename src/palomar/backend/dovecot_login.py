@@ -1,12 +1,19 @@
-"""Logging a user in to the local Dovecot as the master user, forwarding the client's address."""
+"""Logging a user in to the local Dovecot as the master user, forwarding the client's address.
+
+Each protocol's client core does the talking (IMAP: ID then AUTHENTICATE PLAIN; POP3 and
+ManageSieve: XCLIENT then AUTH); this module drives one of them over a connection and turns
+its result into the hop's reply.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from palomar.net.link import Link, open_link
-from palomar.protocols import hop, imap
+from palomar.protocols import hop, imap, managesieve, pop3
 
 
 @dataclass(frozen=True)
@@ -18,17 +25,9 @@ class DovecotEndpoint:
     timeout: float = 30.0
 
 
-async def login_imap(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
-    """Open an IMAP session for `request.user`; on success the link is ready to relay."""
-    try:
-        link = await open_link(endpoint.host, endpoint.ports["imap"], timeout=endpoint.timeout)
-    except (OSError, TimeoutError) as exc:
-        return hop.Failure("temp", f"Dovecot IMAP not reachable: {exc}"), None
-    local = link.sockname() or ("127.0.0.1", 0)
-    client = imap.ImapLoginClient(
-        request.user,
-        master_user=endpoint.master_user,
-        master_password=endpoint.master_password,
+def _imap_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> imap.ImapLoginClient:
+    return imap.ImapLoginClient(
+        request.user, master_user=endpoint.master_user, master_password=endpoint.master_password,
         id_fields=[
             ("x-session-id", request.session_id),
             ("x-originating-ip", request.client[0]),
@@ -38,26 +37,71 @@ async def login_imap(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tupl
             ("x-proxy-ttl", str(max(request.ttl - 1, 1))),
         ],
     )
-    del local
+
+
+def xclient_fields(request: hop.HopRequest) -> dict[str, str]:
+    """What Dovecot 2.3's POP3/ManageSieve/SMTP XCLIENT accepts: address, port, session, ttl."""
+    return {
+        "ADDR": request.client[0],
+        "PORT": str(request.client[1]),
+        "SESSION": request.session_id,
+        "TTL": str(max(request.ttl - 1, 1)),
+    }
+
+
+def _pop3_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> pop3.Pop3LoginClient:
+    return pop3.Pop3LoginClient(request.user, master_user=endpoint.master_user,
+                                master_password=endpoint.master_password, xclient=xclient_fields(request))
+
+
+def _sieve_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> managesieve.SieveLoginClient:
+    return managesieve.SieveLoginClient(request.user, master_user=endpoint.master_user,
+                                        master_password=endpoint.master_password, xclient=xclient_fields(request))
+
+
+@dataclass(frozen=True)
+class LoginFlavour:
+    """How one protocol logs in: its client core and how to read the core's results."""
+
+    client: Callable[[DovecotEndpoint, hop.HopRequest], Any]
+    logged_in: type
+    post_login: Callable[[Any], bytes]
+
+
+FLAVOURS: dict[str, LoginFlavour] = {
+    "imap": LoginFlavour(_imap_client, imap.LoggedIn, lambda r: r.untagged + r.ok_line),
+    "pop3": LoginFlavour(_pop3_client, pop3.LoggedIn, lambda r: r.ok_line),
+    "sieve": LoginFlavour(_sieve_client, managesieve.LoggedIn, lambda r: r.ok_line),
+}
+
+_FAILURE_KINDS = {"auth": "auth", "temp": "temp", "referral": "internal", "config": "internal", "other": "temp"}
+
+
+async def login(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
+    """Open a session for `request.user`; on success the link is ready to relay."""
+    flavour = FLAVOURS.get(request.protocol)
+    if flavour is None:
+        return hop.Failure("protocol", f"protocol {request.protocol} is not served"), None
+    port = endpoint.ports[request.protocol]
+    try:
+        link = await open_link(endpoint.host, port, timeout=endpoint.timeout)
+    except (OSError, TimeoutError) as exc:
+        return hop.Failure("unavailable", f"Dovecot {request.protocol} not reachable: {exc}"), None
+    client = flavour.client(endpoint, request)
     try:
         async with asyncio.timeout(endpoint.timeout):
             while True:
                 data = await link.read()
-                if not data:
-                    return hop.Failure("temp", "Dovecot closed the connection during login"), None
-                result = client.receive(data)
+                result = client.receive(data) if data else client.connection_lost()
                 link.write(client.data_to_send())
                 if result is None:
                     continue
-                if isinstance(result, imap.LoggedIn):
+                if isinstance(result, flavour.logged_in):
                     link.unread(client.leftover())
-                    return hop.LoggedIn(result.untagged + result.ok_line), link
+                    return hop.LoggedIn(flavour.post_login(result)), link
                 link.close()
-                code = {"auth": "auth", "temp": "temp", "referral": "internal"}.get(result.kind, "protocol")
-                return hop.Failure(code, f"Dovecot: {result.text}"), None
+                code = _FAILURE_KINDS.get(result.kind, "protocol")
+                return hop.Failure(code, f"Dovecot: {' '.join(result.text.split())}"), None
     except TimeoutError:
         link.abort()
-        return hop.Failure("temp", "Dovecot did not answer the login in time"), None
-
-
-LOGINS = {"imap": login_imap}
+        return hop.Failure("unavailable", "Dovecot did not answer the login in time"), None

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
-from palomar.backend.dovecot_login import LOGINS, DovecotEndpoint
+from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
 from palomar.geodb.engine import now_micros
@@ -140,8 +140,7 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
 
 
 async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
-    login = LOGINS.get(request.protocol)
-    if login is None:
+    if request.protocol not in FLAVOURS:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
     decision, group = await state.ownership(request.user)
     if isinstance(decision, Refer):

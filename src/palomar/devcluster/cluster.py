@@ -9,8 +9,10 @@ way an operator would: config files and `palomar cluster` commands.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from palomar.devcluster.certs import self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
-from palomar.devcluster.procs import stop_tree
+from palomar.devcluster.procs import snapshot_tree, stop_tree
 
 SITE = "DC1"
 PROBE_USERNAME = "probe-%{backend_host}"
@@ -44,6 +46,9 @@ class LbPorts:
 
     imap: int = 0
     imaps: int = 0
+    pop3: int = 0
+    pop3s: int = 0
+    sieve: int = 0
 
 
 @dataclass
@@ -56,6 +61,12 @@ class ProxyNode:
     imap_haproxy: int
     imaps_haproxy: int
     metrics: int
+    pop3: int = 0
+    pop3s: int = 0
+    pop3_haproxy: int = 0
+    pop3s_haproxy: int = 0
+    sieve: int = 0
+    sieve_haproxy: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -96,6 +107,10 @@ class LocalCluster:
     users: list[DemoUser] = field(default_factory=list)
     extra_passwd_lines: tuple[str, ...] = ()
     """Raw passwd-file lines added to the users' passdb (e.g. a `nologin` user)."""
+    password_scheme: str = "SHA512-CRYPT"
+    """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
+    proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Extra config lines for proxies, by proxy name (`proxy1`) or `*` for all of them."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -117,7 +132,7 @@ class LocalCluster:
 
     def _write_users(self) -> None:
         self.users = demo_users(self.users_count)
-        lines = [f"{u.name}:{hash_password('SHA512-CRYPT', u.password)}" for u in self.users]
+        lines = [f"{u.name}:{hash_password(self.password_scheme, u.password)}" for u in self.users]
         lines += self.extra_passwd_lines
         (self.root / "users.passwd").write_text("\n".join(lines) + "\n")
         (self.root / "users.passwd").chmod(0o600)
@@ -184,8 +199,20 @@ class LocalCluster:
             f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
             "}",
         ]
-        for service, listeners in (("pop3-login", ("pop3", "pop3s")), ("submission-login", ("submission",
-                                   "submissions")), ("managesieve-login", ("sieve",)), ("lmtp", ("lmtp",))):
+        lines += [*self.proxy_settings.get("*", ()), *self.proxy_settings.get(node.name, ())]
+        lines += [
+            "service pop3-login {",
+            f"  inet_listener pop3 {{\n    port = {node.pop3}\n  }}",
+            f"  inet_listener pop3s {{\n    port = {node.pop3s}\n    ssl = yes\n  }}",
+            f"  inet_listener pop3-haproxy {{\n    port = {node.pop3_haproxy}\n    haproxy = yes\n  }}",
+            f"  inet_listener pop3s-haproxy {{\n    port = {node.pop3s_haproxy}\n    haproxy = yes\n    ssl = yes\n  }}",
+            "}",
+            "service managesieve-login {",
+            f"  inet_listener sieve {{\n    port = {node.sieve}\n  }}",
+            f"  inet_listener sieve-haproxy {{\n    port = {node.sieve_haproxy}\n    haproxy = yes\n  }}",
+            "}",
+        ]
+        for service, listeners in (("submission-login", ("submission", "submissions")), ("lmtp", ("lmtp",))):
             lines.append(f"service {service} {{")
             lines += [f"  inet_listener {name} {{\n    port = 0\n  }}" for name in listeners]
             lines.append("}")
@@ -246,9 +273,11 @@ class LocalCluster:
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 5)
+            ports = free_ports(host, 11)
             config = self.root / f"proxy{index}" / "palomar.conf"
-            self.proxies.append(ProxyNode(f"proxy{index}", host, config, *ports))
+            self.proxies.append(ProxyNode(
+                f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
+                pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
@@ -265,15 +294,44 @@ class LocalCluster:
         for node in self.proxies:
             node.proc = self._spawn("proxy", node.config)
             self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
-        lb_imap = self.lb_ports.imap or free_port(self.lb_host)
-        lb_imaps = self.lb_ports.imaps or free_port(self.lb_host)
+        lb = {name: getattr(self.lb_ports, name) or free_port(self.lb_host)
+              for name in ("imap", "imaps", "pop3", "pop3s", "sieve")}
         self.haproxy = HAProxyInstance([
-            Listen("imap", (self.lb_host, lb_imap), [(p.host, p.imap_haproxy) for p in self.proxies]),
-            Listen("imaps", (self.lb_host, lb_imaps), [(p.host, p.imaps_haproxy) for p in self.proxies]),
+            Listen(name, (self.lb_host, port), [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies])
+            for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m")
         self.haproxy.start()
-        self.lb_imap, self.lb_imaps = lb_imap, lb_imaps
+        self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve = lb.values()
         return self
+
+    def restart_proxy(self, node: ProxyNode) -> None:
+        """A fresh `palomar proxy` process (e.g. before a memory measurement: heaps never shrink)."""
+        if node.proc is not None:
+            stop_tree(node.proc)
+        node.proc = self._spawn("proxy", node.config)
+        self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
+
+    def restart_backend(self, node: BackendNode) -> None:
+        """A fresh `palomar backend` process; its Dovecot keeps running."""
+        if node.proc is not None:
+            stop_tree(node.proc)
+        node.proc = self._spawn("backend", node.config)
+        self._wait(node.proc, node.host, self.hop_port, "backend", node.log_path)
+
+    def kill_dovecot(self, node: BackendNode) -> None:
+        """SIGKILL the backend's whole Dovecot process tree (a crash); `node.dovecot.start()` revives it."""
+        pid = node.dovecot.pid
+        if pid is not None:
+            for proc in snapshot_tree(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        node.dovecot.stop()  # reaps what is left and lets start() run again
+
+    def kill_backend_service(self, node: BackendNode) -> None:
+        """SIGKILL the `palomar backend` process (its Dovecot keeps running); `restart_backend` revives it."""
+        if node.proc is not None:
+            node.proc.kill()
+            node.proc.wait(10)
 
     def stop(self) -> None:
         if self.haproxy is not None:

@@ -26,6 +26,7 @@ from palomar.protocols.imap_syntax import (
     parse_response,
     quote,
 )
+from palomar.protocols.sasl import b64decode_strict as _b64decode
 
 __all__ = [
     "AUTH_FAILED",
@@ -104,16 +105,6 @@ def _valid_tag(raw: bytes) -> str | None:
     if any(b <= 0x20 or b >= 0x7F or b in _TAG_FORBIDDEN for b in raw):
         return None
     return raw.decode("ascii")
-
-
-def _b64decode(data: bytes) -> bytes:
-    """Strict base64 (RFC 4648 alphabet and padding), as SASL requires."""
-    if not data:
-        return b""
-    decoded = base64.b64decode(data, validate=True)
-    if base64.b64encode(decoded) != data:  # stray padding or a partial quantum
-        raise binascii.Error("non-canonical base64")
-    return decoded
 
 
 # --------------------------------------------------------------------------- server events

@@ -16,14 +16,21 @@ from palomar.metrics.registry import Registry
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
+from palomar.proxy.pop3_frontend import Pop3Adapter
+from palomar.proxy.probes import start_backend_checks
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
+from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
 
 log = logging.getLogger("palomar.proxy")
 
-FRONTENDS = {"imap-login": ImapAdapter()}
+FRONTENDS = {
+    "imap-login": ImapAdapter(),
+    "pop3-login": Pop3Adapter(),
+    "managesieve-login": SieveAdapter(),
+}
 """Client-facing services and the adapter that speaks each one's protocol."""
 
 
@@ -38,7 +45,8 @@ async def flush_dest_stats(state: ProxyState) -> None:
     rows = []
     for dest_host in sorted(state.dest.dirty):
         for key, value in state.dest.values[dest_host].items():
-            rows.append(ProxyDestStat(state.site_id, dest_host, state.proxy_host, key, value, "counter"))
+            rows.append(ProxyDestStat(state.site_id, dest_host, state.proxy_host, key, value,
+                                      state.dest.type_of(key)))
     state.dest.dirty.clear()
     await state.router.geodb.proxy_dest_stats_put(rows)
 
@@ -100,6 +108,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             for address in listener_addresses(cfg, listener):
                 metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
+    checks = start_backend_checks(state, cfg)
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
@@ -107,6 +116,8 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         await wait_for_stop_signal()
     finally:
         flusher.cancel()
+        if checks is not None:
+            checks.cancel()
         with contextlib.suppress(Exception):
             await flush_dest_stats(state)
         for accept_loop in loops:

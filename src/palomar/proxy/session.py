@@ -117,7 +117,7 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
     """None when the session now relays; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
-        return core.login_failed(*_failed_args(event, refusal))
+        return core.login_failed(event.tag, refusal)
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
         mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
@@ -140,10 +140,4 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         return None
     session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    return core.login_failed(*_failed_args(event, adapter.failure(outcome)))
-
-
-def _failed_args(event: Any, response: str) -> tuple:
-    """IMAP's core takes the command tag; the line-based protocols have none."""
-    tag = getattr(event, "tag", None)
-    return (tag, response) if tag is not None else (response,)
+    return core.login_failed(event.tag, adapter.failure(outcome))

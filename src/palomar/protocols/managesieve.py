@@ -1,0 +1,683 @@
+"""ManageSieve (RFC 5804) login phase, sans-IO: the server side palomar's proxy shows to
+clients, and the client side palomar's backend uses to log a user in to its Dovecot
+(Pigeonhole managesieve-login) as a master user.
+
+Same shape as the IMAP and POP3 cores: bytes in, events out, replies collected in
+`data_to_send()`, pipelined bytes after the login kept for `leftover()`. ManageSieve has
+no tags, so the `tag` of a login is always None. Strings are IMAP-like (quoted, or a
+`{n+}`/`{n}` literal); replies are `OK|NO|BYE [(CODE ...)] ["text"]`. Reply texts follow
+Dovecot's managesieve-login.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from palomar.protocols.imap_syntax import (
+    ArgReader,
+    ImapSyntaxError,
+    LineAssembler,
+    LineTooLong,
+    LiteralAnnounced,
+    decode,
+    quote,
+)
+from palomar.protocols.pop3 import format_xclient
+from palomar.protocols.sasl import (
+    MECHANISMS,
+    Challenge,
+    Credentials,
+    SaslServer,
+    b64decode_strict,
+    plain_initial_response,
+)
+
+__all__ = [
+    "AUTH_FAILED",
+    "PRIVACY_REQUIRED",
+    "TEMP_FAILED",
+    "ClientState",
+    "Close",
+    "Event",
+    "LoggedIn",
+    "LoginFailed",
+    "LoginRequest",
+    "LoginResult",
+    "ServerState",
+    "SieveLoginClient",
+    "SieveLoginServer",
+    "SieveResponse",
+    "SieveSyntaxError",
+    "StartTlsRequest",
+    "parse_response",
+    "referral_response",
+    "response",
+]
+
+AUTH_FAILED = 'NO "Authentication failed."'
+TEMP_FAILED = 'NO (TRYLATER) "Account is temporarily unavailable."'
+PRIVACY_REQUIRED = ('NO (ENCRYPT-NEEDED) '
+                    '"Plaintext authentication disallowed on non-secure (SSL/TLS) connections."')
+BAD_COMMAND = "Error in MANAGESIEVE command received by server."
+INPUT_FULL = "Input buffer full, aborting"
+
+
+class SieveSyntaxError(ValueError):
+    """The bytes do not follow the ManageSieve grammar."""
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def response(status: str, text: str | None = None, code: str | None = None) -> str:
+    """`STATUS [(CODE)] ["text"]`, e.g. response("NO", "Try later.", "TRYLATER").
+
+    `code` is written as given inside the parentheses, so it may carry arguments that are
+    already quoted: `TAG "t1"`, `REFERRAL "sieve://host"`."""
+    parts = [status]
+    if code:
+        parts.append(f"({code})")
+    if text is not None:
+        parts.append(quote(text))
+    return " ".join(parts)
+
+
+def referral_response(url: str, text: str = "Try this server instead.") -> str:
+    """`NO (REFERRAL "sieve://host[:port]") "text"`: the user's scripts live on another server."""
+    return response("NO", text, f"REFERRAL {quote(url)}")
+
+
+def _line(text: str) -> bytes:
+    if "\r" in text or "\n" in text:
+        raise ValueError("reply text must be a single line")
+    return text.encode("utf-8", "surrogateescape") + b"\r\n"
+
+
+def _capability_line(name: str, value: str | None) -> bytes:
+    return _line(quote(name) if value is None else f"{quote(name)} {quote(value)}")
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@dataclass(frozen=True)
+class SieveResponse:
+    """One `OK`/`NO`/`BYE` reply; `code` upper-cased (`TRYLATER`, `REFERRAL`, `QUOTA/MAXSIZE`)."""
+
+    status: str
+    code: str | None
+    code_args: tuple[str, ...]
+    text: str
+    raw: bytes  # the message as received, with CRLF
+
+
+def parse_response(message: bytes) -> SieveResponse:
+    """Parse `OK|NO|BYE [SP "(" code *(SP arg) ")"] [SP string]` (a message, literals inline)."""
+    reader = ArgReader(message)
+    try:
+        status = reader.atom().upper().decode("ascii")
+        if status not in ("OK", "NO", "BYE"):
+            raise SieveSyntaxError(f"not a response: {status}")
+        code: str | None = None
+        args: list[str] = []
+        text = ""
+        if not reader.at_end():
+            reader.sp()
+            if reader.peek() == ord("("):
+                reader.expect(b"(")
+                code = reader.atom().upper().decode("ascii")
+                while reader.peek() == ord(" "):
+                    reader.sp()
+                    args.append(decode(reader.string() if reader.peek() in (0x22, 0x7B) else reader.atom()))
+                reader.expect(b")")
+                if not reader.at_end():
+                    reader.sp()
+            if not reader.at_end():
+                text = decode(reader.string())
+        reader.end()
+    except ImapSyntaxError as exc:
+        raise SieveSyntaxError(str(exc)) from None
+    return SieveResponse(status, code, tuple(args), text, message + b"\r\n")
+
+
+# --------------------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """The client asked to log in (AUTHENTICATE); answer with login_failed() or login_succeeded().
+
+    `authzid` is set when a PLAIN client asked to act as another user."""
+
+    tag: None
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = "PLAIN"
+    command: str = "AUTHENTICATE"
+    authzid: str | None = None
+
+    @property
+    def is_master_login(self) -> bool:
+        return self.authzid is not None and self.authzid != self.username
+
+
+@dataclass(frozen=True)
+class StartTlsRequest:
+    """The core has queued `OK "Begin TLS negotiation now."`; send it, handshake, then tls_started()."""
+
+    tag: None = None
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection after sending data_to_send()."""
+
+    reason: str
+
+
+Event = LoginRequest | StartTlsRequest | Close
+
+
+class ServerState(enum.Enum):
+    COMMAND = "command"
+    AUTH_CONTINUE = "auth-continue"
+    AWAIT_LOGIN = "await-login"
+    AWAIT_TLS = "await-tls"
+    LOGGED_IN = "logged-in"
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------------- server
+
+
+class SieveLoginServer:
+    """Pre-login ManageSieve server core: answers what it can by itself and hands logins to the caller."""
+
+    def __init__(
+        self,
+        *,
+        starttls: bool,
+        secured: bool,
+        allow_cleartext: bool,
+        sieve_extensions: str,
+        implementation: str = "palomar",
+        notify_methods: str | None = None,
+        greeting: str = "Palomar ready.",
+        max_line: int = 8192,
+        max_bad_commands: int = 3,
+    ) -> None:
+        for text in (sieve_extensions, implementation, notify_methods or "", greeting):
+            quote(text)  # refuses CR, LF and NUL before anything is sent
+        self.starttls = starttls
+        self.secured = secured
+        self.allow_cleartext = allow_cleartext
+        self.sieve_extensions = sieve_extensions
+        self.implementation = implementation
+        self.notify_methods = notify_methods
+        self.greeting_text = greeting
+        self.max_line = max_line
+        self.max_bad_commands = max_bad_commands
+        self.state = ServerState.COMMAND
+        self.tls_active = False
+        self.bad_commands = 0
+        self._lines = LineAssembler(max_line)
+        self._out = bytearray()
+        self._sasl: SaslServer | None = None
+        self._after_login = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<SieveLoginServer state={self.state.value} secured={self.secured}>"
+
+    # ---- what the caller asks
+
+    @property
+    def cleartext_allowed(self) -> bool:
+        return self.secured or self.allow_cleartext
+
+    def mechanisms(self) -> tuple[str, ...]:
+        """Both mechanisms send passwords in the clear: none before TLS when that is refused."""
+        return MECHANISMS if self.cleartext_allowed else ()
+
+    def capabilities(self) -> list[tuple[str, str | None]]:
+        """The capability list in Dovecot's order; `"SASL" ""` is allowed because STARTTLS is then offered."""
+        caps: list[tuple[str, str | None]] = [
+            ("IMPLEMENTATION", self.implementation),
+            ("SIEVE", self.sieve_extensions),
+        ]
+        if self.notify_methods:
+            caps.append(("NOTIFY", self.notify_methods))
+        caps.append(("SASL", " ".join(self.mechanisms())))
+        if self.starttls and not self.secured:
+            caps.append(("STARTTLS", None))
+        caps.append(("VERSION", "1.0"))
+        return caps
+
+    def capability_lines(self) -> bytes:
+        return b"".join(_capability_line(name, value) for name, value in self.capabilities())
+
+    def greeting(self) -> bytes:
+        return self.capability_lines() + _line(response("OK", self.greeting_text))
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
+            return []  # bytes before the TLS handshake are dropped: command injection defence
+        if self.state is ServerState.LOGGED_IN:
+            self._after_login += data
+            return []
+        self._lines.feed(data)
+        if self.state is ServerState.AWAIT_LOGIN:
+            events: list[Event] = []
+            if self._lines.buffered > max(8 * self.max_line, 65536):
+                self._bye(INPUT_FULL, "Input buffer full", events)
+            return events
+        return self._process()
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STARTTLS is done: queue the capabilities again (RFC 5804 §2.2,
+        now without STARTTLS and with the mechanisms) and read commands, now secured."""
+        if self.state is not ServerState.AWAIT_TLS:
+            raise RuntimeError("tls_started() without STARTTLS")
+        self.secured = True
+        self.tls_active = True
+        self._lines = LineAssembler(self.max_line)
+        self.state = ServerState.COMMAND
+        self._out += self.capability_lines() + _line(response("OK", "TLS negotiation successful."))
+
+    def login_failed(self, tag: None, reply: str) -> list[Event]:
+        """Send `reply` (e.g. AUTH_FAILED, TEMP_FAILED, referral_response()) and resume reading commands.
+
+        `tag` is the request's tag, always None here; it is there so one caller can drive
+        every protocol's core alike."""
+        self._check_pending(tag)
+        self._out += _line(reply)
+        self.state = ServerState.COMMAND
+        return self._process()
+
+    def login_succeeded(self) -> None:
+        """The caller has written the backend's OK; from now on the core produces nothing."""
+        self._check_pending(None)
+        self.state = ServerState.LOGGED_IN
+        self._after_login[:0] = self._lines.take_buffer()
+
+    def leftover(self) -> bytes:
+        """Bytes the client sent after its AUTHENTICATE (to relay to the backend); clears them."""
+        data = bytes(self._after_login)
+        self._after_login.clear()
+        return data
+
+    def _check_pending(self, tag: None) -> None:
+        if self.state is not ServerState.AWAIT_LOGIN or tag is not None:
+            raise RuntimeError("no login is waiting")
+
+    # ---- input loop
+
+    def _process(self) -> list[Event]:
+        events: list[Event] = []
+        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
+            try:
+                item = self._lines.next_message()
+                if isinstance(item, LiteralAnnounced):
+                    # Clients send literal bytes without waiting (RFC 5804 wants `{n+}`;
+                    # Dovecot reads `{n}` the same way), so a literal that does not fit
+                    # leaves no way to find the next command: give up.
+                    self._lines.accept_literal()
+                    continue
+            except LineTooLong:
+                self._bye(INPUT_FULL, "Input buffer full", events)
+                break
+            if item is None:
+                break
+            if self.state is ServerState.AUTH_CONTINUE:
+                self._on_sasl_response(item, events)
+            else:
+                self._on_command(item, events)
+        return events
+
+    def _bye(self, text: str, reason: str, events: list[Event]) -> None:
+        self._out += _line(response("BYE", text))
+        self.state = ServerState.CLOSED
+        self._lines.reset()
+        events.append(Close(reason))
+
+    def _bad_command(self, events: list[Event]) -> None:
+        self.bad_commands += 1
+        if self.bad_commands >= self.max_bad_commands:
+            self._bye("Too many invalid MANAGESIEVE commands.", "Too many invalid commands", events)
+        else:
+            self._out += _line(response("NO", BAD_COMMAND))
+
+    def _on_command(self, message: bytes, events: list[Event]) -> None:
+        reader = ArgReader(message)
+        try:
+            name = reader.atom().upper()
+        except ImapSyntaxError:
+            self._bad_command(events)
+            return
+        handler = _COMMANDS.get(name)
+        if handler is None:
+            self._bad_command(events)
+            return
+        try:
+            handler(self, reader, events)
+        except ImapSyntaxError:
+            self._bad_command(events)
+
+    # ---- commands
+
+    def _cmd_capability(self, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        self._out += self.capability_lines() + _line(response("OK", "Capability completed."))
+
+    def _cmd_noop(self, reader: ArgReader, events: list[Event]) -> None:
+        if reader.at_end():
+            self._out += _line(response("OK", "NOOP Completed"))
+            return
+        reader.sp()
+        echo = decode(reader.string())
+        reader.end()
+        self._out += _line(response("OK", "Done", f"TAG {quote(echo)}"))
+
+    def _cmd_logout(self, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        self._out += _line(response("OK", "Logout completed."))
+        self.state = ServerState.CLOSED
+        self._lines.reset()
+        events.append(Close("Aborted login (logged out)"))
+
+    def _cmd_starttls(self, reader: ArgReader, events: list[Event]) -> None:
+        reader.end()
+        if self.secured:
+            self._out += _line(response("NO", "TLS is already active."))
+            return
+        if not self.starttls:
+            self._out += _line(response("NO", "TLS support isn't enabled."))
+            return
+        self._out += _line(response("OK", "Begin TLS negotiation now."))
+        self._lines.reset()  # anything pipelined in plaintext is discarded
+        self.state = ServerState.AWAIT_TLS
+        events.append(StartTlsRequest())
+
+    def _cmd_authenticate(self, reader: ArgReader, events: list[Event]) -> None:
+        reader.sp()
+        mech = decode(reader.string()).upper()
+        initial: bytes | None = None
+        if not reader.at_end():
+            reader.sp()
+            initial = reader.string()
+        reader.end()
+        if not mech:
+            raise ImapSyntaxError("empty mechanism")
+        if mech not in MECHANISMS:
+            self._out += _line(response("NO", "Unsupported authentication mechanism."))
+            return
+        if not self.cleartext_allowed:
+            self._out += _line(PRIVACY_REQUIRED)
+            return
+        decoded: bytes | None = None
+        if initial is not None:
+            try:
+                decoded = b64decode_strict(initial)
+            except binascii.Error:
+                self._out += _line(response("NO", "Invalid base64 data in initial response"))
+                return
+        self._sasl = SaslServer(mech)
+        self._sasl_result(self._sasl.start(decoded), events)
+
+    # ---- SASL
+
+    def _on_sasl_response(self, message: bytes, events: list[Event]) -> None:
+        assert self._sasl is not None
+        self.state = ServerState.COMMAND
+        if not message:
+            self._sasl = None
+            self._out += _line(response("NO", "Received empty AUTHENTICATE client response line."))
+            return
+        reader = ArgReader(message)
+        try:
+            value = reader.string()
+            reader.end()
+        except ImapSyntaxError:
+            self._sasl = None
+            self._out += _line(response("NO", "Invalid AUTHENTICATE client response."))
+            return
+        if value == b"*":
+            self._sasl = None
+            self._out += _line(response("NO", "Authentication aborted by client."))
+            return
+        try:
+            data = b64decode_strict(value)
+        except binascii.Error:
+            self._sasl = None
+            self._out += _line(response("NO", "Invalid base64 data in continued response"))
+            return
+        self._sasl_result(self._sasl.step(data), events)
+
+    def _sasl_result(self, step: object, events: list[Event]) -> None:
+        sasl = self._sasl
+        assert sasl is not None
+        if isinstance(step, Challenge):
+            self._out += _line(quote(base64.b64encode(step.data).decode("ascii")))
+            self.state = ServerState.AUTH_CONTINUE
+            return
+        self._sasl = None
+        if not isinstance(step, Credentials):
+            self._out += _line(AUTH_FAILED)
+            return
+        self.state = ServerState.AWAIT_LOGIN
+        events.append(LoginRequest(None, step.username, step.password, sasl.mechanism, "AUTHENTICATE",
+                                   step.authzid))
+
+
+_COMMANDS = {
+    b"CAPABILITY": SieveLoginServer._cmd_capability,
+    b"NOOP": SieveLoginServer._cmd_noop,
+    b"LOGOUT": SieveLoginServer._cmd_logout,
+    b"STARTTLS": SieveLoginServer._cmd_starttls,
+    b"AUTHENTICATE": SieveLoginServer._cmd_authenticate,
+}
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """The backend accepted the login. `ok_line` is its OK reply (with CRLF), to forward;
+    `capabilities` its pre-login capability list, names upper-cased (`SIEVE` holds the
+    extensions the proxy may want to advertise)."""
+
+    ok_line: bytes
+    capabilities: dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    """The login did not succeed.
+
+    kind: `auth` (NO without a code, or AUTH-TOO-WEAK), `temp` (TRYLATER, a BYE, or the
+    backend went away: worth retrying), `referral` (the user lives elsewhere: `referral`
+    holds the sieve URL), `config` (the backend refused our XCLIENT or offers no PLAIN),
+    `other` (another code, to forward verbatim) or `protocol` (the backend did not speak
+    ManageSieve as expected).
+    """
+
+    kind: str
+    response_code: str | None
+    text: str
+    referral: str | None = None
+    line: bytes = b""
+
+
+LoginResult = LoggedIn | LoginFailed
+
+
+class ClientState(enum.Enum):
+    CAPABILITIES = "capabilities"
+    XCLIENT = "xclient"
+    AUTHENTICATE = "authenticate"
+    DONE = "done"
+
+
+class SieveLoginClient:
+    """Logs a user in to Dovecot's managesieve-login as a master user, in Dovecot's proxy
+    order: read the capability greeting, then `XCLIENT ...` (only when `"XCLIENT"` is
+    advertised, i.e. we are trusted) pipelined with `AUTHENTICATE "PLAIN" "<b64>"`."""
+
+    def __init__(
+        self,
+        username: str,
+        *,
+        master_user: str,
+        master_password: str,
+        xclient: Mapping[str, str] | None = None,
+        max_line: int = 65536,
+    ) -> None:
+        if not username or not master_user:
+            raise ValueError("username and master_user must not be empty")
+        self.username = username
+        self._initial_response = plain_initial_response(username, master_user, master_password)
+        self._xclient_line = format_xclient(xclient or {})
+        self.state = ClientState.CAPABILITIES
+        self.capabilities: dict[str, str | None] = {}
+        self.result: LoginResult | None = None
+        #: The greeting offered XCLIENT and we sent the client's address with it.
+        self.xclient_sent = False
+        self._lines = LineAssembler(max_line)
+        self._out = bytearray()
+        self._leftover = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<SieveLoginClient user={self.username!r} state={self.state.value}>"
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def leftover(self) -> bytes:
+        """Bytes the backend sent after its login reply; clears them."""
+        data = bytes(self._leftover)
+        self._leftover.clear()
+        return data
+
+    def connection_lost(self) -> LoginResult:
+        """The backend closed the connection; the result, or a temporary failure if none yet."""
+        if self.result is None:
+            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
+        assert self.result is not None
+        return self.result
+
+    def receive(self, data: bytes) -> LoginResult | None:
+        """Feed the backend's bytes; returns the result once, when it is known."""
+        if self.state is ClientState.DONE:
+            self._leftover += data
+            return None
+        self._lines.feed(data)
+        while self.state is not ClientState.DONE:
+            try:
+                item = self._lines.next_message()
+                if isinstance(item, LiteralAnnounced):
+                    self._lines.accept_literal()
+                    continue
+            except LineTooLong:
+                return self._protocol_error("Backend sent a too long line")
+            if item is None:
+                return None
+            self._on_message(item)
+        return self.result
+
+    # ---- internals
+
+    def _finish(self, result: LoginResult) -> None:
+        self.result = result
+        self.state = ClientState.DONE
+        self._leftover[:0] = self._lines.take_buffer()
+
+    def _protocol_error(self, text: str) -> LoginResult:
+        self._finish(LoginFailed("protocol", None, text))
+        assert self.result is not None
+        return self.result
+
+    def _on_message(self, message: bytes) -> None:
+        if self.state is ClientState.CAPABILITIES and message[:1] in (b'"', b"{"):
+            self._on_capability(message)
+            return
+        try:
+            resp = parse_response(message)
+        except SieveSyntaxError:
+            self._protocol_error(f"Invalid reply from backend: {_shorten(message)}")
+            return
+        if self.state is ClientState.CAPABILITIES:
+            self._on_greeting_end(resp)
+        elif self.state is ClientState.XCLIENT:
+            if resp.status == "OK":
+                self.state = ClientState.AUTHENTICATE
+            else:
+                self._finish(LoginFailed("config", resp.code, f"XCLIENT refused: {resp.text}", line=resp.raw))
+        elif resp.status == "OK":
+            self._finish(LoggedIn(resp.raw, dict(self.capabilities)))
+        else:
+            self._on_failure(resp)
+
+    def _on_capability(self, message: bytes) -> None:
+        reader = ArgReader(message)
+        try:
+            name = decode(reader.string()).upper()
+            value = None
+            if not reader.at_end():
+                reader.sp()
+                value = decode(reader.string())
+            reader.end()
+        except ImapSyntaxError:
+            self._protocol_error(f"Invalid capability line: {_shorten(message)}")
+            return
+        self.capabilities[name] = value
+
+    def _on_greeting_end(self, resp: SieveResponse) -> None:
+        if resp.status != "OK":
+            self._on_failure(resp)
+            return
+        mechanisms = (self.capabilities.get("SASL") or "").upper().split()
+        if not mechanisms:
+            self._finish(LoginFailed("config", None, "Server has disabled authentication (TLS required?)"))
+            return
+        if "PLAIN" not in mechanisms:
+            self._finish(LoginFailed("config", None, "Backend does not offer SASL PLAIN"))
+            return
+        if "XCLIENT" in self.capabilities and self._xclient_line is not None:
+            self._out += self._xclient_line
+            self.xclient_sent = True
+            self.state = ClientState.XCLIENT
+        else:
+            self.state = ClientState.AUTHENTICATE
+        self._out += b'AUTHENTICATE "PLAIN" "' + self._initial_response + b'"\r\n'
+
+    def _on_failure(self, resp: SieveResponse) -> None:
+        code = resp.code
+        referral = None
+        if code == "REFERRAL":
+            if not resp.code_args:
+                self._protocol_error("REFERRAL without a URL")
+                return
+            kind, referral = "referral", resp.code_args[0]
+        elif code == "TRYLATER" or (code is None and resp.status == "BYE"):
+            kind = "temp"
+        elif code is None or code == "AUTH-TOO-WEAK":
+            kind = "auth"
+        else:
+            kind = "other"
+        self._finish(LoginFailed(kind, code, resp.text, referral, resp.raw))
+
+
+def _shorten(raw: bytes, limit: int = 80) -> str:
+    text = decode(raw.rstrip(b"\r\n"))
+    return text if len(text) <= limit else text[:limit] + "..."
