@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.smtp_sink import SmtpSink
 
 from palomar.devcluster.dovecot import DovecotInstance, backend_params, ensure_mail_user
+from palomar.devcluster.smtp_sink import SmtpSink
 
 BACKEND_ADDRESSES = {"backend1": "127.0.0.2", "backend2": "127.0.0.3"}
 

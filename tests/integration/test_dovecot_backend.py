@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from harness.clients import IMAP4From, imap_id, imap_master_login, sasl_plain_b64
-from harness.smtp_sink import SmtpSink
 
 from palomar.backend.dovecot_config import hash_password
 from palomar.cli.main import main
 from palomar.devcluster.dovecot import DovecotInstance
 from palomar.devcluster.net import wait_until
+from palomar.devcluster.smtp_sink import SmtpSink
 
 
 def _user() -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from palomar.net.link import Link, open_link
-from palomar.protocols import hop, imap, managesieve, pop3
+from palomar.protocols import hop, imap, managesieve, pop3, submission
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,16 @@ def _sieve_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> manages
                                         master_password=endpoint.master_password, xclient=xclient_fields(request))
 
 
+BACKEND_HELO = "palomar-backend"
+"""The EHLO name the backend gives its Dovecot; the client's address travels in XCLIENT."""
+
+
+def _submission_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> submission.SubmissionLoginClient:
+    return submission.SubmissionLoginClient(request.user, master_user=endpoint.master_user,
+                                            master_password=endpoint.master_password, helo=BACKEND_HELO,
+                                            xclient=xclient_fields(request))
+
+
 @dataclass(frozen=True)
 class LoginFlavour:
     """How one protocol logs in: its client core and how to read the core's results."""
@@ -72,6 +82,7 @@ FLAVOURS: dict[str, LoginFlavour] = {
     "imap": LoginFlavour(_imap_client, imap.LoggedIn, lambda r: r.untagged + r.ok_line),
     "pop3": LoginFlavour(_pop3_client, pop3.LoggedIn, lambda r: r.ok_line),
     "sieve": LoginFlavour(_sieve_client, managesieve.LoggedIn, lambda r: r.ok_line),
+    "submission": LoginFlavour(_submission_client, submission.LoggedIn, lambda r: r.reply),
 }
 
 _FAILURE_KINDS = {"auth": "auth", "temp": "temp", "referral": "internal", "config": "internal", "other": "temp"}

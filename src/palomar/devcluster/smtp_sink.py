@@ -67,3 +67,10 @@ class SmtpSink:
             if not self._cond.wait_for(lambda: len(self._received) >= count, timeout):
                 raise TimeoutError(f"{len(self._received)} of {count} messages reached the SMTP sink")
             return list(self._received)
+
+    def wait_for_match(self, predicate, timeout: float = 10.0) -> list[Received]:
+        """The messages satisfying `predicate`, once there is at least one; TimeoutError otherwise."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: any(predicate(m) for m in self._received), timeout):
+                raise TimeoutError("no matching message reached the SMTP sink")
+            return [m for m in self._received if predicate(m)]

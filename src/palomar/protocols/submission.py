@@ -1,0 +1,660 @@
+"""SMTP Submission login phase, sans-IO: the server side palomar's proxy shows to mail
+clients, and the client side palomar's backend uses to log a user in to Dovecot's
+submission-login as a master user, forwarding the client's address with XCLIENT.
+
+Like the IMAP core, both sides take bytes and return events, collect the bytes they want
+sent in `data_to_send()`, and step aside after the login: bytes pipelined behind it come
+back from `leftover()` to be relayed. Reply texts follow Dovecot's submission-login.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from palomar.protocols.sasl import (
+    MECHANISMS,
+    Challenge,
+    Credentials,
+    SaslServer,
+    b64decode_strict,
+    plain_initial_response,
+)
+from palomar.protocols.smtp_syntax import (
+    LineReader,
+    LineTooLong,
+    Reply,
+    ReplyReader,
+    SmtpSyntaxError,
+    ehlo_keywords,
+    format_reply,
+    format_xclient,
+    parse_command,
+    reply_line,
+)
+
+__all__ = [
+    "AUTH_FAILED",
+    "DEFAULT_EHLO_CAPABILITIES",
+    "LOGGED_IN",
+    "TEMP_FAILED",
+    "ClientState",
+    "Close",
+    "Event",
+    "LoggedIn",
+    "LoginFailed",
+    "LoginRequest",
+    "LoginResult",
+    "ServerState",
+    "StartTlsRequest",
+    "SubmissionLoginClient",
+    "SubmissionLoginServer",
+    "post_login_ehlo_reply",
+]
+
+#: What the proxy offers before login, as Dovecot's submission-login does (less BURL and
+#: CHUNKING, which only make sense once the backend is talking). AUTH and STARTTLS are added
+#: by the connection state.
+DEFAULT_EHLO_CAPABILITIES: tuple[str, ...] = ("8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SIZE")
+
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+TEMP_FAILED = "454 4.7.0 Temporary authentication failure"
+LOGGED_IN = "235 2.7.0 Logged in."
+AUTH_REQUIRED = "530 5.7.0 Authentication required."
+ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+OK = "250 2.0.0 OK"
+UNKNOWN_COMMAND = "500 5.5.1 Unknown command"
+LINE_TOO_LONG = "500 5.5.2 Line too long"
+_NOT_CLIENT_CAPABILITIES = frozenset({"AUTH", "STARTTLS", "XCLIENT", "XRCPTFORWARD"})
+_NEED_AUTH = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "BURL", "VRFY", "EXPN", "ETRN"})
+_AUTH_LINE_MAX = 510  # longer AUTH lines send the initial response after `334 `, as Dovecot does
+
+
+def _out(reply: str) -> bytes:
+    return reply_line(reply)
+
+
+def post_login_ehlo_reply(hostname: str, capabilities: Iterable[str]) -> bytes:
+    """The EHLO reply a logged-in client should see: the backend's post-login extensions
+    (SIZE, 8BITMIME, PIPELINING, ...) under our host name, without the ones that belong to
+    the login phase or the proxy hop (AUTH, STARTTLS, XCLIENT)."""
+    kept = [cap for cap in capabilities if cap.split(" ", 1)[0].upper() not in _NOT_CLIENT_CAPABILITIES]
+    return format_reply(250, None, [hostname, *kept])
+
+
+# --------------------------------------------------------------------------- server events
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """The client sent AUTH; answer with login_failed() or login_succeeded().
+
+    `ehlo_name` is what the client said in EHLO/HELO (None if it skipped it): the backend
+    forwards it with XCLIENT HELO. `authzid` is set when a PLAIN client asked to act as
+    another user; the caller decides whether to allow that.
+    """
+
+    username: str
+    password: str = field(repr=False)
+    mechanism: str = "PLAIN"
+    ehlo_name: str | None = None
+    authzid: str | None = None
+    tag: None = None
+    """SMTP has no command tags; present so one driver can run every protocol's core alike."""
+
+    @property
+    def is_master_login(self) -> bool:
+        return self.authzid is not None and self.authzid != self.username
+
+
+@dataclass(frozen=True)
+class StartTlsRequest:
+    """`220 2.0.0 Begin TLS negotiation now.` is queued; send it, handshake, then tls_started()."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection after sending data_to_send()."""
+
+    reason: str
+
+
+Event = LoginRequest | StartTlsRequest | Close
+
+
+class ServerState(enum.Enum):
+    COMMAND = "command"
+    AUTH_CONTINUE = "auth-continue"
+    AWAIT_LOGIN = "await-login"
+    AWAIT_TLS = "await-tls"
+    LOGGED_IN = "logged-in"
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------------- server
+
+
+class SubmissionLoginServer:
+    """Pre-login Submission server core: answers EHLO, STARTTLS and the like itself and
+    hands AUTH to the caller."""
+
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        starttls: bool,
+        secured: bool,
+        allow_cleartext: bool,
+        capabilities: Iterable[str] = DEFAULT_EHLO_CAPABILITIES,
+        greeting: str = "ESMTP Palomar ready.",
+        max_line: int = 4096,
+        max_bad_commands: int = 10,
+    ) -> None:
+        self.base_capabilities = tuple(capabilities)
+        for cap in self.base_capabilities:
+            if cap.split(" ", 1)[0].upper() in _NOT_CLIENT_CAPABILITIES:
+                raise ValueError(f"{cap} is decided by the connection state, not configured")
+        if not hostname or any(ch.isspace() for ch in hostname):
+            raise ValueError("hostname must be one word")
+        format_reply(220, None, f"{hostname} {greeting}")  # a single printable line
+        self.hostname = hostname
+        self.starttls = starttls
+        self.secured = secured
+        self.allow_cleartext = allow_cleartext
+        self.greeting_text = greeting
+        self.max_line = max_line
+        self.max_bad_commands = max_bad_commands
+        self.state = ServerState.COMMAND
+        self.ehlo_name: str | None = None
+        self.tls_active = False
+        self.bad_commands = 0
+        self._lines = LineReader(max_line)
+        self._out = bytearray()
+        self._sasl: SaslServer | None = None
+        self._skip = 0  # bytes of a refused BDAT chunk still to drop
+        self._after_login = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<SubmissionLoginServer state={self.state.value} secured={self.secured}>"
+
+    # ---- what the caller asks
+
+    @property
+    def cleartext_allowed(self) -> bool:
+        return self.secured or self.allow_cleartext
+
+    def ehlo_capabilities(self) -> list[str]:
+        caps = list(self.base_capabilities)
+        if self.cleartext_allowed:
+            caps.append("AUTH " + " ".join(MECHANISMS))
+        if self.starttls and not self.secured:
+            caps.append("STARTTLS")
+        return sorted(caps)
+
+    def greeting(self) -> bytes:
+        return format_reply(220, None, f"{self.hostname} {self.greeting_text}")
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
+            return []  # bytes before the TLS handshake are dropped: command injection defence
+        if self.state is ServerState.LOGGED_IN:
+            self._after_login += data
+            return []
+        self._lines.feed(data)
+        if self.state is ServerState.AWAIT_LOGIN:
+            events: list[Event] = []
+            if self._lines.buffered > max(8 * self.max_line, 65536):
+                self._close(f"421 4.7.0 {self.hostname} Input buffer full", "Input buffer full", events)
+            return events
+        return self._process()
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STARTTLS is done; the client must EHLO again."""
+        if self.state is not ServerState.AWAIT_TLS:
+            raise RuntimeError("tls_started() without STARTTLS")
+        self.secured = True
+        self.tls_active = True
+        self.ehlo_name = None
+        self._lines = LineReader(self.max_line)
+        self.state = ServerState.COMMAND
+
+    def login_failed(self, tag: None, reply: str | bytes) -> list[Event]:
+        """Send `reply` (AUTH_FAILED, TEMP_FAILED or a backend's reply) and read commands again.
+
+        `tag` is always None (SMTP has none); it keeps the call shape of the other cores."""
+        self._check_pending()
+        self._out += reply_line(reply)
+        self.state = ServerState.COMMAND
+        return self._process()
+
+    def login_succeeded(self, reply: str | bytes | None = None) -> None:
+        """The login is done; `reply` (e.g. LOGGED_IN) is queued if the caller has not sent one.
+        From now on the core produces nothing."""
+        self._check_pending()
+        if reply is not None:
+            self._out += reply_line(reply)
+        self.state = ServerState.LOGGED_IN
+        self._after_login[:0] = self._lines.take_buffer()
+
+    def leftover(self) -> bytes:
+        """Bytes the client sent after its AUTH (to relay to the backend); clears them."""
+        data = bytes(self._after_login)
+        self._after_login.clear()
+        return data
+
+    def _check_pending(self) -> None:
+        if self.state is not ServerState.AWAIT_LOGIN:
+            raise RuntimeError("no login is waiting for an answer")
+
+    # ---- input loop
+
+    def _process(self) -> list[Event]:
+        events: list[Event] = []
+        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
+            if self._skip:
+                self._skip -= len(self._lines.take(self._skip))
+                if self._skip:
+                    break
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                self._sasl = None
+                self.state = ServerState.COMMAND
+                self._bad_command(LINE_TOO_LONG, events)
+                continue
+            if line is None:
+                break
+            if self.state is ServerState.AUTH_CONTINUE:
+                self._on_sasl_response(line, events)
+            else:
+                self._on_command(line, events)
+        return events
+
+    def _close(self, reply: str, reason: str, events: list[Event]) -> None:
+        self._out += _out(reply)
+        self.state = ServerState.CLOSED
+        self._lines.reset()
+        events.append(Close(reason))
+
+    def _bad_command(self, reply: str, events: list[Event]) -> None:
+        self.bad_commands += 1
+        if self.bad_commands >= self.max_bad_commands:
+            self._close(f"421 4.7.0 {self.hostname} Too many invalid commands.", "Too many invalid commands",
+                        events)
+        else:
+            self._out += _out(reply)
+
+    def _on_command(self, line: bytes, events: list[Event]) -> None:
+        try:
+            command = parse_command(line)
+        except SmtpSyntaxError:
+            self._bad_command("500 5.5.2 Invalid command syntax", events)
+            return
+        verb, args = command.verb, command.args
+        if verb in ("EHLO", "HELO"):
+            self._cmd_hello(verb, args)
+        elif verb == "STARTTLS":
+            self._cmd_starttls(args, events)
+        elif verb == "AUTH":
+            self._cmd_auth(args, events)
+        elif verb in ("RSET", "NOOP"):
+            if verb == "RSET" and args:
+                self._out += _out("501 5.5.4 Invalid parameters")
+            else:
+                self._out += _out(OK)
+        elif verb == "QUIT":
+            self._close("221 2.0.0 Bye", "Aborted login (logged out)", events)
+        elif verb in _NEED_AUTH:
+            if verb == "BDAT":
+                self._skip_bdat(args)
+            self._out += _out(AUTH_REQUIRED)
+        else:
+            self._bad_command(UNKNOWN_COMMAND, events)
+
+    def _skip_bdat(self, args: str) -> None:
+        """A BDAT chunk follows its command whatever we answer; drop it to stay in step."""
+        size = args.split(" ", 1)[0]
+        if size.isdigit() and len(size) <= 18:
+            self._skip = int(size)
+
+    # ---- commands
+
+    def _cmd_hello(self, verb: str, args: str) -> None:
+        name = args.strip(" ")
+        if not name:
+            self._out += _out("501 Missing hostname")
+            return
+        if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in name):
+            self._out += _out("501 5.5.4 Invalid hostname")
+            return
+        self.ehlo_name = name
+        if verb == "HELO":
+            self._out += format_reply(250, None, self.hostname)
+        else:
+            self._out += format_reply(250, None, [self.hostname, *self.ehlo_capabilities()])
+
+    def _cmd_starttls(self, args: str, events: list[Event]) -> None:
+        if args:
+            self._out += _out("501 5.5.4 Invalid parameters")
+        elif self.secured:
+            self._out += _out("502 5.5.1 TLS is already active.")
+        elif not self.starttls:
+            self._out += _out("502 5.5.1 TLS support is not enabled.")
+        else:
+            self._out += _out("220 2.0.0 Begin TLS negotiation now.")
+            self._lines.reset()  # anything pipelined in plaintext is discarded
+            self._skip = 0
+            self.state = ServerState.AWAIT_TLS
+            events.append(StartTlsRequest())
+
+    def _cmd_auth(self, args: str, events: list[Event]) -> None:
+        words = args.split(" ")
+        mech = words[0].upper()
+        if not mech:
+            self._out += _out("501 5.5.4 Missing SASL mechanism parameter")
+            return
+        if len(words) > 2:
+            self._out += _out("501 5.5.4 Invalid parameters")
+            return
+        if mech not in MECHANISMS:
+            self._out += _out("504 5.5.4 Unsupported authentication mechanism.")
+            return
+        if not self.cleartext_allowed:
+            self._out += _out(ENCRYPTION_REQUIRED)
+            return
+        initial: bytes | None = None
+        if len(words) == 2:
+            try:
+                initial = b"" if words[1] == "=" else b64decode_strict(words[1].encode("ascii"))
+            except (binascii.Error, UnicodeEncodeError):
+                self._out += _out("501 5.5.2 Invalid base64 data in initial response")
+                return
+        self._sasl = SaslServer(mech)
+        self._sasl_result(self._sasl.start(initial), events)
+
+    def _on_sasl_response(self, line: bytes, events: list[Event]) -> None:
+        self.state = ServerState.COMMAND
+        sasl, self._sasl = self._sasl, None
+        assert sasl is not None
+        if line == b"*":
+            self._out += _out("501 5.5.2 Authentication aborted by client.")
+            return
+        try:
+            data = b64decode_strict(line)
+        except binascii.Error:
+            self._out += _out("501 5.5.2 Invalid base64 data in continued response")
+            return
+        self._sasl = sasl
+        self._sasl_result(sasl.step(data), events)
+
+    def _sasl_result(self, step: object, events: list[Event]) -> None:
+        sasl = self._sasl
+        assert sasl is not None
+        if isinstance(step, Challenge):
+            self._out += b"334 " + base64.b64encode(step.data) + b"\r\n"
+            self.state = ServerState.AUTH_CONTINUE
+            return
+        self._sasl = None
+        if not isinstance(step, Credentials):
+            self._out += _out(AUTH_FAILED)
+            return
+        self.state = ServerState.AWAIT_LOGIN
+        request = LoginRequest(step.username, step.password, sasl.mechanism, self.ehlo_name, step.authzid)
+        events.append(request)
+
+
+# --------------------------------------------------------------------------- client side
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """The backend accepted the login. `reply` is its 235 reply as received; the
+    capabilities are those of the last EHLO reply (`post_login_ehlo=True`: the one given
+    after the login, with the real SIZE limit), one extension per item as on the wire."""
+
+    ehlo_capabilities: list[str]
+    reply: bytes
+
+
+@dataclass(frozen=True)
+class LoginFailed:
+    """The login did not succeed.
+
+    kind: `auth` (535), `temp` (4xx, or the backend went away: worth retrying),
+    `referral` (`550 5.2.900 [user@]host[:port] Referral`: `referral` holds the target) or
+    `protocol` (any other reply, forwardable verbatim from `reply`, or a backend that did
+    not speak SMTP as expected). `code` is None when no reply caused the failure.
+    """
+
+    kind: str
+    code: int | None
+    text: str
+    referral: str | None = None
+    reply: bytes = b""
+
+
+LoginResult = LoggedIn | LoginFailed
+
+
+class ClientState(enum.Enum):
+    BANNER = "banner"
+    EHLO = "ehlo"
+    XCLIENT = "xclient"
+    XCLIENT_EHLO = "xclient-ehlo"
+    AUTHENTICATE = "authenticate"
+    POST_EHLO = "post-ehlo"
+    DONE = "done"
+
+
+class SubmissionLoginClient:
+    """Logs a user in to Dovecot's submission-login as a master user (SASL PLAIN with
+    authzid=username, authcid=master_user) in Dovecot's proxy order: greeting, EHLO,
+    XCLIENT with the attributes the backend advertised (each line answered by a new 220
+    greeting) pipelined with a second EHLO, then AUTH PLAIN."""
+
+    def __init__(
+        self,
+        username: str,
+        *,
+        master_user: str,
+        master_password: str,
+        helo: str,
+        xclient: Mapping[str, str] | None = None,
+        post_login_ehlo: bool = True,
+        max_line: int = 65536,
+    ) -> None:
+        if not username or not master_user:
+            raise ValueError("username and master_user must not be empty")
+        if not helo or any(ord(ch) <= 0x20 for ch in helo):
+            raise ValueError("helo must be one word")
+        self.username = username
+        self.helo = helo
+        self.xclient = dict(xclient or {})
+        self.post_login_ehlo = post_login_ehlo
+        self._initial_response = plain_initial_response(username, master_user, master_password)
+        self.state = ClientState.BANNER
+        self.capabilities: list[str] = []
+        self.xclient_sent = False
+        self.result: LoginResult | None = None
+        self._replies = ReplyReader(max_line)
+        self._out = bytearray()
+        self._xclient_pending = 0
+        self._awaiting_challenge = False
+        self._auth_reply: Reply | None = None
+        self._leftover = bytearray()
+
+    def __repr__(self) -> str:
+        return f"<SubmissionLoginClient user={self.username!r} state={self.state.value}>"
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def leftover(self) -> bytes:
+        """Bytes the backend sent after the login's last reply; clears them."""
+        data = bytes(self._leftover)
+        self._leftover.clear()
+        return data
+
+    def connection_lost(self) -> LoginResult:
+        """The backend closed the connection; the result, or a temporary failure if none yet."""
+        if self.result is None:
+            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
+        assert self.result is not None
+        return self.result
+
+    def receive(self, data: bytes) -> LoginResult | None:
+        """Feed the backend's bytes; returns the result once, when it is known."""
+        if self.state is ClientState.DONE:
+            self._leftover += data
+            return None
+        self._replies.feed(data)
+        while self.state is not ClientState.DONE:
+            try:
+                reply = self._replies.next_reply()
+            except LineTooLong:
+                return self._fail("protocol", None, "Backend sent a too long line")
+            except SmtpSyntaxError as exc:
+                return self._fail("protocol", None, f"Invalid reply from backend: {exc}")
+            if reply is None:
+                return None
+            self._on_reply(reply)
+        return self.result
+
+    # ---- internals
+
+    def _finish(self, result: LoginResult) -> None:
+        self.result = result
+        self.state = ClientState.DONE
+        self._leftover[:0] = self._replies.take_buffer()
+
+    def _fail(self, kind: str, reply: Reply | None, text: str) -> LoginResult:
+        if reply is None:
+            self._finish(LoginFailed(kind, None, text))
+        else:
+            self._finish(LoginFailed(kind, reply.code, text, None, reply.raw))
+        assert self.result is not None
+        return self.result
+
+    def _send_ehlo(self) -> None:
+        self._out += f"EHLO {self.helo}\r\n".encode("utf-8", "surrogateescape")
+
+    def _on_reply(self, reply: Reply) -> None:
+        handler = {
+            ClientState.BANNER: self._on_banner,
+            ClientState.EHLO: self._on_ehlo,
+            ClientState.XCLIENT: self._on_xclient,
+            ClientState.XCLIENT_EHLO: self._on_xclient_ehlo,
+            ClientState.AUTHENTICATE: self._on_auth,
+            ClientState.POST_EHLO: self._on_post_ehlo,
+        }[self.state]
+        handler(reply)
+
+    def _on_banner(self, reply: Reply) -> None:
+        if reply.code != 220:
+            kind = "temp" if reply.transient else "protocol"
+            self._fail(kind, reply, f"Backend refused us: {reply.first_line()}")
+            return
+        self._send_ehlo()
+        self.state = ClientState.EHLO
+
+    def _ehlo_ok(self, reply: Reply) -> bool:
+        if reply.code != 250:
+            self._fail("temp" if reply.transient else "protocol", reply, f"EHLO failed: {reply.first_line()}")
+            return False
+        self.capabilities = list(reply.lines[1:])
+        return True
+
+    def _on_ehlo(self, reply: Reply) -> None:
+        if not self._ehlo_ok(reply):
+            return
+        advertised = ehlo_keywords(reply).get("XCLIENT")
+        lines = format_xclient(self.xclient, advertised or ()) if advertised else []
+        if not lines:
+            self._start_auth(reply)
+            return
+        for line in lines:
+            self._out += line
+        self._send_ehlo()  # pipelined, as Dovecot's proxy does
+        self.xclient_sent = True
+        self._xclient_pending = len(lines)
+        self.state = ClientState.XCLIENT
+
+    def _on_xclient(self, reply: Reply) -> None:
+        if reply.code != 220:
+            kind = "temp" if reply.transient else "protocol"
+            self._fail(kind, reply, f"XCLIENT failed: {reply.first_line()}")
+            return
+        self._xclient_pending -= 1
+        if not self._xclient_pending:
+            self.state = ClientState.XCLIENT_EHLO
+
+    def _on_xclient_ehlo(self, reply: Reply) -> None:
+        if self._ehlo_ok(reply):
+            self._start_auth(reply)
+
+    def _start_auth(self, ehlo: Reply) -> None:
+        mechanisms = [mech.upper() for mech in ehlo_keywords(ehlo).get("AUTH", [])]
+        if "PLAIN" not in mechanisms:
+            self._fail("protocol", None, "Backend does not offer AUTH PLAIN (TLS required?)")
+            return
+        line = b"AUTH PLAIN " + self._initial_response
+        if len(line) > _AUTH_LINE_MAX:
+            self._out += b"AUTH PLAIN\r\n"
+            self._awaiting_challenge = True
+        else:
+            self._out += line + b"\r\n"
+        self.state = ClientState.AUTHENTICATE
+
+    def _on_auth(self, reply: Reply) -> None:
+        if reply.code == 334:
+            if not self._awaiting_challenge or len(reply.lines) != 1:
+                self._fail("protocol", reply, "Unexpected AUTH challenge from backend")
+                return
+            self._awaiting_challenge = False
+            self._out += self._initial_response + b"\r\n"
+            return
+        if 200 <= reply.code < 300:
+            if self.post_login_ehlo:
+                self._auth_reply = reply
+                self._send_ehlo()
+                self.state = ClientState.POST_EHLO
+            else:
+                self._finish(LoggedIn(list(self.capabilities), reply.raw))
+            return
+        self._finish(_classify_failure(reply))
+
+    def _on_post_ehlo(self, reply: Reply) -> None:
+        assert self._auth_reply is not None
+        if reply.code != 250:  # e.g. `421 4.4.0 ... Failed to connect to relay server`
+            kind = "temp" if reply.transient else "protocol"
+            self._fail(kind, reply, f"Backend failed after login: {reply.first_line()}")
+            return
+        self.capabilities = list(reply.lines[1:])
+        self._finish(LoggedIn(list(self.capabilities), self._auth_reply.raw))
+
+
+def _classify_failure(reply: Reply) -> LoginFailed:
+    text = reply.text
+    if reply.code == 550 and reply.enhanced == "5.2.900":
+        target = text.split(" ", 1)[0]
+        if target:
+            return LoginFailed("referral", reply.code, text, target, reply.raw)
+        return LoginFailed("protocol", reply.code, "Referral without a target", None, reply.raw)
+    if reply.code == 535:
+        kind = "auth"
+    elif reply.transient:
+        kind = "temp"
+    else:
+        kind = "protocol"
+    return LoginFailed(kind, reply.code, text, None, reply.raw)
+
