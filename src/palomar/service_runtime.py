@@ -31,7 +31,18 @@ def geodb_engine_options(cfg: Config) -> tuple[str, dict]:
     driver = cfg["cluster_geodb_driver"]
     if driver == "sqlite":
         return driver, {"path": str(cfg["cluster_geodb_path"])}
-    return driver, {"hosts": cfg["cassandra_hosts"], "keyspace": cfg["cassandra_keyspace"]}
+    from palomar.geodb.cassandra_engine import parse_replication
+
+    return driver, {
+        "hosts": cfg["cassandra_hosts"],
+        "port": cfg["cassandra_port"],
+        "keyspace": cfg["cassandra_keyspace"],
+        "local_dc": cfg["cassandra_local_dc"] or None,
+        "replication": parse_replication(cfg["cassandra_replication"]),
+        "write_consistency": cfg["cassandra_write_consistency"],
+        "read_consistency": cfg["cassandra_read_consistency"],
+        "serial_consistency": cfg["cassandra_serial_consistency"],
+    }
 
 
 async def open_geodb(cfg: Config) -> GeoDB:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
+from palomar.backend.admin import execute_admin
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
+from palomar.backend.lmtp_gateway import serve_lmtp
+from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
 from palomar.geodb.engine import now_micros
@@ -42,6 +47,12 @@ class BackendState:
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
+    by_user: dict[str, dict[int, Relay]] = field(default_factory=dict)
+    """The relays of each user, so a move or a kick can close them."""
+    clock: Callable[[], float] = time.time
+    """Time for moves and straggler redirects (tests shift it, see docs/design/moves.md)."""
+    moves: MoveExecutor | None = None
+    """The MoveExecutor (backend/moves.py) once the service runs."""
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -83,8 +94,8 @@ class BackendState:
             if grow is not None and grow.redirect_host:
                 group_redirect = (grow.redirect_host, float(grow.last_update))
         test_user = expand_test_username(self.test_username, self.name) if self.test_username else None
-        decision = check_ownership(self.backend_id, username, group, user_redirect, group_redirect, time.time(),
-                                   site_view=view, test_username=test_user)
+        decision = check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
+                                   self.clock(), site_view=view, test_username=test_user)
         return decision, group
 
     async def write_stats(self) -> None:
@@ -95,6 +106,7 @@ class BackendState:
             Stat("logins", float(self.logins), "counter"),
             Stat("referrals", float(self.referrals), "counter"),
             Stat("hops_refused", float(self.refused), "counter"),
+            *(Stat(k, v, "counter") for k, v in (self.moves.stats() if self.moves else {}).items()),
         ])
         await self.geodb.backend_update(self.site_id, self.backend_id, user_count_approx=users)
 
@@ -118,6 +130,13 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
         sock.close()
         return
     _, link = await loop.connect_accepted_socket(Link, sock)
+    if request.admin is not None:  # an admin command (palomar cluster kick / group access ...)
+        link.write(hop.encode_reply(await execute_admin(state, request)))
+        link.close()
+        return
+    if request.protocol == "lmtp":  # recipients are checked one by one: a gateway, not a relay
+        await serve_lmtp(state, request, link)
+        return
     reply, dovecot = await _serve(state, request)
     link.write(hop.encode_reply(reply))
     if dovecot is None:
@@ -130,12 +149,17 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
 
     def done(stats: RelayStats) -> None:
         state.active.pop(key, None)
+        user_relays = state.by_user.get(request.user, {})
+        user_relays.pop(key, None)
+        if not user_relays:
+            state.by_user.pop(request.user, None)
         log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", request.session_id,
                  request.user, request.protocol, request.client[0], stats.bytes_in, stats.bytes_out,
                  stats.closed_by or "backend")
 
     relay = Relay(proxy_transport, dovecot_transport, done)
     state.active[key] = relay
+    state.by_user.setdefault(request.user, {})[key] = relay
     relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
 
 
@@ -143,6 +167,8 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
     if request.protocol not in FLAVOURS:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
     decision, group = await state.ownership(request.user)
+    if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
+        decision, group = await state.moves.on_access(request.user, decision, group)
     if isinstance(decision, Refer):
         state.referrals += 1
         log.info("session=%s user=%s referred to %s: %s", request.session_id, request.user, decision.host,
@@ -152,12 +178,23 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
         log.warning("session=%s user=%s not served here: %s", request.session_id, request.user, decision.reason)
         return hop.Failure("unavailable", decision.reason), None
     reply, link = await login(state.dovecot, request)
+    moved_to = state.moves.moved_during_login(request.user, group) if state.moves and link else None
+    if link is not None and moved_to is not None:  # the move reached this user while it logged in
+        link.close()
+        return hop.Referral(moved_to, "user moved"), None
     if link is not None and group is not None:
         state.localdb.user_put(group.name, request.user)
     log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
              request.protocol, request.client[0], request.client[1],
              "ok" if link is not None else getattr(reply, "text", "failed"))
     return reply, link
+
+
+def _clock() -> Callable[[], float]:
+    """Wall time, shifted by $PALOMAR_BACKEND_CLOCK_OFFSET seconds (tests of the one-hour straggler
+    window; never set in production). Only moves and straggler redirects use it, not the hop."""
+    offset = float(os.environ.get("PALOMAR_BACKEND_CLOCK_OFFSET") or 0)
+    return (lambda: time.time() + offset) if offset else time.time
 
 
 async def _stats_loop(state: BackendState) -> None:
@@ -188,8 +225,11 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
+        clock=_clock(),
     )
     await state.register()
+    state.moves = executor = executor_from_config(state, cfg)
+    executor.start()
     loops = []
     for address in cfg["listen"]:
         host = "0.0.0.0" if address == "*" else address
@@ -205,6 +245,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         await wait_for_stop_signal()
     finally:
         stats.cancel()
+        await executor.stop()
         for accept_loop in loops:
             await accept_loop.close()
         for relay in list(state.active.values()):

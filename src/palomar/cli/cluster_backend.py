@@ -22,7 +22,7 @@ from palomar.cluster import validation as check
 from palomar.cluster.model import Backend, ForceMove
 from palomar.geodb.repository import GeoDB
 
-BACKEND_COLUMNS = ("host", "site", "id", "status", "load_factor", "status_changed", "force_move")
+BACKEND_COLUMNS = ("host", "site", "id", "status", "status_reason", "status_changed", "load_factor", "force_move")
 
 
 def backend_record(backend: Backend, site_names: dict[UUID, str]) -> dict[str, Any]:

@@ -11,7 +11,16 @@ from typing import Any
 
 import click
 
-from palomar.cli import cluster_backend, cluster_group_user, cluster_localdb, cluster_site, cluster_tag
+from palomar.cli import (
+    cluster_admin,
+    cluster_backend,
+    cluster_feature,
+    cluster_group_user,
+    cluster_localdb,
+    cluster_site,
+    cluster_tag,
+    cluster_user_access,
+)
 from palomar.cli.cluster_context import ClusterContext, default_config_path, expected_errors, report
 
 
@@ -49,3 +58,6 @@ cluster.add_command(cluster_group_user.group)
 cluster.add_command(cluster_group_user.user)
 cluster.add_command(cluster_tag.tag)
 cluster.add_command(cluster_localdb.localdb)
+cluster.add_command(cluster_feature.feature)
+cluster_group_user.user.add_command(cluster_user_access.user_access)
+cluster_admin.register(cluster, cluster_backend.backend, cluster_group_user.group, cluster_group_user.user)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from palomar import __version__
-from palomar.cli import backend_cmd, cluster_cmd, config_cmd, demo_cmd, proxy_cmd
+from palomar.cli import backend_cmd, cluster_cmd, config_cmd, controller_cmd, demo_cmd, proxy_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,4 +18,5 @@ main.add_command(config_cmd.config)
 main.add_command(cluster_cmd.cluster)
 main.add_command(backend_cmd.backend)
 main.add_command(proxy_cmd.proxy)
+main.add_command(controller_cmd.controller)
 main.add_command(demo_cmd.demo)

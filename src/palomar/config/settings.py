@@ -18,6 +18,7 @@ from palomar.config.values import (
     PATH,
     PORT,
     SECRET,
+    SIZE,
     STRING,
     TIME,
     UINT,
@@ -89,7 +90,8 @@ _add("cluster_backend_test_username", STRING, "", BOTH,
      "backends never move this user")
 _add("cluster_backend_test_password", SECRET, "", PROXY, "password of the test login")
 _add("cluster_proxy_check_backends", BOOL, "yes", PROXY,
-     "whether this proxy probes offline backends to see if they are back")
+     "whether this proxy sets failing backends offline and probes backends with the test login "
+     "(every backend once at start-up, offline ones periodically) so the controller can set them online")
 _add("cluster_user_move_timeout", TIME, "31 secs", BOTH,
      "if one user's move has not finished in this time, treat it as done and move the next user")
 _add("cluster_default_group_count", UINT, "100", BOTH,
@@ -112,6 +114,8 @@ _add("doveadm_port", PORT, "0", BOTH, "TCP port of the doveadm service on backen
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
 _add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
+_add("hostname", STRING, "", BOTH,
+     "this server's name in logs, SMTP greetings and proxy_dest_stats rows (empty: the system host name)")
 _add("listen", ADDRESSES, "*, ::", BOTH, "addresses listeners bind to unless they set `address`")
 _add("ssl", enum("no", "yes", "required"), "yes", BOTH,
      "TLS: `no`, `yes` (offered), `required` (no authentication without TLS)")
@@ -132,6 +136,17 @@ _add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
      "SQLite GeoDB file (driver sqlite)", **_ext)
 _add("cassandra_keyspace", STRING, "cluster", BOTH,
      "Cassandra keyspace of the GeoDB (also accepted as `dict_server { dict cluster-geodb { ... } }`)", **_ext)
+_CL = enum("local-quorum", "local-one", "quorum", "each-quorum", "one", "two", "three", "all")
+_add("cassandra_port", PORT, "9042", BOTH, "CQL port of contact points given without a port", **_ext)
+_add("cassandra_local_dc", STRING, "", BOTH,
+     "this site's Cassandra datacenter (empty: the datacenter of the first contact point)", **_ext)
+_add("cassandra_replication", WORDS, "", BOTH,
+     "replicas per datacenter (`dc1:3 dc2:3`) when palomar creates the keyspace (empty: up to 3 in each)",
+     **_ext)
+_add("cassandra_write_consistency", _CL, "local-quorum", BOTH, "consistency of GeoDB writes", **_ext)
+_add("cassandra_read_consistency", _CL, "local-one", BOTH, "consistency of GeoDB reads", **_ext)
+_add("cassandra_serial_consistency", enum("local-serial", "serial"), "local-serial", BOTH,
+     "Paxos consistency of GeoDB lightweight transactions (`serial`: cluster-wide)", **_ext)
 _add("cluster_localdb_path", PATH, "/dev/shm/palomar/localdb.sqlite", BOTH,
      "this server's LocalDB (SQLite)", **_ext)
 _add("cluster_hop_secret", SECRET, "", BOTH,
@@ -140,6 +155,27 @@ _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
+_add("cluster_proxy_offline_failures", UINT, "3", PROXY,
+     "destination failures within cluster_proxy_offline_window that make this proxy set a backend offline "
+     "(a failed probe right after a failed session also does)", **_ext)
+_add("cluster_proxy_offline_window", TIME, "10 secs", PROXY,
+     "how long a destination failure counts towards cluster_proxy_offline_failures", **_ext)
+_add("cluster_proxy_probe_interval", TIME, "5 secs", PROXY,
+     "how often this proxy probes offline backends with the test login", **_ext)
+_add("cluster_proxy_probe_timeout", TIME, "5 secs", PROXY,
+     "how long one probe (hop, test login, LOGOUT) may take before it counts as failed", **_ext)
+_add("cluster_lmtp_max_mail_size", SIZE, "50M", PROXY,
+     "largest message the proxy's LMTP listener accepts (advertised as SIZE; 0 = no limit)", **_ext)
+_add("controller_interval", TIME, "10 secs", BOTH,
+     "controller: how often `palomar controller` reads its site's state and runs its features", **_ext)
+_add("controller_health_min_probe_successes", UINT, "3", BOTH,
+     "controller health: probe successes in a row every reporting proxy needs before an offline "
+     "backend goes online", **_ext)
+_add("controller_health_quiet_time", TIME, "30 secs", BOTH,
+     "controller health: no probe of the backend may have failed within this time", **_ext)
+_add("controller_health_min_proxies", UINT, "1", BOTH,
+     "controller health: proxies that must have probed the backend successfully since it went offline",
+     **_ext)
 _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
      "address of the local Dovecot CE behind this backend", **_ext)
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,

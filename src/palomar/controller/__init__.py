@@ -1,0 +1,1 @@
+"""The per-site controller: automation features (health first) with states on, dryrun and off."""

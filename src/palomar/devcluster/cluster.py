@@ -25,6 +25,7 @@ from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
+from palomar.devcluster.smtp_sink import SmtpSink
 
 SITE = "DC1"
 PROBE_USERNAME = "probe-%{backend_host}"
@@ -49,6 +50,9 @@ class LbPorts:
     pop3: int = 0
     pop3s: int = 0
     sieve: int = 0
+    submission: int = 0
+    submissions: int = 0
+    lmtp: int = 0
 
 
 @dataclass
@@ -67,6 +71,12 @@ class ProxyNode:
     pop3s_haproxy: int = 0
     sieve: int = 0
     sieve_haproxy: int = 0
+    submission: int = 0
+    submissions: int = 0
+    submission_haproxy: int = 0
+    submissions_haproxy: int = 0
+    lmtp: int = 0
+    lmtp_haproxy: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,6 +117,13 @@ class LocalCluster:
     users: list[DemoUser] = field(default_factory=list)
     extra_passwd_lines: tuple[str, ...] = ()
     """Raw passwd-file lines added to the users' passdb (e.g. a `nologin` user)."""
+    relay: tuple[str, int] | None = None
+    """Where the backends' Dovecot submission service relays mail; None starts a recording sink."""
+    controller: bool = False
+    """Also run the site's `palomar controller` (health feature on)."""
+    controller_proc: subprocess.Popen[bytes] | None = None
+    controller_metrics: int = 0
+    sink: SmtpSink | None = None
     password_scheme: str = "SHA512-CRYPT"
     """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
     proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -169,6 +186,7 @@ class LocalCluster:
         role_dir = node.config.parent
         lines = ["@cluster_defaults = proxy", *self._common(role_dir)]
         lines += [
+            f"hostname = {node.name}",
             f"cluster_backend_test_password = {self.probe_password}",
             f"listen = {node.host}",
             f"haproxy_trusted_networks = {self.lb_host}/32",
@@ -212,10 +230,21 @@ class LocalCluster:
             f"  inet_listener sieve-haproxy {{\n    port = {node.sieve_haproxy}\n    haproxy = yes\n  }}",
             "}",
         ]
-        for service, listeners in (("submission-login", ("submission", "submissions")), ("lmtp", ("lmtp",))):
-            lines.append(f"service {service} {{")
-            lines += [f"  inet_listener {name} {{\n    port = 0\n  }}" for name in listeners]
-            lines.append("}")
+        lines += [
+            "service submission-login {",
+            f"  inet_listener submission {{\n    port = {node.submission}\n  }}",
+            f"  inet_listener submissions {{\n    port = {node.submissions}\n    ssl = yes\n  }}",
+            f"  inet_listener submission-haproxy {{\n    port = {node.submission_haproxy}\n    haproxy = yes\n  }}",
+            f"  inet_listener submissions-haproxy {{\n    port = {node.submissions_haproxy}\n    haproxy = yes\n"
+            "    ssl = yes\n  }",
+            "}",
+        ]
+        lines += [
+            "service lmtp {",
+            f"  inet_listener lmtp {{\n    port = {node.lmtp}\n  }}",
+            f"  inet_listener lmtp-haproxy {{\n    port = {node.lmtp_haproxy}\n    haproxy = yes\n  }}",
+            "}",
+        ]
         return "\n".join(lines) + "\n"
 
     def _backend_config(self, node: BackendNode) -> str:
@@ -267,17 +296,23 @@ class LocalCluster:
         self._write_users()
         self.hop_port = self._hop_port()
         mail_root = self.root / "mail"
+        relay = self.relay
+        if relay is None:
+            self.sink = SmtpSink(self.lb_host).start()
+            relay = (self.sink.host, self.sink.port)
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
-            dovecot = DovecotInstance(backend_params(name, host, self.root / "dovecot", mail_root))
+            dovecot = DovecotInstance(backend_params(name, host, self.root / "dovecot", mail_root, relay=relay))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 11)
+            ports = free_ports(host, 17)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
-                pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10]))
+                pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
+                submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
+                lmtp=ports[15], lmtp_haproxy=ports[16]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
@@ -295,14 +330,37 @@ class LocalCluster:
             node.proc = self._spawn("proxy", node.config)
             self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
         lb = {name: getattr(self.lb_ports, name) or free_port(self.lb_host)
-              for name in ("imap", "imaps", "pop3", "pop3s", "sieve")}
+              for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp")}
         self.haproxy = HAProxyInstance([
             Listen(name, (self.lb_host, port), [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies])
             for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m")
         self.haproxy.start()
-        self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve = lb.values()
+        (self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve, self.lb_submission,
+         self.lb_submissions, self.lb_lmtp) = lb.values()
+        if self.controller:
+            self._start_controller()
         return self
+
+    def _start_controller(self) -> None:
+        role_dir = self.root / "controller"
+        role_dir.mkdir(parents=True, exist_ok=True)
+        self.controller_metrics = free_port(self.lb_host)
+        config = role_dir / "palomar.conf"
+        config.write_text("\n".join([
+            f"cluster_local_site = {SITE}",
+            f"cluster_geodb_path = {self.geodb_path}",
+            f"log_path = {role_dir / 'palomar.log'}",
+            f"base_dir = {role_dir / 'run'}",
+            "controller_interval = 2 secs",
+            f"listen = {self.lb_host}",
+            "service stats {",
+            f"  inet_listener http {{\n    port = {self.controller_metrics}\n  }}",
+            "}",
+        ]) + "\n")
+        self.cluster("feature", "set", SITE, "health", "on")
+        self.controller_proc = self._spawn("controller", config)
+        self._wait(self.controller_proc, self.lb_host, self.controller_metrics, "controller", role_dir / "palomar.log")
 
     def restart_proxy(self, node: ProxyNode) -> None:
         """A fresh `palomar proxy` process (e.g. before a memory measurement: heaps never shrink)."""
@@ -334,6 +392,9 @@ class LocalCluster:
             node.proc.wait(10)
 
     def stop(self) -> None:
+        if self.controller_proc is not None:
+            stop_tree(self.controller_proc)
+            self.controller_proc = None
         if self.haproxy is not None:
             self.haproxy.stop()
         for node in [*self.proxies, *self.backends]:
@@ -342,4 +403,6 @@ class LocalCluster:
                 node.proc = None
         for node in self.backends:
             node.dovecot.stop()
+        if self.sink is not None:
+            self.sink.stop()
         atexit.unregister(self.stop)

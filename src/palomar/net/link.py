@@ -27,6 +27,7 @@ class Link(asyncio.Protocol):
         self._eof = False
         self._lost = False
         self._paused = False
+        self._writable: asyncio.Future[None] | None = None
 
     # asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,6 +49,16 @@ class Link(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -88,6 +99,12 @@ class Link(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's send buffer is above its high-water mark, so a slow peer
+        slows the sender down instead of the data piling up in memory (returns at once if closed)."""
+        while self._writable is not None and not self._lost:
+            await asyncio.shield(self._writable)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -31,6 +31,8 @@ TLV_NONCE = 0xE5
 TLV_BACKEND = 0xE6
 TLV_TTL = 0xE7
 TLV_CLIENT_TLS = 0xE8
+TLV_ADMIN = 0xE9
+"""An admin command (small JSON) for the backend itself; only with protocol `doveadm`."""
 TLV_MAC = 0xEF
 
 PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
@@ -39,6 +41,7 @@ DEFAULT_WINDOW_US = 30_000_000
 MAX_REPLY_LINE = 65536
 NONCE_BYTES = 16
 MAC_BYTES = 32
+MAX_ADMIN_BYTES = 4096
 
 
 class HopError(Exception):
@@ -59,10 +62,12 @@ class HopRequest:
     ttl: int = 5
     timestamp_us: int = 0
     nonce: bytes = field(default=b"", repr=False)
+    admin: bytes | None = None
+    """An admin command for the backend (TLV 0xE9); None for a user session."""
 
     def tlvs(self) -> list[tuple[int, bytes]]:
         """The palomar TLVs, without the MAC, in their canonical order."""
-        return [
+        tlvs = [
             (TLV_VERSION, HOP_VERSION),
             (TLV_USER, self.user.encode()),
             (TLV_PROTOCOL, self.protocol.encode()),
@@ -73,6 +78,9 @@ class HopRequest:
             (TLV_TTL, bytes([self.ttl])),
             (TLV_CLIENT_TLS, b"1" if self.client_tls else b"0"),
         ]
+        if self.admin is not None:
+            tlvs.append((TLV_ADMIN, self.admin))
+        return tlvs
 
 
 def _mac(secret: bytes, client: tuple[str, int], local: tuple[str, int], tlvs: Iterable[tuple[int, bytes]]) -> bytes:
@@ -98,6 +106,7 @@ def seal(request: HopRequest, secret: bytes, now_us: int) -> tuple[list[tuple[in
         ttl=request.ttl,
         timestamp_us=now_us,
         nonce=os.urandom(NONCE_BYTES),
+        admin=request.admin,
     )
     tlvs = stamped.tlvs()
     tlvs.append((TLV_MAC, _mac(secret, stamped.client, stamped.local, tlvs)))
@@ -175,11 +184,14 @@ def verify(
             ttl=fields[TLV_TTL][0],
             timestamp_us=timestamp_us,
             nonce=fields[TLV_NONCE],
+            admin=fields.get(TLV_ADMIN),
         )
     except UnicodeDecodeError as exc:
         raise HopError("hop field is not valid text") from exc
     if request.protocol not in PROTOCOLS:
         raise HopError(f"unknown protocol {request.protocol!r}")
+    if request.admin is not None and (request.protocol != "doveadm" or len(request.admin) > MAX_ADMIN_BYTES):
+        raise HopError("admin command only with protocol doveadm and at most 4096 bytes")
     if request.backend_host != own_host:
         raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
     if request.ttl < 1:

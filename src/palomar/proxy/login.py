@@ -73,23 +73,42 @@ async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[Login
         return TempFailed("temp_fail", "authentication service temporarily failed"), attempt.username
     user = result.user
     state.metrics.auth_successes.inc()
-    route = await state.router.route(user, host_override=result.fields.get("host"))
-    if route.host is None:
-        return TempFailed("proxy_dest_unavailable", route.reason), user
+    return await _hop(state, attempt, user, result.fields.get("host"))
+
+
+async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_override: str | None
+               ) -> tuple[LoginOutcome, str]:
+    """Route and connect; when the backend fails and is (now) offline, re-route this login once."""
     target = HopTarget(
         user=user, protocol=attempt.protocol, session_id=attempt.session_id, client=attempt.client,
         local=attempt.local, client_tls=attempt.client_tls,
     )
-    started = time.monotonic()
-    outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
-    if isinstance(outcome, HopFailed):
+    failed: TempFailed | None = None
+    failed_host: str | None = None
+    for _ in range(2):
+        route = await state.router.route(user, host_override=host_override)
+        if route.host is None:
+            return TempFailed("proxy_dest_unavailable", route.reason), user
+        if failed is not None and route.host == failed_host:
+            break
+        started = time.monotonic()
+        outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
+        if not isinstance(outcome, HopFailed):
+            state.count_success(outcome.host)
+            if state.health is not None:
+                state.health.session_succeeded(outcome.host)
+            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, user, outcome.host,
+                      time.monotonic() - started)
+            return outcome, user
         state.count_failure(outcome.host, outcome.error_code)
         if outcome.auth:
             return AuthFailed(), user
         log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, user,
                     outcome.error_code, outcome.host, outcome.text)
-        return TempFailed(outcome.error_code, outcome.text), user
-    state.count_success(outcome.host)
-    log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, user, outcome.host,
-              time.monotonic() - started)
-    return outcome, user
+        failed, failed_host = TempFailed(outcome.error_code, outcome.text), outcome.host
+        if state.health is None or not await state.health.session_failed(outcome.host, outcome.error_code):
+            break
+        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, user,
+                 outcome.host)
+    assert failed is not None
+    return failed, user

@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from palomar.cluster import codec
 from palomar.cluster.hashing import default_group_name
@@ -60,6 +61,10 @@ class Router:
     def invalidate(self, *keys: str) -> None:
         for key in keys:
             self.cache.cache_delete(key)
+
+    def invalidate_site_view(self) -> None:
+        """Forget the cached backends (one just went offline): the next login re-routes."""
+        self.invalidate(f"site/{self.site_name}")
 
     async def site_view(self) -> SiteView | None:
         async def fetch():
@@ -123,5 +128,21 @@ class Router:
                 view.site.id, new.name, new.backend_id, new.alt_backend_id, expect_backend_id=write.expect_backend_id)
             if applied:
                 log.info("group %s failed over to backend %s", new.name, new.backend_id)
+                await self._record_move(view, write.expect_backend_id, new.backend_id)
         self.invalidate(key)
         return applied
+
+    async def _record_move(self, view: SiteView, source_id: UUID, dest_id: UUID | None) -> None:
+        """`last_moved_to` on the failed backend, `last_moved_from` on the new one (host names).
+
+        Only the proxy whose conditional write landed records it, and the values depend only on
+        the two backends, so a repeated write is harmless.
+        """
+        source, dest = view.backend(source_id), view.backend(dest_id)
+        if source is None or dest is None:
+            return
+        try:
+            await self.geodb.backend_update(view.site.id, source.id, last_moved_to=dest.host)
+            await self.geodb.backend_update(view.site.id, dest.id, last_moved_from=source.host)
+        except Exception as exc:  # bookkeeping only: the login goes on
+            log.warning("recording the move of a group from %s to %s failed: %s", source.host, dest.host, exc)

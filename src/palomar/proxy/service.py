@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from functools import partial
 
@@ -16,12 +17,14 @@ from palomar.metrics.registry import Registry
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
+from palomar.proxy.lmtp_frontend import lmtp_handler
 from palomar.proxy.pop3_frontend import Pop3Adapter
 from palomar.proxy.probes import start_backend_checks
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.state import ProxyMetrics, ProxyState
+from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
 
 log = logging.getLogger("palomar.proxy")
@@ -30,6 +33,7 @@ FRONTENDS = {
     "imap-login": ImapAdapter(),
     "pop3-login": Pop3Adapter(),
     "managesieve-login": SieveAdapter(),
+    "submission-login": SubmissionAdapter(),
 }
 """Client-facing services and the adapter that speaks each one's protocol."""
 
@@ -82,20 +86,22 @@ async def build_state(cfg: Config) -> ProxyState:
         greeting=cfg["login_greeting"],
         haproxy_timeout=cfg["haproxy_timeout"],
         haproxy_trusted=tuple(cfg["haproxy_trusted_networks"]),
+        proxy_host=cfg["hostname"] or socket.gethostname(),
     )
 
 
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
     loops: list[AcceptLoop] = []
-    for service_name, adapter in FRONTENDS.items():
+    for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None)]:
         service = cfg.services.get(service_name)
         if service is None:
             continue
         for listener in service.listeners.values():
             for address in listener_addresses(cfg, listener):
                 sock = listen_socket(address, listener.port)
-                handler = partial(serve, state, adapter=adapter, haproxy=listener.haproxy, ssl=listener.ssl)
+                handler = (lmtp_handler(state, cfg, listener) if adapter is None else
+                           partial(serve, state, adapter=adapter, haproxy=listener.haproxy, ssl=listener.ssl))
                 loop = AcceptLoop(sock, handler)
                 loop.start()
                 loops.append(loop)

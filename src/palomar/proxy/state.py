@@ -47,10 +47,20 @@ class DestCounters:
 
     values: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
     dirty: set[str] = field(default_factory=set)
+    gauges: set[str] = field(default_factory=set)
+    """Keys that hold a current value (probe times, streaks) rather than a total."""
 
     def add(self, dest_host: str, key: str, amount: float = 1.0) -> None:
         self.values[dest_host][key] += amount
         self.dirty.add(dest_host)
+
+    def set(self, dest_host: str, key: str, value: float) -> None:
+        self.values[dest_host][key] = value
+        self.gauges.add(key)
+        self.dirty.add(dest_host)
+
+    def type_of(self, key: str) -> str:
+        return "gauge" if key in self.gauges else "counter"
 
 
 @dataclass
@@ -69,6 +79,8 @@ class ProxyState:
     haproxy_trusted: tuple = ()
     login_timeout: float = 180.0
     dest: DestCounters = field(default_factory=DestCounters)
+    health: Any = None
+    """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""
 
     def count_success(self, dest_host: str) -> None:
         self.metrics.session_success.inc(dest_host=dest_host)

@@ -13,6 +13,7 @@ import pytest
 
 from palomar.geodb import GeoDBError, open_engine
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
+from sqlite_workers import open_and_write
 
 
 async def test_open_creates_private_directory_and_file_in_wal_mode(tmp_path: Path) -> None:
@@ -126,32 +127,19 @@ def test_open_engine_factory(tmp_path: Path) -> None:
     engine = open_engine("sqlite", path=str(tmp_path / "g.sqlite"))
     assert isinstance(engine, SQLiteGeoEngine)
     assert repr(engine) == f"SQLiteGeoEngine(path={str(tmp_path / 'g.sqlite')!r})"
-    with pytest.raises(GeoDBError, match="unsupported GeoDB driver 'cassandra'"):
-        open_engine("cassandra", hosts=["127.0.0.1"])
+    with pytest.raises(GeoDBError, match="unsupported GeoDB driver 'mysql'"):
+        open_engine("mysql", hosts=["127.0.0.1"])
     with pytest.raises(GeoDBError, match="unknown option"):
         open_engine("sqlite", path="x", hosts="y")
     with pytest.raises(GeoDBError, match="'path' option is required"):
         open_engine("sqlite")
 
 
-def _open_and_write(path: str, worker: int, barrier) -> None:
-    async def main() -> None:
-        engine = SQLiteGeoEngine(path)
-        barrier.wait(timeout=60)  # all create and open the new file at the same moment
-        await engine.open()
-        try:
-            await engine.upsert("tags", {"id": uuid.UUID(int=worker + 1)}, {"tag": f"w{worker}"})
-        finally:
-            await engine.close()
-
-    asyncio.run(main())
-
-
 async def test_processes_creating_the_file_at_once(tmp_path: Path) -> None:
     path = str(tmp_path / "fresh" / "geodb.sqlite")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_open_and_write, args=(path, w, barrier)) for w in range(4)]
+    procs = [ctx.Process(target=open_and_write, args=(path, w, barrier)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from palomar.localdb import LocalDB, LocalDBError, LocalGroup, LocalUser, mask_to_glob
+from sqlite_workers import put_users
 
 
 @pytest.fixture
@@ -134,19 +135,11 @@ def test_mask_to_glob() -> None:
     assert mask_to_glob("a*b?[c]") == "a*b?[[]c[]]"
 
 
-def _put_users(path: str, worker: int, count: int, barrier) -> None:
-    barrier.wait(timeout=60)  # every worker creates/opens the new file at the same moment
-    with LocalDB(path) as local:
-        for i in range(count):
-            local.user_put("moving-group", f"w{worker}-u{i}", redirect_host=f"be{worker}", now=i)
-            local.cache_put(f"w{worker}-{i}", "v", ttl_secs=100, now=0)
-
-
 def test_worker_processes_share_one_file(tmp_path: Path) -> None:
     path = str(tmp_path / "new" / "localdb.sqlite")
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_put_users, args=(path, w, 50, barrier)) for w in range(4)]
+    procs = [ctx.Process(target=put_users, args=(path, w, 50, barrier)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:

@@ -1,0 +1,227 @@
+"""The backend's end of an LMTP hop: an LMTP gateway between a proxy and the local Dovecot.
+
+A proxy's LMTP hop carries every recipient of one transaction that it routed to this backend,
+not one logged-in user, so the backend cannot check ownership once and relay bytes as it does
+for logins. It speaks LMTP itself: an `LmtpServer` towards the proxy, an `LmtpClient` (through
+XCLIENT, so Dovecot logs the MTA's address and LHLO name) towards Dovecot, and every RCPT goes
+through the ownership check. A recipient this backend does not own is answered with a referral
+reply the proxy follows (`cluster.lmtp_fanout.referral_reply`); an owned one is forwarded to
+Dovecot and Dovecot's reply relayed. See docs/design/lmtp.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from palomar.backend.dovecot_login import BACKEND_HELO, xclient_fields
+from palomar.cluster import lmtp_fanout as fan
+from palomar.cluster.ownership import Own, Refer
+from palomar.net.link import Link, open_link
+from palomar.net.lmtp_leg import LmtpLeg
+from palomar.protocols import hop
+from palomar.protocols.lmtp import (
+    Close,
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    LmtpClient,
+    LmtpServer,
+    MailFrom,
+    RcptRequest,
+    TransactionReset,
+)
+from palomar.protocols.smtp_syntax import Reply
+
+log = logging.getLogger("palomar.backend")
+
+HOP_TEXT = b"LMTP gateway"
+"""The text of the hop's OK line; the proxy reads the capabilities from the LHLO reply instead."""
+IDLE_TIMEOUT = 300.0
+DOVECOT_TIMEOUT = 120.0
+"""Seconds Dovecot may take for any one reply (a delivery into a large mailbox can be slow)."""
+
+
+async def serve_lmtp(state: Any, request: hop.HopRequest, link: Link) -> None:
+    """Serve one verified LMTP hop until the proxy quits or goes away."""
+    link.write(hop.encode_reply(hop.LoggedIn(HOP_TEXT)))
+    gateway = LmtpGateway(state, request, link)
+    try:
+        await gateway.run()
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s lmtp hop error: %s", request.session_id, exc)
+        link.abort()
+    finally:
+        gateway.close()
+
+
+class LmtpGateway:
+    """One LMTP hop: the proxy's transactions, checked per recipient and delivered through Dovecot."""
+
+    def __init__(self, state: Any, request: hop.HopRequest, link: Link) -> None:
+        self.state = state
+        self.request = request
+        self.link = link
+        name = "".join(ch for ch in state.name if ch.isalnum() or ch in ".-:[]") or "palomar-backend"
+        self.core = LmtpServer(hostname=name, greeting="LMTP palomar backend ready.")
+        self.dovecot: LmtpLeg | None = None
+        self.sender = ""
+        self.mail_params: dict[str, str | None] = {}
+        self.data_open = False
+        self.data_refusal: Reply | None = None
+        self.data_failure = ""
+
+    def flush(self) -> None:
+        self.link.write(self.core.data_to_send())
+
+    async def run(self) -> None:
+        self.link.write(self.core.greeting())
+        while True:
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await self.link.read()
+            except TimeoutError:
+                self.link.write(f"421 4.4.2 {self.core.hostname} Disconnected for inactivity\r\n".encode())
+                self.link.close()
+                return
+            if not data:  # the proxy is gone: close() aborts a message still open, so it is not delivered
+                self.link.close()
+                return
+            if not await self.handle(self.core.receive(data)):
+                return
+
+    async def handle(self, events: list[Event]) -> bool:
+        queue = deque(events)
+        self.flush()
+        while queue:
+            event = queue.popleft()
+            if isinstance(event, MailFrom):
+                self.sender, self.mail_params = event.address, dict(event.params)
+                if self.dovecot is not None:
+                    self.dovecot.reset()
+            elif isinstance(event, RcptRequest):
+                queue.extend(self.core.rcpt_reply(await self.recipient(event.address)))
+            elif isinstance(event, DataStart):
+                await self.data_start()
+            elif isinstance(event, DataChunk):
+                if self.data_open and self.dovecot is not None:
+                    self.dovecot.write_chunk(event.data)
+                    await self.dovecot.drain()
+            elif isinstance(event, DataEnd):
+                queue.extend(self.core.data_replies(await self.data_end(event.recipients)))
+            elif isinstance(event, DataAborted):
+                self.drop_dovecot()
+            elif isinstance(event, TransactionReset):
+                if self.data_open:
+                    self.drop_dovecot()
+                elif self.dovecot is not None:
+                    self.dovecot.reset()
+            elif isinstance(event, Close):
+                self.flush()
+                self.link.close()
+                return False
+            self.flush()
+        return True
+
+    # ---- recipients
+
+    async def recipient(self, address: str) -> str:
+        session, state = self.request.session_id, self.state
+        try:
+            decision, group = await state.ownership(address)
+            if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
+                decision, group = await state.moves.on_access(address, decision, group)
+        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
+            log.warning("session=%s rcpt=%s ownership check failed: %s", session, address, exc)
+            return fan.lookup_failed(address)
+        if isinstance(decision, Refer):
+            state.referrals += 1
+            log.info("session=%s rcpt=%s referred to %s: %s", session, address, decision.host, decision.reason)
+            return fan.referral_reply(decision.host)
+        if not isinstance(decision, Own):
+            log.warning("session=%s rcpt=%s not served here: %s", session, address, decision.reason)
+            return f"451 4.4.0 <{address}> Mailbox not served by this backend"
+        leg = await self.dovecot_leg()
+        if leg is None:
+            return fan.proxy_failed(address, f"Dovecot: {self.data_failure}")
+        reply = await leg.rcpt(address)
+        if reply is None:
+            detail = leg.failure or "connection lost"
+            self.drop_dovecot()
+            return fan.proxy_failed(address, f"Dovecot: {detail}")
+        if reply.positive and group is not None:
+            state.localdb.user_put(group.name, address)
+        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, address, self.request.client[0],
+                 reply.first_line())
+        return fan.rcpt_reply(address, reply)
+
+    async def dovecot_leg(self) -> LmtpLeg | None:
+        """The LMTP session to Dovecot inside the current transaction; None (detail in data_failure) if down."""
+        if self.dovecot is not None and not self.dovecot.usable:
+            self.drop_dovecot()
+        if self.dovecot is None:
+            endpoint = self.state.dovecot
+            try:
+                link = await open_link(endpoint.host, endpoint.ports["lmtp"], timeout=endpoint.timeout)
+            except (OSError, TimeoutError) as exc:
+                self.data_failure = f"not reachable: {exc}"
+                return None
+            # The MTA's LHLO name goes in XCLIENT HELO and in the LHLO after it (Dovecot's Received
+            # header shows the latter).
+            helo = self.core.lhlo_name or BACKEND_HELO
+            xclient = {**xclient_fields(self.request), "HELO": helo}
+            leg = LmtpLeg("dovecot", link, LmtpClient(lhlo_name=helo, xclient=xclient),
+                          timeout=DOVECOT_TIMEOUT)
+            if not await leg.handshake():
+                self.data_failure = leg.failure or "handshake failed"
+                leg.close()
+                return None
+            self.dovecot = leg
+        if not self.dovecot.in_transaction:
+            self.dovecot.begin(self.sender, self.mail_params)
+        return self.dovecot
+
+    def drop_dovecot(self) -> None:
+        if self.dovecot is not None:
+            self.dovecot.close()
+            self.dovecot = None
+        self.data_open = False
+
+    # ---- the message
+
+    async def data_start(self) -> None:
+        self.data_open, self.data_refusal, self.data_failure = False, None, ""
+        leg = self.dovecot
+        if leg is None or not leg.usable or not leg.client.accepted_recipients:
+            self.data_failure = (leg.failure if leg is not None else None) or "connection lost"
+            return
+        reply = await leg.open_data()
+        if reply is None:
+            self.data_failure = leg.failure or "connection lost"
+        elif reply.code == 354:
+            self.data_open = True
+        else:
+            self.data_refusal = reply
+
+    async def data_end(self, recipients: tuple[str, ...]) -> list[str]:
+        """Dovecot's reply for each recipient, in order; a 451 for those it never answered."""
+        replies: list[Reply] = []
+        if self.data_open and self.dovecot is not None:
+            replies = await self.dovecot.finish_data()
+            self.data_failure = self.dovecot.failure or "connection lost"
+        elif self.data_refusal is not None:
+            replies = [self.data_refusal] * len(recipients)
+        self.data_open = False
+        if self.dovecot is not None and not self.dovecot.usable:
+            self.drop_dovecot()
+        elif self.dovecot is not None:
+            self.dovecot.reset()
+        return [fan.delivery_reply(rcpt, replies[i]) if i < len(replies)
+                else fan.proxy_failed(rcpt, f"Dovecot: {self.data_failure}") for i, rcpt in enumerate(recipients)]
+
+    def close(self) -> None:
+        self.drop_dovecot()

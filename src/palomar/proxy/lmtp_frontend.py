@@ -1,0 +1,372 @@
+"""The proxy's LMTP listener: mail from MTAs fanned out to the backends of its recipients.
+
+LMTP has no login, so it does not fit the login-session loop (session.py). Each RCPT is looked
+up in the passdb (renames apply) and routed like a login; the recipients of one transaction
+travel over one hop per backend, each spoken with an LMTP client, and the message is streamed to
+all of them at once. The rules (reply order, which reply a recipient gets, referrals) are in
+`cluster.lmtp_fanout`; this module does the I/O. See docs/design/lmtp.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from palomar.auth.passdb import AuthRequest
+from palomar.cluster import lmtp_fanout as fan
+from palomar.net.lmtp_leg import LmtpLeg
+from palomar.protocols.lmtp import (
+    Close,
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    LmtpClient,
+    LmtpServer,
+    MailFrom,
+    RcptRequest,
+    TransactionReset,
+)
+from palomar.protocols.smtp_syntax import Reply
+from palomar.proxy.frontend import ClientConnection, accept
+from palomar.proxy.hop_client import HopFailed, HopTarget
+from palomar.proxy.state import ProxyState
+
+log = logging.getLogger("palomar.lmtp")
+
+EXTENSIONS = ("CHUNKING",)
+"""Offered besides PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME and SIZE. BDAT chunks are turned into
+one DATA stream towards the backends, so CHUNKING needs nothing from them; SMTPUTF8 and DSN are
+not offered (palomar does not assume the Dovecot backends have them)."""
+DEFAULT_MAX_SIZE = 50 << 20
+IDLE_TIMEOUT = 300.0
+"""Seconds an MTA may stay silent between commands (Dovecot's SMTP server uses 5 minutes)."""
+LEG_TIMEOUT = 125.0
+"""Seconds a backend may take for any one reply (Dovecot's lmtp proxy_timeout)."""
+
+
+def lmtp_handler(state: ProxyState, cfg, listener) -> Callable[[socket.socket], Awaitable[None]]:
+    """The accept handler for one `service lmtp { inet_listener ... }`."""
+    return partial(serve_lmtp, state, haproxy=listener.haproxy, ssl=listener.ssl,
+                   max_size=cfg["cluster_lmtp_max_mail_size"] or None)
+
+
+async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool,
+                     max_size: int | None = DEFAULT_MAX_SIZE) -> None:
+    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+    if conn is None:
+        return
+    session = LmtpProxySession(state, conn, max_size=max_size)
+    try:
+        await session.run()
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s client connection error: %s", conn.session_id, exc)
+        conn.link.abort()
+    finally:
+        session.close_legs()
+
+
+def _hostname(name: str) -> str:
+    return "".join(ch for ch in name if ch.isalnum() or ch in ".-") or "palomar"
+
+
+class LmtpProxySession:
+    """One MTA connection: the LMTP server core towards the MTA, one leg per backend towards the cluster."""
+
+    def __init__(self, state: ProxyState, conn: ClientConnection, *, max_size: int | None) -> None:
+        self.state = state
+        self.conn = conn
+        self.core = LmtpServer(hostname=_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
+        self.legs: dict[str, LmtpLeg] = {}
+        self.legs_lhlo: str | None = None
+        self.fanout: fan.Fanout | None = None
+        self.sender = ""
+        self.mail_params: dict[str, str | None] = {}
+        self.data_legs: dict[str, LmtpLeg] = {}
+        self.outcomes: dict[str, list[Reply] | fan.BackendFailed] = {}
+        registry = state.metrics.registry
+        self.rcpt_success = registry.counter(
+            "lmtp_rcpt_finished_success", "LMTP recipients delivered", ("dest_host",))
+        self.rcpt_failure = registry.counter(
+            "lmtp_rcpt_finished_failure", "LMTP recipients that failed, not counting permanent (5.x.x) errors",
+            ("dest_host",))
+
+    # ---- the MTA side
+
+    def flush(self) -> None:
+        self.conn.link.write(self.core.data_to_send())
+
+    async def run(self) -> None:
+        link = self.conn.link
+        link.write(self.core.greeting())
+        while True:
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await link.read()
+            except TimeoutError:
+                link.write(f"421 4.4.2 {self.core.hostname} Disconnected client for inactivity\r\n".encode())
+                link.close()
+                return
+            if not data:
+                link.close()
+                return
+            if not await self.handle(self.core.receive(data)):
+                return
+
+    async def handle(self, events: list[Event]) -> bool:
+        """Act on the core's events in order; False once the connection is to be closed."""
+        queue = deque(events)
+        self.flush()
+        while queue:
+            event = queue.popleft()
+            if isinstance(event, MailFrom):
+                self.begin(event)
+            elif isinstance(event, RcptRequest):
+                reply = await self.recipient(event.address)
+                queue.extend(self.core.rcpt_reply(reply))
+            elif isinstance(event, DataStart):
+                await self.data_start()
+            elif isinstance(event, DataChunk):
+                await self.data_chunk(event.data)
+            elif isinstance(event, DataEnd):
+                queue.extend(self.core.data_replies(await self.data_end()))
+            elif isinstance(event, DataAborted):
+                self.data_aborted()
+            elif isinstance(event, TransactionReset):
+                self.transaction_reset()
+            elif isinstance(event, Close):
+                self.flush()
+                self.conn.link.close()
+                return False
+            self.flush()
+        return True
+
+    # ---- transaction
+
+    def begin(self, event: MailFrom) -> None:
+        if self.legs_lhlo != self.core.lhlo_name:  # legs speak with the MTA's LHLO name
+            self.close_legs()
+            self.legs_lhlo = self.core.lhlo_name
+        self.fanout = fan.Fanout()
+        self.sender, self.mail_params = event.address, dict(event.params)
+        self.data_legs, self.outcomes = {}, {}
+
+    async def recipient(self, address: str) -> str:
+        """Look up, route and hand on one recipient; the reply the MTA gets for its RCPT."""
+        request = AuthRequest(username=address, service="lmtp", remote_ip=self.conn.client[0],
+                              local_ip=self.conn.local[0], secured=self.conn.tls)
+        try:
+            result = await self.state.passdb.lookup(address, request)
+        except Exception as exc:  # a passdb that breaks must not end the MTA's session
+            log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, address, exc)
+            return self.denied(address, fan.lookup_failed(address), "")
+        if result.status in ("unknown_user", "failed"):
+            return self.denied(address, fan.unknown_user(address), "")
+        if result.status == "nologin":
+            return self.denied(address, fan.login_disabled(address), "")
+        if result.status != "ok":
+            return self.denied(address, fan.lookup_failed(address), "")
+        return await self.deliver_to(address, result.user, result.fields.get("host"))
+
+    async def deliver_to(self, address: str, user: str, host_override: str | None) -> str:
+        try:
+            route = await self.state.router.route(user, host_override=host_override)
+        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
+            log.warning("session=%s rcpt=%s routing failed: %s", self.conn.session_id, address, exc)
+            return self.denied(address, fan.lookup_failed(address), "")
+        if route.host is None:
+            log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, address, route.reason)
+            return self.denied(address, fan.proxy_failed(address, "no backend available"), "")
+        host: str = route.host
+        visited: list[str] = []
+        rerouted = False
+        while True:
+            visited.append(host)
+            leg = await self.leg_for(host, user)
+            if isinstance(leg, HopFailed):
+                if not rerouted and await self.backend_went_offline(leg):
+                    rerouted = True
+                    again = await self._route_again(user, host_override)
+                    if again is not None and again not in visited:
+                        host = again
+                        continue
+                return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), host)
+            assert self.fanout is not None
+            reply = await leg.rcpt(user)
+            if reply is None:
+                self.drop_leg(leg)
+                return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), host)
+            target = fan.parse_referral(reply)
+            if target is None:
+                client_reply = fan.rcpt_reply(address, reply)
+                if reply.positive:
+                    self.fanout.accept(address, user, leg.name)
+                    return client_reply
+                return self.denied(address, client_reply, leg.name)
+            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, address, leg.name, target)
+            self.state.count_redirect(leg.name)
+            step = fan.follow_referral(visited, target)
+            if isinstance(step, fan.GiveUp):
+                return self.denied(address, fan.proxy_failed(address, step.reason), leg.name)
+            host = step.host
+
+    async def _route_again(self, user: str, host_override: str | None) -> str | None:
+        try:
+            return (await self.state.router.route(user, host_override=host_override)).host
+        except Exception as exc:
+            log.warning("session=%s user=%s routing again failed: %s", self.conn.session_id, user, exc)
+            return None
+
+    async def backend_went_offline(self, failed: HopFailed) -> bool:
+        health = self.state.health
+        if health is None:
+            return False
+        try:
+            return bool(await health.session_failed(failed.host, failed.error_code))
+        except Exception as exc:  # health bookkeeping must not fail the delivery
+            log.warning("backend health update for %s failed: %s", failed.host, exc)
+            return False
+
+    async def leg_for(self, host: str, user: str) -> LmtpLeg | HopFailed:
+        """This session's leg to `host`, opened (hop, LHLO) if needed, inside the current transaction."""
+        leg = self.legs.get(host)
+        if leg is not None and not leg.usable:
+            self.drop_leg(leg)
+            leg = None
+        if leg is None:
+            opened = await self.open_leg(host, user)
+            if isinstance(opened, HopFailed):
+                return opened
+            leg = self.legs[host] = opened
+        if not leg.in_transaction:
+            leg.begin(self.sender, self.mail_params)
+        return leg
+
+    async def open_leg(self, host: str, user: str) -> LmtpLeg | HopFailed:
+        conn = self.conn
+        target = HopTarget(user=user, protocol="lmtp", session_id=conn.session_id, client=conn.client,
+                           local=conn.local, client_tls=conn.tls)
+        outcome = await self.state.hops.connect(host, target, on_redirect=self.state.count_redirect)
+        if isinstance(outcome, HopFailed):
+            self.state.count_failure(outcome.host, outcome.error_code)
+            log.warning("session=%s proxy dest %s to %s: %s", conn.session_id, outcome.error_code, outcome.host,
+                        outcome.text)
+            return outcome
+        client = LmtpClient(lhlo_name=self.core.lhlo_name or "unknown")
+        leg = LmtpLeg(outcome.host, outcome.link, client, timeout=LEG_TIMEOUT)
+        leg.feed(outcome.leftover)
+        if not await leg.handshake():
+            failed = HopFailed(outcome.host, "proxy_dest_protocol_failure", f"LMTP handshake: {leg.failure}")
+            self.state.count_failure(failed.host, failed.error_code)
+            log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, failed.text)
+            return failed
+        self.state.count_success(outcome.host)
+        if self.state.health is not None:
+            self.state.health.session_succeeded(outcome.host)
+        return leg
+
+    def drop_leg(self, leg: LmtpLeg) -> None:
+        leg.close()
+        if self.legs.get(leg.name) is leg:
+            del self.legs[leg.name]
+
+    def close_legs(self) -> None:
+        for leg in list(self.legs.values()):
+            self.drop_leg(leg)
+
+    # ---- the message
+
+    async def data_start(self) -> None:
+        """DATA to every backend with accepted recipients, at once; those refusing keep their reply."""
+        assert self.fanout is not None
+        legs = [self.legs.get(host) for host in self.fanout.hosts()]
+        pending: dict[str, LmtpLeg] = {}
+        for host, leg in zip(self.fanout.hosts(), legs, strict=True):
+            if leg is None or not leg.usable:
+                self.outcomes[host] = fan.BackendFailed(leg.failure if leg else "connection lost")
+            else:
+                pending[host] = leg
+        replies = await asyncio.gather(*(leg.open_data() for leg in pending.values()))
+        for (host, leg), reply in zip(pending.items(), replies, strict=True):
+            if reply is None:
+                self.outcomes[host] = fan.BackendFailed(leg.failure or "connection lost")
+            elif reply.code == 354:
+                self.data_legs[host] = leg
+            else:
+                self.outcomes[host] = [reply] * len(self.fanout.recipients_of(host))
+
+    async def data_chunk(self, data: bytes) -> None:
+        """The same bytes to every backend; the next read from the MTA waits until all took them."""
+        for leg in self.data_legs.values():
+            leg.write_chunk(data)
+        await asyncio.gather(*(leg.drain() for leg in self.data_legs.values()))
+
+    async def data_end(self) -> list[str]:
+        assert self.fanout is not None
+        hosts = list(self.data_legs)
+        results = await asyncio.gather(*(leg.finish_data() for leg in self.data_legs.values()))
+        for host, replies in zip(hosts, results, strict=True):
+            leg = self.data_legs[host]
+            self.outcomes[host] = (replies if len(replies) == len(self.fanout.recipients_of(host))
+                                   else fan.BackendFailed(leg.failure or "connection lost"))
+        replies = self.fanout.replies(self.outcomes)
+        for rcpt, reply in zip(self.fanout.accepted, replies, strict=True):
+            self.account(rcpt.address, reply, rcpt.host)
+        self.end_transaction()
+        return replies
+
+    def data_aborted(self) -> None:
+        """The message broke a limit while streaming: abort what the backends got, so nothing is delivered."""
+        for leg in self.data_legs.values():
+            self.drop_leg(leg)
+        if self.fanout is not None:
+            for rcpt in self.fanout.accepted:
+                self.account(rcpt.address, f"552 5.3.4 <{rcpt.address}> Message too big", rcpt.host)
+        self.end_transaction()
+
+    def transaction_reset(self) -> None:
+        if self.data_legs:  # the MTA left in the middle of the message
+            for leg in self.data_legs.values():
+                self.drop_leg(leg)
+        if self.fanout is not None:
+            for rcpt in self.fanout.accepted:
+                self.account_event(rcpt.address, fan.ABORTED, rcpt.host)
+        self.end_transaction()
+
+    def end_transaction(self) -> None:
+        for leg in list(self.legs.values()):
+            if not leg.usable:
+                self.drop_leg(leg)
+            else:
+                leg.reset()
+        self.fanout, self.data_legs, self.outcomes = None, {}, {}
+
+    # ---- accounting
+
+    def denied(self, address: str, reply: str, host: str) -> str:
+        self.account(address, reply, host)
+        return reply
+
+    def account(self, address: str, reply: str, host: str) -> None:
+        self.account_event(address, fan.rcpt_finished(reply), host)
+
+    def account_event(self, address: str, event: fan.RcptFinished, host: str) -> None:
+        """The seed's lmtp_rcpt_finished_* metrics, the proxy_dest_stats counters, one log line."""
+        if event.success:
+            self.rcpt_success.inc(dest_host=host)
+        elif event.failure:
+            self.rcpt_failure.inc(dest_host=host)
+        if host and (event.success or event.failure):
+            self.state.dest.add(host, "lmtp_rcpt_success" if event.success else "lmtp_rcpt_failure")
+        log.info("event=smtp_server_transaction_rcpt_finished session=%s rcpt=%s dest_host=%s status_code=%d "
+                 "enhanced_code=%s%s", self.conn.session_id, address, host or "-", event.status_code,
+                 event.enhanced_code, f" error={event.error!r}" if event.error else "")
+
+
+def _hop_detail(failed: HopFailed) -> str:
+    return {"proxy_dest_connect_failed": "connect"}.get(failed.error_code, "backend failure")
