@@ -7,6 +7,7 @@ import imaplib
 import json
 import os
 import poplib
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -109,13 +110,13 @@ def test_curl_pop3_and_pop3s(cluster: LocalCluster) -> None:
     assert fetched.returncode == 0 and "read me over POP3" in fetched.stdout
 
 
-def sieve_connect(cluster: LocalCluster, port: int, user: str, password: str, *args: str):
+def sieve_connect(cluster: LocalCluster, port: int, user: str, password: str, *args: str, server: str = ""):
     read_fd, write_fd = os.pipe()
     os.write(write_fd, password.encode() + b"\n")
     os.close(write_fd)
     try:
         return subprocess.run(
-            ["sieve-connect", "--server", cluster.lb_host, "--port", str(port), "--user", user,
+            ["sieve-connect", "--server", server or cluster.lb_host, "--port", str(port), "--user", user,
              "--passwordfd", str(read_fd), "--notlsverify", *args],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, pass_fds=(read_fd,))
     finally:
@@ -137,6 +138,10 @@ def test_sieve_connect_upload_list_activate_download(cluster: LocalCluster, tmp_
     down = sieve_connect(cluster, cluster.lb_sieve, user, password, "--download", "--remotesieve", "palomar-test",
                          "--localsieve", str(out))
     assert down.returncode == 0 and out.read_text() == script.read_text()
+    # another proxy, reached directly, sees the same script
+    proxy = cluster.proxies[1]
+    listed = sieve_connect(cluster, proxy.sieve, user, password, "--list", server=proxy.host)
+    assert "palomar-test" in listed.stdout, listed.stdout + listed.stderr
     # the script lives in the user's home on the shared store, written by the user's backend
     host = backend_of(cluster, user)
     dovecot = next(b.dovecot for b in cluster.backends if b.host == host)
@@ -156,13 +161,16 @@ def test_one_user_all_protocols_one_backend(cluster: LocalCluster) -> None:
     pop.pass_(password)
     listed = sieve_connect(cluster, cluster.lb_sieve, user, password, "--list")
     assert listed.returncode == 0, listed.stderr
+    smtp = smtplib.SMTP_SSL(cluster.lb_host, cluster.lb_submissions, timeout=15, context=tls_context())
+    smtp.login(user, password)
     host = backend_of(cluster, user)
     dovecot = next(b.dovecot for b in cluster.backends if b.host == host)
     who = {(r["username"], r["service"]) for r in dovecot.doveadm_http("who", {"separateConnections": True})}
-    assert {(user, "imap"), (user, "pop3")} <= who
+    assert {(user, "imap"), (user, "pop3"), (user, "submission")} <= who
     dovecot.wait_for_log(r"managesieve-login: Info: Login: user=<user6@example\.test>")
     for other in cluster.backends:
         if other.host != host:
             assert user not in {r["username"] for r in other.dovecot.doveadm_http("who", {})}
+    smtp.quit()
     pop.quit()
     imap.logout()
