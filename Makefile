@@ -4,12 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint deps system-deps clean demo
+.PHONY: test lint deps system-deps cassandra-deps clean demo
 
-deps: system-deps $(VENV)/.installed
+deps: system-deps cassandra-deps $(VENV)/.installed
 
 system-deps:
 	./scripts/install-system-deps
+
+# Apache Cassandra's jars from Maven Central, for the GeoDB's Cassandra tests (cached; a no-op once fetched).
+cassandra-deps: system-deps
+	./scripts/cassandra fetch
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

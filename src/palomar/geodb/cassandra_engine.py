@@ -1,0 +1,512 @@
+"""The GeoDB engine on Apache Cassandra: the tables of `schema.cql` in one keyspace.
+
+Cassandra is where the contract's semantics come from (per-cell write times, tombstones,
+lightweight transactions), so this engine mostly translates: upserts are `INSERT ... USING
+TIMESTAMP` (an INSERT writes the row marker, a bound null writes a cell tombstone), deletes are
+`DELETE ... USING TIMESTAMP`, reads select `writetime(col)` next to every value column, and the
+two compare-and-set primitives are LWTs (`IF NOT EXISTS`, `IF col = ?`) at SERIAL or
+LOCAL_SERIAL. The row an LWT returns is read back at the serial consistency, so it is the
+linearised state with its write times, exactly what the SQLite engine returns.
+
+The DataStax driver is callback based and runs its I/O on its own thread: every request is
+`execute_async`, its ResponseFuture is bridged into an asyncio future with
+`call_soon_threadsafe`, and the blocking steps (connect, prepare, schema agreement) run in a
+worker thread, so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from cassandra import ConsistencyLevel, DriverException
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement, tuple_factory
+
+from palomar.geodb.engine import GeoDBError, GeoEngine, InsertResult, Key, Row, Values, now_micros
+from palomar.geodb.schema import (
+    EPOCH,
+    TableDef,
+    datetime_to_millis,
+    load_schema,
+    millis_to_datetime,
+    schema_text,
+    table_def,
+    validate_clustering,
+    validate_delete_key,
+    validate_key,
+    validate_partition,
+    validate_timestamp,
+    validate_values,
+)
+
+CONSISTENCY_LEVELS = (
+    "ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE",
+)
+SERIAL_LEVELS = ("SERIAL", "LOCAL_SERIAL")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}")
+_DC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]+))(?::(?P<port>\d+))?$")
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+# Profiles: plain writes, plain reads, LWTs (commit CL + serial CL), serial reads of LWT'd rows.
+_WRITE, _READ, _LWT, _SERIAL_READ = EXEC_PROFILE_DEFAULT, "read", "lwt", "serial_read"
+# NoHostAvailable (every host failed, each reason inside) is not a DriverException.
+_DRIVER_ERRORS = (DriverException, NoHostAvailable, OSError)
+PROTOCOL_VERSION = 5  # Cassandra 4.0 and newer; pinned so the driver does not probe (and warn)
+
+
+def parse_hosts(hosts: str | Sequence[str], default_port: int) -> list[tuple[str, int]]:
+    """Contact points from "host", "host:port" or "[v6]:port" words (a string or a list of them)."""
+    words = hosts.replace(",", " ").split() if isinstance(hosts, str) else list(hosts)
+    if not words:
+        raise GeoDBError("cassandra GeoDB: no contact points (set cassandra_hosts)")
+    out = []
+    for word in words:
+        match = _HOST_PORT.match(str(word).strip())
+        port = int(match.group("port")) if match and match.group("port") else default_port
+        if match is None or not 0 < port < 65536:
+            raise GeoDBError(f"cassandra GeoDB: bad contact point {word!r} (expected host or host:port)")
+        out.append((match.group("v6") or match.group("host"), port))
+    return out
+
+
+def parse_replication(words: str | Sequence[str]) -> dict[str, int]:
+    """Replicas per datacenter from `dc:count` words (the `cassandra_replication` setting)."""
+    items = words.replace(",", " ").split() if isinstance(words, str) else list(words)
+    out: dict[str, int] = {}
+    for item in items:
+        dc, sep, count = str(item).rpartition(":")
+        if not sep or not _DC.fullmatch(dc) or not count.isdigit():
+            raise GeoDBError(f"cassandra GeoDB: bad replication {item!r} (expected datacenter:replicas)")
+        out[dc] = int(count)
+    return out
+
+
+def _level(name: str, allowed: tuple[str, ...], what: str) -> int:
+    key = str(name).strip().upper().replace("-", "_")
+    if key not in allowed:
+        raise GeoDBError(f"cassandra GeoDB: {what} {name!r} is not one of {', '.join(allowed)}")
+    return getattr(ConsistencyLevel, key)  # type: ignore[no-any-return]
+
+
+def cql_statements(text: str) -> list[str]:
+    """The statements of a CQL file (comments dropped), as the driver executes them one by one."""
+    body = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _to_cql(ctype: str, value: Any) -> Any:
+    """A canonical value as the driver binds it (timestamps as exact epoch milliseconds)."""
+    if value is not None and ctype == "timestamp":
+        return datetime_to_millis(value)
+    return value
+
+
+def _from_cql(ctype: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if ctype == "timestamp" and isinstance(value, datetime):
+        # the driver builds a naive UTC datetime through a float; snap back to the stored millisecond
+        delta = value.replace(tzinfo=None) - _NAIVE_EPOCH
+        millis = delta.days * 86_400_000 + delta.seconds * 1000 + round(delta.microseconds / 1000)
+        return millis_to_datetime(millis)
+    if ctype == "double":
+        return float(value)
+    return value
+
+
+class _Table:
+    """The CQL text of one table's queries, built once."""
+
+    def __init__(self, tdef: TableDef) -> None:
+        self.tdef = tdef
+        self.name = _q(tdef.name)
+        self.keys = tdef.key_columns
+        self.vals = tdef.value_columns
+        cols = [_q(c) for c in (*self.keys, *self.vals)] + [f"writetime({_q(c)})" for c in self.vals]
+        self.select_list = ", ".join(cols)
+        self.key_where = " AND ".join(f"{_q(c)} = ?" for c in self.keys)
+
+    def where(self, columns: Sequence[str]) -> str:
+        return " AND ".join(f"{_q(c)} = ?" for c in columns)
+
+    def insert(self, columns: Sequence[str], suffix: str) -> str:
+        names = [*self.keys, *columns]
+        return (f"INSERT INTO {self.name} ({', '.join(_q(c) for c in names)}) "
+                f"VALUES ({', '.join('?' for _ in names)}) {suffix}")
+
+    def params(self, columns: Sequence[str], values: Mapping[str, Any]) -> list[Any]:
+        return [_to_cql(self.tdef.columns[c], values[c]) for c in columns]
+
+    def to_row(self, raw: Sequence[Any]) -> Row:
+        names = (*self.keys, *self.vals)
+        values = {c: _from_cql(self.tdef.columns[c], raw[i]) for i, c in enumerate(names)}
+        base = len(names)
+        writetimes = {
+            c: raw[base + i]
+            for i, c in enumerate(self.vals)
+            if values[c] is not None and raw[base + i] is not None
+        }
+        return Row(values, writetimes)
+
+
+class CassandraGeoEngine(GeoEngine):
+    """GeoDB engine on an Apache Cassandra cluster (5.0; 4.x works too), one keyspace.
+
+    `replication` maps datacenter names to replication factors for NetworkTopologyStrategy;
+    it is used only when `open()` creates the keyspace (an existing keyspace is left as is).
+    Without it, the keyspace gets min(3, nodes) replicas in every datacenter the driver sees.
+    `local_dc` is the site's own datacenter: requests go only to its nodes, and the LOCAL_*
+    consistency levels count only its replicas (the default when unset: the DC of the first
+    contact point).
+    """
+
+    def __init__(
+        self,
+        hosts: str | Sequence[str],
+        *,
+        port: int = 9042,
+        keyspace: str = "cluster",
+        local_dc: str | None = None,
+        replication: Mapping[str, int] | None = None,
+        write_consistency: str = "LOCAL_QUORUM",
+        read_consistency: str = "LOCAL_ONE",
+        serial_consistency: str = "LOCAL_SERIAL",
+        connect_timeout: float = 10.0,
+        request_timeout: float = 20.0,
+    ) -> None:
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise GeoDBError(f"cassandra GeoDB: bad port {port!r}")
+        self.contact_points = parse_hosts(hosts, port)
+        self.port = port
+        if not isinstance(keyspace, str) or not _NAME.fullmatch(keyspace):
+            raise GeoDBError(f"cassandra GeoDB: bad keyspace name {keyspace!r} (letters, digits, _; max 48)")
+        self.keyspace = keyspace
+        if local_dc is not None and (not isinstance(local_dc, str) or not _DC.fullmatch(local_dc)):
+            raise GeoDBError(f"cassandra GeoDB: bad datacenter name {local_dc!r}")
+        self.local_dc = local_dc or None
+        self.replication = self._check_replication(replication)
+        self.write_cl = _level(write_consistency, CONSISTENCY_LEVELS, "write consistency")
+        self.read_cl = _level(read_consistency, CONSISTENCY_LEVELS, "read consistency")
+        self.serial_cl = _level(serial_consistency, SERIAL_LEVELS, "serial consistency")
+        self.connect_timeout = float(connect_timeout)
+        self.request_timeout = float(request_timeout)
+        self._schema = load_schema()
+        self._tables = {name: _Table(tdef) for name, tdef in self._schema.items()}
+        self._cluster: Cluster | None = None
+        self._session: Any = None
+        self._prepared: dict[str, PreparedStatement] = {}
+        self._preparing: dict[str, asyncio.Future[PreparedStatement]] = {}
+        self._last_write_us = 0
+
+    def __repr__(self) -> str:
+        hosts = " ".join(f"{h}:{p}" for h, p in self.contact_points)
+        return f"CassandraGeoEngine(hosts={hosts!r}, keyspace={self.keyspace!r}, local_dc={self.local_dc!r})"
+
+    @staticmethod
+    def _check_replication(replication: Mapping[str, int] | None) -> dict[str, int] | None:
+        if not replication:
+            return None
+        if not isinstance(replication, Mapping):
+            raise GeoDBError("cassandra GeoDB: replication must map datacenter names to replica counts")
+        out = {}
+        for dc, rf in replication.items():
+            if not isinstance(dc, str) or not _DC.fullmatch(dc):
+                raise GeoDBError(f"cassandra GeoDB: bad datacenter name {dc!r} in replication")
+            if not isinstance(rf, int) or isinstance(rf, bool) or not 0 <= rf <= 32:
+                raise GeoDBError(f"cassandra GeoDB: bad replication factor {rf!r} for datacenter {dc}")
+            out[dc] = rf
+        return out
+
+    # ------------------------------------------------------------ open / close
+
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        def profile(cl: int, serial: int | None = None) -> ExecutionProfile:
+            policy = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self.local_dc or ""))
+            return ExecutionProfile(load_balancing_policy=policy, consistency_level=cl,
+                                    serial_consistency_level=serial, request_timeout=self.request_timeout,
+                                    row_factory=tuple_factory)
+
+        profiles = {
+            _WRITE: profile(self.write_cl),
+            _READ: profile(self.read_cl),
+            _LWT: profile(self.write_cl, self.serial_cl),
+            _SERIAL_READ: profile(self.serial_cl),
+        }
+        cluster = Cluster(
+            contact_points=self.contact_points, port=self.port, execution_profiles=profiles,
+            connect_timeout=self.connect_timeout, control_connection_timeout=self.connect_timeout,
+            protocol_version=PROTOCOL_VERSION,
+        )
+        try:
+            session = await asyncio.to_thread(cluster.connect)
+        except _DRIVER_ERRORS as exc:
+            await asyncio.to_thread(cluster.shutdown)
+            raise GeoDBError(f"cassandra GeoDB {self._where()}: cannot connect: {_describe(exc)}") from exc
+        self._cluster, self._session = cluster, session
+        try:
+            await self._ensure_schema()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _where(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self.contact_points)
+
+    async def close(self) -> None:
+        cluster, self._cluster, self._session = self._cluster, None, None
+        self._prepared.clear()
+        self._preparing.clear()
+        if cluster is not None:
+            await asyncio.to_thread(cluster.shutdown)
+
+    def _default_replication(self) -> dict[str, int]:
+        assert self._cluster is not None
+        per_dc: dict[str, int] = {}
+        for host in self._cluster.metadata.all_hosts():
+            if host.datacenter:
+                per_dc[host.datacenter] = per_dc.get(host.datacenter, 0) + 1
+        if not per_dc:
+            raise GeoDBError("cassandra GeoDB: cannot tell the cluster's datacenters; set the replication")
+        return {dc: min(3, n) for dc, n in sorted(per_dc.items())}
+
+    async def _ensure_schema(self) -> None:
+        """Create the keyspace and the tables of schema.cql that are missing; add missing columns.
+
+        DDL is skipped when the metadata already shows everything: concurrent `CREATE TABLE IF
+        NOT EXISTS` through different coordinators can race, so openers after the first do none.
+        """
+        assert self._cluster is not None
+        ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
+        if ks_meta is None:
+            replication = self.replication or self._default_replication()
+            spec = ", ".join(f"'{dc}': {rf}" for dc, rf in replication.items())
+            await self._ddl(f"CREATE KEYSPACE IF NOT EXISTS {_q(self.keyspace)} WITH replication = "
+                            f"{{'class': 'NetworkTopologyStrategy', {spec}}}")
+        ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
+        tables = ks_meta.tables if ks_meta is not None else {}
+        for stmt in cql_statements(schema_text()):
+            name = re.search(r"exists\s+(\w+)", stmt, re.IGNORECASE)
+            if name is None or name.group(1).lower() not in tables:
+                await self._ddl(stmt, keyspace=True)
+        ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
+        if ks_meta is None:
+            raise GeoDBError(f"cassandra GeoDB: keyspace {self.keyspace} did not appear after creation")
+        for t in self._tables.values():
+            meta = ks_meta.tables.get(t.tdef.name)
+            if meta is None:
+                raise GeoDBError(f"cassandra GeoDB: table {self.keyspace}.{t.tdef.name} did not appear")
+            pk = tuple(c.name for c in meta.partition_key), tuple(c.name for c in meta.clustering_key)
+            if pk != (t.tdef.partition_key, t.tdef.clustering):
+                raise GeoDBError(f"cassandra GeoDB: table {self.keyspace}.{t.tdef.name} has a different "
+                                 f"primary key than schema.cql")
+            for col in t.vals:
+                if col not in meta.columns:
+                    ctype = t.tdef.columns[col]
+                    await self._ddl(f"ALTER TABLE {t.name} ADD {_q(col)} {ctype}", keyspace=True)
+
+    async def _ddl(self, stmt: str, *, keyspace: bool = False) -> None:
+        """Schema statements run in a thread: the driver blocks until the nodes agree on the schema."""
+        session = self._live_session()
+        if keyspace:
+            stmt = re.sub(r"^(create\s+table\s+if\s+not\s+exists\s+|alter\s+table\s+)",
+                          lambda m: m.group(1) + f"{_q(self.keyspace)}.", stmt, count=1, flags=re.IGNORECASE)
+        try:
+            await asyncio.to_thread(session.execute, stmt, timeout=max(self.request_timeout, 60.0))
+        except _DRIVER_ERRORS as exc:
+            raise GeoDBError(f"cassandra GeoDB: schema statement failed: {_describe(exc)}") from exc
+
+    # ------------------------------------------------------------ plumbing
+
+    def _live_session(self) -> Any:
+        if self._session is None:
+            raise GeoDBError(f"{self!r} is not open")
+        return self._session
+
+    def _table(self, name: str) -> _Table:
+        table_def(self._schema, name)  # the uniform "unknown table" error
+        return self._tables[name]
+
+    async def _prepare(self, query: str) -> PreparedStatement:
+        """One prepared statement per query shape, prepared once even when many tasks ask at once."""
+        stmt = self._prepared.get(query)
+        if stmt is not None:
+            return stmt
+        pending = self._preparing.get(query)
+        if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+            session = self._live_session()
+            pending = asyncio.ensure_future(asyncio.to_thread(session.prepare, query))
+            self._preparing[query] = pending
+        try:
+            stmt = await asyncio.shield(pending)
+        except _DRIVER_ERRORS as exc:
+            raise GeoDBError(f"cassandra GeoDB: cannot prepare {query!r}: {_describe(exc)}") from exc
+        finally:
+            if pending.done() and self._preparing.get(query) is pending:
+                del self._preparing[query]
+        self._prepared[query] = stmt
+        return stmt
+
+    async def _run(self, query: str, params: Sequence[Any], profile: Any) -> tuple[list[Any], ResponseFuture]:
+        """Execute a prepared `query`, every result page, without blocking the event loop."""
+        stmt = await self._prepare(query.replace("{ks}", _q(self.keyspace)))
+        session = self._live_session()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        rows: list[Any] = []
+        try:
+            rf = session.execute_async(stmt, list(params), execution_profile=profile)
+        except _DRIVER_ERRORS as exc:
+            raise GeoDBError(f"cassandra GeoDB: {_describe(exc)}") from exc
+
+        def on_page(page: list[Any] | None) -> None:  # driver thread; page is None for writes
+            try:
+                rows.extend(page or ())
+                if rf.has_more_pages:
+                    rf.start_fetching_next_page()
+                    return
+            except BaseException as exc:  # must reach the awaiting task, not die in the driver
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+                return
+            loop.call_soon_threadsafe(_settle, done, rows, None)
+
+        def on_error(exc: BaseException) -> None:  # driver thread
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+
+        rf.add_callbacks(on_page, on_error)
+        try:
+            return await done, rf
+        except _DRIVER_ERRORS as exc:
+            raise GeoDBError(f"cassandra GeoDB: {_describe(exc)}") from exc
+
+    def _stamp(self, timestamp: int | None) -> int:
+        ts = now_micros() if timestamp is None else validate_timestamp(timestamp)
+        if ts > self._last_write_us:
+            self._last_write_us = ts
+        return ts
+
+    async def _lwt_after_own_writes(self) -> None:
+        """Let the clock pass the millisecond of this engine's newest plain write before an LWT.
+
+        Cassandra stamps a Paxos write with the coordinator's clock in whole milliseconds, while
+        plain writes carry our microsecond time: an LWT issued in the same millisecond as our
+        own delete would otherwise be hidden by that tombstone (and lose to an upsert's cells).
+        """
+        wait_ns = (self._last_write_us // 1000 + 1) * 1_000_000 - time.time_ns()
+        if 0 < wait_ns <= 5_000_000:
+            await asyncio.sleep(wait_ns / 1e9)
+
+    # ------------------------------------------------------------ writes
+
+    async def upsert(self, table: str, key: Key, values: Values, *, timestamp: int | None = None) -> None:
+        t = self._table(table)
+        k = validate_key(t.tdef, key)
+        v = validate_values(t.tdef, values)
+        cols = sorted(v)
+        ts = self._stamp(timestamp)
+        query = t.insert(cols, "USING TIMESTAMP ?").replace("INTO ", "INTO {ks}.", 1)
+        await self._run(query, [*t.params(t.keys, k), *t.params(cols, v), ts], _WRITE)
+
+    async def insert_if_absent(self, table: str, key: Key, values: Values) -> InsertResult:
+        t = self._table(table)
+        k = validate_key(t.tdef, key)
+        v = validate_values(t.tdef, values)
+        cols = sorted(v)
+        await self._lwt_after_own_writes()
+        query = t.insert(cols, "IF NOT EXISTS").replace("INTO ", "INTO {ks}.", 1)
+        rows, _ = await self._run(query, [*t.params(t.keys, k), *t.params(cols, v)], _LWT)
+        return InsertResult(self._applied(rows), await self._row_now(t, k))
+
+    async def update_if(self, table: str, key: Key, values: Values, expected: Values) -> InsertResult:
+        t = self._table(table)
+        k = validate_key(t.tdef, key)
+        v = validate_values(t.tdef, values)
+        e = validate_values(t.tdef, expected, "expected")
+        if not v:
+            raise GeoDBError(f"{table}: update_if needs at least one column to write")
+        if not e:
+            raise GeoDBError(f"{table}: update_if needs at least one expected column")
+        sets, conds = sorted(v), sorted(e)
+        await self._lwt_after_own_writes()
+        query = (f"UPDATE {{ks}}.{t.name} SET {', '.join(f'{_q(c)} = ?' for c in sets)} "
+                 f"WHERE {t.key_where} IF {' AND '.join(f'{_q(c)} = ?' for c in conds)}")
+        params = [*t.params(sets, v), *t.params(t.keys, k), *t.params(conds, e)]
+        rows, _ = await self._run(query, params, _LWT)
+        return InsertResult(self._applied(rows), await self._row_now(t, k))
+
+    @staticmethod
+    def _applied(rows: list[Any]) -> bool:
+        if len(rows) != 1 or not isinstance(rows[0][0], bool):
+            raise GeoDBError("cassandra GeoDB: unexpected lightweight transaction result")
+        return rows[0][0]
+
+    async def _row_now(self, t: _Table, key: dict[str, Any]) -> Row:
+        """The row as stored after an LWT, read at the serial consistency (sees every committed LWT)."""
+        rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name} WHERE {t.key_where}",
+                                  t.params(t.keys, key), _SERIAL_READ)
+        if rows:
+            return t.to_row(rows[0])
+        return Row({**key, **dict.fromkeys(t.vals)}, {})
+
+    async def delete(self, table: str, key: Key, *, timestamp: int | None = None) -> None:
+        t = self._table(table)
+        k, whole_partition = validate_delete_key(t.tdef, key)
+        cols = t.tdef.partition_key if whole_partition else t.keys
+        ts = self._stamp(timestamp)
+        query = f"DELETE FROM {{ks}}.{t.name} USING TIMESTAMP ? WHERE {t.where(cols)}"
+        await self._run(query, [ts, *t.params(cols, k)], _WRITE)
+
+    # ------------------------------------------------------------ reads
+
+    async def get(self, table: str, key: Key) -> Row | None:
+        t = self._table(table)
+        k = validate_key(t.tdef, key)
+        rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name} WHERE {t.key_where}",
+                                  t.params(t.keys, k), _READ)
+        return t.to_row(rows[0]) if rows else None
+
+    async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
+        t = self._table(table)
+        p = validate_partition(t.tdef, partition)
+        prefix = validate_clustering(t.tdef, clustering)
+        ccols = t.tdef.clustering[: len(prefix)]
+        cols = [*t.tdef.partition_key, *ccols]
+        params = t.params(t.tdef.partition_key, p) + t.params(ccols, dict(zip(ccols, prefix, strict=True)))
+        rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name} WHERE {t.where(cols)}",
+                                  params, _READ)
+        return [t.to_row(r) for r in rows]
+
+    async def scan(self, table: str) -> list[Row]:
+        t = self._table(table)
+        rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name}", [], _READ)
+        return [t.to_row(r) for r in rows]
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the awaiting task was cancelled
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason from a driver exception (NoHostAvailable nests one error per host)."""
+    if isinstance(exc, NoHostAvailable) and exc.errors:
+        reasons = "; ".join(f"{host}: {_describe(err) if isinstance(err, BaseException) else err}"
+                            for host, err in exc.errors.items())
+        return f"no host available ({reasons})"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
