@@ -8,6 +8,7 @@ before and during DATA; no mail may be lost or stored twice.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import imaplib
 import json
@@ -16,13 +17,17 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from palomar.devcluster.cluster import BackendNode, LocalCluster
+from palomar.devcluster.cluster import SITE, BackendNode, LocalCluster
+from palomar.devcluster.net import wait_until
+from palomar.geodb import open_engine
+from palomar.geodb.repository import GeoDB
 
 CLIENT_SOURCE = "127.0.0.97"
 MAX_SIZE = 1 << 20
@@ -33,10 +38,11 @@ TIMEOUT = 30
 @pytest.fixture(scope="module")
 def cluster(harness_root: Path):
     c = LocalCluster(
-        harness_root / "lmtp-cluster", auth_failure_delay="100 ms", users_count=12,
+        harness_root / "lmtp-cluster", auth_failure_delay="100 ms", users_count=12, stats_interval="1 secs",
         extra_passwd_lines=(f"{PINNED}:{{PLAIN}}unused::::::host=127.0.0.3",),
         # Backends are killed on purpose here: keep them online so the failures stay 4xx (no failover).
-        proxy_settings={"*": ("cluster_proxy_check_backends = no", "cluster_lmtp_max_mail_size = 1M")},
+        proxy_settings={"*": ("cluster_proxy_check_backends = no",), "proxy1": ("cluster_lmtp_max_mail_size = 1M",),
+                        "proxy2": ("cluster_lmtp_max_mail_size = 64M",)},
     )
     c.start()
     placed = [u.name for u in c.users]
@@ -144,7 +150,17 @@ def backend_of(cluster: LocalCluster, user: str) -> str:
     return next(g["backend"] for g in groups if g["name"] == group)
 
 
+_PLACEMENT: dict[int, dict[str, list[str]]] = {}
+
+
 def users_by_backend(cluster: LocalCluster) -> dict[str, list[str]]:
+    """Backend host -> its demo users (placement does not change here: backends never go offline)."""
+    if id(cluster) not in _PLACEMENT:
+        _PLACEMENT[id(cluster)] = _users_by_backend(cluster)
+    return _PLACEMENT[id(cluster)]
+
+
+def _users_by_backend(cluster: LocalCluster) -> dict[str, list[str]]:
     groups = {g["name"]: g["backend"] for g in json.loads(cluster.cluster("--json", "group", "list").stdout)}
     placed: dict[str, list[str]] = {}
     for user in cluster.users:
@@ -177,7 +193,7 @@ def test_smtplib_lmtp_through_haproxy_delivers_byte_for_byte(cluster: LocalClust
         assert code == 250
         for extension in ("pipelining", "enhancedstatuscodes", "8bitmime", "chunking"):
             assert lmtp.has_extn(extension), extension
-        assert lmtp.esmtp_features["size"] == str(MAX_SIZE)
+        assert lmtp.esmtp_features["size"] in (str(MAX_SIZE), str(64 << 20))
         refused = lmtp.sendmail("sender@example.org", [user], sent, mail_options=["BODY=8BITMIME"])
         assert refused == {}
     [stored] = mailbox(cluster, user, subject)
@@ -246,7 +262,9 @@ def test_referred_recipient_is_followed_to_its_backend(cluster: LocalCluster) ->
 def test_unknown_recipient_malformed_commands_and_oversized_data(cluster: LocalCluster) -> None:
     user = cluster.users[3].name
     subject = f"refusals {uuid.uuid4().hex}"
-    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+    proxy = cluster.proxies[0]  # the plain listener of the proxy with the 1M limit
+    with RawLmtp(proxy.host, proxy.lmtp) as lmtp:
+        assert "SIZE 1048576" in lmtp.capabilities[1]
         assert lmtp.cmd("HELLO there")[0] == 500
         assert lmtp.cmd("MAIL FROM:no-brackets")[0] == 501
         assert lmtp.cmd("RCPT TO:<a@example.test>")[0] == 503
@@ -281,6 +299,45 @@ def test_bdat_chunks_are_delivered_as_one_message(cluster: LocalCluster) -> None
     assert_delivered_as_sent(stored, sent)
 
 
+def test_pipelined_envelope_gets_replies_in_order(cluster: LocalCluster) -> None:
+    placed = users_by_backend(cluster)
+    a, b = (users[-1] for users in placed.values())
+    subject = f"pipelined {uuid.uuid4().hex}"
+    sent = message(subject)
+    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+        lmtp.send(f"MAIL FROM:<p@example.org>\r\nRCPT TO:<{a}>\r\nRCPT TO:<nobody@example.test>\r\n"
+                  f"RCPT TO:<{b}>\r\nDATA\r\n".encode() + dot_stuff(sent) + b".\r\nNOOP\r\n")
+        replies = [lmtp.reply() for _ in range(8)]
+    assert [code for code, _ in replies] == [250, 250, 550, 250, 354, 250, 250, 250]
+    assert f"<{a}>" in replies[5][1] and f"<{b}>" in replies[6][1]
+    for user in (a, b):
+        assert len(mailbox(cluster, user, subject)) == 1
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def test_large_message_is_streamed_not_held_per_backend(cluster: LocalCluster) -> None:
+    """30 MB to two backends: the proxy's and the backends' peak memory grow by far less than a copy."""
+    placed = users_by_backend(cluster)
+    recipients = [users[0] for users in placed.values()]
+    subject = f"large {uuid.uuid4().hex}"
+    line = b"".join(bytes([65 + (i % 26)]) for i in range(76)) + b"\r\n"
+    sent = message(subject, line * ((30 << 20) // len(line)))
+    proxy = cluster.proxies[1]  # the proxy with the 64M limit
+    watched = [proxy.proc.pid, *(node.proc.pid for node in cluster.backends)]
+    before = [peak_rss(pid) for pid in watched]
+    with RawLmtp(proxy.host, proxy.lmtp) as lmtp:
+        assert [code for code, _ in lmtp.transaction("large@example.org", recipients, sent)] == [250, 250]
+    growth = [peak_rss(pid) - old for pid, old in zip(watched, before, strict=True)]
+    assert all(grown < 12 << 20 for grown in growth), growth
+    for user in recipients:
+        [stored] = mailbox(cluster, user, subject)
+        assert_delivered_as_sent(stored, sent)
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -302,44 +359,75 @@ def test_killed_backend_gets_4xx_and_a_retry_delivers_exactly_once(cluster: Loca
     subject = f"kill {what} {when} {uuid.uuid4().hex}"
     sent = message(subject, (b"0123456789" * 99 + b"\r\n") * 300)  # ~300 kB, streamed
     kill, restart = kill_and_restart(cluster, what)
-    try:
-        with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+        try:
             assert [code for code, _ in lmtp.envelope("kill@example.org", recipients)] == [250] * 4
             if when == "before-data":
                 kill(victim)
                 replies = lmtp.data(sent, 4)
             else:
                 replies = lmtp.data(sent, 4, midway=lambda: kill(victim))
+        finally:
+            restart(victim)
         codes = dict(zip(recipients, (code for code, _ in replies), strict=True))
         assert {user: codes[user] // 100 for user in recipients} == {
             doomed[0]: 4, safe[0]: 2, doomed[1]: 4, safe[1]: 2}, replies
         for (code, text), user in zip(replies, recipients, strict=True):
-            if code != 250:
-                assert text.startswith(f"4.4.0 <{user}> "), text
-    finally:
-        restart(victim)
-    for user in doomed:
-        assert mailbox(cluster, user, subject) == [], f"{user} got a copy although the MTA got a 4xx"
-    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:  # the MTA retries the 4xx recipients
+            if code != 250:  # the proxy's 4.4.0, or what the dying Dovecot said (421 4.3.2 Shutting down)
+                assert re.match(rf"4\.\d\.\d <{re.escape(user)}> ", text), text
+        for user in doomed:
+            assert mailbox(cluster, user, subject) == [], f"{user} got a copy although the MTA got a 4xx"
+        # The MTA retries the 4xx recipients on the same connection: the proxy replaces its dead hop.
         assert [code for code, _ in lmtp.transaction("kill@example.org", doomed, sent)] == [250, 250]
     for user in recipients:
         [stored] = mailbox(cluster, user, subject)
         assert_delivered_as_sent(stored, sent)
 
 
-def test_metrics_count_recipients_by_destination(cluster: LocalCluster) -> None:
+def proxy_dest_stats(cluster: LocalCluster) -> dict[tuple[str, str], float]:
+    """(dest_host, key) -> value summed over the proxies, straight from the GeoDB."""
+    async def main() -> dict[tuple[str, str], float]:
+        engine = open_engine("sqlite", path=str(cluster.geodb_path))
+        await engine.open()
+        try:
+            db = GeoDB(engine)
+            site = await db.site_get_by_name(SITE)
+            assert site is not None
+            totals: dict[tuple[str, str], float] = {}
+            for row in await db.proxy_dest_stats_list(site.id):
+                totals[(row.dest_host, row.key)] = totals.get((row.dest_host, row.key), 0.0) + row.value
+            return totals
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def metrics_text(cluster: LocalCluster) -> str:
     text = ""
     for proxy in cluster.proxies:
-        with socket.create_connection((proxy.host, proxy.metrics), timeout=TIMEOUT) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            chunks = []
-            while data := sock.recv(65536):
-                chunks.append(data)
-        text += b"".join(chunks).decode()
-    success = re.findall(r'palomar_lmtp_rcpt_finished_success_total\{dest_host="(127\.0\.0\.\d)"\} (\d+)', text)
+        with urllib.request.urlopen(f"http://{proxy.host}:{proxy.metrics}/metrics", timeout=TIMEOUT) as response:
+            text += response.read().decode()
+    return text
+
+
+def test_metrics_and_log_lines_count_recipients_by_destination(cluster: LocalCluster) -> None:
+    placed = users_by_backend(cluster)
+    recipients = [users[0] for users in placed.values()]
+    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+        assert lmtp.envelope("metrics@example.org", ["unknown-metrics@example.test"])[0][0] == 550
+        assert lmtp.cmd("RSET")[0] == 250
+        assert [code for code, _ in lmtp.transaction("metrics@example.org", recipients, message("metrics"))] == [
+            250, 250]
+    success = re.findall(r'palomar_lmtp_rcpt_finished_success_total\{dest_host="(127\.0\.0\.\d)"\} (\d+)',
+                         metrics_text(cluster))
     assert {host for host, _ in success} == {"127.0.0.2", "127.0.0.3"}
-    assert sum(int(count) for _, count in success) >= len(cluster.users)
-    assert "palomar_lmtp_rcpt_finished_failure_total" in text
+    assert sum(int(count) for _, count in success) >= len(cluster.users) + 2
     logs = "".join(p.log_path.read_text() for p in cluster.proxies)
-    assert re.search(r"event=smtp_server_transaction_rcpt_finished session=\S+ rcpt=unknown@example\.test "
+    assert re.search(r"event=smtp_server_transaction_rcpt_finished session=\S+ rcpt=unknown-metrics@example\.test "
                      r"dest_host=- status_code=550 enhanced_code=5\.1\.1", logs)
+    for host, users in placed.items():
+        assert re.search(rf"rcpt={re.escape(users[0])} dest_host={re.escape(host)} status_code=250 "
+                         r"enhanced_code=2\.0\.0", logs)
+    wait_until(lambda: all(proxy_dest_stats(cluster).get((host, "lmtp_rcpt_success"), 0) >= 1 for host in placed),
+               15, "lmtp_rcpt_success in proxy_dest_stats")

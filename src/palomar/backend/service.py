@@ -113,7 +113,11 @@ class BackendState:
 
 async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
-    peer = sock.getpeername()
+    try:
+        peer = sock.getpeername()
+    except OSError:  # already gone
+        sock.close()
+        return
     try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
             header = await read_proxy_header(sock)

@@ -134,10 +134,7 @@ def group_access(ctx: ClusterContext, name: str) -> None:
         return owner
 
     result = send_admin(ctx, ctx.run(action).host, "group-access", group=name)
-    if ctx.json_output:
-        ctx.emit_record(result)
-    else:
-        click.echo(f"{name}: {result['result']}")
+    ctx.emit_result(result, f"{name}: {result['result']}")
 
 
 @click.command("run-move")
@@ -150,10 +147,7 @@ def user_run_move(ctx: ClusterContext, username: str) -> None:
         return (await user_backends(ctx, db, username))[0]
 
     result = send_admin(ctx, ctx.run(action).host, "user-access", user=username)
-    if ctx.json_output:
-        ctx.emit_record(result)
-    else:
-        click.echo(f"{username}: {result['result']}")
+    ctx.emit_result(result, f"{username}: {result['result']}")
 
 
 # -- backend evacuate -------------------------------------------------------------------------------

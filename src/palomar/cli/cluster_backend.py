@@ -10,13 +10,14 @@ import click
 
 from palomar.cli import cluster_context
 from palomar.cli.cluster_context import (
-    NUMERIC_ARGS,
     ClusterContext,
     CommandError,
     backend_by_host,
     pass_ctx,
+    self_or_given,
     site_by_name,
 )
+from palomar.cli.cluster_force_move import ForceMoveSubject, add_force_move_group
 from palomar.cli.output import micros_to_iso
 from palomar.cluster import validation as check
 from palomar.cluster.model import Backend, ForceMove
@@ -48,13 +49,7 @@ def backend_record(backend: Backend, site_names: dict[UUID, str]) -> dict[str, A
 
 def _self_or_host(self_flag: bool, host: str | None, ctx: ClusterContext) -> str:
     """`--self | HOST`: exactly one; --self means cluster_backend_name."""
-    if self_flag and host:
-        raise CommandError("give either --self or a backend host, not both")
-    if self_flag:
-        return ctx.local_backend_name()
-    if not host:
-        raise CommandError("missing backend host (or --self)")
-    return host
+    return self_or_given(self_flag, host, "backend host", ctx.local_backend_name)
 
 
 @click.group()
@@ -91,10 +86,8 @@ def backend_add(
         return new
 
     created = ctx.run(action)
-    if ctx.json_output:
-        ctx.emit_record({"host": created.host, "id": created.id, "site": site_name, "status": created.status})
-    else:
-        click.echo(str(created.id))
+    ctx.emit_result({"host": created.host, "id": created.id, "site": site_name, "status": created.status},
+                    str(created.id))
 
 
 @backend.command("remove")
@@ -180,65 +173,25 @@ def backend_list(ctx: ClusterContext, site: str | None) -> None:
     ctx.emit_list(ctx.run(action), BACKEND_COLUMNS)
 
 
-@backend.group("force-move")
-def backend_force_move() -> None:
-    """Move a share of a backend's users to other backends as they log in."""
+def _same_site_destination(host: str, found: Backend, dest_host: str, target: Backend) -> str:
+    if target.site_id != found.site_id:
+        raise CommandError(f"backend '{dest_host}' is not in the same site as '{host}'")
+    return target.host
 
 
-@backend_force_move.command("start", context_settings=NUMERIC_ARGS)
-@click.option("--id", "move_id", metavar="ID", help="Hash salt; reuse it to keep the same users selected.")
-@click.argument("host")
-@click.argument("percent")
-@click.argument("dest", nargs=-1, required=True)
-@pass_ctx
-def backend_force_move_start(
-    ctx: ClusterContext, move_id: str | None, host: str, percent: str, dest: tuple[str, ...]
-) -> None:
-    """Start moving PERCENT% of HOST's users to the DEST backends."""
-    pct = check.percentage(percent)
-    fm_id = check.parse_uuid(move_id, "force-move ID") if move_id else uuid.uuid4()
-
-    async def action(db: GeoDB) -> None:
-        found = await backend_by_host(db, host)
-        dest_hosts: list[str] = []
-        for dest_host in dest:
-            target = await backend_by_host(db, dest_host)
-            if target.id == found.id:
-                raise CommandError(f"backend '{host}' cannot force-move to itself")
-            if target.site_id != found.site_id:
-                raise CommandError(f"backend '{dest_host}' is not in the same site as '{host}'")
-            dest_hosts.append(target.host)
-        await db.backend_force_move_set(found.site_id, found.id, ForceMove(fm_id, pct, tuple(dest_hosts)))
-
-    ctx.run(action)
+async def _store_force_move(db: GeoDB, found: Backend, move: ForceMove) -> None:
+    await db.backend_force_move_set(found.site_id, found.id, move)
 
 
-@backend_force_move.command("update", context_settings=NUMERIC_ARGS)
-@click.argument("host")
-@click.argument("percent")
-@pass_ctx
-def backend_force_move_update(ctx: ClusterContext, host: str, percent: str) -> None:
-    """Change the percentage of a running force-move."""
-    pct = check.percentage(percent)
-
-    async def action(db: GeoDB) -> None:
-        found = await backend_by_host(db, host)
-        if found.force_move is None:
-            raise CommandError(f"backend '{host}' has no force-move running")
-        fm = found.force_move
-        await db.backend_force_move_set(found.site_id, found.id, ForceMove(fm.id, pct, fm.dest))
-
-    ctx.run(action)
+async def _clear_force_move(db: GeoDB, found: Backend) -> None:
+    await db.backend_force_move_clear(found.site_id, found.id)
 
 
-@backend_force_move.command("stop")
-@click.argument("host")
-@pass_ctx
-def backend_force_move_stop(ctx: ClusterContext, host: str) -> None:
-    """Stop a force-move (nothing happens when none is running)."""
-
-    async def action(db: GeoDB) -> None:
-        found = await backend_by_host(db, host)
-        await db.backend_force_move_clear(found.site_id, found.id)
-
-    ctx.run(action)
+backend_force_move = add_force_move_group(backend, ForceMoveSubject(
+    noun="backend",
+    argument="host",
+    find=backend_by_host,
+    destination=_same_site_destination,
+    store=_store_force_move,
+    clear=_clear_force_move,
+))

@@ -145,6 +145,13 @@ class ClusterContext:
         else:
             click.echo(output.fields(record))
 
+    def emit_result(self, record: output.Record, line: str) -> None:
+        """A verb's outcome: the record for scripts (--json), one line for people."""
+        if self.json_output:
+            self.emit_record(record)
+        else:
+            click.echo(line)
+
     def warn(self, message: str) -> None:
         click.echo(f"{PROG}: warning: {message}", err=True)
 
@@ -154,6 +161,17 @@ pass_ctx = click.make_pass_decorator(ClusterContext)
 
 def default_config_path() -> str:
     return os.environ.get("PALOMAR_CONFIG") or DEFAULT_CONFIG
+
+
+def self_or_given(self_flag: bool, given: str | None, what: str, local: Callable[[], str]) -> str:
+    """`--self | <what>`: exactly one of them; --self means this host's own, from `local()`."""
+    if self_flag and given:
+        raise CommandError(f"give either --self or a {what}, not both")
+    if self_flag:
+        return local()
+    if not given:
+        raise CommandError(f"missing {what} (or --self)")
+    return given
 
 
 # -- lookups shared by the verbs ------------------------------------------------------------------
@@ -166,13 +184,19 @@ async def site_by_name(db: GeoDB, name: str) -> Site:
     return site
 
 
+async def _by_name_or_id(
+    text: str, noun: str, by_name: Callable[[str], Awaitable[T | None]], by_id: Callable[[UUID], Awaitable[T | None]]
+) -> T:
+    found = await by_name(text)
+    if found is None and looks_like_uuid(text):
+        found = await by_id(UUID(text))
+    if found is None:
+        raise CommandError(f"{noun} '{text}' does not exist")
+    return found
+
+
 async def site_by_name_or_id(db: GeoDB, text: str) -> Site:
-    site = await db.site_get_by_name(text)
-    if site is None and looks_like_uuid(text):
-        site = await db.site_get(UUID(text))
-    if site is None:
-        raise CommandError(f"site '{text}' does not exist")
-    return site
+    return await _by_name_or_id(text, "site", db.site_get_by_name, db.site_get)
 
 
 async def backend_by_host(db: GeoDB, host: str) -> Backend:
@@ -183,9 +207,4 @@ async def backend_by_host(db: GeoDB, host: str) -> Backend:
 
 
 async def tag_by_name_or_id(db: GeoDB, text: str) -> Tag:
-    tag = await db.tag_get_by_name(text)
-    if tag is None and looks_like_uuid(text):
-        tag = await db.tag_get(UUID(text))
-    if tag is None:
-        raise CommandError(f"tag '{text}' does not exist")
-    return tag
+    return await _by_name_or_id(text, "tag", db.tag_get_by_name, db.tag_get)

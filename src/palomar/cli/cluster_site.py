@@ -14,9 +14,11 @@ from palomar.cli.cluster_context import (
     ClusterContext,
     CommandError,
     pass_ctx,
+    self_or_given,
     site_by_name,
     tag_by_name_or_id,
 )
+from palomar.cli.cluster_force_move import ForceMoveSubject, add_force_move_group
 from palomar.cluster import validation as check
 from palomar.cluster.model import ForceMove, Group, Site
 from palomar.geodb.repository import GeoDB
@@ -27,13 +29,7 @@ _DEFAULT_GROUP = re.compile(r"^default-[1-9][0-9]*$")
 
 def _self_or_name(self_flag: bool, name: str | None, ctx: ClusterContext) -> str:
     """`--self | NAME`: exactly one of them; --self means cluster_local_site."""
-    if self_flag and name:
-        raise CommandError("give either --self or a site name, not both")
-    if self_flag:
-        return ctx.local_site_name()
-    if not name:
-        raise CommandError("missing site name (or --self)")
-    return name
+    return self_or_given(self_flag, name, "site name", ctx.local_site_name)
 
 
 def site_record(site: Site, site_names: dict[UUID, str], tag_names: dict[UUID, str]) -> dict[str, Any]:
@@ -91,10 +87,7 @@ def site_add(
         return new
 
     created = ctx.run(action)
-    if ctx.json_output:
-        ctx.emit_record({"name": created.name, "id": created.id, "status": created.status})
-    else:
-        click.echo(str(created.id))
+    ctx.emit_result({"name": created.name, "id": created.id, "status": created.status}, str(created.id))
 
 
 @site.command("remove")
@@ -229,75 +222,28 @@ def site_init(ctx: ClusterContext, recreate: bool, self_flag: bool, name: str | 
         }
 
     result = ctx.run(action)
-    if ctx.json_output:
-        ctx.emit_record(result)
-    else:
-        text = f"site '{result['site']}': {result['created']} of {count} default groups created"
-        if recreate:
-            text += f", {result['deleted']} deleted, {result['unassigned_users']} users unassigned"
-        click.echo(text)
+    text = f"site '{result['site']}': {result['created']} of {count} default groups created"
+    if recreate:
+        text += f", {result['deleted']} deleted, {result['unassigned_users']} users unassigned"
+    ctx.emit_result(result, text)
 
 
-@site.group("force-move")
-def site_force_move() -> None:
-    """Move a share of a site's users to other sites as they log in."""
+async def _store_force_move(db: GeoDB, found: Site, move: ForceMove) -> None:
+    await db.site_force_move_set(found.id, move)
 
 
-@site_force_move.command("start", context_settings=NUMERIC_ARGS)
-@click.option("--id", "move_id", metavar="ID", help="Hash salt; reuse it to keep the same users selected.")
-@click.argument("name")
-@click.argument("percent")
-@click.argument("dest", nargs=-1, required=True)
-@pass_ctx
-def site_force_move_start(
-    ctx: ClusterContext, move_id: str | None, name: str, percent: str, dest: tuple[str, ...]
-) -> None:
-    """Start moving PERCENT% of NAME's users to the DEST sites."""
-    pct = check.percentage(percent)
-    fm_id = check.parse_uuid(move_id, "force-move ID") if move_id else uuid.uuid4()
-
-    async def action(db: GeoDB) -> None:
-        found = await site_by_name(db, name)
-        dest_ids: list[str] = []
-        for dest_name in dest:
-            target = await site_by_name(db, dest_name)
-            if target.id == found.id:
-                raise CommandError(f"site '{name}' cannot force-move to itself")
-            dest_ids.append(str(target.id))
-        await db.site_force_move_set(found.id, ForceMove(id=fm_id, percentage=pct, dest=tuple(dest_ids)))
-
-    ctx.run(action)
+async def _clear_force_move(db: GeoDB, found: Site) -> None:
+    await db.site_force_move_clear(found.id)
 
 
-@site_force_move.command("update", context_settings=NUMERIC_ARGS)
-@click.argument("name")
-@click.argument("percent")
-@pass_ctx
-def site_force_move_update(ctx: ClusterContext, name: str, percent: str) -> None:
-    """Change the percentage of a running force-move (same ID, same users first)."""
-    pct = check.percentage(percent)
-
-    async def action(db: GeoDB) -> None:
-        found = await site_by_name(db, name)
-        if found.force_move is None:
-            raise CommandError(f"site '{name}' has no force-move running")
-        await db.site_force_move_set(
-            found.id, ForceMove(id=found.force_move.id, percentage=pct, dest=found.force_move.dest)
-        )
-
-    ctx.run(action)
-
-
-@site_force_move.command("stop")
-@click.argument("name")
-@pass_ctx
-def site_force_move_stop(ctx: ClusterContext, name: str) -> None:
-    """Stop a force-move (nothing happens when none is running)."""
-
-    async def action(db: GeoDB) -> None:
-        await db.site_force_move_clear((await site_by_name(db, name)).id)
-
-    ctx.run(action)
+site_force_move = add_force_move_group(site, ForceMoveSubject(
+    noun="site",
+    argument="name",
+    find=site_by_name,
+    destination=lambda name, found, dest_name, target: str(target.id),
+    store=_store_force_move,
+    clear=_clear_force_move,
+))
 
 
 @site.command("recover", context_settings=NUMERIC_ARGS)

@@ -35,10 +35,7 @@ def tag_create(ctx: ClusterContext, tag_id: str | None, name: str) -> None:
         return new
 
     created = ctx.run(action)
-    if ctx.json_output:
-        ctx.emit_record({"name": created.name, "id": created.id})
-    else:
-        click.echo(str(created.id))
+    ctx.emit_result({"name": created.name, "id": created.id}, str(created.id))
 
 
 @click.command("delete")

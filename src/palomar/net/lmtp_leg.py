@@ -39,7 +39,8 @@ class LmtpLeg:
 
     @property
     def usable(self) -> bool:
-        return self.failure is None
+        """Not failed, and the server has not closed the connection meanwhile (e.g. an idle timeout)."""
+        return self.failure is None and not self.link.closed
 
     def feed(self, data: bytes) -> None:
         """Bytes that arrived before this leg existed (e.g. after the hop's reply line)."""

@@ -19,13 +19,24 @@ from palomar.protocols.imap_syntax import (
     ArgReader,
     ImapSyntaxError,
     LineAssembler,
-    LineTooLong,
     LiteralAnnounced,
     Response,
     decode,
     parse_response,
     quote,
 )
+from palomar.protocols.login_core import (
+    Close,
+    LoginClientCore,
+    LoginFailure,
+    LoginServerCore,
+    MasterLoginMixin,
+    ServerState,
+    next_message_inline,
+    shorten,
+)
+from palomar.protocols.login_core import text_line as _line
+from palomar.protocols.sasl import MECHANISMS, Credentials, plain_initial_response
 from palomar.protocols.sasl import b64decode_strict as _b64decode
 
 __all__ = [
@@ -52,7 +63,6 @@ __all__ = [
 DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "IMAP4rev1", "SASL-IR", "LOGIN-REFERRALS", "ID", "ENABLE", "IDLE", "LITERAL+",
 )
-MECHANISMS = ("PLAIN", "LOGIN")
 MAX_TAG_LENGTH = 100
 MAX_ID_KEY = 30
 MAX_ID_VALUE = 1024
@@ -65,12 +75,6 @@ _TAG_FORBIDDEN = frozenset(b'+(){ %*"\\')
 
 
 # --------------------------------------------------------------------------- formatting
-
-
-def _line(text: str) -> bytes:
-    if "\r" in text or "\n" in text:
-        raise ValueError("reply text must be a single line")
-    return text.encode("utf-8", "surrogateescape") + b"\r\n"
 
 
 def tagged(tag: str, status: str, text: str) -> bytes:
@@ -111,7 +115,7 @@ def _valid_tag(raw: bytes) -> str | None:
 
 
 @dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(MasterLoginMixin):
     """The client asked to log in; answer with login_failed() or login_succeeded().
 
     `command` is LOGIN or AUTHENTICATE; `mechanism` is the SASL mechanism (the LOGIN
@@ -125,10 +129,6 @@ class LoginRequest:
     mechanism: str = "PLAIN"
     command: str = "LOGIN"
     authzid: str | None = None
-
-    @property
-    def is_master_login(self) -> bool:
-        return self.authzid is not None and self.authzid != self.username
 
 
 @dataclass(frozen=True)
@@ -146,30 +146,16 @@ class IdReceived:
     params: tuple[tuple[str, str | None], ...]
 
 
-@dataclass(frozen=True)
-class Close:
-    """Close the connection after sending data_to_send()."""
-
-    reason: str
-
-
 Event = LoginRequest | StartTlsRequest | IdReceived | Close
-
-
-class ServerState(enum.Enum):
-    COMMAND = "command"
-    AUTH_CONTINUE = "auth-continue"
-    AWAIT_LOGIN = "await-login"
-    AWAIT_TLS = "await-tls"
-    LOGGED_IN = "logged-in"
-    CLOSED = "closed"
 
 
 # --------------------------------------------------------------------------- server
 
 
-class ImapLoginServer:
+class ImapLoginServer(LoginServerCore):
     """Pre-login IMAP server core: answers what it can by itself and hands logins to the caller."""
+
+    _lines: LineAssembler
 
     def __init__(
         self,
@@ -189,33 +175,15 @@ class ImapLoginServer:
             if upper in ("STARTTLS", "LOGINDISABLED") or upper.startswith("AUTH="):
                 raise ValueError(f"{cap} is decided by the connection state, not configured")
         _line(greeting)
-        self.starttls = starttls
-        self.secured = secured
-        self.allow_cleartext = allow_cleartext
-        self.greeting_text = greeting
-        self.max_line = max_line
-        self.max_bad_commands = max_bad_commands
+        super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
+                         max_line=max_line, max_bad_commands=max_bad_commands)
         self.server_id = tuple(server_id)
-        self.state = ServerState.COMMAND
         #: The client used CAPABILITY before any STARTTLS: it may ignore [CAPABILITY] codes,
         #: so the post-login capabilities should be sent as an untagged line too.
         self.client_used_capability = False
-        self.tls_active = False
-        self.bad_commands = 0
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
-        self._pending_tag: str | None = None
-        self._auth: _SaslState | None = None
-        self._after_login = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<ImapLoginServer state={self.state.value} secured={self.secured}>"
+        self._auth_tag = ""  # the tag of the AUTHENTICATE exchange in progress
 
     # ---- what the caller asks
-
-    @property
-    def cleartext_allowed(self) -> bool:
-        return self.secured or self.allow_cleartext
 
     def capability_string(self) -> str:
         caps = list(self.base_capabilities)
@@ -230,91 +198,29 @@ class ImapLoginServer:
     def greeting(self) -> bytes:
         return untagged(f"OK [CAPABILITY {self.capability_string()}] {self.greeting_text}")
 
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def receive(self, data: bytes) -> list[Event]:
-        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
-            return []  # bytes before the TLS handshake are dropped: command injection defence
-        if self.state is ServerState.LOGGED_IN:
-            self._after_login += data
-            return []
-        self._lines.feed(data)
-        if self.state is ServerState.AWAIT_LOGIN:
-            events: list[Event] = []
-            if self._lines.buffered > max(8 * self.max_line, 65536):
-                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
-            return events
-        return self._process()
-
-    def tls_started(self) -> None:
-        """The TLS handshake after STARTTLS is done; read commands again, now secured."""
-        if self.state is not ServerState.AWAIT_TLS:
-            raise RuntimeError("tls_started() without STARTTLS")
-        self.secured = True
-        self.tls_active = True
-        self._lines = LineAssembler(self.max_line)
-        self.state = ServerState.COMMAND
-
     def login_failed(self, tag: str, response: str) -> list[Event]:
         """Send `tag <response>` (e.g. AUTH_FAILED) and resume reading commands."""
         self._check_pending(tag)
-        self._out += _line(f"{tag} {response}")
-        self._pending_tag = None
-        self.state = ServerState.COMMAND
-        return self._process()
+        return self._login_refused(_line(f"{tag} {response}"))
 
-    def login_succeeded(self) -> None:
-        """The caller has written the OK; from now on the core produces nothing."""
-        self._check_pending(self._pending_tag or "")
-        self._pending_tag = None
-        self.state = ServerState.LOGGED_IN
-        self._after_login[:0] = self._lines.take_buffer()
+    # ---- input
 
-    def leftover(self) -> bytes:
-        """Bytes the client sent after its login command (to relay to the backend); clears them."""
-        data = bytes(self._after_login)
-        self._after_login.clear()
-        return data
-
-    def _check_pending(self, tag: str) -> None:
-        if self.state is not ServerState.AWAIT_LOGIN or tag != self._pending_tag:
-            raise RuntimeError("no login is waiting for this tag")
-
-    # ---- input loop
-
-    def _process(self) -> list[Event]:
-        events: list[Event] = []
+    def _next_input(self, events: list[Event]) -> bytes | None:
         while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
-            try:
-                item = self._lines.next_message(literals=self.state is ServerState.COMMAND)
-            except LineTooLong:
-                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
-                break
-            if item is None:
-                break
-            if isinstance(item, LiteralAnnounced):
-                self._on_literal(item, events)
-            elif self.state is ServerState.AUTH_CONTINUE:
-                self._on_sasl_response(item, events)
-            else:
-                self._on_command(item, events)
-        return events
+            item = self._lines.next_message(literals=self.state is ServerState.COMMAND)
+            if not isinstance(item, LiteralAnnounced):
+                return item
+            self._on_literal(item, events)
+        return None
 
-    def _close_with_bye(self, text: str, reason: str, events: list[Event]) -> None:
-        self._out += untagged(f"BYE {text}")
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close(reason))
+    def _input_full(self) -> bytes:
+        return untagged(f"BYE {INPUT_FULL}")
+
+    def _too_many_bad(self) -> bytes:
+        return untagged("BYE Too many invalid IMAP commands.")
 
     def _bad_command(self, tag: str | None, events: list[Event], text: str = BAD_COMMAND) -> None:
-        self.bad_commands += 1
-        if self.bad_commands >= self.max_bad_commands:
-            self._close_with_bye("Too many invalid IMAP commands.", "Too many invalid commands", events)
-        else:
-            self._out += tagged(tag or "*", "BAD", text)
+        self._reject_command(tagged(tag or "*", "BAD", text), events)
 
     def _on_literal(self, announced: LiteralAnnounced, events: list[Event]) -> None:
         fits = len(announced.head) + announced.size <= self.max_line
@@ -323,7 +229,7 @@ class ImapLoginServer:
             if fits:
                 self._lines.accept_literal()
             else:
-                self._close_with_bye(INPUT_FULL, "Input buffer full", events)
+                self._close(self._input_full(), "Input buffer full", events)
             return
         raw_tag, _, rest = announced.head.partition(b" ")
         tag = _valid_tag(raw_tag)
@@ -384,11 +290,8 @@ class ImapLoginServer:
 
     def _cmd_logout(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         reader.end()
-        self._out += untagged("BYE Logging out")
-        self._out += tagged(tag, "OK", "Logout completed.")
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close("Aborted login (logged out)"))
+        self._close(untagged("BYE Logging out") + tagged(tag, "OK", "Logout completed."),
+                    "Aborted login (logged out)", events)
 
     def _cmd_enable(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         self._out += tagged(tag, "BAD", "ENABLE is not allowed before authentication.")
@@ -401,10 +304,7 @@ class ImapLoginServer:
         if not self.starttls:
             self._out += tagged(tag, "BAD", "TLS support isn't enabled.")
             return
-        self._out += tagged(tag, "OK", "Begin TLS negotiation now.")
-        self._lines.reset()  # anything pipelined in plaintext is discarded
-        self.state = ServerState.AWAIT_TLS
-        events.append(StartTlsRequest(tag))
+        self._start_tls(tagged(tag, "OK", "Begin TLS negotiation now."), StartTlsRequest(tag), events)
 
     def _cmd_id(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         try:
@@ -445,76 +345,32 @@ class ImapLoginServer:
         if not self.cleartext_allowed:
             self._out += _line(f"{tag} {PRIVACY_REQUIRED}")
             return
-        self._auth = _SaslState(tag, mech)
-        if initial is None:
-            self._challenge(b"" if mech == "PLAIN" else b"Username:")
-            return
-        try:
-            data = b"" if initial == b"=" else _b64decode(initial)
-        except binascii.Error:
-            self._auth = None
-            self._out += tagged(tag, "BAD", "Invalid base64 data in initial response")
-            return
-        self._sasl_step(data, events)
+        decoded: bytes | None = None
+        if initial is not None:
+            try:
+                decoded = b"" if initial == b"=" else _b64decode(initial)
+            except binascii.Error:
+                self._out += tagged(tag, "BAD", "Invalid base64 data in initial response")
+                return
+        self._auth_tag = tag
+        self._start_sasl(mech, decoded, events)
 
     # ---- SASL
 
-    def _challenge(self, data: bytes) -> None:
-        self._out += b"+ " + base64.b64encode(data) + b"\r\n"
-        self.state = ServerState.AUTH_CONTINUE
-
     def _on_sasl_response(self, line: bytes, events: list[Event]) -> None:
-        assert self._auth is not None
-        tag = self._auth.tag
-        self.state = ServerState.COMMAND
-        if line == b"*":
-            self._auth = None
-            self._out += tagged(tag, "BAD", "Authentication aborted by client.")
-            return
-        try:
-            data = _b64decode(line)
-        except binascii.Error:
-            self._auth = None
-            self._out += tagged(tag, "BAD", "Invalid base64 data in continued response")
-            return
-        self._sasl_step(data, events)
+        tag = self._auth_tag
+        self._sasl_continue(line, events, aborted=tagged(tag, "BAD", "Authentication aborted by client."),
+                            invalid=tagged(tag, "BAD", "Invalid base64 data in continued response"))
 
-    def _sasl_step(self, data: bytes, events: list[Event]) -> None:
-        auth = self._auth
-        assert auth is not None
-        if auth.mechanism == "LOGIN" and auth.username is None:
-            auth.username = data
-            self._challenge(b"Password:")
-            return
-        self._auth = None
-        if auth.mechanism == "LOGIN":
-            assert auth.username is not None
-            user, password, authzid = auth.username, data, None
-        else:
-            parts = data.split(b"\0")
-            if len(parts) != 3:
-                self._out += _line(f"{auth.tag} {AUTH_FAILED}")
-                return
-            authzid, user, password = parts
-        if not user:
-            self._out += _line(f"{auth.tag} {AUTH_FAILED}")
-            return
-        self._request_login(LoginRequest(
-            auth.tag, decode(user), decode(password), auth.mechanism, "AUTHENTICATE",
-            decode(authzid) if authzid else None,
-        ), events)
+    def _challenge(self, data: bytes) -> bytes:
+        return b"+ " + base64.b64encode(data) + b"\r\n"
 
-    def _request_login(self, request: LoginRequest, events: list[Event]) -> None:
-        self._pending_tag = request.tag
-        self.state = ServerState.AWAIT_LOGIN
-        events.append(request)
+    def _auth_failed(self) -> bytes:
+        return _line(f"{self._auth_tag} {AUTH_FAILED}")
 
-
-@dataclass
-class _SaslState:
-    tag: str
-    mechanism: str
-    username: bytes | None = field(default=None, repr=False)
+    def _login_request(self, credentials: Credentials, mechanism: str) -> LoginRequest:
+        return LoginRequest(self._auth_tag, credentials.username, credentials.password, mechanism,
+                            "AUTHENTICATE", credentials.authzid)
 
 
 def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
@@ -568,7 +424,7 @@ class LoggedIn:
 
 
 @dataclass(frozen=True)
-class LoginFailed:
+class LoginFailed(LoginFailure):
     """The login did not succeed.
 
     kind: `auth` (wrong credentials, or a NO without code), `temp` (UNAVAILABLE, or the
@@ -576,12 +432,6 @@ class LoginFailed:
     holds the URL), `config` (SERVERBUG), `other` (another response code, to forward
     verbatim) or `protocol` (the backend did not speak IMAP as expected).
     """
-
-    kind: str
-    response_code: str | None
-    text: str
-    referral: str | None = None
-    line: bytes = b""
 
 
 LoginResult = LoggedIn | LoginFailed
@@ -598,10 +448,13 @@ _TEMP_CODES = frozenset({"UNAVAILABLE"})
 _AUTH_CODES = frozenset({"AUTHENTICATIONFAILED", "AUTHORIZATIONFAILED"})
 
 
-class ImapLoginClient:
+class ImapLoginClient(LoginClientCore[LoginResult]):
     """Logs a user in to a Dovecot backend as a master user (SASL PLAIN with
     authzid=username, authcid=master_user), in Dovecot's proxy order: banner, optional
     `C CAPABILITY`, `I ID (...)` and `L AUTHENTICATE PLAIN` pipelined."""
+
+    _DONE = ClientState.DONE
+    _FAILED = LoginFailed
 
     def __init__(
         self,
@@ -612,84 +465,26 @@ class ImapLoginClient:
         id_fields: Sequence[tuple[str, str | None]] = (),
         max_line: int = 65536,
     ) -> None:
-        for value in (username, master_user, master_password):
-            if "\0" in value:
-                raise ValueError("NUL is not allowed in SASL PLAIN fields")
-        if not username or not master_user:
-            raise ValueError("username and master_user must not be empty")
-        self.username = username
+        super().__init__(username, master_user, state=ClientState.BANNER, reader=LineAssembler(max_line))
         self._id_line = (
             "I ID (" + " ".join(f"{quote(k)} {'NIL' if v is None else quote(v)}" for k, v in id_fields) + ")"
             if id_fields else None
         )
-        plain = "\0".join((username, master_user, master_password)).encode("utf-8", "surrogateescape")
-        self._initial_response = base64.b64encode(plain)
-        self.state = ClientState.BANNER
+        self._initial_response = plain_initial_response(username, master_user, master_password)
         self.capabilities: list[str] = []
-        self.result: LoginResult | None = None
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
         self._untagged = bytearray()
         self._awaiting_challenge = False
-        self._leftover = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<ImapLoginClient user={self.username!r} state={self.state.value}>"
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def leftover(self) -> bytes:
-        """Bytes the backend sent after its tagged login reply; clears them."""
-        data = bytes(self._leftover)
-        self._leftover.clear()
-        return data
-
-    def connection_lost(self) -> LoginResult:
-        """The backend closed the connection; the result, or a temporary failure if none yet."""
-        if self.result is None:
-            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
-        assert self.result is not None
-        return self.result
-
-    def receive(self, data: bytes) -> LoginResult | None:
-        """Feed the backend's bytes; returns the result once, when it is known."""
-        if self.state is ClientState.DONE:
-            self._leftover += data
-            return None
-        self._lines.feed(data)
-        while self.state is not ClientState.DONE:
-            try:
-                item = self._lines.next_message()
-                if isinstance(item, LiteralAnnounced):
-                    self._lines.accept_literal()
-                    continue
-            except LineTooLong:
-                return self._protocol_error("Backend sent a too long line")
-            if item is None:
-                return None
-            self._on_line(item)
-        return self.result
 
     # ---- internals
 
-    def _finish(self, result: LoginResult) -> None:
-        self.result = result
-        self.state = ClientState.DONE
-        self._leftover[:0] = self._lines.take_buffer()
+    def _next_input(self) -> bytes | None:
+        return next_message_inline(self._reader)
 
-    def _protocol_error(self, text: str) -> LoginResult:
-        self._finish(LoginFailed("protocol", None, text))
-        assert self.result is not None
-        return self.result
-
-    def _on_line(self, line: bytes) -> None:
+    def _on_input(self, line: bytes) -> None:
         try:
             resp = parse_response(line)
         except ImapSyntaxError:
-            self._protocol_error(f"Invalid reply from backend: {_shorten(line)}")
+            self._protocol_error(f"Invalid reply from backend: {shorten(line)}")
             return
         if self.state is ClientState.BANNER:
             self._on_banner(resp)
@@ -702,7 +497,7 @@ class ImapLoginClient:
 
     def _on_banner(self, resp: Response) -> None:
         if resp.tag != "*" or resp.status != "OK":
-            self._protocol_error(f"Invalid banner: {_shorten(resp.raw)}")
+            self._protocol_error(f"Invalid banner: {shorten(resp.raw)}")
             return
         if resp.code == "CAPABILITY" and resp.code_args:
             self.capabilities = resp.code_args.split()
@@ -739,7 +534,7 @@ class ImapLoginClient:
         if resp.tag == "C" and resp.status == "OK" and self.capabilities:
             self._start_login()
         else:
-            self._protocol_error(f"CAPABILITY failed: {_shorten(resp.raw)}")
+            self._protocol_error(f"CAPABILITY failed: {shorten(resp.raw)}")
 
     def _on_login_reply(self, resp: Response) -> None:
         if resp.tag == "+":
@@ -754,7 +549,7 @@ class ImapLoginClient:
         elif resp.tag == "L":
             self._on_tagged_login(resp)
         else:
-            self._protocol_error(f"Unexpected reply from backend: {_shorten(resp.raw)}")
+            self._protocol_error(f"Unexpected reply from backend: {shorten(resp.raw)}")
 
     def _on_tagged_login(self, resp: Response) -> None:
         if resp.status == "OK":
@@ -763,7 +558,7 @@ class ImapLoginClient:
             self._finish(LoggedIn(resp.raw, list(self.capabilities), bytes(self._untagged)))
             return
         if resp.status != "NO":
-            self._protocol_error(f"Login refused by backend: {_shorten(resp.raw)}")
+            self._protocol_error(f"Login refused by backend: {shorten(resp.raw)}")
             return
         code = resp.code
         if code is None or code in _AUTH_CODES:
@@ -781,9 +576,3 @@ class ImapLoginClient:
             self._protocol_error("REFERRAL without a URL")
             return
         self._finish(LoginFailed(kind, code, resp.text, referral, resp.raw))
-
-
-def _shorten(raw: bytes, limit: int = 80) -> str:
-    text = decode(raw.rstrip(b"\r\n"))
-    return text if len(text) <= limit else text[:limit] + "..."
-

@@ -26,6 +26,8 @@ from palomar.protocols.smtp_syntax import (
     ehlo_keywords,
     format_reply,
     format_xclient,
+    greeting_reply,
+    hello_name_error,
     parse_command,
     parse_mail_from,
     parse_rcpt_to,
@@ -181,11 +183,9 @@ class LmtpServer:
         unknown = self.extensions - OPTIONAL_CAPABILITIES
         if unknown:
             raise ValueError(f"unsupported LMTP capabilities: {', '.join(sorted(unknown))}")
-        if not hostname or any(ch.isspace() for ch in hostname):
-            raise ValueError("hostname must be one word")
+        greeting_reply(hostname, greeting)  # refuses a bad host name or greeting before anything is sent
         if max_size is not None and max_size <= 0:
             raise ValueError("max_size must be positive")
-        format_reply(220, None, f"{hostname} {greeting}")
         self.hostname = hostname
         self.max_size = max_size
         self.greeting_text = greeting
@@ -215,7 +215,7 @@ class LmtpServer:
         return sorted(caps)
 
     def greeting(self) -> bytes:
-        return format_reply(220, None, f"{self.hostname} {self.greeting_text}")
+        return greeting_reply(self.hostname, self.greeting_text)
 
     def data_to_send(self) -> bytes:
         data = bytes(self._out)
@@ -334,11 +334,9 @@ class LmtpServer:
 
     def _cmd_lhlo(self, args: str, events: list[Event]) -> None:
         name = args.strip(" ")
-        if not name:
-            self._out += _out("501 Missing hostname")
-            return
-        if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in name):
-            self._out += _out("501 5.5.4 Invalid hostname")
+        error = hello_name_error(name)
+        if error is not None:
+            self._out += _out(error)
             return
         self._reset("LHLO", events)
         self.lhlo_name = name

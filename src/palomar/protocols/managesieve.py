@@ -21,20 +21,22 @@ from palomar.protocols.imap_syntax import (
     ArgReader,
     ImapSyntaxError,
     LineAssembler,
-    LineTooLong,
-    LiteralAnnounced,
     decode,
     quote,
 )
-from palomar.protocols.pop3 import format_xclient
-from palomar.protocols.sasl import (
-    MECHANISMS,
-    Challenge,
-    Credentials,
-    SaslServer,
-    b64decode_strict,
-    plain_initial_response,
+from palomar.protocols.login_core import (
+    Close,
+    LoginClientCore,
+    LoginFailure,
+    LoginServerCore,
+    MasterLoginMixin,
+    ServerState,
+    next_message_inline,
+    shorten,
 )
+from palomar.protocols.login_core import text_line as _line
+from palomar.protocols.pop3 import format_xclient
+from palomar.protocols.sasl import MECHANISMS, Credentials, b64decode_strict, plain_initial_response
 
 __all__ = [
     "AUTH_FAILED",
@@ -91,12 +93,6 @@ def referral_response(url: str, text: str = "Try this server instead.") -> str:
     return response("NO", text, f"REFERRAL {quote(url)}")
 
 
-def _line(text: str) -> bytes:
-    if "\r" in text or "\n" in text:
-        raise ValueError("reply text must be a single line")
-    return text.encode("utf-8", "surrogateescape") + b"\r\n"
-
-
 def _capability_line(name: str, value: str | None) -> bytes:
     return _line(quote(name) if value is None else f"{quote(name)} {quote(value)}")
 
@@ -148,7 +144,7 @@ def parse_response(message: bytes) -> SieveResponse:
 
 
 @dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(MasterLoginMixin):
     """The client asked to log in (AUTHENTICATE); answer with login_failed() or login_succeeded().
 
     `authzid` is set when a PLAIN client asked to act as another user."""
@@ -160,10 +156,6 @@ class LoginRequest:
     command: str = "AUTHENTICATE"
     authzid: str | None = None
 
-    @property
-    def is_master_login(self) -> bool:
-        return self.authzid is not None and self.authzid != self.username
-
 
 @dataclass(frozen=True)
 class StartTlsRequest:
@@ -172,30 +164,16 @@ class StartTlsRequest:
     tag: None = None
 
 
-@dataclass(frozen=True)
-class Close:
-    """Close the connection after sending data_to_send()."""
-
-    reason: str
-
-
 Event = LoginRequest | StartTlsRequest | Close
-
-
-class ServerState(enum.Enum):
-    COMMAND = "command"
-    AUTH_CONTINUE = "auth-continue"
-    AWAIT_LOGIN = "await-login"
-    AWAIT_TLS = "await-tls"
-    LOGGED_IN = "logged-in"
-    CLOSED = "closed"
 
 
 # --------------------------------------------------------------------------- server
 
 
-class SieveLoginServer:
+class SieveLoginServer(LoginServerCore):
     """Pre-login ManageSieve server core: answers what it can by itself and hands logins to the caller."""
+
+    _lines: LineAssembler
 
     def __init__(
         self,
@@ -212,31 +190,13 @@ class SieveLoginServer:
     ) -> None:
         for text in (sieve_extensions, implementation, notify_methods or "", greeting):
             quote(text)  # refuses CR, LF and NUL before anything is sent
-        self.starttls = starttls
-        self.secured = secured
-        self.allow_cleartext = allow_cleartext
+        super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
+                         max_line=max_line, max_bad_commands=max_bad_commands)
         self.sieve_extensions = sieve_extensions
         self.implementation = implementation
         self.notify_methods = notify_methods
-        self.greeting_text = greeting
-        self.max_line = max_line
-        self.max_bad_commands = max_bad_commands
-        self.state = ServerState.COMMAND
-        self.tls_active = False
-        self.bad_commands = 0
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
-        self._sasl: SaslServer | None = None
-        self._after_login = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<SieveLoginServer state={self.state.value} secured={self.secured}>"
 
     # ---- what the caller asks
-
-    @property
-    def cleartext_allowed(self) -> bool:
-        return self.secured or self.allow_cleartext
 
     def mechanisms(self) -> tuple[str, ...]:
         """Both mechanisms send passwords in the clear: none before TLS when that is refused."""
@@ -262,34 +222,10 @@ class SieveLoginServer:
     def greeting(self) -> bytes:
         return self.capability_lines() + _line(response("OK", self.greeting_text))
 
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def receive(self, data: bytes) -> list[Event]:
-        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
-            return []  # bytes before the TLS handshake are dropped: command injection defence
-        if self.state is ServerState.LOGGED_IN:
-            self._after_login += data
-            return []
-        self._lines.feed(data)
-        if self.state is ServerState.AWAIT_LOGIN:
-            events: list[Event] = []
-            if self._lines.buffered > max(8 * self.max_line, 65536):
-                self._bye(INPUT_FULL, "Input buffer full", events)
-            return events
-        return self._process()
-
     def tls_started(self) -> None:
         """The TLS handshake after STARTTLS is done: queue the capabilities again (RFC 5804 §2.2,
         now without STARTTLS and with the mechanisms) and read commands, now secured."""
-        if self.state is not ServerState.AWAIT_TLS:
-            raise RuntimeError("tls_started() without STARTTLS")
-        self.secured = True
-        self.tls_active = True
-        self._lines = LineAssembler(self.max_line)
-        self.state = ServerState.COMMAND
+        super().tls_started()
         self._out += self.capability_lines() + _line(response("OK", "TLS negotiation successful."))
 
     def login_failed(self, tag: None, reply: str) -> list[Event]:
@@ -298,62 +234,27 @@ class SieveLoginServer:
         `tag` is the request's tag, always None here; it is there so one caller can drive
         every protocol's core alike."""
         self._check_pending(tag)
-        self._out += _line(reply)
-        self.state = ServerState.COMMAND
-        return self._process()
+        return self._login_refused(_line(reply))
 
-    def login_succeeded(self) -> None:
-        """The caller has written the backend's OK; from now on the core produces nothing."""
-        self._check_pending(None)
-        self.state = ServerState.LOGGED_IN
-        self._after_login[:0] = self._lines.take_buffer()
+    # ---- input
 
-    def leftover(self) -> bytes:
-        """Bytes the client sent after its AUTHENTICATE (to relay to the backend); clears them."""
-        data = bytes(self._after_login)
-        self._after_login.clear()
-        return data
+    def _next_input(self, events: list[Event]) -> bytes | None:
+        # Clients send literal bytes without waiting (RFC 5804 wants `{n+}`; Dovecot reads
+        # `{n}` the same way), so a literal that does not fit leaves no way to find the
+        # next command: give up.
+        return next_message_inline(self._lines)
 
-    def _check_pending(self, tag: None) -> None:
-        if self.state is not ServerState.AWAIT_LOGIN or tag is not None:
-            raise RuntimeError("no login is waiting")
+    def _bye(self, text: str) -> bytes:
+        return _line(response("BYE", text))
 
-    # ---- input loop
+    def _input_full(self) -> bytes:
+        return self._bye(INPUT_FULL)
 
-    def _process(self) -> list[Event]:
-        events: list[Event] = []
-        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
-            try:
-                item = self._lines.next_message()
-                if isinstance(item, LiteralAnnounced):
-                    # Clients send literal bytes without waiting (RFC 5804 wants `{n+}`;
-                    # Dovecot reads `{n}` the same way), so a literal that does not fit
-                    # leaves no way to find the next command: give up.
-                    self._lines.accept_literal()
-                    continue
-            except LineTooLong:
-                self._bye(INPUT_FULL, "Input buffer full", events)
-                break
-            if item is None:
-                break
-            if self.state is ServerState.AUTH_CONTINUE:
-                self._on_sasl_response(item, events)
-            else:
-                self._on_command(item, events)
-        return events
-
-    def _bye(self, text: str, reason: str, events: list[Event]) -> None:
-        self._out += _line(response("BYE", text))
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close(reason))
+    def _too_many_bad(self) -> bytes:
+        return self._bye("Too many invalid MANAGESIEVE commands.")
 
     def _bad_command(self, events: list[Event]) -> None:
-        self.bad_commands += 1
-        if self.bad_commands >= self.max_bad_commands:
-            self._bye("Too many invalid MANAGESIEVE commands.", "Too many invalid commands", events)
-        else:
-            self._out += _line(response("NO", BAD_COMMAND))
+        self._reject_command(_line(response("NO", BAD_COMMAND)), events)
 
     def _on_command(self, message: bytes, events: list[Event]) -> None:
         reader = ArgReader(message)
@@ -388,10 +289,7 @@ class SieveLoginServer:
 
     def _cmd_logout(self, reader: ArgReader, events: list[Event]) -> None:
         reader.end()
-        self._out += _line(response("OK", "Logout completed."))
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close("Aborted login (logged out)"))
+        self._close(_line(response("OK", "Logout completed.")), "Aborted login (logged out)", events)
 
     def _cmd_starttls(self, reader: ArgReader, events: list[Event]) -> None:
         reader.end()
@@ -401,10 +299,7 @@ class SieveLoginServer:
         if not self.starttls:
             self._out += _line(response("NO", "TLS support isn't enabled."))
             return
-        self._out += _line(response("OK", "Begin TLS negotiation now."))
-        self._lines.reset()  # anything pipelined in plaintext is discarded
-        self.state = ServerState.AWAIT_TLS
-        events.append(StartTlsRequest())
+        self._start_tls(_line(response("OK", "Begin TLS negotiation now.")), StartTlsRequest(), events)
 
     def _cmd_authenticate(self, reader: ArgReader, events: list[Event]) -> None:
         reader.sp()
@@ -429,8 +324,7 @@ class SieveLoginServer:
             except binascii.Error:
                 self._out += _line(response("NO", "Invalid base64 data in initial response"))
                 return
-        self._sasl = SaslServer(mech)
-        self._sasl_result(self._sasl.start(decoded), events)
+        self._start_sasl(mech, decoded, events)
 
     # ---- SASL
 
@@ -449,32 +343,18 @@ class SieveLoginServer:
             self._sasl = None
             self._out += _line(response("NO", "Invalid AUTHENTICATE client response."))
             return
-        if value == b"*":
-            self._sasl = None
-            self._out += _line(response("NO", "Authentication aborted by client."))
-            return
-        try:
-            data = b64decode_strict(value)
-        except binascii.Error:
-            self._sasl = None
-            self._out += _line(response("NO", "Invalid base64 data in continued response"))
-            return
-        self._sasl_result(self._sasl.step(data), events)
+        self._sasl_continue(value, events, aborted=_line(response("NO", "Authentication aborted by client.")),
+                            invalid=_line(response("NO", "Invalid base64 data in continued response")))
 
-    def _sasl_result(self, step: object, events: list[Event]) -> None:
-        sasl = self._sasl
-        assert sasl is not None
-        if isinstance(step, Challenge):
-            self._out += _line(quote(base64.b64encode(step.data).decode("ascii")))
-            self.state = ServerState.AUTH_CONTINUE
-            return
-        self._sasl = None
-        if not isinstance(step, Credentials):
-            self._out += _line(AUTH_FAILED)
-            return
-        self.state = ServerState.AWAIT_LOGIN
-        events.append(LoginRequest(None, step.username, step.password, sasl.mechanism, "AUTHENTICATE",
-                                   step.authzid))
+    def _challenge(self, data: bytes) -> bytes:
+        return _line(quote(base64.b64encode(data).decode("ascii")))
+
+    def _auth_failed(self) -> bytes:
+        return _line(AUTH_FAILED)
+
+    def _login_request(self, credentials: Credentials, mechanism: str) -> LoginRequest:
+        return LoginRequest(None, credentials.username, credentials.password, mechanism, "AUTHENTICATE",
+                            credentials.authzid)
 
 
 _COMMANDS = {
@@ -500,7 +380,7 @@ class LoggedIn:
 
 
 @dataclass(frozen=True)
-class LoginFailed:
+class LoginFailed(LoginFailure):
     """The login did not succeed.
 
     kind: `auth` (NO without a code, or AUTH-TOO-WEAK), `temp` (TRYLATER, a BYE, or the
@@ -509,12 +389,6 @@ class LoginFailed:
     `other` (another code, to forward verbatim) or `protocol` (the backend did not speak
     ManageSieve as expected).
     """
-
-    kind: str
-    response_code: str | None
-    text: str
-    referral: str | None = None
-    line: bytes = b""
 
 
 LoginResult = LoggedIn | LoginFailed
@@ -527,10 +401,13 @@ class ClientState(enum.Enum):
     DONE = "done"
 
 
-class SieveLoginClient:
+class SieveLoginClient(LoginClientCore[LoginResult]):
     """Logs a user in to Dovecot's managesieve-login as a master user, in Dovecot's proxy
     order: read the capability greeting, then `XCLIENT ...` (only when `"XCLIENT"` is
     advertised, i.e. we are trusted) pipelined with `AUTHENTICATE "PLAIN" "<b64>"`."""
+
+    _DONE = ClientState.DONE
+    _FAILED = LoginFailed
 
     def __init__(
         self,
@@ -541,80 +418,26 @@ class SieveLoginClient:
         xclient: Mapping[str, str] | None = None,
         max_line: int = 65536,
     ) -> None:
-        if not username or not master_user:
-            raise ValueError("username and master_user must not be empty")
-        self.username = username
+        super().__init__(username, master_user, state=ClientState.CAPABILITIES, reader=LineAssembler(max_line))
         self._initial_response = plain_initial_response(username, master_user, master_password)
         self._xclient_line = format_xclient(xclient or {})
-        self.state = ClientState.CAPABILITIES
         self.capabilities: dict[str, str | None] = {}
-        self.result: LoginResult | None = None
         #: The greeting offered XCLIENT and we sent the client's address with it.
         self.xclient_sent = False
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
-        self._leftover = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<SieveLoginClient user={self.username!r} state={self.state.value}>"
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def leftover(self) -> bytes:
-        """Bytes the backend sent after its login reply; clears them."""
-        data = bytes(self._leftover)
-        self._leftover.clear()
-        return data
-
-    def connection_lost(self) -> LoginResult:
-        """The backend closed the connection; the result, or a temporary failure if none yet."""
-        if self.result is None:
-            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
-        assert self.result is not None
-        return self.result
-
-    def receive(self, data: bytes) -> LoginResult | None:
-        """Feed the backend's bytes; returns the result once, when it is known."""
-        if self.state is ClientState.DONE:
-            self._leftover += data
-            return None
-        self._lines.feed(data)
-        while self.state is not ClientState.DONE:
-            try:
-                item = self._lines.next_message()
-                if isinstance(item, LiteralAnnounced):
-                    self._lines.accept_literal()
-                    continue
-            except LineTooLong:
-                return self._protocol_error("Backend sent a too long line")
-            if item is None:
-                return None
-            self._on_message(item)
-        return self.result
 
     # ---- internals
 
-    def _finish(self, result: LoginResult) -> None:
-        self.result = result
-        self.state = ClientState.DONE
-        self._leftover[:0] = self._lines.take_buffer()
+    def _next_input(self) -> bytes | None:
+        return next_message_inline(self._reader)
 
-    def _protocol_error(self, text: str) -> LoginResult:
-        self._finish(LoginFailed("protocol", None, text))
-        assert self.result is not None
-        return self.result
-
-    def _on_message(self, message: bytes) -> None:
+    def _on_input(self, message: bytes) -> None:
         if self.state is ClientState.CAPABILITIES and message[:1] in (b'"', b"{"):
             self._on_capability(message)
             return
         try:
             resp = parse_response(message)
         except SieveSyntaxError:
-            self._protocol_error(f"Invalid reply from backend: {_shorten(message)}")
+            self._protocol_error(f"Invalid reply from backend: {shorten(message)}")
             return
         if self.state is ClientState.CAPABILITIES:
             self._on_greeting_end(resp)
@@ -638,7 +461,7 @@ class SieveLoginClient:
                 value = decode(reader.string())
             reader.end()
         except ImapSyntaxError:
-            self._protocol_error(f"Invalid capability line: {_shorten(message)}")
+            self._protocol_error(f"Invalid capability line: {shorten(message)}")
             return
         self.capabilities[name] = value
 
@@ -676,8 +499,3 @@ class SieveLoginClient:
         else:
             kind = "other"
         self._finish(LoginFailed(kind, code, resp.text, referral, resp.raw))
-
-
-def _shorten(raw: bytes, limit: int = 80) -> str:
-    text = decode(raw.rstrip(b"\r\n"))
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -17,15 +17,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from palomar.protocols.imap_syntax import LineAssembler, LineTooLong, decode
-from palomar.protocols.sasl import (
-    MECHANISMS,
-    Challenge,
-    Credentials,
-    SaslServer,
-    b64decode_strict,
-    plain_initial_response,
+from palomar.protocols.imap_syntax import LineAssembler, LiteralAnnounced, decode
+from palomar.protocols.login_core import (
+    Close,
+    LoginClientCore,
+    LoginFailure,
+    LoginServerCore,
+    MasterLoginMixin,
+    ServerState,
+    shorten,
 )
+from palomar.protocols.login_core import text_line as _line
+from palomar.protocols.sasl import MECHANISMS, Credentials, b64decode_strict, plain_initial_response
 
 __all__ = [
     "AUTH_FAILED",
@@ -66,12 +69,6 @@ _XCLIENT_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 # --------------------------------------------------------------------------- formatting
 
 
-def _line(text: str) -> bytes:
-    if "\r" in text or "\n" in text:
-        raise ValueError("reply text must be a single line")
-    return text.encode("utf-8", "surrogateescape") + b"\r\n"
-
-
 def error_reply(code: str | None, text: str) -> str:
     """`-ERR [CODE] text` (RFC 2449 response code), or `-ERR text` without a code."""
     return f"-ERR [{code}] {text}" if code else f"-ERR {text}"
@@ -101,7 +98,7 @@ def referral_error(target: str, text: str = "Referral") -> str:
 
 
 @dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(MasterLoginMixin):
     """The client asked to log in; answer with login_failed() or login_succeeded().
 
     `command` is PASS (after USER) or AUTH; `mechanism` is the SASL mechanism (USER/PASS
@@ -115,10 +112,6 @@ class LoginRequest:
     command: str = "PASS"
     authzid: str | None = None
 
-    @property
-    def is_master_login(self) -> bool:
-        return self.authzid is not None and self.authzid != self.username
-
 
 @dataclass(frozen=True)
 class StartTlsRequest:
@@ -127,30 +120,17 @@ class StartTlsRequest:
     tag: None = None
 
 
-@dataclass(frozen=True)
-class Close:
-    """Close the connection after sending data_to_send()."""
-
-    reason: str
-
-
 Event = LoginRequest | StartTlsRequest | Close
-
-
-class ServerState(enum.Enum):
-    COMMAND = "command"
-    AUTH_CONTINUE = "auth-continue"
-    AWAIT_LOGIN = "await-login"
-    AWAIT_TLS = "await-tls"
-    LOGGED_IN = "logged-in"
-    CLOSED = "closed"
 
 
 # --------------------------------------------------------------------------- server
 
 
-class Pop3LoginServer:
+class Pop3LoginServer(LoginServerCore):
     """Pre-login POP3 server core: answers what it can by itself and hands logins to the caller."""
+
+    _TLS_COMMAND = "STLS"
+    _lines: LineAssembler
 
     def __init__(
         self,
@@ -163,29 +143,11 @@ class Pop3LoginServer:
         max_bad_commands: int = 3,
     ) -> None:
         _line(greeting)
-        self.starttls = starttls
-        self.secured = secured
-        self.allow_cleartext = allow_cleartext
-        self.greeting_text = greeting
-        self.max_line = max_line
-        self.max_bad_commands = max_bad_commands
-        self.state = ServerState.COMMAND
-        self.tls_active = False
-        self.bad_commands = 0
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
+        super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
+                         max_line=max_line, max_bad_commands=max_bad_commands)
         self._user: str | None = None
-        self._sasl: SaslServer | None = None
-        self._after_login = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<Pop3LoginServer state={self.state.value} secured={self.secured}>"
 
     # ---- what the caller asks
-
-    @property
-    def cleartext_allowed(self) -> bool:
-        return self.secured or self.allow_cleartext
 
     def mechanisms(self) -> tuple[str, ...]:
         """Mechanisms offered now: both send passwords in the clear, so none before TLS if refused."""
@@ -203,34 +165,10 @@ class Pop3LoginServer:
     def greeting(self) -> bytes:
         return _line(f"+OK {self.greeting_text}")
 
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def receive(self, data: bytes) -> list[Event]:
-        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
-            return []  # bytes before the TLS handshake are dropped: command injection defence
-        if self.state is ServerState.LOGGED_IN:
-            self._after_login += data
-            return []
-        self._lines.feed(data)
-        if self.state is ServerState.AWAIT_LOGIN:
-            events: list[Event] = []
-            if self._lines.buffered > max(8 * self.max_line, 65536):
-                self._close(INPUT_FULL, "Input buffer full", events)
-            return events
-        return self._process()
-
     def tls_started(self) -> None:
         """The TLS handshake after STLS is done; read commands again, now secured."""
-        if self.state is not ServerState.AWAIT_TLS:
-            raise RuntimeError("tls_started() without STLS")
-        self.secured = True
-        self.tls_active = True
+        super().tls_started()
         self._user = None
-        self._lines = LineAssembler(self.max_line)
-        self.state = ServerState.COMMAND
 
     def login_failed(self, tag: None, response: str) -> list[Event]:
         """Send `response` (e.g. AUTH_FAILED, temp_error()) and resume reading commands.
@@ -238,59 +176,28 @@ class Pop3LoginServer:
         `tag` is the request's tag, always None in POP3; it is there so one caller can drive
         every protocol's core alike."""
         self._check_pending(tag)
-        self._out += _line(response)
-        self.state = ServerState.COMMAND
-        return self._process()
+        return self._login_refused(_line(response))
 
-    def login_succeeded(self) -> None:
-        """The caller has written the backend's +OK; from now on the core produces nothing."""
-        self._check_pending(None)
-        self.state = ServerState.LOGGED_IN
-        self._after_login[:0] = self._lines.take_buffer()
+    # ---- input
 
-    def leftover(self) -> bytes:
-        """Bytes the client sent after its login command (to relay to the backend); clears them."""
-        data = bytes(self._after_login)
-        self._after_login.clear()
-        return data
+    def _next_input(self, events: list[Event]) -> bytes | None:
+        line = self._lines.next_message(literals=False)
+        assert not isinstance(line, LiteralAnnounced)
+        return line
 
-    def _check_pending(self, tag: None) -> None:
-        if self.state is not ServerState.AWAIT_LOGIN or tag is not None:
-            raise RuntimeError("no login is waiting")
+    def _input_full(self) -> bytes:
+        return _line(INPUT_FULL)
 
-    # ---- input loop
-
-    def _process(self) -> list[Event]:
-        events: list[Event] = []
-        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
-            try:
-                line = self._lines.next_message(literals=False)
-            except LineTooLong:
-                self._close(INPUT_FULL, "Input buffer full", events)
-                break
-            if line is None:
-                break
-            assert isinstance(line, bytes)
-            if self.state is ServerState.AUTH_CONTINUE:
-                self._on_sasl_response(line, events)
-            else:
-                self._on_command(line, events)
-        return events
-
-    def _close(self, reply: str, reason: str, events: list[Event]) -> None:
-        self._out += _line(reply)
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close(reason))
+    def _too_many_bad(self) -> bytes:
+        return _line(TOO_MANY_BAD)
 
     def _on_command(self, line: bytes, events: list[Event]) -> None:
         name, _, args = line.partition(b" ")
         handler = _COMMANDS.get(name.upper())
         if handler is None:
-            self.bad_commands += 1
+            # Unlike the other protocols, POP3 answers even the command that ends the session.
             self._out += _line(UNKNOWN_COMMAND)
-            if self.bad_commands >= self.max_bad_commands:
-                self._close(TOO_MANY_BAD, "Too many invalid commands", events)
+            self._reject_command(b"", events)
             return
         handler(self, args, events)
 
@@ -306,13 +213,10 @@ class Pop3LoginServer:
         if not self.starttls:
             self._out += _line("-ERR TLS support isn't enabled.")
             return
-        self._out += _line("+OK Begin TLS negotiation now.")
-        self._lines.reset()  # anything pipelined in plaintext is discarded
-        self.state = ServerState.AWAIT_TLS
-        events.append(StartTlsRequest())
+        self._start_tls(_line("+OK Begin TLS negotiation now."), StartTlsRequest(), events)
 
     def _cmd_quit(self, args: bytes, events: list[Event]) -> None:
-        self._close("+OK Logging out", "Aborted login (logged out)", events)
+        self._close(_line("+OK Logging out"), "Aborted login (logged out)", events)
 
     def _cmd_user(self, args: bytes, events: list[Event]) -> None:
         if not self.cleartext_allowed:
@@ -344,51 +248,30 @@ class Pop3LoginServer:
         if not self.cleartext_allowed:
             self._out += _line(PRIVACY_REQUIRED)
             return
-        self._sasl = SaslServer(mech)
         decoded: bytes | None = None
         if initial:
             try:
                 decoded = b"" if initial == b"=" else b64decode_strict(initial)
             except binascii.Error:
-                self._sasl = None
                 self._out += _line(auth_error("Invalid base64 data in initial response"))
                 return
-        self._sasl_result(self._sasl.start(decoded), "AUTH", events)
+        self._start_sasl(mech, decoded, events)
 
     # ---- SASL
 
     def _on_sasl_response(self, line: bytes, events: list[Event]) -> None:
-        assert self._sasl is not None
-        self.state = ServerState.COMMAND
-        if line == b"*":
-            self._sasl = None
-            self._out += _line("-ERR Authentication aborted by client.")
-            return
-        try:
-            data = b64decode_strict(line)
-        except binascii.Error:
-            self._sasl = None
-            self._out += _line(auth_error("Invalid base64 data in continued response"))
-            return
-        self._sasl_result(self._sasl.step(data), "AUTH", events)
+        self._sasl_continue(line, events, aborted=_line("-ERR Authentication aborted by client."),
+                            invalid=_line(auth_error("Invalid base64 data in continued response")))
 
-    def _sasl_result(self, step: object, command: str, events: list[Event]) -> None:
-        sasl = self._sasl
-        assert sasl is not None
-        if isinstance(step, Challenge):
-            self._out += b"+ " + base64.b64encode(step.data) + b"\r\n"
-            self.state = ServerState.AUTH_CONTINUE
-            return
-        self._sasl = None
-        if not isinstance(step, Credentials):
-            self._out += _line(AUTH_FAILED)
-            return
-        self._request_login(LoginRequest(None, step.username, step.password, sasl.mechanism, command,
-                                         step.authzid), events)
+    def _challenge(self, data: bytes) -> bytes:
+        return b"+ " + base64.b64encode(data) + b"\r\n"
 
-    def _request_login(self, request: LoginRequest, events: list[Event]) -> None:
-        self.state = ServerState.AWAIT_LOGIN
-        events.append(request)
+    def _auth_failed(self) -> bytes:
+        return _line(AUTH_FAILED)
+
+    def _login_request(self, credentials: Credentials, mechanism: str) -> LoginRequest:
+        return LoginRequest(None, credentials.username, credentials.password, mechanism, "AUTH",
+                            credentials.authzid)
 
 
 _COMMANDS = {
@@ -412,7 +295,7 @@ class LoggedIn:
 
 
 @dataclass(frozen=True)
-class LoginFailed:
+class LoginFailed(LoginFailure):
     """The login did not succeed.
 
     kind: `auth` ([AUTH], or -ERR without a code), `temp` ([SYS/TEMP], or the backend went
@@ -421,12 +304,6 @@ class LoginFailed:
     `other` (another code such as IN-USE, to forward verbatim) or `protocol` (the backend
     did not speak POP3 as expected).
     """
-
-    kind: str
-    response_code: str | None
-    text: str
-    referral: str | None = None
-    line: bytes = b""
 
 
 LoginResult = LoggedIn | LoginFailed
@@ -439,10 +316,13 @@ class ClientState(enum.Enum):
     DONE = "done"
 
 
-class Pop3LoginClient:
+class Pop3LoginClient(LoginClientCore[LoginResult]):
     """Logs a user in to a Dovecot POP3 backend as a master user, in Dovecot's proxy order:
     banner, then `XCLIENT ...` (only when the banner says `[XCLIENT]`, i.e. we are trusted)
     pipelined with `AUTH PLAIN <authzid=user, authcid=master_user>`."""
+
+    _DONE = ClientState.DONE
+    _FAILED = LoginFailed
 
     def __init__(
         self,
@@ -453,87 +333,36 @@ class Pop3LoginClient:
         xclient: Mapping[str, str] | None = None,
         max_line: int = 65536,
     ) -> None:
-        if not username or not master_user:
-            raise ValueError("username and master_user must not be empty")
-        self.username = username
+        super().__init__(username, master_user, state=ClientState.BANNER, reader=LineAssembler(max_line))
         self._initial_response = plain_initial_response(username, master_user, master_password)
         self._xclient_line = format_xclient(xclient or {})
-        self.state = ClientState.BANNER
-        self.result: LoginResult | None = None
         #: The banner offered XCLIENT and we sent the client's address with it.
         self.xclient_sent = False
-        self._lines = LineAssembler(max_line)
-        self._out = bytearray()
-        self._leftover = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<Pop3LoginClient user={self.username!r} state={self.state.value}>"
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def leftover(self) -> bytes:
-        """Bytes the backend sent after its login reply; clears them."""
-        data = bytes(self._leftover)
-        self._leftover.clear()
-        return data
-
-    def connection_lost(self) -> LoginResult:
-        """The backend closed the connection; the result, or a temporary failure if none yet."""
-        if self.result is None:
-            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
-        assert self.result is not None
-        return self.result
-
-    def receive(self, data: bytes) -> LoginResult | None:
-        """Feed the backend's bytes; returns the result once, when it is known."""
-        if self.state is ClientState.DONE:
-            self._leftover += data
-            return None
-        self._lines.feed(data)
-        while self.state is not ClientState.DONE:
-            try:
-                line = self._lines.next_message(literals=False)
-            except LineTooLong:
-                return self._protocol_error("Backend sent a too long line")
-            if line is None:
-                return None
-            assert isinstance(line, bytes)
-            self._on_line(line + b"\r\n")
-        return self.result
 
     # ---- internals
 
-    def _finish(self, result: LoginResult) -> None:
-        self.result = result
-        self.state = ClientState.DONE
-        self._leftover[:0] = self._lines.take_buffer()
+    def _next_input(self) -> bytes | None:
+        line = self._reader.next_message(literals=False)
+        return None if line is None else line + b"\r\n"
 
-    def _protocol_error(self, text: str) -> LoginResult:
-        self._finish(LoginFailed("protocol", None, text))
-        assert self.result is not None
-        return self.result
-
-    def _on_line(self, raw: bytes) -> None:
+    def _on_input(self, raw: bytes) -> None:
         if self.state is ClientState.BANNER:
             self._on_banner(raw)
         elif self.state is ClientState.XCLIENT:
             if raw.startswith(b"+OK"):
                 self.state = ClientState.AUTHENTICATE
             else:
-                self._finish(LoginFailed("config", None, f"XCLIENT refused: {_shorten(raw)}", line=raw))
+                self._finish(LoginFailed("config", None, f"XCLIENT refused: {shorten(raw)}", line=raw))
         elif raw.startswith(b"+OK"):
             self._finish(LoggedIn(raw))
         elif raw.startswith(b"-ERR"):
             self._on_error(raw)
         else:
-            self._protocol_error(f"Unexpected reply from backend: {_shorten(raw)}")
+            self._protocol_error(f"Unexpected reply from backend: {shorten(raw)}")
 
     def _on_banner(self, raw: bytes) -> None:
         if not raw.startswith(b"+OK"):
-            self._protocol_error(f"Invalid banner: {_shorten(raw)}")
+            self._protocol_error(f"Invalid banner: {shorten(raw)}")
             return
         advertised = raw.startswith(b"+OK [XCLIENT]")
         if advertised and self._xclient_line is not None:
@@ -579,8 +408,3 @@ def format_xclient(fields: Mapping[str, str]) -> bytes | None:
             raise ValueError(f"invalid XCLIENT value for {key}")
         parts.append(f"{key.upper()}={value}")
     return ("XCLIENT " + " ".join(parts)).encode("utf-8", "surrogateescape") + b"\r\n"
-
-
-def _shorten(raw: bytes, limit: int = 80) -> str:
-    text = decode(raw.rstrip(b"\r\n"))
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -28,6 +28,8 @@ __all__ = [
     "ehlo_keywords",
     "format_reply",
     "format_xclient",
+    "greeting_reply",
+    "hello_name_error",
     "parse_command",
     "parse_mail_from",
     "parse_params",
@@ -253,6 +255,14 @@ def format_reply(code: int, enhanced: str | None, text: str | Sequence[str]) -> 
     return bytes(out)
 
 
+def greeting_reply(hostname: str, greeting: str) -> bytes:
+    """The `220 <hostname> <greeting>` a server opens with; raises ValueError for a host name
+    that is not one word or a text that cannot be one line (so a bad config fails early)."""
+    if not hostname or any(ch.isspace() for ch in hostname):
+        raise ValueError("hostname must be one word")
+    return format_reply(220, None, f"{hostname} {greeting}")
+
+
 def reply_line(reply: str | bytes) -> bytes:
     """A caller-given reply (`"250 2.1.5 OK"`, with or without CRLF) checked and CRLF-terminated.
 
@@ -287,6 +297,15 @@ def ehlo_keywords(reply: Reply) -> dict[str, list[str]]:
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def hello_name_error(name: str) -> str | None:
+    """The 501 reply for an unusable EHLO/HELO/LHLO argument (already stripped), or None."""
+    if not name:
+        return "501 Missing hostname"
+    if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in name):
+        return "501 5.5.4 Invalid hostname"
+    return None
 
 
 @dataclass(frozen=True)

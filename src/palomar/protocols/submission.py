@@ -15,23 +15,24 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from palomar.protocols.sasl import (
-    MECHANISMS,
-    Challenge,
-    Credentials,
-    SaslServer,
-    b64decode_strict,
-    plain_initial_response,
+from palomar.protocols.login_core import (
+    Close,
+    LoginClientCore,
+    LoginServerCore,
+    MasterLoginMixin,
+    ServerState,
 )
+from palomar.protocols.sasl import MECHANISMS, Credentials, b64decode_strict, plain_initial_response
 from palomar.protocols.smtp_syntax import (
     LineReader,
-    LineTooLong,
     Reply,
     ReplyReader,
     SmtpSyntaxError,
     ehlo_keywords,
     format_reply,
     format_xclient,
+    greeting_reply,
+    hello_name_error,
     parse_command,
     reply_line,
 )
@@ -89,7 +90,7 @@ def post_login_ehlo_reply(hostname: str, capabilities: Iterable[str]) -> bytes:
 
 
 @dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(MasterLoginMixin):
     """The client sent AUTH; answer with login_failed() or login_succeeded().
 
     `ehlo_name` is what the client said in EHLO/HELO (None if it skipped it): the backend
@@ -105,41 +106,24 @@ class LoginRequest:
     tag: None = None
     """SMTP has no command tags; present so one driver can run every protocol's core alike."""
 
-    @property
-    def is_master_login(self) -> bool:
-        return self.authzid is not None and self.authzid != self.username
-
 
 @dataclass(frozen=True)
 class StartTlsRequest:
     """`220 2.0.0 Begin TLS negotiation now.` is queued; send it, handshake, then tls_started()."""
 
 
-@dataclass(frozen=True)
-class Close:
-    """Close the connection after sending data_to_send()."""
-
-    reason: str
-
-
 Event = LoginRequest | StartTlsRequest | Close
-
-
-class ServerState(enum.Enum):
-    COMMAND = "command"
-    AUTH_CONTINUE = "auth-continue"
-    AWAIT_LOGIN = "await-login"
-    AWAIT_TLS = "await-tls"
-    LOGGED_IN = "logged-in"
-    CLOSED = "closed"
 
 
 # --------------------------------------------------------------------------- server
 
 
-class SubmissionLoginServer:
+class SubmissionLoginServer(LoginServerCore):
     """Pre-login Submission server core: answers EHLO, STARTTLS and the like itself and
     hands AUTH to the caller."""
+
+    _FRAMER = LineReader
+    _lines: LineReader
 
     def __init__(
         self,
@@ -157,34 +141,14 @@ class SubmissionLoginServer:
         for cap in self.base_capabilities:
             if cap.split(" ", 1)[0].upper() in _NOT_CLIENT_CAPABILITIES:
                 raise ValueError(f"{cap} is decided by the connection state, not configured")
-        if not hostname or any(ch.isspace() for ch in hostname):
-            raise ValueError("hostname must be one word")
-        format_reply(220, None, f"{hostname} {greeting}")  # a single printable line
+        greeting_reply(hostname, greeting)  # refuses a bad host name or greeting before anything is sent
         self.hostname = hostname
-        self.starttls = starttls
-        self.secured = secured
-        self.allow_cleartext = allow_cleartext
-        self.greeting_text = greeting
-        self.max_line = max_line
-        self.max_bad_commands = max_bad_commands
-        self.state = ServerState.COMMAND
+        super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
+                         max_line=max_line, max_bad_commands=max_bad_commands)
         self.ehlo_name: str | None = None
-        self.tls_active = False
-        self.bad_commands = 0
-        self._lines = LineReader(max_line)
-        self._out = bytearray()
-        self._sasl: SaslServer | None = None
         self._skip = 0  # bytes of a refused BDAT chunk still to drop
-        self._after_login = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<SubmissionLoginServer state={self.state.value} secured={self.secured}>"
 
     # ---- what the caller asks
-
-    @property
-    def cleartext_allowed(self) -> bool:
-        return self.secured or self.allow_cleartext
 
     def ehlo_capabilities(self) -> list[str]:
         caps = list(self.base_capabilities)
@@ -195,102 +159,51 @@ class SubmissionLoginServer:
         return sorted(caps)
 
     def greeting(self) -> bytes:
-        return format_reply(220, None, f"{self.hostname} {self.greeting_text}")
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def receive(self, data: bytes) -> list[Event]:
-        if self.state in (ServerState.CLOSED, ServerState.AWAIT_TLS):
-            return []  # bytes before the TLS handshake are dropped: command injection defence
-        if self.state is ServerState.LOGGED_IN:
-            self._after_login += data
-            return []
-        self._lines.feed(data)
-        if self.state is ServerState.AWAIT_LOGIN:
-            events: list[Event] = []
-            if self._lines.buffered > max(8 * self.max_line, 65536):
-                self._close(f"421 4.7.0 {self.hostname} Input buffer full", "Input buffer full", events)
-            return events
-        return self._process()
+        return greeting_reply(self.hostname, self.greeting_text)
 
     def tls_started(self) -> None:
         """The TLS handshake after STARTTLS is done; the client must EHLO again."""
-        if self.state is not ServerState.AWAIT_TLS:
-            raise RuntimeError("tls_started() without STARTTLS")
-        self.secured = True
-        self.tls_active = True
+        super().tls_started()
         self.ehlo_name = None
-        self._lines = LineReader(self.max_line)
-        self.state = ServerState.COMMAND
 
     def login_failed(self, tag: None, reply: str | bytes) -> list[Event]:
         """Send `reply` (AUTH_FAILED, TEMP_FAILED or a backend's reply) and read commands again.
 
         `tag` is always None (SMTP has none); it keeps the call shape of the other cores."""
-        self._check_pending()
-        self._out += reply_line(reply)
-        self.state = ServerState.COMMAND
-        return self._process()
+        self._check_pending(None)
+        return self._login_refused(reply_line(reply))
 
     def login_succeeded(self, reply: str | bytes | None = None) -> None:
         """The login is done; `reply` (e.g. LOGGED_IN) is queued if the caller has not sent one.
         From now on the core produces nothing."""
-        self._check_pending()
+        self._check_pending(None)
         if reply is not None:
             self._out += reply_line(reply)
-        self.state = ServerState.LOGGED_IN
-        self._after_login[:0] = self._lines.take_buffer()
+        super().login_succeeded()
 
-    def leftover(self) -> bytes:
-        """Bytes the client sent after its AUTH (to relay to the backend); clears them."""
-        data = bytes(self._after_login)
-        self._after_login.clear()
-        return data
+    # ---- input
 
-    def _check_pending(self) -> None:
-        if self.state is not ServerState.AWAIT_LOGIN:
-            raise RuntimeError("no login is waiting for an answer")
-
-    # ---- input loop
-
-    def _process(self) -> list[Event]:
-        events: list[Event] = []
-        while self.state in (ServerState.COMMAND, ServerState.AUTH_CONTINUE):
+    def _next_input(self, events: list[Event]) -> bytes | None:
+        if self._skip:
+            self._skip -= len(self._lines.take(self._skip))
             if self._skip:
-                self._skip -= len(self._lines.take(self._skip))
-                if self._skip:
-                    break
-            try:
-                line = self._lines.next_line()
-            except LineTooLong:
-                self._sasl = None
-                self.state = ServerState.COMMAND
-                self._bad_command(LINE_TOO_LONG, events)
-                continue
-            if line is None:
-                break
-            if self.state is ServerState.AUTH_CONTINUE:
-                self._on_sasl_response(line, events)
-            else:
-                self._on_command(line, events)
-        return events
+                return None
+        return self._lines.next_line()
 
-    def _close(self, reply: str, reason: str, events: list[Event]) -> None:
-        self._out += _out(reply)
-        self.state = ServerState.CLOSED
-        self._lines.reset()
-        events.append(Close(reason))
+    def _line_too_long(self, events: list[Event]) -> None:
+        # The reader drops the rest of the line, so the session can carry on.
+        self._sasl = None
+        self.state = ServerState.COMMAND
+        self._bad_command(LINE_TOO_LONG, events)
+
+    def _input_full(self) -> bytes:
+        return _out(f"421 4.7.0 {self.hostname} Input buffer full")
+
+    def _too_many_bad(self) -> bytes:
+        return _out(f"421 4.7.0 {self.hostname} Too many invalid commands.")
 
     def _bad_command(self, reply: str, events: list[Event]) -> None:
-        self.bad_commands += 1
-        if self.bad_commands >= self.max_bad_commands:
-            self._close(f"421 4.7.0 {self.hostname} Too many invalid commands.", "Too many invalid commands",
-                        events)
-        else:
-            self._out += _out(reply)
+        self._reject_command(_out(reply), events)
 
     def _on_command(self, line: bytes, events: list[Event]) -> None:
         try:
@@ -311,7 +224,7 @@ class SubmissionLoginServer:
             else:
                 self._out += _out(OK)
         elif verb == "QUIT":
-            self._close("221 2.0.0 Bye", "Aborted login (logged out)", events)
+            self._close(_out("221 2.0.0 Bye"), "Aborted login (logged out)", events)
         elif verb in _NEED_AUTH:
             if verb == "BDAT":
                 self._skip_bdat(args)
@@ -329,11 +242,9 @@ class SubmissionLoginServer:
 
     def _cmd_hello(self, verb: str, args: str) -> None:
         name = args.strip(" ")
-        if not name:
-            self._out += _out("501 Missing hostname")
-            return
-        if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in name):
-            self._out += _out("501 5.5.4 Invalid hostname")
+        error = hello_name_error(name)
+        if error is not None:
+            self._out += _out(error)
             return
         self.ehlo_name = name
         if verb == "HELO":
@@ -349,11 +260,8 @@ class SubmissionLoginServer:
         elif not self.starttls:
             self._out += _out("502 5.5.1 TLS support is not enabled.")
         else:
-            self._out += _out("220 2.0.0 Begin TLS negotiation now.")
-            self._lines.reset()  # anything pipelined in plaintext is discarded
             self._skip = 0
-            self.state = ServerState.AWAIT_TLS
-            events.append(StartTlsRequest())
+            self._start_tls(_out("220 2.0.0 Begin TLS negotiation now."), StartTlsRequest(), events)
 
     def _cmd_auth(self, args: str, events: list[Event]) -> None:
         words = args.split(" ")
@@ -377,38 +285,21 @@ class SubmissionLoginServer:
             except (binascii.Error, UnicodeEncodeError):
                 self._out += _out("501 5.5.2 Invalid base64 data in initial response")
                 return
-        self._sasl = SaslServer(mech)
-        self._sasl_result(self._sasl.start(initial), events)
+        self._start_sasl(mech, initial, events)
 
     def _on_sasl_response(self, line: bytes, events: list[Event]) -> None:
-        self.state = ServerState.COMMAND
-        sasl, self._sasl = self._sasl, None
-        assert sasl is not None
-        if line == b"*":
-            self._out += _out("501 5.5.2 Authentication aborted by client.")
-            return
-        try:
-            data = b64decode_strict(line)
-        except binascii.Error:
-            self._out += _out("501 5.5.2 Invalid base64 data in continued response")
-            return
-        self._sasl = sasl
-        self._sasl_result(sasl.step(data), events)
+        self._sasl_continue(line, events, aborted=_out("501 5.5.2 Authentication aborted by client."),
+                            invalid=_out("501 5.5.2 Invalid base64 data in continued response"))
 
-    def _sasl_result(self, step: object, events: list[Event]) -> None:
-        sasl = self._sasl
-        assert sasl is not None
-        if isinstance(step, Challenge):
-            self._out += b"334 " + base64.b64encode(step.data) + b"\r\n"
-            self.state = ServerState.AUTH_CONTINUE
-            return
-        self._sasl = None
-        if not isinstance(step, Credentials):
-            self._out += _out(AUTH_FAILED)
-            return
-        self.state = ServerState.AWAIT_LOGIN
-        request = LoginRequest(step.username, step.password, sasl.mechanism, self.ehlo_name, step.authzid)
-        events.append(request)
+    def _challenge(self, data: bytes) -> bytes:
+        return b"334 " + base64.b64encode(data) + b"\r\n"
+
+    def _auth_failed(self) -> bytes:
+        return _out(AUTH_FAILED)
+
+    def _login_request(self, credentials: Credentials, mechanism: str) -> LoginRequest:
+        return LoginRequest(credentials.username, credentials.password, mechanism, self.ehlo_name,
+                            credentials.authzid)
 
 
 # --------------------------------------------------------------------------- client side
@@ -454,11 +345,15 @@ class ClientState(enum.Enum):
     DONE = "done"
 
 
-class SubmissionLoginClient:
+class SubmissionLoginClient(LoginClientCore[LoginResult]):
     """Logs a user in to Dovecot's submission-login as a master user (SASL PLAIN with
     authzid=username, authcid=master_user) in Dovecot's proxy order: greeting, EHLO,
     XCLIENT with the attributes the backend advertised (each line answered by a new 220
     greeting) pipelined with a second EHLO, then AUTH PLAIN."""
+
+    _DONE = ClientState.DONE
+    _FAILED = LoginFailed
+    _REPLY_ERRORS = (SmtpSyntaxError,)
 
     def __init__(
         self,
@@ -471,71 +366,23 @@ class SubmissionLoginClient:
         post_login_ehlo: bool = True,
         max_line: int = 65536,
     ) -> None:
-        if not username or not master_user:
-            raise ValueError("username and master_user must not be empty")
+        super().__init__(username, master_user, state=ClientState.BANNER, reader=ReplyReader(max_line))
         if not helo or any(ord(ch) <= 0x20 for ch in helo):
             raise ValueError("helo must be one word")
-        self.username = username
         self.helo = helo
         self.xclient = dict(xclient or {})
         self.post_login_ehlo = post_login_ehlo
         self._initial_response = plain_initial_response(username, master_user, master_password)
-        self.state = ClientState.BANNER
         self.capabilities: list[str] = []
         self.xclient_sent = False
-        self.result: LoginResult | None = None
-        self._replies = ReplyReader(max_line)
-        self._out = bytearray()
         self._xclient_pending = 0
         self._awaiting_challenge = False
         self._auth_reply: Reply | None = None
-        self._leftover = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<SubmissionLoginClient user={self.username!r} state={self.state.value}>"
-
-    def data_to_send(self) -> bytes:
-        data = bytes(self._out)
-        self._out.clear()
-        return data
-
-    def leftover(self) -> bytes:
-        """Bytes the backend sent after the login's last reply; clears them."""
-        data = bytes(self._leftover)
-        self._leftover.clear()
-        return data
-
-    def connection_lost(self) -> LoginResult:
-        """The backend closed the connection; the result, or a temporary failure if none yet."""
-        if self.result is None:
-            self._finish(LoginFailed("temp", None, "Backend disconnected during login"))
-        assert self.result is not None
-        return self.result
-
-    def receive(self, data: bytes) -> LoginResult | None:
-        """Feed the backend's bytes; returns the result once, when it is known."""
-        if self.state is ClientState.DONE:
-            self._leftover += data
-            return None
-        self._replies.feed(data)
-        while self.state is not ClientState.DONE:
-            try:
-                reply = self._replies.next_reply()
-            except LineTooLong:
-                return self._fail("protocol", None, "Backend sent a too long line")
-            except SmtpSyntaxError as exc:
-                return self._fail("protocol", None, f"Invalid reply from backend: {exc}")
-            if reply is None:
-                return None
-            self._on_reply(reply)
-        return self.result
 
     # ---- internals
 
-    def _finish(self, result: LoginResult) -> None:
-        self.result = result
-        self.state = ClientState.DONE
-        self._leftover[:0] = self._replies.take_buffer()
+    def _next_input(self) -> Reply | None:
+        return self._reader.next_reply()
 
     def _fail(self, kind: str, reply: Reply | None, text: str) -> LoginResult:
         if reply is None:
@@ -548,7 +395,7 @@ class SubmissionLoginClient:
     def _send_ehlo(self) -> None:
         self._out += f"EHLO {self.helo}\r\n".encode("utf-8", "surrogateescape")
 
-    def _on_reply(self, reply: Reply) -> None:
+    def _on_input(self, reply: Reply) -> None:
         handler = {
             ClientState.BANNER: self._on_banner,
             ClientState.EHLO: self._on_ehlo,

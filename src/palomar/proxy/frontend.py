@@ -55,8 +55,12 @@ def trusted(address: str, networks) -> bool:
 async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> ClientConnection | None:
     """Read the PROXY header and/or do the TLS handshake; None when the connection was dropped."""
     loop = asyncio.get_running_loop()
-    peer = sock.getpeername()
-    local = sock.getsockname()
+    try:
+        peer = sock.getpeername()
+        local = sock.getsockname()
+    except OSError:  # gone already, e.g. a load balancer's TCP health check
+        sock.close()
+        return None
     client = (_plain(peer[0]), peer[1])
     local = (_plain(local[0]), local[1])
     tls = False

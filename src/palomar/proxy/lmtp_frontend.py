@@ -288,7 +288,7 @@ class LmtpProxySession:
         pending: dict[str, LmtpLeg] = {}
         for host, leg in zip(self.fanout.hosts(), legs, strict=True):
             if leg is None or not leg.usable:
-                self.outcomes[host] = fan.BackendFailed(leg.failure if leg else "connection lost")
+                self.outcomes[host] = fan.BackendFailed((leg.failure if leg else None) or "connection lost")
             else:
                 pending[host] = leg
         replies = await asyncio.gather(*(leg.open_data() for leg in pending.values()))

@@ -514,7 +514,7 @@ def test_passwords_do_not_appear_in_reprs():
         assert "Sup3rS3cret" not in text
     core = server()
     talk(core, b"a1 AUTHENTICATE LOGIN " + b64(b"alice") + b"\r\n")
-    assert "alice" not in repr(core) and "alice" not in repr(core._auth)
+    assert "alice" not in repr(core) and "alice" not in repr(core._sasl)
     events, _ = talk(core, b64(b"Sup3rS3cret") + b"\r\n")
     assert "Sup3rS3cret" not in repr(events)
 
