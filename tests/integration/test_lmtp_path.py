@@ -384,6 +384,33 @@ def test_killed_backend_gets_4xx_and_a_retry_delivers_exactly_once(cluster: Loca
         assert_delivered_as_sent(stored, sent)
 
 
+def test_dovecot_lost_between_recipients_fails_the_whole_transaction(cluster: LocalCluster) -> None:
+    """The gateway's Dovecot session dies after it accepted a recipient: a fresh session for the next
+    recipient would not know the first one, and the replies after DATA would be attributed to the
+    wrong recipients. So the rest of the transaction is refused (4xx) and the MTA retries it."""
+    placed = users_by_backend(cluster)
+    victim = cluster.backends[0]
+    first, second = placed[victim.host][:2]
+    subject = f"lost between rcpts {uuid.uuid4().hex}"
+    sent = message(subject)
+    with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
+        assert [code for code, _ in lmtp.envelope("lost@example.org", [first])] == [250]
+        try:
+            cluster.kill_dovecot(victim)
+        finally:
+            victim.dovecot.start()  # up again: a new session to it would work
+        code, text = lmtp.cmd(f"RCPT TO:<{second}>")
+        assert code == 451 and re.match(rf"4\.4\.0 <{re.escape(second)}> Proxy failed", text), text
+        [(code, text)] = lmtp.data(sent, 1)
+        assert code == 451 and re.match(rf"4\.4\.0 <{re.escape(first)}> Proxy failed", text), text
+        for user in (first, second):
+            assert mailbox(cluster, user, subject) == [], f"{user} got a copy although the MTA got a 4xx"
+        assert [code for code, _ in lmtp.transaction("lost@example.org", [first, second], sent)] == [250, 250]
+    for user in (first, second):
+        [stored] = mailbox(cluster, user, subject)
+        assert_delivered_as_sent(stored, sent)
+
+
 def proxy_dest_stats(cluster: LocalCluster) -> dict[tuple[str, str], float]:
     """(dest_host, key) -> value summed over the proxies, straight from the GeoDB."""
     async def main() -> dict[tuple[str, str], float]:

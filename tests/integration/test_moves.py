@@ -2,16 +2,21 @@
 window, timeout expiry, a source going offline, --direct, user move, evacuate, force-move, kick,
 and a move executor killed mid-move. Real clients → palomar proxies → palomar backends → Dovecot.
 
-LMTP deliveries during the group move are not part of these tests yet (LMTP is not wired
-through the proxies); the IMAP sessions and logins are.
+The group move also runs under LMTP deliveries through HAProxy (smtplib.LMTP): every delivery
+acknowledged with a 2xx is stored exactly once, 4xx ones are retried until they are. An LMTP
+delivery alone starts a pending move, an open LMTP transaction holds its recipient's move, and
+one held past `cluster_user_move_timeout` is aborted with a 4xx and nothing stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import imaplib
 import json
 import os
 import re
+import smtplib
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +32,6 @@ from palomar.cluster.model import Group
 from palomar.cluster.moves import force_move_selected
 from palomar.devcluster.cluster import BackendNode, LocalCluster
 from palomar.devcluster.net import wait_until
-from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
 
@@ -48,7 +52,7 @@ def cluster(harness_root: Path):
 
 def geo(cluster: LocalCluster, action: Callable[[GeoDB], Any]) -> Any:
     async def main() -> Any:
-        engine = open_engine("sqlite", path=str(cluster.geodb_path))
+        engine = cluster.geodb_engine()
         await engine.open()
         try:
             return await action(GeoDB(engine))
@@ -227,10 +231,121 @@ class WhoSampler(threading.Thread):
         return worst, worst_user
 
 
+# --- LMTP deliveries and what the mailboxes hold ------------------------------------------------------------
+
+
+def lmtp_connection(cluster: LocalCluster) -> smtplib.LMTP:
+    """An MTA's connection: HAProxy → a palomar proxy's `haproxy = yes` LMTP listener."""
+    conn = smtplib.LMTP(cluster.lb_host, cluster.lb_lmtp, local_hostname="mta.example.test", timeout=60)
+    code, _ = conn.ehlo()
+    assert code == 250
+    return conn
+
+
+def mail(subject: str) -> bytes:
+    return f"From: mta@example.org\r\nTo: someone@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+
+
+def deliver_one(conn: smtplib.LMTP, rcpt: str, subject: str) -> tuple[int, str]:
+    """One transaction with one recipient: the RCPT's reply if refused, else the reply after DATA."""
+    code, text = conn.mail("mta@example.org")
+    assert code == 250, text
+    code, text = conn.rcpt(rcpt)
+    if code != 250:
+        conn.rset()
+        return code, text.decode()
+    code, text = conn.data(mail(subject))
+    return code, text.decode()
+
+
+def subjects(cluster: LocalCluster, name: str) -> list[str]:
+    """The subjects of the messages in `name`'s INBOX, read over IMAP through a palomar proxy."""
+    proxy = cluster.proxies[0]
+    with imaplib.IMAP4(proxy.host, proxy.imap, timeout=30) as imap:
+        imap.login(name, password(name))
+        typ, data = imap.select("INBOX", readonly=True)
+        assert typ == "OK", data
+        if int(data[0] or 0) == 0:
+            return []
+        typ, fetched = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK", fetched
+    found = []
+    for item in fetched:
+        if isinstance(item, tuple):
+            header = re.search(rb"Subject: ([^\r\n]*)", item[1])
+            found.append(header[1].decode() if header else "")
+    return found
+
+
+class LmtpLoad(threading.Thread):
+    """An MTA delivering to `rcpts` in turn, one message per transaction, each with a unique subject.
+
+    A 4xx (a RCPT or the message refused for now, a connection closed) is retried as an MTA would,
+    until a 2xx; a 5xx is an error. `acked` records which subject each recipient acknowledged.
+    """
+
+    RETRY_INTERVAL = 0.05
+    """An MTA's (very short) retry interval after a 4xx; it orders nothing."""
+    MAX_ATTEMPTS = 200
+
+    def __init__(self, cluster: LocalCluster, rcpts: list[str], tag: str) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.rcpts, self.tag = cluster, rcpts, tag
+        self.acked: dict[str, list[str]] = {}
+        self.tempfails: list[str] = []
+        self.errors: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        conn: smtplib.LMTP | None = None
+        i = 0
+        try:
+            while not self.stop_event.is_set() and not self.errors:
+                rcpt, subject = self.rcpts[i % len(self.rcpts)], f"{self.tag} {i}"
+                for _attempt in range(self.MAX_ATTEMPTS):
+                    try:
+                        conn = conn or lmtp_connection(self.cluster)
+                        code, text = deliver_one(conn, rcpt, subject)
+                    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                        conn, code, text = None, 421, f"connection lost: {exc}"
+                    if code // 100 == 2:
+                        self.acked.setdefault(rcpt, []).append(subject)
+                        break
+                    if code // 100 != 4:
+                        self.errors.append(f"{rcpt} {subject}: {code} {text}")
+                        return
+                    self.tempfails.append(f"{rcpt}: {code} {text}")
+                    time.sleep(self.RETRY_INTERVAL)  # a retry interval (also after stop: finish this message)
+                else:
+                    self.errors.append(f"{rcpt} {subject}: no 2xx after {self.MAX_ATTEMPTS} attempts")
+                    return
+                i += 1
+        finally:
+            if conn is not None:
+                with contextlib.suppress(smtplib.SMTPException, OSError):
+                    conn.quit()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join()
+
+    @property
+    def delivered(self) -> int:
+        return sum(len(v) for v in self.acked.values())
+
+    def check_mailboxes(self) -> None:
+        """Each acknowledged message is in its mailbox exactly once; no other message of this load is."""
+        for rcpt in self.rcpts:
+            stored = [s for s in subjects(self.cluster, rcpt) if s.startswith(self.tag + " ")]
+            acked = self.acked.get(rcpt, [])
+            assert sorted(stored) == sorted(acked), (rcpt, sorted(set(stored) ^ set(acked)),
+                                                      len(stored), len(acked))
+
+
 # --- the group move under load ---------------------------------------------------------------------------
 
 
-async def test_group_move_with_idle_sessions_and_logins_keeps_every_user_on_one_backend(
+async def test_group_move_with_idle_sessions_logins_and_deliveries_keeps_every_user_on_one_backend(
         cluster: LocalCluster) -> None:
     src, dst = cluster.backends[0].host, cluster.backends[1].host
     members = [user(i) for i in range(1, 51)]
@@ -276,6 +391,11 @@ async def test_group_move_with_idle_sessions_and_logins_keeps_every_user_on_one_
     on_src, on_dst = await asyncio.to_thread(who, cluster, src), await asyncio.to_thread(who, cluster, dst)
     assert on_src >= set(members) and not (on_dst & set(members))
     loader = asyncio.ensure_future(load_generator())
+    deliveries = LmtpLoad(cluster, members, "lmtp-move-mv")
+    deliveries.start()
+    await asyncio.to_thread(wait_until, lambda: deliveries.delivered >= 10 or deliveries.errors, 30,
+                            "deliveries flowing")
+    delivered_before = deliveries.delivered
     sampler = WhoSampler(cluster)
     sampler.start()
     before = await asyncio.to_thread(group_status, cluster, "mv")
@@ -293,15 +413,21 @@ async def test_group_move_with_idle_sessions_and_logins_keeps_every_user_on_one_
     await asyncio.to_thread(wait_until, lambda: set(members) <= who(cluster, dst) and not (who(cluster, src)
                                                                                           & set(members)),
                             30, "every IDLE session back, on the destination")
+    delivered_after = deliveries.delivered
     await asyncio.sleep(1.0)  # a second of steady state under load after the move
     stop.set()
     await asyncio.gather(*clients, loader)
+    await asyncio.to_thread(deliveries.stop)
     sampler.stop()
 
     worst, worst_user = sampler.worst_overlap(set(members))
     print(f"\ngroup move of 50 IDLE users took {took:.2f}s; {logins['ok']} logins during the test; "
           f"worst overlap {worst} consecutive sample(s) (~{worst * SAMPLE_INTERVAL * 1000:.0f} ms) "
-          f"for {worst_user}")
+          f"for {worst_user}; {deliveries.delivered} LMTP deliveries "
+          f"({delivered_after - delivered_before} during the move), {len(deliveries.tempfails)} 4xx retried")
+    assert not deliveries.errors, deliveries.errors
+    assert delivered_after > delivered_before  # deliveries went on while the group moved
+    await asyncio.to_thread(deliveries.check_mailboxes)  # every 2xx stored exactly once, nothing else
     assert not sampler.errors and len(sampler.samples) > 10
     assert worst <= 1, f"{worst_user} was on both backends in {worst} consecutive samples"
     assert all(reconnects.get(name, 0) >= 1 for name in members)  # every session was moved
@@ -319,6 +445,8 @@ async def test_group_move_with_idle_sessions_and_logins_keeps_every_user_on_one_
     assert finished_line and int(finished_line[1]) >= 50 and finished_line[2] == "0"
     assert "event=cluster_user_group_move_started group=mv" in src_log
     assert f"event=cluster_user_move_finished user={members[0]} dest_host={dst} error=" in src_log
+    lmtp_referred = len(re.findall(rf"rcpt=\S+ referred to {re.escape(dst)}", src_log))
+    print(f"the source referred {lmtp_referred} LMTP recipient(s) to the destination")
 
 
 def test_stale_proxy_is_referred_and_the_source_forgets_after_one_hour(
@@ -478,6 +606,93 @@ def test_a_user_not_moved_within_the_timeout_counts_as_moved(cluster: LocalClust
         restore(cluster, src_node, original)
 
 
+# --- LMTP deliveries as accesses ---------------------------------------------------------------------------
+
+
+def test_an_lmtp_delivery_alone_starts_a_pending_group_move(cluster: LocalCluster) -> None:
+    src_node, dst = cluster.backends[0], cluster.backends[1].host
+    name = user(56)
+    make_group(cluster, "lm-start", src_node.host, dst, [name])
+    cluster.cluster("group", "move", "DC1", "lm-start", dst)
+    assert group_status(cluster, "lm-start")["moving"]
+    conn = lmtp_connection(cluster)
+    try:
+        code, text = deliver_one(conn, name, "lm-start 1")
+    finally:
+        conn.quit()
+    assert code == 250, text
+    # no login and no `group access`: the RCPT at the source started the move
+    wait_until(lambda: group_status(cluster, "lm-start")["backend"] == dst, 30, "the move to finish")
+    status = group_status(cluster, "lm-start")
+    assert status["moving"] is None and status["alt_backend"] == src_node.host
+    text = log_text(src_node.log_path)
+    assert re.search(rf"rcpt={re.escape(name)} client=\S+ dovecot: 250", text)
+    assert "event=cluster_user_group_move_started group=lm-start" in text
+    assert re.search(rf"event=cluster_user_move_finished user={re.escape(name)} dest_host={re.escape(dst)} error=\n",
+                     text)
+    assert subjects(cluster, name) == ["lm-start 1"]
+
+
+def test_an_open_lmtp_transaction_holds_its_recipients_move(cluster: LocalCluster) -> None:
+    src_node, dst = cluster.backends[0], cluster.backends[1].host
+    name = user(57)
+    make_group(cluster, "lm-hold", src_node.host, dst, [name])
+    conn = lmtp_connection(cluster)
+    try:
+        assert conn.mail("mta@example.org")[0] == 250
+        assert conn.rcpt(name)[0] == 250  # accepted by the source's Dovecot, the message not sent yet
+        cluster.cluster("group", "move", "DC1", "lm-hold", dst)
+        assert cluster.cluster("group", "access", "lm-hold").stdout.strip() == "lm-hold: started"
+        started = f"event=cluster_user_move_started user={name} "
+        wait_until(lambda: started in log_text(src_node.log_path), 20, "the user's move to start")
+        # the executor waits for the transaction (up to cluster_user_move_timeout, 31 s here)
+        assert f"event=cluster_user_move_finished user={name} " not in log_text(src_node.log_path)
+        assert group_status(cluster, "lm-hold")["moving"]
+        code, text = conn.data(mail("lm-hold 1"))
+        assert code == 250, text
+        wait_until(lambda: group_status(cluster, "lm-hold")["backend"] == dst, 30, "the move to finish")
+        # a later delivery goes to the destination
+        assert deliver_one(conn, name, "lm-hold 2")[0] == 250
+    finally:
+        conn.quit()
+    src_log, dst_log = log_text(src_node.log_path), log_text(node(cluster, dst).log_path)
+    assert re.search(rf"event=cluster_user_move_finished user={re.escape(name)} dest_host={re.escape(dst)} error=\n",
+                     src_log)
+    assert "aborted" not in src_log.split(started, 1)[1].split("event=cluster_user_move_finished", 1)[0]
+    assert re.search(rf"rcpt={re.escape(name)} client=\S+ dovecot: 250", dst_log)
+    assert sorted(subjects(cluster, name)) == ["lm-hold 1", "lm-hold 2"]
+
+
+def test_an_lmtp_transaction_held_past_the_move_timeout_is_refused_and_retried_once(
+        cluster: LocalCluster) -> None:
+    src_node, dst = cluster.backends[0], cluster.backends[1].host
+    name = user(58)
+    make_group(cluster, "lm-abort", src_node.host, dst, [name])
+    original = reconfigure(cluster, src_node, cluster_user_move_timeout="2 secs")
+    try:
+        conn = lmtp_connection(cluster)
+        try:
+            assert conn.mail("mta@example.org")[0] == 250
+            assert conn.rcpt(name)[0] == 250
+            cluster.cluster("group", "move", "DC1", "lm-abort", dst)
+            cluster.cluster("group", "access", "lm-abort")
+            wait_until(lambda: "lmtp transaction aborted: recipient moved" in log_text(src_node.log_path), 20,
+                       "the transaction to be aborted")
+            code, reply = conn.data(mail("lm-abort 1"))
+            assert code == 451 and re.match(rb"4\.4\.0 <[^>]+> Proxy failed \(.*recipient moved", reply), reply
+            wait_until(lambda: group_status(cluster, "lm-abort")["backend"] == dst, 30, "the move to finish")
+            assert subjects(cluster, name) == []  # the 4xx left no copy
+            # the MTA retries: now at the destination
+            assert deliver_one(conn, name, "lm-abort 1")[0] == 250
+        finally:
+            conn.quit()
+        assert re.search(rf"rcpt={re.escape(name)} client=\S+ dovecot: 250",
+                         log_text(node(cluster, dst).log_path))
+        assert subjects(cluster, name) == ["lm-abort 1"]
+    finally:
+        restore(cluster, src_node, original)
+
+
 def test_executor_killed_mid_move_resumes_after_restart(cluster: LocalCluster) -> None:
     src_node, dst = cluster.backends[0], cluster.backends[1].host
     members = [user(i) for i in range(61, 65)]
@@ -513,7 +728,7 @@ def test_executor_killed_mid_move_resumes_after_restart(cluster: LocalCluster) -
 # --- user move, kick ------------------------------------------------------------------------------------
 
 
-def test_user_move_on_next_login_and_by_run_move(cluster: LocalCluster) -> None:
+def test_user_move_on_next_login_and_by_user_access(cluster: LocalCluster) -> None:
     b1, b2 = cluster.backends[0].host, cluster.backends[1].host
     first, second = user(70), user(71)
     make_group(cluster, "um-a", b1, b2, [first, second])
@@ -530,9 +745,9 @@ def test_user_move_on_next_login_and_by_run_move(cluster: LocalCluster) -> None:
         assert closed_within(loop, sessions[:1], 10)
         b2_log = log_text(node(cluster, b2).log_path)
         assert re.search(rf"user={re.escape(first)} proto=imap .* login ok", b2_log)
-        # the second by the admin command, without logging in
-        out = cluster.cluster("user", "run-move", second).stdout
-        assert "moved to group um-b" in out
+        # the second by `user access`, an access without logging in
+        record = json.loads(cluster.cluster("--json", "user", "access", "-u", second).stdout)[0]
+        assert (record["group"], record["backend"]) == ("um-b", b2)
         assert closed_within(loop, sessions[1:], 10)
         status = json.loads(cluster.cluster("--json", "user", "status", second).stdout)
         assert status["group"] == "um-b" and status["moving_group"] is None

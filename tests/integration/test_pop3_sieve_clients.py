@@ -199,7 +199,10 @@ def _sieve_backend(line: bytes) -> tuple[bytes, bool]:
 
 def _serve_one(listener: socket.socket, core, context: ssl.SSLContext, ok_line: bytes, failed: str,
                backend: Backend, seen: list) -> None:
-    """A minimal blocking driver: what the proxy service does, with a fake backend after login."""
+    """A minimal blocking driver: what the proxy service does, with a fake backend after login.
+
+    Every event is recorded in `seen` before the replies the core produced with it are sent: a
+    client that has its reply may look at `seen` at once (e.g. the Close of a QUIT)."""
     conn, _ = listener.accept()
     conn.settimeout(10)
     conn.sendall(core.greeting())
@@ -209,10 +212,10 @@ def _serve_one(listener: socket.socket, core, context: ssl.SSLContext, ok_line: 
             if not data:
                 return
             events = core.receive(data)
+            seen.extend(events)
             conn.sendall(core.data_to_send())
             while events:
                 event = events.pop(0)
-                seen.append(event)
                 if isinstance(event, (pop3.Close, managesieve.Close)):
                     return
                 if isinstance(event, (pop3.StartTlsRequest, managesieve.StartTlsRequest)):
@@ -224,7 +227,9 @@ def _serve_one(listener: socket.socket, core, context: ssl.SSLContext, ok_line: 
                     _relay_to_fake_backend(conn, core.leftover(), backend, seen)
                     return
                 else:
-                    events.extend(core.login_failed(event.tag, failed))
+                    more = core.login_failed(event.tag, failed)
+                    seen.extend(more)
+                    events.extend(more)
                 conn.sendall(core.data_to_send())
     finally:
         conn.close()

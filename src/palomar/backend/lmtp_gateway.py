@@ -6,7 +6,10 @@ for logins. It speaks LMTP itself: an `LmtpServer` towards the proxy, an `LmtpCl
 XCLIENT, so Dovecot logs the MTA's address and LHLO name) towards Dovecot, and every RCPT goes
 through the ownership check. A recipient this backend does not own is answered with a referral
 reply the proxy follows (`cluster.lmtp_fanout.referral_reply`); an owned one is forwarded to
-Dovecot and Dovecot's reply relayed. See docs/design/lmtp.md.
+Dovecot and Dovecot's reply relayed. An RCPT is an access for moves (`MoveExecutor.on_access`),
+and an owned recipient stays held by the transaction until it ends, so a move of that user waits
+for the message (or aborts it before Dovecot has it, with a 4xx) instead of racing it. See
+docs/design/lmtp.md and docs/design/moves.md.
 """
 
 from __future__ import annotations
@@ -74,6 +77,15 @@ class LmtpGateway:
         self.data_open = False
         self.data_refusal: Reply | None = None
         self.data_failure = ""
+        self.accepted = 0
+        """Recipients Dovecot accepted in the current transaction."""
+        self.held: set[str] = set()
+        """Recipients this transaction holds against moves (MoveExecutor.begin_delivery)."""
+        self.broken: str | None = None
+        """Why the current transaction can no longer be delivered (its Dovecot session was lost or
+        aborted after it accepted recipients): every later recipient and the message get a 4xx."""
+        self.storing = False
+        """The final dot went to Dovecot: the message is being stored, it must not be aborted."""
 
     def flush(self) -> None:
         self.link.write(self.core.data_to_send())
@@ -100,6 +112,7 @@ class LmtpGateway:
         while queue:
             event = queue.popleft()
             if isinstance(event, MailFrom):
+                self.end_transaction()
                 self.sender, self.mail_params = event.address, dict(event.params)
                 if self.dovecot is not None:
                     self.dovecot.reset()
@@ -115,11 +128,13 @@ class LmtpGateway:
                 queue.extend(self.core.data_replies(await self.data_end(event.recipients)))
             elif isinstance(event, DataAborted):
                 self.drop_dovecot()
+                self.end_transaction()
             elif isinstance(event, TransactionReset):
                 if self.data_open:
                     self.drop_dovecot()
                 elif self.dovecot is not None:
                     self.dovecot.reset()
+                self.end_transaction()
             elif isinstance(event, Close):
                 self.flush()
                 self.link.close()
@@ -145,16 +160,37 @@ class LmtpGateway:
         if not isinstance(decision, Own):
             log.warning("session=%s rcpt=%s not served here: %s", session, address, decision.reason)
             return f"451 4.4.0 <{address}> Mailbox not served by this backend"
+        if self.broken is not None:
+            return fan.proxy_failed(address, f"Dovecot: {self.broken}")
+        newly_held = address not in self.held
+        if state.moves is not None:
+            moved_to = state.moves.begin_delivery(address, group, self)
+            if moved_to is not None:  # migrated while this RCPT was checked
+                state.referrals += 1
+                log.info("session=%s rcpt=%s referred to %s: user moved", session, address, moved_to)
+                return fan.referral_reply(moved_to)
+            self.held.add(address)
+        elif group is not None:
+            state.localdb.user_put(group.name, address)
+        reply = await self.forward_rcpt(address)
+        if not reply.startswith("2") and newly_held and state.moves is not None:
+            self.held.discard(address)
+            state.moves.end_delivery(self, address)
+        return reply
+
+    async def forward_rcpt(self, address: str) -> str:
+        """RCPT to Dovecot; the reply for the proxy."""
+        session = self.request.session_id
         leg = await self.dovecot_leg()
         if leg is None:
-            return fan.proxy_failed(address, f"Dovecot: {self.data_failure}")
+            return fan.proxy_failed(address, f"Dovecot: {self.broken or self.data_failure}")
         reply = await leg.rcpt(address)
         if reply is None:
-            detail = leg.failure or "connection lost"
+            detail = self.broken or leg.failure or "connection lost"
             self.drop_dovecot()
             return fan.proxy_failed(address, f"Dovecot: {detail}")
-        if reply.positive and group is not None:
-            state.localdb.user_put(group.name, address)
+        if reply.positive:
+            self.accepted += 1
         log.info("session=%s rcpt=%s client=%s dovecot: %s", session, address, self.request.client[0],
                  reply.first_line())
         return fan.rcpt_reply(address, reply)
@@ -163,6 +199,8 @@ class LmtpGateway:
         """The LMTP session to Dovecot inside the current transaction; None (detail in data_failure) if down."""
         if self.dovecot is not None and not self.dovecot.usable:
             self.drop_dovecot()
+        if self.broken is not None:
+            return None
         if self.dovecot is None:
             endpoint = self.state.dovecot
             try:
@@ -185,23 +223,51 @@ class LmtpGateway:
             self.dovecot.begin(self.sender, self.mail_params)
         return self.dovecot
 
-    def drop_dovecot(self) -> None:
+    def drop_dovecot(self, reason: str | None = None) -> None:
+        """Close the Dovecot session; a message still open there is aborted, never completed. Within
+        a transaction that has accepted recipients, the transaction is lost with it (`broken`): a new
+        session would not know them, and their replies after DATA would be miscounted."""
         if self.dovecot is not None:
+            if self.accepted and self.broken is None:
+                self.broken = reason or self.dovecot.failure or "connection lost"
             self.dovecot.close()
             self.dovecot = None
         self.data_open = False
+
+    def end_transaction(self) -> None:
+        """The transaction is over (delivered, reset, aborted): a fresh start for the next one."""
+        self.accepted, self.broken, self.storing = 0, None, False
+        if self.held:
+            self.held.clear()
+            if self.state.moves is not None:
+                self.state.moves.end_delivery(self)
+
+    def abort_delivery(self, reason: str) -> bool:
+        """A move of a held recipient cannot wait any longer (MoveExecutor.wait_for_deliveries)."""
+        if self.storing:
+            return False
+        log.info("session=%s lmtp transaction aborted: %s", self.request.session_id, reason)
+        self.drop_dovecot(reason)
+        self.broken = self.broken or reason
+        self.held.clear()
+        if self.state.moves is not None:
+            self.state.moves.end_delivery(self)
+        return True
 
     # ---- the message
 
     async def data_start(self) -> None:
         self.data_open, self.data_refusal, self.data_failure = False, None, ""
+        if self.broken is not None:
+            self.data_failure = self.broken
+            return
         leg = self.dovecot
         if leg is None or not leg.usable or not leg.client.accepted_recipients:
             self.data_failure = (leg.failure if leg is not None else None) or "connection lost"
             return
         reply = await leg.open_data()
         if reply is None:
-            self.data_failure = leg.failure or "connection lost"
+            self.data_failure = self.broken or leg.failure or "connection lost"
         elif reply.code == 354:
             self.data_open = True
         else:
@@ -210,9 +276,12 @@ class LmtpGateway:
     async def data_end(self, recipients: tuple[str, ...]) -> list[str]:
         """Dovecot's reply for each recipient, in order; a 451 for those it never answered."""
         replies: list[Reply] = []
-        if self.data_open and self.dovecot is not None:
-            replies = await self.dovecot.finish_data()
-            self.data_failure = self.dovecot.failure or "connection lost"
+        if self.broken is not None:
+            self.data_failure = self.broken
+        elif self.data_open and self.dovecot is not None:
+            leg, self.storing = self.dovecot, True
+            replies = await leg.finish_data()
+            self.data_failure = leg.failure or "connection lost"
         elif self.data_refusal is not None:
             replies = [self.data_refusal] * len(recipients)
         self.data_open = False
@@ -220,8 +289,10 @@ class LmtpGateway:
             self.drop_dovecot()
         elif self.dovecot is not None:
             self.dovecot.reset()
+        self.end_transaction()
         return [fan.delivery_reply(rcpt, replies[i]) if i < len(replies)
                 else fan.proxy_failed(rcpt, f"Dovecot: {self.data_failure}") for i, rcpt in enumerate(recipients)]
 
     def close(self) -> None:
         self.drop_dovecot()
+        self.end_transaction()

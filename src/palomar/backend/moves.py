@@ -10,6 +10,10 @@ completion and keeps the group's redirect for stragglers. All progress is in the
 (users done, the "move running" group row) and the GeoDB (the group row), so a restarted
 backend resumes the move or finishes it. The decisions are `palomar.cluster.moves`; see
 docs/design/moves.md.
+
+LMTP deliveries are accesses too, and they hold their recipients: a user counts as moved only
+once no open LMTP transaction on this backend still holds it (`begin_delivery` /
+`wait_for_deliveries`), so a message is stored by the backend that owns the user, exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from palomar.backend.doveadm_client import DoveadmClient, DoveadmError
 from palomar.cluster import moves as rules
@@ -37,8 +41,19 @@ log = logging.getLogger("palomar.backend.moves")
 SWEEP_INTERVAL = 1.0
 """Seconds between sweeps: resume started moves, finish moves of a non-online source, close
 sessions this backend no longer owns, forget expired straggler redirects."""
+_UNREAD: Any = object()
+"""`on_access` without the user's record: read it."""
 DRAIN_POLL = 0.05
 """Seconds between `doveadm who` polls while a user's Dovecot sessions go away."""
+
+
+class DeliveryHolder(Protocol):
+    """An open LMTP transaction (the backend's LMTP gateway) holding recipients here."""
+
+    def abort_delivery(self, reason: str) -> bool:
+        """Abort the transaction if its message has not reached Dovecot completely (its recipients
+        get a 4xx and nothing is stored); False when the final dot was already sent."""
+        ...
 
 
 def _event(name: str, **fields: Any) -> None:
@@ -56,7 +71,13 @@ class MoveExecutor:
     user_move_timeout: float = rules.DEFAULT_USER_MOVE_TIMEOUT
     metrics: Registry = field(default_factory=Registry)
     running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    finishing: dict[str, str] = field(default_factory=dict)
+    """Group -> destination host while the executor writes a group's completion: every access of
+    the group's users is referred from then on (the destination owns them, ownership rule 7)."""
     _sweeper: asyncio.Task[None] | None = None
+    _deliveries: dict[DeliveryHolder, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
+    """Open LMTP transactions -> the (group, user) pairs they hold."""
+    _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -217,6 +238,13 @@ class MoveExecutor:
                         moved += 1
                     else:
                         failed += 1
+            # No user left to migrate: from here on every access of the group is referred
+            # (synchronously with this decision), and the deliveries still open for its users
+            # must end before the group leaves.
+            self.finishing[name] = dest_host
+            late = await self.wait_for_deliveries(lambda g, _u: g == name, self.user_move_timeout)
+            if late is not None:
+                log.warning("group %s: %s", name, late)
             assert group is not None
             me = view.backend(state.backend_id)
             assert me is not None
@@ -238,6 +266,8 @@ class MoveExecutor:
             error = f"{type(exc).__name__}: {exc}"
             log.warning("group %s move interrupted: %s", name, error)
             return
+        finally:
+            self.finishing.pop(name, None)
         _event("cluster_user_group_move_finished", group=name, dest_host=dest_host, moved_users=moved,
                failed_users=failed, error=error)
         self.group_finished.inc(result="ok" if not error else "error")
@@ -254,8 +284,11 @@ class MoveExecutor:
         _event("cluster_user_move_started", user=user, dest_host=dest_host)
         self.user_started.inc()
         self.state.localdb.user_put(group, user, redirect_host=dest_host, now=int(self.clock()))
+        started = time.monotonic()
         self.close_relays(user)
-        error = await self.drain(user, self.user_move_timeout)
+        error = await self.wait_for_deliveries(lambda _g, u: u == user, self.user_move_timeout)
+        left = self.user_move_timeout - (time.monotonic() - started)
+        error = await self.drain(user, max(0.0, left)) or error
         _event("cluster_user_move_finished", user=user, dest_host=dest_host, error=error or "")
         self.user_finished.inc(result="ok" if error is None else "timeout")
         return error is None
@@ -306,13 +339,19 @@ class MoveExecutor:
 
     # -- the access hook ----------------------------------------------------------------------
 
-    async def on_access(self, user: str, decision: Any, group: Group | None) -> tuple[Any, Group | None]:
-        """Called on every login before it is served: moves first, then the final ownership."""
+    async def on_access(self, user: str, decision: Any, group: Group | None, *,
+                        record: Any = _UNREAD) -> tuple[Any, Group | None]:
+        """Called on every login before it is served: moves first, then the final ownership.
+
+        `record` is the user's GeoDB row when the caller just read it for the ownership check
+        (saves a read per login); left out, it is read here.
+        """
         changed = False
         if group is not None and group.moving and group.backend_id == self.state.backend_id:
             changed = (await self.group_access(group)) == "finished at once"
         if isinstance(decision, Own) and user != self._test_user():
-            record = await self.state.geodb.user_get(user)
+            if record is _UNREAD or changed:
+                record = await self.state.geodb.user_get(user)
             if record is not None and record.moving:
                 await self.user_access(user)
                 changed = True
@@ -331,7 +370,69 @@ class MoveExecutor:
         row = self.state.localdb.user_get(group.name, user)
         if row is not None and row.redirect_host and row.redirect_host != self.state.name:
             return row.redirect_host
+        return self.finishing.get(group.name)
+
+    # -- LMTP deliveries ------------------------------------------------------------------------
+
+    def begin_delivery(self, user: str, group: Group | None, holder: DeliveryHolder) -> str | None:
+        """An LMTP RCPT this backend owns is about to go to Dovecot: the host to refer it to if the
+        user was migrated meanwhile, else None and `holder` holds the user until `end_delivery`.
+
+        Synchronous, like `moved_during_login`: the executor either sees the hold (and waits for
+        the transaction before it counts the user as moved) or the RCPT sees the redirect.
+        """
+        moved_to = self.moved_during_login(user, group)
+        if moved_to is not None:
+            return moved_to
+        if group is not None:
+            # recorded now, not after Dovecot's reply: a later write would wipe a redirect the
+            # executor wrote while the RCPT was on its way
+            self.state.localdb.user_put(group.name, user)
+            self._deliveries.setdefault(holder, set()).add((group.name, user))
         return None
+
+    def end_delivery(self, holder: DeliveryHolder, user: str | None = None) -> None:
+        """The transaction ended (or gave up `user`): release what it held."""
+        held = self._deliveries.get(holder)
+        if held is None:
+            return
+        if user is None:
+            held.clear()
+        else:
+            held.difference_update({pair for pair in held if pair[1] == user})
+        if not held:
+            del self._deliveries[holder]
+        self._released.set()
+        self._released = asyncio.Event()
+
+    def open_deliveries(self, match: Callable[[str, str], bool]) -> list[DeliveryHolder]:
+        """The transactions holding a (group, user) that `match` selects."""
+        return [holder for holder, held in self._deliveries.items() if any(match(g, u) for g, u in held)]
+
+    async def wait_for_deliveries(self, match: Callable[[str, str], bool], timeout: float) -> str | None:
+        """Wait until no open LMTP transaction holds a matching user. After `timeout` the ones whose
+        message is not complete at Dovecot are aborted (4xx, nothing stored: the MTA retries at the
+        destination); one whose final dot was sent is waited for, its message is being stored.
+        Returns None when none is left, else why not (those were still storing another `timeout`)."""
+        deadline = time.monotonic() + timeout
+        aborted = False
+        while True:
+            holders = self.open_deliveries(match)
+            if not holders:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if aborted:
+                    return f"{len(holders)} LMTP transaction(s) still storing after {2 * timeout:g}s"
+                aborted = True
+                count = sum(1 for holder in holders if holder.abort_delivery("recipient moved"))
+                log.info("aborted %d open LMTP transaction(s) after %gs", count, timeout)
+                deadline = time.monotonic() + timeout
+                continue
+            released = self._released
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await released.wait()
 
     # -- the sweep ----------------------------------------------------------------------------
 

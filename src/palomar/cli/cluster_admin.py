@@ -1,7 +1,7 @@
-"""Verbs that act on running backends or on this host: `kick`, `group access`, `user run-move`,
-`backend evacuate`, `geodb refresh`.
+"""Verbs that act on running backends or on this host: `kick`, `group access`, `backend evacuate`,
+`geodb refresh` (and `user access`, in cluster_user_access.py, uses the same channel).
 
-`kick`, `group access` and `user run-move` send an admin command to a backend over the hop
+`kick`, `group access` and `user access` send an admin command to a backend over the hop
 (`cluster_hop_secret`, `cluster_hop_port` of the config; docs/design/backend-hop.md), because
 only the backend can close its sessions or run a move it owns. `backend evacuate` only
 writes the GeoDB: the moves run on their next access (or at once, the source being standby).
@@ -114,7 +114,7 @@ def kick(ctx: ClusterContext, username: str) -> None:
         raise CommandError("kick incomplete: " + "; ".join(errors))
 
 
-# -- group access / user run-move -------------------------------------------------------------------
+# -- group access ----------------------------------------------------------------------------------
 
 
 @click.command("access")
@@ -135,19 +135,6 @@ def group_access(ctx: ClusterContext, name: str) -> None:
 
     result = send_admin(ctx, ctx.run(action).host, "group-access", group=name)
     ctx.emit_result(result, f"{name}: {result['result']}")
-
-
-@click.command("run-move")
-@click.argument("username", metavar="USER")
-@pass_ctx
-def user_run_move(ctx: ClusterContext, username: str) -> None:
-    """Carry out USER's pending `user move` now, at the user's current backend."""
-
-    async def action(db: GeoDB) -> Backend:
-        return (await user_backends(ctx, db, username))[0]
-
-    result = send_admin(ctx, ctx.run(action).host, "user-access", user=username)
-    ctx.emit_result(result, f"{username}: {result['result']}")
 
 
 # -- backend evacuate -------------------------------------------------------------------------------
@@ -207,10 +194,9 @@ def geodb_refresh(ctx: ClusterContext) -> None:
         ctx.emit_record({"dropped": dropped})
 
 
-def register(cluster: click.Group, backend: click.Group, group: click.Group, user: click.Group) -> None:
+def register(cluster: click.Group, backend: click.Group, group: click.Group) -> None:
     """Attach the verbs to the `cluster` group and its entity groups."""
     cluster.add_command(kick)
     cluster.add_command(geodb)
     backend.add_command(backend_evacuate)
     group.add_command(group_access)
-    user.add_command(user_run_move)

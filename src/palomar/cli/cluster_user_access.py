@@ -16,6 +16,7 @@ from uuid import UUID
 import click
 
 from palomar.cli import cluster_context
+from palomar.cli.cluster_admin import send_admin, user_backends
 from palomar.cli.cluster_context import ClusterContext, CommandError, pass_ctx, site_by_name
 from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Group, SiteView, User
@@ -113,6 +114,23 @@ async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_
     return records
 
 
+def action_names(all_users: bool, from_file: list[str] | None, username: str | None) -> list[str] | None:
+    """The named users, or None for all of them."""
+    if all_users:
+        return None
+    return from_file if from_file is not None else [str(username).strip()]
+
+
+async def _pending_user_moves(ctx: ClusterContext, db: GeoDB, names: list[str] | None) -> list[tuple[str, str]]:
+    """(user, current backend host) for the users whose `user move` waits for their next access."""
+    users = await db.user_list_all() if names is None else [u for n in names if (u := await db.user_get(n))]
+    pending = []
+    for user in users:
+        if user.moving and user.group_name:
+            pending.append((user.username, (await user_backends(ctx, db, user.username))[0].host))
+    return pending
+
+
 @click.command("access")
 @click.option("-u", "--user", "username", metavar="USER", help="One user.")
 @click.option("-A", "--all", "all_users", is_flag=True, help="Every user in the GeoDB users table.")
@@ -121,7 +139,11 @@ async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_
 @pass_ctx
 def user_access(ctx: ClusterContext, username: str | None, all_users: bool, file: str | None,
                 show_ip: bool) -> None:
-    """Print the backend each user would be routed to now (nothing is written)."""
+    """Print the backend each user would be routed to now.
+
+    Like a login, this is an access: a user with a pending `user move` has it carried out first, at
+    the user's current backend (which closes the user's sessions there). Nothing else is written.
+    """
     if sum((username is not None, all_users, file is not None)) != 1:
         raise CommandError("give exactly one of -u USER, -A or -F FILE")
     local_site = ctx.local_site_name()
@@ -138,6 +160,10 @@ def user_access(ctx: ClusterContext, username: str | None, all_users: bool, file
         return await access_records(db, names, local_site=local_site, group_count=group_count,
                                     now=time.time())
 
+    names_with_moves = ctx.run(
+        lambda db: _pending_user_moves(ctx, db, action_names(all_users, from_file, username)))
+    for name, host in names_with_moves:
+        send_admin(ctx, host, "user-access", user=name)
     records = ctx.run(action)
     columns = ACCESS_COLUMNS
     if show_ip:
