@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from palomar.geodb import GeoDBError, GeoEngine, open_engine
-from palomar.geodb.engine import now_micros
+from palomar.geodb.engine import Get, Read, Select, now_micros
 from palomar.geodb.schema import TableDef, clustering_order_key, load_schema, serialize_value
 
 __all__ = [
@@ -205,6 +205,36 @@ class TestSelectAndScan:
         assert {r["site_id"] for r in rows} == {s1, s2}
         assert {r["username"] for r in rows} == {user_a}
         assert await engine.select("user_sites", {"username": user_a}, (uuid.uuid4(),)) == []
+
+    async def test_read_many_answers_as_the_single_reads_do(self, engine: GeoEngine) -> None:
+        site, gone, missing = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        user = "rm-" + uuid.uuid4().hex
+        await engine.upsert("sites", {"id": site}, {"name": "rm-site", "status": "online"})
+        await engine.upsert("sites", {"id": gone}, {"name": "gone"})
+        await engine.delete("sites", {"id": gone})
+        backends = [uuid.uuid4() for _ in range(3)]
+        for i, backend in enumerate(backends):
+            await engine.upsert("backends", {"site_id": site, "id": backend}, {"host": f"h{i}"})
+        await engine.upsert("users", {"username": user}, {"group_name": "g7"})
+        await engine.upsert("user_sites", {"username": user, "site_id": site}, {"preferred_site": 1})
+        reads: list[Read] = [
+            Get("sites", {"id": site}),
+            Select("backends", {"site_id": site}),
+            Get("users", {"username": user}),
+            Get("sites", {"id": gone}),
+            Get("sites", {"id": missing}),
+            Select("backends", {"site_id": missing}),
+            Select("user_sites", {"username": user}, (site,)),
+        ]
+        answers = await engine.read_many(reads)
+        singles = [await engine.get(r.table, r.key) if isinstance(r, Get) else
+                   await engine.select(r.table, r.partition, r.clustering) for r in reads]
+        assert answers == singles
+        assert answers[0]["name"] == "rm-site" and answers[2]["group_name"] == "g7"
+        assert sorted(r["host"] for r in answers[1]) == ["h0", "h1", "h2"]  # order: as `select`, compared above
+        assert answers[3] is None and answers[4] is None and answers[5] == []
+        assert [r["preferred_site"] for r in answers[6]] == [1]
+        assert await engine.read_many([]) == []
 
     async def test_scan_lists_live_rows_only(self, engine: GeoEngine) -> None:
         ids = [uuid.uuid4() for _ in range(4)]
@@ -629,6 +659,9 @@ class TestValidation:
              "timestamp must be an int"),
             (lambda e: e.update_if("tags", {"id": uuid.uuid4()}, {"tag": "t"}, {}), "at least one expected"),
             (lambda e: e.insert_if_absent("tags", {"id": uuid.uuid4()}, [("tag", "t")]), "must be a mapping"),
+            (lambda e: e.read_many([Get("sites", {"id": uuid.uuid4()}), Get("no_such_table", {"id": 1})]),
+             "unknown GeoDB table"),
+            (lambda e: e.read_many([Select("backends", {"id": uuid.uuid4()})]), "not a partition key column"),
         ],
     )
     async def test_bad_calls_raise_clear_errors(self, engine: GeoEngine, call: Any, message: str) -> None:

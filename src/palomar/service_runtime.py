@@ -24,6 +24,11 @@ def setup_logging(cfg: Config, role: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if os.environ.get("PALOMAR_DEBUG") else logging.INFO)
+    # The format uses none of these, and a proxy logs a line per session: skip collecting them
+    # (the logging documentation's "Optimization" list; the caller's frame walk is the dearest).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]
 
 
 def geodb_engine_options(cfg: Config) -> tuple[str, dict]:

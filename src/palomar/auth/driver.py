@@ -1,7 +1,9 @@
 """What a passdb driver hands back to the chain, and the ``key=value key`` field-list syntax.
 
-Drivers are synchronous on purpose: the chain runs each lookup (file read, hash check) in a
-worker thread, so a driver never needs to know about the event loop.
+Drivers are synchronous on purpose: the chain runs a lookup that may block (a file read) in a
+worker thread, so a driver never needs to know about the event loop. A driver that can often
+answer without blocking also offers ``lookup_nowait`` (None: "I would block, use ``lookup``"),
+which the chain calls inline first to spare the thread hand-off.
 """
 
 from __future__ import annotations

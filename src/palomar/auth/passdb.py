@@ -3,8 +3,10 @@
 The proxy authenticates every login here and takes its routing hints (``proxy``, ``host``,
 ``port``, ``destuser``, ``nologin``...) from the returned fields, so the rules follow
 Dovecot's auth-request logic closely: a configuration that works with Dovecot's auth
-process behaves the same here. Lookups and hash checks run in worker threads because
-ARGON2 and crypt take tens of milliseconds of CPU and must not stall the event loop.
+process behaves the same here. A step runs inline when it costs microseconds (a passwd-file
+already in memory, a PLAIN or salted-digest comparison); a file (re)read or a slow hash
+(ARGON2, crypt, PBKDF2 take milliseconds of CPU) runs in a worker thread so it cannot stall
+the event loop. A thread hand-off costs more than a cheap step itself.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from palomar.auth.driver import PassdbDriver, compile_fields, parse_field_list
 from palomar.auth.passwd_file import PasswdArgsError, PasswdFileDriver
-from palomar.auth.schemes import PasswordSchemeError, verify_password
+from palomar.auth.schemes import PasswordSchemeError, is_cheap, verify_password
 from palomar.auth.static_driver import StaticArgsError, StaticDriver
 from palomar.auth.variables import Template, VariableError, user_values
 
@@ -277,11 +279,22 @@ def _parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return ip
 
 
-def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool) -> _Step:
-    """One passdb lookup (and password check when ``verify``); runs in a worker thread."""
+def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool, inline: bool = False) -> _Step | None:
+    """One passdb lookup (and password check when ``verify``).
+
+    With ``inline`` it gives up (None) before anything that could block or burn CPU: a driver
+    that would have to read its source, or a slow password scheme; the caller then runs it
+    again without ``inline`` in a worker thread.
+    """
     values = request_values(user, req)
     try:
-        found = pdb.driver.lookup(user, values)
+        if inline:
+            lookup_nowait = getattr(pdb.driver, "lookup_nowait", None)
+            found = lookup_nowait(user, values) if lookup_nowait is not None else None
+            if found is None:
+                return None
+        else:
+            found = pdb.driver.lookup(user, values)
     except Exception as exc:  # a driver bug must become a temporary failure, not a crash
         log.error("passdb %s: lookup failed: %s", pdb.name, type(exc).__name__)
         return _Step(_Outcome.INTERNAL, detail="lookup error")
@@ -316,6 +329,8 @@ def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool) -> _Step
         # A password written in the configuration (the seed's shared probe password) is
         # cleartext unless it names a scheme; one from the driver uses the driver's default.
         default_scheme = CONFIG_PASSWORD_SCHEME if password_from_config else pdb.driver.default_scheme
+        if inline and not is_cheap(stored, default_scheme):
+            return None
         try:
             matched = verify_password(stored, req.password, username=user, default_scheme=default_scheme)
         except PasswordSchemeError as exc:
@@ -449,7 +464,10 @@ class PassdbChain:
         while True:
             pdb = passdbs[idx]
             check = verify and not password_verified and not pdb.deny
-            step = await asyncio.to_thread(_run_passdb, pdb, user, req, check)
+            step = _run_passdb(pdb, user, req, check, inline=True)
+            if step is None:
+                step = await asyncio.to_thread(_run_passdb, pdb, user, req, check)
+                assert step is not None
             outcome = step.outcome
             if pdb.deny and outcome is not _Outcome.UNKNOWN:
                 if outcome is not _Outcome.INTERNAL:

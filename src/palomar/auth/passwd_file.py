@@ -86,6 +86,25 @@ class PasswdFile:
             self._refresh()
             return self._users.get(user)
 
+    def lookup_nowait(self, user: str) -> tuple[bool, PasswdEntry | None]:
+        """(True, entry) when the file in memory is current, without blocking the caller:
+        one stat and a dict lookup. (False, None) when the file must be (re)read, or another
+        thread holds the lock, so the caller falls back to the blocking `lookup` in a thread."""
+        if not self._lock.acquire(blocking=False):
+            return False, None
+        try:
+            if self._stamp is None:
+                return False, None
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return False, None  # the blocking path reports it
+            if (st.st_mtime_ns, st.st_size, st.st_ino) != self._stamp:
+                return False, None
+            return True, self._users.get(user)
+        finally:
+            self._lock.release()
+
     def users(self) -> list[str]:
         """All user names, in file order (for listings and tests)."""
         with self._lock:
@@ -187,6 +206,18 @@ class PasswdFileDriver:
             if pf is None:
                 pf = self._files[path] = PasswdFile(path)
             return pf
+
+    def lookup_nowait(self, user: str, values: Mapping[str, str]) -> DriverLookup | None:
+        """The lookup when it needs no file read (the usual case); None: call `lookup` in a thread."""
+        pf = self.file_for(values)
+        if pf is None:
+            return DriverLookup(found=False)
+        current, entry = pf.lookup_nowait(self.args.username_format.render(values))
+        if not current:
+            return None
+        if entry is None:
+            return DriverLookup(found=False)
+        return DriverLookup(found=True, password=entry.password, fields=entry.extra_fields)
 
     def lookup(self, user: str, values: Mapping[str, str]) -> DriverLookup:
         pf = self.file_for(values)

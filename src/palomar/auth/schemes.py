@@ -108,6 +108,19 @@ def verify_password(stored: str, plaintext: str, *, username: str, default_schem
         raise PasswordSchemeError(f"malformed {parsed.scheme} password data") from None
 
 
+_CHEAP_SCHEMES = frozenset({
+    "PLAIN", "CLEARTEXT", "SHA", "SHA1", "SHA256", "SHA512", "PLAIN-MD5", "LDAP-MD5",
+    "SSHA", "SSHA256", "SSHA512", "SMD5",
+})
+"""Schemes whose check is one comparison or one digest (microseconds): safe on the event loop.
+The crypt family, PBKDF2, ARGON2 and SCRAM are deliberately slow and belong in a thread."""
+
+
+def is_cheap(stored: str, default_scheme: str = DEFAULT_SCHEME) -> bool:
+    """True when verifying against ``stored`` costs microseconds, not milliseconds."""
+    return parse_stored(stored, default_scheme).scheme in _CHEAP_SCHEMES
+
+
 def hash_password(scheme: str, plaintext: str) -> str:
     """A new ``{SCHEME}data`` string for ``plaintext``, as ``doveadm pw -s SCHEME`` would make."""
     base, encoding = _split_encoding(scheme)

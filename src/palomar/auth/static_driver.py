@@ -41,6 +41,10 @@ class StaticDriver:
     def __repr__(self) -> str:
         return f"StaticDriver(fields={[k for k, _ in self._fields]})"
 
+    def lookup_nowait(self, user: str, values: Mapping[str, str]) -> DriverLookup:
+        """No I/O at all: always answered inline."""
+        return self.lookup(user, values)
+
     def lookup(self, user: str, values: Mapping[str, str]) -> DriverLookup:
         password = self._password.render(values) if self._password is not None else None
         return DriverLookup(found=True, password=password, fields=self._fields)

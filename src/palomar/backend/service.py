@@ -4,7 +4,6 @@ the local Dovecot and relays. Registers itself in the GeoDB and reports backend_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -22,7 +21,7 @@ from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_u
 from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
 from palomar.net.link import Link
-from palomar.net.proxyheader import read_proxy_header
+from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import ProxyProtocolError
@@ -79,9 +78,19 @@ class BackendState:
 
     async def ownership(self, username: str):
         """Decide with fresh GeoDB data: a backend must never serve a user it does not own."""
-        assert self.backend_id is not None
-        view = await self.site_view()
-        user = await self.geodb.user_get(username)
+        decision, group, _ = await self.ownership_and_user(username)
+        return decision, group
+
+    async def ownership_and_user(self, username: str):
+        """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
+
+        Two engine calls, not five: the site, its backends and the user in one batch, then
+        the user's group (its name comes from the user record). Still fresh data every time.
+        """
+        assert self.backend_id is not None and self.site_id is not None
+        site, backends, user = await self.geodb.site_and_user(self.site_id, username)
+        assert site is not None
+        view = SiteView(site, tuple(backends))
         group = None
         if user is not None and user.group_name:
             group = await self.geodb.group_get(view.site.id, user.group_name)
@@ -96,7 +105,7 @@ class BackendState:
         test_user = expand_test_username(self.test_username, self.name) if self.test_username else None
         decision = check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
                                    self.clock(), site_view=view, test_username=test_user)
-        return decision, group
+        return decision, group, user
 
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
@@ -119,21 +128,24 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
         sock.close()
         return
     try:
+        _, link = await loop.connect_accepted_socket(Link, sock)
+    except OSError:
+        sock.close()
+        return
+    try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
-            header = await read_proxy_header(sock)
+            header = await read_proxy_header_from(link)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
                              now_us=now_micros(), replay=state.replay)
     except ConnectionError:  # connected and left without a word (e.g. a port probe)
-        sock.close()
+        link.abort()
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
         log.warning("hop from %s refused: %s", peer[0], exc)
-        with contextlib.suppress(OSError):
-            await loop.sock_sendall(sock, hop.encode_reply(hop.Failure("denied", "hop refused")))
-        sock.close()
+        link.write(hop.encode_reply(hop.Failure("denied", "hop refused")))
+        link.close()  # after the reply is sent
         return
-    _, link = await loop.connect_accepted_socket(Link, sock)
     if request.admin is not None:  # an admin command (palomar cluster kick / group access ...)
         link.write(hop.encode_reply(await execute_admin(state, request)))
         link.close()
@@ -150,29 +162,47 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     proxy_transport, dovecot_transport = link.transport, dovecot.transport
     assert proxy_transport is not None and dovecot_transport is not None
     key = id(proxy_transport)
-
-    def done(stats: RelayStats) -> None:
-        state.active.pop(key, None)
-        user_relays = state.by_user.get(request.user, {})
-        user_relays.pop(key, None)
-        if not user_relays:
-            state.by_user.pop(request.user, None)
-        log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", request.session_id,
-                 request.user, request.protocol, request.client[0], stats.bytes_in, stats.bytes_out,
-                 stats.closed_by or "backend")
-
-    relay = Relay(proxy_transport, dovecot_transport, done)
+    relay = Relay(proxy_transport, dovecot_transport,
+                  RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]))
     state.active[key] = relay
     state.by_user.setdefault(request.user, {})[key] = relay
     relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
 
 
+class RelayEnd:
+    """What a relayed session keeps until it ends: its registry keys and its log line's fields
+    (not the HopRequest, the Links or the login reply: idle sessions are many and long)."""
+
+    __slots__ = ("state", "key", "user", "session_id", "protocol", "client_ip")
+
+    def __init__(self, state: BackendState, key: int, user: str, session_id: str, protocol: str,
+                 client_ip: str) -> None:
+        self.state = state
+        self.key = key
+        self.user = user
+        self.session_id = session_id
+        self.protocol = protocol
+        self.client_ip = client_ip
+
+    def __call__(self, stats: RelayStats) -> None:
+        state = self.state
+        state.active.pop(self.key, None)
+        user_relays = state.by_user.get(self.user)
+        if user_relays is not None:
+            user_relays.pop(self.key, None)
+            if not user_relays:
+                del state.by_user[self.user]
+        log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", self.session_id,
+                 self.user, self.protocol, self.client_ip, stats.bytes_in, stats.bytes_out,
+                 stats.closed_by or "backend")
+
+
 async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
     if request.protocol not in FLAVOURS:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
-    decision, group = await state.ownership(request.user)
+    decision, group, record = await state.ownership_and_user(request.user)
     if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-        decision, group = await state.moves.on_access(request.user, decision, group)
+        decision, group = await state.moves.on_access(request.user, decision, group, record=record)
     if isinstance(decision, Refer):
         state.referrals += 1
         log.info("session=%s user=%s referred to %s: %s", request.session_id, request.user, decision.host,

@@ -15,6 +15,7 @@ and concurrent writers converge on the newest write, whatever order they arrive 
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,26 @@ class InsertResult:
 
     applied: bool
     row: Row
+
+
+@dataclass(frozen=True)
+class Get:
+    """One row by its full primary key, as `GeoEngine.get` (for `read_many`)."""
+
+    table: str
+    key: Key
+
+
+@dataclass(frozen=True)
+class Select:
+    """Rows of one partition, as `GeoEngine.select` (for `read_many`)."""
+
+    table: str
+    partition: Key
+    clustering: Sequence[Any] = ()
+
+
+Read = Get | Select
 
 
 class GeoDBError(Exception):
@@ -95,6 +116,20 @@ class GeoEngine(abc.ABC):
     async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
         """Rows of one partition, optionally narrowed by a prefix of the clustering columns,
         in clustering order."""
+
+    async def read_many(self, reads: Sequence[Read]) -> list[Any]:
+        """Several independent reads at once; each answer is what `get` (Row or None) or `select`
+        (list of Rows) returns, in the order of `reads`.
+
+        The same queries as one call each, so both engines serve the same query set. Engines
+        override it when one call costs more than the query itself: the SQLite engine runs the
+        batch as one job on its worker thread instead of one thread hand-off per read. This
+        default runs them concurrently (Cassandra: parallel requests).
+        """
+        return list(await asyncio.gather(*(
+            self.get(r.table, r.key) if isinstance(r, Get) else self.select(r.table, r.partition, r.clustering)
+            for r in reads
+        )))
 
     @abc.abstractmethod
     async def scan(self, table: str) -> list[Row]:

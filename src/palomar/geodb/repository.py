@@ -30,7 +30,7 @@ from palomar.cluster.model import (
     Tag,
     User,
 )
-from palomar.geodb.engine import GeoEngine, Row, now_micros
+from palomar.geodb.engine import GeoEngine, Get, Row, Select, now_micros
 
 
 @dataclass(frozen=True)
@@ -482,6 +482,18 @@ class GeoDB:
     async def user_get(self, username: str) -> User | None:
         row = await self.engine.get("users", {"username": username})
         return None if row is None else _user(row)
+
+    async def site_and_user(self, site_id: UUID, username: str) -> tuple[Site | None, list[Backend], User | None]:
+        """The site, its backends (as `backend_list`) and the user, in one engine call: a backend
+        needs all three to decide ownership on every login."""
+        site, backends, user = await self.engine.read_many([
+            Get("sites", {"id": site_id}),
+            Select("backends", {"site_id": site_id}),
+            Get("users", {"username": username}),
+        ])
+        return (None if site is None else _site(site),
+                sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
+                None if user is None else _user(user))
 
     async def user_put(self, username: str, **fields: Any) -> None:
         """Write the given user columns (None clears one); creates the row when it does not exist."""

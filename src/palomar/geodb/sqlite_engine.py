@@ -27,7 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from palomar.geodb.cells import StoredRow, apply_deletion, merge_write
-from palomar.geodb.engine import GeoDBError, GeoEngine, InsertResult, Key, Row, Values, now_micros
+from palomar.geodb.engine import (
+    GeoDBError,
+    GeoEngine,
+    Get,
+    InsertResult,
+    Key,
+    Read,
+    Row,
+    Values,
+    now_micros,
+)
 from palomar.geodb.schema import (
     TableDef,
     datetime_to_millis,
@@ -432,20 +442,37 @@ class SQLiteGeoEngine(GeoEngine):
 
     # ------------------------------------------------------------ reads
 
-    async def get(self, table: str, key: Key) -> Row | None:
+    def _get_job(self, table: str, key: Key) -> Callable[[sqlite3.Connection], Row | None]:
+        """Validate now (errors belong to the caller), query later on the worker thread."""
         t = self._table(table)
         k = validate_key(t.tdef, key)
+        sql = f"SELECT {t.select_list} FROM {t.name} WHERE {t.key_where} AND {t.live}"
+        params = t.key_params(k)
 
         def run(con: sqlite3.Connection) -> Row | None:
-            cur = con.execute(
-                f"SELECT {t.select_list} FROM {t.name} WHERE {t.key_where} AND {t.live}", t.key_params(k)
-            )
-            sql_row = cur.fetchone()
+            sql_row = con.execute(sql, params).fetchone()
             return None if sql_row is None else t.from_sql_row(sql_row)
+
+        return run
+
+    async def get(self, table: str, key: Key) -> Row | None:
+        return await self._run(self._get_job(table, key))
+
+    async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
+        return await self._run(self._select_job(table, partition, clustering))
+
+    async def read_many(self, reads: Sequence[Read]) -> list[Any]:
+        """All reads in one worker-thread job: one hand-off instead of one per read."""
+        jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else
+                self._select_job(r.table, r.partition, r.clustering) for r in reads]
+
+        def run(con: sqlite3.Connection) -> list[Any]:
+            return [job(con) for job in jobs]
 
         return await self._run(run)
 
-    async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
+    def _select_job(self, table: str, partition: Key, clustering: Sequence[Any]
+                    ) -> Callable[[sqlite3.Connection], list[Row]]:
         t = self._table(table)
         p = validate_partition(t.tdef, partition)
         prefix = validate_clustering(t.tdef, clustering)
@@ -462,7 +489,7 @@ class SQLiteGeoEngine(GeoEngine):
             )
             return [t.from_sql_row(r) for r in cur.fetchall()]
 
-        return await self._run(run)
+        return run
 
     async def scan(self, table: str) -> list[Row]:
         t = self._table(table)

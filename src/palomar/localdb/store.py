@@ -123,6 +123,8 @@ class LocalDB:
 
     def __init__(self, path: str = DEFAULT_PATH, *, busy_timeout_ms: int = 5_000) -> None:
         self.path = path
+        self._purged_at: int | None = None
+        """The `now` of the last expiry purge (`cache_put` purges at most once per second)."""
         try:
             if path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
@@ -285,7 +287,8 @@ class LocalDB:
             "VALUES (?, ?, ?)",
             (key, value, now + ttl_secs),
         )
-        self.cache_purge(now)
+        if now != self._purged_at:  # expiry has one-second steps: a second purge within it finds nothing
+            self.cache_purge(now)
 
     def cache_delete(self, key: str) -> bool:
         cur = self._exec("DELETE FROM cluster_geodb_cache WHERE cache_key = ?", (_name(key, "cache key"),))
@@ -293,7 +296,9 @@ class LocalDB:
 
     def cache_purge(self, now: int | None = None) -> int:
         """Drop every expired cache row; returns how many."""
-        cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?", (_now(now),))
+        now = _now(now)
+        cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?", (now,))
+        self._purged_at = now
         return cur.rowcount
 
     def cache_clear(self) -> int:

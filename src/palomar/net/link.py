@@ -142,5 +142,6 @@ class Link(asyncio.Protocol):
 async def open_link(host: str, port: int, *, timeout: float) -> Link:
     """Connect to host:port within `timeout` seconds."""
     loop = asyncio.get_running_loop()
-    _, link = await asyncio.wait_for(loop.create_connection(Link, host, port), timeout)
+    async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
+        _, link = await loop.create_connection(Link, host, port)
     return link

@@ -17,7 +17,7 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class RelayStats:
     """What the session log line and the metrics report when the relay ends."""
 
@@ -65,6 +65,8 @@ class _End(asyncio.Protocol):
 
 class Relay:
     """Joins a client transport and a server (backend) transport."""
+
+    __slots__ = ("stats", "_on_done", "_finished", "_eofs", "client", "server")
 
     def __init__(
         self,

@@ -35,12 +35,15 @@ def new_session_id(client: tuple[str, int]) -> str:
     """Dovecot's shape: base64 of a microsecond clock, the client port and address."""
     micros = time.time_ns() // 1000
     packed = struct.pack("<Q", micros)[:6] + struct.pack(">H", client[1] & 0xFFFF)
-    packed += ipaddress.ip_address(client[0]).packed
+    address = client[0]
+    packed += socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
     return base64.b64encode(packed).decode().rstrip("=")
 
 
 def _plain(address: str) -> str:
     """Strip the IPv4-mapped IPv6 form so logs and trust checks see the IPv4 address."""
+    if ":" not in address:  # IPv4 from the kernel or a parsed PROXY header: already canonical
+        return address
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)

@@ -22,6 +22,8 @@ from palomar.geodb.repository import GeoDB
 log = logging.getLogger("palomar.proxy")
 
 MAX_RACE_RETRIES = 3
+DECODED_LIMIT = 10_000
+"""Decoded cache values kept per process (the site view and the groups: a bounded set)."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,32 @@ class Router:
         self.site_name = site_name
         self.group_count = group_count
         self.cache_ttl = cache_ttl
+        self._decoded: dict[str, tuple[str, Any]] = {}
+        """key -> (cached text, its decoded value): every login reads the same site view and
+        group texts, and decoding them cost more than reading them. The LocalDB row stays the
+        authority (`geodb refresh` from another process clears it): a memo entry is used only
+        while its text is exactly what the LocalDB holds now. The values are frozen dataclasses."""
 
-    async def _cached(self, key: str, load, fetch):
+    async def _cached(self, key: str, load, fetch, *, memo: bool = False):
         now = int(time.time())
         text = self.cache.cache_get(key, now)
         if text is not None:
-            return load(text)
-        value = await fetch()
-        self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, now)
+            if not memo:
+                return load(text)
+            seen = self._decoded.get(key)
+            if seen is not None and seen[0] == text:
+                return seen[1]
+            value = load(text)
+        else:
+            value = await fetch()
+            if not memo:
+                self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, now)
+                return value
+            text = codec.dumps(value)
+            self.cache.cache_put(key, text, self.cache_ttl, now)
+        if len(self._decoded) >= DECODED_LIMIT:
+            self._decoded.clear()
+        self._decoded[key] = (text, value)
         return value
 
     def invalidate(self, *keys: str) -> None:
@@ -76,11 +96,11 @@ class Router:
         def load(text: str):
             return None if text == "null" else codec.load_site_view(text)
 
-        return await self._cached(f"site/{self.site_name}", load, fetch)
+        return await self._cached(f"site/{self.site_name}", load, fetch, memo=True)
 
     async def _group(self, view: SiteView, name: str) -> Group | None:
         return await self._cached(f"group/{view.site.id}/{name}", codec.load_group,
-                                  lambda: self.geodb.group_get(view.site.id, name))
+                                  lambda: self.geodb.group_get(view.site.id, name), memo=True)
 
     async def route(self, username: str, *, host_override: str | None = None) -> RouteResult:
         view = await self.site_view()

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
@@ -57,13 +58,34 @@ class FrontendSpec:
     ssl: bool
 
 
-def log_session(protocol: str, conn: ClientConnection, user: str, host: str, stats: RelayStats) -> None:
-    """The one structured line per proxied session."""
-    session_log.info(
-        "session=%s proto=%s user=%s client=%s:%d backend=%s in=%d out=%d duration=%.3f idle=%.3f closed_by=%s",
-        conn.session_id, protocol, user, conn.client[0], conn.client[1], host, stats.bytes_in, stats.bytes_out,
-        time.monotonic() - stats.started, time.monotonic() - stats.last_activity, stats.closed_by or "proxy",
-    )
+class SessionEnd:
+    """What a relayed session keeps until it ends: the fields of its log line and the metric.
+
+    Everything else of the login phase (the client's Link and ClientConnection, the hop's
+    Established with the backend's reply, the protocol core) is dropped at the switch to
+    relaying; an IDLE session may live for hours, and thousands of them are open at once.
+    """
+
+    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+
+    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
+                 host: str) -> None:
+        self.finished = finished
+        self.protocol = protocol
+        self.session_id = session_id
+        self.user = user
+        self.client_ip, self.client_port = client
+        self.host = host
+
+    def __call__(self, stats: RelayStats) -> None:
+        closed_by = stats.closed_by or "proxy"
+        self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
+        now = time.monotonic()
+        session_log.info(
+            "session=%s proto=%s user=%s client=%s:%d backend=%s in=%d out=%d duration=%.3f idle=%.3f "
+            "closed_by=%s", self.session_id, self.protocol, self.user, self.client_ip, self.client_port,
+            self.host, stats.bytes_in, stats.bytes_out, now - stats.started, now - stats.last_activity, closed_by,
+        )
 
 
 async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, haproxy: bool, ssl: bool) -> None:
@@ -129,11 +151,8 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-
-        def done(stats: RelayStats) -> None:
-            state.metrics.sessions_finished.inc(dest_host=outcome.host, disconnect_side=stats.closed_by or "proxy")
-            log_session(adapter.protocol, conn, user, outcome.host, stats)
-
+        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
+                          outcome.host)
         relay = Relay(client_transport, backend_transport, done)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer())

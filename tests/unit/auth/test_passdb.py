@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,3 +354,52 @@ async def test_concurrent_authentications(tmp_path: Path) -> None:
 def test_auth_result_repr_masks_pass_fields() -> None:
     result = AuthResult("ok", "a", {"pass": "p1", "password": "p2", "host": "h"})
     assert "p1" not in repr(result) and "p2" not in repr(result) and "'h'" in repr(result)
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting the jobs handed to it (worker-thread hand-offs)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.jobs = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_cheap_steps_run_inline_slow_ones_in_a_thread(tmp_path: Path) -> None:
+    """A loaded passwd-file and a PLAIN/SSHA check need no thread; a file (re)read or crypt does."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    path = tmp_path / "u"
+    crypt = hash_password("SHA512-CRYPT", "slow-pw")
+    ssha = hash_password("SSHA", "salted-pw")
+    path.write_text(f"plain:{{PLAIN}}pw\nslow:{crypt}\nsalted:{ssha}\n")
+    chain = PassdbChain.from_settings([PassdbCfg("u", "passwd-file", str(path))])
+
+    assert (await chain.authenticate(req("plain", "pw"))).ok
+    assert executor.jobs == 1  # the first lookup reads the file
+    assert (await chain.authenticate(req("plain", "pw"))).ok
+    assert not (await chain.authenticate(req("plain", "wrong"))).ok
+    assert (await chain.authenticate(req("salted", "salted-pw"))).ok
+    assert (await chain.lookup("nobody")).status == "unknown_user"
+    assert executor.jobs == 1
+    assert (await chain.authenticate(req("slow", "slow-pw"))).ok
+    assert not (await chain.authenticate(req("slow", "pw"))).ok
+    assert executor.jobs == 3  # each crypt check in a thread
+
+    path.write_text(f"plain:{{PLAIN}}new-pw\nslow:{crypt}\n")
+    assert not (await chain.authenticate(req("plain", "pw"))).ok
+    assert executor.jobs == 4  # the changed file is re-read in a thread, and its new content wins
+    assert (await chain.authenticate(req("plain", "new-pw"))).ok
+    assert executor.jobs == 4
+
+
+async def test_static_passdb_runs_inline() -> None:
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    chain = PassdbChain.from_settings([PassdbCfg("s", "static", "password=shared-pw proxy=y")])
+    assert (await chain.authenticate(req("anyone", "shared-pw"))).flag("proxy")
+    assert not (await chain.authenticate(req("anyone", "other"))).ok
+    assert executor.jobs == 0

@@ -1,0 +1,77 @@
+"""The backend's ownership check on every login: fresh GeoDB data, in two engine calls."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from palomar.backend.dovecot_login import DovecotEndpoint
+from palomar.backend.service import BackendState
+from palomar.cluster.model import Backend, Group, Site
+from palomar.cluster.ownership import Own, Refer
+from palomar.geodb.repository import GeoDB
+from palomar.geodb.sqlite_engine import SQLiteGeoEngine
+from palomar.localdb.store import LocalDB
+
+
+class CountingEngine(SQLiteGeoEngine):
+    """The real SQLite engine, counting the jobs it hands to its worker thread."""
+
+    jobs = 0
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        self.jobs += 1
+        return await super()._run(fn, *args)
+
+
+@pytest.fixture
+async def state(tmp_path) -> AsyncIterator[BackendState]:
+    engine = CountingEngine(str(tmp_path / "geodb.sqlite"))
+    await engine.open()
+    geodb = GeoDB(engine)
+    site = Site(id=uuid.uuid4(), name="east")
+    assert await geodb.site_add(site)
+    other = Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.9")
+    await geodb.backend_add(other)
+    localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
+    backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
+                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
+    await backend.register()
+    yield backend
+    localdb.close()
+    await geodb.close()
+
+
+async def test_owned_user_is_decided_in_two_engine_calls(state: BackendState) -> None:
+    assert state.site_id is not None and state.backend_id is not None
+    await state.geodb.group_create_if_absent(Group(state.site_id, "g1", backend_id=state.backend_id))
+    await state.geodb.user_put("alice@example.test", group_name="g1")
+    engine = state.geodb.engine
+    assert isinstance(engine, CountingEngine)
+    before = engine.jobs
+    decision, group, record = await state.ownership_and_user("alice@example.test")
+    assert engine.jobs - before == 2
+    assert isinstance(decision, Own) and group is not None and group.name == "g1"
+    assert record is not None and record.group_name == "g1"
+
+
+async def test_fresh_data_every_time(state: BackendState) -> None:
+    """No caching: a group moved to another backend is refused on the very next login."""
+    assert state.site_id is not None and state.backend_id is not None
+    other = next(b for b in await state.geodb.backend_list(state.site_id) if b.id != state.backend_id)
+    await state.geodb.group_create_if_absent(Group(state.site_id, "g2", backend_id=state.backend_id))
+    await state.geodb.user_put("bob@example.test", group_name="g2")
+    assert isinstance((await state.ownership("bob@example.test"))[0], Own)
+    applied, _ = await state.geodb.group_replace_backend(state.site_id, "g2", other.id, None,
+                                                         expect_backend_id=state.backend_id)
+    assert applied
+    decision, _ = await state.ownership("bob@example.test")
+    assert isinstance(decision, Refer) and decision.host == "10.0.0.9"
+
+
+async def test_unknown_user_is_not_served(state: BackendState) -> None:
+    decision, group, record = await state.ownership_and_user("nobody@example.test")
+    assert not isinstance(decision, Own) and group is None and record is None
