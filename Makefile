@@ -31,7 +31,9 @@ clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
 
 DEMO_DIR ?= demo-run
+GEODB    ?= sqlite
 
+# make demo GEODB=cassandra: the GeoDB on a local Cassandra node (scripts/cassandra, stopped on Ctrl-C).
 demo: deps
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/palomar demo --dir $(DEMO_DIR)
+	$(VENV)/bin/palomar demo --dir $(DEMO_DIR) --geodb $(GEODB)

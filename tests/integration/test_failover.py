@@ -52,7 +52,7 @@ def try_login(host: str, port: int, user: str, password: str) -> str:
 
 def geodb(cluster: LocalCluster, action: Callable):
     async def main():
-        engine = open_engine("sqlite", path=str(cluster.geodb_path))
+        engine = cluster.geodb_engine()
         await engine.open()
         try:
             db = GeoDB(engine)
@@ -229,9 +229,16 @@ def test_proxy_with_checks_off_never_marks_a_backend_offline(unchecked: LocalClu
 # --- two proxies racing the same failover ---------------------------------------------------------
 
 
-async def test_two_proxies_failing_over_one_group_converge(tmp_path: Path, caplog) -> None:
+@pytest.fixture
+def race_geodb(tmp_path: Path) -> tuple[str, dict]:
+    """The GeoDB engine and options of the racing routers (the Cassandra tests override it)."""
+    return "sqlite", {"path": str(tmp_path / "geodb.sqlite")}
+
+
+async def test_two_proxies_failing_over_one_group_converge(tmp_path: Path, caplog, race_geodb) -> None:
     """Two routers with their own GeoDB connections and caches fail the same group over at once."""
-    engines = [open_engine("sqlite", path=str(tmp_path / "geodb.sqlite")) for _ in range(2)]
+    driver, options = race_geodb
+    engines = [open_engine(driver, **options) for _ in range(2)]
     for engine in engines:
         await engine.open()
     dbs = [GeoDB(e) for e in engines]

@@ -332,11 +332,10 @@ def test_metrics_count_sessions_per_backend(cluster: LocalCluster) -> None:
 def geodb_read(cluster: LocalCluster, action):
     import asyncio
 
-    from palomar.geodb import open_engine
     from palomar.geodb.repository import GeoDB
 
     async def main():
-        engine = open_engine("sqlite", path=str(cluster.geodb_path))
+        engine = cluster.geodb_engine()
         await engine.open()
         try:
             return await action(GeoDB(engine))

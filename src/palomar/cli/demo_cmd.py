@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -20,42 +21,64 @@ import click
 @click.option("--submission-port", default=1587, show_default=True, help="HAProxy's Submission port (STARTTLS)")
 @click.option("--submissions-port", default=1465, show_default=True, help="HAProxy's Submission port (TLS)")
 @click.option("--sieve-port", default=4190, show_default=True, help="HAProxy's ManageSieve port (STARTTLS)")
+@click.option("--lmtp-port", default=1024, show_default=True, help="HAProxy's LMTP port")
 @click.option("--users", default=20, show_default=True, help="how many demo users to create")
+@click.option("--geodb", type=click.Choice(["sqlite", "cassandra"]), default="sqlite", show_default=True,
+              help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs")
 def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port: int, submission_port: int,
-         submissions_port: int, sieve_port: int, users: int) -> None:
-    """Start two Dovecot backends with palomar in front, two proxies and HAProxy (embedded GeoDB)."""
+         submissions_port: int, sieve_port: int, lmtp_port: int, users: int, geodb: str) -> None:
+    """Start two Dovecot backends with palomar in front, two proxies and HAProxy (GeoDB: SQLite or Cassandra)."""
+    from palomar.devcluster.cassandra import LocalCassandra
     from palomar.devcluster.cluster import LbPorts, LocalCluster
 
     path = Path(root).resolve()
-    if (path / "geodb.sqlite").exists():
+    if (path / "geodb.sqlite").exists() or (path / "proxy1").exists():
         click.echo(f"palomar demo: {path} holds an earlier demo; remove it or pass --dir", err=True)
         sys.exit(1)
-    cluster = LocalCluster(path, users_count=users, lb_ports=LbPorts(imap=imap_port, imaps=imaps_port, pop3=pop3_port, pop3s=pop3s_port,
-                                                          sieve=sieve_port, submission=submission_port,
-                                                          submissions=submissions_port),
-                           controller=True,
-                           allow_cleartext=True)
+    cassandra = LocalCassandra()
+    if geodb == "cassandra":
+        click.echo("palomar demo: starting Cassandra (scripts/cassandra start; the first start takes a while) ...")
+        try:
+            click.echo("palomar demo: Cassandra " + ("started" if cassandra.start() else
+                                                      "already answers on 127.0.0.1:9042; using it"))
+        except (RuntimeError, KeyboardInterrupt) as exc:
+            cassandra.stop()
+            click.echo(f"palomar demo: {exc or 'interrupted'}", err=True)
+            sys.exit(1)
+    lb_ports = LbPorts(imap=imap_port, imaps=imaps_port, pop3=pop3_port, pop3s=pop3s_port, sieve=sieve_port,
+                       submission=submission_port, submissions=submissions_port, lmtp=lmtp_port)
+    cluster = LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
+                           geodb=geodb)
     click.echo("palomar demo: starting Dovecot backends, palomar backends, proxies and HAProxy ...")
     try:
         cluster.start()
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
         cluster.stop()
-        click.echo(f"palomar demo: could not start: {exc}", err=True)
+        cassandra.stop()
+        reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
+        click.echo(f"palomar demo: could not start: {reason}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        cluster.stop()
+        cassandra.stop()
+        sys.exit(130)
     user = cluster.users[0]
+    where = (f"Cassandra 127.0.0.1, keyspace {cluster.keyspace}" if geodb == "cassandra"
+             else str(cluster.geodb_path))
     click.echo(f"""
-palomar demo is running (site DC1, GeoDB {cluster.geodb_path}).
+palomar demo is running (site DC1, GeoDB {where}).
 
   IMAP (STARTTLS or plain) 127.0.0.1:{cluster.lb_imap}    IMAPS 127.0.0.1:{cluster.lb_imaps}
   POP3 (STLS or plain)     127.0.0.1:{cluster.lb_pop3}    POP3S 127.0.0.1:{cluster.lb_pop3s}
   Submission (STARTTLS)    127.0.0.1:{cluster.lb_submission}    Submission (TLS) 127.0.0.1:{cluster.lb_submissions}
-  ManageSieve (STARTTLS)   127.0.0.1:{cluster.lb_sieve}
+  ManageSieve (STARTTLS)   127.0.0.1:{cluster.lb_sieve}    LMTP 127.0.0.1:{cluster.lb_lmtp}
   user {user.name}   password {user.password}   (user1 .. user{users}, passwordN)
 
   Try:  curl -k --ssl-reqd 'imap://127.0.0.1:{cluster.lb_imap}/INBOX' -u '{user.name}:{user.password}'
         curl -k 'pop3s://127.0.0.1:{cluster.lb_pop3s}/' -u '{user.name}:{user.password}'
         swaks --server 127.0.0.1 --port {cluster.lb_submission} --tls --auth-user {user.name} \\
               --auth-password {user.password} --to someone@example.test
+        swaks --server 127.0.0.1 --port {cluster.lb_lmtp} --protocol LMTP --to {cluster.users[1].name}
         sieve-connect --server 127.0.0.1 --port {cluster.lb_sieve} --user {user.name} --notlsverify --list
         palomar cluster -c {cluster.admin_config} backend list
         palomar cluster -c {cluster.admin_config} group list
@@ -75,3 +98,6 @@ palomar demo is running (site DC1, GeoDB {cluster.geodb_path}).
     finally:
         click.echo("palomar demo: stopping ...")
         cluster.stop()
+        if cassandra.started:
+            click.echo("palomar demo: stopping Cassandra ...")
+            cassandra.stop()

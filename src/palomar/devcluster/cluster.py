@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -20,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palomar.auth.schemes import hash_password
+from palomar.devcluster.cassandra import reset_keyspace
 from palomar.devcluster.certs import self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
 from palomar.devcluster.smtp_sink import SmtpSink
+from palomar.geodb import GeoEngine, open_engine
 
 SITE = "DC1"
 PROBE_USERNAME = "probe-%{backend_host}"
@@ -128,11 +131,48 @@ class LocalCluster:
     """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
     proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Extra config lines for proxies, by proxy name (`proxy1`) or `*` for all of them."""
+    geodb: str = "sqlite"
+    """GeoDB engine: `sqlite` (a file under root) or `cassandra` (a running Cassandra, see below)."""
+    cassandra_hosts: str = "127.0.0.1"
+    cassandra_keyspace: str = ""
+    """Empty: `palomar_` + the root folder's name. start() drops it first: the cluster owns it."""
+    cassandra_local_dc: str = "dc1"
+    cassandra_replication: str = "dc1:1"
 
     # --- layout ---------------------------------------------------------------------------
     @property
     def geodb_path(self) -> Path:
         return self.root / "geodb.sqlite"
+
+    @property
+    def keyspace(self) -> str:
+        if self.cassandra_keyspace:
+            return self.cassandra_keyspace
+        return "palomar_" + re.sub(r"[^a-z0-9_]", "_", self.root.name.lower())[:40]
+
+    def geodb_settings(self) -> list[str]:
+        """The GeoDB lines every role's config shares."""
+        if self.geodb == "sqlite":
+            return [f"cluster_geodb_path = {self.geodb_path}"]
+        if self.geodb != "cassandra":
+            raise ValueError(f"unknown GeoDB engine {self.geodb!r} (sqlite or cassandra)")
+        return [
+            "cluster_geodb_driver = cassandra",
+            f"cassandra_hosts = {self.cassandra_hosts}",
+            f"cassandra_keyspace = {self.keyspace}",
+            f"cassandra_local_dc = {self.cassandra_local_dc}",
+            f"cassandra_replication = {self.cassandra_replication}",
+        ]
+
+    def geodb_engine(self) -> GeoEngine:
+        """An engine (not yet open) on this cluster's GeoDB, configured as its processes are."""
+        if self.geodb == "sqlite":
+            return open_engine("sqlite", path=str(self.geodb_path))
+        from palomar.geodb.cassandra_engine import parse_replication
+
+        return open_engine("cassandra", hosts=self.cassandra_hosts, keyspace=self.keyspace,
+                           local_dc=self.cassandra_local_dc or None,
+                           replication=parse_replication(self.cassandra_replication))
 
     @property
     def admin_config(self) -> Path:
@@ -173,7 +213,7 @@ class LocalCluster:
     def _common(self, role_dir: Path) -> list[str]:
         return [
             f"cluster_local_site = {SITE}",
-            f"cluster_geodb_path = {self.geodb_path}",
+            *self.geodb_settings(),
             f"cluster_localdb_path = {role_dir / 'localdb.sqlite'}",
             f"cluster_hop_secret = {self.hop_secret}",
             f"cluster_hop_port = {self.hop_port}",
@@ -317,6 +357,8 @@ class LocalCluster:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
             node.config.chmod(0o600)
+        if self.geodb == "cassandra":
+            reset_keyspace(self.cassandra_hosts, self.keyspace, local_dc=self.cassandra_local_dc)
         self.cluster("site", "add", SITE)
         for node in self.backends:
             node.dovecot.start()
@@ -349,7 +391,7 @@ class LocalCluster:
         config = role_dir / "palomar.conf"
         config.write_text("\n".join([
             f"cluster_local_site = {SITE}",
-            f"cluster_geodb_path = {self.geodb_path}",
+            *self.geodb_settings(),
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
             "controller_interval = 2 secs",

@@ -17,6 +17,7 @@ worker thread, so the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, HostDistance, TokenAwarePolicy
 from cassandra.query import PreparedStatement, tuple_factory
 
 from palomar.geodb.engine import GeoDBError, GeoEngine, InsertResult, Key, Row, Values, now_micros
@@ -58,6 +59,12 @@ _WRITE, _READ, _LWT, _SERIAL_READ = EXEC_PROFILE_DEFAULT, "read", "lwt", "serial
 # NoHostAvailable (every host failed, each reason inside) is not a DriverException.
 _DRIVER_ERRORS = (DriverException, NoHostAvailable, OSError)
 PROTOCOL_VERSION = 5  # Cassandra 4.0 and newer; pinned so the driver does not probe (and warn)
+SCHEMA_AGREEMENT_TIMEOUT = 60.0
+"""Seconds the nodes of the local datacenter get to agree on the schema after palomar's DDL."""
+REMOTE_SCHEMA_WAIT = 10.0
+"""Seconds other datacenters' nodes get to take the new schema (a node that is down never does)."""
+
+log = logging.getLogger("palomar.geodb")
 
 
 def parse_hosts(hosts: str | Sequence[str], default_port: int) -> list[tuple[str, int]]:
@@ -244,10 +251,12 @@ class CassandraGeoEngine(GeoEngine):
             _LWT: profile(self.write_cl, self.serial_cl),
             _SERIAL_READ: profile(self.serial_cl),
         }
+        # max_schema_agreement_wait=0: the driver would wait for every node it does not know to be
+        # down, including other DCs' nodes it never connects to; _ensure_schema waits for this DC's.
         cluster = Cluster(
             contact_points=self.contact_points, port=self.port, execution_profiles=profiles,
             connect_timeout=self.connect_timeout, control_connection_timeout=self.connect_timeout,
-            protocol_version=PROTOCOL_VERSION,
+            protocol_version=PROTOCOL_VERSION, max_schema_agreement_wait=0,
         )
         try:
             session = await asyncio.to_thread(cluster.connect)
@@ -286,20 +295,24 @@ class CassandraGeoEngine(GeoEngine):
 
         DDL is skipped when the metadata already shows everything: concurrent `CREATE TABLE IF
         NOT EXISTS` through different coordinators can race, so openers after the first do none.
+        The statements that do run all go to one node of the local DC (each sees the previous
+        one's result), and then the local DC's nodes must agree on the schema before any
+        statement is prepared; another DC that is down gets the schema when it returns.
         """
         assert self._cluster is not None
         ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
+        tables = ks_meta.tables if ks_meta is not None else {}
+        statements = []
         if ks_meta is None:
             replication = self.replication or self._default_replication()
             spec = ", ".join(f"'{dc}': {rf}" for dc, rf in replication.items())
-            await self._ddl(f"CREATE KEYSPACE IF NOT EXISTS {_q(self.keyspace)} WITH replication = "
-                            f"{{'class': 'NetworkTopologyStrategy', {spec}}}")
-        ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
-        tables = ks_meta.tables if ks_meta is not None else {}
+            statements.append(f"CREATE KEYSPACE IF NOT EXISTS {_q(self.keyspace)} WITH replication = "
+                              f"{{'class': 'NetworkTopologyStrategy', {spec}}}")
         for stmt in cql_statements(schema_text()):
             name = re.search(r"exists\s+(\w+)", stmt, re.IGNORECASE)
             if name is None or name.group(1).lower() not in tables:
-                await self._ddl(stmt, keyspace=True)
+                statements.append(self._in_keyspace(stmt))
+        await self._run_ddl(statements)
         ks_meta = self._cluster.metadata.keyspaces.get(self.keyspace)
         if ks_meta is None:
             raise GeoDBError(f"cassandra GeoDB: keyspace {self.keyspace} did not appear after creation")
@@ -311,21 +324,100 @@ class CassandraGeoEngine(GeoEngine):
             if pk != (t.tdef.partition_key, t.tdef.clustering):
                 raise GeoDBError(f"cassandra GeoDB: table {self.keyspace}.{t.tdef.name} has a different "
                                  f"primary key than schema.cql")
-            for col in t.vals:
-                if col not in meta.columns:
-                    ctype = t.tdef.columns[col]
-                    await self._ddl(f"ALTER TABLE {t.name} ADD {_q(col)} {ctype}", keyspace=True)
+            missing = [c for c in t.vals if c not in meta.columns]
+            await self._run_ddl([self._in_keyspace(f"ALTER TABLE {t.name} ADD {_q(c)} {t.tdef.columns[c]}")
+                                 for c in missing])
 
-    async def _ddl(self, stmt: str, *, keyspace: bool = False) -> None:
-        """Schema statements run in a thread: the driver blocks until the nodes agree on the schema."""
-        session = self._live_session()
-        if keyspace:
-            stmt = re.sub(r"^(create\s+table\s+if\s+not\s+exists\s+|alter\s+table\s+)",
-                          lambda m: m.group(1) + f"{_q(self.keyspace)}.", stmt, count=1, flags=re.IGNORECASE)
+    def _in_keyspace(self, stmt: str) -> str:
+        return re.sub(r"^(create\s+table\s+if\s+not\s+exists\s+|alter\s+table\s+)",
+                      lambda m: m.group(1) + f"{_q(self.keyspace)}.", stmt, count=1, flags=re.IGNORECASE)
+
+    def _local_hosts(self) -> list[Any]:
+        """The local DC's nodes the driver has a connection pool to (up), in a stable order."""
+        assert self._cluster is not None
+        hosts = [h for h in self._cluster.metadata.all_hosts()
+                 if h.is_up and self._cluster.profile_manager.distance(h) == HostDistance.LOCAL]
+        return sorted(hosts, key=lambda h: str(h.endpoint))
+
+    async def _run_ddl(self, statements: list[str]) -> None:
+        """Run schema statements on one local node, wait for the schema to settle, refresh metadata.
+
+        Everything blocking (DDL, reading the nodes' schema versions) runs in a worker thread.
+        """
+        if not statements:
+            return
+        session, cluster = self._live_session(), self._cluster
+        assert cluster is not None
+        hosts = self._local_hosts()
+        if not hosts:
+            raise GeoDBError(f"cassandra GeoDB {self._where()}: no node of the local datacenter is up")
+        timeout = max(self.request_timeout, 60.0)
+        for stmt in statements:
+            try:
+                await asyncio.to_thread(session.execute, stmt, timeout=timeout, host=hosts[0])
+            except _DRIVER_ERRORS as exc:
+                raise GeoDBError(f"cassandra GeoDB: schema statement failed: {_describe(exc)}") from exc
+        await self._await_schema_agreement(hosts)
         try:
-            await asyncio.to_thread(session.execute, stmt, timeout=max(self.request_timeout, 60.0))
+            await asyncio.to_thread(cluster.refresh_schema_metadata, 0)
         except _DRIVER_ERRORS as exc:
-            raise GeoDBError(f"cassandra GeoDB: schema statement failed: {_describe(exc)}") from exc
+            raise GeoDBError(f"cassandra GeoDB: cannot read the schema back: {_describe(exc)}") from exc
+
+    async def _await_schema_agreement(self, hosts: list[Any]) -> None:
+        """Until the local DC's nodes agree on the schema (required) and the nodes of the other DCs
+        holding replicas of the keyspace have it too (for at most REMOTE_SCHEMA_WAIT: the driver
+        cannot tell a down node of another DC from a slow one, it never connects to them, and a down
+        node takes the schema when it returns)."""
+        started = time.monotonic()
+        while True:
+            local, lagging = await asyncio.to_thread(self._schema_versions, hosts)
+            waited = time.monotonic() - started
+            if len(local) <= 1:
+                if not lagging:
+                    return
+                if waited > REMOTE_SCHEMA_WAIT:
+                    log.warning("GeoDB schema created; node(s) %s of other datacenters do not have it yet "
+                                "(down?), they take it when they return", ", ".join(lagging))
+                    return
+            elif waited > SCHEMA_AGREEMENT_TIMEOUT:
+                raise GeoDBError(f"cassandra GeoDB: the local datacenter's nodes did not agree on the schema "
+                                 f"within {SCHEMA_AGREEMENT_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.2)
+
+    def _schema_versions(self, hosts: list[Any]) -> tuple[set[Any], list[str]]:
+        """(schema versions of the local DC's up nodes, other DCs' peers without the first one's version).
+
+        Blocking: runs in a worker thread. The peers' versions are the first host's gossip view.
+        """
+        session = self._live_session()
+        local: set[Any] = set()
+        for host in hosts:
+            try:
+                rows = session.execute("SELECT schema_version FROM system.local", timeout=self.request_timeout,
+                                       host=host)
+            except _DRIVER_ERRORS:
+                continue  # a node going down now does not hold up the others
+            local.update(row[0] for row in rows)
+        try:
+            peers = session.execute("SELECT peer, data_center, schema_version FROM system.peers",
+                                    timeout=self.request_timeout, host=hosts[0])
+        except _DRIVER_ERRORS:
+            return local, []
+        mine = next(iter(local)) if len(local) == 1 else None
+        local_dcs, replica_dcs = {h.datacenter for h in hosts}, self._replica_dcs()
+        return local, [str(peer) for peer, dc, version in peers
+                       if dc not in local_dcs and version != mine and (replica_dcs is None or dc in replica_dcs)]
+
+    def _replica_dcs(self) -> set[str] | None:
+        """The datacenters holding replicas of the keyspace (None: not known, count them all)."""
+        assert self._cluster is not None
+        meta = self._cluster.metadata.keyspaces.get(self.keyspace)
+        factors = getattr(getattr(meta, "replication_strategy", None), "dc_replication_factors", None)
+        if factors:
+            return {dc for dc, rf in factors.items() if int(rf) > 0}
+        if self.replication:
+            return {dc for dc, rf in self.replication.items() if rf > 0}
+        return None
 
     # ------------------------------------------------------------ plumbing
 

@@ -1,8 +1,9 @@
 """A real Cassandra for these tests: `scripts/cassandra start` once, `stop` when they are done.
 
 Node 1 (127.0.0.1, dc1) serves the contract suite; the two-DC tests add node 2 (127.0.0.2,
-dc2) to the same cluster and stop/restart it. The node folders live in a temporary directory
-so every run starts from an empty cluster.
+dc2) to the same cluster and stop/restart it; the cluster tests then run a whole LocalCluster
+(proxies, backends, Dovecot) on node 1 while node 2 is down. The node folders live in a
+temporary directory so every run starts from an empty cluster.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ whichever DC wrote it and in whatever order the writes arrived.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -124,3 +126,36 @@ async def test_outage_of_dc2_then_convergence(two_dcs: Any, dc1: GeoEngine) -> N
             assert row is not None and row["group_name"] == "from-dc2"
     finally:
         await dc2.close()
+
+
+async def test_first_start_with_the_other_dc_down_creates_the_schema_at_once(two_dcs: Any, caplog) -> None:
+    """The first palomar process of a site creates keyspace and tables while the other DC is down.
+
+    The driver never connects to dc2's node (local-DC policy), so it cannot know that node is
+    down: its own agreement check would wait 10 s after every statement and then skip the
+    metadata refresh ("keyspace did not appear"). dc1's nodes must agree; dc2 gets one bounded
+    wait in all, and a warning.
+    """
+    two_dcs.stop(node=2)
+    caplog.set_level(logging.WARNING, logger="palomar.geodb")
+    started = time.monotonic()
+    engine = open_engine("cassandra", hosts=["127.0.0.1"], keyspace="dc2_down", local_dc="dc1",
+                         replication=REPLICATION)
+    await engine.open()
+    took = time.monotonic() - started
+    try:
+        await engine.upsert("users", {"username": "first"}, {"group_name": "g"})
+        row = await engine.get("users", {"username": "first"})
+        assert row is not None and row["group_name"] == "g"
+    finally:
+        await engine.close()
+    assert took < 40, f"creating the schema took {took:.1f}s"
+    assert any("127.0.0.2" in r.getMessage() and "do not have it yet" in r.getMessage() for r in caplog.records)
+
+    # A keyspace without replicas in dc2 does not wait for dc2 at all.
+    caplog.clear()
+    local_only = open_engine("cassandra", hosts=["127.0.0.1"], keyspace="dc1_only", local_dc="dc1",
+                             replication={"dc1": 1})
+    await local_only.open()
+    await local_only.close()
+    assert not any("do not have it yet" in r.getMessage() for r in caplog.records)
