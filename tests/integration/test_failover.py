@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import logging
-import ssl
 import time
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from harness.clients import tls_context
 
 from palomar.cluster.model import Backend, Group, Site
 from palomar.devcluster.cluster import SITE, BackendNode, LocalCluster
@@ -29,13 +29,6 @@ from palomar.proxy.router import Router
 
 MAX_LOGINS = 60
 """Bound of the login loop while a backend is down (each login takes milliseconds)."""
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def try_login(host: str, port: int, user: str, password: str) -> str:

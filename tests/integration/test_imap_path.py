@@ -5,13 +5,12 @@ from __future__ import annotations
 import imaplib
 import json
 import socket
-import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from harness.clients import IMAP4From
+from harness.clients import IMAP4From, backend_of, tls_context
 
 from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.net import wait_until
@@ -35,13 +34,6 @@ def cluster(harness_root: Path):
     c.stop()
 
 
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class IMAP4SSLFrom(imaplib.IMAP4_SSL):
     def __init__(self, host: str, port: int, source: str) -> None:
         self._source = source
@@ -50,13 +42,6 @@ class IMAP4SSLFrom(imaplib.IMAP4_SSL):
     def _create_socket(self, timeout):
         sock = socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
         return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-
-
-def backend_of(cluster: LocalCluster, user: str) -> str:
-    """The backend host the GeoDB assigns the user's group to."""
-    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
-    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
-    return next(g["backend"] for g in groups if g["name"] == group)
 
 
 def dovecot_of(cluster: LocalCluster, host: str):

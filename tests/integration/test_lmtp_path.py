@@ -15,7 +15,6 @@ import json
 import re
 import smtplib
 import socket
-import ssl
 import subprocess
 import urllib.request
 import uuid
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness.clients import tls_context
 
 from palomar.devcluster.cluster import SITE, BackendNode, LocalCluster
 from palomar.devcluster.net import wait_until
@@ -54,13 +54,6 @@ def cluster(harness_root: Path):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def message(subject: str, body: bytes = b"body\r\n") -> bytes:
@@ -142,12 +135,6 @@ def mailbox(cluster: LocalCluster, user: str, subject: str) -> list[bytes]:
             _, fetched = imap.fetch(number, "(BODY.PEEK[])")
             messages.append(fetched[0][1])
         return messages
-
-
-def backend_of(cluster: LocalCluster, user: str) -> str:
-    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
-    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
-    return next(g["backend"] for g in groups if g["name"] == group)
 
 
 _PLACEMENT: dict[int, dict[str, list[str]]] = {}

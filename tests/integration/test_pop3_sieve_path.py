@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import json
 import os
 import poplib
 import smtplib
 import socket
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from harness.clients import backend_of, tls_context
 
 from palomar.devcluster.cluster import LocalCluster
 
@@ -26,19 +25,6 @@ def cluster(harness_root: Path):
     c.start()
     yield c
     c.stop()
-
-
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def backend_of(cluster: LocalCluster, user: str) -> str:
-    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
-    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
-    return next(g["backend"] for g in groups if g["name"] == group)
 
 
 def append_over_imap(cluster: LocalCluster, user: str, password: str, message: bytes) -> None:

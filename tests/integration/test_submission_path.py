@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import smtplib
-import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from harness.clients import backend_of, tls_context
 
 from palomar.devcluster.cluster import LocalCluster
 
@@ -23,17 +22,8 @@ def cluster(harness_root: Path):
     c.stop()
 
 
-def tls_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def backend_dovecot(cluster: LocalCluster, user: str):
-    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
-    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
-    host = next(g["backend"] for g in groups if g["name"] == group)
+    host = backend_of(cluster, user)
     return next(b.dovecot for b in cluster.backends if b.host == host)
 
 

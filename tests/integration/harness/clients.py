@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import imaplib
+import json
 import socket
+import ssl
+from typing import Any
 
 imaplib.Commands.setdefault("ID", ("NONAUTH", "AUTH", "SELECTED", "LOGOUT"))
 
@@ -44,3 +47,18 @@ def imap_id(imap: imaplib.IMAP4, fields: dict[str, str]) -> tuple[str, list[byte
 def imap_master_login(imap: imaplib.IMAP4, user: str, master_user: str, master_password: str) -> None:
     """AUTHENTICATE PLAIN with authzid=user, authcid=master user (raises imaplib.IMAP4.error)."""
     imap.authenticate("PLAIN", lambda _challenge: sasl_plain(user, master_user, master_password))
+
+
+def tls_context() -> ssl.SSLContext:
+    """A client context for the test clusters' self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def backend_of(cluster: Any, user: str) -> str:
+    """The backend host the GeoDB assigns the user's group to (asked through `palomar cluster`)."""
+    group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
+    groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
+    return next(g["backend"] for g in groups if g["name"] == group)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, write_config
 
+from cluster_harness import Cluster, write_config
 from palomar.cli import cluster_context
 
 

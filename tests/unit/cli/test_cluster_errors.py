@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
-from cluster_harness import Cluster, write_config
 
+from cluster_harness import Cluster, write_config
 from palomar.cli.main import main
 
 PALOMAR = Path(sys.executable).with_name("palomar")

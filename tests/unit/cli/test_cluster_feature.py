@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cluster_harness import Cluster
-
 from palomar.cli.output import micros_to_iso
 from palomar.cluster.features import FEATURES
 from palomar.cluster.model import NO_ID, Setting

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from cluster_harness import Cluster
 
+from cluster_harness import Cluster
 from palomar.cluster.model import Group
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 from cluster_harness import Cluster
-
 from palomar.cluster.model import ForceMove, Group
 
 

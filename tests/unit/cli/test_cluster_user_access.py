@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster
 
+from cluster_harness import Cluster
 from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Group
 from palomar.geodb import open_engine
