@@ -39,12 +39,14 @@ def _rows(body: Any) -> list[dict[str, Any]]:
 
 
 class DoveadmClient:
-    """One keep-alive HTTP connection to `host:port`, Basic auth `doveadm:<password>`."""
+    """One keep-alive HTTP connection to `host:port` with a fixed Authorization header
+    (Basic `doveadm:<password>` by default)."""
 
-    def __init__(self, host: str, port: int, password: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, password: str = "", *, authorization: str = "",
+                 timeout: float = 5.0) -> None:
         self.host = host
         self.port = port
-        self._auth = "Basic " + base64.b64encode(f"doveadm:{password}".encode()).decode()
+        self._auth = authorization or "Basic " + base64.b64encode(f"doveadm:{password}".encode()).decode()
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -52,9 +54,10 @@ class DoveadmClient:
     def __repr__(self) -> str:
         return f"DoveadmClient({self.host}:{self.port})"
 
-    def _call(self, command: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        body = json.dumps([[command, params, "c1"]]).encode()
-        headers = {"Authorization": self._auth, "Content-Type": "application/json"}
+    def post(self, payload: Any, authorization: str | None = None) -> tuple[int, Any]:
+        """POST `payload` to /doveadm/v1; (HTTP status, parsed body, or the text if it is not JSON)."""
+        body = json.dumps(payload).encode()
+        headers = {"Authorization": authorization or self._auth, "Content-Type": "application/json"}
         with self._lock:
             for attempt in (1, 2):
                 if self._conn is None:
@@ -67,15 +70,20 @@ class DoveadmClient:
                     self._conn.close()
                     self._conn = None
                     if attempt == 2:
-                        raise DoveadmError(f"doveadm {command}: {exc}") from None
+                        raise DoveadmError(f"doveadm: {exc}") from None
                     continue
                 break
-        if response.status != 200:
-            raise DoveadmError(f"doveadm {command}: HTTP {response.status}")
+        text = data.decode(errors="replace")
         try:
-            parsed = json.loads(data.decode(errors="replace")) if data else []
+            return response.status, json.loads(text) if text else []
         except ValueError:
-            raise DoveadmError(f"doveadm {command}: unreadable answer") from None
+            return response.status, text
+
+    def call(self, command: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run one command; its result rows (blocking: from a thread or outside an event loop)."""
+        status, parsed = self.post([[command, params, "c1"]])
+        if status != 200:
+            raise DoveadmError(f"doveadm {command}: HTTP {status}")
         if not parsed or not isinstance(parsed, list) or not parsed[0] or parsed[0][0] != "doveadmResponse":
             kind = parsed[0][0] if parsed and isinstance(parsed, list) and parsed[0] else "nothing"
             raise DoveadmError(f"doveadm {command}: {kind}")
@@ -83,12 +91,12 @@ class DoveadmClient:
 
     async def sessions(self, user: str) -> int:
         """How many connections Dovecot has for `user` (0 when none)."""
-        rows = await asyncio.to_thread(self._call, "who", {"mask": user})
+        rows = await asyncio.to_thread(self.call, "who", {"mask": user})
         return sum(int(r.get("connections", 1)) for r in rows if r.get("username") == user)
 
     async def kick(self, user: str) -> None:
         """Disconnect every Dovecot session of `user`."""
-        await asyncio.to_thread(self._call, "kick", {"mask": [user]})
+        await asyncio.to_thread(self.call, "kick", {"mask": [user]})
 
     def close(self) -> None:
         with self._lock:

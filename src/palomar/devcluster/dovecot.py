@@ -11,7 +11,6 @@ import atexit
 import base64
 import http.client
 import ipaddress
-import json
 import os
 import pwd
 import re
@@ -22,16 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from palomar.backend.doveadm_client import DoveadmClient
 from palomar.backend.dovecot_config import DEFAULT_MASTER_USER, DovecotParams, write_instance
 from palomar.devcluster.net import free_ports, wait_port, wait_until
 from palomar.devcluster.procs import stop_tree
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 MIN_INOTIFY_INSTANCES = 8192
-
-
-class DoveadmError(Exception):
-    """The doveadm HTTP API answered with an error or an unexpected status."""
 
 
 def ensure_mail_user(name: str = "vmail") -> pwd.struct_passwd:
@@ -101,7 +97,7 @@ class DovecotInstance:
         self.params = params
         self.stderr_path = params.log_path.with_suffix(".stderr.log")
         self._proc: subprocess.Popen[bytes] | None = None
-        self._http: http.client.HTTPConnection | None = None
+        self._http: DoveadmClient | None = None
 
     def __repr__(self) -> str:
         return f"DovecotInstance({self.params.instance_name} on {self.params.listen}, pid={self.pid})"
@@ -190,50 +186,21 @@ class DovecotInstance:
         return subprocess.run(["doveadm", "-c", str(self.params.config_path), *args], stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, check=check, timeout=timeout)
 
-    def _authorization(self) -> str:
-        if self.params.doveadm_api_key:
-            return "X-Dovecot-API " + base64.b64encode(self.params.doveadm_api_key.encode()).decode()
-        token = base64.b64encode(f"doveadm:{self.params.doveadm_password}".encode()).decode()
-        return "Basic " + token
+    def _doveadm_client(self) -> DoveadmClient:
+        if self._http is None:
+            p = self.params
+            key = "X-Dovecot-API " + base64.b64encode(p.doveadm_api_key.encode()).decode() if p.doveadm_api_key else ""
+            self._http = DoveadmClient(p.listen, p.doveadm_http_port, p.doveadm_password, authorization=key,
+                                       timeout=10)
+        return self._http
 
     def doveadm_http_raw(self, payload: Any, authorization: str | None = None) -> tuple[int, Any]:
-        """POST `payload` to /doveadm/v1 over a keep-alive connection; (status, parsed body).
+        """POST `payload` to /doveadm/v1 (keep-alive); (status, parsed body)."""
+        return self._doveadm_client().post(payload, authorization)
 
-        Keep-alive matters: Dovecot 2.3 never answers a failed authentication on a request that
-        says `Connection: close`, so urllib would just time out.
-        """
-        body = json.dumps(payload).encode()
-        headers = {"Authorization": authorization or self._authorization(), "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            if self._http is None:
-                self._http = http.client.HTTPConnection(self.params.listen, self.params.doveadm_http_port,
-                                                        timeout=10)
-            try:
-                self._http.request("POST", "/doveadm/v1", body=body, headers=headers)
-                response = self._http.getresponse()
-                data = response.read()
-            except (http.client.HTTPException, ConnectionError):
-                self._http.close()
-                self._http = None
-                if attempt == 2:
-                    raise
-                continue
-            text = data.decode(errors="replace")
-            try:
-                return response.status, json.loads(text) if text else None
-            except ValueError:
-                return response.status, text
-        raise AssertionError("unreachable")
-
-    def doveadm_http(self, command: str, params: dict[str, Any] | None = None, tag: str = "t1") -> Any:
-        """Run one doveadm command over the HTTP API and return its result."""
-        status, body = self.doveadm_http_raw([[command, params or {}, tag]])
-        if status != 200:
-            raise DoveadmError(f"doveadm {command}: HTTP {status}: {body!r}")
-        kind, result, _tag = body[0]
-        if kind != "doveadmResponse":
-            raise DoveadmError(f"doveadm {command}: {kind}: {result!r}")
-        return result
+    def doveadm_http(self, command: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run one doveadm command over the HTTP API and return its result rows."""
+        return self._doveadm_client().call(command, params or {})
 
     # --- metrics -----------------------------------------------------------------------------------
     def metrics(self) -> tuple[str, str]:
