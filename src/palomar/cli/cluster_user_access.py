@@ -18,9 +18,8 @@ import click
 from palomar.cli import cluster_context
 from palomar.cli.cluster_admin import send_admin, user_backends
 from palomar.cli.cluster_context import ClusterContext, CommandError, pass_ctx, site_by_name
-from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Group, SiteView, User
-from palomar.cluster.routing import Assign, Failover, Routed, route_user
+from palomar.cluster.routing import Assign, Failover, Routed, group_of, route_user
 from palomar.geodb.repository import GeoDB
 
 ACCESS_COLUMNS = ("user", "site", "group", "backend", "via", "pending")
@@ -97,8 +96,7 @@ async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_
     for username in names:
         user = await db.user_get(username)
         view = await reader.view(user)
-        group_name = user.group_name if user is not None and user.group_name else None
-        group_name = group_name or default_group_name(username, group_count)
+        group_name = group_of(username, user, group_count)
         group = await reader.group(view.site.id, group_name)
         groups = {group_name: group} if group is not None else {}
         decision = route_user(username, user, groups, view, group_count=group_count, now=now)

@@ -239,6 +239,13 @@ def _decided_backend(decision: Serve | Assign | Failover) -> Backend:
     return decision.new_backend if isinstance(decision, Failover) else decision.backend
 
 
+def group_of(username: str, user: User | None, group_count: int) -> str:
+    """The user's group: the one in its row, or the `default-N` a new user joins."""
+    if user is not None and user.group_name:
+        return user.group_name
+    return default_group_name(username, group_count)
+
+
 def route_user(
     username: str,
     user: User | None,
@@ -261,10 +268,8 @@ def route_user(
         return Routed(pinned, None, "passdb-host")
 
     user_write: User | None = None
-    if user is not None and user.group_name:
-        group_name = user.group_name
-    else:
-        group_name = default_group_name(username, group_count)
+    group_name = group_of(username, user, group_count)
+    if user is None or not user.group_name:
         user_write = replace(user, group_name=group_name) if user else User(username, group_name)
 
     group = groups.get(group_name)

@@ -14,9 +14,8 @@ from typing import Any
 from uuid import UUID
 
 from palomar.cluster import codec
-from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Group, SiteView
-from palomar.cluster.routing import Routed, Unavailable, route_user
+from palomar.cluster.routing import Routed, Unavailable, group_of, route_user
 from palomar.geodb.repository import GeoDB
 
 log = logging.getLogger("palomar.proxy")
@@ -108,10 +107,8 @@ class Router:
             return RouteResult(None, f"site {self.site_name!r} is not in the GeoDB")
         user = await self._cached(f"user/{username}", codec.load_user, lambda: self.geodb.user_get(username))
         for _ in range(MAX_RACE_RETRIES):
-            group_name = user.group_name if user is not None and user.group_name else None
+            group_name = group_of(username, user, self.group_count)
             groups: dict[str, Group] = {}
-            if group_name is None:
-                group_name = default_group_name(username, self.group_count)
             group = await self._group(view, group_name)
             if group is not None:
                 groups[group_name] = group

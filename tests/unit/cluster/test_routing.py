@@ -29,6 +29,7 @@ from palomar.cluster.routing import (
     check_ownership,
     choose_backend,
     follow_referral,
+    group_of,
     pinned_backend,
     resolve_group,
     route_user,
@@ -462,3 +463,12 @@ def test_stale_proxy_costs_one_referral() -> None:
     assert step == FollowReferral("B", 1)
     at_dest = check_ownership(bid("B"), "ivy", fresh, None, None, NOW, site_view=view)
     assert isinstance(at_dest, Own)
+
+
+@pytest.mark.parametrize("user,expected", [
+    (None, default_group_name("new@example.test", 100)),
+    (User("new@example.test"), default_group_name("new@example.test", 100)),
+    (User("new@example.test", group_name="vip"), "vip"),
+], ids=["no-row", "row-without-group", "row-with-group"])
+def test_group_of_reads_the_row_or_derives_the_default(user, expected) -> None:
+    assert group_of("new@example.test", user, 100) == expected
