@@ -114,7 +114,7 @@ def who(cluster: LocalCluster, host: str) -> set[str]:
     p = node(cluster, host).dovecot.params
     client = DoveadmClient(p.listen, p.doveadm_http_port, p.doveadm_password)
     try:
-        return {r["username"] for r in client._call("who", {}) if "username" in r}
+        return {r["username"] for r in client.call("who", {}) if "username" in r}
     finally:
         client.close()
 
@@ -203,7 +203,7 @@ class WhoSampler(threading.Thread):
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
-                sample = {h: {r["username"] for r in c._call("who", {}) if "username" in r}
+                sample = {h: {r["username"] for r in c.call("who", {}) if "username" in r}
                           for h, c in self.clients.items()}
             except DoveadmError as exc:
                 self.errors.append(str(exc))
