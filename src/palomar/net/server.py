@@ -61,6 +61,10 @@ class AcceptLoop:
             task.add_done_callback(self._tasks.discard)
 
     async def _guarded(self, conn: socket.socket) -> None:
+        """The last resort, for a bug in a handler: each session owns its connection and has its
+        own exception boundary that answers the client. Closing `conn` here is safe: a handler
+        that gave it to a transport did so through `net.link.accept_link`, which left `conn`
+        detached, so this cannot close a descriptor a live transport still watches."""
         try:
             await self.handler(conn)
         except Exception:  # one broken session must never stop the service
