@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from palomar.net.server import handed_over
+
 READ_LIMIT = 256 * 1024
 """Pause reading when this much unread input piled up during the login phase."""
 
@@ -162,10 +164,11 @@ async def accept_link(sock: socket.socket) -> Link:
     owned = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     owned.setblocking(False)
     try:
-        _, link = await asyncio.get_running_loop().connect_accepted_socket(Link, owned)
+        transport, link = await asyncio.get_running_loop().connect_accepted_socket(Link, owned)
     except BaseException:
         owned.close()
         raise
+    handed_over(transport)
     return link
 
 
