@@ -14,13 +14,15 @@ from palomar.config import Config
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
+from palomar.logsafe import OneLineFormatter
 
 
 def setup_logging(cfg: Config, role: str) -> None:
-    """One line per event, `key=value` fields; to `log_path` or stderr."""
+    """One line per event, `key=value` fields; to `log_path` or stderr. No message can span lines,
+    whatever a call site passed (see palomar.logsafe)."""
     path = cfg["log_path"]
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if os.environ.get("PALOMAR_DEBUG") else logging.INFO)

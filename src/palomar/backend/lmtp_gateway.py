@@ -23,6 +23,7 @@ from palomar.backend.dovecot_login import BACKEND_HELO, xclient_fields
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.cluster.ownership import Own, Refer
+from palomar.logsafe import safe
 from palomar.net.link import Link, open_link
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols import hop
@@ -156,7 +157,7 @@ class LmtpGateway:
         try:
             return await self.recipient(address)
         except Exception as exc:
-            log_failure(log, f"session={self.request.session_id} rcpt={address}", exc)
+            log_failure(log, f"session={self.request.session_id} rcpt={safe(address)}", exc)
             return fan.rcpt_failed(address, store=is_store_error(exc))
 
     async def recipient(self, address: str) -> str:
@@ -166,10 +167,10 @@ class LmtpGateway:
             decision, group = await state.moves.on_access(address, decision, group)
         if isinstance(decision, Refer):
             state.referrals += 1
-            log.info("session=%s rcpt=%s referred to %s: %s", session, address, decision.host, decision.reason)
+            log.info("session=%s rcpt=%s referred to %s: %s", session, safe(address), decision.host, decision.reason)
             return fan.referral_reply(decision.host)
         if not isinstance(decision, Own):
-            log.warning("session=%s rcpt=%s not served here: %s", session, address, decision.reason)
+            log.warning("session=%s rcpt=%s not served here: %s", session, safe(address), decision.reason)
             return f"451 4.4.0 <{address}> Mailbox not served by this backend"
         if self.broken is not None:
             return fan.proxy_failed(address, f"Dovecot: {self.broken}")
@@ -178,7 +179,7 @@ class LmtpGateway:
             moved_to = state.moves.begin_delivery(address, group, self)
             if moved_to is not None:  # migrated while this RCPT was checked
                 state.referrals += 1
-                log.info("session=%s rcpt=%s referred to %s: user moved", session, address, moved_to)
+                log.info("session=%s rcpt=%s referred to %s: user moved", session, safe(address), moved_to)
                 return fan.referral_reply(moved_to)
             self.held.add(address)
         elif group is not None:
@@ -202,8 +203,8 @@ class LmtpGateway:
             return fan.proxy_failed(address, f"Dovecot: {detail}")
         if reply.positive:
             self.accepted += 1
-        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, address, self.request.client[0],
-                 reply.first_line())
+        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, safe(address), self.request.client[0],
+                 safe(reply.first_line()))
         return fan.rcpt_reply(address, reply)
 
     async def dovecot_leg(self) -> LmtpLeg | None:

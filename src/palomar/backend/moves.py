@@ -31,6 +31,7 @@ from palomar.cluster import moves as rules
 from palomar.cluster.model import Group, SiteView
 from palomar.cluster.ownership import Own, Refer, expand_test_username
 from palomar.cluster.routing import Assign, resolve_group
+from palomar.logsafe import safe
 from palomar.metrics.registry import Registry
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class MoveExecutor:
         closed = self.close_relays(user)
         error = await self.drain(user, self.user_move_timeout)
         self.kicks.inc()
-        log.info("kicked user=%s relays=%d error=%s", user, closed, error or "")
+        log.info("kicked user=%s relays=%d error=%s", safe(user), closed, error or "")
         return {"user": user, "backend": self.state.name, "closed_sessions": closed, "error": error}
 
     # -- group moves ------------------------------------------------------------------------
@@ -502,7 +503,7 @@ class MoveExecutor:
             if isinstance(decision, Refer):
                 closed = self.close_relays(user)
                 if closed:
-                    log.info("closed %d session(s) of user=%s: owned by %s now (%s)", closed, user,
+                    log.info("closed %d session(s) of user=%s: owned by %s now (%s)", closed, safe(user),
                              decision.host, decision.reason)
 
     def stats(self) -> dict[str, float]:

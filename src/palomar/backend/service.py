@@ -21,6 +21,7 @@ from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
 from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
+from palomar.logsafe import safe
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
@@ -152,7 +153,7 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
-        log.warning("hop from %s refused: %s", peer, exc)
+        log.warning("hop from %s refused: %s", peer, safe(exc))
         link.write(hop.encode_reply(hop.Failure("denied", "hop refused")))
         link.close()  # after the reply is sent
         return
@@ -204,7 +205,7 @@ class RelayEnd:
             if not user_relays:
                 del state.by_user[self.user]
         log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", self.session_id,
-                 self.user, self.protocol, self.client_ip, stats.bytes_in, stats.bytes_out,
+                 safe(self.user), self.protocol, self.client_ip, stats.bytes_in, stats.bytes_out,
                  stats.closed_by or "backend")
 
 
@@ -215,7 +216,7 @@ async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[
     try:
         return await _serve(state, request)
     except Exception as exc:
-        log_failure(log, f"session={request.session_id} user={request.user} proto={request.protocol} hop", exc)
+        log_failure(log, f"session={request.session_id} user={safe(request.user)} proto={request.protocol} hop", exc)
         if is_store_error(exc):
             return hop.Failure("temp", "cluster state temporarily unavailable"), None
         return hop.Failure("internal", "internal error"), None
@@ -229,16 +230,16 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
         decision, group = await state.moves.on_access(request.user, decision, group, record=record)
     if isinstance(decision, Refer):
         state.referrals += 1
-        log.info("session=%s user=%s referred to %s: %s", request.session_id, request.user, decision.host,
+        log.info("session=%s user=%s referred to %s: %s", request.session_id, safe(request.user), decision.host,
                  decision.reason)
         return hop.Referral(decision.host, decision.reason), None
     if not isinstance(decision, Own):
-        log.warning("session=%s user=%s not served here: %s", request.session_id, request.user, decision.reason)
+        log.warning("session=%s user=%s not served here: %s", request.session_id, safe(request.user), decision.reason)
         return hop.Failure("unavailable", decision.reason), None
     reply, link = await login(state.dovecot, request)
     if link is None:
-        log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
-                 request.protocol, request.client[0], request.client[1], getattr(reply, "text", "failed"))
+        log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, safe(request.user),
+                 request.protocol, request.client[0], request.client[1], safe(getattr(reply, "text", "failed")))
         return reply, None
     try:  # the Dovecot session is ours until the relay takes it
         moved_to = state.moves.moved_during_login(request.user, group) if state.moves else None
@@ -250,7 +251,7 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
     except BaseException:
         link.abort()
         raise
-    log.info("session=%s user=%s proto=%s client=%s:%d login ok", request.session_id, request.user,
+    log.info("session=%s user=%s proto=%s client=%s:%d login ok", request.session_id, safe(request.user),
              request.protocol, request.client[0], request.client[1])
     return reply, link
 

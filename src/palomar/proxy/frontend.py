@@ -12,6 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from palomar.logsafe import safe
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header
 from palomar.protocols.proxyproto import ProxyProtocolError
@@ -80,7 +81,7 @@ async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: 
             sock.close()
             return None
         except (ProxyProtocolError, ConnectionError, OSError) as exc:
-            log.warning("haproxy listener: bad PROXY header from %s: %s", client[0], exc)
+            log.warning("haproxy listener: bad PROXY header from %s: %s", client[0], safe(exc))
             sock.close()
             return None
         if header.command == "PROXY" and header.source is not None and header.dest is not None:

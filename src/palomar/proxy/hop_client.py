@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from palomar.cluster.routing import MAX_REFERRAL_HOPS
 from palomar.geodb.engine import now_micros
+from palomar.logsafe import safe
 from palomar.net.link import Link, open_link
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
@@ -111,8 +112,8 @@ class HopClient:
             link.close()
             if isinstance(reply, hop.Failure):
                 return HopFailed(host, _FAILURE_CODES[reply.code], reply.text, auth=reply.code == "auth")
-            log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, target.user, host,
-                     reply.host, reply.reason or "no reason")
+            log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, safe(target.user), host,
+                     safe(reply.host), safe(reply.reason or "no reason"))
             if on_redirect is not None:
                 on_redirect(host)
             if reply.host in visited:

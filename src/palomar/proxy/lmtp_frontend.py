@@ -19,6 +19,7 @@ from functools import partial
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
+from palomar.logsafe import safe
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols.lmtp import (
     Close,
@@ -167,7 +168,7 @@ class LmtpProxySession:
         try:
             return await self.recipient(address)
         except Exception as exc:
-            log_failure(log, f"session={self.conn.session_id} rcpt={address}", exc)
+            log_failure(log, f"session={self.conn.session_id} rcpt={safe(address)}", exc)
             return self.denied(address, fan.rcpt_failed(address, store=is_store_error(exc)), "")
 
     async def recipient(self, address: str) -> str:
@@ -177,7 +178,7 @@ class LmtpProxySession:
         try:
             result = await self.state.passdb.lookup(address, request)
         except Exception as exc:  # a passdb that breaks must not end the MTA's session
-            log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, address, exc)
+            log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, safe(address), exc)
             return self.denied(address, fan.lookup_failed(address), "")
         if result.status in ("unknown_user", "failed"):
             return self.denied(address, fan.unknown_user(address), "")
@@ -190,7 +191,7 @@ class LmtpProxySession:
     async def deliver_to(self, address: str, user: str, host_override: str | None) -> str:
         route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
         if route.host is None:
-            log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, address, route.reason)
+            log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, safe(address), route.reason)
             return self.denied(address, fan.proxy_failed(address, "no backend available"), "")
         host: str = route.host
         visited: list[str] = []
@@ -218,7 +219,8 @@ class LmtpProxySession:
                     self.fanout.accept(address, user, leg.name)
                     return client_reply
                 return self.denied(address, client_reply, leg.name)
-            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, address, leg.name, target)
+            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, safe(address), leg.name,
+                     safe(target))
             self.state.count_redirect(leg.name)
             step = fan.follow_referral(visited, target)
             if isinstance(step, fan.GiveUp):
@@ -229,7 +231,7 @@ class LmtpProxySession:
         try:
             return (await self.state.router.route(user, host_override=host_override)).host
         except Exception as exc:
-            log.warning("session=%s user=%s routing again failed: %s", self.conn.session_id, user, exc)
+            log.warning("session=%s user=%s routing again failed: %s", self.conn.session_id, safe(user), exc)
             return None
 
     async def backend_went_offline(self, failed: HopFailed) -> bool:
@@ -265,7 +267,7 @@ class LmtpProxySession:
         if isinstance(outcome, HopFailed):
             self.state.count_failure(outcome.host, outcome.error_code)
             log.warning("session=%s proxy dest %s to %s: %s", conn.session_id, outcome.error_code, outcome.host,
-                        outcome.text)
+                        safe(outcome.text))
             return outcome
         client = LmtpClient(lhlo_name=self.core.lhlo_name or "unknown")
         leg = LmtpLeg(outcome.host, outcome.link, client, timeout=LEG_TIMEOUT)
@@ -273,7 +275,7 @@ class LmtpProxySession:
         if not await leg.handshake():
             failed = HopFailed(outcome.host, "proxy_dest_protocol_failure", f"LMTP handshake: {leg.failure}")
             self.state.count_failure(failed.host, failed.error_code)
-            log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, failed.text)
+            log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, safe(failed.text))
             return failed
         self.state.count_success(outcome.host)
         if self.state.health is not None:
@@ -374,8 +376,8 @@ class LmtpProxySession:
         if host and (event.success or event.failure):
             self.state.dest.add(host, "lmtp_rcpt_success" if event.success else "lmtp_rcpt_failure")
         log.info("event=smtp_server_transaction_rcpt_finished session=%s rcpt=%s dest_host=%s status_code=%d "
-                 "enhanced_code=%s%s", self.conn.session_id, address, host or "-", event.status_code,
-                 event.enhanced_code, f" error={event.error!r}" if event.error else "")
+                 "enhanced_code=%s%s", self.conn.session_id, safe(address), host or "-", event.status_code,
+                 event.enhanced_code, f" error={safe(repr(event.error))}" if event.error else "")
 
 
 def _hop_detail(failed: HopFailed) -> str:

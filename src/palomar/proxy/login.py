@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
+from palomar.logsafe import safe
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -64,7 +65,7 @@ async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[Login
     try:
         return await _login(state, attempt)
     except Exception as exc:
-        log_failure(log, f"session={attempt.session_id} user={attempt.username} proto={attempt.protocol} login",
+        log_failure(log, f"session={attempt.session_id} user={safe(attempt.username)} proto={attempt.protocol} login",
                     exc)
         if is_store_error(exc):
             return TempFailed("store_unavailable", "cluster state temporarily unavailable"), attempt.username
@@ -113,18 +114,18 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
             state.count_success(outcome.host)
             if state.health is not None:
                 state.health.session_succeeded(outcome.host)
-            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, user, outcome.host,
+            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, safe(user), outcome.host,
                       time.monotonic() - started)
             return outcome, user
         state.count_failure(outcome.host, outcome.error_code)
         if outcome.auth:
             return AuthFailed(), user
-        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, user,
-                    outcome.error_code, outcome.host, outcome.text)
+        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, safe(user),
+                    outcome.error_code, outcome.host, safe(outcome.text))
         failed, failed_host = TempFailed(outcome.error_code, outcome.text), outcome.host
         if state.health is None or not await state.health.session_failed(outcome.host, outcome.error_code):
             break
-        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, user,
+        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, safe(user),
                  outcome.host)
     assert failed is not None
     return failed, user

@@ -15,6 +15,7 @@ import time
 from typing import Any, Protocol
 
 from palomar.boundary import log_failure
+from palomar.logsafe import safe
 from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
 from palomar.proxy.failures import WORDING, login_failure
@@ -73,7 +74,7 @@ class SessionEnd:
         now = time.monotonic()
         session_log.info(
             "session=%s proto=%s user=%s client=%s:%d backend=%s in=%d out=%d duration=%.3f idle=%.3f "
-            "closed_by=%s", self.session_id, self.protocol, self.user, self.client_ip, self.client_port,
+            "closed_by=%s", self.session_id, self.protocol, safe(self.user), self.client_ip, self.client_port,
             self.host, stats.bytes_in, stats.bytes_out, now - stats.started, now - stats.last_activity, closed_by,
         )
 
@@ -158,6 +159,6 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)
         return None
-    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
+    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, safe(user),
                      conn.client[0], conn.client[1], type(outcome).__name__)
     return core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
