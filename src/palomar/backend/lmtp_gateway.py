@@ -24,6 +24,7 @@ from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.cluster.ownership import Own, Refer
 from palomar.logsafe import safe
+from palomar.net.drain import ShuttingDown
 from palomar.net.link import Link, open_link
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols import hop
@@ -40,6 +41,7 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
+from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 
 log = logging.getLogger("palomar.backend")
@@ -101,7 +103,11 @@ class LmtpGateway:
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    data = await self.link.read()
+                    data = await self.state.drain.read(self.link, stoppable=not self.core.in_transaction)
+            except ShuttingDown:
+                self.link.write(shutdown_line("lmtp", self.core.hostname))
+                self.link.close()
+                return
             except TimeoutError:
                 self.link.write(f"421 4.4.2 {self.core.hostname} Disconnected for inactivity\r\n".encode())
                 self.link.close()

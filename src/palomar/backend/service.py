@@ -22,11 +22,13 @@ from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_u
 from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
+from palomar.net.drain import Drain, drain_service
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import ProxyProtocolError
+from palomar.protocols.shutdown import shutdown_line
 
 log = logging.getLogger("palomar.backend")
 
@@ -54,6 +56,7 @@ class BackendState:
     """Time for moves and straggler redirects (tests shift it, see docs/design/moves.md)."""
     moves: MoveExecutor | None = None
     """The MoveExecutor (backend/moves.py) once the service runs."""
+    drain: Drain = field(default_factory=Drain)
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -174,7 +177,8 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     assert proxy_transport is not None and dovecot_transport is not None
     key = id(proxy_transport)
     relay = Relay(proxy_transport, dovecot_transport,
-                  RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]))
+                  RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]),
+                  shutdown_line(request.protocol, state.name))
     state.active[key] = relay
     state.by_user.setdefault(request.user, {})[key] = relay
     relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer(), client_eof=link.eof,
@@ -309,6 +313,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         ready.set()
     try:
         await wait_for_stop_signal()
+        await drain_service(loops, state.drain, state.active.values())
     finally:
         stats.cancel()
         await executor.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -27,6 +28,7 @@ def run_service(cfg: Config, role: str, main: Callable[[], Awaitable[None]]) -> 
     from palomar.service_runtime import setup_logging
 
     setup_logging(cfg, role)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the role's loop handles it: HUP must never kill
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +24,7 @@ from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
 from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
-from palomar.service_runtime import open_geodb
+from palomar.service_runtime import open_geodb, stop_signal
 
 log = logging.getLogger("palomar.controller")
 
@@ -133,14 +132,6 @@ class Controller:
                                   previous=backend.status, reason=action.reason, feature=action.feature))
 
 
-def _stop_future() -> asyncio.Future[None]:
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    return stop
-
-
 def _listener_addresses(cfg: Config, listener) -> list[str]:
     addresses = listener.address or cfg["listen"]
     return ["0.0.0.0" if a == "*" else a for a in addresses]
@@ -164,7 +155,7 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
             for address in _listener_addresses(cfg, listener):
                 servers.append(await serve_metrics(registry, address, listener.port))
                 log.info("metrics on http://%s:%d/metrics", address, listener.port)
-    stop = _stop_future()
+    stop = stop_signal()
     log.info("%s", event_line("controller_started", site=site_name, interval=f"{interval:g}s"))
     if ready is not None:
         ready.set()

@@ -45,7 +45,10 @@ class _End(asyncio.Protocol):
         if peer is None or peer.transport.is_closing():
             return
         peer.transport.write(data)
-        self.relay.count(self.side, len(data))
+        relay = self.relay
+        relay.count(self.side, len(data))
+        if self.side == "server":
+            relay.at_line_start = data[-1:] == b"\n"
 
     def eof_received(self) -> bool:
         self.relay.half_closed(self)
@@ -66,17 +69,22 @@ class _End(asyncio.Protocol):
 class Relay:
     """Joins a client transport and a server (backend) transport."""
 
-    __slots__ = ("stats", "_on_done", "_finished", "_eofs", "client", "server")
+    __slots__ = ("stats", "_on_done", "_finished", "_eofs", "client", "server", "shutdown_line", "at_line_start")
 
     def __init__(
         self,
         client: asyncio.Transport,
         server: asyncio.Transport,
         on_done: Callable[[RelayStats], None] | None = None,
+        shutdown_line: bytes = b"",
     ) -> None:
         now = time.monotonic()
         self.stats = RelayStats(started=now, last_activity=now)
         self._on_done = on_done
+        self.shutdown_line = shutdown_line
+        """What the protocol tells a client when the server shuts down (e.g. IMAP's `* BYE`)."""
+        self.at_line_start = True
+        """The server's stream last ended a line (the login reply does), so a line may be put in."""
         self._finished = False
         self._eofs = 0
         self.client = _End(self, "client", client)
@@ -125,6 +133,22 @@ class Relay:
         if not self.stats.closed_by:
             self.stats.closed_by = end.side
         self.close()
+
+    def shut_down(self) -> None:
+        """Close the session because this service stops: stop reading the server, give the client
+        `shutdown_line` if the server's stream is between two lines, close both sides.
+
+        Only the last byte relayed is known, not the protocol's state: a server that stalled in the
+        middle of a literal right after a line break gets the line inside its data; the connection
+        closes either way, and the client sees it close.
+        """
+        if self._finished:
+            return
+        self.server.transport.pause_reading()
+        client = self.client.transport
+        if self.shutdown_line and self.at_line_start and not client.is_closing():
+            client.write(self.shutdown_line)
+        self.close(by="proxy")
 
     def close(self, by: str | None = None) -> None:
         """Close both sides (by="proxy" when palomar ends the session, e.g. a kick)."""

@@ -88,11 +88,25 @@ class AcceptLoop:
             with contextlib.suppress(OSError):
                 conn.close()
 
-    async def close(self) -> None:
+    async def stop_accepting(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         self.sock.close()
+
+    async def finish(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the sessions' handlers, then cancel the rest; how many."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        left = list(self._tasks)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=1.0)
+        return len(left)
+
+    async def close(self) -> None:
+        await self.stop_accepting()
         for task in list(self._tasks):
             task.cancel()

@@ -20,6 +20,7 @@ from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.logsafe import safe
+from palomar.net.drain import ShuttingDown
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols.lmtp import (
     Close,
@@ -34,6 +35,7 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
+from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
@@ -113,7 +115,11 @@ class LmtpProxySession:
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    data = await link.read()
+                    data = await self.state.drain.read(link, stoppable=not self.core.in_transaction)
+            except ShuttingDown:
+                link.write(shutdown_line("lmtp", self.core.hostname))
+                link.close()
+                return
             except TimeoutError:
                 link.write(f"421 4.4.2 {self.core.hostname} Disconnected client for inactivity\r\n".encode())
                 link.close()

@@ -14,6 +14,7 @@ from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
 from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
+from palomar.net.drain import drain_service
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
@@ -25,7 +26,13 @@ from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
-from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
+from palomar.service_runtime import (
+    open_geodb,
+    open_localdb,
+    reload_server_tls,
+    server_tls_context,
+    wait_for_stop_signal,
+)
 
 log = logging.getLogger("palomar.proxy")
 
@@ -119,7 +126,8 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     if ready is not None:
         ready.set()
     try:
-        await wait_for_stop_signal()
+        await wait_for_stop_signal(partial(reload_server_tls, state.tls, cfg))
+        await drain_service(loops, state.drain, state.relays.values())
     finally:
         flusher.cancel()
         if checks is not None:

@@ -17,7 +17,9 @@ from typing import Any, Protocol
 from palomar.boundary import log_failure
 from palomar.logsafe import safe
 from palomar.metrics.registry import Counter
+from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
+from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.failures import WORDING, login_failure
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
@@ -57,11 +59,12 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+    __slots__ = ("finished", "relays", "protocol", "session_id", "user", "client_ip", "client_port", "host")
 
-    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
-                 host: str) -> None:
+    def __init__(self, finished: Counter, relays: dict, protocol: str, session_id: str, user: str,
+                 client: tuple[str, int], host: str) -> None:
         self.finished = finished
+        self.relays = relays
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
@@ -69,6 +72,7 @@ class SessionEnd:
         self.host = host
 
     def __call__(self, stats: RelayStats) -> None:
+        self.relays.pop(id(self), None)
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
@@ -85,6 +89,9 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
         return
     try:
         await _session(state, conn, adapter)
+    except ShuttingDown:
+        conn.link.write(shutdown_line(adapter.protocol, state.proxy_host))
+        conn.link.close()
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
         conn.link.abort()
@@ -109,7 +116,7 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) 
             return
         try:
             async with asyncio.timeout(remaining):
-                data = await link.read()
+                data = await state.drain.read(link)
         except TimeoutError:
             continue
         if not data:
@@ -152,9 +159,10 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
-                          outcome.host)
-        relay = Relay(client_transport, backend_transport, done)
+        done = SessionEnd(state.metrics.sessions_finished, state.relays, adapter.protocol, conn.session_id, user,
+                          conn.client, outcome.host)
+        relay = Relay(client_transport, backend_transport, done, shutdown_line(adapter.protocol, state.proxy_host))
+        state.relays[id(done)] = relay
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)
