@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -90,55 +91,51 @@ def assert_no_forged_line(log: Path, start: int, *, reached: bool) -> str:
     return text
 
 
-def test_imap_login_literal_and_authenticate_plain(cluster: LocalCluster) -> None:
-    node = cluster.proxies[0]
-    start = log_end(node.log_path)
+def imap_login_literal_and_authenticate_plain(imap: RawClient) -> None:
     user = hostile_user("imap-literal").encode()
-    with RawClient(node.host, node.imap) as imap:
-        imap.expect(rb"^\* OK")
-        imap.send(b"a LOGIN {%d}\r\n" % len(user), rb"^\+")
-        assert imap.send(user + b' "wrong"\r\n', rb"^a ").startswith(b"a NO")
-        imap.send(b"b AUTHENTICATE PLAIN\r\n", rb"^\+")
-        assert imap.send(plain(hostile_user("imap-plain")) + b"\r\n", rb"^b ").startswith(b"b NO")
-    text = assert_no_forged_line(node.log_path, start, reached=True)
-    assert "session=imap-plain" in text  # the SASL PLAIN user reached the log too (sanitised)
+    imap.expect(rb"^\* OK")
+    imap.send(b"a LOGIN {%d}\r\n" % len(user), rb"^\+")
+    assert imap.send(user + b' "wrong"\r\n', rb"^a ").startswith(b"a NO")
+    imap.send(b"b AUTHENTICATE PLAIN\r\n", rb"^\+")
+    assert imap.send(plain(hostile_user("imap-plain")) + b"\r\n", rb"^b ").startswith(b"b NO")
 
 
-def test_pop3_user_and_auth_plain(cluster: LocalCluster) -> None:
+def pop3_user_and_auth_plain(pop3: RawClient) -> None:
+    pop3.expect(rb"^\+OK")
+    pop3.send(b"USER x\x00\r" + forged("pop3-user").encode() + b"\r\n", rb"^[+-]")
+    pop3.send(b"PASS wrong\r\n", rb"^-ERR")
+    assert pop3.send(b"AUTH PLAIN " + plain(hostile_user("pop3-plain")) + b"\r\n", rb"^[+-]").startswith(b"-ERR")
+
+
+def submission_ehlo_mail_from_and_auth_plain(smtp: RawClient) -> None:
+    smtp.expect(rb"^220 ")
+    smtp.send(b"EHLO he\x00lo\r" + forged("ehlo").encode() + b"\r\n", rb"^\d\d\d ")
+    smtp.send(b"MAIL FROM:<a\x00\r" + forged("mail-from").encode() + b"@example.test>\r\n", rb"^\d\d\d ")
+    smtp.send(b"EHLO client.example.test\r\n", rb"^250 ")
+    reply = smtp.send(b"AUTH PLAIN " + plain(hostile_user("submission-plain")) + b"\r\n", rb"^\d\d\d ")
+    assert reply.startswith(b"535")
+
+
+def managesieve_authenticate_plain(sieve: RawClient) -> None:
+    sieve.expect(rb"^OK")
+    reply = sieve.send(b'AUTHENTICATE "PLAIN" "' + plain(hostile_user("sieve-plain")) + b'"\r\n', rb"^(OK|NO|BYE)")
+    assert reply.startswith(b"NO")
+
+
+@pytest.mark.parametrize("port,conversation,last_tag", [
+    ("imap", imap_login_literal_and_authenticate_plain, "imap-plain"),
+    ("pop3", pop3_user_and_auth_plain, "pop3-plain"),
+    ("submission", submission_ehlo_mail_from_and_auth_plain, "submission-plain"),
+    ("sieve", managesieve_authenticate_plain, "sieve-plain"),
+])
+def test_hostile_user_names_reach_the_log_sanitised(cluster: LocalCluster, port: str,
+                                                   conversation: Callable[[RawClient], None], last_tag: str) -> None:
     node = cluster.proxies[0]
     start = log_end(node.log_path)
-    with RawClient(node.host, node.pop3) as pop3:
-        pop3.expect(rb"^\+OK")
-        pop3.send(b"USER x\x00\r" + forged("pop3-user").encode() + b"\r\n", rb"^[+-]")
-        pop3.send(b"PASS wrong\r\n", rb"^-ERR")
-        assert pop3.send(b"AUTH PLAIN " + plain(hostile_user("pop3-plain")) + b"\r\n", rb"^[+-]").startswith(b"-ERR")
+    with RawClient(node.host, getattr(node, port)) as client:
+        conversation(client)
     text = assert_no_forged_line(node.log_path, start, reached=True)
-    assert "session=pop3-plain" in text
-
-
-def test_submission_ehlo_mail_from_and_auth_plain(cluster: LocalCluster) -> None:
-    node = cluster.proxies[0]
-    start = log_end(node.log_path)
-    with RawClient(node.host, node.submission) as smtp:
-        smtp.expect(rb"^220 ")
-        smtp.send(b"EHLO he\x00lo\r" + forged("ehlo").encode() + b"\r\n", rb"^\d\d\d ")
-        smtp.send(b"MAIL FROM:<a\x00\r" + forged("mail-from").encode() + b"@example.test>\r\n", rb"^\d\d\d ")
-        smtp.send(b"EHLO client.example.test\r\n", rb"^250 ")
-        reply = smtp.send(b"AUTH PLAIN " + plain(hostile_user("submission-plain")) + b"\r\n", rb"^\d\d\d ")
-        assert reply.startswith(b"535")
-    text = assert_no_forged_line(node.log_path, start, reached=True)
-    assert "session=submission-plain" in text
-
-
-def test_managesieve_authenticate_plain(cluster: LocalCluster) -> None:
-    node = cluster.proxies[0]
-    start = log_end(node.log_path)
-    with RawClient(node.host, node.sieve) as sieve:
-        sieve.expect(rb"^OK")
-        reply = sieve.send(b'AUTHENTICATE "PLAIN" "' + plain(hostile_user("sieve-plain")) + b'"\r\n', rb"^(OK|NO|BYE)")
-        assert reply.startswith(b"NO")
-    text = assert_no_forged_line(node.log_path, start, reached=True)
-    assert "session=sieve-plain" in text
+    assert f"session={last_tag}" in text  # the SASL PLAIN user reached the log too (sanitised)
 
 
 def test_lmtp_lhlo_mail_from_and_rcpt_to(cluster: LocalCluster) -> None:
