@@ -8,6 +8,7 @@ protocol objects, not a task with buffered readers and writers.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 READ_LIMIT = 256 * 1024
 """Pause reading when this much unread input piled up during the login phase."""
@@ -139,9 +140,11 @@ class Link(asyncio.Protocol):
         self.transport = new  # type: ignore[assignment]
 
 
-async def open_link(host: str, port: int, *, timeout: float) -> Link:
-    """Connect to host:port within `timeout` seconds."""
+async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None) -> Link:
+    """Connect to host:port within `timeout` seconds; with `tls`, handshake and verify the
+    certificate against `host` within the same time."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
-        _, link = await loop.create_connection(Link, host, port)
+        _, link = await loop.create_connection(Link, host, port, ssl=tls, server_hostname=host if tls else None,
+                                               ssl_handshake_timeout=timeout if tls else None)
     return link
