@@ -136,7 +136,10 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
         _, link = await loop.connect_accepted_socket(Link, sock, ssl=state.tls, ssl_handshake_timeout=handshake_timeout)
     except OSError as exc:  # with TLS: the handshake failed (ssl.SSLError is an OSError)
         sock.close()
-        if state.tls is not None and not _silent_close(exc):
+        if _closed_in_handshake(exc):  # a port check, or a proxy that rejected this certificate
+            log.info("hop from %s closed during the TLS handshake (a port check, or a proxy that does not "
+                     "trust this backend's certificate)", peer[0])
+        else:
             state.refused += 1
             log.warning("hop from %s refused: %s", peer[0], _handshake_failure(exc))
         return
@@ -180,8 +183,8 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
 
 
-def _silent_close(exc: BaseException) -> bool:
-    """A connection that closed before saying anything (a port probe): not worth a warning."""
+def _closed_in_handshake(exc: BaseException) -> bool:
+    """The peer just went away mid-handshake: it did nothing wrong this side can name."""
     return isinstance(exc, ConnectionResetError | BrokenPipeError) or (
         isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING")
 

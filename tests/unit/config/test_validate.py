@@ -131,3 +131,19 @@ def test_listeners_on_the_same_port_clash(write) -> None:
         f"{path}:3: service lmtp {{ inet_listener lmtp }}: port 143 on 127.0.0.1 is already used by "
         "service imap-login { inet_listener imap }"
     ]
+
+
+def test_hop_tls_needs_its_files_on_each_role_and_plaintext_refuses_them(write) -> None:
+    backend = write("backend.conf", "@cluster_defaults = backend\ncluster_backend_name = b\ncluster_local_site = A\n"
+                                    "cluster_hop_secret = s\ncluster_backend_dovecot_master_password = m\n"
+                                    "cluster_hop_ssl_cert_file = /etc/palomar/hop.crt\n")
+    assert _errors(backend) == [
+        f"{backend}:1: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+        "cluster_hop_ssl_key_file is not set; set them or cluster_hop_ssl = no"
+    ]
+    plain = write("plain.conf", PROXY + "cluster_hop_ssl = no\n")
+    assert _errors(plain) == [
+        f"{plain}:6: cluster_hop_ssl_ca_file: only used with cluster_hop_ssl = yes (cluster_hop_ssl is no)"
+    ]
+    assert load(write("ok.conf", PROXY.replace("cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt",
+                                               "cluster_hop_ssl = no")))["cluster_hop_ssl"] == "no"
