@@ -127,20 +127,27 @@ def assert_refused(lines: list[bytes]) -> None:
 # --- plaintext hop ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def plain(harness_root: Path) -> Iterator[tuple[LocalCluster, Recorder, bytes]]:
-    cluster = start_cluster(harness_root / "hop-plain-cluster", hop_tls=False)
+@contextlib.contextmanager
+def recorded_session(root: Path, *, hop_tls: bool) -> Iterator[tuple[LocalCluster, Recorder, DemoUser]]:
+    """A cluster, a recorder in front of backend1, and one real session of a user of backend1 through it."""
+    cluster = start_cluster(root, hop_tls=hop_tls)
     recorder = None
     try:
         node = cluster.backends[0]
         user = user_on(cluster, node.host)
         recorder = put_recorder_in_front(cluster, node)
         session_through_proxy(cluster, user)
-        yield cluster, recorder, captured_header(recorder, user.name)
+        yield cluster, recorder, user
     finally:
         if recorder is not None:
             recorder.close()
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def plain(harness_root: Path) -> Iterator[tuple[LocalCluster, Recorder, bytes]]:
+    with recorded_session(harness_root / "hop-plain-cluster", hop_tls=False) as (cluster, recorder, user):
+        yield cluster, recorder, captured_header(recorder, user.name)
 
 
 def captured_header(recorder: Recorder, user: str) -> bytes:
@@ -191,18 +198,8 @@ def test_replay_to_the_other_backend_is_refused(plain) -> None:
 
 @pytest.fixture(scope="module")
 def tls(harness_root: Path) -> Iterator[tuple[LocalCluster, Recorder, DemoUser]]:
-    cluster = start_cluster(harness_root / "hop-tls-cluster", hop_tls=True)
-    recorder = None
-    try:
-        node = cluster.backends[0]
-        user = user_on(cluster, node.host)
-        recorder = put_recorder_in_front(cluster, node)
-        session_through_proxy(cluster, user)
-        yield cluster, recorder, user
-    finally:
-        if recorder is not None:
-            recorder.close()
-        cluster.stop()
+    with recorded_session(harness_root / "hop-tls-cluster", hop_tls=True) as recorded:
+        yield recorded
 
 
 def test_tls_hop_shows_nothing_of_the_session_on_the_wire(tls) -> None:

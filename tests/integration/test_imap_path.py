@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import json
+import re
 import socket
 import subprocess
 import time
@@ -276,6 +277,42 @@ def test_backend_accepts_a_header_answering_its_challenge(cluster: LocalCluster)
     user = next(f"user{i}@example.test" for i in range(1, 21)
                 if backend_of(cluster, f"user{i}@example.test") == cluster.backends[0].host)
     assert send_hop(cluster, cluster.hop_secret, user).startswith(b"OK ")
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def test_large_append_and_fetch_through_the_tls_hop_with_a_stalled_reader(cluster: LocalCluster) -> None:
+    """21 MB each way through the proxy and the (TLS) hop; a reader that stops for a while must stop
+    the backend's Dovecot, not make the proxy or the backend buffer the message."""
+    assert cluster.hop_tls
+    user, password = "user5@example.test", "password5"
+    line = b"".join(bytes([65 + (i % 26)]) for i in range(76)) + b"\r\n"
+    body = b"Subject: large fetch\r\n\r\n" + line * ((21 << 20) // len(line))
+    imap = IMAP4SSLFrom(cluster.proxies[0].host, cluster.proxies[0].imaps, CLIENT_SOURCE)
+    imap.login(user, password)
+    imap.create("LargeFetch")
+    assert imap.append("LargeFetch", None, None, body)[0] == "OK"
+    imap.logout()
+    proxy, backend = cluster.proxies[0], next(b for b in cluster.backends if b.host == backend_of(cluster, user))
+    watched = [proxy.proc.pid, backend.proc.pid]
+    before = [peak_rss(pid) for pid in watched]
+    raw = tls_context().wrap_socket(socket.create_connection((proxy.host, proxy.imaps), timeout=30),
+                                    server_hostname=proxy.host)
+    raw.sendall(f"a LOGIN {user} {password}\r\nb SELECT LargeFetch\r\nc FETCH 1 BODY[]\r\n".encode())
+    time.sleep(2)  # not synchronisation: the stall whose effect (no buffering) is asserted below
+    data = bytearray()
+    while b"\r\nc " not in data[-300:]:  # until FETCH's tagged reply
+        chunk = raw.recv(16384)
+        if not chunk:
+            break
+        data += chunk
+    raw.close()
+    growth = [peak_rss(pid) - old for pid, old in zip(watched, before, strict=True)]
+    assert body in data and b"\r\nc OK" in data[-300:]
+    assert all(grown < 12 << 20 for grown in growth), growth
 
 
 # --- accounting ----------------------------------------------------------------------------------
