@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +20,10 @@ from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
-from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
 from palomar.net.drain import Drain, drain_service
+from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
@@ -35,6 +36,8 @@ log = logging.getLogger("palomar.backend")
 STATS_INTERVAL = 30.0
 """Seconds between backend_stats / user_count_approx writes."""
 HOP_HEADER_TIMEOUT = 5.0
+"""Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
+TLS_HANDSHAKE_RECORD = b"\x16\x03"
 
 
 @dataclass
@@ -46,7 +49,8 @@ class BackendState:
     secret: bytes
     dovecot: DovecotEndpoint
     test_username: str | None = None
-    replay: hop.ReplayCache = field(default_factory=hop.ReplayCache)
+    tls: ssl.SSLContext | None = None
+    """The hop's TLS context (`cluster_hop_ssl = yes`); None serves a plaintext hop."""
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
@@ -131,9 +135,16 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     except OSError:  # already gone
         sock.close()
         return
+    handshake_timeout = HOP_HEADER_TIMEOUT if state.tls else None
     try:
-        link = await accept_link(sock)
-    except OSError:
+        link = await accept_link(sock, tls=state.tls, handshake_timeout=handshake_timeout)
+    except OSError as exc:  # with TLS: the handshake failed (ssl.SSLError is an OSError)
+        if _closed_in_handshake(exc):  # a port check, or a proxy that rejected this certificate
+            log.info("hop from %s closed during the TLS handshake (a port check, or a proxy that does not "
+                     "trust this backend's certificate)", peer[0])
+        elif state.tls is not None:
+            state.refused += 1
+            log.warning("hop from %s refused: %s", peer[0], _handshake_failure(exc))
         return
     try:
         await _hop_session(state, link, peer[0])
@@ -146,17 +157,20 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
 
 
 async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
+    challenge = hop.new_challenge()
+    link.write(hop.encode_challenge(challenge))
     try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
-            header = await read_proxy_header_from(link)
+            header = await _read_header(link, tls=state.tls is not None)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
-                             now_us=now_micros(), replay=state.replay)
+                             challenge=challenge)
     except ConnectionError:  # connected and left without a word (e.g. a port probe)
         link.abort()
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
-        log.warning("hop from %s refused: %s", peer, safe(exc))
+        log.warning("hop from %s refused: %s", peer, "no hop header in time" if isinstance(exc, TimeoutError)
+                    else safe(str(exc) or type(exc).__name__))
         link.write(hop.encode_reply(hop.Failure("denied", "hop refused")))
         link.close()  # after the reply is sent
         return
@@ -183,6 +197,31 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     state.by_user.setdefault(request.user, {})[key] = relay
     relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer(), client_eof=link.eof,
                 server_eof=dovecot.eof)
+
+
+def _closed_in_handshake(exc: BaseException) -> bool:
+    """The peer just went away mid-handshake: it did nothing wrong this side can name."""
+    return isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING")
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return ("no TLS handshake in time (a proxy with cluster_hop_ssl = no? this backend has "
+                "cluster_hop_ssl = yes)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc}; a proxy not trusting this backend's certificate?)"
+    return f"TLS handshake failed ({type(exc).__name__}: {exc})"
+
+
+async def _read_header(link: Link, *, tls: bool):
+    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such."""
+    first = await link.read()
+    if not tls and first.startswith(TLS_HANDSHAKE_RECORD):
+        raise hop.HopError("a TLS handshake arrived but this backend has cluster_hop_ssl = no "
+                           "(the proxy has cluster_hop_ssl = yes)")
+    link.unread(first)
+    return await read_proxy_header_from(link)
 
 
 class RelayEnd:
@@ -295,6 +334,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
+        tls=hop_server_context(cfg),
         clock=_clock(),
     )
     await state.register()
@@ -307,7 +347,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loop = AcceptLoop(sock, lambda s: handle_hop(state, s))
         loop.start()
         loops.append(loop)
-        log.info("backend %s accepting hops on %s:%d", state.name, host, cfg["cluster_hop_port"])
+        log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
+                 "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
     stats = asyncio.get_running_loop().create_task(_stats_loop(state))
     if ready is not None:
         ready.set()

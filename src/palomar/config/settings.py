@@ -153,6 +153,17 @@ _add("cluster_hop_secret", SECRET, "", BOTH,
      "shared secret proxies use to prove themselves to backends", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
+_add("cluster_hop_ssl", enum("yes", "no"), "yes", BOTH,
+     "TLS on the proxy-to-backend hop: `yes` (backends serve cluster_hop_ssl_cert_file, proxies verify it "
+     "against cluster_hop_ssl_ca_file and the backend's host) or `no` (plaintext: user names and whole "
+     "sessions readable on the hop network); the same on every proxy and backend", **_ext)
+_add("cluster_hop_ssl_cert_file", PATH, "", BACKEND,
+     "PEM certificate chain this backend serves on the hop; it must name the backend's host in the GeoDB "
+     "(cluster_backend_name) as a DNS or IP subjectAltName", **_ext)
+_add("cluster_hop_ssl_key_file", PATH, "", BACKEND, "PEM private key of cluster_hop_ssl_cert_file", **_ext)
+_add("cluster_hop_ssl_ca_file", PATH, "", BOTH,
+     "PEM CA certificate(s) a proxy (and `palomar cluster` admin commands) trusts for backends' hop "
+     "certificates; the system's CA store is not used", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,

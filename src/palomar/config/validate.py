@@ -38,6 +38,7 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
                                         "(or set cluster_proxy_check_backends = no)"))
     issues += _geodb(cfg)
     issues += _tls(cfg, role_at)
+    issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
     return issues
 
@@ -75,6 +76,27 @@ def _tls(cfg: Config, role_at: Location) -> list[Issue]:
             issues.append(Issue(at, f"ssl: TLS is enabled (ssl = {cfg['ssl']}) but {' and '.join(missing)} "
                                     f"{'is' if len(missing) == 1 else 'are'} not set; set them or ssl = no"))
     return issues
+
+
+_HOP_TLS_FILES = {
+    "proxy": ("cluster_hop_ssl_ca_file",),
+    "backend": ("cluster_hop_ssl_cert_file", "cluster_hop_ssl_key_file"),
+}
+
+
+def _hop_tls(cfg: Config, role_at: Location) -> list[Issue]:
+    """TLS on the hop needs its files on each role; a plaintext hop must not carry them unused."""
+    if cfg["cluster_hop_ssl"] == "no":
+        return [Issue(cfg.location(name), f"{name}: only used with cluster_hop_ssl = yes (cluster_hop_ssl is no)")
+                for name in ("cluster_hop_ssl_cert_file", "cluster_hop_ssl_key_file", "cluster_hop_ssl_ca_file")
+                if cfg.is_set(name)]
+    missing = [name for name in _HOP_TLS_FILES.get(cfg.role or "", ()) if not cfg[name]]
+    if not missing:
+        return []
+    at = cfg.location("cluster_hop_ssl") or role_at
+    return [Issue(at, f"cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+                      f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                      "set them or cluster_hop_ssl = no")]
 
 
 def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], ListenerSettings]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 from palomar.net.server import handed_over
 
@@ -152,8 +153,10 @@ class Link(asyncio.Protocol):
         self.transport = new  # type: ignore[assignment]
 
 
-async def accept_link(sock: socket.socket) -> Link:
-    """Hand an accepted socket over to a Link's transport, for good.
+async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
+                      handshake_timeout: float | None = None) -> Link:
+    """Hand an accepted socket over to a Link's transport, for good (with `tls`: after a server-side
+    handshake within `handshake_timeout`).
 
     The transport gets the descriptor in a socket object of its own and `sock` is left detached
     (`fileno() == -1`): whoever still holds `sock` (the accept loop's last-resort close) can no
@@ -164,7 +167,8 @@ async def accept_link(sock: socket.socket) -> Link:
     owned = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     owned.setblocking(False)
     try:
-        transport, link = await asyncio.get_running_loop().connect_accepted_socket(Link, owned)
+        transport, link = await asyncio.get_running_loop().connect_accepted_socket(
+            Link, owned, ssl=tls, ssl_handshake_timeout=handshake_timeout if tls is not None else None)
     except BaseException:
         owned.close()
         raise
@@ -172,9 +176,11 @@ async def accept_link(sock: socket.socket) -> Link:
     return link
 
 
-async def open_link(host: str, port: int, *, timeout: float) -> Link:
-    """Connect to host:port within `timeout` seconds."""
+async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None) -> Link:
+    """Connect to host:port within `timeout` seconds; with `tls`, handshake and verify the
+    certificate against `host` within the same time."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
-        _, link = await loop.create_connection(Link, host, port)
+        _, link = await loop.create_connection(Link, host, port, ssl=tls, server_hostname=host if tls else None,
+                                               ssl_handshake_timeout=timeout if tls else None)
     return link

@@ -126,8 +126,11 @@ class Relay:
             self.close()
         elif peer.transport.can_write_eof():
             peer.transport.write_eof()
-        else:
-            self.close()
+        elif end.side == "server":
+            self.close()  # the server is done; its FIN cannot cross TLS, so the close says it
+        # else: a client's FIN towards a TLS server (the hop), which cannot carry a half-close. Keep the
+        # server open: its answers to what came before the FIN still come back, and its own close
+        # (after LOGOUT/QUIT, or its idle timeout) ends the relay, as with an idle client.
 
     def lost(self, end: _End) -> None:
         if not self.stats.closed_by:

@@ -176,7 +176,7 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
     timeout = cfg["cluster_proxy_probe_timeout"]
     listen = [a for a in cfg["listen"] if a not in ("*", "::")]
     prober = Prober(state, username=username, password=cfg["cluster_backend_test_password"] or "",
-                    hops=HopClient(state.hops.secret, state.hops.port, timeout=timeout), timeout=timeout,
+                    hops=state.hops.with_timeout(timeout), timeout=timeout,
                     source_ip=listen[0] if listen and ":" not in listen[0] else "127.0.0.1")
     health.confirm = prober.confirm
     return asyncio.get_running_loop().create_task(run_probes(prober, cfg["cluster_proxy_probe_interval"]))

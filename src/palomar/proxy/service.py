@@ -15,6 +15,7 @@ from palomar.config import Config
 from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
+from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
@@ -84,7 +85,7 @@ async def build_state(cfg: Config) -> ProxyState:
     return ProxyState(
         passdb=PassdbChain.from_settings(cfg.passdbs),
         router=router,
-        hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
+        hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg)),
         metrics=ProxyMetrics(Registry()),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),

@@ -17,6 +17,7 @@ PROXY = """
     cluster_hop_secret = hop
     cluster_backend_test_username = probe-%{backend_host}
     cluster_backend_test_password = probe
+    cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt
     ssl = no
 """
 
@@ -245,6 +246,7 @@ def test_include_and_group_handling_end_to_end(write) -> None:
         !include conf.d/*.conf
         cluster_hop_secret = <secret
         cluster_proxy_check_backends = no
+        cluster_hop_ssl = no
         ssl = no
         """)
     cfg = load(path)
