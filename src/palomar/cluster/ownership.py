@@ -59,17 +59,19 @@ def _geodb_newer_than_redirect(group: Group | None, redirect_host: str, redirect
     straggler redirect, so the row decides and the redirect is ignored.
 
     The redirect records "this backend handed the group to `redirect_host` at `redirect_time`";
-    that hand-over cleared `moving`. The row is newer when its backend was written later (the
-    group came back, or moved on again), or when the group sits on `redirect_host` with a move
-    running (a move that started after the hand-over: e.g. back to this backend, whose users
-    the source now refers here).
+    that hand-over cleared `moving`. The row is newer when it names another backend written later
+    (the group came back, or moved on again), or when the group sits on `redirect_host` with a
+    move running (a move that started after the hand-over: e.g. back to this backend, whose users
+    the source now refers here). A row on `redirect_host` without a move agrees with the redirect,
+    whatever its write time (`last_update` has whole seconds: the hand-over itself may look later).
     """
     if group is None:
         return False
-    if group.backend_changed_us is not None and group.backend_changed_us / 1_000_000 > redirect_time:
-        return True
     target = site_view.backend_by_host(redirect_host)
-    return bool(group.moving) and target is not None and group.backend_id == target.id
+    on_target = target is not None and group.backend_id == target.id
+    if on_target:
+        return bool(group.moving)
+    return group.backend_changed_us is not None and group.backend_changed_us / 1_000_000 > redirect_time
 
 
 def check_ownership(

@@ -221,6 +221,8 @@ HANDED_OVER = NOW - 60
                      Refer("C", "group is on another backend"), id="moved-on-referred-to-new-owner"),
         pytest.param(group("B", "C", moving=True, changed_at=HANDED_OVER), ("B", HANDED_OVER),
                      Refer("B", "group is on another backend"), id="moving-on-elsewhere-referred-to-source"),
+        pytest.param(group("B", "C", changed_at=HANDED_OVER + 0.5), ("B", HANDED_OVER),
+                     Refer("B", "group moved"), id="hand-over-write-in-the-same-second-agrees"),
         pytest.param(group("A", "B", moving=True, changed_at=NOW - 600), ("B", HANDED_OVER),
                      Refer("B", "group moved"), id="row-from-before-the-hand-over-referred"),
         pytest.param(group("C", "A", moving=True, changed_at=NOW - 600), ("B", HANDED_OVER),
