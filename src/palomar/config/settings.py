@@ -153,6 +153,12 @@ _add("cluster_hop_secret", SECRET, "", BOTH,
      "shared secret proxies use to prove themselves to backends", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
+_add("cluster_hop_connect_timeout", TIME, "2 secs", PROXY,
+     "how long a proxy waits for a backend to accept the hop's TCP connection", **_ext)
+_add("cluster_hop_answer_timeout", TIME, "4 secs", PROXY,
+     "how long a proxy waits for a backend's answer to a hop (ownership check and the Dovecot login); "
+     "with cluster_proxy_probe_timeout it bounds how long a login waits for a stalled backend before "
+     "failing over", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,

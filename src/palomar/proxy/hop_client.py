@@ -62,14 +62,17 @@ class HopTarget:
 class HopClient:
     """Opens hops with one shared secret and port; counts redirects through `on_redirect`."""
 
-    def __init__(self, secret: bytes, port: int, *, timeout: float = 30.0) -> None:
+    def __init__(self, secret: bytes, port: int, *, connect_timeout: float, answer_timeout: float) -> None:
         self.secret = secret
         self.port = port
-        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        """`cluster_hop_connect_timeout`: until the backend accepted the TCP connection."""
+        self.answer_timeout = answer_timeout
+        """`cluster_hop_answer_timeout`: from the sent request until the backend's one-line reply."""
 
     async def _attempt(self, host: str, target: HopTarget, ttl: int) -> tuple[hop.HopReply, Link] | HopFailed:
         try:
-            link = await open_link(host, self.port, timeout=self.timeout)
+            link = await open_link(host, self.port, timeout=self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             return HopFailed(host, "proxy_dest_connect_failed", f"connect({host}:{self.port}) failed: {exc}")
         request = hop.HopRequest(
@@ -80,7 +83,7 @@ class HopClient:
         link.write(build_v2(target.client, target.local, tlvs))
         reader = hop.ReplyReader()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.answer_timeout):
                 while True:
                     data = await link.read()
                     if not data:

@@ -15,6 +15,7 @@ from palomar.config import Config
 from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.lmtp_frontend import lmtp_handler
@@ -77,7 +78,8 @@ async def build_state(cfg: Config) -> ProxyState:
     return ProxyState(
         passdb=PassdbChain.from_settings(cfg.passdbs),
         router=router,
-        hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
+        hops=HopClient(secret.encode(), cfg["cluster_hop_port"], connect_timeout=cfg["cluster_hop_connect_timeout"],
+                       answer_timeout=cfg["cluster_hop_answer_timeout"]),
         metrics=ProxyMetrics(Registry()),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
@@ -115,6 +117,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     checks = start_backend_checks(state, cfg)
+    fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
@@ -122,6 +125,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         await wait_for_stop_signal()
     finally:
         flusher.cancel()
+        fence.cancel()
         if checks is not None:
             checks.cancel()
         with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
 from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
@@ -66,18 +67,23 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host", "sessions",
+                 "relay")
 
     def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
-                 host: str) -> None:
+                 host: str, sessions: RelayedSessions) -> None:
         self.finished = finished
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
         self.client_ip, self.client_port = client
         self.host = host
+        self.sessions = sessions
+        self.relay: Relay | None = None
 
     def __call__(self, stats: RelayStats) -> None:
+        if self.relay is not None:
+            self.sessions.remove(self.host, self.relay)
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
@@ -152,8 +158,9 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
         done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
-                          outcome.host)
-        relay = Relay(client_transport, backend_transport, done)
+                          outcome.host, state.sessions)
+        relay = done.relay = Relay(client_transport, backend_transport, done)
+        state.sessions.add(outcome.host, relay)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer())
         return None

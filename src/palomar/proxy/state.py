@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from palomar.metrics.registry import Counter, Registry
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 
 log = logging.getLogger("palomar.proxy")
@@ -81,6 +82,8 @@ class ProxyState:
     dest: DestCounters = field(default_factory=DestCounters)
     health: Any = None
     """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""
+    sessions: RelayedSessions = field(default_factory=RelayedSessions)
+    """The relayed client sessions by backend host, so a backend's can be cut (proxy/fence.py)."""
 
     def count_success(self, dest_host: str) -> None:
         self.metrics.session_success.inc(dest_host=dest_host)
