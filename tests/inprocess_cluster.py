@@ -169,7 +169,7 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None) -
     proxy_localdb = LocalDB(str(root / "proxy-localdb.sqlite"))
     proxy = ProxyState(
         passdb=passdb, router=Router(proxy_geodb, proxy_localdb, site_name=SITE, group_count=4),
-        hops=HopClient(secret, hop[1], tls=None, timeout=10.0), metrics=ProxyMetrics(Registry()), site_id=site.id,
+        hops=HopClient(secret, hop[1], tls=None, connect_timeout=10.0, answer_timeout=10.0), metrics=ProxyMetrics(Registry()), site_id=site.id,
         proxy_host="proxy.test", allow_cleartext=True, auth_failure_delay=0.0, login_timeout=30.0,
     )
     cluster = InProcessCluster(proxy, backend, proxy_engine, backend_engine, {}, hop, [hop_loop],

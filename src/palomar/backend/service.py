@@ -252,6 +252,21 @@ class RelayEnd:
                  stats.closed_by or "backend")
 
 
+class LoginHold:
+    """A login on its way to Dovecot, holding its user against moves (`MoveExecutor.begin_delivery`)."""
+
+    __slots__ = ()
+
+    def abort_delivery(self, reason: str) -> bool:
+        return False  # a login cannot be aborted half-way; it ends within the Dovecot login timeout
+
+
+def _referred(state: BackendState, request: hop.HopRequest, host: str, reason: str) -> hop.Referral:
+    state.referrals += 1
+    log.info("session=%s user=%s referred to %s: %s", request.session_id, safe(request.user), host, safe(reason))
+    return hop.Referral(host, reason)
+
+
 async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
     """`_serve` inside the login's boundary: a GeoDB or LocalDB that fails becomes `FAIL temp` (the
     proxy tells its client to retry later and does not count it against this backend's health);
@@ -272,30 +287,28 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
     if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
         decision, group = await state.moves.on_access(request.user, decision, group, record=record)
     if isinstance(decision, Refer):
-        state.referrals += 1
-        log.info("session=%s user=%s referred to %s: %s", request.session_id, safe(request.user), decision.host,
-                 decision.reason)
-        return hop.Referral(decision.host, decision.reason), None
+        return _referred(state, request, decision.host, decision.reason), None
     if not isinstance(decision, Own):
         log.warning("session=%s user=%s not served here: %s", request.session_id, safe(request.user), decision.reason)
         return hop.Failure("unavailable", decision.reason), None
-    reply, link = await login(state.dovecot, request)
-    if link is None:
-        log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, safe(request.user),
-                 request.protocol, request.client[0], request.client[1], safe(getattr(reply, "text", "failed")))
-        return reply, None
-    try:  # the Dovecot session is ours until the relay takes it
-        moved_to = state.moves.moved_during_login(request.user, group) if state.moves else None
-        if moved_to is not None:  # the move reached this user while it logged in
-            link.close()
-            return hop.Referral(moved_to, "user moved"), None
-        if group is not None:
-            state.localdb.user_put(group.name, request.user)
-    except BaseException:
-        link.abort()
-        raise
-    log.info("session=%s user=%s proto=%s client=%s:%d login ok", request.session_id, safe(request.user),
-             request.protocol, request.client[0], request.client[1])
+    moves, hold = state.moves, LoginHold()
+    # Held like an LMTP recipient (moves.md): a move either sees this login (and waits for it
+    # before the user or the group counts as moved) or this login sees the move.
+    moved_to = moves.begin_delivery(request.user, group, hold) if moves is not None else None
+    if moved_to is not None:
+        return _referred(state, request, moved_to, "user moved"), None
+    try:
+        reply, link = await login(state.dovecot, request)
+        moved_to = moves.moved_during_login(request.user, group) if moves and link else None
+    finally:
+        if moves is not None:
+            moves.end_delivery(hold)  # the caller registers the relay before the loop switches
+    if link is not None and moved_to is not None:  # the move reached this user while it logged in
+        link.close()
+        return _referred(state, request, moved_to, "user moved"), None
+    log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, safe(request.user),
+             request.protocol, request.client[0], request.client[1],
+             "ok" if link is not None else safe(getattr(reply, "text", "failed")))
     return reply, link
 
 

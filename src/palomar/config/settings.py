@@ -164,6 +164,12 @@ _add("cluster_hop_ssl_key_file", PATH, "", BACKEND, "PEM private key of cluster_
 _add("cluster_hop_ssl_ca_file", PATH, "", BOTH,
      "PEM CA certificate(s) a proxy (and `palomar cluster` admin commands) trusts for backends' hop "
      "certificates; the system's CA store is not used", **_ext)
+_add("cluster_hop_connect_timeout", TIME, "2 secs", PROXY,
+     "how long a proxy waits for a backend to accept the hop's TCP connection", **_ext)
+_add("cluster_hop_answer_timeout", TIME, "4 secs", PROXY,
+     "how long a proxy waits for a backend's answer to a hop (ownership check and the Dovecot login); "
+     "with cluster_proxy_probe_timeout it bounds how long a login waits for a stalled backend before "
+     "failing over", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,

@@ -153,12 +153,17 @@ class Relay:
             client.write(self.shutdown_line)
         self.close(by="proxy")
 
-    def close(self, by: str | None = None) -> None:
-        """Close both sides (by="proxy" when palomar ends the session, e.g. a kick)."""
+    def close(self, by: str | None = None, *, abort: bool = False) -> None:
+        """Close both sides (by="proxy" when palomar ends the session, e.g. a kick).
+
+        `abort` drops what is still buffered for either side instead of flushing it (fencing:
+        nothing more of this session may reach anyone)."""
         if by and not self.stats.closed_by:
             self.stats.closed_by = by
         for end in (self.client, self.server):
-            if not end.transport.is_closing():
+            if abort:
+                end.transport.abort()
+            elif not end.transport.is_closing():
                 end.transport.close()
         if not self._finished:
             self._finished = True

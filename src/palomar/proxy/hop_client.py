@@ -64,19 +64,25 @@ class HopTarget:
 class HopClient:
     """Opens hops with one shared secret, port and TLS context (None: plaintext hop)."""
 
-    def __init__(self, secret: bytes, port: int, *, tls: ssl.SSLContext | None, timeout: float = 30.0) -> None:
+    def __init__(self, secret: bytes, port: int, *, tls: ssl.SSLContext | None, connect_timeout: float,
+                 answer_timeout: float) -> None:
         self.secret = secret
         self.port = port
         self.tls = tls
-        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        """`cluster_hop_connect_timeout`: until the backend accepted the connection (and, with TLS,
+        finished the handshake: a stalled backend's kernel still accepts)."""
+        self.answer_timeout = answer_timeout
+        """`cluster_hop_answer_timeout`: from the backend's challenge until its one-line reply."""
 
     def with_timeout(self, timeout: float) -> HopClient:
-        """The same hop settings with another timeout (probes have their own)."""
-        return HopClient(self.secret, self.port, tls=self.tls, timeout=timeout)
+        """The same hop settings with another answer timeout (probes have their own)."""
+        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
+                         answer_timeout=timeout)
 
     async def _open(self, host: str) -> Link | HopFailed:
         try:
-            return await open_link(host, self.port, timeout=self.timeout, tls=self.tls)
+            return await open_link(host, self.port, timeout=self.connect_timeout, tls=self.tls)
         except ssl.SSLError as exc:  # verification failed, or TLS on one side only
             return HopFailed(host, "proxy_dest_connect_failed", f"hop to {host}:{self.port}: "
                                                                 f"{describe_tls_failure(exc)}")
@@ -92,7 +98,7 @@ class HopClient:
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
         )
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.answer_timeout):
                 challenge = await _read_line(link, hop.ChallengeReader())
                 if challenge is None:
                     link.close()

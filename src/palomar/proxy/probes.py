@@ -167,7 +167,8 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
         return None
     rule = ThresholdRule(max(1, cfg["cluster_proxy_offline_failures"]), cfg["cluster_proxy_offline_window"])
     health = BackendHealth(geodb=state.router.geodb, router=state.router, site_id=state.site_id,
-                           proxy_host=state.proxy_host, rule=rule, registry=state.metrics.registry)
+                           proxy_host=state.proxy_host, rule=rule, registry=state.metrics.registry,
+                           sessions=state.sessions)
     state.health = health
     username = cfg["cluster_backend_test_username"]
     if not username:

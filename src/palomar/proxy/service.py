@@ -17,6 +17,7 @@ from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
 from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.lmtp_frontend import lmtp_handler
@@ -85,7 +86,9 @@ async def build_state(cfg: Config) -> ProxyState:
     return ProxyState(
         passdb=PassdbChain.from_settings(cfg.passdbs),
         router=router,
-        hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg)),
+        hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
+                       connect_timeout=cfg["cluster_hop_connect_timeout"],
+                       answer_timeout=cfg["cluster_hop_answer_timeout"]),
         metrics=ProxyMetrics(Registry()),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
@@ -123,14 +126,16 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     checks = start_backend_checks(state, cfg)
+    fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
     try:
         await wait_for_stop_signal(partial(reload_server_tls, state.tls, cfg))
-        await drain_service(loops, state.drain, state.relays.values())
+        await drain_service(loops, state.drain, state.sessions.all())
     finally:
         flusher.cancel()
+        fence.cancel()
         if checks is not None:
             checks.cancel()
         with contextlib.suppress(Exception):

@@ -21,6 +21,7 @@ from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.failures import WORDING, login_failure
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
 from palomar.proxy.login import LoginAttempt, perform_login
@@ -59,20 +60,23 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "relays", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host", "sessions",
+                 "relay")
 
-    def __init__(self, finished: Counter, relays: dict, protocol: str, session_id: str, user: str,
-                 client: tuple[str, int], host: str) -> None:
+    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
+                 host: str, sessions: RelayedSessions) -> None:
         self.finished = finished
-        self.relays = relays
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
         self.client_ip, self.client_port = client
         self.host = host
+        self.sessions = sessions
+        self.relay: Relay | None = None
 
     def __call__(self, stats: RelayStats) -> None:
-        self.relays.pop(id(self), None)
+        if self.relay is not None:
+            self.sessions.remove(self.host, self.relay)
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
@@ -159,10 +163,11 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-        done = SessionEnd(state.metrics.sessions_finished, state.relays, adapter.protocol, conn.session_id, user,
-                          conn.client, outcome.host)
-        relay = Relay(client_transport, backend_transport, done, shutdown_line(adapter.protocol, state.proxy_host))
-        state.relays[id(done)] = relay
+        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
+                          outcome.host, state.sessions)
+        relay = done.relay = Relay(client_transport, backend_transport, done,
+                                  shutdown_line(adapter.protocol, state.proxy_host))
+        state.sessions.add(outcome.host, relay)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from palomar.metrics.registry import Counter, Registry
 from palomar.net.drain import Drain
-from palomar.net.relay import Relay
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 
 log = logging.getLogger("palomar.proxy")
@@ -84,8 +84,8 @@ class ProxyState:
     health: Any = None
     """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""
     drain: Drain = field(default_factory=Drain)
-    relays: dict[int, Relay] = field(default_factory=dict)
-    """The relayed sessions, so a stop can end each with its protocol's shutdown line."""
+    sessions: RelayedSessions = field(default_factory=RelayedSessions)
+    """The relayed client sessions by backend host, so a backend's can be cut (proxy/fence.py)."""
 
     def count_success(self, dest_host: str) -> None:
         self.metrics.session_success.inc(dest_host=dest_host)

@@ -92,7 +92,7 @@ async def test_tls_hop_carries_challenge_and_header(tmp_path, certs, backend_fac
     is then refused by the MAC, which shows the header reached the backend intact."""
     backend = backend_factory(backend_config(tmp_path, certs))
     hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
-                     timeout=10)
+                     connect_timeout=10, answer_timeout=10)
     caplog.set_level(logging.INFO)
     outcome = await hops.connect(HOST, TARGET)
     assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"
@@ -102,7 +102,7 @@ async def test_tls_hop_carries_challenge_and_header(tmp_path, certs, backend_fac
 async def test_proxy_with_another_ca_refuses_the_backend(tmp_path, certs, other_ca, backend_factory,
                                                          caplog) -> None:
     backend = backend_factory(backend_config(tmp_path, certs))
-    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, other_ca.ca)), timeout=10)
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, other_ca.ca)), connect_timeout=10, answer_timeout=10)
     caplog.set_level(logging.INFO)
     outcome = await hops.connect(HOST, TARGET)
     assert isinstance(outcome, HopFailed)
@@ -114,7 +114,7 @@ async def test_proxy_with_another_ca_refuses_the_backend(tmp_path, certs, other_
 async def test_proxy_checks_the_name_of_the_backend(tmp_path, certs, backend_factory) -> None:
     """The certificate is for 127.0.0.1; reached as `localhost` it does not name the host."""
     backend = backend_factory(backend_config(tmp_path, certs))
-    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), timeout=10)
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), connect_timeout=10, answer_timeout=10)
     outcome = await hops.connect("localhost", TARGET)
     assert isinstance(outcome, HopFailed) and "certificate not accepted" in outcome.text
     assert "Hostname mismatch" in outcome.text
@@ -122,7 +122,7 @@ async def test_proxy_checks_the_name_of_the_backend(tmp_path, certs, backend_fac
 
 async def test_tls_proxy_and_plaintext_backend(tmp_path, certs, backend_factory, caplog) -> None:
     backend = backend_factory(backend_config(tmp_path, certs, tls=False))
-    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), timeout=10)
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), connect_timeout=10, answer_timeout=10)
     caplog.set_level(logging.INFO)
     outcome = await hops.connect(HOST, TARGET)
     assert isinstance(outcome, HopFailed) and "is cluster_hop_ssl = yes on the backend too?" in outcome.text
@@ -132,7 +132,7 @@ async def test_tls_proxy_and_plaintext_backend(tmp_path, certs, backend_factory,
 async def test_plaintext_proxy_and_tls_backend(tmp_path, certs, backend_factory, caplog, monkeypatch) -> None:
     monkeypatch.setattr(service, "HOP_HEADER_TIMEOUT", 0.3)  # the backend's bound on a silent client
     backend = backend_factory(backend_config(tmp_path, certs))
-    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, None)), timeout=30)
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, None)), connect_timeout=30, answer_timeout=30)
     caplog.set_level(logging.INFO)
     outcome = await hops.connect(HOST, TARGET)
     assert isinstance(outcome, HopFailed)
