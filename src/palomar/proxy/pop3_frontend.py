@@ -5,6 +5,7 @@ from __future__ import annotations
 from palomar.protocols import pop3
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
+from palomar.proxy.limits import Farewell
 from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
@@ -40,3 +41,6 @@ class Pop3Adapter:
 
     def timeout_bye(self) -> bytes:
         return b"-ERR Disconnected for inactivity.\r\n"
+
+    def bye(self, state: ProxyState, farewell: Farewell) -> bytes:
+        return f"-ERR {farewell.text}\r\n".encode()

@@ -18,6 +18,7 @@ from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
+from palomar.proxy.limits import TOO_MANY_AUTH_FAILURES, Admission, Farewell
 from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
 from palomar.proxy.state import ProxyState
 
@@ -50,6 +51,9 @@ class Adapter(Protocol):
 
     def timeout_bye(self) -> bytes: ...
 
+    def bye(self, state: ProxyState, farewell: Farewell) -> bytes:
+        """The line with which the server closes the connection (refusals, too many failures)."""
+
 
 @dataclass(frozen=True)
 class FrontendSpec:
@@ -66,11 +70,12 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+    __slots__ = ("finished", "admission", "protocol", "session_id", "user", "client_ip", "client_port", "host")
 
-    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
-                 host: str) -> None:
+    def __init__(self, finished: Counter, admission: Admission, protocol: str, session_id: str, user: str,
+                 client: tuple[str, int], host: str) -> None:
         self.finished = finished
+        self.admission = admission
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
@@ -78,6 +83,7 @@ class SessionEnd:
         self.host = host
 
     def __call__(self, stats: RelayStats) -> None:
+        self.admission.release()
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
@@ -88,10 +94,20 @@ class SessionEnd:
         )
 
 
-async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, haproxy: bool, ssl: bool) -> None:
-    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter: Adapter, haproxy: bool,
+                ssl: bool) -> None:
+    conn = await accept(state, sock, service=service, haproxy=haproxy, ssl=ssl,
+                        bye=lambda farewell: adapter.bye(state, farewell))
     if conn is None:
         return
+    try:
+        await _session(state, conn, adapter)
+    finally:
+        if not conn.relaying:
+            conn.admission.release()
+
+
+async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) -> None:
     link = conn.link
     core = adapter.make_core(state, conn)
     link.write(core.greeting())
@@ -136,7 +152,7 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
 
 
 async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
-    """None when the session now relays; else the events of commands pipelined after the login."""
+    """None when the session now relays or was closed; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
         return core.login_failed(event.tag, refusal)
@@ -151,12 +167,23 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
-                          outcome.host)
+        conn.admission.logged_in()
+        conn.relaying = True  # the relay's end releases the admission now
+        done = SessionEnd(state.metrics.sessions_finished, conn.admission, adapter.protocol, conn.session_id, user,
+                          conn.client, outcome.host)
         relay = Relay(client_transport, backend_transport, done)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer())
         return None
     session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    return core.login_failed(event.tag, adapter.failure(outcome))
+    events = core.login_failed(event.tag, adapter.failure(outcome))
+    if isinstance(outcome, AuthFailed):
+        conn.auth_failures += 1
+        if state.max_auth_failures and conn.auth_failures >= state.max_auth_failures:
+            state.metrics.auth_failure_disconnects.inc()
+            conn.link.write(core.data_to_send())
+            conn.link.write(adapter.bye(state, TOO_MANY_AUTH_FAILURES))
+            conn.link.close()
+            return None
+    return events

@@ -5,6 +5,7 @@ from __future__ import annotations
 from palomar.protocols import managesieve
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
+from palomar.proxy.limits import Farewell
 from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
@@ -52,3 +53,6 @@ class SieveAdapter:
 
     def timeout_bye(self) -> bytes:
         return b'BYE "Disconnected for inactivity."\r\n'
+
+    def bye(self, state: ProxyState, farewell: Farewell) -> bytes:
+        return (managesieve.response("BYE", farewell.text) + "\r\n").encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from palomar.protocols import submission
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
+from palomar.proxy.limits import Farewell, smtp_bye
 from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
@@ -45,3 +46,7 @@ class SubmissionAdapter:
 
     def timeout_bye(self) -> bytes:
         return b"421 4.4.2 Disconnected for inactivity.\r\n"
+
+    def bye(self, state: ProxyState, farewell: Farewell) -> bytes:
+        """Dovecot's submission-login prefixes its host name (smtp_server_connection_terminate)."""
+        return smtp_bye(state.proxy_host, farewell)
