@@ -70,10 +70,6 @@ class Admission:
             self._limits.open[self.service] -= 1
             self.service = ""
 
-    def __call__(self, *_: object) -> None:
-        """As a relay's end callback."""
-        self.release()
-
 
 class ConnectionLimits:
     """The counts of one proxy process; decisions only, the session code does the talking."""
