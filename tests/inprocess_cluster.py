@@ -42,6 +42,8 @@ PASSWORD = "secret-pw"
 USERS = tuple(f"user{i}@example.test" for i in range(1, 9))
 ADAPTERS = {"imap": ImapAdapter(), "pop3": Pop3Adapter(), "submission": SubmissionAdapter(),
             "sieve": SieveAdapter()}
+SERVICES = {"imap": "imap-login", "pop3": "pop3-login", "submission": "submission-login",
+            "sieve": "managesieve-login"}
 
 
 class FlakyEngine(GeoEngine):
@@ -169,13 +171,15 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None) -
     proxy_localdb = LocalDB(str(root / "proxy-localdb.sqlite"))
     proxy = ProxyState(
         passdb=passdb, router=Router(proxy_geodb, proxy_localdb, site_name=SITE, group_count=4),
-        hops=HopClient(secret, hop[1], tls=None, connect_timeout=10.0, answer_timeout=10.0), metrics=ProxyMetrics(Registry()), site_id=site.id,
+        hops=HopClient(secret, hop[1], tls=None, connect_timeout=10.0, answer_timeout=10.0),
+        metrics=ProxyMetrics(Registry()), site_id=site.id,
         proxy_host="proxy.test", allow_cleartext=True, auth_failure_delay=0.0, login_timeout=30.0,
     )
     cluster = InProcessCluster(proxy, backend, proxy_engine, backend_engine, {}, hop, [hop_loop],
                                [backend_localdb.close, proxy_localdb.close])
     for protocol, adapter in ADAPTERS.items():
-        loop, address = _listen("127.0.0.1", partial(serve, proxy, adapter=adapter, haproxy=False, ssl=False))
+        loop, address = _listen("127.0.0.1", partial(serve, proxy, service=SERVICES[protocol], adapter=adapter,
+                                                         haproxy=False, ssl=False))
         cluster.loops.append(loop)
         cluster.listeners[protocol] = address
     loop, address = _listen("127.0.0.1", partial(serve_lmtp, proxy, haproxy=False, ssl=False))

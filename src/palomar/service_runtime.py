@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -37,6 +38,20 @@ def setup_logging(cfg: Config, role: str) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (every session holds one or two descriptors;
+    distributions start services with a soft limit of 1024). Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logging.getLogger("palomar").warning("cannot raise the open-files limit from %d to %d: %s",
+                                                 soft, hard, exc)
+    return soft
 
 
 def geodb_engine_options(cfg: Config) -> tuple[str, dict]:

@@ -109,8 +109,12 @@ _add("haproxy_trusted_networks", NETWORKS, "", BOTH,
      "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
 _add("haproxy_timeout", TIME, "3 secs", BOTH, "how long to wait for the PROXY header")
 _add("login_trusted_networks", NETWORKS, "", BOTH,
-     "networks whose connections may forward the client's address and session (proxies, on backends)")
-_add("doveadm_port", PORT, "0", BOTH, "TCP port of the doveadm service on backends (0: none)")
+     "networks whose connections may forward the client's address and session (proxies, on backends); "
+     "on a proxy, clients from these networks (e.g. a webmail server) are exempt from "
+     "login_max_ip_connections and the auth penalty")
+_add("doveadm_port", PORT, "0", BOTH,
+     "TCP port of the doveadm service (0: none); a doveadm listener is not supported yet, so any other value "
+     "is refused")
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
 _add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
@@ -122,7 +126,9 @@ _add("ssl", enum("no", "yes", "required"), "yes", BOTH,
 _add("ssl_server_cert_file", PATH, "", BOTH, "PEM file with the server certificate chain")
 _add("ssl_server_key_file", PATH, "", BOTH, "PEM file with the server's private key")
 _add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication without TLS")
-_add("auth_failure_delay", TIME, "2 secs", PROXY, "delay before answering a failed authentication")
+_add("auth_failure_delay", TIME, "2 secs", PROXY,
+     "flat delay before answering a failed authentication (the escalating penalty comes on top, "
+     "see auth_penalty_max_delay)")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
@@ -181,6 +187,23 @@ _add("cluster_proxy_probe_interval", TIME, "5 secs", PROXY,
      "how often this proxy probes offline backends with the test login", **_ext)
 _add("cluster_proxy_probe_timeout", TIME, "5 secs", PROXY,
      "how long one probe (hop, test login, LOGOUT) may take before it counts as failed", **_ext)
+_add("login_max_ip_connections", UINT, "100", PROXY,
+     "connections from one client address that may be open before login, per proxy process (0: no limit); "
+     "the address is the PROXY header's on haproxy listeners; login_trusted_networks and LMTP are exempt; "
+     "beyond it a connection is refused at once with the protocol's BYE, -ERR or 421", **_ext)
+_add("login_max_auth_failures", UINT, "3", PROXY,
+     "failed logins after which a connection is closed with the protocol's BYE, -ERR or 421 (0: never); "
+     "Dovecot 2.3 has no such limit (imap-login only counts invalid commands, 3)", **_ext)
+_add("auth_penalty_max_delay", TIME, "15 secs", PROXY,
+     "longest escalating wait before checking a login from a source address with recent failures: "
+     "Dovecot's anvil penalty, 4, 8, then this many seconds (0: no penalty); a source's attempts are also "
+     "spaced by this wait, so parallel connections do not multiply its guesses", **_ext)
+_add("auth_penalty_per_user", BOOL, "yes", PROXY,
+     "also escalate per user name, so that many addresses guessing one account slow down; the account's "
+     "owner then waits up to auth_penalty_max_delay per login while it is under attack", **_ext)
+_add("auth_penalty_max_sources", UINT, "100000", PROXY,
+     "penalty records kept per proxy process (addresses, and user names); the least recently used "
+     "go first, so memory stays bounded whatever the number of sources", **_ext)
 _add("cluster_lmtp_max_mail_size", SIZE, "50M", PROXY,
      "largest message the proxy's LMTP listener accepts (advertised as SIZE; 0 = no limit)", **_ext)
 _add("controller_interval", TIME, "10 secs", BOTH,
@@ -234,9 +257,16 @@ USERDB.add("skip", enum("never", "found", "notfound"), "never", BOTH, "when to s
 FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
 
 SERVICE = Registry()
-SERVICE.add("process_min_avail", UINT, "0", BOTH, "processes started ahead of connections")
-SERVICE.add("process_limit", UINT, "100", BOTH, "maximum number of processes")
-SERVICE.add("client_limit", UINT, "1000", BOTH, "maximum connections per process")
+SERVICE.add("process_min_avail", UINT, "0", BOTH,
+            "processes started ahead of connections; palomar runs one process per role, so only 0 or 1 "
+            "is accepted (more is refused: not supported yet)")
+SERVICE.add("process_limit", UINT, "1", BOTH,
+            "maximum number of processes; only 1 is accepted (more is refused: not supported yet)")
+SERVICE.add("client_limit", UINT, "10000", BOTH,
+            "connections of this service one proxy process holds, pre-login and relayed (0: no limit); "
+            "beyond it a connection is refused at once with Dovecot's `Connection queue full`. "
+            "Dovecot's default is 1000 per process over up to 100 processes; palomar's one process carries "
+            "them all. Only enforced on a proxy: on a backend anything but the default is refused")
 
 INET_LISTENER = Registry()
 INET_LISTENER.add("port", PORT, "0", BOTH, "TCP port (0 disables the listener)")

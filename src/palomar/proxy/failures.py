@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from palomar.protocols import imap, managesieve, pop3, submission
+from palomar.proxy.limits import Farewell, smtp_bye
 from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin
 
 INTERNAL_FAILURE = "Internal login failure. Refer to server log for more information."
@@ -32,6 +33,8 @@ class Wording:
     nologin: Callable[[str], str]
     timeout_bye: bytes
     internal_bye: bytes
+    bye: Callable[[str, Farewell], bytes]
+    """The line closing a connection the proxy refuses or gives up on (host name, why)."""
 
 
 WORDING: dict[str, Wording] = {
@@ -41,6 +44,7 @@ WORDING: dict[str, Wording] = {
         nologin=lambda reason: f"NO [CONTACTADMIN] {reason}",
         timeout_bye=b"* BYE Disconnected for inactivity.\r\n",
         internal_bye=f"* BYE [UNAVAILABLE] {INTERNAL_FAILURE}\r\n".encode(),
+        bye=lambda host, farewell: f"* BYE {farewell.text}\r\n".encode(),
     ),
     "pop3": Wording(
         auth_failed=pop3.AUTH_FAILED,
@@ -48,6 +52,7 @@ WORDING: dict[str, Wording] = {
         nologin=pop3.auth_error,
         timeout_bye=b"-ERR Disconnected for inactivity.\r\n",
         internal_bye=f"{pop3.temp_error(INTERNAL_FAILURE)}\r\n".encode(),
+        bye=lambda host, farewell: f"-ERR {farewell.text}\r\n".encode(),
     ),
     "submission": Wording(
         auth_failed=submission.AUTH_FAILED,
@@ -55,6 +60,7 @@ WORDING: dict[str, Wording] = {
         nologin=lambda reason: f"535 5.7.8 {reason}",
         timeout_bye=b"421 4.4.2 Disconnected for inactivity.\r\n",
         internal_bye=f"421 4.0.0 {INTERNAL_FAILURE}\r\n".encode(),
+        bye=smtp_bye,  # Dovecot's submission-login prefixes its host name (smtp_server_connection_terminate)
     ),
     "sieve": Wording(
         auth_failed=managesieve.AUTH_FAILED,
@@ -62,6 +68,7 @@ WORDING: dict[str, Wording] = {
         nologin=lambda reason: managesieve.response("NO", reason, None),
         timeout_bye=b'BYE "Disconnected for inactivity."\r\n',
         internal_bye=f"{managesieve.response('BYE', INTERNAL_FAILURE, None)}\r\n".encode(),
+        bye=lambda host, farewell: (managesieve.response("BYE", farewell.text) + "\r\n").encode(),
     ),
 }
 

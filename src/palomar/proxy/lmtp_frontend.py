@@ -39,6 +39,7 @@ from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
+from palomar.proxy.limits import smtp_bye
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.lmtp")
@@ -62,7 +63,8 @@ def lmtp_handler(state: ProxyState, cfg, listener) -> Callable[[socket.socket], 
 
 async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool,
                      max_size: int | None = DEFAULT_MAX_SIZE) -> None:
-    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+    conn = await accept(state, sock, service="lmtp", haproxy=haproxy, ssl=ssl, per_address=False,
+                        bye=lambda farewell: smtp_bye(lmtp_hostname(state.proxy_host), farewell))
     if conn is None:
         return
     session = LmtpProxySession(state, conn, max_size=max_size)
@@ -77,9 +79,10 @@ async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
         conn.link.close()
     finally:
         session.close_legs()
+        conn.admission.release()
 
 
-def _hostname(name: str) -> str:
+def lmtp_hostname(name: str) -> str:
     return "".join(ch for ch in name if ch.isalnum() or ch in ".-") or "palomar"
 
 
@@ -89,7 +92,7 @@ class LmtpProxySession:
     def __init__(self, state: ProxyState, conn: ClientConnection, *, max_size: int | None) -> None:
         self.state = state
         self.conn = conn
-        self.core = LmtpServer(hostname=_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
+        self.core = LmtpServer(hostname=lmtp_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
         self.legs: dict[str, LmtpLeg] = {}
         self.legs_lhlo: str | None = None
         self.fanout: fan.Fanout | None = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
 from palomar.logsafe import safe
+from palomar.proxy.frontend import trusted
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -78,11 +79,23 @@ async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome
         remote_ip=attempt.client[0], local_ip=attempt.local[0], secured=attempt.client_tls,
         mechanism=attempt.mechanism,
     )
+    penalised = state.penalty.enabled and not trusted(attempt.client[0], state.login_trusted)
+    verdict = state.penalty.before_check(attempt.client[0], attempt.username.lower(), time.monotonic()) \
+        if penalised else None
+    if verdict is not None and verdict.wait:
+        state.metrics.auth_penalty_delayed.inc()
+        state.metrics.auth_penalty_seconds.inc(verdict.wait)
+        await asyncio.sleep(verdict.wait)  # deliberate: the escalating penalty of this source
     result = await state.passdb.authenticate(request)
     if result.status in ("failed", "unknown_user"):
+        if verdict is not None:
+            state.penalty.failed(verdict, attempt.client[0], attempt.username.lower(), attempt.password,
+                                 time.monotonic())
         await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
         state.metrics.auth_failures.inc()
         return AuthFailed(), attempt.username
+    if penalised and result.status in ("ok", "nologin"):
+        state.penalty.succeeded(attempt.client[0], attempt.username.lower())
     if result.status == "nologin":
         await asyncio.sleep(state.auth_failure_delay)
         return NoLogin(result.reason or "Login disabled."), result.user

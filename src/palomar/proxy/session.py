@@ -24,7 +24,8 @@ from palomar.proxy.failures import WORDING, login_failure
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import LoginAttempt, perform_login
+from palomar.proxy.limits import TOO_MANY_AUTH_FAILURES, Admission
+from palomar.proxy.login import AuthFailed, LoginAttempt, perform_login
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -60,12 +61,13 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host", "sessions",
-                 "relay")
+    __slots__ = ("finished", "admission", "protocol", "session_id", "user", "client_ip", "client_port", "host",
+                 "sessions", "relay")
 
-    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
-                 host: str, sessions: RelayedSessions) -> None:
+    def __init__(self, finished: Counter, admission: Admission, protocol: str, session_id: str, user: str,
+                 client: tuple[str, int], host: str, sessions: RelayedSessions) -> None:
         self.finished = finished
+        self.admission = admission
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
@@ -77,6 +79,7 @@ class SessionEnd:
     def __call__(self, stats: RelayStats) -> None:
         if self.relay is not None:
             self.sessions.remove(self.host, self.relay)
+        self.admission.release()
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
@@ -87,8 +90,10 @@ class SessionEnd:
         )
 
 
-async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, haproxy: bool, ssl: bool) -> None:
-    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter: Adapter, haproxy: bool,
+                ssl: bool) -> None:
+    conn = await accept(state, sock, service=service, haproxy=haproxy, ssl=ssl,
+                        bye=lambda farewell: WORDING[adapter.protocol].bye(state.proxy_host, farewell))
     if conn is None:
         return
     try:
@@ -103,6 +108,9 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
         log_failure(log, f"session={conn.session_id} proto={adapter.protocol}", exc)
         conn.link.write(WORDING[adapter.protocol].internal_bye)
         conn.link.close()
+    finally:
+        if not conn.relaying:
+            conn.admission.release()
 
 
 async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) -> None:
@@ -148,7 +156,7 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) 
 
 
 async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
-    """None when the session now relays; else the events of commands pipelined after the login."""
+    """None when the session now relays or was closed; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
         return core.login_failed(event.tag, refusal)
@@ -163,8 +171,10 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
-                          outcome.host, state.sessions)
+        conn.admission.logged_in()
+        conn.relaying = True  # the relay's end releases the admission now
+        done = SessionEnd(state.metrics.sessions_finished, conn.admission, adapter.protocol, conn.session_id, user,
+                          conn.client, outcome.host, state.sessions)
         relay = done.relay = Relay(client_transport, backend_transport, done,
                                   shutdown_line(adapter.protocol, state.proxy_host))
         state.sessions.add(outcome.host, relay)
@@ -174,4 +184,13 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         return None
     session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, safe(user),
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    return core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
+    events = core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
+    if isinstance(outcome, AuthFailed):
+        conn.auth_failures += 1
+        if state.max_auth_failures and conn.auth_failures >= state.max_auth_failures:
+            state.metrics.auth_failure_disconnects.inc()
+            conn.link.write(core.data_to_send())
+            conn.link.write(WORDING[adapter.protocol].bye(state.proxy_host, TOO_MANY_AUTH_FAILURES))
+            conn.link.close()
+            return None
+    return events

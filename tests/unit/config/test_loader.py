@@ -35,7 +35,7 @@ def test_seed_proxy_example_loads() -> None:
     assert cfg["cluster_geodb_driver"] == "cassandra"
     assert cfg["login_trusted_networks"] == [ipaddress.ip_network(n) for n in ("127.0.0.1/32", "::1/128",
                                                                                "192.168.1.0/24")]
-    assert cfg["doveadm_port"] == 2300
+    assert cfg["doveadm_port"] == 0  # commented out: palomar refuses a doveadm listener
     assert cfg["doveadm_password"] == "doveadm-placeholder"
     assert cfg["cluster_backend_test_username"] == "probe-%{backend_host}"
     assert cfg["cluster_proxy_check_backends"] is True  # default
@@ -52,7 +52,7 @@ def test_seed_proxy_example_loads() -> None:
         "imaps": ListenerSettings("imaps", 993, ["*", "::"], False, True),
         "imap-haproxy": ListenerSettings("imap-haproxy", 1143, ["*", "::"], True, False),
     }
-    assert cfg.services["doveadm"].listeners["tcp"].port == 2300
+    assert cfg.services["doveadm"].listeners == {}
     assert cfg.source_files == [str(EXAMPLES / "proxy.conf")]
 
 
@@ -122,7 +122,8 @@ def test_default_listeners_and_overrides(write) -> None:
             address = 127.0.0.2, ::1
             port = 2424
           }
-          process_min_avail = 4
+          process_min_avail = 1
+          client_limit = 50
         }
         service stats {
           inet_listener http {
@@ -140,7 +141,9 @@ def test_default_listeners_and_overrides(write) -> None:
     assert set(services["submission-login"].listeners) == {"submission"}
     assert services["managesieve-login"].listeners["sieve"].port == 4190
     assert services["lmtp"].listeners["lmtp"] == ListenerSettings("lmtp", 2424, ["127.0.0.2", "::1"])
-    assert services["lmtp"].process_min_avail == 4
+    assert services["lmtp"].process_min_avail == 1
+    assert services["lmtp"].client_limit == 50
+    assert services["imap-login"].client_limit == 10000  # palomar's default
     assert services["stats"].listeners["http"].port == 9900
     assert services["doveadm"].listeners == {}  # doveadm_port defaults to 0
     assert services["doveadm"].disabled_listeners == ["tcp"]

@@ -86,11 +86,35 @@ def test_haproxy_listener_requires_trusted_networks(write) -> None:
     assert load(fixed).services["imap-login"].listeners["imap-haproxy"].haproxy is True
 
 
-def test_doveadm_listener_requires_password(write) -> None:
-    path = write("proxy.conf", "# doveadm\ndoveadm_port = 2300\n")
+DOVEADM_REFUSED = ("service doveadm { inet_listener tcp }: a doveadm listener is not supported yet (nothing would "
+                   "listen); remove it and doveadm_port, or set port = 0. `palomar cluster` reaches backends over "
+                   "cluster_hop_port")
+
+
+def test_a_doveadm_listener_is_refused(write) -> None:
+    """The seed's own doveadm block: nothing in palomar would listen there."""
+    seed_block = ("doveadm_password = x\nservice doveadm {\n  inet_listener tcp {\n    port = 2300\n  }\n}\n")
+    path = write("a.conf", seed_block)
+    assert _errors(path) == [f"{path}:3: {DOVEADM_REFUSED}"]
+    port_only = write("b.conf", "# doveadm\ndoveadm_port = 2300\n")
+    assert _errors(port_only) == [f"{port_only}:2: {DOVEADM_REFUSED}"]
+
+
+def test_worker_process_settings_are_refused(write) -> None:
+    path = write("p.conf", "service imap-login {\n  process_limit = 100\n  process_min_avail = 4\n}\n"
+                           "service lmtp {\n  process_limit = 1\n  process_min_avail = 1\n}\n")
     assert _errors(path) == [
-        f"{path}:2: service doveadm {{ inet_listener tcp }}: doveadm_password is required for the doveadm listener"
+        f"{path}:1: service imap-login: process_limit = 100: not supported yet "
+        "(palomar runs one process per role; remove it or set 1)",
+        f"{path}:1: service imap-login: process_min_avail = 4: not supported yet "
+        "(palomar runs one process per role; remove it or set 0 or 1)",
     ]
+
+
+def test_client_limit_only_where_it_is_enforced(write) -> None:
+    stats = write("s.conf", "service stats {\n  client_limit = 5\n}\n")
+    assert _errors(stats) == [f"{stats}:1: service stats: client_limit is only enforced on a proxy's "
+                              "imap-login, pop3-login, submission-login, managesieve-login, lmtp services; remove it here"]
 
 
 def test_geodb_engine_settings_must_match_the_driver(write) -> None:
