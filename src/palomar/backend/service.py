@@ -42,6 +42,8 @@ class BackendState:
     secret: bytes
     dovecot: DovecotEndpoint
     test_username: str | None = None
+    recipient_delimiter: str = "+"
+    """Splits LMTP recipients into user and detail, as this backend's Dovecot does (same setting)."""
     replay: hop.ReplayCache = field(default_factory=hop.ReplayCache)
     backend_id: UUID | None = None
     site_id: UUID | None = None
@@ -259,6 +261,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
+        recipient_delimiter=cfg["recipient_delimiter"],
         clock=_clock(),
     )
     await state.register()

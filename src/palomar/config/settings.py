@@ -125,6 +125,9 @@ _add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication 
 _add("auth_failure_delay", TIME, "2 secs", PROXY, "delay before answering a failed authentication")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
+_add("recipient_delimiter", STRING, "+", BOTH,
+     "characters that separate user and detail in LMTP recipients (`user+detail@domain`): the first of "
+     "them in the local part splits it; the user part is looked up and routed, the whole address delivered")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
 _add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")

@@ -87,6 +87,7 @@ async def build_state(cfg: Config) -> ProxyState:
         haproxy_timeout=cfg["haproxy_timeout"],
         haproxy_trusted=tuple(cfg["haproxy_trusted_networks"]),
         proxy_host=cfg["hostname"] or socket.gethostname(),
+        recipient_delimiter=cfg["recipient_delimiter"],
     )
 
 

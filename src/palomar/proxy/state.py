@@ -78,6 +78,7 @@ class ProxyState:
     haproxy_timeout: float = 3.0
     haproxy_trusted: tuple = ()
     login_timeout: float = 180.0
+    recipient_delimiter: str = "+"
     dest: DestCounters = field(default_factory=DestCounters)
     health: Any = None
     """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""
