@@ -80,6 +80,8 @@ MAX_ID_VALUE = 1024
 MAX_ID_COMMAND = 65536
 """An ID command may be longer than other commands: RFC 2971 allows 30 pairs of 1,024-octet values
 (Dovecot reads ID argument by argument, so its line limit does not apply to it either)."""
+MAX_CLIENT_ID = 256
+"""Dovecot's LOGIN_MAX_CLIENT_ID_LEN: how much of a client's ID imap_id_retain passes on."""
 ID_LOG_VALUE_MAX = 80
 """Dovecot's `ID sent:` log line cuts each value to this many bytes."""
 _ID_COMMAND = re.compile(rb"^[^ ]+ ID[ (]", re.IGNORECASE)
@@ -193,11 +195,27 @@ def forwarded_from_id(params: Iterable[tuple[str, str | None]]) -> ClientForward
 
 
 def client_id_to_forward(params: Iterable[tuple[str, str | None]]) -> tuple[tuple[str, str | None], ...]:
-    """The client's own ID pairs, to pass on to the backend: without the keys that describe the
-    connection (x-originating-ip, x-forward-... ), which Dovecot never forwards as the client's."""
-    return tuple((k, v) for k, v in params
-                 if k.lower() not in _FORWARD_KEYS and k.lower() != "x-proxy-ttl"
-                 and not k.lower().startswith("x-forward-"))
+    """The client's own ID pairs to pass on to the backend, as Dovecot's imap_id_retain keeps them:
+    not the keys that describe the connection (x-originating-ip, x-forward-...), CR and LF dropped
+    from the quoted strings, and only while the list stays under 256 bytes (LOGIN_MAX_CLIENT_ID_LEN)."""
+    kept: list[tuple[str, str | None]] = []
+    length = 0
+    for key, value in params:
+        lower = key.lower()
+        if lower in _FORWARD_KEYS or lower == "x-proxy-ttl" or lower.startswith("x-forward-"):
+            continue
+        key = _drop_crlf(key)
+        value = None if value is None else _drop_crlf(value)
+        pair_length = len(quote(key)) + 1 + (3 if value is None else len(quote(value)))
+        if length + pair_length + (1 if kept else 0) >= MAX_CLIENT_ID:
+            continue
+        length += pair_length + (1 if kept else 0)
+        kept.append((key, value))
+    return tuple(kept)
+
+
+def _drop_crlf(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "").replace("\0", "")
 
 
 def _valid_tag(raw: bytes) -> str | None:

@@ -141,7 +141,10 @@ MAX_SESSION_ID = 64
 
 
 def forwarded_ip(value: str) -> str | None:
-    """An address as Dovecot's net_addr2ip reads it (`[::1]` too); None if it is not one."""
+    """An address as Dovecot reads it (`[::1]`, and SMTP XCLIENT's `IPV6:` prefix, too); None if it
+    is not one."""
+    if value[:5].upper() == "IPV6:":
+        value = value[5:]
     try:
         return str(ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value))
     except ValueError:
@@ -153,21 +156,19 @@ def forwarded_port(value: str) -> int | None:
     return int(value) if value.isdigit() and int(value) <= 65535 else None
 
 
-def parse_xclient(args: str) -> ClientForwarded | None:
+def parse_xclient(args: str) -> ClientForwarded:
     """The `XCLIENT` arguments Dovecot's pop3-, submission- and managesieve-login use (ADDR, PORT,
-    SESSION); TTL, FORWARD, HELO and the rest are accepted and not used. None: ADDR or PORT invalid."""
+    SESSION); TTL, FORWARD, HELO and the rest are accepted and not used. Raises ValueError naming
+    the parameter (ADDR or PORT) whose value is invalid."""
     fields: dict[str, object] = {}
     for item in args.split():
         key, _, value = item.partition("=")
         key = key.upper()
-        if key == "ADDR":
-            fields["ip"] = forwarded_ip(value)
-            if fields["ip"] is None:
-                return None
-        elif key == "PORT":
-            fields["port"] = forwarded_port(value)
-            if fields["port"] is None:
-                return None
+        if key in ("ADDR", "PORT"):
+            parsed = forwarded_ip(value) if key == "ADDR" else forwarded_port(value)
+            if parsed is None:
+                raise ValueError(key)
+            fields["ip" if key == "ADDR" else "port"] = parsed
         elif key == "SESSION" and len(value) <= MAX_SESSION_ID:
             fields["session_id"] = value
     return ClientForwarded(**fields)  # type: ignore[arg-type]

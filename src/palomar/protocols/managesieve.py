@@ -310,9 +310,10 @@ class SieveLoginServer(LoginServerCore):
         if not self.trusted:
             self._out += _line(response("NO", "You are not from trusted IP"))
             return
-        forwarded = parse_xclient(decode(reader.data[reader.pos:]))
-        if forwarded is None:
-            self._out += _line(response("NO", "Invalid parameters"))
+        try:
+            forwarded = parse_xclient(decode(reader.data[reader.pos:]))
+        except ValueError:
+            self._bad_command(events)
             return
         self._out += _line(response("OK", "Updated"))
         events.append(forwarded)

@@ -265,8 +265,9 @@ class Pop3LoginServer(LoginServerCore):
         if not self.trusted:
             self._out += _line("+OK You are not from trusted IP - ignoring")
             return
-        forwarded = parse_xclient(decode(args))
-        if forwarded is None:
+        try:
+            forwarded = parse_xclient(decode(args))
+        except ValueError:
             self._out += _line("-ERR Invalid parameters")
             return
         self._out += _line("+OK Updated")

@@ -29,6 +29,8 @@ class ClientConnection:
     local: tuple[str, int]
     tls: bool
     session_id: str
+    client_id: tuple[tuple[str, str | None], ...] = ()
+    """The client's IMAP ID pairs to pass on to the backend (imap_id_retain)."""
 
 
 def new_session_id(client: tuple[str, int]) -> str:

@@ -75,7 +75,7 @@ async def build_state(cfg: Config) -> ProxyState:
     if not secret:
         raise RuntimeError("cluster_hop_secret is not set")
     return ProxyState(
-        passdb=PassdbChain.from_settings(cfg.passdbs),
+        passdb=PassdbChain.from_settings(cfg.passdbs, username_format=cfg["auth_username_format"]),
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
         metrics=ProxyMetrics(Registry()),
@@ -88,6 +88,9 @@ async def build_state(cfg: Config) -> ProxyState:
         haproxy_trusted=tuple(cfg["haproxy_trusted_networks"]),
         proxy_host=cfg["hostname"] or socket.gethostname(),
         recipient_delimiter=cfg["recipient_delimiter"],
+        login_trusted=tuple(cfg["login_trusted_networks"]),
+        imap_id_log=cfg["imap_id_log"],
+        imap_id_retain=cfg["imap_id_retain"],
     )
 
 

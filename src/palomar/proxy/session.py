@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
+from palomar.proxy.client_info import note_client_info
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
 from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
@@ -129,6 +130,8 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
                     if more is None:
                         return
                     events.extend(more)
+                else:
+                    note_client_info(state, conn, event)
                 link.write(core.data_to_send())
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
@@ -143,6 +146,7 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
         mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
+        client_id=conn.client_id,
     )
     outcome, user = await perform_login(state, attempt)
     if isinstance(outcome, Established):
