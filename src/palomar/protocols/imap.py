@@ -438,6 +438,9 @@ class ImapLoginServer(LoginServerCore):
     def _cmd_id(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         try:
             params = _parse_id(reader)
+        except _IdValueTooLong:
+            self._close(self._input_full(), "Input buffer full", events)
+            return
         except ImapSyntaxError:
             self._out += tagged(tag, "BAD", "Invalid ID parameters")
             return
@@ -507,6 +510,10 @@ class ImapLoginServer(LoginServerCore):
                             "AUTHENTICATE", credentials.authzid)
 
 
+class _IdValueTooLong(ImapSyntaxError):
+    """Dovecot reads an ID value into its 1,024-byte buffer: a longer one ends the session."""
+
+
 def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
     """`SP ( "(" [string SP nstring *(SP string SP nstring)] ")" / NIL )` with Dovecot's limits."""
     reader.sp()
@@ -523,8 +530,10 @@ def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
         key = reader.string()
         reader.sp()
         value = reader.nstring()
-        if len(key) > MAX_ID_KEY or (value is not None and len(value) > MAX_ID_VALUE):
-            raise ImapSyntaxError("ID parameter too long")
+        if value is not None and len(value) > MAX_ID_VALUE:
+            raise _IdValueTooLong()
+        if len(key) > MAX_ID_KEY:
+            raise ImapSyntaxError("ID key too long")
         params.append((decode(key), None if value is None else decode(value)))
     reader.expect(b")")
     reader.end()

@@ -249,8 +249,8 @@ class Pop3LoginServer(LoginServerCore):
         if mech not in MECHANISMS:
             self._out += _line(auth_error("Unsupported authentication mechanism."))
             return
-        if not self.cleartext_allowed:
-            self._out += _line(PRIVACY_REQUIRED)
+        if not self.cleartext_allowed:  # Dovecot's SASL wording; USER and PASS get PRIVACY_REQUIRED
+            self._out += _line(auth_error("Plaintext authentication disabled."))
             return
         decoded: bytes | None = None
         if initial:

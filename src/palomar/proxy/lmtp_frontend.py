@@ -82,7 +82,8 @@ class LmtpProxySession:
     def __init__(self, state: ProxyState, conn: ClientConnection, *, max_size: int | None) -> None:
         self.state = state
         self.conn = conn
-        self.core = LmtpServer(hostname=_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
+        self.core = LmtpServer(hostname=_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size,
+                               greeting=state.greeting)
         self.legs: dict[str, LmtpLeg] = {}
         self.legs_lhlo: str | None = None
         self.fanout: fan.Fanout | None = None

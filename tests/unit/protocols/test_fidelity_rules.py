@@ -142,3 +142,9 @@ def test_xclient_in_each_core_follows_dovecot() -> None:
     assert smtp.data_to_send() == b"501 5.5.4 Invalid PORT parameter\r\n"
     assert smtp.receive(b"XCLIENT ADDR=IPV6:2001:db8::1\r\n") == [ClientForwarded("2001:db8::1")]
     assert smtp.data_to_send() == b"220 p.example Palomar ready.\r\n"
+
+
+def test_an_id_value_over_1024_octets_ends_the_session_as_in_dovecot() -> None:
+    core = imap_core(trusted=False)
+    assert core.receive(b'a ID ("name" "' + b"v" * 1025 + b'")\r\n')[0] == imap.Close("Input buffer full")
+    assert core.data_to_send() == b"* BYE Input buffer full, aborting\r\n"

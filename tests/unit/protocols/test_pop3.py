@@ -251,7 +251,7 @@ def test_auth_without_mechanism_lists_them():
 def test_auth_unsupported_mechanism_and_cleartext_refused():
     assert talk(server(), b"AUTH CRAM-MD5\r\n") == ([], b"-ERR [AUTH] Unsupported authentication mechanism.\r\n")
     core = server(allow_cleartext=False)
-    assert talk(core, b"AUTH PLAIN " + b64(b"\0a\0b") + b"\r\n") == ([], PRIVACY)
+    assert talk(core, b"AUTH PLAIN " + b64(b"\0a\0b") + b"\r\n") == ([], b"-ERR [AUTH] Plaintext authentication disabled.\r\n")
     assert core.bad_commands == 0
 
 
