@@ -51,6 +51,8 @@ class BackendState:
     test_username: str | None = None
     tls: ssl.SSLContext | None = None
     """The hop's TLS context (`cluster_hop_ssl = yes`); None serves a plaintext hop."""
+    recipient_delimiter: str = "+"
+    """Splits LMTP recipients into user and detail, as this backend's Dovecot does (same setting)."""
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
@@ -348,6 +350,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
         tls=hop_server_context(cfg),
+        recipient_delimiter=cfg["recipient_delimiter"],
         clock=_clock(),
     )
     await state.register()

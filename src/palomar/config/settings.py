@@ -131,6 +131,13 @@ _add("auth_failure_delay", TIME, "2 secs", PROXY,
      "see auth_penalty_max_delay)")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
+_add("recipient_delimiter", STRING, "+", BOTH,
+     "characters that separate user and detail in LMTP recipients (`user+detail@domain`): the first of "
+     "them in the local part splits it; the user part is looked up and routed, the whole address delivered")
+_add("imap_id_log", STRING, "", PROXY,
+     "IMAP ID fields of clients to log as `ID sent: ...` (`*`: all; empty: none)")
+_add("imap_id_retain", BOOL, "no", PROXY,
+     "pass the client's IMAP ID on to the backend's Dovecot (before palomar's own x-session-id etc.)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
 _add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")

@@ -96,7 +96,7 @@ async def build_state(cfg: Config) -> ProxyState:
     if not secret:
         raise RuntimeError("cluster_hop_secret is not set")
     return ProxyState(
-        passdb=PassdbChain.from_settings(cfg.passdbs),
+        passdb=PassdbChain.from_settings(cfg.passdbs, username_format=cfg["auth_username_format"]),
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
@@ -116,6 +116,9 @@ async def build_state(cfg: Config) -> ProxyState:
         penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
                             per_user=cfg["auth_penalty_per_user"]),
         max_auth_failures=cfg["login_max_auth_failures"],
+        recipient_delimiter=cfg["recipient_delimiter"],
+        imap_id_log=cfg["imap_id_log"],
+        imap_id_retain=cfg["imap_id_retain"],
     )
 
 
