@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from palomar.backend.dovecot_login import BACKEND_HELO, xclient_fields
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.cluster.ownership import Own, Refer
 from palomar.net.link import Link, open_link
@@ -58,6 +59,10 @@ async def serve_lmtp(state: Any, request: hop.HopRequest, link: Link) -> None:
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s lmtp hop error: %s", request.session_id, exc)
         link.abort()
+    except Exception as exc:  # the hop's boundary: a 421 (the proxy fails what is open), log once
+        log_failure(log, f"session={request.session_id} lmtp hop", exc)
+        link.write(f"{fan.closing_internal(gateway.core.hostname)}\r\n".encode())
+        link.close()
     finally:
         gateway.close()
 
@@ -117,7 +122,7 @@ class LmtpGateway:
                 if self.dovecot is not None:
                     self.dovecot.reset()
             elif isinstance(event, RcptRequest):
-                queue.extend(self.core.rcpt_reply(await self.recipient(event.address)))
+                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
             elif isinstance(event, DataStart):
                 await self.data_start()
             elif isinstance(event, DataChunk):
@@ -144,15 +149,21 @@ class LmtpGateway:
 
     # ---- recipients
 
+    async def guarded_recipient(self, address: str) -> str:
+        """One recipient's exception boundary: a GeoDB or LocalDB that fails (e.g. during the
+        ownership check) or a bug gives this recipient a 451 and is logged once; the hop and its
+        other recipients go on."""
+        try:
+            return await self.recipient(address)
+        except Exception as exc:
+            log_failure(log, f"session={self.request.session_id} rcpt={address}", exc)
+            return fan.rcpt_failed(address, store=is_store_error(exc))
+
     async def recipient(self, address: str) -> str:
         session, state = self.request.session_id, self.state
-        try:
-            decision, group = await state.ownership(address)
-            if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-                decision, group = await state.moves.on_access(address, decision, group)
-        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
-            log.warning("session=%s rcpt=%s ownership check failed: %s", session, address, exc)
-            return fan.lookup_failed(address)
+        decision, group = await state.ownership(address)
+        if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
+            decision, group = await state.moves.on_access(address, decision, group)
         if isinstance(decision, Refer):
             state.referrals += 1
             log.info("session=%s rcpt=%s referred to %s: %s", session, address, decision.host, decision.reason)

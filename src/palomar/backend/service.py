@@ -16,11 +16,12 @@ from palomar.backend.admin import execute_admin
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.moves import MoveExecutor, executor_from_config
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
 from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
-from palomar.net.link import Link
+from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import hop
@@ -121,17 +122,26 @@ class BackendState:
 
 
 async def handle_hop(state: BackendState, sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
     try:
         peer = sock.getpeername()
     except OSError:  # already gone
         sock.close()
         return
     try:
-        _, link = await loop.connect_accepted_socket(Link, sock)
+        link = await accept_link(sock)
     except OSError:
-        sock.close()
         return
+    try:
+        await _hop_session(state, link, peer[0])
+    except (ConnectionError, OSError) as exc:
+        log.debug("hop from %s: connection error: %s", peer[0], exc)
+        link.abort()
+    except Exception as exc:  # last resort (a bug after the reply): log once, close the transport
+        log_failure(log, f"hop from {peer[0]}", exc)
+        link.close()
+
+
+async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
             header = await read_proxy_header_from(link)
@@ -142,7 +152,7 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
-        log.warning("hop from %s refused: %s", peer[0], exc)
+        log.warning("hop from %s refused: %s", peer, exc)
         link.write(hop.encode_reply(hop.Failure("denied", "hop refused")))
         link.close()  # after the reply is sent
         return
@@ -153,7 +163,7 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     if request.protocol == "lmtp":  # recipients are checked one by one: a gateway, not a relay
         await serve_lmtp(state, request, link)
         return
-    reply, dovecot = await _serve(state, request)
+    reply, dovecot = await _serve_guarded(state, request)
     link.write(hop.encode_reply(reply))
     if dovecot is None:
         link.close()
@@ -166,7 +176,8 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
                   RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]))
     state.active[key] = relay
     state.by_user.setdefault(request.user, {})[key] = relay
-    relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
+    relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer(), client_eof=link.eof,
+                server_eof=dovecot.eof)
 
 
 class RelayEnd:
@@ -197,6 +208,19 @@ class RelayEnd:
                  stats.closed_by or "backend")
 
 
+async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
+    """`_serve` inside the login's boundary: a GeoDB or LocalDB that fails becomes `FAIL temp` (the
+    proxy tells its client to retry later and does not count it against this backend's health);
+    a bug becomes `FAIL internal`. Either is logged once."""
+    try:
+        return await _serve(state, request)
+    except Exception as exc:
+        log_failure(log, f"session={request.session_id} user={request.user} proto={request.protocol} hop", exc)
+        if is_store_error(exc):
+            return hop.Failure("temp", "cluster state temporarily unavailable"), None
+        return hop.Failure("internal", "internal error"), None
+
+
 async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
     if request.protocol not in FLAVOURS:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
@@ -212,15 +236,22 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
         log.warning("session=%s user=%s not served here: %s", request.session_id, request.user, decision.reason)
         return hop.Failure("unavailable", decision.reason), None
     reply, link = await login(state.dovecot, request)
-    moved_to = state.moves.moved_during_login(request.user, group) if state.moves and link else None
-    if link is not None and moved_to is not None:  # the move reached this user while it logged in
-        link.close()
-        return hop.Referral(moved_to, "user moved"), None
-    if link is not None and group is not None:
-        state.localdb.user_put(group.name, request.user)
-    log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
-             request.protocol, request.client[0], request.client[1],
-             "ok" if link is not None else getattr(reply, "text", "failed"))
+    if link is None:
+        log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
+                 request.protocol, request.client[0], request.client[1], getattr(reply, "text", "failed"))
+        return reply, None
+    try:  # the Dovecot session is ours until the relay takes it
+        moved_to = state.moves.moved_during_login(request.user, group) if state.moves else None
+        if moved_to is not None:  # the move reached this user while it logged in
+            link.close()
+            return hop.Referral(moved_to, "user moved"), None
+        if group is not None:
+            state.localdb.user_put(group.name, request.user)
+    except BaseException:
+        link.abort()
+        raise
+    log.info("session=%s user=%s proto=%s client=%s:%d login ok", request.session_id, request.user,
+             request.protocol, request.client[0], request.client[1])
     return reply, link
 
 

@@ -84,8 +84,11 @@ class Relay:
         self.client.peer = self.server
         self.server.peer = self.client
 
-    def start(self, client_pending: bytes = b"", server_pending: bytes = b"") -> None:
-        """Install the relay and forward what each side sent before the switch."""
+    def start(self, client_pending: bytes = b"", server_pending: bytes = b"", *, client_eof: bool = False,
+              server_eof: bool = False) -> None:
+        """Install the relay and forward what each side sent before the switch, and a FIN a side
+        sent before it (`*_eof`): a client that pipelined its commands after LOGIN and then shut
+        down its sending half still gets every answer before the relay closes."""
         for end in (self.client, self.server):
             end.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
             end.transport.set_protocol(end)
@@ -93,9 +96,11 @@ class Relay:
             self.client.data_received(client_pending)
         if server_pending:
             self.server.data_received(server_pending)
-        for end in (self.client, self.server):
+        for end, eof in ((self.client, client_eof), (self.server, server_eof)):
             if end.transport.is_closing():
                 self.lost(end)
+            elif eof:
+                self.half_closed(end)
 
     def count(self, side: str, n: int) -> None:
         if side == "client":

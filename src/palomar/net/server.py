@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 log = logging.getLogger("palomar.net")
 
@@ -31,6 +32,18 @@ def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.s
         sock.close()
         raise
     return sock
+
+
+_handed_over: ContextVar[list[asyncio.BaseTransport] | None] = ContextVar("palomar_handed_over", default=None)
+"""The transports the running handler gave its accepted socket to (`net.link.accept_link`)."""
+
+
+def handed_over(transport: asyncio.BaseTransport) -> None:
+    """Record that the running handler's socket now belongs to `transport`, so that the accept
+    loop's last resort closes the transport, never the socket under it."""
+    owned = _handed_over.get()
+    if owned is not None:
+        owned.append(transport)
 
 
 class AcceptLoop:
@@ -61,10 +74,17 @@ class AcceptLoop:
             task.add_done_callback(self._tasks.discard)
 
     async def _guarded(self, conn: socket.socket) -> None:
+        """The last resort, for a bug in a handler: each session owns its connection and has its
+        own exception boundary that answers the client. Closing `conn` here is safe: a handler
+        that gave it to a transport did so through `net.link.accept_link`, which left `conn`
+        detached, so this cannot close a descriptor a live transport still watches."""
+        _handed_over.set([])  # this task's own context
         try:
             await self.handler(conn)
         except Exception:  # one broken session must never stop the service
             log.exception("session handler failed")
+            for transport in _handed_over.get() or ():
+                transport.abort()
             with contextlib.suppress(OSError):
                 conn.close()
 

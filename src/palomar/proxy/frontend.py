@@ -12,7 +12,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from palomar.net.link import Link
+from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header
 from palomar.protocols.proxyproto import ProxyProtocolError
 from palomar.proxy.state import ProxyState
@@ -57,7 +57,6 @@ def trusted(address: str, networks) -> bool:
 
 async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> ClientConnection | None:
     """Read the PROXY header and/or do the TLS handshake; None when the connection was dropped."""
-    loop = asyncio.get_running_loop()
     try:
         peer = sock.getpeername()
         local = sock.getsockname()
@@ -89,7 +88,7 @@ async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: 
             local = (_plain(header.dest[0]), header.dest[1])
         tls = header.ssl is not None and bool(getattr(header.ssl, "client_ssl", False))
     try:
-        _, link = await loop.connect_accepted_socket(Link, sock)
+        link = await accept_link(sock)
     except OSError:
         sock.close()
         return None

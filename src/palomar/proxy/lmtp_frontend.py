@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from palomar.auth.passdb import AuthRequest
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols.lmtp import (
@@ -67,6 +68,10 @@ async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
         conn.link.abort()
+    except Exception as exc:  # the session's boundary: a 421 (the MTA retries what is open), log once
+        log_failure(log, f"session={conn.session_id} proto=lmtp", exc)
+        conn.link.write(f"{fan.closing_internal(session.core.hostname)}\r\n".encode())
+        conn.link.close()
     finally:
         session.close_legs()
 
@@ -127,8 +132,7 @@ class LmtpProxySession:
             if isinstance(event, MailFrom):
                 self.begin(event)
             elif isinstance(event, RcptRequest):
-                reply = await self.recipient(event.address)
-                queue.extend(self.core.rcpt_reply(reply))
+                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
             elif isinstance(event, DataStart):
                 await self.data_start()
             elif isinstance(event, DataChunk):
@@ -156,6 +160,16 @@ class LmtpProxySession:
         self.sender, self.mail_params = event.address, dict(event.params)
         self.data_legs, self.outcomes = {}, {}
 
+    async def guarded_recipient(self, address: str) -> str:
+        """One recipient's exception boundary: a GeoDB or LocalDB that fails while routing it
+        (`451 4.4.3`) or a bug (`451 4.3.0`) fails this recipient only, logged once; the MTA's
+        session and the transaction's other recipients go on."""
+        try:
+            return await self.recipient(address)
+        except Exception as exc:
+            log_failure(log, f"session={self.conn.session_id} rcpt={address}", exc)
+            return self.denied(address, fan.rcpt_failed(address, store=is_store_error(exc)), "")
+
     async def recipient(self, address: str) -> str:
         """Look up, route and hand on one recipient; the reply the MTA gets for its RCPT."""
         request = AuthRequest(username=address, service="lmtp", remote_ip=self.conn.client[0],
@@ -174,11 +188,7 @@ class LmtpProxySession:
         return await self.deliver_to(address, result.user, result.fields.get("host"))
 
     async def deliver_to(self, address: str, user: str, host_override: str | None) -> str:
-        try:
-            route = await self.state.router.route(user, host_override=host_override)
-        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
-            log.warning("session=%s rcpt=%s routing failed: %s", self.conn.session_id, address, exc)
-            return self.denied(address, fan.lookup_failed(address), "")
+        route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
         if route.host is None:
             log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, address, route.reason)
             return self.denied(address, fan.proxy_failed(address, "no backend available"), "")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from palomar.auth.passdb import AuthRequest
+from palomar.boundary import is_store_error, log_failure
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -55,7 +56,22 @@ LoginOutcome = Established | AuthFailed | NoLogin | TempFailed
 
 
 async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
-    """Run one login to its end. Returns the outcome and the user name after passdb renames."""
+    """Run one login to its end. Returns the outcome and the user name after passdb renames.
+
+    The login's exception boundary: whatever fails on the way (the GeoDB or LocalDB while
+    routing, a bug) is logged once and becomes a temporary failure the client may retry; the
+    session and the listener go on."""
+    try:
+        return await _login(state, attempt)
+    except Exception as exc:
+        log_failure(log, f"session={attempt.session_id} user={attempt.username} proto={attempt.protocol} login",
+                    exc)
+        if is_store_error(exc):
+            return TempFailed("store_unavailable", "cluster state temporarily unavailable"), attempt.username
+        return TempFailed("internal_failure", "internal error"), attempt.username
+
+
+async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
     request = AuthRequest(
         username=attempt.username, password=attempt.password, service=attempt.protocol,
         remote_ip=attempt.client[0], local_ip=attempt.local[0], secured=attempt.client_tls,

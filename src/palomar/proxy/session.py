@@ -1,8 +1,9 @@
 """One client session on the proxy, for every protocol with a login phase (IMAP, POP3,
 Submission, ManageSieve): drive the protocol's sans-IO core, log in through the cluster, relay.
 
-What differs per protocol lives in a small `Adapter`: how to build the core and how to word
-the replies. The session loop, the accounting and the switch to relaying are shared.
+What differs per protocol lives in a small `Adapter` (how to build the core, how to word a
+successful login) and in the failure table (`proxy.failures`). The session loop, its exception
+boundary, the accounting and the switch to relaying are shared.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from palomar.boundary import log_failure
 from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
+from palomar.proxy.failures import WORDING, login_failure
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
+from palomar.proxy.login import LoginAttempt, perform_login
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -44,18 +46,6 @@ class Adapter(Protocol):
 
     def success(self, event: Any, core: Any, established: Established) -> bytes:
         """What the client sees when the backend logged it in."""
-
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        """The response given to `core.login_failed` for a failed login."""
-
-    def timeout_bye(self) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class FrontendSpec:
-    adapter: Adapter
-    haproxy: bool
-    ssl: bool
 
 
 class SessionEnd:
@@ -92,47 +82,57 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
     conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
     if conn is None:
         return
+    try:
+        await _session(state, conn, adapter)
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s client connection error: %s", conn.session_id, exc)
+        conn.link.abort()
+    except Exception as exc:  # the session's boundary: answer, log once, close the transport
+        log_failure(log, f"session={conn.session_id} proto={adapter.protocol}", exc)
+        conn.link.write(WORDING[adapter.protocol].internal_bye)
+        conn.link.close()
+
+
+async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) -> None:
+    """The login phase, until the session relays or ends. Everything the client sent before it
+    half-closed is answered: the loop stops at the end of its input, not at its FIN."""
     link = conn.link
     core = adapter.make_core(state, conn)
     link.write(core.greeting())
     deadline = time.monotonic() + state.login_timeout
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                link.write(adapter.timeout_bye())
-                link.close()
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    data = await link.read()
-            except TimeoutError:
-                continue
-            if not data:
-                link.close()
-                return
-            events = core.receive(data)
-            link.write(core.data_to_send())
-            while events:
-                event = events.pop(0)
-                if adapter.is_close(event):
-                    link.write(core.data_to_send())
-                    link.close()
-                    return
-                if adapter.is_starttls(event):
-                    link.write(core.data_to_send())
-                    await link.start_tls(state.tls, server_side=True)
-                    conn.tls = True
-                    core.tls_started()
-                elif adapter.is_login(event):
-                    more = await _login(state, conn, core, adapter, event)
-                    if more is None:
-                        return
-                    events.extend(more)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            link.write(WORDING[adapter.protocol].timeout_bye)
+            link.close()
+            return
+        try:
+            async with asyncio.timeout(remaining):
+                data = await link.read()
+        except TimeoutError:
+            continue
+        if not data:
+            link.close()
+            return
+        events = core.receive(data)
+        link.write(core.data_to_send())
+        while events:
+            event = events.pop(0)
+            if adapter.is_close(event):
                 link.write(core.data_to_send())
-    except (ConnectionError, OSError) as exc:
-        log.debug("session=%s client connection error: %s", conn.session_id, exc)
-        link.abort()
+                link.close()
+                return
+            if adapter.is_starttls(event):
+                link.write(core.data_to_send())
+                await link.start_tls(state.tls, server_side=True)
+                conn.tls = True
+                core.tls_started()
+            elif adapter.is_login(event):
+                more = await _login(state, conn, core, adapter, event)
+                if more is None:
+                    return
+                events.extend(more)
+            link.write(core.data_to_send())
 
 
 async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
@@ -155,8 +155,9 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
                           outcome.host)
         relay = Relay(client_transport, backend_transport, done)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
-                    server_pending=outcome.leftover + outcome.link.take_buffer())
+                    server_pending=outcome.leftover + outcome.link.take_buffer(),
+                    client_eof=conn.link.eof, server_eof=outcome.link.eof)
         return None
     session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    return core.login_failed(event.tag, adapter.failure(outcome))
+    return core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
