@@ -162,7 +162,10 @@ class BackendState:
         rows = [self.localdb.cache_get_stale(key, int(now)) for key in (STALE_SITE_KEY,
                                                                          f"{STALE_USER_PREFIX}{username}")]
         entries = [None if r is None else CachedEntry(r[0], r[1] - STALE_TTL) for r in rows]
-        if not all(usable_when_stale(e, now, max_stale=self.stale_max, trusted_since=self.trusted_since)
+        # The LocalDB keeps whole seconds: a read in the second this process started or resumed counts
+        # as after it (a failover it missed needs the seconds of a probe window, not a fraction).
+        trusted_since = float(int(self.trusted_since))
+        if not all(usable_when_stale(e, now, max_stale=self.stale_max, trusted_since=trusted_since)
                    for e in entries):
             return None
         site_entry, user_entry = entries

@@ -73,7 +73,7 @@ class GuardedEngine(GeoEngine):
     def _failed(self, error: str) -> None:
         self.last_error = error
         if self.breaker.failed(self.clock()) is BreakerState.OPEN:
-            log.error("GeoDB unavailable (%s): serving from the LocalDB cache where safe, "
+            log.warning("GeoDB unavailable (%s): serving from the LocalDB cache where safe, "
                       "retrying every %gs", error, self.breaker.open_seconds)
             if self.on_change is not None:
                 self.on_change(False)
