@@ -147,6 +147,17 @@ _ext = {"extension": True}
 _add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH, "GeoDB engine", **_ext)
 _add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
      "SQLite GeoDB file (driver sqlite)", **_ext)
+_add("cluster_geodb_timeout", TIME, "2 secs", BOTH,
+     "longest wait for one GeoDB call; a slower answer counts as a failure (well under a client's patience)",
+     **_ext)
+_add("cluster_geodb_breaker_failures", UINT, "3", BOTH,
+     "GeoDB failures in a row after which this process stops waiting on the GeoDB and uses what it last "
+     "knew, probing again every cluster_geodb_breaker_retry", **_ext)
+_add("cluster_geodb_breaker_retry", TIME, "5 secs", BOTH,
+     "while the GeoDB is failing, how often one call probes whether it answers again", **_ext)
+_add("cluster_geodb_stale_max", TIME, "1 hour", BOTH,
+     "how old cached GeoDB state may be and still route users and prove ownership while the GeoDB is "
+     "unavailable (0: never; see docs/design/geodb-outage.md)", **_ext)
 _add("cassandra_keyspace", STRING, "cluster", BOTH,
      "Cassandra keyspace of the GeoDB (also accepted as `dict_server { dict cluster-geodb { ... } }`)", **_ext)
 _CL = enum("local-quorum", "local-one", "quorum", "each-quorum", "one", "two", "three", "all")

@@ -90,7 +90,7 @@ async def build_state(cfg: Config) -> ProxyState:
     geodb = await open_geodb(cfg)
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
-                    group_count=cfg["cluster_default_group_count"])
+                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"])
     site = await geodb.site_get_by_name(cfg["cluster_local_site"])
     secret = cfg["cluster_hop_secret"]
     if not secret:
