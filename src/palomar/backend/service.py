@@ -409,7 +409,9 @@ async def _stats_loop(state: BackendState) -> None:
     while True:
         try:
             await state.write_stats()
-        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+        except GeoDBUnavailable as exc:  # the outage itself is logged once, by the guarded engine
+            log.debug("writing backend_stats waits for the GeoDB: %s", exc)
+        except Exception as exc:  # keep serving
             log.warning("writing backend_stats failed: %s", exc)
         await asyncio.sleep(STATS_INTERVAL)
 

@@ -13,6 +13,7 @@ from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.metrics.http import serve_metrics
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
@@ -73,7 +74,9 @@ async def _dest_stats_loop(state: ProxyState, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await flush_dest_stats(state)
-        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+        except GeoDBUnavailable as exc:  # the outage itself is logged once, by the guarded engine
+            log.debug("writing proxy_dest_stats waits for the GeoDB: %s", exc)
+        except Exception as exc:  # keep serving
             log.warning("writing proxy_dest_stats failed: %s", exc)
 
 
@@ -87,7 +90,11 @@ async def _refusal_summaries(state: ProxyState) -> None:
 
 
 async def build_state(cfg: Config) -> ProxyState:
-    geodb = await open_geodb(cfg)
+    registry = Registry()
+    available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
+                               "its cache (docs/design/geodb-outage.md)")
+    available.set(1.0)
+    geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
                     group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"])
@@ -101,7 +108,7 @@ async def build_state(cfg: Config) -> ProxyState:
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
                        answer_timeout=cfg["cluster_hop_answer_timeout"]),
-        metrics=ProxyMetrics(Registry()),
+        metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
         allow_cleartext=cfg["auth_allow_cleartext"],
