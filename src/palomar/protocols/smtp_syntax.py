@@ -196,9 +196,14 @@ def _split_enhanced(code: int, text: str) -> tuple[str | None, str]:
 
 
 class ReplyReader:
-    """Assembles reply lines into Reply objects (client side)."""
+    """Assembles reply lines into Reply objects (client side).
+
+    `max_line` bounds one line and also a whole multi-line reply (like Dovecot's
+    max_reply_size), so a server whose continuation lines never end cannot make us
+    buffer without limit."""
 
     def __init__(self, max_line: int = 65536) -> None:
+        self.max_reply = max_line
         self._lines = LineReader(max_line)
         self._pending: list[tuple[int, str]] = []
         self._raw = bytearray()
@@ -211,7 +216,8 @@ class ReplyReader:
         return self._lines.take_buffer()
 
     def next_reply(self) -> Reply | None:
-        """The next complete reply or None; raises SmtpSyntaxError or LineTooLong on bad input."""
+        """The next complete reply or None; raises SmtpSyntaxError or LineTooLong (a line or the
+        whole reply over the limit) on bad input."""
         while True:
             line = self._lines.next_line()
             if line is None:
@@ -219,6 +225,10 @@ class ReplyReader:
             code, last, text = parse_reply_line(line)
             if self._pending and self._pending[0][0] != code:
                 raise SmtpSyntaxError("reply code changed inside a multi-line reply")
+            if len(self._raw) + len(line) + 2 > self.max_reply:
+                self._pending.clear()
+                self._raw.clear()
+                raise LineTooLong("reply too long")
             self._pending.append((code, text))
             self._raw += line + b"\r\n"
             if not last:
