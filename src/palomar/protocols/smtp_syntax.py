@@ -334,6 +334,10 @@ def parse_command(line: bytes) -> Command:
     return Command(verb.decode("ascii").upper(), decode(rest) if sep else "", line)
 
 
+def _is_control(char: str) -> bool:
+    return ord(char) < 0x20 or ord(char) == 0x7F
+
+
 def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
     """`<addr> rest` -> (addr, rest). A source route (`<@a,@b:u@d>`) is dropped, as RFC 5321
     tells servers to; `<>` is allowed only where `allow_empty` says so."""
@@ -343,7 +347,12 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
     while index < len(text):
         char = text[index]
         if in_quote:
-            if char == "\\" and index + 1 < len(text):
+            escaped = char == "\\" and index + 1 < len(text)
+            if _is_control(text[index + 1] if escaped else char):
+                # RFC 5321 qtextSMTP and quoted-pairSMTP are printable only: a CR or NUL in
+                # an address would reach logs, replies and the next hop's command line.
+                raise SmtpSyntaxError("Invalid character in path")
+            if escaped:
                 address.append(text[index : index + 2])
                 index += 2
                 continue
@@ -353,7 +362,7 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
             in_quote = True
         elif char == ">":
             break
-        elif char in "< \t" or ord(char) < 0x20 or ord(char) == 0x7F:
+        elif char in "< \t" or _is_control(char):
             raise SmtpSyntaxError("Invalid character in path")
         address.append(char)
         index += 1

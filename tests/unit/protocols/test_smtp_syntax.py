@@ -210,6 +210,15 @@ def test_parse_command() -> None:
             parse_command(bad)
 
 
+@pytest.mark.parametrize("args", ['FROM:<"a\rb"@x>', 'FROM:<"a\\\rb"@x>', 'FROM:<"a\0b"@x>', 'FROM:<"a\x7f"@x>',
+                                  'FROM:<"a\\\nb"@x>'])
+def test_parse_path_refuses_controls_inside_quotes(args: str) -> None:
+    """Found by fuzzing: quoted local parts (and their backslash escapes) let CR, LF and NUL through."""
+    with pytest.raises(SmtpSyntaxError, match="Invalid character in path"):
+        parse_mail_from(args)
+    assert parse_mail_from('FROM:<"a\\"b c"@x>') == ('"a\\"b c"@x', {})
+
+
 def test_parse_mail_from() -> None:
     assert parse_mail_from("FROM:<a@example.com>") == ("a@example.com", {})
     assert parse_mail_from("from:<> BODY=8BITMIME size=123") == ("", {"BODY": "8BITMIME", "SIZE": "123"})
