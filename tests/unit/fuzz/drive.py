@@ -138,3 +138,21 @@ def same_server_runs(
         if type(event).__name__ == "LoginRequest":
             assert isinstance(event.username, str) and isinstance(event.password, str)
     return first
+
+
+def same_client_runs(make: Callable[[], Any], data: bytes, chunks: list[bytes]) -> Any:
+    """Feed a backend's bytes to fresh login client cores in one chunk, in `chunks` and byte
+    by byte: the result and what the core sent must match, the result is returned exactly
+    once, and after a successful login the bytes left over match too (after a failure there
+    is nothing to relay, so where the failure cut the stream does not matter)."""
+    from unit.fuzz.hostile import byte_by_byte, well_formed_lines
+
+    outcomes = [run_login_client(make(), split) for split in ([data], chunks, byte_by_byte(data))]
+    result, sent, leftover, returned = outcomes[0]
+    assert returned == ([result] if result is not None else [])
+    for other in outcomes[1:]:
+        assert other[0] == result and other[1] == sent and other[3] == returned
+        if type(result).__name__ == "LoggedIn":
+            assert other[2] == leftover
+    assert well_formed_lines(sent)
+    return result
