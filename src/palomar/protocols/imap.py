@@ -670,6 +670,9 @@ class ImapLoginClient(LoginClientCore[LoginResult]):
             self.capabilities = resp.text.split()
         elif resp.status in ("BYE", "ID"):
             pass  # BYE during login is not forwarded; ID answers our own command
+        elif len(self._untagged) + len(resp.raw) > self._reader.max_size:
+            # Kept until the login's outcome is known: bounded like one message.
+            self._protocol_error("Backend sent too many untagged replies during login")
         else:
             self._untagged += resp.raw
 

@@ -290,6 +290,11 @@ class SieveLoginServer(LoginServerCore):
         reader.sp()
         echo = decode(reader.string())
         reader.end()
+        if any(ch in echo for ch in "\r\n\0"):
+            # Pigeonhole would echo such a tag as a literal; refusing it keeps every reply
+            # one line, so no client-chosen bytes can ever start a line of ours.
+            self._out += _line(response("NO", "Invalid echo tag."))
+            return
         self._out += _line(response("OK", "Done", f"TAG {quote(echo)}"))
 
     def _cmd_logout(self, reader: ArgReader, events: list[Event]) -> None:
@@ -440,6 +445,7 @@ class SieveLoginClient(LoginClientCore[LoginResult]):
         self._initial_response = plain_initial_response(username, master_user, master_password)
         self._xclient_line = format_xclient(xclient or {})
         self.capabilities: dict[str, str | None] = {}
+        self._capability_bytes = 0
         #: The greeting offered XCLIENT and we sent the client's address with it.
         self.xclient_sent = False
 
@@ -480,6 +486,11 @@ class SieveLoginClient(LoginClientCore[LoginResult]):
             reader.end()
         except ImapSyntaxError:
             self._protocol_error(f"Invalid capability line: {shorten(message)}")
+            return
+        self._capability_bytes += len(message)
+        if self._capability_bytes > self._reader.max_size:
+            # Kept until the greeting ends: bounded like one message.
+            self._protocol_error("Backend sent too long a capability list")
             return
         self.capabilities[name] = value
 
