@@ -115,7 +115,7 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
         palomar cluster -c {cluster.admin_config} backend list
         palomar cluster -c {cluster.admin_config} group list
 
-  Backends: {", ".join(f"{b.name} {b.host}" for b in cluster.backends)}
+  Backends: {", ".join(f"{b.name} {b.host} (metrics http://{b.host}:{b.metrics}/metrics)" for b in cluster.backends)}
   Proxies:  {", ".join(f"{p.name} {p.host} (metrics http://{p.host}:{p.metrics}/metrics)" for p in cluster.proxies)}
   Controller (health on): metrics http://127.0.0.1:{cluster.controller_metrics}/metrics
   Mail submitted is relayed to a recording sink on 127.0.0.1 (nothing leaves this machine).

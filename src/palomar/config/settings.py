@@ -188,6 +188,10 @@ _add("cluster_proxy_probe_interval", TIME, "5 secs", PROXY,
      "how often this proxy probes offline backends with the test login", **_ext)
 _add("cluster_proxy_probe_timeout", TIME, "5 secs", PROXY,
      "how long one probe (hop, test login, LOGOUT) may take before it counts as failed", **_ext)
+_add("metrics_prefix", STRING, "dovecot_", BOTH,
+     "prefix of the metrics exported under Dovecot's names (the Palomar document's and `@metric_defaults = "
+     "proxy`: `dovecot_proxy_session_success_total`, ...), as Dovecot's OpenMetrics exporter writes them; "
+     "palomar's own metrics are `palomar_*`", **_ext)
 _add("cluster_lmtp_max_mail_size", SIZE, "50M", PROXY,
      "largest message the proxy's LMTP listener accepts (advertised as SIZE; 0 = no limit)", **_ext)
 _add("controller_interval", TIME, "10 secs", BOTH,

@@ -117,6 +117,8 @@ class BackendNode:
     config: Path
     dovecot: DovecotInstance
     proc: subprocess.Popen[bytes] | None = None
+    metrics: int = 0
+    """Port of this `palomar backend`'s GET /metrics (on `host`)."""
 
     @property
     def log_path(self) -> Path:
@@ -347,6 +349,9 @@ class LocalCluster:
             "service doveadm {",
             "  inet_listener tcp {\n    port = 0\n  }",
             "}",
+            "service stats {",
+            f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
+            "}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -402,7 +407,7 @@ class LocalCluster:
             name = f"backend{index}"
             dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay))
             config = self.root / name / "palomar.conf"
-            self.backends.append(BackendNode(name, host, config, dovecot))
+            self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
             ports = free_ports(host, 17)
             config = self.root / f"proxy{index}" / "palomar.conf"

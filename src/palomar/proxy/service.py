@@ -12,7 +12,7 @@ from functools import partial
 from palomar.auth.passdb import PassdbChain
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
-from palomar.metrics.http import serve_metrics
+from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.proxy.hop_client import HopClient
@@ -36,11 +36,6 @@ FRONTENDS = {
     "submission-login": SubmissionAdapter(),
 }
 """Client-facing services and the adapter that speaks each one's protocol."""
-
-
-def listener_addresses(cfg: Config, listener) -> list[str]:
-    addresses = listener.address or cfg["listen"]
-    return ["0.0.0.0" if a == "*" else ("::" if a == "::" else a) for a in addresses]
 
 
 async def flush_dest_stats(state: ProxyState) -> None:
@@ -78,7 +73,7 @@ async def build_state(cfg: Config) -> ProxyState:
         passdb=PassdbChain.from_settings(cfg.passdbs),
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
-        metrics=ProxyMetrics(Registry()),
+        metrics=ProxyMetrics(Registry(dovecot_prefix=cfg["metrics_prefix"])),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
         allow_cleartext=cfg["auth_allow_cleartext"],
@@ -98,7 +93,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         if service is None:
             continue
         for listener in service.listeners.values():
-            for address in listener_addresses(cfg, listener):
+            for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
                 handler = (lmtp_handler(state, cfg, listener) if adapter is None else
                            partial(serve, state, adapter=adapter, haproxy=listener.haproxy, ssl=listener.ssl))
@@ -107,12 +102,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
-    metrics_servers = []
-    stats = cfg.services.get("stats")
-    if stats is not None:
-        for listener in stats.listeners.values():
-            for address in listener_addresses(cfg, listener):
-                metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
+    metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     checks = start_backend_checks(state, cfg)
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])

@@ -18,7 +18,7 @@ from palomar.metrics.registry import Counter
 from palomar.net.relay import Relay, RelayStats
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, LoginAttempt, NoLogin, TempFailed, perform_login
+from palomar.proxy.login import AuthFailed, LoginAttempt, LoginTally, NoLogin, TempFailed, perform_login
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -96,6 +96,7 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
     core = adapter.make_core(state, conn)
     link.write(core.greeting())
     deadline = time.monotonic() + state.login_timeout
+    tally = LoginTally()
     try:
         while True:
             remaining = deadline - time.monotonic()
@@ -125,7 +126,7 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
                     conn.tls = True
                     core.tls_started()
                 elif adapter.is_login(event):
-                    more = await _login(state, conn, core, adapter, event)
+                    more = await _login(state, conn, core, adapter, event, tally)
                     if more is None:
                         return
                     events.extend(more)
@@ -133,18 +134,24 @@ async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, hap
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
         link.abort()
+    finally:
+        if not tally.established:
+            state.metrics.login_aborted.inc(reason=tally.aborted_reason())
 
 
-async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
+async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any,
+                 tally: LoginTally) -> list | None:
     """None when the session now relays; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
+        tally.record(AuthFailed())
         return core.login_failed(event.tag, refusal)
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
         mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
     )
     outcome, user = await perform_login(state, attempt)
+    tally.record(outcome)
     if isinstance(outcome, Established):
         core.login_succeeded()
         conn.link.write(adapter.success(event, core, outcome))
