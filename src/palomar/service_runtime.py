@@ -5,22 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from palomar.config import Config
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
+from palomar.logsafe import OneLineFormatter
+
+log = logging.getLogger("palomar")
+
+RESTART_NEEDED = "listeners, GeoDB, passdb list, hop secret and every other setting need a restart"
+"""What SIGHUP does not reload, said in its log line so operators do not wait for it."""
 
 
 def setup_logging(cfg: Config, role: str) -> None:
-    """One line per event, `key=value` fields; to `log_path` or stderr."""
+    """One line per event, `key=value` fields; to `log_path` or stderr. No message can span lines,
+    whatever a call site passed (see palomar.logsafe)."""
     path = cfg["log_path"]
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if os.environ.get("PALOMAR_DEBUG") else logging.INFO)
@@ -29,6 +38,20 @@ def setup_logging(cfg: Config, role: str) -> None:
     logging.logThreads = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # type: ignore[attr-defined]
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (every session holds one or two descriptors;
+    distributions start services with a soft limit of 1024). Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logging.getLogger("palomar").warning("cannot raise the open-files limit from %d to %d: %s",
+                                                 soft, hard, exc)
+    return soft
 
 
 def geodb_engine_options(cfg: Config) -> tuple[str, dict]:
@@ -72,10 +95,58 @@ def server_tls_context(cfg: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def wait_for_stop_signal() -> None:
-    """Return on SIGTERM or SIGINT."""
+def reload_server_tls(context: ssl.SSLContext | None, cfg: Config) -> list[str]:
+    """Load the certificate and key files again into the listeners' context (new handshakes use
+    them); a broken pair is logged and the old one kept."""
+    if context is None:
+        return []
+    cert, key = str(cfg["ssl_server_cert_file"]), str(cfg["ssl_server_key_file"])
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("reload: TLS certificate %s not reloaded, keeping the old one: %s", cert, exc)
+        return []
+    return [f"TLS certificate {cert}"]
+
+
+def reopen_log_files() -> list[str]:
+    """Open the log file again by its name (after logrotate renamed it); the old one is closed."""
+    reopened = []
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        try:
+            stream = open(handler.baseFilename, handler.mode, encoding=handler.encoding,  # noqa: SIM115
+                          errors=handler.errors)
+        except OSError as exc:
+            log.error("reload: cannot reopen log file %s, still writing to the old one: %s",
+                      handler.baseFilename, exc.strerror)
+            continue
+        old = handler.setStream(stream)
+        if old is not None:
+            old.close()
+        reopened.append(f"log file {handler.baseFilename}")
+    return reopened
+
+
+def reload(extra: Callable[[], list[str]] | None = None) -> None:
+    """SIGHUP: reopen the log file, reload what the role can reload, say what needs a restart."""
+    done = reopen_log_files() + (extra() if extra is not None else [])
+    log.info("reload (SIGHUP): reopened/reloaded %s; passwd-files are re-read whenever they change; %s",
+             ", ".join(done) or "nothing", RESTART_NEEDED)
+
+
+def stop_signal(on_reload: Callable[[], list[str]] | None = None) -> asyncio.Future[str]:
+    """A future done (with the signal's name) on SIGTERM or SIGINT; SIGHUP reloads (see `reload`)."""
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[str] = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    await stop
+        loop.add_signal_handler(sig, lambda name=sig.name: stop.done() or stop.set_result(name))
+    loop.add_signal_handler(signal.SIGHUP, reload, on_reload)
+    stop.add_done_callback(lambda done: log.info("stopping on %s", done.result()))
+    return stop
+
+
+async def wait_for_stop_signal(on_reload: Callable[[], list[str]] | None = None) -> None:
+    """Return on SIGTERM or SIGINT; on SIGHUP reload and keep running."""
+    await stop_signal(on_reload)

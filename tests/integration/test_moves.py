@@ -693,6 +693,47 @@ def test_an_lmtp_transaction_held_past_the_move_timeout_is_refused_and_retried_o
         restore(cluster, src_node, original)
 
 
+def test_move_back_within_the_hour(cluster: LocalCluster) -> None:
+    """A→B, then B→A while A still keeps its one-hour redirect to B: the users B migrates are owned
+    by A (the destination of the running move), not referred back to B. An LMTP transaction at B
+    holds the last user, so the move back stays open while the others log in again and again."""
+    a_node, b_node = cluster.backends
+    a, b = a_node.host, b_node.host
+    members = [user(i) for i in range(66, 70)]  # migrated in this order; the last one is held
+    held = members[-1]
+    make_group(cluster, "back", a, b, members)
+    cluster.cluster("group", "move", "DC1", "back", b)
+    cluster.cluster("group", "access", "back")
+    wait_until(lambda: group_status(cluster, "back")["backend"] == b, 30, "the move to B to finish")
+    assert log_text(a_node.log_path).count("event=cluster_user_group_move_finished group=back ") == 1
+    # everyone is served at B once, so B has all of them to migrate back
+    assert all(asyncio.run(login_once(cluster.proxies[0].host, cluster.proxies[0].imap, n)) for n in members)
+    conn = lmtp_connection(cluster)
+    try:
+        assert conn.mail("mta@example.org")[0] == 250
+        assert conn.rcpt(held)[0] == 250  # at B, the group's backend now
+        cluster.cluster("group", "move", "DC1", "back", a)
+        assert cluster.cluster("group", "access", "back").stdout.strip() == "back: started"
+        wait_until(lambda: f"event=cluster_user_move_started user={held} " in log_text(b_node.log_path), 30,
+                   "B to migrate every user up to the held one")
+        results = [asyncio.run(login_once(proxy.host, proxy.imap, name))
+                   for _round in range(3) for proxy in cluster.proxies for name in members]
+        status = group_status(cluster, "back")
+        assert status["moving"] and status["backend"] == b, "the move back was not open during the logins"
+        assert all(results), f"{results.count(False)} of {len(results)} logins failed during the move back"
+        assert conn.data(mail("back 1"))[0] == 250
+    finally:
+        conn.quit()
+    wait_until(lambda: group_status(cluster, "back")["backend"] == a, 30, "the move back to finish")
+    assert all(asyncio.run(login_once(proxy.host, proxy.imap, name)) for proxy in cluster.proxies
+               for name in members)
+    a_log = log_text(a_node.log_path)
+    for name in members:
+        assert f"user={name} referred to {b}" not in a_log.split("event=cluster_user_group_move_finished "
+                                                                 "group=back ", 1)[1]
+    assert subjects(cluster, held) == ["back 1"]
+
+
 def test_executor_killed_mid_move_resumes_after_restart(cluster: LocalCluster) -> None:
     src_node, dst = cluster.backends[0], cluster.backends[1].host
     members = [user(i) for i in range(61, 65)]

@@ -25,6 +25,7 @@ from palomar.auth.passwd_file import PasswdArgsError, PasswdFileDriver
 from palomar.auth.schemes import PasswordSchemeError, is_cheap, verify_password
 from palomar.auth.static_driver import StaticArgsError, StaticDriver
 from palomar.auth.variables import Template, VariableError, user_values
+from palomar.logsafe import safe
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool, inline: 
         try:
             matched = verify_password(stored, req.password, username=user, default_scheme=default_scheme)
         except PasswordSchemeError as exc:
-            log.error("passdb %s: user %s: %s", pdb.name, user, exc)
+            log.error("passdb %s: user %s: %s", pdb.name, safe(user), exc)
             return _Step(_Outcome.INTERNAL, detail="bad stored password")
         if not matched:
             return _Step(_Outcome.MISMATCH, detail="password mismatch")
@@ -400,10 +401,10 @@ class PassdbChain:
         """Verify ``req.password`` for ``req.username`` (or for ``req.master_user`` on a master login)."""
         user = self.normalize_username(req.username)
         if user is None:
-            log.info("auth failed: invalid user name %r", req.username[:MAX_USERNAME_LENGTH])
+            log.info("auth failed: invalid user name %s", safe(req.username))
             return AuthResult("failed", req.username, reason="invalid user name")
         if req.password is None or any(c in _ILLEGAL_PASSWORD_CHARS for c in req.password):
-            log.info("auth failed for %s: missing password or password with illegal characters", user)
+            log.info("auth failed for %s: missing password or password with illegal characters", safe(user))
             return AuthResult("failed", user, reason="invalid password")
         if req.master_user is not None:
             return await self._master_login(user, req)
@@ -430,7 +431,7 @@ class PassdbChain:
     async def _master_login(self, user: str, req: AuthRequest) -> AuthResult:
         master = self.normalize_username(req.master_user or "")
         if master is None or not self.master_passdbs:
-            log.info("master login as %s refused: no master passdbs or invalid master name", user)
+            log.info("master login as %s refused: no master passdbs or invalid master name", safe(user))
             return AuthResult("failed", user, reason="master login not available")
         end = await self._run_chain(self.master_passdbs, master, req, verify=True)
         if end.outcome is not _Outcome.OK:
@@ -471,7 +472,7 @@ class PassdbChain:
             outcome = step.outcome
             if pdb.deny and outcome is not _Outcome.UNKNOWN:
                 if outcome is not _Outcome.INTERNAL:
-                    log.info("user %s found in deny passdb %s", user, pdb.name)
+                    log.info("user %s found in deny passdb %s", safe(user), pdb.name)
                     outcome = _Outcome.DISABLED
                 return _ChainEnd(outcome, user, fields, pdb.name, "denied" if outcome is _Outcome.DISABLED
                                  else step.detail)
@@ -500,7 +501,7 @@ class PassdbChain:
                 if outcome is _Outcome.OK:
                     success_name = pdb.name
             if outcome is not _Outcome.OK:
-                log.info("passdb %s: %s: %s", pdb.name, user, step.detail or outcome.value)
+                log.info("passdb %s: %s: %s", pdb.name, safe(user), step.detail or outcome.value)
 
             next_idx = self._next_index(passdbs, idx + 1, success)
             if proceed and next_idx is not None:
@@ -509,7 +510,8 @@ class PassdbChain:
                 continue
             name, detail = pdb.name, step.detail
             if outcome is _Outcome.NEXT:
-                log.error("passdb %s: last passdb had noauthenticate, cannot authenticate %s", pdb.name, user)
+                log.error("passdb %s: last passdb had noauthenticate, cannot authenticate %s", pdb.name,
+                          safe(user))
                 outcome, detail = _Outcome.INTERNAL, "last passdb had noauthenticate"
             elif success:
                 outcome, name = _Outcome.OK, success_name or pdb.name

@@ -13,6 +13,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from palomar.logsafe import safe
 from palomar.protocols import hop
 
 if TYPE_CHECKING:
@@ -86,8 +87,8 @@ async def execute_admin(state: BackendState, request: hop.HopRequest) -> hop.Hop
     assert request.admin is not None
     try:
         command = decode_command(request.admin)
-        log.info("admin session=%s cmd=%s args=%s", request.session_id, command["cmd"],
-                 ",".join(f"{k}={v}" for k, v in command.items() if k != "cmd"))
+        log.info("admin session=%s cmd=%s args=%s", request.session_id, safe(command["cmd"]),
+                 safe(",".join(f"{k}={v}" for k, v in command.items() if k != "cmd")))
         result = await _run(state, command)
     except AdminError as exc:
         return hop.Failure("protocol", str(exc))

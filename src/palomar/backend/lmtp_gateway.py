@@ -20,8 +20,11 @@ from collections import deque
 from typing import Any
 
 from palomar.backend.dovecot_login import BACKEND_HELO, xclient_fields
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.cluster.ownership import Own, Refer
+from palomar.logsafe import safe
+from palomar.net.drain import ShuttingDown
 from palomar.net.link import Link, open_link
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols import hop
@@ -38,6 +41,7 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
+from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 
 log = logging.getLogger("palomar.backend")
@@ -58,6 +62,10 @@ async def serve_lmtp(state: Any, request: hop.HopRequest, link: Link) -> None:
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s lmtp hop error: %s", request.session_id, exc)
         link.abort()
+    except Exception as exc:  # the hop's boundary: a 421 (the proxy fails what is open), log once
+        log_failure(log, f"session={request.session_id} lmtp hop", exc)
+        link.write(f"{fan.closing_internal(gateway.core.hostname)}\r\n".encode())
+        link.close()
     finally:
         gateway.close()
 
@@ -95,7 +103,11 @@ class LmtpGateway:
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    data = await self.link.read()
+                    data = await self.state.drain.read(self.link, stoppable=not self.core.in_transaction)
+            except ShuttingDown:
+                self.link.write(shutdown_line("lmtp", self.core.hostname))
+                self.link.close()
+                return
             except TimeoutError:
                 self.link.write(f"421 4.4.2 {self.core.hostname} Disconnected for inactivity\r\n".encode())
                 self.link.close()
@@ -117,7 +129,7 @@ class LmtpGateway:
                 if self.dovecot is not None:
                     self.dovecot.reset()
             elif isinstance(event, RcptRequest):
-                queue.extend(self.core.rcpt_reply(await self.recipient(event.address)))
+                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
             elif isinstance(event, DataStart):
                 await self.data_start()
             elif isinstance(event, DataChunk):
@@ -144,21 +156,27 @@ class LmtpGateway:
 
     # ---- recipients
 
+    async def guarded_recipient(self, address: str) -> str:
+        """One recipient's exception boundary: a GeoDB or LocalDB that fails (e.g. during the
+        ownership check) or a bug gives this recipient a 451 and is logged once; the hop and its
+        other recipients go on."""
+        try:
+            return await self.recipient(address)
+        except Exception as exc:
+            log_failure(log, f"session={self.request.session_id} rcpt={safe(address)}", exc)
+            return fan.rcpt_failed(address, store=is_store_error(exc))
+
     async def recipient(self, address: str) -> str:
         session, state = self.request.session_id, self.state
-        try:
-            decision, group = await state.ownership(address)
-            if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-                decision, group = await state.moves.on_access(address, decision, group)
-        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
-            log.warning("session=%s rcpt=%s ownership check failed: %s", session, address, exc)
-            return fan.lookup_failed(address)
+        decision, group = await state.ownership(address)
+        if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
+            decision, group = await state.moves.on_access(address, decision, group)
         if isinstance(decision, Refer):
             state.referrals += 1
-            log.info("session=%s rcpt=%s referred to %s: %s", session, address, decision.host, decision.reason)
+            log.info("session=%s rcpt=%s referred to %s: %s", session, safe(address), decision.host, decision.reason)
             return fan.referral_reply(decision.host)
         if not isinstance(decision, Own):
-            log.warning("session=%s rcpt=%s not served here: %s", session, address, decision.reason)
+            log.warning("session=%s rcpt=%s not served here: %s", session, safe(address), decision.reason)
             return f"451 4.4.0 <{address}> Mailbox not served by this backend"
         if self.broken is not None:
             return fan.proxy_failed(address, f"Dovecot: {self.broken}")
@@ -167,7 +185,7 @@ class LmtpGateway:
             moved_to = state.moves.begin_delivery(address, group, self)
             if moved_to is not None:  # migrated while this RCPT was checked
                 state.referrals += 1
-                log.info("session=%s rcpt=%s referred to %s: user moved", session, address, moved_to)
+                log.info("session=%s rcpt=%s referred to %s: user moved", session, safe(address), moved_to)
                 return fan.referral_reply(moved_to)
             self.held.add(address)
         elif group is not None:
@@ -191,8 +209,8 @@ class LmtpGateway:
             return fan.proxy_failed(address, f"Dovecot: {detail}")
         if reply.positive:
             self.accepted += 1
-        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, address, self.request.client[0],
-                 reply.first_line())
+        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, safe(address), self.request.client[0],
+                 safe(reply.first_line()))
         return fan.rcpt_reply(address, reply)
 
     async def dovecot_leg(self) -> LmtpLeg | None:

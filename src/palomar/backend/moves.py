@@ -31,6 +31,7 @@ from palomar.cluster import moves as rules
 from palomar.cluster.model import Group, SiteView
 from palomar.cluster.ownership import Own, Refer, expand_test_username
 from palomar.cluster.routing import Assign, resolve_group
+from palomar.logsafe import safe
 from palomar.metrics.registry import Registry
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ DRAIN_POLL = 0.05
 
 
 class DeliveryHolder(Protocol):
-    """An open LMTP transaction (the backend's LMTP gateway) holding recipients here."""
+    """An open LMTP transaction (the backend's LMTP gateway) holding recipients here, or a login on
+    its way to Dovecot (`LoginHold` in the backend service), which holds its user the same way."""
 
     def abort_delivery(self, reason: str) -> bool:
         """Abort the transaction if its message has not reached Dovecot completely (its recipients
@@ -133,7 +135,7 @@ class MoveExecutor:
         closed = self.close_relays(user)
         error = await self.drain(user, self.user_move_timeout)
         self.kicks.inc()
-        log.info("kicked user=%s relays=%d error=%s", user, closed, error or "")
+        log.info("kicked user=%s relays=%d error=%s", safe(user), closed, error or "")
         return {"user": user, "backend": self.state.name, "closed_sessions": closed, "error": error}
 
     # -- group moves ------------------------------------------------------------------------
@@ -180,11 +182,7 @@ class MoveExecutor:
     async def _after_group_left(self, name: str, stored: Group) -> None:
         """The group is on another backend now: remember where for stragglers, forget its users."""
         if stored.backend_id == self.state.backend_id:
-            # Abandoned, or given back: nobody of the group may be referred away any more.
-            self.state.localdb.group_remove(name)
-            for row in self.state.localdb.users_of_group(name):
-                if row.redirect_host is not None:
-                    self.state.localdb.user_put(name, row.username, now=int(self.clock()))
+            self._forget_move(name)
             return
         dest = (await self._site_view()).backend(stored.backend_id)
         if dest is not None:
@@ -193,6 +191,14 @@ class MoveExecutor:
             self.state.localdb.group_remove(name)
         self.state.localdb.users_of_group_remove(name)
         self.close_unowned_soon()
+
+    def _forget_move(self, name: str) -> None:
+        """The group stays here (move abandoned, cancelled, or given back): drop the move's marker and
+        its user redirects, so nobody of the group is referred away any more."""
+        self.state.localdb.group_remove(name)
+        for row in self.state.localdb.users_of_group(name):
+            if row.redirect_host is not None:
+                self.state.localdb.user_put(name, row.username, now=int(self.clock()))
 
     async def _run_group_move(self, name: str) -> None:
         state = self.state
@@ -217,7 +223,7 @@ class MoveExecutor:
                     if group is not None and group.backend_id != state.backend_id:
                         await self._after_group_left(name, group)  # a proxy or --direct finished it
                     elif isinstance(action, rules.NoMove):
-                        state.localdb.group_remove(name)  # the move was cancelled
+                        self._forget_move(name)  # the move was cancelled
                     log.info("group %s move stopped: %s", name, getattr(action, "reason", ""))
                     return
                 dest_host = action.dest.host
@@ -479,10 +485,11 @@ class MoveExecutor:
                         log.info("resuming the move of group %s", row.name)
                         self.start_group_move(row.name)
                 elif row.name not in self.running:
+                    # The move ended while no task ran it (a restart): elsewhere now, or still here.
                     if group is not None and group.backend_id != state.backend_id:
                         await self._after_group_left(row.name, group)
                     else:
-                        state.localdb.group_remove(row.name)
+                        self._forget_move(row.name)
             elif not rules.straggler_active(float(row.last_update), now):
                 state.localdb.group_remove(row.name)
                 log.info("group %s: straggler redirect to %s expired", row.name, row.redirect_host)
@@ -502,7 +509,7 @@ class MoveExecutor:
             if isinstance(decision, Refer):
                 closed = self.close_relays(user)
                 if closed:
-                    log.info("closed %d session(s) of user=%s: owned by %s now (%s)", closed, user,
+                    log.info("closed %d session(s) of user=%s: owned by %s now (%s)", closed, safe(user),
                              decision.host, decision.reason)
 
     def stats(self) -> dict[str, float]:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,23 +17,29 @@ from palomar.backend.admin import execute_admin
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.moves import MoveExecutor, executor_from_config
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
-from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
+from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
-from palomar.net.link import Link
+from palomar.net.drain import Drain, drain_service
+from palomar.net.hop_tls import hop_server_context
+from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import ProxyProtocolError
+from palomar.protocols.shutdown import shutdown_line
 
 log = logging.getLogger("palomar.backend")
 
 STATS_INTERVAL = 30.0
 """Seconds between backend_stats / user_count_approx writes."""
 HOP_HEADER_TIMEOUT = 5.0
+"""Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
+TLS_HANDSHAKE_RECORD = b"\x16\x03"
 
 
 @dataclass
@@ -44,7 +51,8 @@ class BackendState:
     secret: bytes
     dovecot: DovecotEndpoint
     test_username: str | None = None
-    replay: hop.ReplayCache = field(default_factory=hop.ReplayCache)
+    tls: ssl.SSLContext | None = None
+    """The hop's TLS context (`cluster_hop_ssl = yes`); None serves a plaintext hop."""
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
@@ -54,6 +62,7 @@ class BackendState:
     """Time for moves and straggler redirects (tests shift it, see docs/design/moves.md)."""
     moves: MoveExecutor | None = None
     """The MoveExecutor (backend/moves.py) once the service runs."""
+    drain: Drain = field(default_factory=Drain)
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -123,28 +132,47 @@ class BackendState:
 
 
 async def handle_hop(state: BackendState, sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
     try:
         peer = sock.getpeername()
     except OSError:  # already gone
         sock.close()
         return
+    handshake_timeout = HOP_HEADER_TIMEOUT if state.tls else None
     try:
-        _, link = await loop.connect_accepted_socket(Link, sock)
-    except OSError:
-        sock.close()
+        link = await accept_link(sock, tls=state.tls, handshake_timeout=handshake_timeout)
+    except OSError as exc:  # with TLS: the handshake failed (ssl.SSLError is an OSError)
+        if _closed_in_handshake(exc):  # a port check, or a proxy that rejected this certificate
+            log.info("hop from %s closed during the TLS handshake (a port check, or a proxy that does not "
+                     "trust this backend's certificate)", peer[0])
+        elif state.tls is not None:
+            state.refused += 1
+            log.warning("hop from %s refused: %s", peer[0], _handshake_failure(exc))
         return
     try:
+        await _hop_session(state, link, peer[0])
+    except (ConnectionError, OSError) as exc:
+        log.debug("hop from %s: connection error: %s", peer[0], exc)
+        link.abort()
+    except Exception as exc:  # last resort (a bug after the reply): log once, close the transport
+        log_failure(log, f"hop from {peer[0]}", exc)
+        link.close()
+
+
+async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
+    challenge = hop.new_challenge()
+    link.write(hop.encode_challenge(challenge))
+    try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
-            header = await read_proxy_header_from(link)
+            header = await _read_header(link, tls=state.tls is not None)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
-                             now_us=now_micros(), replay=state.replay)
+                             challenge=challenge)
     except ConnectionError:  # connected and left without a word (e.g. a port probe)
         link.abort()
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
         state.refused += 1
-        log.warning("hop from %s refused: %s", peer[0], exc)
+        log.warning("hop from %s refused: %s", peer, "no hop header in time" if isinstance(exc, TimeoutError)
+                    else safe(str(exc) or type(exc).__name__))
         link.write(hop.encode_reply(hop.Failure("denied", "hop refused")))
         link.close()  # after the reply is sent
         return
@@ -155,7 +183,7 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     if request.protocol == "lmtp":  # recipients are checked one by one: a gateway, not a relay
         await serve_lmtp(state, request, link)
         return
-    reply, dovecot = await _serve(state, request)
+    reply, dovecot = await _serve_guarded(state, request)
     link.write(hop.encode_reply(reply))
     if dovecot is None:
         link.close()
@@ -165,10 +193,37 @@ async def handle_hop(state: BackendState, sock: socket.socket) -> None:
     assert proxy_transport is not None and dovecot_transport is not None
     key = id(proxy_transport)
     relay = Relay(proxy_transport, dovecot_transport,
-                  RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]))
+                  RelayEnd(state, key, request.user, request.session_id, request.protocol, request.client[0]),
+                  shutdown_line(request.protocol, state.name))
     state.active[key] = relay
     state.by_user.setdefault(request.user, {})[key] = relay
-    relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer())
+    relay.start(client_pending=link.take_buffer(), server_pending=dovecot.take_buffer(), client_eof=link.eof,
+                server_eof=dovecot.eof)
+
+
+def _closed_in_handshake(exc: BaseException) -> bool:
+    """The peer just went away mid-handshake: it did nothing wrong this side can name."""
+    return isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+        isinstance(exc, ssl.SSLError) and exc.reason == "UNEXPECTED_EOF_WHILE_READING")
+
+
+def _handshake_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return ("no TLS handshake in time (a proxy with cluster_hop_ssl = no? this backend has "
+                "cluster_hop_ssl = yes)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc}; a proxy not trusting this backend's certificate?)"
+    return f"TLS handshake failed ({type(exc).__name__}: {exc})"
+
+
+async def _read_header(link: Link, *, tls: bool):
+    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such."""
+    first = await link.read()
+    if not tls and first.startswith(TLS_HANDSHAKE_RECORD):
+        raise hop.HopError("a TLS handshake arrived but this backend has cluster_hop_ssl = no "
+                           "(the proxy has cluster_hop_ssl = yes)")
+    link.unread(first)
+    return await read_proxy_header_from(link)
 
 
 class RelayEnd:
@@ -195,8 +250,36 @@ class RelayEnd:
             if not user_relays:
                 del state.by_user[self.user]
         log.info("session=%s user=%s proto=%s client=%s ended: in=%d out=%d closed_by=%s", self.session_id,
-                 self.user, self.protocol, self.client_ip, stats.bytes_in, stats.bytes_out,
+                 safe(self.user), self.protocol, self.client_ip, stats.bytes_in, stats.bytes_out,
                  stats.closed_by or "backend")
+
+
+class LoginHold:
+    """A login on its way to Dovecot, holding its user against moves (`MoveExecutor.begin_delivery`)."""
+
+    __slots__ = ()
+
+    def abort_delivery(self, reason: str) -> bool:
+        return False  # a login cannot be aborted half-way; it ends within the Dovecot login timeout
+
+
+def _referred(state: BackendState, request: hop.HopRequest, host: str, reason: str) -> hop.Referral:
+    state.referrals += 1
+    log.info("session=%s user=%s referred to %s: %s", request.session_id, safe(request.user), host, safe(reason))
+    return hop.Referral(host, reason)
+
+
+async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
+    """`_serve` inside the login's boundary: a GeoDB or LocalDB that fails becomes `FAIL temp` (the
+    proxy tells its client to retry later and does not count it against this backend's health);
+    a bug becomes `FAIL internal`. Either is logged once."""
+    try:
+        return await _serve(state, request)
+    except Exception as exc:
+        log_failure(log, f"session={request.session_id} user={safe(request.user)} proto={request.protocol} hop", exc)
+        if is_store_error(exc):
+            return hop.Failure("temp", "cluster state temporarily unavailable"), None
+        return hop.Failure("internal", "internal error"), None
 
 
 async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
@@ -206,23 +289,28 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
     if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
         decision, group = await state.moves.on_access(request.user, decision, group, record=record)
     if isinstance(decision, Refer):
-        state.referrals += 1
-        log.info("session=%s user=%s referred to %s: %s", request.session_id, request.user, decision.host,
-                 decision.reason)
-        return hop.Referral(decision.host, decision.reason), None
+        return _referred(state, request, decision.host, decision.reason), None
     if not isinstance(decision, Own):
-        log.warning("session=%s user=%s not served here: %s", request.session_id, request.user, decision.reason)
+        log.warning("session=%s user=%s not served here: %s", request.session_id, safe(request.user), decision.reason)
         return hop.Failure("unavailable", decision.reason), None
-    reply, link = await login(state.dovecot, request)
-    moved_to = state.moves.moved_during_login(request.user, group) if state.moves and link else None
+    moves, hold = state.moves, LoginHold()
+    # Held like an LMTP recipient (moves.md): a move either sees this login (and waits for it
+    # before the user or the group counts as moved) or this login sees the move.
+    moved_to = moves.begin_delivery(request.user, group, hold) if moves is not None else None
+    if moved_to is not None:
+        return _referred(state, request, moved_to, "user moved"), None
+    try:
+        reply, link = await login(state.dovecot, request)
+        moved_to = moves.moved_during_login(request.user, group) if moves and link else None
+    finally:
+        if moves is not None:
+            moves.end_delivery(hold)  # the caller registers the relay before the loop switches
     if link is not None and moved_to is not None:  # the move reached this user while it logged in
         link.close()
-        return hop.Referral(moved_to, "user moved"), None
-    if link is not None and group is not None:
-        state.localdb.user_put(group.name, request.user)
-    log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, request.user,
+        return _referred(state, request, moved_to, "user moved"), None
+    log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, safe(request.user),
              request.protocol, request.client[0], request.client[1],
-             "ok" if link is not None else getattr(reply, "text", "failed"))
+             "ok" if link is not None else safe(getattr(reply, "text", "failed")))
     return reply, link
 
 
@@ -276,6 +364,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
+        tls=hop_server_context(cfg),
         clock=_clock(),
     )
     await state.register()
@@ -290,12 +379,14 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loop = AcceptLoop(sock, lambda s: handle_hop(state, s))
         loop.start()
         loops.append(loop)
-        log.info("backend %s accepting hops on %s:%d", state.name, host, cfg["cluster_hop_port"])
+        log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
+                 "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
     stats = asyncio.get_running_loop().create_task(_stats_loop(state))
     if ready is not None:
         ready.set()
     try:
         await wait_for_stop_signal()
+        await drain_service(loops, state.drain, state.active.values())
     finally:
         stats.cancel()
         for server in metrics_servers:

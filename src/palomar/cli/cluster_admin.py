@@ -2,7 +2,8 @@
 `geodb refresh` (and `user access`, in cluster_user_access.py, uses the same channel).
 
 `kick`, `group access` and `user access` send an admin command to a backend over the hop
-(`cluster_hop_secret`, `cluster_hop_port` of the config; docs/design/backend-hop.md), because
+(`cluster_hop_secret`, `cluster_hop_port` and `cluster_hop_ssl*` of the config;
+docs/design/backend-hop.md), because
 only the backend can close its sessions or run a move it owns. `backend evacuate` only
 writes the GeoDB: the moves run on their next access (or at once, the source being standby).
 """
@@ -10,6 +11,7 @@ writes the GeoDB: the moves run on their next access (or at once, the source bei
 from __future__ import annotations
 
 import socket
+import ssl
 import uuid
 from typing import Any
 
@@ -22,8 +24,8 @@ from palomar.cli.cluster_localdb import _with_localdb
 from palomar.cluster.force_move import apply_force_move
 from palomar.cluster.model import Backend, SiteView
 from palomar.cluster.moves import evacuation_plan
-from palomar.geodb.engine import now_micros
 from palomar.geodb.repository import GeoDB
+from palomar.net.hop_tls import HopTlsError, describe_tls_failure, hop_client_context
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
 
@@ -41,31 +43,49 @@ def send_admin(ctx: ClusterContext, host: str, cmd: str, **args: str) -> dict[st
         raise CommandError("cluster_hop_secret is not set in the config (needed to reach backends)")
     port = int(ctx.setting("cluster_hop_port") or 7425)
     try:
-        sock = socket.create_connection((host, port), timeout=10)
+        tls = hop_client_context(ctx.config())
+    except HopTlsError as err:
+        raise CommandError(str(err)) from None
+    try:
+        raw = socket.create_connection((host, port), timeout=10)
     except OSError as err:
         raise CommandError(f"cannot reach backend {host}:{port}: {err}") from None
     try:
-        sock.settimeout(ADMIN_TIMEOUT)
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls is not None else raw
+    except ssl.SSLError as err:
+        raw.close()
+        raise CommandError(f"backend {host}:{port}: {describe_tls_failure(err)}") from None
+    except OSError as err:
+        raw.close()
+        raise CommandError(f"backend {host}:{port}: TLS handshake failed: {err}") from None
+    try:
         client, local = sock.getsockname()[:2], sock.getpeername()[:2]
         request = hop.HopRequest(user=args.get("user", "-"), protocol="doveadm",
                                  session_id=f"admin-{uuid.uuid4().hex[:12]}", backend_host=host,
                                  client=client, local=local, admin=encode_command(cmd, **args))
-        tlvs, _ = hop.seal(request, secret.encode(), now_micros())
-        sock.sendall(build_v2(client, local, tlvs))
-        reader = hop.ReplyReader()
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                raise CommandError(f"backend {host} closed the connection without an answer")
-            reply = reader.feed(data)
-            if reply is not None:
-                return decode_result(reply)
+        challenge = _read_line(sock, hop.ChallengeReader(), host)
+        sock.sendall(build_v2(client, local, hop.seal(request, secret.encode(), challenge)))
+        sock.settimeout(ADMIN_TIMEOUT)
+        return decode_result(_read_line(sock, hop.ReplyReader(), host))
     except (hop.HopError, AdminError) as err:
         raise CommandError(f"backend {host}: {err}") from None
     except TimeoutError:
-        raise CommandError(f"backend {host} did not answer in {ADMIN_TIMEOUT:g}s") from None
+        raise CommandError(f"backend {host} did not answer in time") from None
+    except OSError as err:
+        raise CommandError(f"backend {host}: {err}") from None
     finally:
         sock.close()
+
+
+def _read_line(sock: socket.socket, reader: hop.LineReader[hop.T], host: str) -> hop.T:
+    """One hop line from the backend (its challenge, or its answer)."""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise CommandError(f"backend {host} closed the connection without an answer")
+        decoded = reader.feed(data)
+        if decoded is not None:
+            return decoded
 
 
 async def _local_view(ctx: ClusterContext, db: GeoDB) -> SiteView:

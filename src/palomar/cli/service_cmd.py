@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -24,9 +26,12 @@ def load_or_exit(path: str) -> Config:
 
 def run_service(cfg: Config, role: str, main: Callable[[], Awaitable[None]]) -> None:
     """Run a role's main coroutine; a start-up failure is one clear line, not a traceback."""
-    from palomar.service_runtime import setup_logging
+    from palomar.service_runtime import raise_fd_limit, setup_logging
 
     setup_logging(cfg, role)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the role's loop handles it: HUP must never kill
+    limit = raise_fd_limit()
+    logging.getLogger("palomar").info("open-files limit %d", limit)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

@@ -52,6 +52,21 @@ def lookup_failed(address: str) -> str:
     return f"451 4.3.0 <{address}> Temporary user lookup failure"
 
 
+def rcpt_failed(address: str, *, store: bool) -> str:
+    """A recipient whose handling raised (the exception boundary's reply, docs/design/failures.md):
+    the routing state could not be read (`store`: GeoDB or LocalDB down; RFC 3463 X.4.3, directory
+    server failure) or an internal error. Both temporary: the MTA keeps the message and retries."""
+    if store:
+        return f"451 4.4.3 <{address}> Temporary routing failure"
+    return f"451 4.3.0 <{address}> Internal error"
+
+
+def closing_internal(hostname: str) -> str:
+    """The session's boundary caught an error outside any one recipient: end the session with a
+    421 (RFC 5321: every recipient not yet answered 2xx after DATA is retried by the MTA)."""
+    return f"421 4.3.0 {hostname} Internal error, closing connection"
+
+
 def login_disabled(address: str) -> str:
     return f"550 5.3.5 <{address}> Login disabled"
 

@@ -53,18 +53,25 @@ def expand_test_username(template: str, backend_host: str) -> str:
     return template.replace(BACKEND_HOST_VARIABLE, backend_host)
 
 
-def _group_returned_after(group: Group | None, self_backend_id: UUID, redirect_time: float) -> bool:
-    """True when the GeoDB gave the group (back) to this backend after the redirect was recorded.
+def _geodb_newer_than_redirect(group: Group | None, redirect_host: str, redirect_time: float,
+                               site_view: SiteView) -> bool:
+    """True when the GeoDB row says something this backend did not know when it recorded the
+    straggler redirect, so the row decides and the redirect is ignored.
 
-    A group moved away and back within the straggler window must not keep referring
-    its users to the backend it has left again.
+    The redirect records "this backend handed the group to `redirect_host` at `redirect_time`";
+    that hand-over cleared `moving`. The row is newer when it names another backend written later
+    (the group came back, or moved on again), or when the group sits on `redirect_host` with a
+    move running (a move that started after the hand-over: e.g. back to this backend, whose users
+    the source now refers here). A row on `redirect_host` without a move agrees with the redirect,
+    whatever its write time (`last_update` has whole seconds: the hand-over itself may look later).
     """
-    return (
-        group is not None
-        and group.backend_id == self_backend_id
-        and group.backend_changed_us is not None
-        and group.backend_changed_us / 1_000_000 > redirect_time
-    )
+    if group is None:
+        return False
+    target = site_view.backend_by_host(redirect_host)
+    on_target = target is not None and group.backend_id == target.id
+    if on_target:
+        return bool(group.moving)
+    return group.backend_changed_us is not None and group.backend_changed_us / 1_000_000 > redirect_time
 
 
 def check_ownership(
@@ -102,7 +109,7 @@ def check_ownership(
             recent
             and host
             and host != self_host
-            and not _group_returned_after(group, self_backend_id, last_update)
+            and not _geodb_newer_than_redirect(group, host, last_update, site_view)
         ):
             return Refer(host, "group moved")
 

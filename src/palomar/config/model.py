@@ -52,8 +52,8 @@ class ServiceSettings:
     unix_listeners: dict[str, UnixListenerSettings] = field(default_factory=dict)
     disabled_listeners: list[str] = field(default_factory=list)
     process_min_avail: int = 0
-    process_limit: int = 100
-    client_limit: int = 1000
+    process_limit: int = 1
+    client_limit: int = 10000
 
 
 @dataclass

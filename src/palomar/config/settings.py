@@ -121,8 +121,12 @@ _add("haproxy_trusted_networks", NETWORKS, "", BOTH,
      "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
 _add("haproxy_timeout", TIME, "3 secs", BOTH, "how long to wait for the PROXY header")
 _add("login_trusted_networks", NETWORKS, "", BOTH,
-     "networks whose connections may forward the client's address and session (proxies, on backends)")
-_add("doveadm_port", PORT, "0", BOTH, "TCP port of the doveadm service on backends (0: none)")
+     "networks whose connections may forward the client's address and session (proxies, on backends); "
+     "on a proxy, clients from these networks (e.g. a webmail server) are exempt from "
+     "login_max_ip_connections and the auth penalty")
+_add("doveadm_port", PORT, "0", BOTH,
+     "TCP port of the doveadm service (0: none); a doveadm listener is not supported yet, so any other value "
+     "is refused")
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
 _add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
@@ -144,7 +148,9 @@ _add("ssl_cert", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_cert_file",
      unsupported="the Dovecot 2.3 name: write ssl_server_cert_file = /path (a file name, no `<`)")
 _add("ssl_key", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_key_file",
      unsupported="the Dovecot 2.3 name: write ssl_server_key_file = /path (a file name, no `<`)")
-_add("auth_failure_delay", TIME, "2 secs", PROXY, "delay before answering a failed authentication")
+_add("auth_failure_delay", TIME, "2 secs", PROXY,
+     "flat delay before answering a failed authentication (the escalating penalty comes on top, "
+     "see auth_penalty_max_delay)")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
@@ -177,6 +183,23 @@ _add("cluster_hop_secret", SECRET, "", BOTH,
      "which the seed sets alike on every proxy and backend)", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
+_add("cluster_hop_ssl", enum("yes", "no"), "yes", BOTH,
+     "TLS on the proxy-to-backend hop: `yes` (backends serve cluster_hop_ssl_cert_file, proxies verify it "
+     "against cluster_hop_ssl_ca_file and the backend's host) or `no` (plaintext: user names and whole "
+     "sessions readable on the hop network); the same on every proxy and backend", **_ext)
+_add("cluster_hop_ssl_cert_file", PATH, "", BACKEND,
+     "PEM certificate chain this backend serves on the hop; it must name the backend's host in the GeoDB "
+     "(cluster_backend_name) as a DNS or IP subjectAltName", **_ext)
+_add("cluster_hop_ssl_key_file", PATH, "", BACKEND, "PEM private key of cluster_hop_ssl_cert_file", **_ext)
+_add("cluster_hop_ssl_ca_file", PATH, "", BOTH,
+     "PEM CA certificate(s) a proxy (and `palomar cluster` admin commands) trusts for backends' hop "
+     "certificates; the system's CA store is not used", **_ext)
+_add("cluster_hop_connect_timeout", TIME, "2 secs", PROXY,
+     "how long a proxy waits for a backend to accept the hop's TCP connection", **_ext)
+_add("cluster_hop_answer_timeout", TIME, "4 secs", PROXY,
+     "how long a proxy waits for a backend's answer to a hop (ownership check and the Dovecot login); "
+     "with cluster_proxy_probe_timeout it bounds how long a login waits for a stalled backend before "
+     "failing over", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,
@@ -192,6 +215,23 @@ _add("metrics_prefix", STRING, "dovecot_", BOTH,
      "prefix of the metrics exported under Dovecot's names (the Palomar document's and `@metric_defaults = "
      "proxy`: `dovecot_proxy_session_success_total`, ...), as Dovecot's OpenMetrics exporter writes them; "
      "palomar's own metrics are `palomar_*`", **_ext)
+_add("login_max_ip_connections", UINT, "100", PROXY,
+     "connections from one client address that may be open before login, per proxy process (0: no limit); "
+     "the address is the PROXY header's on haproxy listeners; login_trusted_networks and LMTP are exempt; "
+     "beyond it a connection is refused at once with the protocol's BYE, -ERR or 421", **_ext)
+_add("login_max_auth_failures", UINT, "3", PROXY,
+     "failed logins after which a connection is closed with the protocol's BYE, -ERR or 421 (0: never); "
+     "Dovecot 2.3 has no such limit (imap-login only counts invalid commands, 3)", **_ext)
+_add("auth_penalty_max_delay", TIME, "15 secs", PROXY,
+     "longest escalating wait before checking a login from a source address with recent failures: "
+     "Dovecot's anvil penalty, 4, 8, then this many seconds (0: no penalty); a source's attempts are also "
+     "spaced by this wait, so parallel connections do not multiply its guesses", **_ext)
+_add("auth_penalty_per_user", BOOL, "yes", PROXY,
+     "also escalate per user name, so that many addresses guessing one account slow down; the account's "
+     "owner then waits up to auth_penalty_max_delay per login while it is under attack", **_ext)
+_add("auth_penalty_max_sources", UINT, "100000", PROXY,
+     "penalty records kept per proxy process (addresses, and user names); the least recently used "
+     "go first, so memory stays bounded whatever the number of sources", **_ext)
 _add("cluster_lmtp_max_mail_size", SIZE, "50M", PROXY,
      "largest message the proxy's LMTP listener accepts (advertised as SIZE; 0 = no limit)", **_ext)
 _add("controller_interval", TIME, "10 secs", BOTH,
@@ -245,9 +285,16 @@ USERDB.add("skip", enum("never", "found", "notfound"), "never", BOTH, "when to s
 FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
 
 SERVICE = Registry()
-SERVICE.add("process_min_avail", UINT, "0", BOTH, "processes started ahead of connections")
-SERVICE.add("process_limit", UINT, "100", BOTH, "maximum number of processes")
-SERVICE.add("client_limit", UINT, "1000", BOTH, "maximum connections per process")
+SERVICE.add("process_min_avail", UINT, "0", BOTH,
+            "processes started ahead of connections; palomar runs one process per role, so only 0 or 1 "
+            "is accepted (more is refused: not supported yet)")
+SERVICE.add("process_limit", UINT, "1", BOTH,
+            "maximum number of processes; only 1 is accepted (more is refused: not supported yet)")
+SERVICE.add("client_limit", UINT, "10000", BOTH,
+            "connections of this service one proxy process holds, pre-login and relayed (0: no limit); "
+            "beyond it a connection is refused at once with Dovecot's `Connection queue full`. "
+            "Dovecot's default is 1000 per process over up to 100 processes; palomar's one process carries "
+            "them all. Only enforced on a proxy: on a backend anything but the default is refused")
 
 INET_LISTENER = Registry()
 INET_LISTENER.add("port", PORT, "0", BOTH, "TCP port (0 disables the listener)")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from palomar.config.errors import Issue, Location
-from palomar.config.model import ListenerSettings
+from palomar.config.model import ListenerSettings, ServiceSettings
 
 if TYPE_CHECKING:
     from palomar.config.loader import Config
@@ -41,8 +41,32 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
                                         "(or set cluster_proxy_check_backends = no)"))
     issues += _geodb(cfg)
     issues += _tls(cfg, role_at)
+    issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
+    issues += _processes(cfg, role_at)
     return issues
+
+
+def _processes(cfg: Config, role_at: Location) -> list[Issue]:
+    """Worker processes and client_limit: refuse what palomar would silently not do."""
+    issues: list[Issue] = []
+    for service in cfg.services.values():
+        at = cfg.service_locations.get(service.name) or role_at
+        where = f"service {service.name}"
+        if service.process_limit != 1:
+            issues.append(Issue(at, f"{where}: process_limit = {service.process_limit}: not supported yet "
+                                    "(palomar runs one process per role; remove it or set 1)"))
+        if service.process_min_avail > 1:
+            issues.append(Issue(at, f"{where}: process_min_avail = {service.process_min_avail}: not supported "
+                                    "yet (palomar runs one process per role; remove it or set 0 or 1)"))
+        default = ServiceSettings(service.name).client_limit
+        if service.client_limit != default and (cfg.role != "proxy" or service.name not in _LIMITED_SERVICES):
+            issues.append(Issue(at, f"{where}: client_limit is only enforced on a proxy's {', '.join(_LIMITED_SERVICES)} "
+                                    "services; remove it here"))
+    return issues
+
+
+_LIMITED_SERVICES = ("imap-login", "pop3-login", "submission-login", "managesieve-login", "lmtp")
 
 
 def _geodb(cfg: Config) -> list[Issue]:
@@ -80,6 +104,27 @@ def _tls(cfg: Config, role_at: Location) -> list[Issue]:
     return issues
 
 
+_HOP_TLS_FILES = {
+    "proxy": ("cluster_hop_ssl_ca_file",),
+    "backend": ("cluster_hop_ssl_cert_file", "cluster_hop_ssl_key_file"),
+}
+
+
+def _hop_tls(cfg: Config, role_at: Location) -> list[Issue]:
+    """TLS on the hop needs its files on each role; a plaintext hop must not carry them unused."""
+    if cfg["cluster_hop_ssl"] == "no":
+        return [Issue(cfg.location(name), f"{name}: only used with cluster_hop_ssl = yes (cluster_hop_ssl is no)")
+                for name in ("cluster_hop_ssl_cert_file", "cluster_hop_ssl_key_file", "cluster_hop_ssl_ca_file")
+                if cfg.is_set(name)]
+    missing = [name for name in _HOP_TLS_FILES.get(cfg.role or "", ()) if not cfg[name]]
+    if not missing:
+        return []
+    at = cfg.location("cluster_hop_ssl") or role_at
+    return [Issue(at, f"cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+                      f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
+                      "set them or cluster_hop_ssl = no")]
+
+
 def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], ListenerSettings]]:
     """Enabled listeners the configuration writes out (not only Dovecot's defaults)."""
     for key in cfg.listener_explicit:
@@ -99,8 +144,10 @@ def _listeners(cfg: Config) -> list[Issue]:
             title = f"service {service.name} {{ inet_listener {listener.name} }}"
             if listener.haproxy and not cfg["haproxy_trusted_networks"]:
                 issues.append(Issue(at, f"{title}: haproxy = yes needs haproxy_trusted_networks"))
-            if service.name == "doveadm" and not cfg["doveadm_password"]:
-                issues.append(Issue(at, f"{title}: doveadm_password is required for the doveadm listener"))
+            if service.name == "doveadm":
+                issues.append(Issue(at, f"{title}: a doveadm listener is not supported yet (nothing would "
+                                        "listen); remove it and doveadm_port, or set port = 0. "
+                                        "`palomar cluster` reaches backends over cluster_hop_port"))
             for address in listener.address:
                 for other_address, other_port, other_title, _ in bound:
                     if other_port == listener.port and _overlap(address, other_address):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,7 +24,7 @@ from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
-from palomar.service_runtime import open_geodb
+from palomar.service_runtime import open_geodb, stop_signal
 
 log = logging.getLogger("palomar.controller")
 
@@ -133,14 +132,6 @@ class Controller:
                                   previous=backend.status, reason=action.reason, feature=action.feature))
 
 
-def _stop_future() -> asyncio.Future[None]:
-    loop = asyncio.get_running_loop()
-    stop: asyncio.Future[None] = loop.create_future()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    return stop
-
-
 async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT: tick every `controller_interval`, serve metrics if configured."""
     site_name = cfg["cluster_local_site"]
@@ -153,7 +144,7 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     controller = Controller(lambda: open_geodb(cfg), site_name, rules_from_config(cfg),
                             ControllerMetrics(registry))
     servers = await serve_stats(cfg, registry)
-    stop = _stop_future()
+    stop = stop_signal()
     log.info("%s", event_line("controller_started", site=site_name, interval=f"{interval:g}s"))
     if ready is not None:
         ready.set()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from palomar.auth.schemes import hash_password
 from palomar.devcluster.cassandra import reset_keyspace
-from palomar.devcluster.certs import self_signed
+from palomar.devcluster.certs import hop_certificates, self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
@@ -168,6 +168,9 @@ class LocalCluster:
     """Empty: `palomar_` + the root folder's name. start() drops it first: the cluster owns it."""
     cassandra_local_dc: str = "dc1"
     cassandra_replication: str = "dc1:1"
+    hop_tls: bool = True
+    """TLS on the proxy-to-backend hop (a CA and a certificate per backend under root/tls/hop);
+    False writes `cluster_hop_ssl = no`."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -260,14 +263,21 @@ class LocalCluster:
             f"cluster_localdb_path = {role_dir / 'localdb.sqlite'}",
             f"cluster_hop_secret = {self.hop_secret}",
             f"cluster_hop_port = {self.hop_port}",
+            *([] if self.hop_tls else ["cluster_hop_ssl = no"]),
             f"cluster_backend_test_username = {PROBE_USERNAME}",
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
         ]
 
+    @property
+    def hop_tls_dir(self) -> Path:
+        return self.root / "tls" / "hop"
+
     def _proxy_config(self, node: ProxyNode) -> str:
         role_dir = node.config.parent
         lines = ["@cluster_defaults = proxy", *self._common(role_dir)]
+        if self.hop_tls:
+            lines.append(f"cluster_hop_ssl_ca_file = {self.hop_tls_dir / 'hop-ca.crt'}")
         lines += [
             f"hostname = {node.name}",
             f"cluster_backend_test_password = {self.probe_password}",
@@ -336,6 +346,8 @@ class LocalCluster:
         lines += [
             f"cluster_backend_name = {node.host}",
             f"listen = {node.host}",
+            *([f"cluster_hop_ssl_cert_file = {self.hop_tls_dir / f'hop-{node.host}.crt'}",
+               f"cluster_hop_ssl_key_file = {self.hop_tls_dir / f'hop-{node.host}.key'}"] if self.hop_tls else []),
             f"cluster_backend_dovecot_host = {p.listen}",
             f"cluster_backend_dovecot_imap_port = {p.imap_port}",
             f"cluster_backend_dovecot_pop3_port = {p.pop3_port}",
@@ -396,6 +408,8 @@ class LocalCluster:
         resumed = self.resumed
         self._prepare_shared_dir(resumed)
         self_signed(self.root / "tls")
+        if self.hop_tls:
+            hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
         self.hop_port = self._hop_port()
         mail_root = self.mail_root

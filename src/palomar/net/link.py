@@ -8,6 +8,10 @@ protocol objects, not a task with buffered readers and writers.
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+
+from palomar.net.server import handed_over
 
 READ_LIMIT = 256 * 1024
 """Pause reading when this much unread input piled up during the login phase."""
@@ -42,9 +46,13 @@ class Link(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool:
+        """The peer will send no more, but it may still be reading: keep the sending half open so
+        everything it sent before its FIN is answered (`nc -N`, MTAs that shut down their side
+        after the last command). The session closes the link once it has read to the end. TLS
+        cannot stay half-open, so a TLS transport closes itself as before."""
         self._eof = True
         self._wake()
-        return False
+        return self.transport is not None and self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -66,8 +74,14 @@ class Link(asyncio.Protocol):
 
     # session API
     @property
+    def eof(self) -> bool:
+        """The peer finished sending (what it sent before may still be unread)."""
+        return self._eof or self._lost
+
+    @property
     def closed(self) -> bool:
-        return self._lost or self.transport is None or self.transport.is_closing()
+        """Nothing more will come from the peer, or the connection is gone."""
+        return self._eof or self._lost or self.transport is None or self.transport.is_closing()
 
     async def read(self) -> bytes:
         """Everything received so far (at least one byte); b"" once the peer closed."""
@@ -139,9 +153,34 @@ class Link(asyncio.Protocol):
         self.transport = new  # type: ignore[assignment]
 
 
-async def open_link(host: str, port: int, *, timeout: float) -> Link:
-    """Connect to host:port within `timeout` seconds."""
+async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
+                      handshake_timeout: float | None = None) -> Link:
+    """Hand an accepted socket over to a Link's transport, for good (with `tls`: after a server-side
+    handshake within `handshake_timeout`).
+
+    The transport gets the descriptor in a socket object of its own and `sock` is left detached
+    (`fileno() == -1`): whoever still holds `sock` (the accept loop's last-resort close) can no
+    longer close a descriptor that a live transport owns. Closing it under the transport would
+    let the kernel hand the same number to the next connection while the event loop still
+    watches it ("File descriptor N is used by transport").
+    """
+    owned = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    owned.setblocking(False)
+    try:
+        transport, link = await asyncio.get_running_loop().connect_accepted_socket(
+            Link, owned, ssl=tls, ssl_handshake_timeout=handshake_timeout if tls is not None else None)
+    except BaseException:
+        owned.close()
+        raise
+    handed_over(transport)
+    return link
+
+
+async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None) -> Link:
+    """Connect to host:port within `timeout` seconds; with `tls`, handshake and verify the
+    certificate against `host` within the same time."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
-        _, link = await loop.create_connection(Link, host, port)
+        _, link = await loop.create_connection(Link, host, port, ssl=tls, server_hostname=host if tls else None,
+                                               ssl_handshake_timeout=timeout if tls else None)
     return link

@@ -45,7 +45,10 @@ class _End(asyncio.Protocol):
         if peer is None or peer.transport.is_closing():
             return
         peer.transport.write(data)
-        self.relay.count(self.side, len(data))
+        relay = self.relay
+        relay.count(self.side, len(data))
+        if self.side == "server":
+            relay.at_line_start = data[-1:] == b"\n"
 
     def eof_received(self) -> bool:
         self.relay.half_closed(self)
@@ -66,17 +69,22 @@ class _End(asyncio.Protocol):
 class Relay:
     """Joins a client transport and a server (backend) transport."""
 
-    __slots__ = ("stats", "_on_done", "_finished", "_eofs", "client", "server")
+    __slots__ = ("stats", "_on_done", "_finished", "_eofs", "client", "server", "shutdown_line", "at_line_start")
 
     def __init__(
         self,
         client: asyncio.Transport,
         server: asyncio.Transport,
         on_done: Callable[[RelayStats], None] | None = None,
+        shutdown_line: bytes = b"",
     ) -> None:
         now = time.monotonic()
         self.stats = RelayStats(started=now, last_activity=now)
         self._on_done = on_done
+        self.shutdown_line = shutdown_line
+        """What the protocol tells a client when the server shuts down (e.g. IMAP's `* BYE`)."""
+        self.at_line_start = True
+        """The server's stream last ended a line (the login reply does), so a line may be put in."""
         self._finished = False
         self._eofs = 0
         self.client = _End(self, "client", client)
@@ -84,8 +92,11 @@ class Relay:
         self.client.peer = self.server
         self.server.peer = self.client
 
-    def start(self, client_pending: bytes = b"", server_pending: bytes = b"") -> None:
-        """Install the relay and forward what each side sent before the switch."""
+    def start(self, client_pending: bytes = b"", server_pending: bytes = b"", *, client_eof: bool = False,
+              server_eof: bool = False) -> None:
+        """Install the relay and forward what each side sent before the switch, and a FIN a side
+        sent before it (`*_eof`): a client that pipelined its commands after LOGIN and then shut
+        down its sending half still gets every answer before the relay closes."""
         for end in (self.client, self.server):
             end.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
             end.transport.set_protocol(end)
@@ -93,9 +104,11 @@ class Relay:
             self.client.data_received(client_pending)
         if server_pending:
             self.server.data_received(server_pending)
-        for end in (self.client, self.server):
+        for end, eof in ((self.client, client_eof), (self.server, server_eof)):
             if end.transport.is_closing():
                 self.lost(end)
+            elif eof:
+                self.half_closed(end)
 
     def count(self, side: str, n: int) -> None:
         if side == "client":
@@ -113,20 +126,44 @@ class Relay:
             self.close()
         elif peer.transport.can_write_eof():
             peer.transport.write_eof()
-        else:
-            self.close()
+        elif end.side == "server":
+            self.close()  # the server is done; its FIN cannot cross TLS, so the close says it
+        # else: a client's FIN towards a TLS server (the hop), which cannot carry a half-close. Keep the
+        # server open: its answers to what came before the FIN still come back, and its own close
+        # (after LOGOUT/QUIT, or its idle timeout) ends the relay, as with an idle client.
 
     def lost(self, end: _End) -> None:
         if not self.stats.closed_by:
             self.stats.closed_by = end.side
         self.close()
 
-    def close(self, by: str | None = None) -> None:
-        """Close both sides (by="proxy" when palomar ends the session, e.g. a kick)."""
+    def shut_down(self) -> None:
+        """Close the session because this service stops: stop reading the server, give the client
+        `shutdown_line` if the server's stream is between two lines, close both sides.
+
+        Only the last byte relayed is known, not the protocol's state: a server that stalled in the
+        middle of a literal right after a line break gets the line inside its data; the connection
+        closes either way, and the client sees it close.
+        """
+        if self._finished:
+            return
+        self.server.transport.pause_reading()
+        client = self.client.transport
+        if self.shutdown_line and self.at_line_start and not client.is_closing():
+            client.write(self.shutdown_line)
+        self.close(by="proxy")
+
+    def close(self, by: str | None = None, *, abort: bool = False) -> None:
+        """Close both sides (by="proxy" when palomar ends the session, e.g. a kick).
+
+        `abort` drops what is still buffered for either side instead of flushing it (fencing:
+        nothing more of this session may reach anyone)."""
         if by and not self.stats.closed_by:
             self.stats.closed_by = by
         for end in (self.client, self.server):
-            if not end.transport.is_closing():
+            if abort:
+                end.transport.abort()
+            elif not end.transport.is_closing():
                 end.transport.close()
         if not self._finished:
             self._finished = True

@@ -1,11 +1,14 @@
 """The proxy -> backend hop (docs/design/backend-hop.md), sans-IO.
 
-A proxy that has authenticated a user opens a TCP connection to the backend's palomar
-service and writes one PROXY v2 header. Its address block carries the client's real
-address; palomar TLVs (the PROXY protocol's custom range 0xE0-0xEF) carry the user, the
-protocol, the session id, the destination backend, a time and a nonce, and an HMAC-SHA256
-over all of it keyed with the cluster's shared secret. The backend answers with one line
-(logged in / referral / failure); after a logged-in line both sides only relay bytes.
+A proxy that has authenticated a user opens a connection (TLS unless the operator chose
+plaintext) to the backend's palomar service. The backend speaks first: one line with a fresh
+random challenge. The proxy answers with one PROXY v2 header. Its address block carries the
+client's real address; palomar TLVs (the PROXY protocol's custom range 0xE0-0xEF) carry the
+user, the protocol, the session id and the destination backend, and an HMAC-SHA256 keyed with
+the cluster's shared secret over the challenge and all of it. A header is thus only good on
+the one connection whose challenge it answers: no captured header is ever accepted again, with
+no replay cache and no clock involved. The backend answers with one line (logged in /
+referral / failure); after a logged-in line both sides only relay bytes.
 """
 
 from __future__ import annotations
@@ -16,18 +19,18 @@ import hmac
 import ipaddress
 import os
 import struct
-from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-HOP_VERSION = b"1"
+HOP_VERSION = b"2"
+"""Version 1 (time, nonce and a replay cache instead of a challenge) is refused."""
 
 TLV_VERSION = 0xE0
 TLV_USER = 0xE1
 TLV_PROTOCOL = 0xE2
 TLV_SESSION = 0xE3
-TLV_TIME = 0xE4
-TLV_NONCE = 0xE5
+# 0xE4 (time) and 0xE5 (nonce) belonged to version 1; they are not reused.
 TLV_BACKEND = 0xE6
 TLV_TTL = 0xE7
 TLV_CLIENT_TLS = 0xE8
@@ -36,10 +39,11 @@ TLV_ADMIN = 0xE9
 TLV_MAC = 0xEF
 
 PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
-DEFAULT_WINDOW_US = 30_000_000
-"""How far a hop's time may be from the backend's clock (both directions)."""
 MAX_REPLY_LINE = 65536
-NONCE_BYTES = 16
+CHALLENGE_BYTES = 16
+CHALLENGE_WORD = b"HOP"
+
+T = TypeVar("T")
 MAC_BYTES = 32
 MAX_ADMIN_BYTES = 4096
 
@@ -60,8 +64,6 @@ class HopRequest:
     local: tuple[str, int]
     client_tls: bool = False
     ttl: int = 5
-    timestamp_us: int = 0
-    nonce: bytes = field(default=b"", repr=False)
     admin: bytes | None = None
     """An admin command for the backend (TLV 0xE9); None for a user session."""
 
@@ -72,8 +74,6 @@ class HopRequest:
             (TLV_USER, self.user.encode()),
             (TLV_PROTOCOL, self.protocol.encode()),
             (TLV_SESSION, self.session_id.encode()),
-            (TLV_TIME, struct.pack(">Q", self.timestamp_us)),
-            (TLV_NONCE, self.nonce),
             (TLV_BACKEND, self.backend_host.encode()),
             (TLV_TTL, bytes([self.ttl])),
             (TLV_CLIENT_TLS, b"1" if self.client_tls else b"0"),
@@ -83,9 +83,12 @@ class HopRequest:
         return tlvs
 
 
-def _mac(secret: bytes, client: tuple[str, int], local: tuple[str, int], tlvs: Iterable[tuple[int, bytes]]) -> bytes:
-    """HMAC over the addresses and every palomar TLV (sorted by type), so nothing can be altered."""
-    mac = hmac.new(secret, b"palomar-hop-v1\0", hashlib.sha256)
+def _mac(secret: bytes, challenge: bytes, client: tuple[str, int], local: tuple[str, int],
+         tlvs: Iterable[tuple[int, bytes]]) -> bytes:
+    """HMAC over the backend's challenge, the addresses and every palomar TLV (sorted by type):
+    nothing can be altered, and the header answers one connection only."""
+    mac = hmac.new(secret, b"palomar-hop-v2\0", hashlib.sha256)
+    mac.update(struct.pack(">B", len(challenge)) + challenge)
     for host, port in (client, local):
         mac.update(ipaddress.ip_address(host).packed + struct.pack(">H", port))
     for tlv_type, value in sorted(t for t in tlvs if t[0] != TLV_MAC):
@@ -93,49 +96,41 @@ def _mac(secret: bytes, client: tuple[str, int], local: tuple[str, int], tlvs: I
     return mac.digest()
 
 
-def seal(request: HopRequest, secret: bytes, now_us: int) -> tuple[list[tuple[int, bytes]], HopRequest]:
-    """Stamp a request with time and a fresh nonce and return its TLVs including the MAC."""
-    stamped = HopRequest(
-        user=request.user,
-        protocol=request.protocol,
-        session_id=request.session_id,
-        backend_host=request.backend_host,
-        client=request.client,
-        local=request.local,
-        client_tls=request.client_tls,
-        ttl=request.ttl,
-        timestamp_us=now_us,
-        nonce=os.urandom(NONCE_BYTES),
-        admin=request.admin,
-    )
-    tlvs = stamped.tlvs()
-    tlvs.append((TLV_MAC, _mac(secret, stamped.client, stamped.local, tlvs)))
-    return tlvs, stamped
+def seal(request: HopRequest, secret: bytes, challenge: bytes) -> list[tuple[int, bytes]]:
+    """The request's TLVs including the MAC that answers the backend's `challenge`."""
+    tlvs = request.tlvs()
+    tlvs.append((TLV_MAC, _mac(secret, challenge, request.client, request.local, tlvs)))
+    return tlvs
 
 
-class ReplayCache:
-    """Nonces seen within the validity window; a nonce seen twice is a replay.
+# --- the backend's challenge ------------------------------------------------------------------
 
-    Entries expire with the window, so memory is bounded by the hop rate times the window.
-    """
 
-    def __init__(self, window_us: int = DEFAULT_WINDOW_US, max_entries: int = 1_000_000) -> None:
-        self.window_us = window_us
-        self.max_entries = max_entries
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
+def new_challenge() -> bytes:
+    """Fresh random bytes for one connection: what makes every hop header single-use."""
+    return os.urandom(CHALLENGE_BYTES)
 
-    def check_and_add(self, nonce: bytes, now_us: int) -> bool:
-        """True if the nonce is new (and remember it), False for a replay."""
-        horizon = now_us - 2 * self.window_us
-        while self._seen:
-            oldest, seen_at = next(iter(self._seen.items()))
-            if seen_at >= horizon and len(self._seen) < self.max_entries:
-                break
-            self._seen.popitem(last=False)
-        if nonce in self._seen:
-            return False
-        self._seen[nonce] = now_us
-        return True
+
+def encode_challenge(challenge: bytes) -> bytes:
+    """The backend's first line: `HOP 2 <base64 challenge>`."""
+    return CHALLENGE_WORD + b" " + HOP_VERSION + b" " + base64.b64encode(challenge) + b"\r\n"
+
+
+def decode_challenge(line: bytes) -> bytes:
+    """The challenge of the backend's first line; HopError if it is not one this proxy speaks."""
+    parts = line.rstrip(b"\r\n").split(b" ")
+    if len(parts) != 3 or parts[0] != CHALLENGE_WORD:
+        raise HopError("backend did not send a hop challenge (not a palomar backend, or TLS on one side only)")
+    if parts[1] != HOP_VERSION:
+        raise HopError(f"backend speaks hop version {parts[1].decode(errors='replace')!r}, "
+                       f"this proxy {HOP_VERSION.decode()}")
+    try:
+        challenge = base64.b64decode(parts[2], validate=True)
+    except ValueError as exc:
+        raise HopError("malformed hop challenge") from exc
+    if len(challenge) != CHALLENGE_BYTES:
+        raise HopError("malformed hop challenge")
+    return challenge
 
 
 def verify(
@@ -145,10 +140,10 @@ def verify(
     *,
     secret: bytes,
     own_host: str,
-    now_us: int,
-    replay: ReplayCache,
+    challenge: bytes,
 ) -> HopRequest:
-    """Check a received hop header and return the request it carries, or raise HopError."""
+    """Check a hop header received on the connection that was sent `challenge`; return the
+    request it carries, or raise HopError."""
     pairs = list(tlvs)
     fields: dict[int, bytes] = {}
     for tlv_type, value in pairs:
@@ -159,19 +154,17 @@ def verify(
     if client is None or local is None:
         raise HopError("hop header without addresses")
     if fields.get(TLV_VERSION) != HOP_VERSION:
-        raise HopError("not a palomar hop header (or an unsupported version)")
-    missing = [t for t in (TLV_USER, TLV_PROTOCOL, TLV_SESSION, TLV_TIME, TLV_NONCE, TLV_BACKEND, TLV_TTL,
-                           TLV_CLIENT_TLS, TLV_MAC) if t not in fields]
+        raise HopError("not a palomar hop header of version 2 (a proxy of an older version?)")
+    missing = [t for t in (TLV_USER, TLV_PROTOCOL, TLV_SESSION, TLV_BACKEND, TLV_TTL, TLV_CLIENT_TLS, TLV_MAC)
+               if t not in fields]
     if missing:
         raise HopError("hop header lacks fields " + ",".join(f"0x{t:02x}" for t in missing))
-    expected = _mac(secret, client, local, [(t, v) for t, v in fields.items()])
+    expected = _mac(secret, challenge, client, local, [(t, v) for t, v in fields.items()])
     if not hmac.compare_digest(expected, fields[TLV_MAC]):
-        raise HopError("hop MAC mismatch (wrong shared secret or altered header)")
-    if len(fields[TLV_TIME]) != 8 or len(fields[TLV_TTL]) != 1 or len(fields[TLV_NONCE]) != NONCE_BYTES:
+        raise HopError("hop MAC mismatch (wrong shared secret, altered header, or a header replayed "
+                       "from another connection)")
+    if len(fields[TLV_TTL]) != 1:
         raise HopError("malformed hop field")
-    timestamp_us = struct.unpack(">Q", fields[TLV_TIME])[0]
-    if abs(now_us - timestamp_us) > replay.window_us:
-        raise HopError("hop header outside the time window (clock skew or replay)")
     try:
         request = HopRequest(
             user=fields[TLV_USER].decode(),
@@ -182,8 +175,6 @@ def verify(
             local=local,
             client_tls=fields[TLV_CLIENT_TLS] == b"1",
             ttl=fields[TLV_TTL][0],
-            timestamp_us=timestamp_us,
-            nonce=fields[TLV_NONCE],
             admin=fields.get(TLV_ADMIN),
         )
     except UnicodeDecodeError as exc:
@@ -196,8 +187,6 @@ def verify(
         raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
     if request.ttl < 1:
         raise HopError("hop TTL exhausted (proxies appear to be looping)")
-    if not replay.check_and_add(request.nonce, now_us):
-        raise HopError("replayed hop header")
     return request
 
 
@@ -270,20 +259,36 @@ def decode_reply(line: bytes) -> HopReply:
     raise HopError("malformed hop reply")
 
 
-class ReplyReader:
-    """Collects the backend's reply line from a byte stream; keeps what follows it."""
+class LineReader(Generic[T]):
+    """Collects one line from a byte stream and decodes it; keeps what follows it."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self.leftover = b""
 
-    def feed(self, data: bytes) -> HopReply | None:
+    @staticmethod
+    def decode(line: bytes) -> T:
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> T | None:
         self._buf += data
         end = self._buf.find(b"\n")
         if end < 0:
             if len(self._buf) > MAX_REPLY_LINE:
-                raise HopError("hop reply line too long")
+                raise HopError("hop line too long")
             return None
         line = bytes(self._buf[: end + 1])
         self.leftover = bytes(self._buf[end + 1 :])
-        return decode_reply(line)
+        return self.decode(line)
+
+
+class ChallengeReader(LineReader[bytes]):
+    """Reads the backend's first line; `feed` returns the challenge once the line is complete."""
+
+    decode = staticmethod(decode_challenge)
+
+
+class ReplyReader(LineReader[HopReply]):
+    """Reads the backend's reply line; `feed` returns the HopReply once the line is complete."""
+
+    decode = staticmethod(decode_reply)

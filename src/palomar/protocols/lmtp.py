@@ -229,6 +229,11 @@ class LmtpServer:
         return self.state in (ServerState.AWAIT_RCPT, ServerState.AWAIT_REPLIES)
 
     @property
+    def in_transaction(self) -> bool:
+        """Between MAIL FROM and the end of its DATA (or RSET): a stop lets it finish."""
+        return self._tx is not None
+
+    @property
     def recipients(self) -> tuple[str, ...]:
         """The accepted recipients of the current transaction, in RCPT order."""
         return tuple(self._tx.recipients) if self._tx else ()

@@ -332,8 +332,12 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
     address, in_quote, index = [], False, 1
     while index < len(text):
         char = text[index]
+        if ord(char) < 0x20 or ord(char) == 0x7F:  # not even quoted (RFC 5321 qtextSMTP, quoted-pairSMTP)
+            raise SmtpSyntaxError("Invalid character in path")
         if in_quote:
             if char == "\\" and index + 1 < len(text):
+                if ord(text[index + 1]) < 0x20 or ord(text[index + 1]) == 0x7F:
+                    raise SmtpSyntaxError("Invalid character in path")
                 address.append(text[index : index + 2])
                 index += 2
                 continue
@@ -343,7 +347,7 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
             in_quote = True
         elif char == ">":
             break
-        elif char in "< \t" or ord(char) < 0x20 or ord(char) == 0x7F:
+        elif char in "< \t":
             raise SmtpSyntaxError("Invalid character in path")
         address.append(char)
         index += 1

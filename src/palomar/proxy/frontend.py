@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import logging
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from palomar.net.link import Link
+from palomar.logsafe import safe
+from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header
 from palomar.protocols.proxyproto import ProxyProtocolError
+from palomar.proxy.limits import QUEUE_FULL, Admission, Farewell, too_many_from_ip
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -29,6 +33,10 @@ class ClientConnection:
     local: tuple[str, int]
     tls: bool
     session_id: str
+    admission: Admission
+    """Its place in the connection counts; whoever ends the connection releases it."""
+    auth_failures: int = 0
+    relaying: bool = False
 
 
 def new_session_id(client: tuple[str, int]) -> str:
@@ -55,9 +63,36 @@ def trusted(address: str, networks) -> bool:
     return any(ip in net for net in networks)
 
 
-async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> ClientConnection | None:
-    """Read the PROXY header and/or do the TLS handshake; None when the connection was dropped."""
-    loop = asyncio.get_running_loop()
+async def accept(state: ProxyState, sock: socket.socket, *, service: str, haproxy: bool, ssl: bool,
+                 bye: Callable[[Farewell], bytes], per_address: bool = True) -> ClientConnection | None:
+    """Admit the connection, read the PROXY header and/or do the TLS handshake; None when the
+    connection was refused or dropped. `bye` words a refusal in the service's protocol;
+    `per_address` applies login_max_ip_connections (not to LMTP, whose clients are MTAs)."""
+    admission = state.limits.admit(service)
+    if admission is None:
+        refuse(state, sock, b"" if ssl else bye(QUEUE_FULL), "client_limit", None)
+        return None
+    conn = None
+    try:
+        conn = await _handshake(state, sock, admission, haproxy=haproxy, ssl=ssl, bye=bye, per_address=per_address)
+        return conn
+    finally:
+        if conn is None:
+            admission.release()
+
+
+def refuse(state: ProxyState, sock: socket.socket, reply: bytes, reason: str, address: str | None) -> None:
+    """Close a refused connection with its one line (best effort: never wait for a flooder)."""
+    with contextlib.suppress(OSError):
+        sock.send(reply)
+    sock.close()
+    line = state.refusals.record(reason, address)
+    if line:
+        log.warning(line)
+
+
+async def _handshake(state: ProxyState, sock: socket.socket, admission: Admission, *, haproxy: bool, ssl: bool,
+                     bye: Callable[[Farewell], bytes], per_address: bool) -> ClientConnection | None:
     try:
         peer = sock.getpeername()
         local = sock.getsockname()
@@ -81,15 +116,19 @@ async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: 
             sock.close()
             return None
         except (ProxyProtocolError, ConnectionError, OSError) as exc:
-            log.warning("haproxy listener: bad PROXY header from %s: %s", client[0], exc)
+            log.warning("haproxy listener: bad PROXY header from %s: %s", client[0], safe(exc))
             sock.close()
             return None
         if header.command == "PROXY" and header.source is not None and header.dest is not None:
             client = (_plain(header.source[0]), header.source[1])
             local = (_plain(header.dest[0]), header.dest[1])
         tls = header.ssl is not None and bool(getattr(header.ssl, "client_ssl", False))
+    if per_address and not trusted(client[0], state.login_trusted) and not admission.claim_address(client[0]):
+        refuse(state, sock, b"" if ssl else bye(too_many_from_ip(state.limits.max_per_ip)),
+               "login_max_ip_connections", client[0])
+        return None
     try:
-        _, link = await loop.connect_accepted_socket(Link, sock)
+        link = await accept_link(sock)
     except OSError:
         sock.close()
         return None
@@ -105,4 +144,4 @@ async def accept(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: 
             link.abort()
             return None
         tls = True
-    return ClientConnection(link, client, local, tls, new_session_id(client))
+    return ClientConnection(link, client, local, tls, new_session_id(client), admission)

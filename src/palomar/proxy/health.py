@@ -4,7 +4,8 @@
 Only built when `cluster_proxy_check_backends = yes`. The proxy only ever writes `offline`,
 and only over `online`: a backend an administrator or the controller set to something else
 is left alone, and bringing a backend back is the controller's decision (it reads the probe
-statistics this proxy writes).
+statistics this proxy writes). Whenever it finds a backend not online, the sessions this proxy
+relays to it are cut first (proxy/fence.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from palomar.cluster.health_proxy import (
     observe,
 )
 from palomar.metrics.registry import Registry
+from palomar.proxy.fence import RelayedSessions
 
 log = logging.getLogger("palomar.proxy.health")
 
@@ -45,9 +47,12 @@ class BackendHealth:
         proxy_host: str,
         rule: ThresholdRule,
         registry: Registry,
+        sessions: RelayedSessions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.geodb = geodb
+        self.sessions = sessions
+        """This proxy's relayed sessions: a backend that is not online any more has them cut."""
         self.router = router
         self.site_id = site_id
         self.proxy_host = proxy_host
@@ -113,6 +118,7 @@ class BackendHealth:
             return False
         if backend.status != "online":
             self.router.invalidate_site_view()
+            self._fence(host, f"backend is {backend.status}")
             return True
         status_reason = f"proxy {self.proxy_host}: {reason}"
         try:
@@ -125,4 +131,10 @@ class BackendHealth:
         self.marked_offline.inc(dest_host=host)
         log.warning("event=cluster_backend_check_finished backend_id=%s backend_host=%s status=offline "
                     "reason=%r", backend.id, host, status_reason)
+        self._fence(host, "set offline by this proxy")
         return True
+
+    def _fence(self, host: str, reason: str) -> None:
+        """Before any login of the backend's users goes elsewhere, its relayed sessions end here."""
+        if self.sessions is not None:
+            self.sessions.cut(host, reason)

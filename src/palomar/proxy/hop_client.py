@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 
 from palomar.cluster.routing import MAX_REFERRAL_HOPS
-from palomar.geodb.engine import now_micros
+from palomar.logsafe import safe
+from palomar.net.hop_tls import describe_tls_failure
 from palomar.net.link import Link, open_link
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
@@ -60,42 +62,63 @@ class HopTarget:
 
 
 class HopClient:
-    """Opens hops with one shared secret and port; counts redirects through `on_redirect`."""
+    """Opens hops with one shared secret, port and TLS context (None: plaintext hop)."""
 
-    def __init__(self, secret: bytes, port: int, *, timeout: float = 30.0) -> None:
+    def __init__(self, secret: bytes, port: int, *, tls: ssl.SSLContext | None, connect_timeout: float,
+                 answer_timeout: float) -> None:
         self.secret = secret
         self.port = port
-        self.timeout = timeout
+        self.tls = tls
+        self.connect_timeout = connect_timeout
+        """`cluster_hop_connect_timeout`: until the backend accepted the connection (and, with TLS,
+        finished the handshake: a stalled backend's kernel still accepts)."""
+        self.answer_timeout = answer_timeout
+        """`cluster_hop_answer_timeout`: from the backend's challenge until its one-line reply."""
 
-    async def _attempt(self, host: str, target: HopTarget, ttl: int) -> tuple[hop.HopReply, Link] | HopFailed:
+    def with_timeout(self, timeout: float) -> HopClient:
+        """The same hop settings with another answer timeout (probes have their own)."""
+        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
+                         answer_timeout=timeout)
+
+    async def _open(self, host: str) -> Link | HopFailed:
         try:
-            link = await open_link(host, self.port, timeout=self.timeout)
+            return await open_link(host, self.port, timeout=self.connect_timeout, tls=self.tls)
+        except ssl.SSLError as exc:  # verification failed, or TLS on one side only
+            return HopFailed(host, "proxy_dest_connect_failed", f"hop to {host}:{self.port}: "
+                                                                f"{describe_tls_failure(exc)}")
         except (OSError, TimeoutError) as exc:
             return HopFailed(host, "proxy_dest_connect_failed", f"connect({host}:{self.port}) failed: {exc}")
+
+    async def _attempt(self, host: str, target: HopTarget, ttl: int) -> tuple[hop.HopReply, Link] | HopFailed:
+        link = await self._open(host)
+        if isinstance(link, HopFailed):
+            return link
         request = hop.HopRequest(
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
         )
-        tlvs, _ = hop.seal(request, self.secret, now_micros())
-        link.write(build_v2(target.client, target.local, tlvs))
-        reader = hop.ReplyReader()
         try:
-            async with asyncio.timeout(self.timeout):
-                while True:
-                    data = await link.read()
-                    if not data:
-                        link.close()
-                        return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop")
-                    reply = reader.feed(data)
-                    if reply is not None:
-                        link.unread(reader.leftover)
-                        return reply, link
+            async with asyncio.timeout(self.answer_timeout):
+                challenge = await _read_line(link, hop.ChallengeReader())
+                if challenge is None:
+                    link.close()
+                    return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop before its "
+                                     "challenge" + ("" if self.tls else " (is cluster_hop_ssl = no there too?)"))
+                link.write(build_v2(target.client, target.local, hop.seal(request, self.secret, challenge)))
+                reply = await _read_line(link, hop.ReplyReader())
+                if reply is None:
+                    link.close()
+                    return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop")
+                return reply, link
         except TimeoutError:
             link.abort()
             return HopFailed(host, "proxy_dest_remote_failure", "backend did not answer the hop in time")
         except hop.HopError as exc:
             link.abort()
             return HopFailed(host, "proxy_dest_protocol_failure", str(exc))
+        except (ConnectionError, OSError) as exc:
+            link.abort()
+            return HopFailed(host, "proxy_dest_remote_failure", f"hop connection failed: {exc}")
 
     async def connect(self, host: str, target: HopTarget, on_redirect=None) -> Established | HopFailed:
         """Log the user in at `host`, following up to MAX_REFERRAL_HOPS referrals (never a host twice)."""
@@ -111,8 +134,8 @@ class HopClient:
             link.close()
             if isinstance(reply, hop.Failure):
                 return HopFailed(host, _FAILURE_CODES[reply.code], reply.text, auth=reply.code == "auth")
-            log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, target.user, host,
-                     reply.host, reply.reason or "no reason")
+            log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, safe(target.user), host,
+                     safe(reply.host), safe(reply.reason or "no reason"))
             if on_redirect is not None:
                 on_redirect(host)
             if reply.host in visited:
@@ -121,3 +144,15 @@ class HopClient:
             host = reply.host
             ttl -= 1
         return HopFailed(host, "proxy_dest_redirected", "too many referrals")
+
+
+async def _read_line(link: Link, reader: hop.LineReader[hop.T]) -> hop.T | None:
+    """One hop line from `link` (None if the backend closed first); what follows stays in `link`."""
+    while True:
+        data = await link.read()
+        if not data:
+            return None
+        decoded = reader.feed(data)
+        if decoded is not None:
+            link.unread(reader.leftover)
+            return decoded

@@ -5,7 +5,6 @@ from __future__ import annotations
 from palomar.protocols import imap
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
 
@@ -38,13 +37,3 @@ class ImapAdapter:
         lines = established.text.splitlines(keepends=True)
         untagged = b"".join(line for line in lines[:-1])
         return untagged + imap.rewrite_tag(lines[-1], event.tag)
-
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        if isinstance(outcome, AuthFailed):
-            return imap.AUTH_FAILED
-        if isinstance(outcome, NoLogin):
-            return f"NO [CONTACTADMIN] {' '.join(outcome.reason.split())}"
-        return "NO [UNAVAILABLE] Account is temporarily unavailable."
-
-    def timeout_bye(self) -> bytes:
-        return b"* BYE Disconnected for inactivity.\r\n"

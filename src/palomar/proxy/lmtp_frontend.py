@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from palomar.auth.passdb import AuthRequest
+from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
+from palomar.logsafe import safe
+from palomar.net.drain import ShuttingDown
 from palomar.net.lmtp_leg import LmtpLeg
 from palomar.protocols.lmtp import (
     Close,
@@ -32,9 +35,11 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
+from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
+from palomar.proxy.limits import smtp_bye
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.lmtp")
@@ -58,7 +63,8 @@ def lmtp_handler(state: ProxyState, cfg, listener) -> Callable[[socket.socket], 
 
 async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool,
                      max_size: int | None = DEFAULT_MAX_SIZE) -> None:
-    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+    conn = await accept(state, sock, service="lmtp", haproxy=haproxy, ssl=ssl, per_address=False,
+                        bye=lambda farewell: smtp_bye(lmtp_hostname(state.proxy_host), farewell))
     if conn is None:
         return
     session = LmtpProxySession(state, conn, max_size=max_size)
@@ -67,11 +73,16 @@ async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
     except (ConnectionError, OSError) as exc:
         log.debug("session=%s client connection error: %s", conn.session_id, exc)
         conn.link.abort()
+    except Exception as exc:  # the session's boundary: a 421 (the MTA retries what is open), log once
+        log_failure(log, f"session={conn.session_id} proto=lmtp", exc)
+        conn.link.write(f"{fan.closing_internal(session.core.hostname)}\r\n".encode())
+        conn.link.close()
     finally:
         session.close_legs()
+        conn.admission.release()
 
 
-def _hostname(name: str) -> str:
+def lmtp_hostname(name: str) -> str:
     return "".join(ch for ch in name if ch.isalnum() or ch in ".-") or "palomar"
 
 
@@ -81,7 +92,7 @@ class LmtpProxySession:
     def __init__(self, state: ProxyState, conn: ClientConnection, *, max_size: int | None) -> None:
         self.state = state
         self.conn = conn
-        self.core = LmtpServer(hostname=_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
+        self.core = LmtpServer(hostname=lmtp_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
         self.legs: dict[str, LmtpLeg] = {}
         self.legs_lhlo: str | None = None
         self.fanout: fan.Fanout | None = None
@@ -107,7 +118,11 @@ class LmtpProxySession:
         while True:
             try:
                 async with asyncio.timeout(IDLE_TIMEOUT):
-                    data = await link.read()
+                    data = await self.state.drain.read(link, stoppable=not self.core.in_transaction)
+            except ShuttingDown:
+                link.write(shutdown_line("lmtp", self.core.hostname))
+                link.close()
+                return
             except TimeoutError:
                 link.write(f"421 4.4.2 {self.core.hostname} Disconnected client for inactivity\r\n".encode())
                 link.close()
@@ -127,8 +142,7 @@ class LmtpProxySession:
             if isinstance(event, MailFrom):
                 self.begin(event)
             elif isinstance(event, RcptRequest):
-                reply = await self.recipient(event.address)
-                queue.extend(self.core.rcpt_reply(reply))
+                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
             elif isinstance(event, DataStart):
                 await self.data_start()
             elif isinstance(event, DataChunk):
@@ -156,6 +170,16 @@ class LmtpProxySession:
         self.sender, self.mail_params = event.address, dict(event.params)
         self.data_legs, self.outcomes = {}, {}
 
+    async def guarded_recipient(self, address: str) -> str:
+        """One recipient's exception boundary: a GeoDB or LocalDB that fails while routing it
+        (`451 4.4.3`) or a bug (`451 4.3.0`) fails this recipient only, logged once; the MTA's
+        session and the transaction's other recipients go on."""
+        try:
+            return await self.recipient(address)
+        except Exception as exc:
+            log_failure(log, f"session={self.conn.session_id} rcpt={safe(address)}", exc)
+            return self.denied(address, fan.rcpt_failed(address, store=is_store_error(exc)), "")
+
     async def recipient(self, address: str) -> str:
         """Look up, route and hand on one recipient; the reply the MTA gets for its RCPT."""
         request = AuthRequest(username=address, service="lmtp", remote_ip=self.conn.client[0],
@@ -163,7 +187,7 @@ class LmtpProxySession:
         try:
             result = await self.state.passdb.lookup(address, request)
         except Exception as exc:  # a passdb that breaks must not end the MTA's session
-            log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, address, exc)
+            log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, safe(address), exc)
             return self.denied(address, fan.lookup_failed(address), "")
         if result.status in ("unknown_user", "failed"):
             return self.denied(address, fan.unknown_user(address), "")
@@ -174,13 +198,9 @@ class LmtpProxySession:
         return await self.deliver_to(address, result.user, result.fields.get("host"))
 
     async def deliver_to(self, address: str, user: str, host_override: str | None) -> str:
-        try:
-            route = await self.state.router.route(user, host_override=host_override)
-        except Exception as exc:  # e.g. the GeoDB briefly unreachable: the MTA retries later
-            log.warning("session=%s rcpt=%s routing failed: %s", self.conn.session_id, address, exc)
-            return self.denied(address, fan.lookup_failed(address), "")
+        route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
         if route.host is None:
-            log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, address, route.reason)
+            log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, safe(address), route.reason)
             return self.denied(address, fan.proxy_failed(address, "no backend available"), "")
         host: str = route.host
         visited: list[str] = []
@@ -208,7 +228,8 @@ class LmtpProxySession:
                     self.fanout.accept(address, user, leg.name)
                     return client_reply
                 return self.denied(address, client_reply, leg.name)
-            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, address, leg.name, target)
+            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, safe(address), leg.name,
+                     safe(target))
             self.state.count_redirect(leg.name)
             step = fan.follow_referral(visited, target)
             if isinstance(step, fan.GiveUp):
@@ -219,7 +240,7 @@ class LmtpProxySession:
         try:
             return (await self.state.router.route(user, host_override=host_override)).host
         except Exception as exc:
-            log.warning("session=%s user=%s routing again failed: %s", self.conn.session_id, user, exc)
+            log.warning("session=%s user=%s routing again failed: %s", self.conn.session_id, safe(user), exc)
             return None
 
     async def backend_went_offline(self, failed: HopFailed) -> bool:
@@ -255,7 +276,7 @@ class LmtpProxySession:
         if isinstance(outcome, HopFailed):
             self.state.count_failure(outcome.host, outcome.error_code, login=False)
             log.warning("session=%s proxy dest %s to %s: %s", conn.session_id, outcome.error_code, outcome.host,
-                        outcome.text)
+                        safe(outcome.text))
             return outcome
         client = LmtpClient(lhlo_name=self.core.lhlo_name or "unknown")
         leg = LmtpLeg(outcome.host, outcome.link, client, timeout=LEG_TIMEOUT)
@@ -263,7 +284,7 @@ class LmtpProxySession:
         if not await leg.handshake():
             failed = HopFailed(outcome.host, "proxy_dest_protocol_failure", f"LMTP handshake: {leg.failure}")
             self.state.count_failure(failed.host, failed.error_code, login=False)
-            log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, failed.text)
+            log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, safe(failed.text))
             return failed
         self.state.count_success(outcome.host, login=False)
         if self.state.health is not None:
@@ -364,8 +385,8 @@ class LmtpProxySession:
         if host and (event.success or event.failure):
             self.state.dest.add(host, "lmtp_rcpt_success" if event.success else "lmtp_rcpt_failure")
         log.info("event=smtp_server_transaction_rcpt_finished session=%s rcpt=%s dest_host=%s status_code=%d "
-                 "enhanced_code=%s%s", self.conn.session_id, address, host or "-", event.status_code,
-                 event.enhanced_code, f" error={event.error!r}" if event.error else "")
+                 "enhanced_code=%s%s", self.conn.session_id, safe(address), host or "-", event.status_code,
+                 event.enhanced_code, f" error={safe(repr(event.error))}" if event.error else "")
 
 
 def _hop_detail(failed: HopFailed) -> str:

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 
 from palomar.auth.passdb import AuthRequest
+from palomar.boundary import is_store_error, log_failure
+from palomar.logsafe import safe
+from palomar.proxy.frontend import trusted
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -65,10 +68,6 @@ class LoginTally:
         self.attempts += 1
         self.last = outcome
 
-    @property
-    def established(self) -> bool:
-        return isinstance(self.last, Established)
-
     def aborted_reason(self) -> str:
         """The `reason` Dovecot's login_aborted event gives (login-common, client_get_extra_disconnect_reason)."""
         last = self.last
@@ -82,17 +81,44 @@ class LoginTally:
 
 
 async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
-    """Run one login to its end. Returns the outcome and the user name after passdb renames."""
+    """Run one login to its end. Returns the outcome and the user name after passdb renames.
+
+    The login's exception boundary: whatever fails on the way (the GeoDB or LocalDB while
+    routing, a bug) is logged once and becomes a temporary failure the client may retry; the
+    session and the listener go on."""
+    try:
+        return await _login(state, attempt)
+    except Exception as exc:
+        log_failure(log, f"session={attempt.session_id} user={safe(attempt.username)} proto={attempt.protocol} login",
+                    exc)
+        if is_store_error(exc):
+            return TempFailed("store_unavailable", "cluster state temporarily unavailable"), attempt.username
+        return TempFailed("internal_failure", "internal error"), attempt.username
+
+
+async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
     request = AuthRequest(
         username=attempt.username, password=attempt.password, service=attempt.protocol,
         remote_ip=attempt.client[0], local_ip=attempt.local[0], secured=attempt.client_tls,
         mechanism=attempt.mechanism,
     )
+    penalised = state.penalty.enabled and not trusted(attempt.client[0], state.login_trusted)
+    verdict = state.penalty.before_check(attempt.client[0], attempt.username.lower(), time.monotonic()) \
+        if penalised else None
+    if verdict is not None and verdict.wait:
+        state.metrics.auth_penalty_delayed.inc()
+        state.metrics.auth_penalty_seconds.inc(verdict.wait)
+        await asyncio.sleep(verdict.wait)  # deliberate: the escalating penalty of this source
     result = await state.passdb.authenticate(request)
     if result.status in ("failed", "unknown_user"):
+        if verdict is not None:
+            state.penalty.failed(verdict, attempt.client[0], attempt.username.lower(), attempt.password,
+                                 time.monotonic())
         await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
         state.metrics.auth_failures.inc()
         return AuthFailed(), attempt.username
+    if penalised and result.status in ("ok", "nologin"):
+        state.penalty.succeeded(attempt.client[0], attempt.username.lower())
     if result.status == "nologin":
         await asyncio.sleep(state.auth_failure_delay)
         return NoLogin(result.reason or "Login disabled."), result.user
@@ -124,18 +150,18 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
             state.count_success(outcome.host)
             if state.health is not None:
                 state.health.session_succeeded(outcome.host)
-            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, user, outcome.host,
+            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, safe(user), outcome.host,
                       time.monotonic() - started)
             return outcome, user
         state.count_failure(outcome.host, outcome.error_code)
         if outcome.auth:
             return AuthFailed(), user
-        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, user,
-                    outcome.error_code, outcome.host, outcome.text)
+        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, safe(user),
+                    outcome.error_code, outcome.host, safe(outcome.text))
         failed, failed_host = TempFailed(outcome.error_code, outcome.text), outcome.host
         if state.health is None or not await state.health.session_failed(outcome.host, outcome.error_code):
             break
-        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, user,
+        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, safe(user),
                  outcome.host)
     assert failed is not None
     return failed, user

@@ -5,7 +5,6 @@ from __future__ import annotations
 from palomar.protocols import pop3
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
 
@@ -30,13 +29,3 @@ class Pop3Adapter:
 
     def success(self, event: pop3.LoginRequest, core: pop3.Pop3LoginServer, established: Established) -> bytes:
         return established.text  # Dovecot's own `+OK Logged in.`
-
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        if isinstance(outcome, AuthFailed):
-            return pop3.AUTH_FAILED
-        if isinstance(outcome, NoLogin):
-            return pop3.auth_error(" ".join(outcome.reason.split()))
-        return pop3.TEMP_FAILED
-
-    def timeout_bye(self) -> bytes:
-        return b"-ERR Disconnected for inactivity.\r\n"

@@ -167,7 +167,8 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
         return None
     rule = ThresholdRule(max(1, cfg["cluster_proxy_offline_failures"]), cfg["cluster_proxy_offline_window"])
     health = BackendHealth(geodb=state.router.geodb, router=state.router, site_id=state.site_id,
-                           proxy_host=state.proxy_host, rule=rule, registry=state.metrics.registry)
+                           proxy_host=state.proxy_host, rule=rule, registry=state.metrics.registry,
+                           sessions=state.sessions)
     state.health = health
     username = cfg["cluster_backend_test_username"]
     if not username:
@@ -176,7 +177,7 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
     timeout = cfg["cluster_proxy_probe_timeout"]
     listen = [a for a in cfg["listen"] if a not in ("*", "::")]
     prober = Prober(state, username=username, password=cfg["cluster_backend_test_password"] or "",
-                    hops=HopClient(state.hops.secret, state.hops.port, timeout=timeout), timeout=timeout,
+                    hops=state.hops.with_timeout(timeout), timeout=timeout,
                     source_ip=listen[0] if listen and ":" not in listen[0] else "127.0.0.1")
     health.confirm = prober.confirm
     return asyncio.get_running_loop().create_task(run_probes(prober, cfg["cluster_proxy_probe_interval"]))

@@ -10,14 +10,20 @@ import time
 from functools import partial
 
 from palomar.auth.passdb import PassdbChain
+from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
+from palomar.net.drain import drain_service
+from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy.failures import WORDING
+from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.imap_frontend import ImapAdapter
-from palomar.proxy.lmtp_frontend import lmtp_handler
+from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
+from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
 from palomar.proxy.pop3_frontend import Pop3Adapter
 from palomar.proxy.probes import start_backend_checks
 from palomar.proxy.router import Router
@@ -25,7 +31,13 @@ from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
-from palomar.service_runtime import open_geodb, open_localdb, server_tls_context, wait_for_stop_signal
+from palomar.service_runtime import (
+    open_geodb,
+    open_localdb,
+    reload_server_tls,
+    server_tls_context,
+    wait_for_stop_signal,
+)
 
 log = logging.getLogger("palomar.proxy")
 
@@ -60,6 +72,15 @@ async def _dest_stats_loop(state: ProxyState, interval: float) -> None:
             log.warning("writing proxy_dest_stats failed: %s", exc)
 
 
+async def _refusal_summaries(state: ProxyState) -> None:
+    """Every interval, one line for the connections refused since the last one."""
+    while True:
+        await asyncio.sleep(state.refusals.interval)
+        line = state.refusals.flush()
+        if line:
+            log.warning(line)
+
+
 async def build_state(cfg: Config) -> ProxyState:
     geodb = await open_geodb(cfg)
     localdb = open_localdb(cfg)
@@ -72,7 +93,9 @@ async def build_state(cfg: Config) -> ProxyState:
     return ProxyState(
         passdb=PassdbChain.from_settings(cfg.passdbs),
         router=router,
-        hops=HopClient(secret.encode(), cfg["cluster_hop_port"]),
+        hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
+                       connect_timeout=cfg["cluster_hop_connect_timeout"],
+                       answer_timeout=cfg["cluster_hop_answer_timeout"]),
         metrics=ProxyMetrics(Registry(dovecot_prefix=cfg["metrics_prefix"])),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
@@ -82,6 +105,12 @@ async def build_state(cfg: Config) -> ProxyState:
         haproxy_timeout=cfg["haproxy_timeout"],
         haproxy_trusted=tuple(cfg["haproxy_trusted_networks"]),
         proxy_host=cfg["hostname"] or socket.gethostname(),
+        login_trusted=tuple(cfg["login_trusted_networks"]),
+        limits=ConnectionLimits({name: service.client_limit for name, service in cfg.services.items()},
+                                cfg["login_max_ip_connections"]),
+        penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
+                            per_user=cfg["auth_penalty_per_user"]),
+        max_auth_failures=cfg["login_max_auth_failures"],
     )
 
 
@@ -95,23 +124,34 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         for listener in service.listeners.values():
             for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
-                handler = (lmtp_handler(state, cfg, listener) if adapter is None else
-                           partial(serve, state, adapter=adapter, haproxy=listener.haproxy, ssl=listener.ssl))
-                loop = AcceptLoop(sock, handler)
+                if adapter is None:
+                    handler = lmtp_handler(state, cfg, listener)
+                    busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
+                else:
+                    handler = partial(serve, state, service=service_name, adapter=adapter, haproxy=listener.haproxy,
+                                      ssl=listener.ssl)
+                    busy = WORDING[adapter.protocol].bye(state.proxy_host, QUEUE_FULL)
+                # out of descriptors: the refusal line in plain text, never on an implicit-TLS port
+                loop = AcceptLoop(sock, handler, busy_reply=b"" if listener.ssl else busy, refusals=state.refusals)
                 loop.start()
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
     metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
+    summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
     checks = start_backend_checks(state, cfg)
+    fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
     try:
-        await wait_for_stop_signal()
+        await wait_for_stop_signal(partial(reload_server_tls, state.tls, cfg))
+        await drain_service(loops, state.drain, state.sessions.all())
     finally:
         flusher.cancel()
+        fence.cancel()
+        summaries.cancel()
         if checks is not None:
             checks.cancel()
         with contextlib.suppress(Exception):

@@ -1,8 +1,9 @@
 """One client session on the proxy, for every protocol with a login phase (IMAP, POP3,
 Submission, ManageSieve): drive the protocol's sans-IO core, log in through the cluster, relay.
 
-What differs per protocol lives in a small `Adapter`: how to build the core and how to word
-the replies. The session loop, the accounting and the switch to relaying are shared.
+What differs per protocol lives in a small `Adapter` (how to build the core, how to word a
+successful login) and in the failure table (`proxy.failures`). The session loop, its exception
+boundary, the accounting and the switch to relaying are shared.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import asyncio
 import logging
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from palomar.boundary import log_failure
+from palomar.logsafe import safe
 from palomar.metrics.registry import Counter
+from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
+from palomar.protocols.shutdown import shutdown_line
+from palomar.proxy.failures import WORDING, login_failure
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, LoginAttempt, LoginTally, NoLogin, TempFailed, perform_login
+from palomar.proxy.limits import TOO_MANY_AUTH_FAILURES, Admission
+from palomar.proxy.login import AuthFailed, LoginAttempt, LoginTally, perform_login
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -45,18 +52,6 @@ class Adapter(Protocol):
     def success(self, event: Any, core: Any, established: Established) -> bytes:
         """What the client sees when the backend logged it in."""
 
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        """The response given to `core.login_failed` for a failed login."""
-
-    def timeout_bye(self) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class FrontendSpec:
-    adapter: Adapter
-    haproxy: bool
-    ssl: bool
-
 
 class SessionEnd:
     """What a relayed session keeps until it ends: the fields of its log line and the metric.
@@ -66,82 +61,105 @@ class SessionEnd:
     relaying; an IDLE session may live for hours, and thousands of them are open at once.
     """
 
-    __slots__ = ("finished", "protocol", "session_id", "user", "client_ip", "client_port", "host")
+    __slots__ = ("finished", "admission", "protocol", "session_id", "user", "client_ip", "client_port", "host",
+                 "sessions", "relay")
 
-    def __init__(self, finished: Counter, protocol: str, session_id: str, user: str, client: tuple[str, int],
-                 host: str) -> None:
+    def __init__(self, finished: Counter, admission: Admission, protocol: str, session_id: str, user: str,
+                 client: tuple[str, int], host: str, sessions: RelayedSessions) -> None:
         self.finished = finished
+        self.admission = admission
         self.protocol = protocol
         self.session_id = session_id
         self.user = user
         self.client_ip, self.client_port = client
         self.host = host
+        self.sessions = sessions
+        self.relay: Relay | None = None
 
     def __call__(self, stats: RelayStats) -> None:
+        if self.relay is not None:
+            self.sessions.remove(self.host, self.relay)
+        self.admission.release()
         closed_by = stats.closed_by or "proxy"
         self.finished.inc(dest_host=self.host, disconnect_side=closed_by)
         now = time.monotonic()
         session_log.info(
             "session=%s proto=%s user=%s client=%s:%d backend=%s in=%d out=%d duration=%.3f idle=%.3f "
-            "closed_by=%s", self.session_id, self.protocol, self.user, self.client_ip, self.client_port,
+            "closed_by=%s", self.session_id, self.protocol, safe(self.user), self.client_ip, self.client_port,
             self.host, stats.bytes_in, stats.bytes_out, now - stats.started, now - stats.last_activity, closed_by,
         )
 
 
-async def serve(state: ProxyState, sock: socket.socket, *, adapter: Adapter, haproxy: bool, ssl: bool) -> None:
-    conn = await accept(state, sock, haproxy=haproxy, ssl=ssl)
+async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter: Adapter, haproxy: bool,
+                ssl: bool) -> None:
+    conn = await accept(state, sock, service=service, haproxy=haproxy, ssl=ssl,
+                        bye=lambda farewell: WORDING[adapter.protocol].bye(state.proxy_host, farewell))
     if conn is None:
         return
+    tally = LoginTally()
+    try:
+        await _session(state, conn, adapter, tally)
+    except ShuttingDown:
+        conn.link.write(shutdown_line(adapter.protocol, state.proxy_host))
+        conn.link.close()
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s client connection error: %s", conn.session_id, exc)
+        conn.link.abort()
+    except Exception as exc:  # the session's boundary: answer, log once, close the transport
+        log_failure(log, f"session={conn.session_id} proto={adapter.protocol}", exc)
+        conn.link.write(WORDING[adapter.protocol].internal_bye)
+        conn.link.close()
+    finally:
+        if not conn.relaying:
+            conn.admission.release()
+            state.metrics.login_aborted.inc(reason=tally.aborted_reason())
+
+
+async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter, tally: LoginTally) -> None:
+    """The login phase, until the session relays or ends. Everything the client sent before it
+    half-closed is answered: the loop stops at the end of its input, not at its FIN."""
     link = conn.link
     core = adapter.make_core(state, conn)
     link.write(core.greeting())
     deadline = time.monotonic() + state.login_timeout
-    tally = LoginTally()
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                link.write(adapter.timeout_bye())
-                link.close()
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    data = await link.read()
-            except TimeoutError:
-                continue
-            if not data:
-                link.close()
-                return
-            events = core.receive(data)
-            link.write(core.data_to_send())
-            while events:
-                event = events.pop(0)
-                if adapter.is_close(event):
-                    link.write(core.data_to_send())
-                    link.close()
-                    return
-                if adapter.is_starttls(event):
-                    link.write(core.data_to_send())
-                    await link.start_tls(state.tls, server_side=True)
-                    conn.tls = True
-                    core.tls_started()
-                elif adapter.is_login(event):
-                    more = await _login(state, conn, core, adapter, event, tally)
-                    if more is None:
-                        return
-                    events.extend(more)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            link.write(WORDING[adapter.protocol].timeout_bye)
+            link.close()
+            return
+        try:
+            async with asyncio.timeout(remaining):
+                data = await state.drain.read(link)
+        except TimeoutError:
+            continue
+        if not data:
+            link.close()
+            return
+        events = core.receive(data)
+        link.write(core.data_to_send())
+        while events:
+            event = events.pop(0)
+            if adapter.is_close(event):
                 link.write(core.data_to_send())
-    except (ConnectionError, OSError) as exc:
-        log.debug("session=%s client connection error: %s", conn.session_id, exc)
-        link.abort()
-    finally:
-        if not tally.established:
-            state.metrics.login_aborted.inc(reason=tally.aborted_reason())
+                link.close()
+                return
+            if adapter.is_starttls(event):
+                link.write(core.data_to_send())
+                await link.start_tls(state.tls, server_side=True)
+                conn.tls = True
+                core.tls_started()
+            elif adapter.is_login(event):
+                more = await _login(state, conn, core, adapter, event, tally)
+                if more is None:
+                    return
+                events.extend(more)
+            link.write(core.data_to_send())
 
 
 async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any,
                  tally: LoginTally) -> list | None:
-    """None when the session now relays; else the events of commands pipelined after the login."""
+    """None when the session now relays or was closed; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
         tally.record(AuthFailed())
@@ -158,12 +176,26 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         backend_transport = outcome.link.transport
         client_transport = conn.link.transport
         assert backend_transport is not None and client_transport is not None
-        done = SessionEnd(state.metrics.sessions_finished, adapter.protocol, conn.session_id, user, conn.client,
-                          outcome.host)
-        relay = Relay(client_transport, backend_transport, done)
+        conn.admission.logged_in()
+        conn.relaying = True  # the relay's end releases the admission now
+        done = SessionEnd(state.metrics.sessions_finished, conn.admission, adapter.protocol, conn.session_id, user,
+                          conn.client, outcome.host, state.sessions)
+        relay = done.relay = Relay(client_transport, backend_transport, done,
+                                  shutdown_line(adapter.protocol, state.proxy_host))
+        state.sessions.add(outcome.host, relay)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
-                    server_pending=outcome.leftover + outcome.link.take_buffer())
+                    server_pending=outcome.leftover + outcome.link.take_buffer(),
+                    client_eof=conn.link.eof, server_eof=outcome.link.eof)
         return None
-    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, user,
+    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, safe(user),
                      conn.client[0], conn.client[1], type(outcome).__name__)
-    return core.login_failed(event.tag, adapter.failure(outcome))
+    events = core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
+    if isinstance(outcome, AuthFailed):
+        conn.auth_failures += 1
+        if state.max_auth_failures and conn.auth_failures >= state.max_auth_failures:
+            state.metrics.auth_failure_disconnects.inc()
+            conn.link.write(core.data_to_send())
+            conn.link.write(WORDING[adapter.protocol].bye(state.proxy_host, TOO_MANY_AUTH_FAILURES))
+            conn.link.close()
+            return None
+    return events

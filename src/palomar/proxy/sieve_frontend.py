@@ -5,7 +5,6 @@ from __future__ import annotations
 from palomar.protocols import managesieve
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
 SIEVE_EXTENSIONS = (
@@ -42,13 +41,3 @@ class SieveAdapter:
     def success(self, event: managesieve.LoginRequest, core: managesieve.SieveLoginServer,
                 established: Established) -> bytes:
         return established.text  # Dovecot's own `OK "Logged in."`
-
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        if isinstance(outcome, AuthFailed):
-            return managesieve.AUTH_FAILED
-        if isinstance(outcome, NoLogin):
-            return managesieve.response("NO", " ".join(outcome.reason.split()), None)
-        return managesieve.TEMP_FAILED
-
-    def timeout_bye(self) -> bytes:
-        return b'BYE "Disconnected for inactivity."\r\n'

@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.metrics.registry import Counter, Registry
+from palomar.net.drain import Drain
+from palomar.net.refusals import RefusalLog
+from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
+from palomar.proxy.limits import ConnectionLimits
 
 log = logging.getLogger("palomar.proxy")
 
@@ -41,6 +46,16 @@ class ProxyMetrics:
         self.auth_failures: Counter = registry.counter("auth_failures", "Failed passdb authentications")
         self.sessions_finished: Counter = registry.counter(
             "proxy_session_finished", "Proxied sessions that ended", ("dest_host", "disconnect_side"))
+        self.connections_refused: Counter = registry.counter(
+            "proxy_connections_refused",
+            "Connections refused at accept: client_limit, login_max_ip_connections, out of file descriptors",
+            ("reason",))
+        self.auth_penalty_delayed: Counter = registry.counter(
+            "auth_penalty_delayed", "Logins held back by the escalating auth penalty before being checked")
+        self.auth_penalty_seconds: Counter = registry.counter(
+            "auth_penalty_delay_seconds", "Seconds logins were held back by the auth penalty, in total")
+        self.auth_failure_disconnects: Counter = registry.counter(
+            "auth_failure_disconnects", "Connections closed after login_max_auth_failures failed logins")
 
 
 NOT_FAILURES = ("proxy_dest_auth_temp_failed", "proxy_dest_redirected")
@@ -87,6 +102,20 @@ class ProxyState:
     dest: DestCounters = field(default_factory=DestCounters)
     health: Any = None
     """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""
+    drain: Drain = field(default_factory=Drain)
+    sessions: RelayedSessions = field(default_factory=RelayedSessions)
+    """The relayed client sessions by backend host, so a backend's can be cut (proxy/fence.py)."""
+    login_trusted: tuple = ()
+    """login_trusted_networks: exempt from login_max_ip_connections and the auth penalty."""
+    limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits({}, 0))
+    penalty: AuthPenalty = field(default_factory=lambda: AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
+                                                                     per_user=False))
+    max_auth_failures: int = 0
+    """login_max_auth_failures: failed logins after which a connection is closed (0: never)."""
+    refusals: RefusalLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.refusals = RefusalLog(metric=self.metrics.connections_refused)
 
     def count_success(self, dest_host: str, *, login: bool = True) -> None:
         """`login=False` for an LMTP leg: proxy_dest_stats count it, Dovecot's proxy_session_* events do not

@@ -5,7 +5,6 @@ from __future__ import annotations
 from palomar.protocols import submission
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
-from palomar.proxy.login import AuthFailed, NoLogin, TempFailed
 from palomar.proxy.state import ProxyState
 
 
@@ -35,13 +34,3 @@ class SubmissionAdapter:
         """Dovecot's 235; the client's next EHLO (if any) is answered by Dovecot itself, with the
         backend's post-login extensions (its SIZE limit and the rest)."""
         return established.text
-
-    def failure(self, outcome: AuthFailed | NoLogin | TempFailed) -> str:
-        if isinstance(outcome, AuthFailed):
-            return submission.AUTH_FAILED
-        if isinstance(outcome, NoLogin):
-            return f"535 5.7.8 {' '.join(outcome.reason.split())}"
-        return submission.TEMP_FAILED
-
-    def timeout_bye(self) -> bytes:
-        return b"421 4.4.2 Disconnected for inactivity.\r\n"

@@ -62,3 +62,25 @@ def backend_of(cluster: Any, user: str) -> str:
     group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]
     groups = json.loads(cluster.cluster("--json", "group", "list").stdout)
     return next(g["backend"] for g in groups if g["name"] == group)
+
+
+def hop_socket(cluster: Any, host: str, timeout: float = 10.0) -> socket.socket:
+    """A connection to the hop port of backend `host`, over TLS (verified with the cluster's hop
+    CA) when the cluster runs hop TLS, as a proxy would open it."""
+    sock = socket.create_connection((host, cluster.hop_port), timeout=timeout)
+    if not cluster.hop_tls:
+        return sock
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cluster.hop_tls_dir / "hop-ca.crt")
+    return context.wrap_socket(sock, server_hostname=host)
+
+
+def read_lines(sock: socket.socket, count: int) -> list[bytes]:
+    """Up to `count` CRLF lines (fewer if the peer closes first)."""
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.splitlines(keepends=True)[:count]

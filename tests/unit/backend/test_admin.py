@@ -8,7 +8,7 @@ from palomar.backend.admin import AdminError, decode_command, decode_result, enc
 from palomar.protocols import hop
 
 SECRET = b"s3cret"
-NOW = 1_700_000_000_000_000
+CHALLENGE = b"c" * 16
 
 
 def admin_request(protocol: str = "doveadm", admin: bytes | None = None) -> hop.HopRequest:
@@ -18,19 +18,18 @@ def admin_request(protocol: str = "doveadm", admin: bytes | None = None) -> hop.
 
 
 def verify(tlvs: list[tuple[int, bytes]], request: hop.HopRequest) -> hop.HopRequest:
-    return hop.verify(request.client, request.local, tlvs, secret=SECRET, own_host="be1", now_us=NOW,
-                      replay=hop.ReplayCache())
+    return hop.verify(request.client, request.local, tlvs, secret=SECRET, own_host="be1", challenge=CHALLENGE)
 
 
 def test_admin_command_survives_seal_and_verify() -> None:
     request = admin_request()
-    tlvs, _ = hop.seal(request, SECRET, NOW)
+    tlvs = hop.seal(request, SECRET, CHALLENGE)
     assert decode_command(verify(tlvs, request).admin or b"") == {"cmd": "kick", "user": "u@example.test"}
 
 
 def test_altered_admin_command_breaks_the_mac() -> None:
     request = admin_request()
-    tlvs, _ = hop.seal(request, SECRET, NOW)
+    tlvs = hop.seal(request, SECRET, CHALLENGE)
     other = encode_command("kick", user="other@example.test")
     forged = [(t, other if t == hop.TLV_ADMIN else v) for t, v in tlvs]
     with pytest.raises(hop.HopError, match="MAC"):
@@ -39,7 +38,7 @@ def test_altered_admin_command_breaks_the_mac() -> None:
 
 def test_admin_command_needs_protocol_doveadm() -> None:
     request = admin_request(protocol="imap")
-    tlvs, _ = hop.seal(request, SECRET, NOW)
+    tlvs = hop.seal(request, SECRET, CHALLENGE)
     with pytest.raises(hop.HopError, match="doveadm"):
         verify(tlvs, request)
 
@@ -47,7 +46,7 @@ def test_admin_command_needs_protocol_doveadm() -> None:
 def test_a_session_has_no_admin_field() -> None:
     request = hop.HopRequest(user="u", protocol="imap", session_id="s", backend_host="be1",
                              client=("127.0.0.1", 1), local=("127.0.0.2", 2))
-    tlvs, _ = hop.seal(request, SECRET, NOW)
+    tlvs = hop.seal(request, SECRET, CHALLENGE)
     assert hop.TLV_ADMIN not in dict(tlvs)
     assert verify(tlvs, request).admin is None
 

@@ -192,3 +192,91 @@ def test_force_move_ownership_follows_the_bucket() -> None:
         # Exactly one of the two backends owns each user.
         assert isinstance(at_source, Own) is not moved
         assert isinstance(at_dest, Own) is moved
+
+
+# --- straggler redirects never override newer GeoDB knowledge ---------------------------------------
+
+ALL_ONLINE = SiteView(
+    site=SITE,
+    backends=tuple(Backend(id=bid(n), site_id=SITE.id, host=n, status="online") for n in ("A", "B", "C")),
+)
+HANDED_OVER = NOW - 60
+"""When A handed the group over (its redirect's `last_update`)."""
+
+
+@pytest.mark.parametrize(
+    ("grp", "redirect", "expected"),
+    [
+        pytest.param(group("B", "A", moving=True, changed_at=HANDED_OVER), ("B", HANDED_OVER),
+                     Own("destination of the group's running move"), id="move-back-destination-owns"),
+        pytest.param(group("B", "A", moving=True, changed_at=HANDED_OVER + 0.7), ("B", HANDED_OVER),
+                     Own("destination of the group's running move"), id="move-back-same-second"),
+        pytest.param(group("B", "A", moving=True), ("B", HANDED_OVER),
+                     Own("destination of the group's running move"), id="move-back-without-write-time"),
+        pytest.param(group("C", "A", moving=True, changed_at=NOW - 30), ("B", NOW - 120),
+                     Own("destination of the group's running move"), id="a-b-c-a-destination-owns"),
+        pytest.param(group("A", "C", changed_at=NOW - 5), ("B", NOW - 120),
+                     Own("group is on this backend"), id="a-b-c-a-finished"),
+        pytest.param(group("C", "B", changed_at=NOW - 30), ("B", NOW - 120),
+                     Refer("C", "group is on another backend"), id="moved-on-referred-to-new-owner"),
+        pytest.param(group("B", "C", moving=True, changed_at=HANDED_OVER), ("B", HANDED_OVER),
+                     Refer("B", "group is on another backend"), id="moving-on-elsewhere-referred-to-source"),
+        pytest.param(group("B", "C", changed_at=HANDED_OVER + 0.5), ("B", HANDED_OVER),
+                     Refer("B", "group moved"), id="hand-over-write-in-the-same-second-agrees"),
+        pytest.param(group("A", "B", moving=True, changed_at=NOW - 600), ("B", HANDED_OVER),
+                     Refer("B", "group moved"), id="row-from-before-the-hand-over-referred"),
+        pytest.param(group("C", "A", moving=True, changed_at=NOW - 600), ("B", HANDED_OVER),
+                     Refer("B", "group moved"), id="older-move-to-here-referred"),
+    ],
+)
+def test_redirect_yields_to_newer_geodb_rows(grp: Group, redirect: tuple[str, float],
+                                             expected: OwnershipDecision) -> None:
+    got = check_ownership(bid("A"), "alice", grp, None, redirect, NOW, site_view=ALL_ONLINE)
+    assert got == expected
+
+
+def _route(start: str, grp: Group, user_redirects: dict[str, str], group_redirects: dict[str, tuple[str, float]],
+           ) -> list[str]:
+    """The backends a login visits from `start`, following referrals as a proxy does (at most
+    MAX_REFERRAL_HOPS, never a host twice); the last one owns the user, or the list ends in "LOOP"."""
+    from palomar.cluster.routing import MAX_REFERRAL_HOPS
+
+    visited = [start]
+    while True:
+        host = visited[-1]
+        got = check_ownership(bid(host), "alice", grp, user_redirects.get(host), group_redirects.get(host), NOW,
+                              site_view=ALL_ONLINE)
+        if isinstance(got, Own):
+            return visited
+        if not isinstance(got, Refer) or got.host in visited or len(visited) > MAX_REFERRAL_HOPS:
+            return [*visited, "LOOP"]
+        visited.append(got.host)
+
+
+def _chain_phases(hosts: list[str]):
+    """Every state of the moves hosts[0] -> hosts[1] -> ... a migrated user sees, in order: for each
+    move, (running with the user migrated, finished). Yields (label, group row, user redirects,
+    group redirects, the owner)."""
+    group_redirects: dict[str, tuple[str, float]] = {}
+    t = NOW - 10 * len(hosts)
+    for source, dest in zip(hosts, hosts[1:], strict=False):
+        running = group(source, dest, moving=True, changed_at=t - 5)
+        yield f"{source}->{dest} running", running, {source: dest}, dict(group_redirects), dest
+        group_redirects[source] = (dest, t)
+        yield f"{source}->{dest} finished", group(dest, None, changed_at=t), {}, dict(group_redirects), dest
+        t += 10
+
+
+@pytest.mark.parametrize("hosts", [["A", "B", "A"], ["A", "B", "A", "B"], ["A", "B", "C", "A"],
+                                   ["A", "B", "C", "A", "C"]], ids="-".join)
+def test_move_chains_within_the_hour_never_loop(hosts: list[str]) -> None:
+    """Within the straggler window, a migrated user's login from any backend (any stale proxy)
+    reaches the owner by referrals, and only the owner owns it."""
+    for label, grp, user_redirects, group_redirects, owner in _chain_phases(hosts):
+        for start in ("A", "B", "C"):
+            path = _route(start, grp, user_redirects, group_redirects)
+            assert path[-1] == owner, f"{label}: login from {start} went {path}"
+        owners = [h for h in ("A", "B", "C") if isinstance(
+            check_ownership(bid(h), "alice", grp, user_redirects.get(h), group_redirects.get(h), NOW,
+                            site_view=ALL_ONLINE), Own)]
+        assert owners == [owner], label

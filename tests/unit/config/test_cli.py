@@ -21,7 +21,7 @@ def test_check_ok() -> None:
     assert result.stdout == f"{path}: ok (role proxy, 9 settings)\n"
     backend = str(EXAMPLES / "backend.conf")
     result = _run("config", "check", backend)
-    assert (result.exit_code, result.stdout) == (0, f"{backend}: ok (role backend, 7 settings)\n")
+    assert (result.exit_code, result.stdout) == (0, f"{backend}: ok (role backend, 8 settings)\n")
 
 
 def test_check_reports_every_error_without_traceback(write) -> None:

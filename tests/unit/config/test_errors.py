@@ -153,9 +153,9 @@ def test_group_include_only_at_top_level_and_consistent(write) -> None:
 def test_setting_of_the_other_role(write) -> None:
     path = write("proxy.conf", PROXY + "cluster_backend_name = be1\ncluster_backend_dovecot_imap_port = 143\n")
     assert _errors(path) == [
-        f"{path}:7: cluster_backend_name: applies only to a backend, but this is a proxy "
+        f"{path}:8: cluster_backend_name: applies only to a backend, but this is a proxy "
         "(@cluster_defaults = proxy)",
-        f"{path}:8: cluster_backend_dovecot_imap_port: applies only to a backend, but this is a proxy "
+        f"{path}:9: cluster_backend_dovecot_imap_port: applies only to a backend, but this is a proxy "
         "(@cluster_defaults = proxy)",
     ]
 

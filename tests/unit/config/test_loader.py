@@ -19,6 +19,7 @@ PROXY = """
     cluster_hop_secret = hop
     cluster_backend_test_username = probe-%{backend_host}
     cluster_backend_test_password = probe
+    cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt
     ssl = no
 """
 
@@ -38,7 +39,7 @@ def test_seed_proxy_example_loads() -> None:
     assert cfg.location("cassandra_keyspace").line == keyspace_line
     assert cfg["login_trusted_networks"] == [ipaddress.ip_network(n) for n in ("127.0.0.1/32", "::1/128",
                                                                                "192.168.1.0/24")]
-    assert cfg["doveadm_port"] == 2300
+    assert cfg["doveadm_port"] == 0  # commented out: palomar refuses a doveadm listener
     assert cfg["doveadm_password"] == "doveadm-placeholder"
     # palomar's hop secret is derived from the seed's one shared secret
     assert cfg["cluster_hop_secret"] == derive_secret("doveadm-placeholder", "cluster_hop_secret")
@@ -62,7 +63,7 @@ def test_seed_proxy_example_loads() -> None:
         "imaps": ListenerSettings("imaps", 993, ["*", "::"], False, True),
         "imap-haproxy": ListenerSettings("imap-haproxy", 1143, ["*", "::"], True, False),
     }
-    assert cfg.services["doveadm"].listeners["tcp"].port == 2300
+    assert cfg.services["doveadm"].listeners == {}
     assert cfg.source_files == [str(EXAMPLES / "proxy.conf")]
 
 
@@ -153,7 +154,8 @@ def test_default_listeners_and_overrides(write) -> None:
             address = 127.0.0.2, ::1
             port = 2424
           }
-          process_min_avail = 4
+          process_min_avail = 1
+          client_limit = 50
         }
         service stats {
           inet_listener http {
@@ -171,7 +173,9 @@ def test_default_listeners_and_overrides(write) -> None:
     assert set(services["submission-login"].listeners) == {"submission"}
     assert services["managesieve-login"].listeners["sieve"].port == 4190
     assert services["lmtp"].listeners["lmtp"] == ListenerSettings("lmtp", 2424, ["127.0.0.2", "::1"])
-    assert services["lmtp"].process_min_avail == 4
+    assert services["lmtp"].process_min_avail == 1
+    assert services["lmtp"].client_limit == 50
+    assert services["imap-login"].client_limit == 10000  # palomar's default
     assert services["stats"].listeners["http"].port == 9900
     assert services["doveadm"].listeners == {}  # doveadm_port defaults to 0
     assert services["doveadm"].disabled_listeners == ["tcp"]
@@ -277,6 +281,7 @@ def test_include_and_group_handling_end_to_end(write) -> None:
         !include conf.d/*.conf
         cluster_hop_secret = <secret
         cluster_proxy_check_backends = no
+        cluster_hop_ssl = no
         ssl = no
         """)
     cfg = load(path)

@@ -24,6 +24,8 @@ def test_backend_requires_name_site_secret_and_master_password(write) -> None:
         "(or doveadm_password, from which it is derived)",
         f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend) "
         "(or doveadm_password, from which it is derived)",
+        f"{path}:2: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+        "cluster_hop_ssl_cert_file and cluster_hop_ssl_key_file are not set; set them or cluster_hop_ssl = no",
     ]
 
 
@@ -37,9 +39,12 @@ def test_proxy_requires_site_secret_and_test_login(write) -> None:
         "(or set cluster_proxy_check_backends = no)",
         f"{path}:1: cluster_backend_test_password: required to probe backends "
         "(or set cluster_proxy_check_backends = no)",
+        f"{path}:1: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+        "cluster_hop_ssl_ca_file is not set; set them or cluster_hop_ssl = no",
     ]
     relaxed = write("relaxed.conf", "@cluster_defaults = proxy\nssl = no\ncluster_local_site = A\n"
-                                    "cluster_hop_secret = s\ncluster_proxy_check_backends = no\n")
+                                    "cluster_hop_secret = s\ncluster_proxy_check_backends = no\n"
+                                    "cluster_hop_ssl = no\n")
     assert load(relaxed)["cluster_proxy_check_backends"] is False
 
 
@@ -67,7 +72,7 @@ def test_tls_needs_certificate_and_key(write) -> None:
 def test_explicit_tls_listener_with_ssl_off(write) -> None:
     path = write("proxy.conf", PROXY + "service imap-login {\n  inet_listener imaps {\n    port = 1993\n  }\n}\n")
     assert _errors(path) == [
-        f"{path}:8: service imap-login {{ inet_listener imaps }}: ssl = yes but ssl = no globally"
+        f"{path}:9: service imap-login {{ inet_listener imaps }}: ssl = yes but ssl = no globally"
     ]
 
 
@@ -81,17 +86,41 @@ def test_haproxy_listener_requires_trusted_networks(write) -> None:
         }
         """)
     assert _errors(path) == [
-        f"{path}:9: service imap-login {{ inet_listener imap-haproxy }}: haproxy = yes needs haproxy_trusted_networks"
+        f"{path}:10: service imap-login {{ inet_listener imap-haproxy }}: haproxy = yes needs haproxy_trusted_networks"
     ]
     fixed = write("fixed.conf", path.read_text() + "haproxy_trusted_networks = 127.0.0.0/8\n")
     assert load(fixed).services["imap-login"].listeners["imap-haproxy"].haproxy is True
 
 
-def test_doveadm_listener_requires_password(write) -> None:
-    path = write("proxy.conf", "# doveadm\ndoveadm_port = 2300\n")
+DOVEADM_REFUSED = ("service doveadm { inet_listener tcp }: a doveadm listener is not supported yet (nothing would "
+                   "listen); remove it and doveadm_port, or set port = 0. `palomar cluster` reaches backends over "
+                   "cluster_hop_port")
+
+
+def test_a_doveadm_listener_is_refused(write) -> None:
+    """The seed's own doveadm block: nothing in palomar would listen there."""
+    seed_block = ("doveadm_password = x\nservice doveadm {\n  inet_listener tcp {\n    port = 2300\n  }\n}\n")
+    path = write("a.conf", seed_block)
+    assert _errors(path) == [f"{path}:3: {DOVEADM_REFUSED}"]
+    port_only = write("b.conf", "# doveadm\ndoveadm_port = 2300\n")
+    assert _errors(port_only) == [f"{port_only}:2: {DOVEADM_REFUSED}"]
+
+
+def test_worker_process_settings_are_refused(write) -> None:
+    path = write("p.conf", "service imap-login {\n  process_limit = 100\n  process_min_avail = 4\n}\n"
+                           "service lmtp {\n  process_limit = 1\n  process_min_avail = 1\n}\n")
     assert _errors(path) == [
-        f"{path}:2: service doveadm {{ inet_listener tcp }}: doveadm_password is required for the doveadm listener"
+        f"{path}:1: service imap-login: process_limit = 100: not supported yet "
+        "(palomar runs one process per role; remove it or set 1)",
+        f"{path}:1: service imap-login: process_min_avail = 4: not supported yet "
+        "(palomar runs one process per role; remove it or set 0 or 1)",
     ]
+
+
+def test_client_limit_only_where_it_is_enforced(write) -> None:
+    stats = write("s.conf", "service stats {\n  client_limit = 5\n}\n")
+    assert _errors(stats) == [f"{stats}:1: service stats: client_limit is only enforced on a proxy's "
+                              "imap-login, pop3-login, submission-login, managesieve-login, lmtp services; remove it here"]
 
 
 def test_geodb_engine_settings_must_match_the_driver(write) -> None:
@@ -134,3 +163,19 @@ def test_listeners_on_the_same_port_clash(write) -> None:
         f"{path}:3: service lmtp {{ inet_listener lmtp }}: port 143 on 127.0.0.1 is already used by "
         "service imap-login { inet_listener imap }"
     ]
+
+
+def test_hop_tls_needs_its_files_on_each_role_and_plaintext_refuses_them(write) -> None:
+    backend = write("backend.conf", "@cluster_defaults = backend\ncluster_backend_name = b\ncluster_local_site = A\n"
+                                    "cluster_hop_secret = s\ncluster_backend_dovecot_master_password = m\n"
+                                    "cluster_hop_ssl_cert_file = /etc/palomar/hop.crt\n")
+    assert _errors(backend) == [
+        f"{backend}:1: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
+        "cluster_hop_ssl_key_file is not set; set them or cluster_hop_ssl = no"
+    ]
+    plain = write("plain.conf", PROXY + "cluster_hop_ssl = no\n")
+    assert _errors(plain) == [
+        f"{plain}:6: cluster_hop_ssl_ca_file: only used with cluster_hop_ssl = yes (cluster_hop_ssl is no)"
+    ]
+    assert load(write("ok.conf", PROXY.replace("cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt",
+                                               "cluster_hop_ssl = no")))["cluster_hop_ssl"] == "no"

@@ -209,6 +209,7 @@ def test_parse_mail_from() -> None:
 @pytest.mark.parametrize("args", [
     "FROM:a@b", "FROM:<a@b", "TO:<a@b>", "FROM:<a b@c>", "FROM:<ab>", "FROM:<a@b>x",
     "FROM:<a@b> SIZE=", "FROM:<a@b> =x", "FROM:<a@b> SIZE=1 size=2", "FROM:<@r>", "FROM:<a@b\x01>",
+    'FROM:<"a\x00b"@c>', 'FROM:<"a\\\rb"@c>', 'FROM:<"a\\\x7f"@c>',  # no control character, even quoted
 ])
 def test_parse_mail_from_invalid(args: str) -> None:
     with pytest.raises(SmtpSyntaxError, match="^Invalid FROM: "):

@@ -20,4 +20,3 @@ def test_aborted_reason(outcomes: list, reason: str) -> None:
     for outcome in outcomes:
         tally.record(outcome)
     assert tally.aborted_reason() == reason
-    assert not tally.established

@@ -1,0 +1,83 @@
+"""What a client is told when palomar cannot serve it, per protocol, in one table.
+
+As in Dovecot's login proxy (one `enum login_proxy_failure_type`, worded per protocol by one
+`*_proxy_send_failure_reply` each), the session code speaks one vocabulary — the outcome of a
+login (`AuthFailed`, `NoLogin`, `TempFailed`) and the two ways the proxy ends a session itself
+(inactivity, an internal error) — and only this table turns it into a protocol's words. LMTP has
+no login; its per-recipient replies are in `cluster.lmtp_fanout`. docs/design/failures.md has
+the whole map, the hop's `FAIL` codes and the LMTP replies included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from palomar.protocols import imap, managesieve, pop3, submission
+from palomar.proxy.limits import Farewell, smtp_bye
+from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin
+
+INTERNAL_FAILURE = "Internal login failure. Refer to server log for more information."
+"""Dovecot's text when a login process gives up on a client for an internal error."""
+TEMP_UNAVAILABLE = "Account is temporarily unavailable."
+"""Dovecot's LOGIN_PROXY_FAILURE_MSG."""
+
+
+@dataclass(frozen=True)
+class Wording:
+    """One protocol's replies. The login replies go through the core's `login_failed(tag, text)`
+    (which adds IMAP's tag); the byes are whole lines, sent just before the proxy closes."""
+
+    auth_failed: str
+    temp_failed: str
+    nologin: Callable[[str], str]
+    timeout_bye: bytes
+    internal_bye: bytes
+    bye: Callable[[str, Farewell], bytes]
+    """The line closing a connection the proxy refuses or gives up on (host name, why)."""
+
+
+WORDING: dict[str, Wording] = {
+    "imap": Wording(
+        auth_failed=imap.AUTH_FAILED,
+        temp_failed=f"NO [UNAVAILABLE] {TEMP_UNAVAILABLE}",
+        nologin=lambda reason: f"NO [CONTACTADMIN] {reason}",
+        timeout_bye=b"* BYE Disconnected for inactivity.\r\n",
+        internal_bye=f"* BYE [UNAVAILABLE] {INTERNAL_FAILURE}\r\n".encode(),
+        bye=lambda host, farewell: f"* BYE {farewell.text}\r\n".encode(),
+    ),
+    "pop3": Wording(
+        auth_failed=pop3.AUTH_FAILED,
+        temp_failed=pop3.TEMP_FAILED,
+        nologin=pop3.auth_error,
+        timeout_bye=b"-ERR Disconnected for inactivity.\r\n",
+        internal_bye=f"{pop3.temp_error(INTERNAL_FAILURE)}\r\n".encode(),
+        bye=lambda host, farewell: f"-ERR {farewell.text}\r\n".encode(),
+    ),
+    "submission": Wording(
+        auth_failed=submission.AUTH_FAILED,
+        temp_failed=submission.TEMP_FAILED,
+        nologin=lambda reason: f"535 5.7.8 {reason}",
+        timeout_bye=b"421 4.4.2 Disconnected for inactivity.\r\n",
+        internal_bye=f"421 4.0.0 {INTERNAL_FAILURE}\r\n".encode(),
+        bye=smtp_bye,  # Dovecot's submission-login prefixes its host name (smtp_server_connection_terminate)
+    ),
+    "sieve": Wording(
+        auth_failed=managesieve.AUTH_FAILED,
+        temp_failed=managesieve.TEMP_FAILED,
+        nologin=lambda reason: managesieve.response("NO", reason, None),
+        timeout_bye=b'BYE "Disconnected for inactivity."\r\n',
+        internal_bye=f"{managesieve.response('BYE', INTERNAL_FAILURE, None)}\r\n".encode(),
+        bye=lambda host, farewell: (managesieve.response("BYE", farewell.text) + "\r\n").encode(),
+    ),
+}
+
+
+def login_failure(protocol: str, outcome: LoginOutcome) -> str:
+    """The reply to a login command that did not log the client in."""
+    wording = WORDING[protocol]
+    if isinstance(outcome, AuthFailed):
+        return wording.auth_failed
+    if isinstance(outcome, NoLogin):
+        return wording.nologin(" ".join(outcome.reason.split()))
+    return wording.temp_failed

@@ -1,0 +1,178 @@
+"""TLS on the hop (`cluster_hop_ssl`): the backend's accept path and the proxy's HopClient over
+real loopback sockets, with every misconfiguration an operator can make ending in a clear
+refusal on both sides, never a hang."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from palomar.backend import service
+from palomar.backend.service import BackendState, handle_hop
+from palomar.config import load
+from palomar.devcluster.certs import HopCertificates, hop_certificates
+from palomar.net.hop_tls import HopTlsError, hop_client_context, hop_server_context
+from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy.hop_client import HopClient, HopFailed, HopTarget
+
+HOST = "127.0.0.1"
+TARGET = HopTarget(user="u@example.test", protocol="imap", session_id="s-1", client=("192.0.2.1", 1000),
+                   local=("127.0.0.1", 143), client_tls=False)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> HopCertificates:
+    return hop_certificates(tmp_path_factory.mktemp("hop-tls"), [HOST])
+
+
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> HopCertificates:
+    return hop_certificates(tmp_path_factory.mktemp("other-ca"), [HOST])
+
+
+def backend_config(tmp_path: Path, certs: HopCertificates, *, tls: bool = True):
+    pair = certs.backends[HOST]
+    lines = ["@cluster_defaults = backend", f"cluster_backend_name = {HOST}", "cluster_local_site = DC1",
+             "cluster_hop_secret = s", "cluster_backend_dovecot_master_password = m"]
+    lines += [f"cluster_hop_ssl_cert_file = {pair.cert}", f"cluster_hop_ssl_key_file = {pair.key}"] if tls else [
+        "cluster_hop_ssl = no"]
+    path = tmp_path / "backend.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return load(path)
+
+
+def proxy_config(tmp_path: Path, ca: Path | None):
+    lines = ["@cluster_defaults = proxy", "cluster_local_site = DC1", "cluster_hop_secret = s", "ssl = no",
+             "cluster_proxy_check_backends = no"]
+    lines.append(f"cluster_hop_ssl_ca_file = {ca}" if ca else "cluster_hop_ssl = no")
+    path = tmp_path / "proxy.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return load(path)
+
+
+class Backend:
+    """The backend's hop listener, in process; its refusals are what the tests look at."""
+
+    def __init__(self, state: BackendState) -> None:
+        self.state = state
+        self.sock = listen_socket(HOST, 0)
+        self.port = self.sock.getsockname()[1]
+        self.loop = AcceptLoop(self.sock, lambda s: handle_hop(state, s))
+
+
+@pytest.fixture
+async def backend_factory() -> AsyncIterator:
+    started: list[Backend] = []
+
+    def start(cfg) -> Backend:
+        # Only the refusal path runs here: no GeoDB, LocalDB or Dovecot is reached.
+        state = BackendState(geodb=None, localdb=None, name=HOST, site_name="DC1",  # type: ignore[arg-type]
+                             secret=b"not-the-proxies-secret", dovecot=None,  # type: ignore[arg-type]
+                             tls=hop_server_context(cfg))
+        backend = Backend(state)
+        backend.loop.start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        await backend.loop.close()
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the backend logged about hops it did not serve."""
+    return [r.getMessage() for r in caplog.records if r.name == "palomar.backend" and r.getMessage().startswith("hop from")]
+
+
+async def test_tls_hop_carries_challenge_and_header(tmp_path, certs, backend_factory, caplog) -> None:
+    """Both sides TLS: the handshake, the challenge and the header go through; the (wrong) secret
+    is then refused by the MAC, which shows the header reached the backend intact."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10)
+    caplog.set_level(logging.INFO)
+    outcome = await hops.connect(HOST, TARGET)
+    assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"
+    assert any("hop MAC mismatch" in m for m in refusals(caplog))
+
+
+async def test_proxy_with_another_ca_refuses_the_backend(tmp_path, certs, other_ca, backend_factory,
+                                                         caplog) -> None:
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, other_ca.ca)), connect_timeout=10, answer_timeout=10)
+    caplog.set_level(logging.INFO)
+    outcome = await hops.connect(HOST, TARGET)
+    assert isinstance(outcome, HopFailed)
+    assert "backend certificate not accepted" in outcome.text and "cluster_hop_ssl_ca_file" in outcome.text
+    assert outcome.error_code == "proxy_dest_connect_failed"
+    await _logged(caplog, "closed during the TLS handshake")
+
+
+async def test_proxy_checks_the_name_of_the_backend(tmp_path, certs, backend_factory) -> None:
+    """The certificate is for 127.0.0.1; reached as `localhost` it does not name the host."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), connect_timeout=10, answer_timeout=10)
+    outcome = await hops.connect("localhost", TARGET)
+    assert isinstance(outcome, HopFailed) and "certificate not accepted" in outcome.text
+    assert "Hostname mismatch" in outcome.text
+
+
+async def test_tls_proxy_and_plaintext_backend(tmp_path, certs, backend_factory, caplog) -> None:
+    backend = backend_factory(backend_config(tmp_path, certs, tls=False))
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)), connect_timeout=10, answer_timeout=10)
+    caplog.set_level(logging.INFO)
+    outcome = await hops.connect(HOST, TARGET)
+    assert isinstance(outcome, HopFailed) and "is cluster_hop_ssl = yes on the backend too?" in outcome.text
+    await _logged(caplog, "a TLS handshake arrived but this backend has cluster_hop_ssl = no")
+
+
+async def test_plaintext_proxy_and_tls_backend(tmp_path, certs, backend_factory, caplog, monkeypatch) -> None:
+    monkeypatch.setattr(service, "HOP_HEADER_TIMEOUT", 0.3)  # the backend's bound on a silent client
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"s", backend.port, tls=hop_client_context(proxy_config(tmp_path, None)), connect_timeout=30, answer_timeout=30)
+    caplog.set_level(logging.INFO)
+    outcome = await hops.connect(HOST, TARGET)
+    assert isinstance(outcome, HopFailed)
+    assert outcome.text == "backend closed the hop before its challenge (is cluster_hop_ssl = no there too?)"
+    await _logged(caplog, "no TLS handshake in time")
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> None:
+    """The backend logs its side of a failed handshake; the proxy may learn of it first."""
+    import asyncio
+
+    async with asyncio.timeout(10):
+        while not any(text in m for m in refusals(caplog)):
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("role,lines,message", [
+    ("backend", ["cluster_hop_ssl_cert_file = /nonexistent/hop.crt", "cluster_hop_ssl_key_file = /nonexistent/hop.key"],
+     "cluster_hop_ssl_cert_file /nonexistent/hop.crt / cluster_hop_ssl_key_file /nonexistent/hop.key: cannot load "
+     "the certificate and key: No such file or directory"),
+    ("proxy", ["cluster_hop_ssl_ca_file = /nonexistent/ca.crt"],
+     "cluster_hop_ssl_ca_file /nonexistent/ca.crt: cannot load CA certificates: No such file or directory"),
+])
+def test_missing_files_stop_the_start_with_one_clear_line(tmp_path, role, lines, message) -> None:
+    base = {"backend": ["cluster_backend_name = b", "cluster_backend_dovecot_master_password = m"],
+            "proxy": ["cluster_proxy_check_backends = no", "ssl = no"]}[role]
+    path = tmp_path / "x.conf"
+    path.write_text("\n".join([f"@cluster_defaults = {role}", "cluster_local_site = DC1", "cluster_hop_secret = s",
+                               *base, *lines]) + "\n")
+    build = hop_server_context if role == "backend" else hop_client_context
+    with pytest.raises(HopTlsError) as info:
+        build(load(path))
+    assert str(info.value) == message
+
+
+def test_a_key_that_is_not_the_certificates_is_refused(tmp_path, certs, other_ca) -> None:
+    path = tmp_path / "b.conf"
+    path.write_text("\n".join(["@cluster_defaults = backend", "cluster_backend_name = b", "cluster_local_site = DC1",
+                               "cluster_hop_secret = s", "cluster_backend_dovecot_master_password = m",
+                               f"cluster_hop_ssl_cert_file = {certs.backends[HOST].cert}",
+                               f"cluster_hop_ssl_key_file = {other_ca.backends[HOST].key}"]) + "\n")
+    with pytest.raises(HopTlsError, match="cannot load the certificate and key: KEY_VALUES_MISMATCH"):
+        hop_server_context(load(path))
