@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from palomar.geodb.engine import GeoDBError
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.localdb.store import LocalDBError
 
 STORE_ERRORS: tuple[type[Exception], ...] = (GeoDBError, LocalDBError)
@@ -23,7 +24,10 @@ def is_store_error(exc: BaseException) -> bool:
 
 def log_failure(log: logging.Logger, context: str, exc: BaseException) -> None:
     """One line for a store outage (its cause, no traceback); one traceback for anything else."""
-    if is_store_error(exc):
+    if isinstance(exc, GeoDBUnavailable):
+        # The guarded engine logs the outage once when it begins and once when it ends.
+        log.debug("%s: store unavailable: %s", context, exc)
+    elif is_store_error(exc):
         log.warning("%s: store unavailable: %s", context, exc)
     else:
         log.error("%s: internal error: %s: %s", context, type(exc).__name__, exc, exc_info=exc)

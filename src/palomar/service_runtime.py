@@ -12,8 +12,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from palomar.cluster.breaker import Breaker
 from palomar.config import Config
 from palomar.geodb import open_engine
+from palomar.geodb.guarded import GuardedEngine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
 from palomar.logsafe import OneLineFormatter
@@ -73,17 +75,24 @@ def geodb_engine_options(cfg: Config) -> tuple[str, dict]:
     }
 
 
-async def open_geodb(cfg: Config) -> GeoDB:
+async def open_geodb(cfg: Config, on_change: Callable[[bool], None] | None = None) -> GeoDB:
+    """The GeoDB of a long-running service: every call bounded, a breaker around the engine.
+
+    Opening waits for the GeoDB (a service that never saw it has nothing to fall back on)."""
     driver, options = geodb_engine_options(cfg)
     engine = open_engine(driver, **options)
     await engine.open()
-    return GeoDB(engine)
+    return GeoDB(GuardedEngine(
+        engine, call_timeout=cfg["cluster_geodb_timeout"], on_change=on_change,
+        breaker=Breaker(failures_to_open=max(1, cfg["cluster_geodb_breaker_failures"]),
+                        open_seconds=cfg["cluster_geodb_breaker_retry"]),
+    ))
 
 
 def open_localdb(cfg: Config) -> LocalDB:
     path = Path(str(cfg["cluster_localdb_path"]))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return LocalDB(str(path))
+    return LocalDB(str(path), stale_keep_secs=int(cfg["cluster_geodb_stale_max"]))
 
 
 def server_tls_context(cfg: Config) -> ssl.SSLContext | None:

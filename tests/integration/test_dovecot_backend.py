@@ -266,6 +266,7 @@ BACKEND_CONF = """\
 cluster_local_site = dc1
 cluster_backend_name = be7
 cluster_hop_secret = hop-secret-1
+cluster_hop_ssl = no
 base_dir = {base}/run
 doveadm_password = doveadm-pw-1
 cluster_backend_dovecot_host = 127.0.0.7

@@ -95,7 +95,7 @@ def sieve_login(address: tuple[str, int], user: str) -> str:
 LOGINS: dict[str, tuple[Callable[[tuple[str, int], str], str], str]] = {
     "imap": (imap_login, "[UNAVAILABLE] Account is temporarily unavailable."),
     "pop3": (pop3_login, "-ERR [SYS/TEMP] Account is temporarily unavailable."),
-    "submission": (submission_login, "454 4.7.0 Temporary authentication failure"),
+    "submission": (submission_login, "454 4.7.0 Account is temporarily unavailable."),
     "sieve": (sieve_login, 'NO (TRYLATER) "Account is temporarily unavailable."'),
 }
 

@@ -22,6 +22,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from palomar.protocols.subaddress import delimiters_problem
+
 CONFIG_NAME = "dovecot.conf"
 MASTER_PASSDB_NAME = "master-users.passwd"
 DEFAULT_MASTER_USER = "palomar-master"
@@ -79,6 +81,8 @@ class DovecotParams:
     relay_port: int = 25
     mail_uid: str = "vmail"
     mail_gid: str = "vmail"
+    recipient_delimiter: str = "+"
+    """Dovecot's recipient_delimiter; the palomar backend splits LMTP recipients with the same one."""
 
     def __post_init__(self) -> None:
         _check_params(self)
@@ -156,6 +160,9 @@ def _check_params(p: DovecotParams) -> None:
     for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password)):
         if not secret:
             raise DovecotConfigError(f"{label} is empty")
+    problem = delimiters_problem(p.recipient_delimiter)
+    if problem is not None:
+        raise DovecotConfigError(problem)
     for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password),
                           ("doveadm API key", p.doveadm_api_key)):
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in secret):
@@ -258,6 +265,7 @@ namespace inbox {{
   separator = /
 }}
 lda_mailbox_autocreate = yes
+recipient_delimiter = {_quote(p.recipient_delimiter)}
 protocol lmtp {{
   mail_plugins = $mail_plugins sieve
 }}

@@ -29,6 +29,7 @@ def _imap_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> imap.Ima
     return imap.ImapLoginClient(
         request.user, master_user=endpoint.master_user, master_password=endpoint.master_password,
         id_fields=[
+            *((hop.decode_client_id(request.client_id) or ()) if request.client_id else ()),
             ("x-session-id", request.session_id),
             ("x-originating-ip", request.client[0]),
             ("x-originating-port", str(request.client[1])),

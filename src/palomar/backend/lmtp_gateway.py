@@ -43,6 +43,7 @@ from palomar.protocols.lmtp import (
 )
 from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
+from palomar.protocols.subaddress import split_detail
 
 log = logging.getLogger("palomar.backend")
 
@@ -167,10 +168,13 @@ class LmtpGateway:
             return fan.rcpt_failed(address, store=is_store_error(exc))
 
     async def recipient(self, address: str) -> str:
+        """Ownership, moves and holds go by the user (the address without its detail); Dovecot gets
+        the whole address, so its Sieve and lmtp_save_to_detail_mailbox still see the detail."""
         session, state = self.request.session_id, self.state
-        decision, group = await state.ownership(address)
+        user = split_detail(address, state.recipient_delimiter).username
+        decision, group = await state.ownership(user)  # raises: the recipient's boundary answers 451
         if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-            decision, group = await state.moves.on_access(address, decision, group)
+            decision, group = await state.moves.on_access(user, decision, group)
         if isinstance(decision, Refer):
             state.referrals += 1
             log.info("session=%s rcpt=%s referred to %s: %s", session, safe(address), decision.host, decision.reason)
@@ -180,20 +184,20 @@ class LmtpGateway:
             return f"451 4.4.0 <{address}> Mailbox not served by this backend"
         if self.broken is not None:
             return fan.proxy_failed(address, f"Dovecot: {self.broken}")
-        newly_held = address not in self.held
+        newly_held = user not in self.held
         if state.moves is not None:
-            moved_to = state.moves.begin_delivery(address, group, self)
+            moved_to = state.moves.begin_delivery(user, group, self)
             if moved_to is not None:  # migrated while this RCPT was checked
                 state.referrals += 1
                 log.info("session=%s rcpt=%s referred to %s: user moved", session, safe(address), moved_to)
                 return fan.referral_reply(moved_to)
-            self.held.add(address)
+            self.held.add(user)
         elif group is not None:
-            state.localdb.user_put(group.name, address)
+            state.localdb.user_put(group.name, user)
         reply = await self.forward_rcpt(address)
         if not reply.startswith("2") and newly_held and state.moves is not None:
-            self.held.discard(address)
-            state.moves.end_delivery(self, address)
+            self.held.discard(user)
+            state.moves.end_delivery(self, user)
         return reply
 
     async def forward_rcpt(self, address: str) -> str:

@@ -18,8 +18,11 @@ from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
+from palomar.cluster import codec
 from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
+from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
@@ -40,6 +43,10 @@ STATS_INTERVAL = 30.0
 HOP_HEADER_TIMEOUT = 5.0
 """Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
 TLS_HANDSHAKE_RECORD = b"\x16\x03"
+STALE_TTL = 1
+"""LocalDB lifetime of a remembered ownership read: it is never read fresh, only during an outage."""
+STALE_SITE_KEY = "backend-site"
+STALE_USER_PREFIX = "backend-user/"
 
 
 @dataclass
@@ -53,6 +60,8 @@ class BackendState:
     test_username: str | None = None
     tls: ssl.SSLContext | None = None
     """The hop's TLS context (`cluster_hop_ssl = yes`); None serves a plaintext hop."""
+    recipient_delimiter: str = "+"
+    """Splits LMTP recipients into user and detail, as this backend's Dovecot does (same setting)."""
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
@@ -63,6 +72,13 @@ class BackendState:
     moves: MoveExecutor | None = None
     """The MoveExecutor (backend/moves.py) once the service runs."""
     drain: Drain = field(default_factory=Drain)
+    stale_max: float = 0.0
+    """`cluster_geodb_stale_max`: how old the last ownership read may be and still decide during
+    a GeoDB outage (0: never)."""
+    trusted_since: float = field(default_factory=time.time)
+    """Reads made before this moment are never used stale: the process started (or resumed from a
+    stall) then, and may have missed a failover of its groups while it was away."""
+    _site_text: str = ""
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -96,15 +112,39 @@ class BackendState:
         """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
 
         Two engine calls, not five: the site, its backends and the user in one batch, then
-        the user's group (its name comes from the user record). Still fresh data every time.
+        the user's group (its name comes from the user record). Fresh data every time; only
+        while the GeoDB cannot answer does the last fresh read stand in, under the stricter rule
+        of `cluster.stale` (docs/design/geodb-outage.md).
         """
         assert self.backend_id is not None and self.site_id is not None
-        site, backends, user = await self.geodb.site_and_user(self.site_id, username)
-        assert site is not None
-        view = SiteView(site, tuple(backends))
-        group = None
-        if user is not None and user.group_name:
-            group = await self.geodb.group_get(view.site.id, user.group_name)
+        try:
+            site, backends, user = await self.geodb.site_and_user(self.site_id, username)
+            assert site is not None
+            view = SiteView(site, tuple(backends))
+            group = None
+            if user is not None and user.group_name:
+                group = await self.geodb.group_get(view.site.id, user.group_name)
+        except GeoDBUnavailable:
+            cached = self._stale_ownership_inputs(username)
+            if cached is None:
+                raise
+            view, user, group = cached
+            decision = self._decide(username, view, group)
+            me = view.backend(self.backend_id)
+            moves = self.moves
+            moving_here = group is not None and moves is not None and (
+                group.name in moves.running or group.name in moves.finishing)
+            return ownership_when_stale(
+                decision, group, self_online=me is not None and me.online, moving_here=moving_here,
+                test_user=username == self._test_user()), group, user
+        self._remember_ownership_inputs(username, view, user, group)
+        return self._decide(username, view, group), group, user
+
+    def _test_user(self) -> str | None:
+        return expand_test_username(self.test_username, self.name) if self.test_username else None
+
+    def _decide(self, username: str, view: SiteView, group):
+        assert self.backend_id is not None
         user_redirect = None
         group_redirect = None
         if group is not None:
@@ -113,10 +153,37 @@ class BackendState:
             grow = self.localdb.group_get(group.name)
             if grow is not None and grow.redirect_host:
                 group_redirect = (grow.redirect_host, float(grow.last_update))
-        test_user = expand_test_username(self.test_username, self.name) if self.test_username else None
-        decision = check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
-                                   self.clock(), site_view=view, test_username=test_user)
-        return decision, group, user
+        return check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
+                               self.clock(), site_view=view, test_username=self._test_user())
+
+    def _remember_ownership_inputs(self, username: str, view: SiteView, user, group) -> None:
+        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login
+        (the site view only when it changed)."""
+        if self.stale_max <= 0:
+            return
+        now = int(time.time())
+        site_text = codec.dumps(view)
+        if site_text != self._site_text:
+            self.localdb.cache_put(STALE_SITE_KEY, site_text, STALE_TTL, now)
+            self._site_text = site_text
+        self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group]), STALE_TTL, now)
+
+    def _stale_ownership_inputs(self, username: str):
+        """(view, user, group) from the last fresh read, if the stale rule allows using it."""
+        now = time.time()
+        rows = [self.localdb.cache_get_stale(key, int(now)) for key in (STALE_SITE_KEY,
+                                                                         f"{STALE_USER_PREFIX}{username}")]
+        entries = [None if r is None else CachedEntry(r[0], r[1] - STALE_TTL) for r in rows]
+        # The LocalDB keeps whole seconds: a read in the second this process started or resumed counts
+        # as after it (a failover it missed needs the seconds of a probe window, not a fraction).
+        trusted_since = float(int(self.trusted_since))
+        if not all(usable_when_stale(e, now, max_stale=self.stale_max, trusted_since=trusted_since)
+                   for e in entries):
+            return None
+        site_entry, user_entry = entries
+        assert site_entry is not None and user_entry is not None
+        user, group = codec.load_user_and_group(user_entry.text)
+        return codec.load_site_view(site_entry.text), user, group
 
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
@@ -129,6 +196,25 @@ class BackendState:
             *(Stat(k, v, "counter") for k, v in (self.moves.stats() if self.moves else {}).items()),
         ])
         await self.geodb.backend_update(self.site_id, self.backend_id, user_count_approx=users)
+
+
+STALL_TICK = 1.0
+STALL_THRESHOLD = 3.0
+"""A tick this much later than due means the process was frozen (SIGSTOP, a VM pause, swap)."""
+
+
+async def _watch_stalls(state: BackendState) -> None:
+    """Notice that this process was frozen: what it read before may be outdated by a failover it
+    could not see, so nothing read before the stall is used stale (docs/design/geodb-outage.md)."""
+    last = time.monotonic()
+    while True:
+        await asyncio.sleep(STALL_TICK)
+        now = time.monotonic()
+        if now - last > STALL_TICK + STALL_THRESHOLD:
+            state.trusted_since = time.time()
+            log.warning("backend resumed after a stall of %.1fs: cached GeoDB state from before it is "
+                        "no longer trusted", now - last - STALL_TICK)
+        last = now
 
 
 async def handle_hop(state: BackendState, sock: socket.socket) -> None:
@@ -325,7 +411,9 @@ async def _stats_loop(state: BackendState) -> None:
     while True:
         try:
             await state.write_stats()
-        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+        except GeoDBUnavailable as exc:  # the outage itself is logged once, by the guarded engine
+            log.debug("writing backend_stats waits for the GeoDB: %s", exc)
+        except Exception as exc:  # keep serving
             log.warning("writing backend_stats failed: %s", exc)
         await asyncio.sleep(STATS_INTERVAL)
 
@@ -365,7 +453,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
         tls=hop_server_context(cfg),
-        clock=_clock(),
+        recipient_delimiter=cfg["recipient_delimiter"],
+        clock=_clock(), stale_max=cfg["cluster_geodb_stale_max"],
     )
     await state.register()
     state.moves = executor = executor_from_config(state, cfg)
@@ -382,6 +471,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
                  "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
     stats = asyncio.get_running_loop().create_task(_stats_loop(state))
+    stalls = asyncio.get_running_loop().create_task(_watch_stalls(state))
     if ready is not None:
         ready.set()
     try:
@@ -389,6 +479,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         await drain_service(loops, state.drain, state.active.values())
     finally:
         stats.cancel()
+        stalls.cancel()
         for server in metrics_servers:
             server.close()
         await executor.stop()

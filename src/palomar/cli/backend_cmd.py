@@ -94,6 +94,7 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
         trusted_networks=tuple(trusted),
         relay_host=relay[0],
         relay_port=relay[1],
+        recipient_delimiter=cfg["recipient_delimiter"],
     )
 
 

@@ -10,8 +10,11 @@ writes the GeoDB: the moves run on their next access (or at once, the source bei
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import ssl
+import time
 import uuid
 from typing import Any
 
@@ -24,10 +27,13 @@ from palomar.cli.cluster_localdb import _with_localdb
 from palomar.cluster.force_move import apply_force_move
 from palomar.cluster.model import Backend, SiteView
 from palomar.cluster.moves import evacuation_plan
+from palomar.geodb import open_engine
+from palomar.geodb.engine import GeoDBError
 from palomar.geodb.repository import GeoDB
 from palomar.net.hop_tls import HopTlsError, describe_tls_failure, hop_client_context
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
+from palomar.service_runtime import geodb_engine_options
 
 ADMIN_TIMEOUT = 90.0
 """Seconds to wait for a backend's answer: a kick may wait `cluster_user_move_timeout` per user."""
@@ -212,6 +218,48 @@ def geodb_refresh(ctx: ClusterContext) -> None:
     dropped = _with_localdb(ctx, lambda db: db.cache_clear())
     if ctx.json_output:
         ctx.emit_record({"dropped": dropped})
+
+
+@geodb.command("status")
+@pass_ctx
+def geodb_status(ctx: ClusterContext) -> None:
+    """Whether the GeoDB answers from here, how fast, and how long cached state may stand in for it.
+
+    Exits 1 when the GeoDB does not answer within cluster_geodb_timeout (for monitoring)."""
+    record = asyncio.run(_probe_geodb(ctx))
+    record["stale_max_secs"] = int(ctx.config()["cluster_geodb_stale_max"])
+    ctx.emit_record(record)
+    if record["state"] != "available":
+        raise SystemExit(1)
+
+
+async def _probe_geodb(ctx: ClusterContext) -> dict[str, Any]:
+    """Open the GeoDB and read the sites table, all within `cluster_geodb_timeout`."""
+    cfg = ctx.config()
+    driver, options = geodb_engine_options(cfg)
+    target = options.get("path") or ",".join(str(h) for h in options.get("hosts") or [])
+    record: dict[str, Any] = {"engine": driver, "target": target}
+    timeout = float(cfg["cluster_geodb_timeout"])
+    started = time.monotonic()
+    db: GeoDB | None = None
+    if driver == "sqlite":  # a locked file must not hold the worker thread (and our exit) past the bound
+        options["busy_timeout_ms"] = int(timeout * 1000)
+    try:
+        async with asyncio.timeout(timeout):
+            engine = open_engine(driver, **options)
+            db = GeoDB(engine)
+            await engine.open()
+            await db.site_list()
+        record.update(state="available", latency_ms=round((time.monotonic() - started) * 1000, 1), error="")
+    except TimeoutError:
+        record.update(state="unavailable", latency_ms=None, error=f"no answer within {timeout:g}s")
+    except (GeoDBError, OSError) as err:
+        record.update(state="unavailable", latency_ms=None, error=" ".join(str(err).split()))
+    finally:
+        if db is not None:
+            with contextlib.suppress(Exception):
+                await db.close()
+    return record
 
 
 def register(cluster: click.Group, backend: click.Group, group: click.Group) -> None:

@@ -66,3 +66,10 @@ def load_group(text: str) -> Group | None:
 def load_user(text: str) -> User | None:
     data = json.loads(text)
     return None if data is None else _from_plain(User, data)
+
+
+def load_user_and_group(text: str) -> tuple[User | None, Group | None]:
+    """The `[user, group]` pair a backend remembers of its last ownership read."""
+    user, group = json.loads(text)
+    return (None if user is None else _from_plain(User, user),
+            None if group is None else _from_plain(Group, group))

@@ -153,6 +153,13 @@ _add("auth_failure_delay", TIME, "2 secs", PROXY,
      "see auth_penalty_max_delay)")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
+_add("recipient_delimiter", STRING, "+", BOTH,
+     "characters that separate user and detail in LMTP recipients (`user+detail@domain`): the first of "
+     "them in the local part splits it; the user part is looked up and routed, the whole address delivered")
+_add("imap_id_log", STRING, "", PROXY,
+     "IMAP ID fields of clients to log as `ID sent: ...` (`*`: all; empty: none)")
+_add("imap_id_retain", BOOL, "no", PROXY,
+     "pass the client's IMAP ID on to the backend's Dovecot (before palomar's own x-session-id etc.)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
 _add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")
@@ -163,6 +170,17 @@ _add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH,
      "GeoDB engine; unset, it is `cassandra` when cassandra_hosts is set (as in the seed), else `sqlite`", **_ext)
 _add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
      "SQLite GeoDB file (driver sqlite)", **_ext)
+_add("cluster_geodb_timeout", TIME, "2 secs", BOTH,
+     "longest wait for one GeoDB call; a slower answer counts as a failure (well under a client's patience)",
+     **_ext)
+_add("cluster_geodb_breaker_failures", UINT, "3", BOTH,
+     "GeoDB failures in a row after which this process stops waiting on the GeoDB and uses what it last "
+     "knew, probing again every cluster_geodb_breaker_retry", **_ext)
+_add("cluster_geodb_breaker_retry", TIME, "5 secs", BOTH,
+     "while the GeoDB is failing, how often one call probes whether it answers again", **_ext)
+_add("cluster_geodb_stale_max", TIME, "1 hour", BOTH,
+     "how old cached GeoDB state may be and still route users and prove ownership while the GeoDB is "
+     "unavailable (0: never; see docs/design/geodb-outage.md)", **_ext)
 _add("cassandra_keyspace", STRING, "cluster", BOTH,
      "Cassandra keyspace of the GeoDB (also accepted as `dict_server { dict cluster-geodb { ... } }`)", **_ext)
 _CL = enum("local-quorum", "local-one", "quorum", "each-quorum", "one", "two", "three", "all")

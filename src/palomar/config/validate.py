@@ -10,8 +10,10 @@ import ipaddress
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from palomar.auth.variables import Template, VariableError
 from palomar.config.errors import Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
+from palomar.protocols.subaddress import delimiters_problem
 
 if TYPE_CHECKING:
     from palomar.config.loader import Config
@@ -44,6 +46,20 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
     issues += _processes(cfg, role_at)
+    issues += _address_rules(cfg, main)
+    return issues
+
+
+def _address_rules(cfg: Config, main: Location) -> list[Issue]:
+    """recipient_delimiter and auth_username_format are checked here, not at the first delivery or login."""
+    issues = []
+    problem = delimiters_problem(cfg["recipient_delimiter"])
+    if problem is not None:
+        issues.append(Issue(cfg.location("recipient_delimiter") or main, problem))
+    try:
+        Template.parse(cfg["auth_username_format"])
+    except VariableError as exc:
+        issues.append(Issue(cfg.location("auth_username_format") or main, f"auth_username_format: {exc}"))
     return issues
 
 

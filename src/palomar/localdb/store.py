@@ -121,8 +121,10 @@ def _retry_locked(fn: Callable[[], object], timeout_ms: int) -> None:
 class LocalDB:
     """One server's LocalDB file. Not thread-safe: one object per thread or process."""
 
-    def __init__(self, path: str = DEFAULT_PATH, *, busy_timeout_ms: int = 5_000) -> None:
+    def __init__(self, path: str = DEFAULT_PATH, *, busy_timeout_ms: int = 5_000, stale_keep_secs: int = 0) -> None:
         self.path = path
+        self.stale_keep_secs = stale_keep_secs
+        """Seconds an expired cache row is kept for `cache_get_stale` (serving through a GeoDB outage)."""
         self._purged_at: int | None = None
         """The `now` of the last expiry purge (`cache_put` purges at most once per second)."""
         try:
@@ -260,7 +262,7 @@ class LocalDB:
     # ------------------------------------------------------------ cluster_geodb_cache
 
     def cache_get(self, key: str, now: int | None = None) -> str | None:
-        """The cached value, or None when absent or expired (an expired row is purged)."""
+        """The cached value, or None when absent or expired."""
         key, now = _name(key, "cache key"), _now(now)
         row = self._exec(
             "SELECT value, expire_timestamp FROM cluster_geodb_cache WHERE cache_key = ?", (key,)
@@ -269,11 +271,23 @@ class LocalDB:
             return None
         value, expires = row
         if expires <= now:
-            self._exec(
-                "DELETE FROM cluster_geodb_cache WHERE cache_key = ? AND expire_timestamp <= ?", (key, now)
-            )
+            if expires + self.stale_keep_secs <= now:
+                self._exec(
+                    "DELETE FROM cluster_geodb_cache WHERE cache_key = ? AND expire_timestamp <= ?",
+                    (key, now - self.stale_keep_secs),
+                )
             return None
         return value
+
+    def cache_get_stale(self, key: str, now: int | None = None) -> tuple[str, int] | None:
+        """The cached value and its expiry time even when expired (within `stale_keep_secs`):
+        what the caller may still use while the GeoDB cannot answer."""
+        key, now = _name(key, "cache key"), _now(now)
+        row = self._exec(
+            "SELECT value, expire_timestamp FROM cluster_geodb_cache WHERE cache_key = ? AND expire_timestamp > ?",
+            (key, now - self.stale_keep_secs),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
 
     def cache_put(self, key: str, value: str, ttl_secs: int, now: int | None = None) -> None:
         """Cache `value` until `now + ttl_secs`; also purges whatever else has expired."""
@@ -295,9 +309,10 @@ class LocalDB:
         return cur.rowcount > 0
 
     def cache_purge(self, now: int | None = None) -> int:
-        """Drop every expired cache row; returns how many."""
+        """Drop every cache row expired longer than `stale_keep_secs` ago; returns how many."""
         now = _now(now)
-        cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?", (now,))
+        cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?",
+                         (now - self.stale_keep_secs,))
         self._purged_at = now
         return cur.rowcount
 

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import struct
 from collections.abc import Iterable
@@ -36,6 +37,9 @@ TLV_TTL = 0xE7
 TLV_CLIENT_TLS = 0xE8
 TLV_ADMIN = 0xE9
 """An admin command (small JSON) for the backend itself; only with protocol `doveadm`."""
+TLV_CLIENT_ID = 0xEA
+"""The client's IMAP ID pairs (JSON list of [key, value]) for the backend's Dovecot; optional."""
+MAX_CLIENT_ID_BYTES = 4096
 TLV_MAC = 0xEF
 
 PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
@@ -66,6 +70,8 @@ class HopRequest:
     ttl: int = 5
     admin: bytes | None = None
     """An admin command for the backend (TLV 0xE9); None for a user session."""
+    client_id: bytes | None = None
+    """The client's IMAP ID, `encode_client_id` (TLV 0xEA); None when there is none to pass on."""
 
     def tlvs(self) -> list[tuple[int, bytes]]:
         """The palomar TLVs, without the MAC, in their canonical order."""
@@ -80,6 +86,8 @@ class HopRequest:
         ]
         if self.admin is not None:
             tlvs.append((TLV_ADMIN, self.admin))
+        if self.client_id is not None:
+            tlvs.append((TLV_CLIENT_ID, self.client_id))
         return tlvs
 
 
@@ -176,6 +184,7 @@ def verify(
             client_tls=fields[TLV_CLIENT_TLS] == b"1",
             ttl=fields[TLV_TTL][0],
             admin=fields.get(TLV_ADMIN),
+            client_id=fields.get(TLV_CLIENT_ID),
         )
     except UnicodeDecodeError as exc:
         raise HopError("hop field is not valid text") from exc
@@ -183,11 +192,34 @@ def verify(
         raise HopError(f"unknown protocol {request.protocol!r}")
     if request.admin is not None and (request.protocol != "doveadm" or len(request.admin) > MAX_ADMIN_BYTES):
         raise HopError("admin command only with protocol doveadm and at most 4096 bytes")
+    if request.client_id is not None and (len(request.client_id) > MAX_CLIENT_ID_BYTES
+                                          or decode_client_id(request.client_id) is None):
+        raise HopError("malformed client ID field")
     if request.backend_host != own_host:
         raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
     if request.ttl < 1:
         raise HopError("hop TTL exhausted (proxies appear to be looping)")
     return request
+
+
+def encode_client_id(pairs: Iterable[tuple[str, str | None]]) -> bytes | None:
+    """The TLV value for the client's ID pairs; None (no TLV) when there are none."""
+    items = [[key, value] for key, value in pairs]
+    return json.dumps(items, ensure_ascii=False).encode("utf-8", "surrogateescape") if items else None
+
+
+def decode_client_id(value: bytes) -> tuple[tuple[str, str | None], ...] | None:
+    """The pairs of a client ID TLV, or None if it is not a list of [string, string-or-null]."""
+    try:
+        items = json.loads(value.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(
+        isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        and (item[1] is None or isinstance(item[1], str)) for item in items
+    ):
+        return None
+    return tuple((item[0], item[1]) for item in items)
 
 
 # --- replies ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,12 +27,16 @@ from palomar.protocols.imap_syntax import (
     quote,
 )
 from palomar.protocols.login_core import (
+    MAX_SESSION_ID,
+    ClientForwarded,
     Close,
     LoginClientCore,
     LoginFailure,
     LoginServerCore,
     MasterLoginMixin,
     ServerState,
+    forwarded_ip,
+    forwarded_port,
     next_message_inline,
     shorten,
 )
@@ -43,6 +48,8 @@ __all__ = [
     "AUTH_FAILED",
     "DEFAULT_CAPABILITIES",
     "PRIVACY_REQUIRED",
+    "SASL_PRIVACY_REQUIRED",
+    "ClientForwarded",
     "ClientState",
     "Event",
     "LoginResult",
@@ -55,6 +62,10 @@ __all__ = [
     "LoginRequest",
     "ServerState",
     "StartTlsRequest",
+    "client_id_to_forward",
+    "forwarded_from_id",
+    "id_log_text",
+    "login_ok_reply",
     "rewrite_tag",
     "tagged",
     "untagged",
@@ -66,9 +77,25 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 MAX_TAG_LENGTH = 100
 MAX_ID_KEY = 30
 MAX_ID_VALUE = 1024
+MAX_ID_COMMAND = 65536
+"""An ID command may be longer than other commands: RFC 2971 allows 30 pairs of 1,024-octet values
+(Dovecot reads ID argument by argument, so its line limit does not apply to it either)."""
+MAX_CLIENT_ID = 256
+"""Dovecot's LOGIN_MAX_CLIENT_ID_LEN: how much of a client's ID imap_id_retain passes on."""
+ID_LOG_VALUE_MAX = 80
+"""Dovecot's `ID sent:` log line cuts each value to this many bytes."""
+_ID_COMMAND = re.compile(rb"^[^ ]+ ID[ (]", re.IGNORECASE)
+#: ID keys a trusted peer uses to tell the real client (Dovecot's imap-login handles these, and
+#: never forwards them as the client's own ID).
+_FORWARD_KEYS = {
+    "x-originating-ip": "ip", "x-originating-port": "port", "x-connected-ip": "local_ip",
+    "x-connected-port": "local_port", "x-session-id": "session_id", "x-session-ext-id": "session_id",
+}
 
 AUTH_FAILED = "NO [AUTHENTICATIONFAILED] Authentication failed."
 PRIVACY_REQUIRED = "NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+SASL_PRIVACY_REQUIRED = "NO [PRIVACYREQUIRED] Plaintext authentication disabled."
+"""Dovecot's answer to AUTHENTICATE with a plaintext mechanism before TLS (LOGIN gets PRIVACY_REQUIRED)."""
 BAD_COMMAND = "Error in IMAP command received by server."
 INPUT_FULL = "Input buffer full, aborting"
 _TAG_FORBIDDEN = frozenset(b'+(){ %*"\\')
@@ -100,6 +127,95 @@ def rewrite_tag(backend_line: bytes, client_tag: str, capabilities: Sequence[str
         code = ("[CAPABILITY " + " ".join(capabilities) + "]").encode("ascii")
         rest = status + b" " + code + (b" " + text if text else b"")
     return client_tag.encode("ascii") + b" " + rest + b"\r\n"
+
+
+def login_ok_reply(backend_line: bytes, client_tag: str, client_used_capability: bool) -> bytes:
+    """The client's tagged OK for the backend's `L OK [CAPABILITY ...] Logged in`, as Dovecot words it.
+
+    A client that asked CAPABILITY before STARTTLS may not read capability response codes, so
+    Dovecot (imap-login, and its proxy) sends the post-login capabilities as an untagged
+    `* CAPABILITY` line and a tagged OK without the code; other clients get the code."""
+    line = rewrite_tag(backend_line, client_tag)
+    if not client_used_capability:
+        return line
+    head = client_tag.encode("ascii") + b" OK [CAPABILITY "
+    if not line.upper().startswith(head.upper()):
+        return line
+    end = line.find(b"]", len(head))
+    if end < 0:
+        return line
+    capabilities = line[len(head):end]
+    rest = line[end + 1:].lstrip(b" ")
+    return b"* CAPABILITY " + capabilities + b"\r\n" + client_tag.encode("ascii") + b" OK " + rest
+
+
+def id_log_text(params: Iterable[tuple[str, str | None]], keys: str) -> str | None:
+    """The text of Dovecot's `ID sent: ...` log line for `imap_id_log = keys` (`*`: all keys,
+    else a space-separated list), or None when nothing is to be logged. Control characters and
+    invalid UTF-8 become `?` and values are cut to 80 bytes with `...`, as Dovecot's str_sanitize."""
+    if not keys.strip():
+        return None
+    wanted = None if keys.strip() == "*" else {k.lower() for k in keys.split()}
+    parts = [f"{sanitize(key, MAX_ID_KEY)}={'NIL' if value is None else sanitize(value, ID_LOG_VALUE_MAX)}"
+             for key, value in params if wanted is None or key.lower() in wanted]
+    return ", ".join(parts) if parts or wanted is None else None
+
+
+def sanitize(text: str, max_bytes: int) -> str:
+    """Dovecot's str_sanitize: control characters and invalid UTF-8 as `?`, at most `max_bytes`
+    bytes, and `...` in place of the cut end."""
+    raw = text.encode("utf-8", "surrogateescape")
+    chars = raw.decode("utf-8", "replace").replace("\ufffd", "?")
+    clean = "".join("?" if ord(ch) < 32 else ch for ch in chars)
+    if len(clean.encode()) <= max_bytes:
+        return clean
+    cut = clean
+    while len(cut.encode()) > max_bytes - 3:
+        cut = cut[:-1]
+    return cut + "..."
+
+
+def forwarded_from_id(params: Iterable[tuple[str, str | None]]) -> ClientForwarded | None:
+    """What a trusted peer's ID says about the real client (x-originating-ip & co), or None.
+    Values that do not parse are ignored, as Dovecot does."""
+    fields: dict[str, object] = {}
+    for key, value in params:
+        name = _FORWARD_KEYS.get(key.lower())
+        if name is None or value is None:
+            continue
+        if name in ("ip", "local_ip"):
+            parsed: object = forwarded_ip(value)
+        elif name in ("port", "local_port"):
+            parsed = forwarded_port(value)
+        else:
+            parsed = value if len(value) <= MAX_SESSION_ID else None
+        if parsed is not None:
+            fields[name] = parsed
+    return ClientForwarded(**fields) if fields else None  # type: ignore[arg-type]
+
+
+def client_id_to_forward(params: Iterable[tuple[str, str | None]]) -> tuple[tuple[str, str | None], ...]:
+    """The client's own ID pairs to pass on to the backend, as Dovecot's imap_id_retain keeps them:
+    not the keys that describe the connection (x-originating-ip, x-forward-...), CR and LF dropped
+    from the quoted strings, and only while the list stays under 256 bytes (LOGIN_MAX_CLIENT_ID_LEN)."""
+    kept: list[tuple[str, str | None]] = []
+    length = 0
+    for key, value in params:
+        lower = key.lower()
+        if lower in _FORWARD_KEYS or lower == "x-proxy-ttl" or lower.startswith("x-forward-"):
+            continue
+        key = _drop_crlf(key)
+        value = None if value is None else _drop_crlf(value)
+        pair_length = len(quote(key)) + 1 + (3 if value is None else len(quote(value)))
+        if length + pair_length + (1 if kept else 0) >= MAX_CLIENT_ID:
+            continue
+        length += pair_length + (1 if kept else 0)
+        kept.append((key, value))
+    return tuple(kept)
+
+
+def _drop_crlf(text: str) -> str:
+    return text.replace("\r", "").replace("\n", "").replace("\0", "")
 
 
 def _valid_tag(raw: bytes) -> str | None:
@@ -140,13 +256,15 @@ class StartTlsRequest:
 
 @dataclass(frozen=True)
 class IdReceived:
-    """The client's ID parameters (RFC 2971), for logging; already answered by the core."""
+    """The client's ID parameters (RFC 2971), for logging and passing on; already answered by the
+    core. `first` is True for the session's first ID, the one Dovecot logs."""
 
     tag: str
     params: tuple[tuple[str, str | None], ...]
+    first: bool = True
 
 
-Event = LoginRequest | StartTlsRequest | IdReceived | Close
+Event = LoginRequest | StartTlsRequest | IdReceived | ClientForwarded | Close
 
 
 # --------------------------------------------------------------------------- server
@@ -168,6 +286,7 @@ class ImapLoginServer(LoginServerCore):
         max_line: int = 8192,
         max_bad_commands: int = 3,
         server_id: Sequence[tuple[str, str]] = (("name", "palomar"),),
+        trusted: bool = False,
     ) -> None:
         self.base_capabilities = tuple(capabilities)
         for cap in self.base_capabilities:
@@ -176,8 +295,10 @@ class ImapLoginServer(LoginServerCore):
                 raise ValueError(f"{cap} is decided by the connection state, not configured")
         _line(greeting)
         super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
-                         max_line=max_line, max_bad_commands=max_bad_commands)
+                         max_line=max_line, max_bad_commands=max_bad_commands, trusted=trusted)
+        self._lines.max_size_for = self._line_limit
         self.server_id = tuple(server_id)
+        self._id_seen = False
         #: The client used CAPABILITY before any STARTTLS: it may ignore [CAPABILITY] codes,
         #: so the post-login capabilities should be sent as an untagged line too.
         self.client_used_capability = False
@@ -213,6 +334,14 @@ class ImapLoginServer(LoginServerCore):
             self._on_literal(item, events)
         return None
 
+    def _line_limit(self, head: bytes) -> int:
+        """The size limit of the command starting with `head`: larger for ID."""
+        return max(self.max_line, MAX_ID_COMMAND) if _ID_COMMAND.match(head) else self.max_line
+
+    def tls_started(self) -> None:
+        super().tls_started()
+        self._lines.max_size_for = self._line_limit
+
     def _input_full(self) -> bytes:
         return untagged(f"BYE {INPUT_FULL}")
 
@@ -223,7 +352,7 @@ class ImapLoginServer(LoginServerCore):
         self._reject_command(tagged(tag or "*", "BAD", text), events)
 
     def _on_literal(self, announced: LiteralAnnounced, events: list[Event]) -> None:
-        fits = len(announced.head) + announced.size <= self.max_line
+        fits = len(announced.head) + announced.size <= self._line_limit(announced.head)
         if not announced.synchronizing:
             # The client sends the bytes anyway; if they cannot fit we cannot resynchronise.
             if fits:
@@ -294,7 +423,7 @@ class ImapLoginServer(LoginServerCore):
                     "Aborted login (logged out)", events)
 
     def _cmd_enable(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
-        self._out += tagged(tag, "BAD", "ENABLE is not allowed before authentication.")
+        self._out += untagged("ENABLED") + tagged(tag, "OK", "ENABLE ignored in non-authenticated state.")
 
     def _cmd_starttls(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         reader.end()
@@ -309,6 +438,9 @@ class ImapLoginServer(LoginServerCore):
     def _cmd_id(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         try:
             params = _parse_id(reader)
+        except _IdValueTooLong:
+            self._close(self._input_full(), "Input buffer full", events)
+            return
         except ImapSyntaxError:
             self._out += tagged(tag, "BAD", "Invalid ID parameters")
             return
@@ -318,7 +450,12 @@ class ImapLoginServer(LoginServerCore):
         else:
             self._out += untagged("ID NIL")
         self._out += tagged(tag, "OK", "ID completed.")
-        events.append(IdReceived(tag, params))
+        first, self._id_seen = not self._id_seen, True
+        if first and self.trusted:  # Dovecot takes the client's address from the first ID only
+            forwarded = forwarded_from_id(params)
+            if forwarded is not None:
+                events.append(forwarded)
+        events.append(IdReceived(tag, params, first))
 
     def _cmd_login(self, tag: str, reader: ArgReader, events: list[Event]) -> None:
         if not self.cleartext_allowed:
@@ -340,10 +477,10 @@ class ImapLoginServer(LoginServerCore):
             initial = reader.atom()
             reader.end()
         if mech not in MECHANISMS:
-            self._out += tagged(tag, "NO", "Unsupported authentication mechanism.")
+            self._out += tagged(tag, "NO", "[ALERT] Unsupported authentication mechanism.")
             return
         if not self.cleartext_allowed:
-            self._out += _line(f"{tag} {PRIVACY_REQUIRED}")
+            self._out += _line(f"{tag} {SASL_PRIVACY_REQUIRED}")
             return
         decoded: bytes | None = None
         if initial is not None:
@@ -373,6 +510,10 @@ class ImapLoginServer(LoginServerCore):
                             "AUTHENTICATE", credentials.authzid)
 
 
+class _IdValueTooLong(ImapSyntaxError):
+    """Dovecot reads an ID value into its 1,024-byte buffer: a longer one ends the session."""
+
+
 def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
     """`SP ( "(" [string SP nstring *(SP string SP nstring)] ")" / NIL )` with Dovecot's limits."""
     reader.sp()
@@ -389,8 +530,10 @@ def _parse_id(reader: ArgReader) -> tuple[tuple[str, str | None], ...]:
         key = reader.string()
         reader.sp()
         value = reader.nstring()
-        if len(key) > MAX_ID_KEY or (value is not None and len(value) > MAX_ID_VALUE):
-            raise ImapSyntaxError("ID parameter too long")
+        if value is not None and len(value) > MAX_ID_VALUE:
+            raise _IdValueTooLong()
+        if len(key) > MAX_ID_KEY:
+            raise ImapSyntaxError("ID key too long")
         params.append((decode(key), None if value is None else decode(value)))
     reader.expect(b")")
     reader.end()

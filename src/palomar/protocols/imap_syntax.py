@@ -8,6 +8,7 @@ user names and passwords survive byte-exactly (`.encode("utf-8", "surrogateescap
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -74,6 +75,8 @@ class LineAssembler:
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
+        #: A per-message limit chosen from the message's first bytes (IMAP's ID may be longer).
+        self.max_size_for: Callable[[bytes], int] | None = None
         self._buf = bytearray()
         self._partial = bytearray()
         self._literal_left = 0
@@ -115,14 +118,15 @@ class LineAssembler:
                     return None
             end = self._buf.find(b"\n")
             if end < 0:
-                if len(self._partial) + len(self._buf) > self.max_size + 1:
+                if len(self._partial) + len(self._buf) > self._limit() + 1:
                     raise LineTooLong("line too long")
                 return None
+            limit = self._limit()
             line = bytes(self._buf[:end])
             del self._buf[: end + 1]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if len(self._partial) + len(line) > self.max_size:
+            if len(self._partial) + len(line) > limit:
                 raise LineTooLong("line too long")
             match = _LITERAL_AT_END.search(line) if literals else None
             if match is None:
@@ -139,10 +143,15 @@ class LineAssembler:
         """Read the announced literal's bytes as part of the message."""
         if self._announced is None:
             raise RuntimeError("no literal announced")
-        if len(self._partial) + self._announced.size > self.max_size:
+        if len(self._partial) + self._announced.size > self._limit():
             raise LineTooLong("literal too long")
         self._literal_left = self._announced.size
         self._announced = None
+
+    def _limit(self) -> int:
+        if self.max_size_for is None:
+            return self.max_size
+        return self.max_size_for(bytes(self._partial[:64]) if self._partial else bytes(self._buf[:64]))
 
     def refuse_literal(self) -> None:
         """Drop the message so far (a synchronizing literal we will not wait for)."""

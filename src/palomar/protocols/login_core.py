@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -28,13 +29,17 @@ from palomar.protocols.sasl import Challenge, Credentials, SaslServer, SaslStep,
 
 __all__ = [
     "LINE_TOO_LONG",
+    "ClientForwarded",
     "Close",
     "LoginClientCore",
     "LoginFailure",
     "LoginServerCore",
     "MasterLoginMixin",
     "ServerState",
+    "forwarded_ip",
+    "forwarded_port",
     "next_message_inline",
+    "parse_xclient",
     "shorten",
     "text_line",
 ]
@@ -115,6 +120,60 @@ class LoginFailure:
     line: bytes = b""
 
 
+@dataclass(frozen=True)
+class ClientForwarded:
+    """A peer in login_trusted_networks (a proxy or load balancer in front of palomar) told who
+    the real client is: IMAP ID `x-originating-ip` & co, or XCLIENT in the other protocols.
+
+    Dovecot's login processes take these from trusted peers only, and so do the cores: the
+    event is only produced for a core made with `trusted=True`. A field left None is unchanged.
+    """
+
+    ip: str | None = None
+    port: int | None = None
+    local_ip: str | None = None
+    local_port: int | None = None
+    session_id: str | None = None
+
+
+MAX_SESSION_ID = 64
+"""Dovecot's LOGIN_MAX_SESSION_ID_LEN: a longer forwarded session id is ignored."""
+
+
+def forwarded_ip(value: str) -> str | None:
+    """An address as Dovecot reads it (`[::1]`, and SMTP XCLIENT's `IPV6:` prefix, too); None if it
+    is not one."""
+    if value[:5].upper() == "IPV6:":
+        value = value[5:]
+    try:
+        return str(ipaddress.ip_address(value[1:-1] if value.startswith("[") and value.endswith("]") else value))
+    except ValueError:
+        return None
+
+
+def forwarded_port(value: str) -> int | None:
+    """A port as Dovecot's net_str2port reads it: 0-65535, digits only."""
+    return int(value) if value.isdigit() and int(value) <= 65535 else None
+
+
+def parse_xclient(args: str) -> ClientForwarded:
+    """The `XCLIENT` arguments Dovecot's pop3-, submission- and managesieve-login use (ADDR, PORT,
+    SESSION); TTL, FORWARD, HELO and the rest are accepted and not used. Raises ValueError naming
+    the parameter (ADDR or PORT) whose value is invalid."""
+    fields: dict[str, object] = {}
+    for item in args.split():
+        key, _, value = item.partition("=")
+        key = key.upper()
+        if key in ("ADDR", "PORT"):
+            parsed = forwarded_ip(value) if key == "ADDR" else forwarded_port(value)
+            if parsed is None:
+                raise ValueError(key)
+            fields["ip" if key == "ADDR" else "port"] = parsed
+        elif key == "SESSION" and len(value) <= MAX_SESSION_ID:
+            fields["session_id"] = value
+    return ClientForwarded(**fields)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -141,8 +200,11 @@ class LoginServerCore:
         greeting: str,
         max_line: int,
         max_bad_commands: int,
+        trusted: bool = False,
     ) -> None:
         self.starttls = starttls
+        #: The peer is in login_trusted_networks: it may tell the client's real address (XCLIENT, ID).
+        self.trusted = trusted
         self.secured = secured
         self.allow_cleartext = allow_cleartext
         self.greeting_text = greeting

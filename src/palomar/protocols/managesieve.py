@@ -25,6 +25,7 @@ from palomar.protocols.imap_syntax import (
     quote,
 )
 from palomar.protocols.login_core import (
+    ClientForwarded,
     Close,
     LoginClientCore,
     LoginFailure,
@@ -32,6 +33,7 @@ from palomar.protocols.login_core import (
     MasterLoginMixin,
     ServerState,
     next_message_inline,
+    parse_xclient,
     shorten,
 )
 from palomar.protocols.login_core import text_line as _line
@@ -164,7 +166,7 @@ class StartTlsRequest:
     tag: None = None
 
 
-Event = LoginRequest | StartTlsRequest | Close
+Event = LoginRequest | StartTlsRequest | ClientForwarded | Close
 
 
 # --------------------------------------------------------------------------- server
@@ -187,11 +189,12 @@ class SieveLoginServer(LoginServerCore):
         greeting: str = "Palomar ready.",
         max_line: int = 8192,
         max_bad_commands: int = 3,
+        trusted: bool = False,
     ) -> None:
         for text in (sieve_extensions, implementation, notify_methods or "", greeting):
             quote(text)  # refuses CR, LF and NUL before anything is sent
         super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
-                         max_line=max_line, max_bad_commands=max_bad_commands)
+                         max_line=max_line, max_bad_commands=max_bad_commands, trusted=trusted)
         self.sieve_extensions = sieve_extensions
         self.implementation = implementation
         self.notify_methods = notify_methods
@@ -214,6 +217,8 @@ class SieveLoginServer(LoginServerCore):
         if self.starttls and not self.secured:
             caps.append(("STARTTLS", None))
         caps.append(("VERSION", "1.0"))
+        if self.trusted:
+            caps.append(("XCLIENT", None))
         return caps
 
     def capability_lines(self) -> bytes:
@@ -301,6 +306,18 @@ class SieveLoginServer(LoginServerCore):
             return
         self._start_tls(_line(response("OK", "Begin TLS negotiation now.")), StartTlsRequest(), events)
 
+    def _cmd_xclient(self, reader: ArgReader, events: list[Event]) -> None:
+        if not self.trusted:
+            self._out += _line(response("NO", "You are not from trusted IP"))
+            return
+        try:
+            forwarded = parse_xclient(decode(reader.data[reader.pos:]))
+        except ValueError:
+            self._bad_command(events)
+            return
+        self._out += _line(response("OK", "Updated"))
+        events.append(forwarded)
+
     def _cmd_authenticate(self, reader: ArgReader, events: list[Event]) -> None:
         reader.sp()
         mech = decode(reader.string()).upper()
@@ -363,6 +380,7 @@ _COMMANDS = {
     b"LOGOUT": SieveLoginServer._cmd_logout,
     b"STARTTLS": SieveLoginServer._cmd_starttls,
     b"AUTHENTICATE": SieveLoginServer._cmd_authenticate,
+    b"XCLIENT": SieveLoginServer._cmd_xclient,
 }
 
 

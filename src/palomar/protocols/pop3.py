@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 
 from palomar.protocols.imap_syntax import LineAssembler, LiteralAnnounced, decode
 from palomar.protocols.login_core import (
+    ClientForwarded,
     Close,
     LoginClientCore,
     LoginFailure,
     LoginServerCore,
     MasterLoginMixin,
     ServerState,
+    parse_xclient,
     shorten,
 )
 from palomar.protocols.login_core import text_line as _line
@@ -120,7 +122,7 @@ class StartTlsRequest:
     tag: None = None
 
 
-Event = LoginRequest | StartTlsRequest | Close
+Event = LoginRequest | StartTlsRequest | ClientForwarded | Close
 
 
 # --------------------------------------------------------------------------- server
@@ -141,10 +143,11 @@ class Pop3LoginServer(LoginServerCore):
         greeting: str = "Palomar ready.",
         max_line: int = 4096,
         max_bad_commands: int = 3,
+        trusted: bool = False,
     ) -> None:
         _line(greeting)
         super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
-                         max_line=max_line, max_bad_commands=max_bad_commands)
+                         max_line=max_line, max_bad_commands=max_bad_commands, trusted=trusted)
         self._user: str | None = None
 
     # ---- what the caller asks
@@ -163,7 +166,8 @@ class Pop3LoginServer(LoginServerCore):
         return caps
 
     def greeting(self) -> bytes:
-        return _line(f"+OK {self.greeting_text}")
+        """Dovecot tells a trusted peer that XCLIENT is there with a response code, not in CAPA."""
+        return _line(f"+OK [XCLIENT] {self.greeting_text}" if self.trusted else f"+OK {self.greeting_text}")
 
     def tls_started(self) -> None:
         """The TLS handshake after STLS is done; read commands again, now secured."""
@@ -243,10 +247,10 @@ class Pop3LoginServer(LoginServerCore):
         mech_raw, _, initial = args.partition(b" ")
         mech = mech_raw.upper().decode("ascii", "replace")
         if mech not in MECHANISMS:
-            self._out += _line("-ERR Unsupported authentication mechanism.")
+            self._out += _line(auth_error("Unsupported authentication mechanism."))
             return
-        if not self.cleartext_allowed:
-            self._out += _line(PRIVACY_REQUIRED)
+        if not self.cleartext_allowed:  # Dovecot's SASL wording; USER and PASS get PRIVACY_REQUIRED
+            self._out += _line(auth_error("Plaintext authentication disabled."))
             return
         decoded: bytes | None = None
         if initial:
@@ -256,6 +260,18 @@ class Pop3LoginServer(LoginServerCore):
                 self._out += _line(auth_error("Invalid base64 data in initial response"))
                 return
         self._start_sasl(mech, decoded, events)
+
+    def _cmd_xclient(self, args: bytes, events: list[Event]) -> None:
+        if not self.trusted:
+            self._out += _line("+OK You are not from trusted IP - ignoring")
+            return
+        try:
+            forwarded = parse_xclient(decode(args))
+        except ValueError:
+            self._out += _line("-ERR Invalid parameters")
+            return
+        self._out += _line("+OK Updated")
+        events.append(forwarded)
 
     # ---- SASL
 
@@ -281,6 +297,7 @@ _COMMANDS = {
     b"USER": Pop3LoginServer._cmd_user,
     b"PASS": Pop3LoginServer._cmd_pass,
     b"AUTH": Pop3LoginServer._cmd_auth,
+    b"XCLIENT": Pop3LoginServer._cmd_xclient,
 }
 
 

@@ -16,11 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from palomar.protocols.login_core import (
+    ClientForwarded,
     Close,
     LoginClientCore,
     LoginServerCore,
     MasterLoginMixin,
     ServerState,
+    parse_xclient,
 )
 from palomar.protocols.sasl import MECHANISMS, Credentials, b64decode_strict, plain_initial_response
 from palomar.protocols.smtp_syntax import (
@@ -56,13 +58,21 @@ __all__ = [
     "post_login_ehlo_reply",
 ]
 
-#: What the proxy offers before login, as Dovecot's submission-login does (less BURL and
-#: CHUNKING, which only make sense once the backend is talking). AUTH and STARTTLS are added
-#: by the connection state.
-DEFAULT_EHLO_CAPABILITIES: tuple[str, ...] = ("8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "SIZE")
+#: What the proxy offers before login: Dovecot's submission-login in front of a Dovecot submission
+#: backend (submission_backend_capabilities unset, no exotic-backend workaround). AUTH, STARTTLS and
+#: XCLIENT are added by the connection state, and every keyword goes in Dovecot's order.
+DEFAULT_EHLO_CAPABILITIES: tuple[str, ...] = (
+    "8BITMIME", "BURL imap", "CHUNKING", "ENHANCEDSTATUSCODES", "SIZE", "PIPELINING",
+)
+XCLIENT_CAPABILITY = "XCLIENT ADDR PORT PROTO HELO LOGIN SESSION TTL TIMEOUT FORWARD"
+"""What Dovecot's submission-login offers a peer in login_trusted_networks."""
+_EHLO_ORDER = ("8BITMIME", "AUTH", "BINARYMIME", "BURL", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES", "SIZE",
+               "STARTTLS", "PIPELINING", "VRFY", "XCLIENT")
+"""The order Dovecot's submission-login lists its EHLO keywords in (others go last)."""
 
-AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-TEMP_FAILED = "454 4.7.0 Temporary authentication failure"
+AUTH_FAILED = "535 5.7.8 Authentication failed."
+TEMP_FAILED = "454 4.7.0 Account is temporarily unavailable."
+"""Dovecot's submission-login when the backend cannot be reached (LOGIN_PROXY_FAILURE_MSG)."""
 LOGGED_IN = "235 2.7.0 Logged in."
 AUTH_REQUIRED = "530 5.7.0 Authentication required."
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
@@ -112,7 +122,7 @@ class StartTlsRequest:
     """`220 2.0.0 Begin TLS negotiation now.` is queued; send it, handshake, then tls_started()."""
 
 
-Event = LoginRequest | StartTlsRequest | Close
+Event = LoginRequest | StartTlsRequest | ClientForwarded | Close
 
 
 # --------------------------------------------------------------------------- server
@@ -133,9 +143,10 @@ class SubmissionLoginServer(LoginServerCore):
         secured: bool,
         allow_cleartext: bool,
         capabilities: Iterable[str] = DEFAULT_EHLO_CAPABILITIES,
-        greeting: str = "ESMTP Palomar ready.",
+        greeting: str = "Palomar ready.",
         max_line: int = 4096,
         max_bad_commands: int = 10,
+        trusted: bool = False,
     ) -> None:
         self.base_capabilities = tuple(capabilities)
         for cap in self.base_capabilities:
@@ -144,7 +155,7 @@ class SubmissionLoginServer(LoginServerCore):
         greeting_reply(hostname, greeting)  # refuses a bad host name or greeting before anything is sent
         self.hostname = hostname
         super().__init__(starttls=starttls, secured=secured, allow_cleartext=allow_cleartext, greeting=greeting,
-                         max_line=max_line, max_bad_commands=max_bad_commands)
+                         max_line=max_line, max_bad_commands=max_bad_commands, trusted=trusted)
         self.ehlo_name: str | None = None
         self._skip = 0  # bytes of a refused BDAT chunk still to drop
 
@@ -156,7 +167,9 @@ class SubmissionLoginServer(LoginServerCore):
             caps.append("AUTH " + " ".join(MECHANISMS))
         if self.starttls and not self.secured:
             caps.append("STARTTLS")
-        return sorted(caps)
+        if self.trusted:
+            caps.append(XCLIENT_CAPABILITY)
+        return sorted(caps, key=_ehlo_rank)
 
     def greeting(self) -> bytes:
         return greeting_reply(self.hostname, self.greeting_text)
@@ -218,6 +231,8 @@ class SubmissionLoginServer(LoginServerCore):
             self._cmd_starttls(args, events)
         elif verb == "AUTH":
             self._cmd_auth(args, events)
+        elif verb == "XCLIENT":
+            self._cmd_xclient(args, events)
         elif verb in ("RSET", "NOOP"):
             if verb == "RSET" and args:
                 self._out += _out("501 5.5.4 Invalid parameters")
@@ -263,6 +278,21 @@ class SubmissionLoginServer(LoginServerCore):
             self._skip = 0
             self._start_tls(_out("220 2.0.0 Begin TLS negotiation now."), StartTlsRequest(), events)
 
+    def _cmd_xclient(self, args: str, events: list[Event]) -> None:
+        """A trusted peer tells the real client; as after Dovecot's XCLIENT, the session starts
+        over with a new greeting and the client must EHLO again."""
+        if not self.trusted:
+            self._out += _out("550 5.7.14 You are not from trusted IP")
+            return
+        try:
+            forwarded = parse_xclient(args)
+        except ValueError as exc:
+            self._out += _out(f"501 5.5.4 Invalid {exc} parameter")
+            return
+        self.ehlo_name = None
+        self._out += self.greeting()
+        events.append(forwarded)
+
     def _cmd_auth(self, args: str, events: list[Event]) -> None:
         words = args.split(" ")
         mech = words[0].upper()
@@ -300,6 +330,11 @@ class SubmissionLoginServer(LoginServerCore):
     def _login_request(self, credentials: Credentials, mechanism: str) -> LoginRequest:
         return LoginRequest(credentials.username, credentials.password, mechanism, self.ehlo_name,
                             credentials.authzid)
+
+
+def _ehlo_rank(capability: str) -> tuple[int, str]:
+    keyword = capability.split(" ", 1)[0].upper()
+    return (_EHLO_ORDER.index(keyword) if keyword in _EHLO_ORDER else len(_EHLO_ORDER), keyword)
 
 
 # --------------------------------------------------------------------------- client side

@@ -37,6 +37,8 @@ class ClientConnection:
     """Its place in the connection counts; whoever ends the connection releases it."""
     auth_failures: int = 0
     relaying: bool = False
+    client_id: tuple[tuple[str, str | None], ...] = ()
+    """The client's IMAP ID pairs to pass on to the backend (imap_id_retain)."""
 
 
 def new_session_id(client: tuple[str, int]) -> str:

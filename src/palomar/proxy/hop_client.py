@@ -59,6 +59,8 @@ class HopTarget:
     client: tuple[str, int]
     local: tuple[str, int]
     client_tls: bool
+    client_id: tuple[tuple[str, str | None], ...] = ()
+    """The client's own IMAP ID pairs, passed on to the backend's Dovecot (imap_id_retain)."""
 
 
 class HopClient:
@@ -96,6 +98,7 @@ class HopClient:
         request = hop.HopRequest(
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
+            client_id=hop.encode_client_id(target.client_id),
         )
         try:
             async with asyncio.timeout(self.answer_timeout):

@@ -37,6 +37,7 @@ from palomar.protocols.lmtp import (
 )
 from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
+from palomar.protocols.subaddress import delivery_address, split_detail
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
 from palomar.proxy.limits import smtp_bye
@@ -92,7 +93,8 @@ class LmtpProxySession:
     def __init__(self, state: ProxyState, conn: ClientConnection, *, max_size: int | None) -> None:
         self.state = state
         self.conn = conn
-        self.core = LmtpServer(hostname=lmtp_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size)
+        self.core = LmtpServer(hostname=lmtp_hostname(state.proxy_host), capabilities=EXTENSIONS, max_size=max_size,
+                               greeting=state.greeting)
         self.legs: dict[str, LmtpLeg] = {}
         self.legs_lhlo: str | None = None
         self.fanout: fan.Fanout | None = None
@@ -182,10 +184,11 @@ class LmtpProxySession:
 
     async def recipient(self, address: str) -> str:
         """Look up, route and hand on one recipient; the reply the MTA gets for its RCPT."""
-        request = AuthRequest(username=address, service="lmtp", remote_ip=self.conn.client[0],
+        rcpt = split_detail(address, self.state.recipient_delimiter)
+        request = AuthRequest(username=rcpt.username, service="lmtp", remote_ip=self.conn.client[0],
                               local_ip=self.conn.local[0], secured=self.conn.tls)
         try:
-            result = await self.state.passdb.lookup(address, request)
+            result = await self.state.passdb.lookup(rcpt.username, request)
         except Exception as exc:  # a passdb that breaks must not end the MTA's session
             log.warning("session=%s rcpt=%s passdb lookup failed: %s", self.conn.session_id, safe(address), exc)
             return self.denied(address, fan.lookup_failed(address), "")
@@ -195,9 +198,11 @@ class LmtpProxySession:
             return self.denied(address, fan.login_disabled(address), "")
         if result.status != "ok":
             return self.denied(address, fan.lookup_failed(address), "")
-        return await self.deliver_to(address, result.user, result.fields.get("host"))
+        return await self.deliver_to(address, result.user, result.fields.get("host"),
+                                     delivery_address(address, rcpt, result.user))
 
-    async def deliver_to(self, address: str, user: str, host_override: str | None) -> str:
+    async def deliver_to(self, address: str, user: str, host_override: str | None, rcpt_address: str) -> str:
+        """Route `user` and give its backend `rcpt_address` (the address with its detail)."""
         route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
         if route.host is None:
             log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, safe(address), route.reason)
@@ -217,7 +222,7 @@ class LmtpProxySession:
                         continue
                 return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), host)
             assert self.fanout is not None
-            reply = await leg.rcpt(user)
+            reply = await leg.rcpt(rcpt_address)
             if reply is None:
                 self.drop_leg(leg)
                 return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), host)

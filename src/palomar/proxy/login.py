@@ -31,6 +31,7 @@ class LoginAttempt:
     client: tuple[str, int]
     local: tuple[str, int]
     client_tls: bool
+    client_id: tuple[tuple[str, str | None], ...] = ()
 
     def __repr__(self) -> str:  # never show the password
         return f"LoginAttempt(session={self.session_id}, user={self.username!r}, protocol={self.protocol})"
@@ -134,7 +135,7 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
     """Route and connect; when the backend fails and is (now) offline, re-route this login once."""
     target = HopTarget(
         user=user, protocol=attempt.protocol, session_id=attempt.session_id, client=attempt.client,
-        local=attempt.local, client_tls=attempt.client_tls,
+        local=attempt.local, client_tls=attempt.client_tls, client_id=attempt.client_id,
     )
     failed: TempFailed | None = None
     failed_host: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from palomar.protocols import pop3
+from palomar.proxy.client_info import is_trusted
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
 from palomar.proxy.state import ProxyState
@@ -13,7 +14,8 @@ class Pop3Adapter:
 
     def make_core(self, state: ProxyState, conn: ClientConnection) -> pop3.Pop3LoginServer:
         return pop3.Pop3LoginServer(starttls=state.tls is not None and not conn.tls, secured=conn.tls,
-                                    allow_cleartext=state.allow_cleartext, greeting=state.greeting)
+                                    allow_cleartext=state.allow_cleartext, greeting=state.greeting,
+                                    trusted=is_trusted(state, conn))
 
     def is_login(self, event: object) -> bool:
         return isinstance(event, pop3.LoginRequest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -16,6 +17,8 @@ from uuid import UUID
 from palomar.cluster import codec
 from palomar.cluster.model import Group, SiteView
 from palomar.cluster.routing import Routed, Unavailable, group_of, route_user
+from palomar.cluster.stale import CachedEntry, usable_when_stale
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 
 log = logging.getLogger("palomar.proxy")
@@ -43,12 +46,18 @@ class Router:
         site_name: str,
         group_count: int,
         cache_ttl: int = 3,
+        max_stale: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.geodb = geodb
         self.cache = cache
         self.site_name = site_name
         self.group_count = group_count
         self.cache_ttl = cache_ttl
+        self.max_stale = max_stale
+        self.clock = clock
+        """`cluster_geodb_stale_max`: how old cached state may route users while the GeoDB is down."""
+        self.stale_reads = 0
         self._decoded: dict[str, tuple[str, Any]] = {}
         """key -> (cached text, its decoded value): every login reads the same site view and
         group texts, and decoding them cost more than reading them. The LocalDB row stays the
@@ -56,7 +65,7 @@ class Router:
         while its text is exactly what the LocalDB holds now. The values are frozen dataclasses."""
 
     async def _cached(self, key: str, load, fetch, *, memo: bool = False):
-        now = int(time.time())
+        now = int(self.clock())
         text = self.cache.cache_get(key, now)
         if text is not None:
             if not memo:
@@ -66,7 +75,14 @@ class Router:
                 return seen[1]
             value = load(text)
         else:
-            value = await fetch()
+            try:
+                value = await fetch()
+            except GeoDBUnavailable:
+                text = self._stale_text(key, now)
+                if text is None:
+                    raise
+                self.stale_reads += 1
+                return load(text)  # not memoised and not re-cached: it must not look fresh
             if not memo:
                 self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, now)
                 return value
@@ -76,6 +92,19 @@ class Router:
             self._decoded.clear()
         self._decoded[key] = (text, value)
         return value
+
+    def _stale_text(self, key: str, now: int) -> str | None:
+        """The expired cache text for `key` if the stale rule lets it stand in for the GeoDB."""
+        row = self.cache.cache_get_stale(key, now)
+        entry = None if row is None else CachedEntry(row[0], row[1] - self.cache_ttl)
+        # No `trusted_since` here: a proxy's stale guess is re-checked by the backend it picks.
+        if not usable_when_stale(entry, now, max_stale=self.max_stale):
+            return None
+        assert entry is not None
+        return entry.text
+
+    def _remember(self, key: str, value: Any) -> None:
+        self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, int(self.clock()))
 
     def invalidate(self, *keys: str) -> None:
         for key in keys:
@@ -112,15 +141,15 @@ class Router:
             group = await self._group(view, group_name)
             if group is not None:
                 groups[group_name] = group
-            decision = route_user(username, user, groups, view, group_count=self.group_count, now=time.time(),
+            decision = route_user(username, user, groups, view, group_count=self.group_count, now=self.clock(),
                                   passdb_host=host_override)
             if isinstance(decision, Unavailable):
                 return RouteResult(None, decision.reason)
             assert isinstance(decision, Routed)
             if decision.user_write is not None:
                 await self.geodb.user_put(username, group_name=decision.user_write.group_name)
-                self.invalidate(f"user/{username}")
                 user = decision.user_write
+                self._remember(f"user/{username}", user)
             if decision.group_write is not None and not await self._write_group(view, decision):
                 self.invalidate(f"group/{view.site.id}/{group_name}")
                 continue
@@ -146,7 +175,10 @@ class Router:
             if applied:
                 log.info("group %s failed over to backend %s", new.name, new.backend_id)
                 await self._record_move(view, write.expect_backend_id, new.backend_id)
-        self.invalidate(key)
+        if applied:
+            self._remember(key, new)  # what we wrote is what the next login (or an outage) needs
+        else:
+            self.invalidate(key)
         return applied
 
     async def _record_move(self, view: SiteView, source_id: UUID, dest_id: UUID | None) -> None:

@@ -13,6 +13,7 @@ from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
@@ -68,7 +69,9 @@ async def _dest_stats_loop(state: ProxyState, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await flush_dest_stats(state)
-        except Exception as exc:  # the GeoDB may be briefly unreachable; keep serving
+        except GeoDBUnavailable as exc:  # the outage itself is logged once, by the guarded engine
+            log.debug("writing proxy_dest_stats waits for the GeoDB: %s", exc)
+        except Exception as exc:  # keep serving
             log.warning("writing proxy_dest_stats failed: %s", exc)
 
 
@@ -82,21 +85,25 @@ async def _refusal_summaries(state: ProxyState) -> None:
 
 
 async def build_state(cfg: Config) -> ProxyState:
-    geodb = await open_geodb(cfg)
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
+    available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
+                               "its cache (docs/design/geodb-outage.md)")
+    available.set(1.0)
+    geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
-                    group_count=cfg["cluster_default_group_count"])
+                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"])
     site = await geodb.site_get_by_name(cfg["cluster_local_site"])
     secret = cfg["cluster_hop_secret"]
     if not secret:
         raise RuntimeError("cluster_hop_secret is not set")
     return ProxyState(
-        passdb=PassdbChain.from_settings(cfg.passdbs),
+        passdb=PassdbChain.from_settings(cfg.passdbs, username_format=cfg["auth_username_format"]),
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
                        answer_timeout=cfg["cluster_hop_answer_timeout"]),
-        metrics=ProxyMetrics(Registry(dovecot_prefix=cfg["metrics_prefix"])),
+        metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
         allow_cleartext=cfg["auth_allow_cleartext"],
@@ -111,6 +118,9 @@ async def build_state(cfg: Config) -> ProxyState:
         penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
                             per_user=cfg["auth_penalty_per_user"]),
         max_auth_failures=cfg["login_max_auth_failures"],
+        recipient_delimiter=cfg["recipient_delimiter"],
+        imap_id_log=cfg["imap_id_log"],
+        imap_id_retain=cfg["imap_id_retain"],
     )
 
 

@@ -20,6 +20,7 @@ from palomar.metrics.registry import Counter
 from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols.shutdown import shutdown_line
+from palomar.proxy.client_info import note_client_info
 from palomar.proxy.failures import WORDING, login_failure
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
@@ -154,6 +155,8 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter, 
                 if more is None:
                     return
                 events.extend(more)
+            else:
+                note_client_info(state, conn, event)
             link.write(core.data_to_send())
 
 
@@ -167,6 +170,7 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
         mechanism=event.mechanism, client=conn.client, local=conn.local, client_tls=conn.tls,
+        client_id=conn.client_id,
     )
     outcome, user = await perform_login(state, attempt)
     tally.record(outcome)

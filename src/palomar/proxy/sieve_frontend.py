@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from palomar.protocols import managesieve
+from palomar.proxy.client_info import is_trusted
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
 from palomar.proxy.state import ProxyState
@@ -23,7 +24,7 @@ class SieveAdapter:
         return managesieve.SieveLoginServer(
             starttls=state.tls is not None and not conn.tls, secured=conn.tls,
             allow_cleartext=state.allow_cleartext, sieve_extensions=SIEVE_EXTENSIONS, notify_methods="mailto",
-            greeting=state.greeting,
+            greeting=state.greeting, trusted=is_trusted(state, conn),
         )
 
     def is_login(self, event: object) -> bool:

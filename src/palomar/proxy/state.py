@@ -99,6 +99,11 @@ class ProxyState:
     haproxy_timeout: float = 3.0
     haproxy_trusted: tuple = ()
     login_timeout: float = 180.0
+    recipient_delimiter: str = "+"
+    login_trusted: tuple = ()
+    """login_trusted_networks: peers that may forward the client's address (ID, XCLIENT)."""
+    imap_id_log: str = ""
+    imap_id_retain: bool = False
     dest: DestCounters = field(default_factory=DestCounters)
     health: Any = None
     """`proxy.health.BackendHealth` when this proxy checks backends (cluster_proxy_check_backends)."""

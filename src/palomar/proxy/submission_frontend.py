@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from palomar.protocols import submission
+from palomar.proxy.client_info import is_trusted
 from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
 from palomar.proxy.state import ProxyState
@@ -14,7 +15,7 @@ class SubmissionAdapter:
     def make_core(self, state: ProxyState, conn: ClientConnection) -> submission.SubmissionLoginServer:
         return submission.SubmissionLoginServer(
             hostname=state.proxy_host, starttls=state.tls is not None and not conn.tls, secured=conn.tls,
-            allow_cleartext=state.allow_cleartext,
+            allow_cleartext=state.allow_cleartext, greeting=state.greeting, trusted=is_trusted(state, conn),
         )
 
     def is_login(self, event: object) -> bool:

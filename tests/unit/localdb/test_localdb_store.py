@@ -150,3 +150,23 @@ def test_worker_processes_share_one_file(tmp_path: Path) -> None:
         assert len(users) == 200
         assert {u.redirect_host for u in users} == {"be0", "be1", "be2", "be3"}
         assert local.cache_get("w3-49", now=1) == "v"
+
+
+def test_expired_cache_rows_are_kept_for_stale_use_within_the_bound(tmp_path) -> None:
+    db = LocalDB(str(tmp_path / "l.sqlite"), stale_keep_secs=100)
+    db.cache_put("k", "v", 10, now=1000)
+    assert db.cache_get("k", now=1005) == "v"
+    assert db.cache_get("k", now=1011) is None              # expired for normal use ...
+    assert db.cache_get_stale("k", now=1011) == ("v", 1010)  # ... but kept for an outage
+    db.cache_purge(now=1109)
+    assert db.cache_get_stale("k", now=1109) == ("v", 1010)
+    db.cache_purge(now=1111)
+    assert db.cache_get_stale("k", now=1111) is None         # past the bound: gone
+    db.close()
+
+
+def test_without_stale_keep_expired_rows_go_at_once(tmp_path) -> None:
+    db = LocalDB(str(tmp_path / "l.sqlite"))
+    db.cache_put("k", "v", 10, now=1000)
+    assert db.cache_get("k", now=1010) is None and db.cache_get_stale("k", now=1010) is None
+    db.close()

@@ -249,9 +249,9 @@ def test_auth_without_mechanism_lists_them():
 
 
 def test_auth_unsupported_mechanism_and_cleartext_refused():
-    assert talk(server(), b"AUTH CRAM-MD5\r\n") == ([], b"-ERR Unsupported authentication mechanism.\r\n")
+    assert talk(server(), b"AUTH CRAM-MD5\r\n") == ([], b"-ERR [AUTH] Unsupported authentication mechanism.\r\n")
     core = server(allow_cleartext=False)
-    assert talk(core, b"AUTH PLAIN " + b64(b"\0a\0b") + b"\r\n") == ([], PRIVACY)
+    assert talk(core, b"AUTH PLAIN " + b64(b"\0a\0b") + b"\r\n") == ([], b"-ERR [AUTH] Plaintext authentication disabled.\r\n")
     assert core.bad_commands == 0
 
 
@@ -271,7 +271,7 @@ def test_unknown_commands_then_too_many_closes():
     core = server()
     events, out = talk(core, b"NOOP\r\nSTAT\r\n")
     assert (events, out) == ([], b"-ERR Unknown command.\r\n-ERR Unknown command.\r\n")
-    events, out = talk(core, b"XCLIENT ADDR=1.2.3.4\r\nCAPA\r\n")
+    events, out = talk(core, b"XFOO ADDR=1.2.3.4\r\nCAPA\r\n")
     assert out == b"-ERR Unknown command.\r\n-ERR Too many invalid bad commands.\r\n"
     assert events == [Close("Too many invalid commands")]
     assert core.state is ServerState.CLOSED

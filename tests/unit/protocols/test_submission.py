@@ -37,15 +37,16 @@ def talk(server: SubmissionLoginServer, data: bytes) -> tuple[bytes, list]:
     return server.data_to_send(), events
 
 
-EHLO_PLAIN = (b"250-proxy.example\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-ENHANCEDSTATUSCODES\r\n"
-              b"250-PIPELINING\r\n250-SIZE\r\n250 STARTTLS\r\n")
+EHLO_PLAIN = (b"250-proxy.example\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n250-BURL imap\r\n250-CHUNKING\r\n"
+              b"250-ENHANCEDSTATUSCODES\r\n250-SIZE\r\n250-STARTTLS\r\n250 PIPELINING\r\n")
+"""Dovecot 2.3 submission-login's pre-login EHLO, keyword for keyword and in its order."""
 
 # --------------------------------------------------------------------------- server
 
 
 def test_greeting_and_ehlo() -> None:
     server = make_server()
-    assert server.greeting() == b"220 proxy.example ESMTP Palomar ready.\r\n"
+    assert server.greeting() == b"220 proxy.example Palomar ready.\r\n"
     out, events = talk(server, b"EHLO client.example\r\n")
     assert out == EHLO_PLAIN and events == []
     assert server.ehlo_name == "client.example"
@@ -54,8 +55,8 @@ def test_greeting_and_ehlo() -> None:
 def test_ehlo_without_starttls_and_without_cleartext_auth() -> None:
     server = make_server(starttls=False, allow_cleartext=False)
     out, _ = talk(server, b"EHLO c\r\n")
-    assert out == (b"250-proxy.example\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n"
-                   b"250 SIZE\r\n")
+    assert out == (b"250-proxy.example\r\n250-8BITMIME\r\n250-BURL imap\r\n250-CHUNKING\r\n"
+                   b"250-ENHANCEDSTATUSCODES\r\n250-SIZE\r\n250 PIPELINING\r\n")
     out, events = talk(server, b"AUTH PLAIN " + b64(b"\0u\0p") + b"\r\n")
     assert out == b"538 5.7.11 Encryption required for requested authentication mechanism\r\n"
     assert events == []
@@ -165,12 +166,12 @@ def test_login_failed_then_pipelined_commands_continue() -> None:
     assert len(events) == 1
     assert talk(server, b"RSET\r\n") == (b"", [])  # held back until the login is answered
     events = server.login_failed(None, AUTH_FAILED)
-    assert server.data_to_send() == (b"535 5.7.8 Authentication credentials invalid\r\n"
+    assert server.data_to_send() == (b"535 5.7.8 Authentication failed.\r\n"
                                      b"250 2.0.0 OK\r\n250 2.0.0 OK\r\n")
     assert events == []
     _, events = talk(server, b"AUTH PLAIN " + b64(b"\0u\0bad") + b"\r\n")
     server.login_failed(None, TEMP_FAILED)
-    assert server.data_to_send() == b"454 4.7.0 Temporary authentication failure\r\n"
+    assert server.data_to_send() == b"454 4.7.0 Account is temporarily unavailable.\r\n"
     with pytest.raises(RuntimeError):
         server.login_failed(None, AUTH_FAILED)
 
@@ -210,7 +211,7 @@ def test_rset_noop_quit() -> None:
 
 def test_unknown_commands_then_too_many_errors() -> None:
     server = make_server(max_bad_commands=3)
-    out, events = talk(server, b"FOO\r\n\r\nXCLIENT ADDR=1.2.3.4\r\nNOOP\r\n")
+    out, events = talk(server, b"FOO\r\n\r\nXFOO ADDR=1.2.3.4\r\nNOOP\r\n")
     assert out == (b"500 5.5.1 Unknown command\r\n500 5.5.2 Invalid command syntax\r\n"
                    b"421 4.7.0 proxy.example Too many invalid commands.\r\n")
     assert events == [Close("Too many invalid commands")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ import pytest
 
 from palomar.cluster.model import Backend, Site
 from palomar.geodb import open_engine
+from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.localdb.store import LocalDB
 from palomar.proxy.router import Router
@@ -72,3 +74,56 @@ async def test_routing_uses_the_memoised_group_and_follows_its_change(world: Wor
     assert applied
     world.router.invalidate(f"group/{world.site.id}/{first.group}")
     assert (await world.router.route("alice@example.test")).host == other.host
+
+
+class FailingEngine:
+    """Wraps a real engine; every call fails while `down` is set (the GeoDB is unreachable)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args, **kwargs):
+            if self.down:
+                raise GeoDBUnavailable("GeoDB read: connection refused")
+            return await attr(*args, **kwargs)
+        return call
+
+
+async def test_geodb_outage_routes_known_users_from_the_stale_cache(tmp_path) -> None:
+    engine = open_engine("sqlite", path=str(tmp_path / "geodb.sqlite"))
+    await engine.open()
+    failing = FailingEngine(engine)
+    geodb = GeoDB(failing)
+    site = Site(id=uuid.uuid4(), name="east")
+    assert await geodb.site_add(site)
+    backend = Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.1")
+    await geodb.backend_add(backend)
+    await geodb.backend_set_status(site.id, backend.id, "online", None)
+    cache = LocalDB(str(tmp_path / "localdb.sqlite"), stale_keep_secs=3600)
+    clock = [time.time()]
+    router = Router(geodb, cache, site_name="east", group_count=4, cache_ttl=1, max_stale=3600,
+                    clock=lambda: clock[0])
+    known = await router.route("known@example.test")  # its first login: placed and cached
+    assert known.host == "10.0.0.1"
+    failing.down = True
+    clock[0] += 600  # ten minutes later: the normal cache lifetime is long over
+    again = await router.route("known@example.test")
+    assert again.host == "10.0.0.1" and router.stale_reads > 0
+    clock[0] += 3600  # past cluster_geodb_stale_max: no longer used
+    with pytest.raises(GeoDBUnavailable):
+        await router.route("known@example.test")
+    clock[0] -= 3600
+    with pytest.raises(GeoDBUnavailable):  # nothing cached: the caller answers a temporary failure
+        await router.route("new@example.test")
+    strict = Router(geodb, cache, site_name="east", group_count=4, cache_ttl=1, max_stale=0,
+                    clock=lambda: clock[0])
+    with pytest.raises(GeoDBUnavailable):  # stale use switched off
+        await strict.route("known@example.test")
+    cache.close()
+    await engine.close()

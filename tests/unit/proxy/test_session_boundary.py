@@ -34,7 +34,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[InProcessCluster]:
 @pytest.mark.parametrize(("protocol", "outcome", "reply"), [
     ("imap", TempFailed("x", "y"), "NO [UNAVAILABLE] Account is temporarily unavailable."),
     ("pop3", TempFailed("x", "y"), "-ERR [SYS/TEMP] Account is temporarily unavailable."),
-    ("submission", TempFailed("x", "y"), "454 4.7.0 Temporary authentication failure"),
+    ("submission", TempFailed("x", "y"), "454 4.7.0 Account is temporarily unavailable."),
     ("sieve", TempFailed("x", "y"), 'NO (TRYLATER) "Account is temporarily unavailable."'),
     ("imap", AuthFailed(), "NO [AUTHENTICATIONFAILED] Authentication failed."),
     ("pop3", NoLogin("Gone\r\nfishing."), "-ERR [AUTH] Gone fishing."),
