@@ -533,4 +533,5 @@ def executor_from_config(state: BackendState, cfg: Any) -> MoveExecutor:
         log.warning("doveadm_password is not set: moves cannot kick Dovecot sessions; "
                     "each user waits for cluster_user_move_timeout")
     timeout = float(cfg["cluster_user_move_timeout"])
-    return MoveExecutor(state, doveadm, user_move_timeout=timeout)
+    return MoveExecutor(state, doveadm, user_move_timeout=timeout,
+                        metrics=Registry(dovecot_prefix=cfg["metrics_prefix"]))

@@ -25,6 +25,8 @@ from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
+from palomar.metrics.http import serve_stats
+from palomar.metrics.registry import Registry
 from palomar.net.drain import Drain, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
@@ -416,6 +418,21 @@ async def _stats_loop(state: BackendState) -> None:
         await asyncio.sleep(STATS_INTERVAL)
 
 
+def hop_metrics(state: BackendState, registry: Registry) -> None:
+    """The hop outcomes BackendState counts (also written to backend_stats), on the backend's /metrics."""
+    hops = registry.counter("backend_hops", "Hops from proxies: login (relayed to Dovecot), referral, refused",
+                            ("result",))
+    sessions = registry.gauge("backend_sessions", "Sessions relayed to the local Dovecot now")
+
+    def collect() -> None:
+        hops.set_total(state.logins, result="login")
+        hops.set_total(state.referrals, result="referral")
+        hops.set_total(state.refused, result="refused")
+        sessions.set(len(state.active))
+
+    registry.on_collect(collect)
+
+
 async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     from palomar.net.server import AcceptLoop, listen_socket
@@ -442,6 +459,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     await state.register()
     state.moves = executor = executor_from_config(state, cfg)
     executor.start()
+    hop_metrics(state, executor.metrics)
+    metrics_servers = await serve_stats(cfg, executor.metrics)
     loops = []
     for address in cfg["listen"]:
         host = "0.0.0.0" if address == "*" else address
@@ -461,6 +480,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     finally:
         stats.cancel()
         stalls.cancel()
+        for server in metrics_servers:
+            server.close()
         await executor.stop()
         for accept_loop in loops:
             await accept_loop.close()

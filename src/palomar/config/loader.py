@@ -10,7 +10,9 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from palomar.config import seed_blocks
 from palomar.config import settings as reg
+from palomar.config.derived import DERIVED
 from palomar.config.errors import ConfigError, Issue, Location
 from palomar.config.model import (
     ListenerSettings,
@@ -24,6 +26,8 @@ from palomar.config.validate import cross_check
 from palomar.config.values import split_list
 
 OVERRIDE = Location("<override>", 0)
+SEED_SECTIONS = ("metric", "cluster_geodb", "cluster_localdb", "metacache_last_host")
+"""Top-level blocks of the seed's `@cluster_defaults` expansions (checked against config/seed_blocks.py)."""
 
 
 class Config:
@@ -50,7 +54,8 @@ class Config:
             raise KeyError(f"unknown setting {name!r}")
         if name in self._values:
             return self._values[name]
-        return setting.default_value
+        derive = DERIVED.get(name)
+        return setting.default_value if derive is None else derive(self)
 
     def is_set(self, name: str) -> bool:
         """Whether the configuration assigns `name` explicitly (even to its default)."""
@@ -149,6 +154,8 @@ class _Builder:
                 self.service_section(node)
             elif node.kind == "dict_server":
                 self.dict_server(node)
+            elif node.kind in SEED_SECTIONS:
+                self.seed_section(node)
             else:
                 self.unknown_section(node, reg.GLOBAL)
 
@@ -159,7 +166,7 @@ class _Builder:
         elif setting is not None:
             self.error(node.location, f"{node.kind}: is a setting, not a section (write {node.kind} = value)")
         else:
-            known = ["passdb", "userdb", "service", "dict_server"] if scope is reg.GLOBAL else []
+            known = ["passdb", "userdb", "service", "dict_server", *SEED_SECTIONS] if scope is reg.GLOBAL else []
             self.error(node.location, _unknown(node.kind, known, "section"))
 
     def set_global(self, key: str, text: str, location: Location) -> None:
@@ -272,21 +279,39 @@ class _Builder:
         return result
 
     def dict_server(self, node: Section) -> None:
+        """The seed's dicts: their maps must be the seed's; the keyspace and LocalDB path are settings."""
+        seed = seed_blocks.reference("dict_server", None)
+        assert seed is not None
+        self.seed_mismatches(node, seed)
         for child in node.children:
-            if isinstance(child, Section) and child.kind == "dict" and child.label == "cluster-geodb":
-                for key, (value, location) in self._settings(child, reg.GEODB_DICT, "dict cluster-geodb").items():
-                    self.set_global(key, value, location)
-                for grandchild in child.children:
-                    if isinstance(grandchild, Section):
-                        self.error(grandchild.location, f"{grandchild.title}: not supported in dict cluster-geodb "
-                                                        "(only cassandra_keyspace is)")
-            elif isinstance(child, Section):
-                self.error(child.location, f"{child.title}: not supported in dict_server "
-                                           "(only dict cluster-geodb { cassandra_keyspace } is)")
-            elif isinstance(child, Assignment):
-                self.error(child.location, _unknown(child.key, [], "setting in dict_server"))
-            else:
+            if isinstance(child, GroupInclude):
                 self.error(child.location, f"@{child.name}: group includes are only allowed at the top level")
+            elif isinstance(child, Section) and child.kind == "dict":
+                for item in child.children:
+                    if isinstance(item, Assignment) and item.key in seed_blocks.TUNABLE_KEYS:
+                        target = seed_blocks.TUNABLE.get((child.label or "", item.key))
+                        if target is None:
+                            self.error(item.location, f"{item.key}: not a setting of dict {child.label}")
+                        else:
+                            self.set_global(target, item.value, item.location)
+
+    def seed_section(self, node: Section) -> None:
+        """`metric NAME`, `cluster_geodb`, `cluster_localdb`, `metacache_last_host`: the seed's, or refused."""
+        seed = seed_blocks.reference(node.kind, node.label)
+        if seed is None:
+            if node.kind == "metric":
+                known = ", ".join(seed_blocks.seed_metric_names())
+                self.error(node.location, f"{node.title}: palomar cannot evaluate Dovecot event filters; it "
+                                          f"exports the Palomar document's metrics ({known}) and its own")
+            else:
+                self.error(node.location, f"{node.title}: the Palomar document has no such block")
+            return
+        self.seed_mismatches(node, seed)
+
+    def seed_mismatches(self, node: Section, seed: Section) -> None:
+        for child, reason in seed_blocks.differences(node, seed):
+            self.error(child.location, f"{node.title}: {reason}; palomar implements exactly the document's "
+                                       "blocks (docs/configuration.md, \"The Palomar document's blocks\")")
 
     def service_section(self, node: Section) -> None:
         if node.label is None:

@@ -28,6 +28,10 @@ class ListenerSettings:
     haproxy: bool = False
     ssl: bool = False
 
+    def bind_addresses(self) -> list[str]:
+        """The addresses to bind: Dovecot's `*` (every IPv4 address) is 0.0.0.0, the rest as written."""
+        return ["0.0.0.0" if a == "*" else a for a in self.address]
+
 
 @dataclass(frozen=True)
 class UnixListenerSettings:

@@ -99,10 +99,22 @@ _add("cluster_default_group_count", UINT, "100", BOTH,
 _add("cluster_director_transition_config", PATH, "", BOTH,
      "director-to-cluster transition file", unsupported="not supported yet")
 _add("cluster_geodb", STRING, "", BOTH, "GeoDB dict",
-     unsupported="not supported: palomar uses cluster_geodb_driver, cluster_geodb_path and cassandra_hosts")
+     unsupported="as a value: palomar's GeoDB is set by cassandra_hosts (or cluster_geodb_path); the seed's "
+                 "block `cluster_geodb { dict proxy { ... } }` is accepted as written")
 _add("cluster_localdb", STRING, "", BOTH, "LocalDB dict",
-     unsupported="not supported: palomar uses cluster_localdb_path")
-_add("cassandra_hosts", WORDS, "", BOTH, "Cassandra contact points of the GeoDB (host or host:port)")
+     unsupported="as a value: palomar uses cluster_localdb_path; the seed's block "
+                 "`cluster_localdb { dict proxy { ... } }` is accepted as written")
+_add("cassandra_hosts", WORDS, "", BOTH,
+     "Cassandra contact points of the GeoDB (host or host:port); setting it selects the Cassandra GeoDB")
+_add("lmtp_proxy", enum("yes"), "yes", BOTH,
+     "LMTP recipients are proxied to the backend that owns the user: palomar's proxy always does so, and its "
+     "backend checks each recipient's owner (a moved user's recipient is referred on); `no` is refused")
+_add("auth_socket_path", enum("cluster-userdb"), "cluster-userdb", BOTH,
+     "accepted with the seed's value only, as a no-op: in Dovecot Pro it points user lookups at the cluster "
+     "service; palomar routes in-process and has no separate auth process or socket")
+_add("login_socket_path", enum("cluster"), "cluster", BOTH,
+     "accepted with the seed's value only, as a no-op: in Dovecot Pro it points login processes at the cluster "
+     "service; palomar's proxy authenticates and routes in-process")
 
 # --- Dovecot settings palomar honours --------------------------------------------------------------------
 _add("haproxy_trusted_networks", NETWORKS, "", BOTH,
@@ -123,9 +135,19 @@ _add("hostname", STRING, "", BOTH,
 _add("listen", ADDRESSES, "*, ::", BOTH, "addresses listeners bind to unless they set `address`")
 _add("ssl", enum("no", "yes", "required"), "yes", BOTH,
      "TLS: `no`, `yes` (offered), `required` (no authentication without TLS)")
-_add("ssl_server_cert_file", PATH, "", BOTH, "PEM file with the server certificate chain")
-_add("ssl_server_key_file", PATH, "", BOTH, "PEM file with the server's private key")
+_add("ssl_server_cert_file", PATH, "/etc/dovecot/private/dovecot.pem", BOTH,
+     "PEM file with the server certificate chain (default: what Debian's dovecot-core configures)")
+_add("ssl_server_key_file", PATH, "/etc/dovecot/private/dovecot.key", BOTH,
+     "PEM file with the server's private key (default: what Debian's dovecot-core configures)")
 _add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication without TLS")
+_add("disable_plaintext_auth", BOOL, "yes", BOTH, "Dovecot 2.3's name of the opposite of auth_allow_cleartext",
+     unsupported="the Dovecot 2.3 name; like Dovecot 2.4, palomar does not read 2.3 settings: write "
+                 "auth_allow_cleartext with the opposite value (disable_plaintext_auth = no is "
+                 "auth_allow_cleartext = yes)")
+_add("ssl_cert", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_cert_file",
+     unsupported="the Dovecot 2.3 name: write ssl_server_cert_file = /path (a file name, no `<`)")
+_add("ssl_key", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_key_file",
+     unsupported="the Dovecot 2.3 name: write ssl_server_key_file = /path (a file name, no `<`)")
 _add("auth_failure_delay", TIME, "2 secs", PROXY,
      "flat delay before answering a failed authentication (the escalating penalty comes on top, "
      "see auth_penalty_max_delay)")
@@ -144,7 +166,8 @@ _add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and uni
 
 # --- palomar extensions ----------------------------------------------------------------------------------
 _ext = {"extension": True}
-_add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH, "GeoDB engine", **_ext)
+_add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH,
+     "GeoDB engine; unset, it is `cassandra` when cassandra_hosts is set (as in the seed), else `sqlite`", **_ext)
 _add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
      "SQLite GeoDB file (driver sqlite)", **_ext)
 _add("cluster_geodb_timeout", TIME, "2 secs", BOTH,
@@ -174,7 +197,8 @@ _add("cassandra_serial_consistency", enum("local-serial", "serial"), "local-seri
 _add("cluster_localdb_path", PATH, "/dev/shm/palomar/localdb.sqlite", BOTH,
      "this server's LocalDB (SQLite)", **_ext)
 _add("cluster_hop_secret", SECRET, "", BOTH,
-     "shared secret proxies use to prove themselves to backends", **_ext)
+     "shared secret proxies use to prove themselves to backends (empty: a key derived from doveadm_password, "
+     "which the seed sets alike on every proxy and backend)", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
 _add("cluster_hop_ssl", enum("yes", "no"), "yes", BOTH,
@@ -205,6 +229,10 @@ _add("cluster_proxy_probe_interval", TIME, "5 secs", PROXY,
      "how often this proxy probes offline backends with the test login", **_ext)
 _add("cluster_proxy_probe_timeout", TIME, "5 secs", PROXY,
      "how long one probe (hop, test login, LOGOUT) may take before it counts as failed", **_ext)
+_add("metrics_prefix", STRING, "dovecot_", BOTH,
+     "prefix of the metrics exported under Dovecot's names (the Palomar document's and `@metric_defaults = "
+     "proxy`: `dovecot_proxy_session_success_total`, ...), as Dovecot's OpenMetrics exporter writes them; "
+     "palomar's own metrics are `palomar_*`", **_ext)
 _add("login_max_ip_connections", UINT, "100", PROXY,
      "connections from one client address that may be open before login, per proxy process (0: no limit); "
      "the address is the PROXY header's on haproxy listeners; login_trusted_networks and LMTP are exempt; "
@@ -239,7 +267,7 @@ _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,
      "Dovecot master user the backend logs users in with", **_ext)
 _add("cluster_backend_dovecot_master_password", SECRET, "", BACKEND,
-     "password of that master user", **_ext)
+     "password of that master user (empty: a key derived from doveadm_password)", **_ext)
 _add("cluster_backend_dovecot_imap_port", PORT, "10143", BACKEND, "IMAP port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_pop3_port", PORT, "10110", BACKEND, "POP3 port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_lmtp_port", PORT, "10024", BACKEND, "LMTP port of the local Dovecot", **_ext)
@@ -297,10 +325,6 @@ UNIX_LISTENER = Registry()
 UNIX_LISTENER.add("mode", MODE, "0600", BOTH, "permissions of the socket")
 UNIX_LISTENER.add("user", STRING, "", BOTH, "owner of the socket")
 UNIX_LISTENER.add("group", STRING, "", BOTH, "group of the socket")
-
-# The only thing the seed's examples put in `dict_server { dict cluster-geodb { ... } }`.
-GEODB_DICT = Registry()
-GEODB_DICT.add("cassandra_keyspace", STRING, "cluster", BOTH, "same as the top-level cassandra_keyspace")
 
 SERVICE_NAMES = (
     "imap-login", "pop3-login", "submission-login", "managesieve-login", "lmtp", "doveadm", "stats", "cluster",

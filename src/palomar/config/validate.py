@@ -18,6 +18,7 @@ from palomar.protocols.subaddress import delimiters_problem
 if TYPE_CHECKING:
     from palomar.config.loader import Config
 
+DERIVED_SECRETS = ("cluster_hop_secret", "cluster_backend_dovecot_master_password")
 _REQUIRED = {
     "proxy": ("cluster_local_site", "cluster_hop_secret"),
     "backend": ("cluster_backend_name", "cluster_local_site", "cluster_hop_secret",
@@ -31,7 +32,9 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     role_at = cfg.role_location or main
     for name in _REQUIRED.get(cfg.role or "", ()):
         if not cfg[name]:
-            issues.append(Issue(role_at, f"{name}: required on a {cfg.role} (@cluster_defaults = {cfg.role})"))
+            hint = " (or doveadm_password, from which it is derived)" if name in DERIVED_SECRETS else ""
+            issues.append(Issue(role_at, f"{name}: required on a {cfg.role} (@cluster_defaults = {cfg.role})"
+                                         f"{hint}"))
     if cfg.role == "proxy" and cfg["cluster_proxy_check_backends"]:
         for name in ("cluster_backend_test_username", "cluster_backend_test_password"):
             if not cfg[name]:

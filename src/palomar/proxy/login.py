@@ -58,6 +58,29 @@ class TempFailed:
 LoginOutcome = Established | AuthFailed | NoLogin | TempFailed
 
 
+@dataclass
+class LoginTally:
+    """What one client connection's logins came to, for Dovecot's `login_aborted` event."""
+
+    attempts: int = 0
+    last: LoginOutcome | None = None
+
+    def record(self, outcome: LoginOutcome) -> None:
+        self.attempts += 1
+        self.last = outcome
+
+    def aborted_reason(self) -> str:
+        """The `reason` Dovecot's login_aborted event gives (login-common, client_get_extra_disconnect_reason)."""
+        last = self.last
+        if self.attempts == 0 or last is None:
+            return "no_auth_attempts"
+        if isinstance(last, NoLogin):
+            return "login_disabled"
+        if isinstance(last, TempFailed):
+            return last.error_code if last.error_code.startswith("proxy_dest_") else "auth_temp_failed"
+        return "auth_failed"
+
+
 async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
     """Run one login to its end. Returns the outcome and the user name after passdb renames.
 

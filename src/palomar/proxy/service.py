@@ -14,7 +14,7 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
 from palomar.geodb.guarded import GeoDBUnavailable
-from palomar.metrics.http import serve_metrics
+from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
 from palomar.net.hop_tls import hop_client_context
@@ -51,11 +51,6 @@ FRONTENDS = {
 """Client-facing services and the adapter that speaks each one's protocol."""
 
 
-def listener_addresses(cfg: Config, listener) -> list[str]:
-    addresses = listener.address or cfg["listen"]
-    return ["0.0.0.0" if a == "*" else ("::" if a == "::" else a) for a in addresses]
-
-
 async def flush_dest_stats(state: ProxyState) -> None:
     if state.site_id is None or not state.dest.dirty:
         return
@@ -90,7 +85,7 @@ async def _refusal_summaries(state: ProxyState) -> None:
 
 
 async def build_state(cfg: Config) -> ProxyState:
-    registry = Registry()
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
                                "its cache (docs/design/geodb-outage.md)")
     available.set(1.0)
@@ -137,7 +132,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         if service is None:
             continue
         for listener in service.listeners.values():
-            for address in listener_addresses(cfg, listener):
+            for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
                 if adapter is None:
                     handler = lmtp_handler(state, cfg, listener)
@@ -152,12 +147,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
-    metrics_servers = []
-    stats = cfg.services.get("stats")
-    if stats is not None:
-        for listener in stats.listeners.values():
-            for address in listener_addresses(cfg, listener):
-                metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
+    metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
     checks = start_backend_checks(state, cfg)

@@ -20,8 +20,10 @@ def test_backend_requires_name_site_secret_and_master_password(write) -> None:
     assert _errors(path) == [
         f"{path}:2: cluster_backend_name: required on a backend (@cluster_defaults = backend)",
         f"{path}:2: cluster_local_site: required on a backend (@cluster_defaults = backend)",
-        f"{path}:2: cluster_hop_secret: required on a backend (@cluster_defaults = backend)",
-        f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend)",
+        f"{path}:2: cluster_hop_secret: required on a backend (@cluster_defaults = backend) "
+        "(or doveadm_password, from which it is derived)",
+        f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend) "
+        "(or doveadm_password, from which it is derived)",
         f"{path}:2: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
         "cluster_hop_ssl_cert_file and cluster_hop_ssl_key_file are not set; set them or cluster_hop_ssl = no",
     ]
@@ -31,7 +33,8 @@ def test_proxy_requires_site_secret_and_test_login(write) -> None:
     path = write("proxy.conf", "@cluster_defaults = proxy\nssl = no\n")
     assert _errors(path) == [
         f"{path}:1: cluster_local_site: required on a proxy (@cluster_defaults = proxy)",
-        f"{path}:1: cluster_hop_secret: required on a proxy (@cluster_defaults = proxy)",
+        f"{path}:1: cluster_hop_secret: required on a proxy (@cluster_defaults = proxy) "
+        "(or doveadm_password, from which it is derived)",
         f"{path}:1: cluster_backend_test_username: required to probe backends "
         "(or set cluster_proxy_check_backends = no)",
         f"{path}:1: cluster_backend_test_password: required to probe backends "
@@ -47,17 +50,20 @@ def test_proxy_requires_site_secret_and_test_login(write) -> None:
 
 def test_tls_needs_certificate_and_key(write) -> None:
     base = PROXY.replace("ssl = no", "")
-    path = write("proxy.conf", base + "ssl_server_cert_file = /etc/palomar/cert.pem\n")
+    debian = load(write("debian.conf", base))  # Debian's dovecot-core certificate, as Dovecot there uses
+    assert (str(debian["ssl_server_cert_file"]), str(debian["ssl_server_key_file"])) == (
+        "/etc/dovecot/private/dovecot.pem", "/etc/dovecot/private/dovecot.key")
+    path = write("proxy.conf", base + "ssl_server_cert_file = /etc/palomar/cert.pem\nssl_server_key_file =\n")
     assert _errors(path) == [
         f"{path}:1: ssl: TLS is enabled (ssl = yes) but ssl_server_key_file is not set; set them or ssl = no"
     ]
-    required = write("required.conf", "ssl = required\n")
+    required = write("required.conf", "ssl = required\nssl_server_cert_file =\nssl_server_key_file =\n")
     assert _errors(required) == [
         f"{required}:1: ssl: TLS is enabled (ssl = required) but ssl_server_cert_file and ssl_server_key_file "
         "are not set; set them or ssl = no"
     ]
     listener = write("listener.conf", "service doveadm {\n  inet_listener tcp {\n    port = 2300\n"
-                                      "    ssl = yes\n  }\n}\ndoveadm_password = x\n")
+                                      "    ssl = yes\n  }\n}\ndoveadm_password = x\nssl_server_key_file =\n")
     assert _errors(listener)[0].startswith(f"{listener}:2: ssl: TLS is enabled")
     ok = write("ok.conf", base + "ssl_server_cert_file = /c.pem\nssl_server_key_file = /k.pem\n")
     assert set(load(ok).services["imap-login"].listeners) == {"imap", "imaps"}
@@ -118,10 +124,12 @@ def test_client_limit_only_where_it_is_enforced(write) -> None:
 
 
 def test_geodb_engine_settings_must_match_the_driver(write) -> None:
-    path = write("a.conf", "cassandra_hosts = c1 c2\ncassandra_keyspace = ks\n")
+    assert load(write("seed.conf", "cassandra_hosts = c1 c2\n"))["cluster_geodb_driver"] == "cassandra"
+    assert load(write("empty.conf", "\n"))["cluster_geodb_driver"] == "sqlite"
+    path = write("a.conf", "cluster_geodb_driver = sqlite\ncassandra_hosts = c1 c2\ncassandra_keyspace = ks\n")
     assert _errors(path) == [
-        f"{path}:1: cassandra_hosts: only used with cluster_geodb_driver = cassandra (cluster_geodb_driver is sqlite)",
-        f"{path}:2: cassandra_keyspace: only used with cluster_geodb_driver = cassandra "
+        f"{path}:2: cassandra_hosts: only used with cluster_geodb_driver = cassandra (cluster_geodb_driver is sqlite)",
+        f"{path}:3: cassandra_keyspace: only used with cluster_geodb_driver = cassandra "
         "(cluster_geodb_driver is sqlite)",
     ]
     cassandra = write("b.conf", "cluster_geodb_driver = cassandra\ncluster_geodb_path = /x.sqlite\n")
