@@ -124,3 +124,22 @@ def test_disagreement_is_logged_once_and_a_login_still_works(cluster: LocalClust
     typ, data = imap.capability()  # post-login: the backend's own list
     assert typ == "OK" and b"XPALOMAR-TEST" in data[0].split()
     imap.logout()
+
+
+def test_logins_ask_the_backends_nothing_more(cluster: LocalCluster) -> None:
+    """The lists are cached: sessions never cause a capability query (one per backend and proxy at start)."""
+
+    def queries() -> int:
+        return sum(b.log_path.read_text().count("cmd=capabilities") for b in cluster.backends)
+
+    before = queries()
+    assert before >= len(cluster.proxies) * len(cluster.backends)
+    node = proxy(cluster, "proxy1")
+    for user in cluster.users[:10]:
+        imap = IMAP4From(node.host, node.imap, source=CLIENT)
+        imap.login(user.name, user.password)
+        imap.logout()
+        with smtplib.SMTP(node.host, node.submission, source_address=(CLIENT, 0), timeout=10) as smtp:
+            smtp.ehlo("client.example.test")
+        sieve_greeting(node.host, node.sieve)
+    assert queries() == before

@@ -1,7 +1,8 @@
 """Admin commands a backend accepts over the hop (docs/design/backend-hop.md, "Admin channel").
 
 `palomar cluster kick`, `group access` and `user access` must act *on* a backend: close its
-relayed sessions, kick its Dovecot, start a move it owns. They reach it the way proxies do,
+relayed sessions, kick its Dovecot, start a move it owns; proxies ask it for its Dovecot's
+pre-login capabilities (`capabilities`). They reach it the way sessions do,
 through an authenticated hop with protocol `doveadm` and a TLV 0xE9 carrying a small JSON
 command, so no second listener or secret is needed. The reply is `OK <base64 JSON>` or
 `FAIL <code> <text>`.
