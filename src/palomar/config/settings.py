@@ -160,6 +160,16 @@ _add("imap_id_log", STRING, "", PROXY,
      "IMAP ID fields of clients to log as `ID sent: ...` (`*`: all; empty: none)")
 _add("imap_id_retain", BOOL, "no", PROXY,
      "pass the client's IMAP ID on to the backend's Dovecot (before palomar's own x-session-id etc.)")
+_add("imap_capability", STRING, "", PROXY,
+     "pre-login IMAP CAPABILITY: empty takes the site's backends' list, `+X Y` adds to it, a list replaces it "
+     "(STARTTLS, AUTH= and LOGINDISABLED stay decided by the connection)")
+_add("submission_backend_capabilities", WORDS, "", PROXY,
+     "which of 8BITMIME BINARYMIME CHUNKING DSN VRFY the pre-login EHLO offers; unset takes the site's "
+     "backends' EHLO")
+_add("managesieve_sieve_capability", STRING, "", PROXY,
+     "ManageSieve greeting's SIEVE list before login (empty: the site's backends' list)")
+_add("managesieve_notify_capability", STRING, "", PROXY,
+     "ManageSieve greeting's NOTIFY list before login (empty: the site's backends' list)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
 _add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from palomar.auth.variables import Template, VariableError
 from palomar.config.errors import Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
+from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
 from palomar.protocols.subaddress import delimiters_problem
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _listeners(cfg)
     issues += _processes(cfg, role_at)
     issues += _address_rules(cfg, main)
+    issues += _capability_rules(cfg, main)
+    return issues
+
+
+def _capability_rules(cfg: Config, main: Location) -> list[Issue]:
+    """The pre-login capability settings (protocols/prelogin_caps.py), each problem at its setting."""
+    issues = []
+    for problem in settings_problems(CapabilitySettings.from_config(cfg)):
+        name = problem.split(":", 1)[0]
+        issues.append(Issue(cfg.location(name) or main, problem))
     return issues
 
 

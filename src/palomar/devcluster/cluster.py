@@ -161,6 +161,8 @@ class LocalCluster:
     """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
     proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Extra config lines for proxies, by proxy name (`proxy1`) or `*` for all of them."""
+    backend_dovecot_settings: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    """Extra Dovecot settings (name, value) for backends' Dovecot, by backend name (`backend1`) or `*`."""
     geodb: str = "sqlite"
     """GeoDB engine: `sqlite` (a file under root) or `cassandra` (a running Cassandra, see below)."""
     cassandra_hosts: str = "127.0.0.1"
@@ -419,7 +421,9 @@ class LocalCluster:
             relay = (self.sink.host, self.sink.port)
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
-            dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay))
+            extra = (*self.backend_dovecot_settings.get("*", ()), *self.backend_dovecot_settings.get(name, ()))
+            dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay,
+                                                     extra_settings=extra))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):

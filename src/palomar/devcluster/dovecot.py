@@ -61,7 +61,8 @@ def ensure_inotify_instances(minimum: int = MIN_INOTIFY_INSTANCES) -> None:
 
 def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    relay: tuple[str, int] = ("127.0.0.1", 25),
-                   master_password: str | None = None) -> DovecotParams:
+                   master_password: str | None = None,
+                   extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
     """Params of one test backend under `root/name`, with fresh free ports and secrets."""
     home = root / name
     imap, pop3, lmtp, submission, sieve, doveadm_http, metrics = free_ports(listen, 7)
@@ -88,6 +89,7 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
         trusted_networks=("127.0.0.1/32", "::1/128", str(ipaddress.ip_network(listen))),
         relay_host=relay[0],
         relay_port=relay[1],
+        extra_settings=extra_settings,
     )
 
 

@@ -57,7 +57,9 @@ __all__ = [
     "SieveResponse",
     "SieveSyntaxError",
     "StartTlsRequest",
+    "parse_capability_line",
     "parse_response",
+    "prelogin_capabilities",
     "referral_response",
     "response",
 ]
@@ -97,6 +99,39 @@ def referral_response(url: str, text: str = "Try this server instead.") -> str:
 
 def _capability_line(name: str, value: str | None) -> bytes:
     return _line(quote(name) if value is None else f"{quote(name)} {quote(value)}")
+
+
+def prelogin_capabilities(implementation: str, sieve_extensions: str, notify_methods: str | None, *,
+                          offer_starttls: bool, mechanisms: tuple[str, ...],
+                          trusted: bool) -> list[tuple[str, str | None]]:
+    """The greeting's capability lines in managesieve-login's order. SIEVE and NOTIFY are learnt or
+    configured; the rest is the proxy's own: its IMPLEMENTATION, its SASL mechanisms (`"SASL" ""` is
+    allowed, STARTTLS being offered then), STARTTLS before TLS, VERSION, XCLIENT for trusted peers."""
+    caps: list[tuple[str, str | None]] = [("IMPLEMENTATION", implementation), ("SIEVE", sieve_extensions)]
+    if notify_methods:
+        caps.append(("NOTIFY", notify_methods))
+    caps.append(("SASL", " ".join(mechanisms)))
+    if offer_starttls:
+        caps.append(("STARTTLS", None))
+    caps.append(("VERSION", "1.0"))
+    if trusted:
+        caps.append(("XCLIENT", None))
+    return caps
+
+
+def parse_capability_line(message: bytes) -> tuple[str, str | None]:
+    """`"NAME" ["value"]` of a greeting or CAPABILITY reply (name upper-cased); SieveSyntaxError if not."""
+    reader = ArgReader(message)
+    try:
+        name = decode(reader.string()).upper()
+        value = None
+        if not reader.at_end():
+            reader.sp()
+            value = decode(reader.string())
+        reader.end()
+    except ImapSyntaxError as exc:
+        raise SieveSyntaxError(str(exc)) from None
+    return name, value
 
 
 # --------------------------------------------------------------------------- responses
@@ -206,20 +241,9 @@ class SieveLoginServer(LoginServerCore):
         return MECHANISMS if self.cleartext_allowed else ()
 
     def capabilities(self) -> list[tuple[str, str | None]]:
-        """The capability list in Dovecot's order; `"SASL" ""` is allowed because STARTTLS is then offered."""
-        caps: list[tuple[str, str | None]] = [
-            ("IMPLEMENTATION", self.implementation),
-            ("SIEVE", self.sieve_extensions),
-        ]
-        if self.notify_methods:
-            caps.append(("NOTIFY", self.notify_methods))
-        caps.append(("SASL", " ".join(self.mechanisms())))
-        if self.starttls and not self.secured:
-            caps.append(("STARTTLS", None))
-        caps.append(("VERSION", "1.0"))
-        if self.trusted:
-            caps.append(("XCLIENT", None))
-        return caps
+        return prelogin_capabilities(self.implementation, self.sieve_extensions, self.notify_methods,
+                                     offer_starttls=self.starttls and not self.secured,
+                                     mechanisms=self.mechanisms(), trusted=self.trusted)
 
     def capability_lines(self) -> bytes:
         return b"".join(_capability_line(name, value) for name, value in self.capabilities())
@@ -476,15 +500,9 @@ class SieveLoginClient(LoginClientCore[LoginResult]):
             self._on_failure(resp)
 
     def _on_capability(self, message: bytes) -> None:
-        reader = ArgReader(message)
         try:
-            name = decode(reader.string()).upper()
-            value = None
-            if not reader.at_end():
-                reader.sp()
-                value = decode(reader.string())
-            reader.end()
-        except ImapSyntaxError:
+            name, value = parse_capability_line(message)
+        except SieveSyntaxError:
             self._protocol_error(f"Invalid capability line: {shorten(message)}")
             return
         self._capability_bytes += len(message)

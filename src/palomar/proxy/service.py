@@ -19,6 +19,8 @@ from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
 from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.protocols.prelogin_caps import CapabilitySettings
+from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
@@ -26,7 +28,7 @@ from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
 from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
 from palomar.proxy.pop3_frontend import Pop3Adapter
-from palomar.proxy.probes import start_backend_checks
+from palomar.proxy.probes import start_backend_checks, start_capability_learning
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
@@ -121,6 +123,7 @@ async def build_state(cfg: Config) -> ProxyState:
         recipient_delimiter=cfg["recipient_delimiter"],
         imap_id_log=cfg["imap_id_log"],
         imap_id_retain=cfg["imap_id_retain"],
+        capabilities=SiteCapabilities(CapabilitySettings.from_config(cfg)),
     )
 
 
@@ -151,6 +154,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
     checks = start_backend_checks(state, cfg)
+    learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
@@ -161,6 +165,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         flusher.cancel()
         fence.cancel()
+        learning.cancel()
         summaries.cancel()
         if checks is not None:
             checks.cancel()

@@ -15,6 +15,7 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.metrics.registry import Counter, Registry
 from palomar.net.drain import Drain
 from palomar.net.refusals import RefusalLog
+from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.limits import ConnectionLimits
@@ -115,6 +116,8 @@ class ProxyState:
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits({}, 0))
     penalty: AuthPenalty = field(default_factory=lambda: AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
                                                                      per_user=False))
+    capabilities: SiteCapabilities = field(default_factory=SiteCapabilities)
+    """The pre-login capability lists offered to clients, learnt from the site's backends."""
     max_auth_failures: int = 0
     """login_max_auth_failures: failed logins after which a connection is closed (0: never)."""
     refusals: RefusalLog = field(init=False)

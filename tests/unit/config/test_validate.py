@@ -179,3 +179,17 @@ def test_hop_tls_needs_its_files_on_each_role_and_plaintext_refuses_them(write) 
     ]
     assert load(write("ok.conf", PROXY.replace("cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt",
                                                "cluster_hop_ssl = no")))["cluster_hop_ssl"] == "no"
+
+
+def test_pre_login_capability_settings_are_checked(write) -> None:
+    path = write("proxy.conf", PROXY + "imap_capability = +IDLE STARTTLS\n"
+                 "submission_backend_capabilities = 8BITMIME PIPELINING\n")
+    errors = _errors(path)
+    assert any(e.startswith(f"{path}:8: imap_capability: STARTTLS is decided by the connection state") for e in errors)
+    assert any(e.startswith(f"{path}:9: submission_backend_capabilities: PIPELINING is not one of") for e in errors)
+
+
+def test_pre_login_capability_settings_load(write) -> None:
+    cfg = load(write("proxy.conf", PROXY + "imap_capability = +XFOO\nsubmission_backend_capabilities =\n"
+                     "managesieve_sieve_capability = fileinto vacation\n"))
+    assert cfg["imap_capability"] == "+XFOO" and cfg.is_set("submission_backend_capabilities")
