@@ -16,8 +16,6 @@ from palomar.config.model import (
     ListenerSettings,
     PassdbSettings,
     ServiceSettings,
-    UnixListenerSettings,
-    UserdbSettings,
 )
 from palomar.config.parser import Assignment, GroupInclude, Section, parse_file
 from palomar.config.validate import cross_check
@@ -35,7 +33,6 @@ class Config:
         self.role_location: Location | None = None
         self.source_files: list[str] = []
         self.passdbs: list[PassdbSettings] = []
-        self.userdbs: list[UserdbSettings] = []
         self.services: dict[str, ServiceSettings] = {}
         # Where each explicitly written service / listener is, for messages and `config show`.
         self.service_locations: dict[str, Location] = {}
@@ -143,8 +140,8 @@ class _Builder:
                 self.group(node)
             elif node.kind == "passdb":
                 self.database(node, reg.PASSDB, PassdbSettings, self.cfg.passdbs)
-            elif node.kind == "userdb":
-                self.database(node, reg.USERDB, UserdbSettings, self.cfg.userdbs)
+            elif node.kind in reg.REFUSED_SECTIONS:
+                self.error(node.location, f"{node.title}: {reg.REFUSED_SECTIONS[node.kind]}")
             elif node.kind == "service":
                 self.service_section(node)
             elif node.kind == "dict_server":
@@ -303,13 +300,11 @@ class _Builder:
         for name in reg.SERVICE_NAMES:
             service = ServiceSettings(name)
             raw: dict[str, dict[str, Any]] = {}
-            for listener, port, tls in reg.DEFAULT_LISTENERS.get(name, ()):
+            # A backend's clients are proxies on cluster_hop_port: Dovecot's client listeners are not its
+            for listener, port, tls in () if cfg.role == "backend" else reg.DEFAULT_LISTENERS.get(name, ()):
                 raw[listener] = {"port": port, "ssl": tls}
             if name == "doveadm":
                 raw[reg.DOVEADM_LISTENER] = {"port": cfg["doveadm_port"]}
-            if name == "cluster" and cfg.role:
-                for socket, mode in reg.CLUSTER_UNIX_LISTENERS:
-                    service.unix_listeners[socket] = UnixListenerSettings(socket, mode)
             for section in self._service_sections.get(name, []):
                 self.service_body(section, service, raw)
             for listener, values in raw.items():
@@ -333,9 +328,10 @@ class _Builder:
         for child in section.children:
             if not isinstance(child, Section):
                 plain.children.append(child)
-            elif child.kind not in ("inet_listener", "unix_listener"):
-                self.error(child.location, _unknown(child.kind, ["inet_listener", "unix_listener"],
-                                                    f"section in {where}"))
+            elif child.kind in reg.REFUSED_SECTIONS:
+                self.error(child.location, f"{where} {{ {child.title} }}: {reg.REFUSED_SECTIONS[child.kind]}")
+            elif child.kind != "inet_listener":
+                self.error(child.location, _unknown(child.kind, ["inet_listener"], f"section in {where}"))
             elif child.label is None:
                 self.error(child.location, f"{child.kind}: needs a name in {where}")
             else:
@@ -349,13 +345,6 @@ class _Builder:
         for child in node.children:
             if isinstance(child, Section):
                 self.error(child.location, f"{child.title}: sections are not allowed in {inner}")
-        if node.kind == "unix_listener":
-            values = self._settings(node, reg.UNIX_LISTENER, inner)
-            old = service.unix_listeners.get(node.label, UnixListenerSettings(node.label))
-            fields = {"mode": old.mode, "user": old.user, "group": old.group}
-            fields.update({key: value for key, (value, _) in values.items()})
-            service.unix_listeners[node.label] = UnixListenerSettings(node.label, **fields)
-            return
         values = self._settings(node, reg.INET_LISTENER, inner)
         raw.setdefault(node.label, {}).update({key: value for key, (value, _) in values.items()})
         key = (service.name, node.label)
