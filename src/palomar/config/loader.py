@@ -18,8 +18,6 @@ from palomar.config.model import (
     ListenerSettings,
     PassdbSettings,
     ServiceSettings,
-    UnixListenerSettings,
-    UserdbSettings,
 )
 from palomar.config.parser import Assignment, GroupInclude, Section, parse_file
 from palomar.config.validate import cross_check
@@ -39,7 +37,6 @@ class Config:
         self.role_location: Location | None = None
         self.source_files: list[str] = []
         self.passdbs: list[PassdbSettings] = []
-        self.userdbs: list[UserdbSettings] = []
         self.services: dict[str, ServiceSettings] = {}
         # Where each explicitly written service / listener is, for messages and `config show`.
         self.service_locations: dict[str, Location] = {}
@@ -148,8 +145,8 @@ class _Builder:
                 self.group(node)
             elif node.kind == "passdb":
                 self.database(node, reg.PASSDB, PassdbSettings, self.cfg.passdbs)
-            elif node.kind == "userdb":
-                self.database(node, reg.USERDB, UserdbSettings, self.cfg.userdbs)
+            elif node.kind in reg.REFUSED_SECTIONS:
+                self.error(node.location, f"{node.title}: {reg.REFUSED_SECTIONS[node.kind]}")
             elif node.kind == "service":
                 self.service_section(node)
             elif node.kind == "dict_server":
@@ -313,6 +310,15 @@ class _Builder:
             self.error(child.location, f"{node.title}: {reason}; palomar implements exactly the document's "
                                        "blocks (docs/configuration.md, \"The Palomar document's blocks\")")
 
+    @staticmethod
+    def is_seed_listener(service: Section, listener: Section) -> bool:
+        """A unix listener exactly as the `@cluster_defaults` expansion writes it in `service cluster`."""
+        seed = seed_blocks.reference("service", "cluster")
+        if service.label != "cluster" or seed is None:
+            return False
+        return any(isinstance(c, Section) and seed_blocks.canonical(c) == seed_blocks.canonical(listener)
+                   for c in seed.children)
+
     def service_section(self, node: Section) -> None:
         if node.label is None:
             self.error(node.location, "service: needs a name, e.g. service imap-login { ... }")
@@ -328,13 +334,11 @@ class _Builder:
         for name in reg.SERVICE_NAMES:
             service = ServiceSettings(name)
             raw: dict[str, dict[str, Any]] = {}
-            for listener, port, tls in reg.DEFAULT_LISTENERS.get(name, ()):
+            # A backend's clients are proxies on cluster_hop_port: Dovecot's client listeners are not its
+            for listener, port, tls in () if cfg.role == "backend" else reg.DEFAULT_LISTENERS.get(name, ()):
                 raw[listener] = {"port": port, "ssl": tls}
             if name == "doveadm":
                 raw[reg.DOVEADM_LISTENER] = {"port": cfg["doveadm_port"]}
-            if name == "cluster" and cfg.role:
-                for socket, mode in reg.CLUSTER_UNIX_LISTENERS:
-                    service.unix_listeners[socket] = UnixListenerSettings(socket, mode)
             for section in self._service_sections.get(name, []):
                 self.service_body(section, service, raw)
             for listener, values in raw.items():
@@ -358,9 +362,12 @@ class _Builder:
         for child in section.children:
             if not isinstance(child, Section):
                 plain.children.append(child)
-            elif child.kind not in ("inet_listener", "unix_listener"):
-                self.error(child.location, _unknown(child.kind, ["inet_listener", "unix_listener"],
-                                                    f"section in {where}"))
+            elif child.kind == "unix_listener" and self.is_seed_listener(section, child):
+                continue  # the Palomar document's own `service cluster` sockets: a documented no-op
+            elif child.kind in reg.REFUSED_SECTIONS:
+                self.error(child.location, f"{where} {{ {child.title} }}: {reg.REFUSED_SECTIONS[child.kind]}")
+            elif child.kind != "inet_listener":
+                self.error(child.location, _unknown(child.kind, ["inet_listener"], f"section in {where}"))
             elif child.label is None:
                 self.error(child.location, f"{child.kind}: needs a name in {where}")
             else:
@@ -374,13 +381,6 @@ class _Builder:
         for child in node.children:
             if isinstance(child, Section):
                 self.error(child.location, f"{child.title}: sections are not allowed in {inner}")
-        if node.kind == "unix_listener":
-            values = self._settings(node, reg.UNIX_LISTENER, inner)
-            old = service.unix_listeners.get(node.label, UnixListenerSettings(node.label))
-            fields = {"mode": old.mode, "user": old.user, "group": old.group}
-            fields.update({key: value for key, (value, _) in values.items()})
-            service.unix_listeners[node.label] = UnixListenerSettings(node.label, **fields)
-            return
         values = self._settings(node, reg.INET_LISTENER, inner)
         raw.setdefault(node.label, {}).update({key: value for key, (value, _) in values.items()})
         key = (service.name, node.label)

@@ -13,7 +13,6 @@ from typing import Any, Literal
 from palomar.config.values import (
     ADDRESSES,
     BOOL,
-    MODE,
     NETWORKS,
     PATH,
     PORT,
@@ -92,7 +91,7 @@ _add("cluster_backend_test_password", SECRET, "", PROXY, "password of the test l
 _add("cluster_proxy_check_backends", BOOL, "yes", PROXY,
      "whether this proxy sets failing backends offline and probes backends with the test login "
      "(every backend once at start-up, offline ones periodically) so the controller can set them online")
-_add("cluster_user_move_timeout", TIME, "31 secs", BOTH,
+_add("cluster_user_move_timeout", TIME, "31 secs", BACKEND,
      "if one user's move has not finished in this time, treat it as done and move the next user")
 _add("cluster_default_group_count", UINT, "100", BOTH,
      "number of automatically created user groups default-1 .. default-N")
@@ -117,27 +116,33 @@ _add("login_socket_path", enum("cluster"), "cluster", BOTH,
      "service; palomar's proxy authenticates and routes in-process")
 
 # --- Dovecot settings palomar honours --------------------------------------------------------------------
-_add("haproxy_trusted_networks", NETWORKS, "", BOTH,
+_add("haproxy_trusted_networks", NETWORKS, "", PROXY,
      "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
-_add("haproxy_timeout", TIME, "3 secs", BOTH, "how long to wait for the PROXY header")
-_add("login_trusted_networks", NETWORKS, "", BOTH,
-     "networks whose connections may forward the client's address and session (proxies, on backends); "
-     "on a proxy, clients from these networks (e.g. a webmail server) are exempt from "
-     "login_max_ip_connections and the auth penalty")
+_add("haproxy_timeout", TIME, "3 secs", PROXY, "how long to wait for the PROXY header")
+_add("login_trusted_networks", NETWORKS, "", PROXY,
+     "networks whose connections may forward the client's address and session (IMAP ID, XCLIENT), e.g. a "
+     "webmail server; they are also exempt from login_max_ip_connections and the auth penalty. Backends "
+     "trust proxies by cluster_hop_secret instead, so it is refused there")
 _add("doveadm_port", PORT, "0", BOTH,
      "TCP port of the doveadm service (0: none); a doveadm listener is not supported yet, so any other value "
      "is refused")
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
-_add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
+_add("doveadm_password", SECRET, "", BOTH,
+     "shared password of doveadm between proxies and backends; a backend uses it with its local Dovecot's "
+     "doveadm (moves, `palomar backend dovecot-config`); a proxy has no doveadm and accepts it unused, as the "
+     "seed's proxy example sets it")
 _add("hostname", STRING, "", BOTH,
-     "this server's name in logs, SMTP greetings and proxy_dest_stats rows (empty: the system host name)")
+     "this server's name: on a proxy in SMTP/LMTP greetings, shutdown lines and proxy_dest_stats rows (empty: "
+     "the system host name); on a backend the local Dovecot's `hostname` (LMTP and submission greetings, "
+     "Received headers) in `palomar backend dovecot-config` (empty: cluster_backend_name)")
 _add("listen", ADDRESSES, "*, ::", BOTH, "addresses listeners bind to unless they set `address`")
-_add("ssl", enum("no", "yes", "required"), "yes", BOTH,
-     "TLS: `no`, `yes` (offered), `required` (no authentication without TLS)")
-_add("ssl_server_cert_file", PATH, "/etc/dovecot/private/dovecot.pem", BOTH,
+_add("ssl", enum("no", "yes", "required"), "yes", PROXY,
+     "client TLS: `no`, `yes` (offered), `required` (as `yes`, and no password is taken without TLS on any "
+     "protocol even with auth_allow_cleartext = yes, as Dovecot 2.3 does)")
+_add("ssl_server_cert_file", PATH, "/etc/dovecot/private/dovecot.pem", PROXY,
      "PEM file with the server certificate chain (default: what Debian's dovecot-core configures)")
-_add("ssl_server_key_file", PATH, "/etc/dovecot/private/dovecot.key", BOTH,
+_add("ssl_server_key_file", PATH, "/etc/dovecot/private/dovecot.key", PROXY,
      "PEM file with the server's private key (default: what Debian's dovecot-core configures)")
 _add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication without TLS")
 _add("disable_plaintext_auth", BOOL, "yes", BOTH, "Dovecot 2.3's name of the opposite of auth_allow_cleartext",
@@ -172,7 +177,10 @@ _add("managesieve_notify_capability", STRING, "", PROXY,
      "ManageSieve greeting's NOTIFY list before login (empty: the site's backends' list)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
-_add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")
+_add("base_dir", PATH, "/run/palomar", BOTH,
+     "directory of runtime files: each running role writes `ROLE.pid` there (as Dovecot's master.pid) and "
+     "refuses to start while that file names a live process; a backend's "
+     "`palomar backend dovecot-config` puts the local Dovecot's runtime and state directories there")
 
 # --- palomar extensions ----------------------------------------------------------------------------------
 _ext = {"extension": True}
@@ -301,15 +309,7 @@ PASSDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when th
 PASSDB.add("skip", enum("never", "authenticated", "unauthenticated"), "never", BOTH,
            "when to skip this passdb")
 
-USERDB = Registry()
-USERDB.add("driver", STRING, "", BOTH, "userdb driver, e.g. `passwd-file` or `static` (required)")
-USERDB.add("args", STRING, "", BOTH, "driver arguments")
-USERDB.add("result_success", _RESULT, "return-ok", BOTH, "what to do when the user is found")
-USERDB.add("result_failure", _RESULT, "continue", BOTH, "what to do when the user is not found")
-USERDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when the userdb fails")
-USERDB.add("skip", enum("never", "found", "notfound"), "never", BOTH, "when to skip this userdb")
-
-# Field sections of passdb/userdb: `fields { key = value }`; any key is allowed.
+# Field sections of passdb: `fields { key = value }`; any key is allowed.
 FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
 
 SERVICE = Registry()
@@ -331,10 +331,16 @@ INET_LISTENER.add("haproxy", BOOL, "no", BOTH,
                   "expect a HAProxy PROXY header (only from `haproxy_trusted_networks`)")
 INET_LISTENER.add("ssl", BOOL, "no", BOTH, "TLS from the first byte (imaps, pop3s, submissions)")
 
-UNIX_LISTENER = Registry()
-UNIX_LISTENER.add("mode", MODE, "0600", BOTH, "permissions of the socket")
-UNIX_LISTENER.add("user", STRING, "", BOTH, "owner of the socket")
-UNIX_LISTENER.add("group", STRING, "", BOTH, "group of the socket")
+# Sections Dovecot has that palomar recognises and refuses, with the reason (the loader's message and
+# the reference's table).
+REFUSED_SECTIONS = {
+    "userdb": "not used: a proxy needs only a passdb (the user's backend looks the user up in its own "
+              "Dovecot), and a backend's Dovecot gets its userdb from `palomar backend dovecot-config`; "
+              "remove the userdb section",
+    "unix_listener": "not supported: palomar has no Dovecot auth or login processes to serve on unix sockets, "
+                     "so no socket would be created (only the Palomar document's own `service cluster` "
+                     "listeners are accepted, as a documented no-op); remove it",
+}
 
 SERVICE_NAMES = (
     "imap-login", "pop3-login", "submission-login", "managesieve-login", "lmtp", "doveadm", "stats", "cluster",
@@ -350,8 +356,5 @@ DEFAULT_LISTENERS: dict[str, tuple[tuple[str, int, bool], ...]] = {
 }
 # `doveadm { inet_listener tcp }` takes its port from doveadm_port.
 DOVEADM_LISTENER = "tcp"
-
-# What `@cluster_defaults = proxy|backend` adds besides the role (the seed's group expansion).
-CLUSTER_UNIX_LISTENERS = (("cluster-userdb", 0o666), ("login/cluster", 0o666))
 
 GROUPS = {"cluster_defaults": ("proxy", "backend"), "metric_defaults": ("proxy", "backend")}

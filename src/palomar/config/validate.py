@@ -46,6 +46,7 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _tls(cfg, role_at)
     issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
+    issues += _backend_listeners(cfg)
     issues += _processes(cfg, role_at)
     issues += _address_rules(cfg, main)
     issues += _capability_rules(cfg, main)
@@ -159,6 +160,22 @@ def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], Listener
         listener = cfg.services[service].listeners.get(name)
         if listener is not None:
             yield key, listener
+
+
+def _backend_listeners(cfg: Config) -> list[Issue]:
+    """A backend listens on cluster_hop_port only: any other listener written for it would never open."""
+    if cfg.role != "backend":
+        return []
+    issues = []
+    for (service, name), _ in _explicit_listeners(cfg):
+        if service in ("doveadm", "stats"):
+            continue  # doveadm: refused with its own reason in _listeners; stats: the backend's /metrics
+        why = ("a backend's clients are proxies on cluster_hop_port, and its Dovecot's ports are the "
+               "cluster_backend_dovecot_*_port settings")
+        issues.append(Issue(cfg.listener_locations[(service, name)],
+                            f"service {service} {{ inet_listener {name} }}: not used on a backend: {why}; "
+                            "remove it or set port = 0"))
+    return issues
 
 
 def _listeners(cfg: Config) -> list[Issue]:

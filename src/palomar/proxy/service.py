@@ -108,7 +108,8 @@ async def build_state(cfg: Config) -> ProxyState:
         metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
-        allow_cleartext=cfg["auth_allow_cleartext"],
+        # Dovecot's ssl = required: no password without TLS, whatever auth_allow_cleartext says
+        allow_cleartext=cfg["auth_allow_cleartext"] and cfg["ssl"] != "required",
         auth_failure_delay=cfg["auth_failure_delay"],
         greeting=cfg["login_greeting"],
         haproxy_timeout=cfg["haproxy_timeout"],

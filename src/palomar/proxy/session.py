@@ -21,7 +21,7 @@ from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.client_info import note_client_info
-from palomar.proxy.failures import WORDING, login_failure
+from palomar.proxy.failures import WORDING, failure_reason, login_failure
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
@@ -191,8 +191,9 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)
         return None
-    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, safe(user),
-                     conn.client[0], conn.client[1], type(outcome).__name__)
+    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s reason=%s", conn.session_id,
+                     adapter.protocol, safe(user), conn.client[0], conn.client[1], type(outcome).__name__,
+                     safe(failure_reason(outcome)))
     events = core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
     if isinstance(outcome, AuthFailed):
         conn.auth_failures += 1

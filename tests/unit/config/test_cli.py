@@ -72,8 +72,7 @@ def test_show_all_includes_defaults_and_default_listeners() -> None:
     assert "cluster_backend_dovecot_imap_port = 10143" in lines
     assert "cluster_backend_dovecot_master_password = # hidden" in lines
     assert "login_greeting = palomar ready." not in lines  # a proxy setting, not shown for a backend
-    assert "  inet_listener imaps {" in lines
-    assert '  unix_listener login/cluster {' in lines
+    assert "  inet_listener imaps {" not in lines  # a backend listens on the hop port only
 
 
 def test_show_output_loads_back_to_the_same_settings(write) -> None:

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from palomar.config import ConfigError, ListenerSettings, PassdbSettings, UnixListenerSettings, load
+from palomar.config import ConfigError, ListenerSettings, PassdbSettings, load
 from palomar.config.derived import derive_secret
 from palomar.config.seed_blocks import SEED_DIR
 
@@ -82,10 +82,8 @@ def test_seed_backend_example_loads() -> None:
     assert cfg["cluster_backend_dovecot_imap_port"] == 10143
     assert cfg["cluster_backend_dovecot_host"] == "127.0.0.1"
     assert cfg["cluster_hop_port"] == 7425
-    assert cfg.services["cluster"].unix_listeners == {
-        "cluster-userdb": UnixListenerSettings("cluster-userdb", 0o666),
-        "login/cluster": UnixListenerSettings("login/cluster", 0o666),
-    }
+    # a backend's clients are proxies on the hop port: Dovecot's client listeners are not its own
+    assert all(service.listeners == {} for service in cfg.services.values())
 
 
 @pytest.mark.parametrize("role", ["proxy", "backend"])
@@ -226,7 +224,7 @@ def test_later_assignment_wins(write) -> None:
     assert cfg.location("cluster_local_site").line == 2
 
 
-def test_passdb_and_userdb_sections(write) -> None:
+def test_passdb_sections(write) -> None:
     cfg = load(write("p.conf", PROXY + """
         passdb master {
           driver = passwd-file
@@ -244,14 +242,6 @@ def test_passdb_and_userdb_sections(write) -> None:
             host = 127.0.0.1
           }
         }
-        userdb {
-          driver = static
-          args = uid=vmail gid=vmail
-          fields {
-            home = /var/mail/%{user}
-          }
-          skip = found
-        }
         """))
     master, users = cfg.passdbs
     assert (master.name, master.master, master.result_success, master.result_failure, master.skip) == (
@@ -259,9 +249,6 @@ def test_passdb_and_userdb_sections(write) -> None:
     assert users.default_fields == {"proxy": "y", "nopassword": "yes"}
     assert users.override_fields == {"host": "127.0.0.1"}
     assert users.args == "scheme=ARGON2ID /etc/palomar/users.passwd"
-    [userdb] = cfg.userdbs
-    assert (userdb.name, userdb.driver, userdb.skip) == ("static", "static", "found")
-    assert userdb.fields == {"home": "/var/mail/%{user}"}
 
 
 def test_passdb_repr_hides_passwords() -> None:
@@ -302,7 +289,7 @@ def test_effective_masks_secrets_and_lists_defaults_of_the_role() -> None:
     assert "haproxy_timeout" not in names
     everything = dict(cfg.effective(include_defaults=True))
     assert everything["haproxy_timeout"] == "3 secs"
-    assert everything["cluster_user_move_timeout"] == "31 secs"
+    assert "cluster_user_move_timeout" not in everything  # moves run on backends
     assert "cluster_backend_name" not in everything  # a backend-only setting, on a proxy
     assert "cluster_director_transition_config" not in everything  # unsupported
     assert all("placeholder" not in value for value in everything.values())

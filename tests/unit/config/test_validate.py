@@ -193,3 +193,66 @@ def test_pre_login_capability_settings_load(write) -> None:
     cfg = load(write("proxy.conf", PROXY + "imap_capability = +XFOO\nsubmission_backend_capabilities =\n"
                      "managesieve_sieve_capability = fileinto vacation\n"))
     assert cfg["imap_capability"] == "+XFOO" and cfg.is_set("submission_backend_capabilities")
+
+
+# A minimal valid backend, for tests that only change one thing.
+BACKEND = """
+    @cluster_defaults = backend
+    cluster_backend_name = be1
+    cluster_local_site = DC1
+    cluster_hop_secret = hop
+    cluster_hop_ssl = no
+    cluster_backend_dovecot_master_password = m
+"""
+
+
+def test_userdb_sections_are_refused_on_every_role(write) -> None:
+    """Nothing reads a userdb: the proxy needs a passdb, a backend's Dovecot gets its userdb elsewhere."""
+    for role, base in (("proxy", PROXY), ("backend", BACKEND)):
+        path = write(f"{role}.conf", base + "userdb {\n  driver = static\n  args = uid=vmail\n}\n")
+        [error] = _errors(path)
+        assert error.startswith(f"{path}:{base.count(chr(10))}: userdb: not used: a proxy needs only a passdb")
+        assert "palomar backend dovecot-config" in error
+
+
+def test_unix_listeners_are_refused_because_no_socket_is_created(write) -> None:
+    """Only the Palomar document's own `service cluster` sockets are accepted (a documented no-op)."""
+    path = write("p.conf", PROXY + "service cluster {\n  unix_listener login/cluster {\n    mode = 0600\n  }\n}\n")
+    [error] = _errors(path)
+    assert error.startswith(f"{path}:9: service cluster {{ unix_listener login/cluster }}: not supported: "
+                            "palomar has no Dovecot auth or login processes")
+    path = write("o.conf", PROXY + "service imap-login {\n  unix_listener login/imap {\n  }\n}\n")
+    assert "not supported: palomar has no Dovecot auth or login processes" in _errors(path)[0]
+    seed = PROXY + "service cluster {\n  unix_listener login/cluster {\n    mode = 0666\n  }\n}\n"
+    assert load(write("s.conf", seed)).role == "proxy"
+    assert load(write("q.conf", PROXY + "service cluster {\n  process_min_avail = 1\n}\n")).role == "proxy"
+
+
+@pytest.mark.parametrize("block, why", [
+    ("service imap-login {\n  inet_listener imap {\n    port = 143\n  }\n}\n", "a backend's clients are proxies"),
+    ("service lmtp {\n  inet_listener lmtp {\n    port = 24\n  }\n}\n", "a backend's clients are proxies"),
+])
+def test_listeners_a_backend_would_never_open_are_refused(write, block: str, why: str) -> None:
+    path = write("b.conf", BACKEND + block)
+    [error] = _errors(path)
+    assert error.startswith(f"{path}:8: service ") and "not used on a backend: " + why in error
+    off = block.replace("port = 143", "port = 0").replace("port = 24", "port = 0").replace("port = 9900", "port = 0")
+    assert load(write("off.conf", BACKEND + off)).role == "backend"
+
+
+@pytest.mark.parametrize("setting", [
+    "haproxy_trusted_networks = 10.0.0.0/8", "haproxy_timeout = 5 secs", "login_trusted_networks = 10.0.0.0/8",
+    "ssl = required", "ssl_server_cert_file = /etc/c.pem", "ssl_server_key_file = /etc/k.pem",
+])
+def test_client_side_settings_are_refused_on_a_backend(write, setting: str) -> None:
+    """A backend has no client listeners, so these would be read by nothing there."""
+    path = write("b.conf", BACKEND + setting + "\n")
+    name = setting.split(" ")[0]
+    assert _errors(path) == [f"{path}:7: {name}: applies only to a proxy, but this is a backend "
+                             "(@cluster_defaults = backend)"]
+
+
+def test_move_timeout_is_refused_on_a_proxy(write) -> None:
+    path = write("p.conf", PROXY + "cluster_user_move_timeout = 1 min\n")
+    assert _errors(path) == [f"{path}:8: cluster_user_move_timeout: applies only to a backend, but this is a "
+                             "proxy (@cluster_defaults = proxy)"]
