@@ -411,6 +411,10 @@ class MoveExecutor:
         self._released.set()
         self._released = asyncio.Event()
 
+    def held_users(self) -> set[str]:
+        """The users an open LMTP transaction or a login on its way to Dovecot holds here."""
+        return {user for held in self._deliveries.values() for _group, user in held}
+
     def open_deliveries(self, match: Callable[[str, str], bool]) -> list[DeliveryHolder]:
         """The transactions holding a (group, user) that `match` selects."""
         return [holder for holder, held in self._deliveries.items() if any(match(g, u) for g, u in held)]
