@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from test_store_failures import imap_login
 
 from inprocess_cluster import USERS, InProcessCluster, start_cluster
@@ -37,14 +35,6 @@ STATS_PERIODS = 2
 STALL_BOUND = 1.0
 """Seconds. The old stats pass froze the loop for about 4 s at 1M rows."""
 TICK = 0.01
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, dovecot_backends: dict[str, DovecotInstance]) -> AsyncIterator[InProcessCluster]:
-    dovecot = dovecot_backends["backend1"]
-    c = await start_cluster(tmp_path / "inprocess", backend_host=dovecot.params.listen, dovecot=dovecot)
-    yield c
-    await c.stop()
 
 
 def bulk_insert_users(path: str, rows: int, expired: int, now: int) -> None:
@@ -68,7 +58,17 @@ async def ticker(lateness: list[float]) -> None:
         lateness.append(loop.time() - due)
 
 
-async def test_logins_are_served_without_stalls_while_stats_and_pruning_run(cluster: InProcessCluster) -> None:
+async def test_logins_are_served_without_stalls_while_stats_and_pruning_run(
+        tmp_path: Path, dovecot_backends: dict[str, DovecotInstance]) -> None:
+    dovecot = dovecot_backends["backend1"]
+    cluster = await start_cluster(tmp_path / "inprocess", backend_host=dovecot.params.listen, dovecot=dovecot)
+    try:
+        await serve_while_periodic_tasks_run(cluster)
+    finally:
+        await cluster.stop()
+
+
+async def serve_while_periodic_tasks_run(cluster: InProcessCluster) -> None:
     backend = cluster.backend
     now = int(backend.clock())
     bulk_insert_users(backend.localdb.path, ROWS, EXPIRED, now)

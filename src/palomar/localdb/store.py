@@ -343,6 +343,17 @@ class LocalDB:
             params = (mask_to_glob(_name(mask, "mask")),)
         return [LocalGroup(*r) for r in self._exec(sql + " ORDER BY name", params)]
 
+    def groups_moving_here(self) -> list[LocalGroup]:
+        """The groups with a move marker (`redirect_host` NULL): moves this server runs or ran."""
+        return [LocalGroup(*r) for r in self._exec(
+            "SELECT name, redirect_host, last_update FROM cluster_groups WHERE redirect_host IS NULL ORDER BY name")]
+
+    def groups_redirected_before(self, cutoff: int, limit: int) -> list[LocalGroup]:
+        """At most `limit` straggler redirects written before `cutoff`, oldest first."""
+        return [LocalGroup(*r) for r in self._exec(
+            "SELECT name, redirect_host, last_update FROM cluster_groups WHERE redirect_host IS NOT NULL "
+            "AND last_update < ? ORDER BY last_update LIMIT ?", (_now(cutoff), int(limit)))]
+
     # ------------------------------------------------------------ cluster_geodb_cache
 
     def cache_get(self, key: str, now: int | None = None) -> str | None:

@@ -1,4 +1,5 @@
-"""The backend's LocalDB pruner: bounded passes that drop forgotten users and keep move state."""
+"""Bounded periodic work on a backend: the LocalDB pruner keeps what moves need and drops the rest
+in bounded passes; the move sweep re-checks relayed users in bounded rounds."""
 
 from __future__ import annotations
 
@@ -47,3 +48,15 @@ def test_a_pass_is_bounded_and_says_when_more_is_waiting(tmp_path: Path) -> None
         last = prune_once(state, NOW, batch=3)
         assert (last.dropped, last.full) == (1, False)
         assert db.users_served() == 0
+
+
+def test_the_sweep_rechecks_relayed_users_in_bounded_rounds() -> None:
+    from palomar.backend.moves import SWEEP_BATCH, MoveExecutor
+
+    users = [f"u{i}" for i in range(2 * SWEEP_BATCH + 50)]
+    state = SimpleNamespace(by_user={u: {1: None} for u in users})
+    executor = MoveExecutor(state, doveadm=None)  # type: ignore[arg-type]
+    batches = [executor._next_recheck_batch() for _ in range(4)]
+    assert [len(b) for b in batches] == [SWEEP_BATCH, SWEEP_BATCH, 50, SWEEP_BATCH]
+    assert sorted(sum(batches[:3], [])) == sorted(users)  # one round covers every relayed user once
+    assert batches[3] == users[:SWEEP_BATCH]  # and the next round starts over
