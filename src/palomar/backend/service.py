@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 from palomar.backend.admin import execute_admin
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
+from palomar.backend.localdb_upkeep import prune_loop
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
@@ -82,6 +83,8 @@ class BackendState:
     logins: int = 0
     referrals: int = 0
     refused: int = 0
+    stats_written: int = 0
+    """How many times `write_stats` completed."""
 
     async def register(self) -> Backend:
         """`cluster backend add --self`: make sure this backend exists (new ones start standby)."""
@@ -187,7 +190,7 @@ class BackendState:
 
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
-        users = len({key for key in (r.username for r in self.localdb.user_list(None))})
+        users = self.localdb.users_served()  # a counter row, not a scan (docs/design/periodic-tasks.md)
         await self.geodb.backend_stats_put(self.site_id, self.backend_id, [
             Stat("sessions_active", float(len(self.active)), "gauge"),
             Stat("logins", float(self.logins), "counter"),
@@ -196,6 +199,7 @@ class BackendState:
             *(Stat(k, v, "counter") for k, v in (self.moves.stats() if self.moves else {}).items()),
         ])
         await self.geodb.backend_update(self.site_id, self.backend_id, user_count_approx=users)
+        self.stats_written += 1
 
 
 STALL_TICK = 1.0
@@ -407,7 +411,8 @@ def _clock() -> Callable[[], float]:
     return (lambda: time.time() + offset) if offset else time.time
 
 
-async def _stats_loop(state: BackendState) -> None:
+async def stats_loop(state: BackendState, interval: float = STATS_INTERVAL) -> None:
+    """`write_stats` every `interval` seconds (a shorter one in tests), for as long as the service runs."""
     while True:
         try:
             await state.write_stats()
@@ -415,7 +420,7 @@ async def _stats_loop(state: BackendState) -> None:
             log.debug("writing backend_stats waits for the GeoDB: %s", exc)
         except Exception as exc:  # keep serving
             log.warning("writing backend_stats failed: %s", exc)
-        await asyncio.sleep(STATS_INTERVAL)
+        await asyncio.sleep(interval)
 
 
 def hop_metrics(state: BackendState, registry: Registry) -> None:
@@ -470,7 +475,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loops.append(loop)
         log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
                  "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
-    stats = asyncio.get_running_loop().create_task(_stats_loop(state))
+    stats = asyncio.get_running_loop().create_task(stats_loop(state))
+    upkeep = asyncio.get_running_loop().create_task(prune_loop(state))
     stalls = asyncio.get_running_loop().create_task(_watch_stalls(state))
     if ready is not None:
         ready.set()
@@ -479,6 +485,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         await drain_service(loops, state.drain, state.active.values())
     finally:
         stats.cancel()
+        upkeep.cancel()
         stalls.cancel()
         for server in metrics_servers:
             server.close()
