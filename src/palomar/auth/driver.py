@@ -4,6 +4,14 @@ Drivers are synchronous on purpose: the chain runs a lookup that may block (a fi
 worker thread, so a driver never needs to know about the event loop. A driver that can often
 answer without blocking also offers ``lookup_nowait`` (None: "I would block, use ``lookup``"),
 which the chain calls inline first to spare the thread hand-off.
+
+Drivers that talk to a database over the network may offer more (the chain looks for them):
+
+* ``lookup_async`` — a coroutine used instead of ``lookup`` (PostgreSQL through asyncpg);
+* ``verify_plain`` and ``checks_password = True`` — the driver checks the password itself
+  (LDAP authentication binds) and says so in ``DriverLookup.verified``;
+* ``cache_key(values)`` — the values of the variables its queries use: such a driver's
+  answers go through the auth cache (``auth_cache_size``), keyed by them, as in Dovecot.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ class DriverLookup:
     password: str | None = field(default=None, repr=False)
     fields: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     error: str | None = None
+    verified: bool | None = None
+    """Set by a driver that checked the password itself: True matched, False did not."""
 
 
 class PassdbDriver(Protocol):

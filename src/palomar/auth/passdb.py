@@ -20,9 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from palomar.auth.driver import PassdbDriver, compile_fields, parse_field_list
+from palomar.auth.cache import AuthCache
+from palomar.auth.driver import DriverLookup, PassdbDriver, compile_fields, parse_field_list
+from palomar.auth.ldap_driver import LdapArgsError, make_ldap_driver
 from palomar.auth.passwd_file import PasswdArgsError, PasswdFileDriver
-from palomar.auth.schemes import PasswordSchemeError, is_cheap, verify_password
+from palomar.auth.schemes import PasswordSchemeError, hash_password, is_cheap, verify_password
+from palomar.auth.sql_driver import SqlArgsError, make_sql_driver
 from palomar.auth.static_driver import StaticArgsError, StaticDriver
 from palomar.auth.variables import Template, VariableError, user_values
 from palomar.logsafe import safe
@@ -39,7 +42,9 @@ _ILLEGAL_PASSWORD_CHARS = frozenset("\x01\t\r\n")
 _SECRET_FIELDS = frozenset({"pass", "password"})
 # Fields that steer the passdb itself and are not part of the reply.
 _CONSUMED_FIELDS = frozenset({"password", "user", "nopassword", "noauthenticate", "allow_nets"})
-DRIVERS = ("passwd-file", "static")
+DRIVERS = ("passwd-file", "static", "sql", "ldap")
+# What the auth cache keeps of a password an LDAP server accepted (Dovecot keeps SHA1, unsalted).
+CACHED_PASSWORD_SCHEME = "SSHA512"
 # Scheme of a `password` given in a passdb's fields/default_fields/override_fields without `{SCHEME}`.
 CONFIG_PASSWORD_SCHEME = "PLAIN"
 _E = TypeVar("_E", bound=enum.StrEnum)
@@ -174,7 +179,8 @@ class Passdb:
                 result_internalfail=_enum(Rule, getattr(item, "result_internalfail", None), Rule.CONTINUE,
                                           "result_internalfail"),
             )
-        except (PassdbConfigError, PasswdArgsError, StaticArgsError, VariableError, ValueError) as exc:
+        except (PassdbConfigError, PasswdArgsError, StaticArgsError, SqlArgsError, LdapArgsError, VariableError,
+                ValueError) as exc:
             raise PassdbConfigError(f"passdb {name}: {exc}") from None
 
 
@@ -184,6 +190,10 @@ def make_driver(driver: str, args: str) -> PassdbDriver:
         return PasswdFileDriver(args)
     if driver == "static":
         return StaticDriver(args)
+    if driver == "sql":
+        return make_sql_driver(args)
+    if driver == "ldap":
+        return make_ldap_driver(args)
     raise PassdbConfigError(f"unsupported passdb driver {driver!r} (supported: {', '.join(DRIVERS)})")
 
 
@@ -280,25 +290,45 @@ def _parse_ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address
     return ip
 
 
-def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool, inline: bool = False) -> _Step | None:
-    """One passdb lookup (and password check when ``verify``).
+async def _driver_lookup(pdb: Passdb, user: str, req: AuthRequest, values: Mapping[str, str],
+                         verify: bool) -> DriverLookup:
+    """Ask the driver, the cheapest way it offers: inline, as a coroutine, or in a worker thread.
 
-    With ``inline`` it gives up (None) before anything that could block or burn CPU: a driver
-    that would have to read its source, or a slow password scheme; the caller then runs it
-    again without ``inline`` in a worker thread.
-    """
-    values = request_values(user, req)
+    A driver that checks passwords itself (LDAP ``auth_bind``) is asked to, when one is to be checked."""
+    driver = pdb.driver
     try:
-        if inline:
-            lookup_nowait = getattr(pdb.driver, "lookup_nowait", None)
-            found = lookup_nowait(user, values) if lookup_nowait is not None else None
-            if found is None:
-                return None
-        else:
-            found = pdb.driver.lookup(user, values)
+        if verify and getattr(driver, "checks_password", False):
+            return await asyncio.to_thread(driver.verify_plain, user, values, req.password or "")  # type: ignore[attr-defined]
+        lookup_nowait = getattr(driver, "lookup_nowait", None)
+        found = lookup_nowait(user, values) if lookup_nowait is not None else None
+        if found is not None:
+            return found
+        lookup_async = getattr(driver, "lookup_async", None)
+        if lookup_async is not None:
+            return await lookup_async(user, values)
+        return await asyncio.to_thread(driver.lookup, user, values)
     except Exception as exc:  # a driver bug must become a temporary failure, not a crash
         log.error("passdb %s: lookup failed: %s", pdb.name, type(exc).__name__)
-        return _Step(_Outcome.INTERNAL, detail="lookup error")
+        return DriverLookup(found=False, error="lookup error")
+
+
+async def _evaluate(pdb: Passdb, found: DriverLookup, user: str, req: AuthRequest, values: Mapping[str, str],
+                    verify: bool) -> _Step:
+    """The step's outcome from the driver's answer: inline when cheap, a slow hash in a thread."""
+    step = _evaluate_now(pdb, found, user, req, values, verify, inline=True)
+    if step is None:
+        step = await asyncio.to_thread(_evaluate_now, pdb, found, user, req, values, verify, False)
+        assert step is not None
+    return step
+
+
+def _evaluate_now(pdb: Passdb, found: DriverLookup, user: str, req: AuthRequest, values: Mapping[str, str],
+                  verify: bool, inline: bool) -> _Step | None:
+    """Fields and the password check for one driver answer (and the check when ``verify``).
+
+    With ``inline`` it gives up (None) before a slow password scheme; the caller then runs it
+    again without ``inline`` in a worker thread.
+    """
     if found.error:
         log.error("passdb %s: %s", pdb.name, found.error)
         return _Step(_Outcome.INTERNAL, detail="passdb unavailable")
@@ -324,7 +354,9 @@ def _run_passdb(pdb: Passdb, user: str, req: AuthRequest, verify: bool, inline: 
         password_from_config = password_from_config or k == "password"
 
     stored = fields.pop("password", None)
-    if verify and "nopassword" not in fields:
+    if verify and found.verified is False:
+        return _Step(_Outcome.MISMATCH, detail="password mismatch")
+    if verify and found.verified is None and "nopassword" not in fields:
         if req.password is None or not stored:
             return _Step(_Outcome.MISMATCH, detail="no password" if not stored else "password mismatch")
         # A password written in the configuration (the seed's shared probe password) is
@@ -365,7 +397,9 @@ class PassdbChain:
         *,
         username_format: str = DEFAULT_USERNAME_FORMAT,
         username_chars: str = DEFAULT_USERNAME_CHARS,
+        cache: AuthCache | None = None,
     ) -> None:
+        self.cache = cache
         self.passdbs = tuple(p for p in passdbs if not p.master)
         self.master_passdbs = tuple(p for p in passdbs if p.master)
         try:
@@ -381,10 +415,18 @@ class PassdbChain:
         *,
         username_format: str = DEFAULT_USERNAME_FORMAT,
         username_chars: str = DEFAULT_USERNAME_CHARS,
+        cache: AuthCache | None = None,
     ) -> PassdbChain:
         """Compile config objects (attributes ``name, driver, args, fields, ...``) in order."""
         compiled = [Passdb.from_settings(item, i) for i, item in enumerate(passdbs)]
-        return cls(compiled, username_format=username_format, username_chars=username_chars)
+        return cls(compiled, username_format=username_format, username_chars=username_chars, cache=cache)
+
+    async def aclose(self) -> None:
+        """Close the drivers' database connections (at shutdown)."""
+        for pdb in (*self.passdbs, *self.master_passdbs):
+            close = getattr(pdb.driver, "aclose", None)
+            if close is not None:
+                await close()
 
     def __repr__(self) -> str:
         return f"PassdbChain({[p.name for p in self.passdbs]}, master={[p.name for p in self.master_passdbs]})"
@@ -442,6 +484,47 @@ class PassdbChain:
         target = await self._run_chain(self.passdbs, user, req, verify=False)
         return self._finish(target)
 
+    def _cache_key(self, pdb: Passdb, values: Mapping[str, str], req: AuthRequest) -> str | None:
+        """The cache key of this step, or None when it bypasses the cache (as master logins do in Dovecot)."""
+        key_of = getattr(pdb.driver, "cache_key", None)
+        if self.cache is None or key_of is None or req.master_user is not None:
+            return None
+        return f"{pdb.name}\0{key_of(values)}"
+
+    async def _passdb_step(self, pdb: Passdb, user: str, req: AuthRequest, verify: bool) -> _Step:
+        """One passdb: from the auth cache when it can answer, else from the driver (then cached)."""
+        values = request_values(user, req)
+        key = self._cache_key(pdb, values, req)
+        cache = self.cache
+        entry = None
+        needs_driver = verify and getattr(pdb.driver, "checks_password", False)
+        if cache is not None and key is not None:
+            entry = cache.get(key)
+            if entry is not None and needs_driver and entry.lookup.found and entry.lookup.password is None:
+                entry = None  # the directory must check this password: no hash of it is cached yet
+            if entry is not None and not entry.expired(cache.now()):
+                step = await _evaluate(pdb, entry.lookup, user, req, values, verify)
+                # A mismatch after a success (or past the negative TTL): the password may have changed,
+                # ask the database.
+                if not (step.outcome is _Outcome.MISMATCH
+                        and (entry.last_success or cache.now() >= entry.negative_expires)):
+                    cache.hits += 1
+                    if verify:
+                        entry.last_success = step.outcome is _Outcome.OK
+                    return step
+            cache.misses += 1
+        found = await _driver_lookup(pdb, user, req, values, verify)
+        if found.error and entry is not None:
+            log.warning("passdb %s: %s; using the cached entry of %s", pdb.name, found.error, safe(user))
+            return await _evaluate(pdb, entry.lookup, user, req, values, verify)
+        step = await _evaluate(pdb, found, user, req, values, verify)
+        if cache is not None and key is not None and not found.error:
+            if found.verified is True:  # keep a hash of the password the directory accepted
+                found = DriverLookup(True, hash_password(CACHED_PASSWORD_SCHEME, req.password or ""), found.fields)
+            if found.verified is None:
+                cache.put(key, found, success=verify and step.outcome is _Outcome.OK)
+        return step
+
     def _next_index(self, passdbs: Sequence[Passdb], start: int, success: bool) -> int | None:
         for i in range(start, len(passdbs)):
             skip = passdbs[i].skip
@@ -465,10 +548,7 @@ class PassdbChain:
         while True:
             pdb = passdbs[idx]
             check = verify and not password_verified and not pdb.deny
-            step = _run_passdb(pdb, user, req, check, inline=True)
-            if step is None:
-                step = await asyncio.to_thread(_run_passdb, pdb, user, req, check)
-                assert step is not None
+            step = await self._passdb_step(pdb, user, req, check)
             outcome = step.outcome
             if pdb.deny and outcome is not _Outcome.UNKNOWN:
                 if outcome is not _Outcome.INTERNAL:

@@ -8,7 +8,7 @@ forms (``%Lu``, ``%L{user}``) and the 2.4 filter form (``%{user | lower}``) are 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 SHORT_NAMES = {
@@ -105,14 +105,18 @@ class Template:
     def is_literal(self) -> bool:
         return all(isinstance(p, str) for p in self.parts)
 
-    def render(self, values: Mapping[str, str]) -> str:
-        """Expand with ``values``; a known variable without a value expands to ``""``."""
+    def render(self, values: Mapping[str, str], escape: Callable[[str], str] | None = None) -> str:
+        """Expand with ``values``; a known variable without a value expands to ``""``.
+
+        ``escape`` is applied to each expanded value (not to the literal text), as Dovecot
+        escapes variables in SQL queries and LDAP filters."""
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
             else:
-                out.append(_apply(values.get(part.name, ""), part.filters))
+                value = _apply(values.get(part.name, ""), part.filters)
+                out.append(escape(value) if escape is not None else value)
         return "".join(out)
 
 

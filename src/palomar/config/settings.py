@@ -158,6 +158,12 @@ _add("auth_failure_delay", TIME, "2 secs", PROXY,
      "see auth_penalty_max_delay)")
 _add("auth_username_format", STRING, "%Lu", PROXY,
      "how user names are normalised before lookup (`%Lu`: lowercased)")
+_add("auth_cache_size", SIZE, "0", PROXY,
+     "memory for the passdb cache of the `sql` and `ldap` drivers (0: no cache); it keeps the stored "
+     "password hash and the fields, never a verdict, so a wrong password is never let in from it")
+_add("auth_cache_ttl", TIME, "1 hour", PROXY, "how long a cached passdb answer is used")
+_add("auth_cache_negative_ttl", TIME, "1 hour", PROXY,
+     "how long an unknown user is cached (0: not at all); also after it a password mismatch asks the database")
 _add("recipient_delimiter", STRING, "+", BOTH,
      "characters that separate user and detail in LMTP recipients (`user+detail@domain`): the first of "
      "them in the local part splits it; the user part is looked up and routed, the whole address delivered")
@@ -300,8 +306,9 @@ _add("cluster_backend_dovecot_doveadm_http_port", PORT, "18080", BACKEND,
 _RESULT = enum("return-ok", "return", "return-fail", "continue", "continue-ok", "continue-fail")
 
 PASSDB = Registry()
-PASSDB.add("driver", STRING, "", BOTH, "passdb driver, e.g. `passwd-file` (required)")
-PASSDB.add("args", STRING, "", BOTH, "driver arguments, e.g. the passwd-file path")
+PASSDB.add("driver", STRING, "", BOTH, "passdb driver: `passwd-file`, `static`, `sql` or `ldap` (required)")
+PASSDB.add("args", STRING, "", BOTH,
+           "driver arguments: the passwd-file path, or the `dovecot-sql.conf.ext` / `dovecot-ldap.conf.ext` file")
 PASSDB.add("master", BOOL, "no", BOTH, "a master passdb: log in as another user")
 PASSDB.add("result_success", _RESULT, "return-ok", BOTH, "what to do when the user authenticates")
 PASSDB.add("result_failure", _RESULT, "continue", BOTH, "what to do when authentication fails")

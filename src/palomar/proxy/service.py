@@ -9,6 +9,7 @@ import socket
 import time
 from functools import partial
 
+from palomar.auth.cache import AuthCache
 from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
@@ -86,6 +87,13 @@ async def _refusal_summaries(state: ProxyState) -> None:
             log.warning(line)
 
 
+def auth_cache(cfg: Config) -> AuthCache | None:
+    """Dovecot's auth cache when `auth_cache_size` is set."""
+    if not cfg["auth_cache_size"]:
+        return None
+    return AuthCache(cfg["auth_cache_size"], cfg["auth_cache_ttl"], cfg["auth_cache_negative_ttl"])
+
+
 async def build_state(cfg: Config) -> ProxyState:
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
@@ -100,7 +108,8 @@ async def build_state(cfg: Config) -> ProxyState:
     if not secret:
         raise RuntimeError("cluster_hop_secret is not set")
     return ProxyState(
-        passdb=PassdbChain.from_settings(cfg.passdbs, username_format=cfg["auth_username_format"]),
+        passdb=PassdbChain.from_settings(cfg.passdbs, username_format=cfg["auth_username_format"],
+                                         cache=auth_cache(cfg)),
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
@@ -177,4 +186,6 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         for server in metrics_servers:
             server.close()
         await state.router.geodb.close()
+        with contextlib.suppress(Exception):
+            await state.passdb.aclose()
         log.info("proxy stopped")
