@@ -157,6 +157,9 @@ class LocalCluster:
     controller_proc: subprocess.Popen[bytes] | None = None
     controller_metrics: int = 0
     sink: SmtpSink | None = None
+    users_passdb: tuple[str, ...] = ()
+    """Lines inside the users' `passdb users { }` block instead of the passwd-file (e.g. `driver = sql`
+    and `args = /path/dovecot-sql.conf.ext`): the users then live in a database the caller filled."""
     password_scheme: str = "SHA512-CRYPT"
     """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
     proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -299,8 +302,8 @@ class LocalCluster:
             "  }",
             "}",
             "passdb users {",
-            "  driver = passwd-file",
-            f"  args = scheme=SHA512-CRYPT {self.root / 'users.passwd'}",
+            *([f"  {line}" for line in self.users_passdb] if self.users_passdb else
+              ["  driver = passwd-file", f"  args = scheme=SHA512-CRYPT {self.root / 'users.passwd'}"]),
             "}",
             "service imap-login {",
             f"  inet_listener imap {{\n    port = {node.imap}\n  }}",
