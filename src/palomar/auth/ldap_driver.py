@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 LDAP_DEFAULT_SCHEME = "CRYPT"
 DEFAULT_PASS_ATTRS = "uid=user,userPassword=password"
 DEFAULT_PASS_FILTER = "(&(objectClass=posixAccount)(uid=%u))"
-CONNECT_TIMEOUT = 5.0
-OPERATION_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 5
+OPERATION_TIMEOUT = 5
+"""Seconds; ldap3 needs whole seconds for its socket receive timeout."""
 POOL_SIZE = 4
 """Open connections per pool (one pool for searches, one for users' binds): at most this many
 LDAP operations of one passdb at a time; more wait up to OPERATION_TIMEOUT for a free one."""
