@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from palomar.devcluster.certs import hop_certificates
-from palomar.devcluster.net import free_port, wait_port
+from palomar.devcluster.net import free_port, wait_port, wait_until
 from palomar.devcluster.procs import stop_tree
 
 START_TIMEOUT = 30.0
@@ -84,7 +84,13 @@ class PostgresServer:
         finally:
             log.close()
         wait_port(self.host, self.port, time.monotonic() + START_TIMEOUT, alive=lambda: self.proc.poll() is None)
+        wait_until(self.ready, START_TIMEOUT, f"PostgreSQL on {self.host}:{self.port} to accept sessions")
         return self
+
+    def ready(self) -> bool:
+        """pg_isready: the port alone opens before recovery ends ("the database system is starting up")."""
+        return subprocess.run([str(_pg_bindir() / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port)],
+                              capture_output=True).returncode == 0
 
     def stop(self) -> None:
         """A fast shutdown (SIGINT: open sessions are cut, as when the database host goes away)."""
