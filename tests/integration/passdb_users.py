@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from functools import cache
 
 from palomar.auth import libxcrypt
+from palomar.auth.passdb import AuthRequest, AuthResult, PassdbChain
 from palomar.auth.schemes import hash_password
 
 
@@ -78,3 +80,19 @@ def ldif(suffix: str) -> str:
             lines.append(f"roomNumber: {u.host}")
         entries.append("\n".join(lines) + "\n")
     return "\n".join(entries)
+
+
+RECOVERY_BOUND = 30.0
+"""Seconds a restarted database has to serve logins again."""
+
+
+async def login(chain: PassdbChain, user: str, password: str) -> AuthResult:
+    return await chain.authenticate(AuthRequest(user, password, remote_ip="192.0.2.7"))
+
+
+async def wait_for_status(chain: PassdbChain, user: str, password: str, status: str) -> None:
+    """Log in until the chain answers ``status`` (a restarted server), at most RECOVERY_BOUND seconds."""
+    deadline = asyncio.get_running_loop().time() + RECOVERY_BOUND
+    while (result := await login(chain, user, password)).status != status:
+        assert asyncio.get_running_loop().time() < deadline, f"still {result.status}, never {status}"
+        await asyncio.sleep(0.1)  # poll the condition, bounded by RECOVERY_BOUND

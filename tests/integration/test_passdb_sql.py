@@ -11,15 +11,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from passdb_users import BY_NAME, PASSWORD_QUERY, SCHEME_USERS, USERS, sql_rows
+from passdb_users import BY_NAME, PASSWORD_QUERY, SCHEME_USERS, login, sql_rows, wait_for_status
 
 from palomar.auth.cache import AuthCache
-from palomar.auth.passdb import AuthRequest, Passdb, PassdbChain, PassdbConfigError
+from palomar.auth.passdb import Passdb, PassdbChain
 from palomar.devcluster.userdb_servers import PostgresServer
 
 PG_HOST = "127.0.0.44"
 DB_USER, DB_PASSWORD = "dovecot", "dovecot-db-secret"
-RECOVERY_BOUND = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +62,6 @@ def sqlite_conf(tmp_path: Path) -> Path:
     conn.close()
     return write_conf(tmp_path / "sqlite.conf.ext", "sqlite", str(db))
 
-
-async def login(chain: PassdbChain, user: str, password: str):
-    return await chain.authenticate(AuthRequest(user, password, remote_ip="192.0.2.7"))
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------
@@ -154,13 +150,6 @@ async def test_a_database_that_never_answers_is_a_bounded_temporary_failure(tmp_
             sock.close()
 
 
-async def wait_for_status(chain: PassdbChain, user: str, password: str, status: str) -> None:
-    deadline = asyncio.get_running_loop().time() + RECOVERY_BOUND
-    while (result := await login(chain, user, password)).status != status:
-        assert asyncio.get_running_loop().time() < deadline, f"still {result.status}, never {status}"
-        await asyncio.sleep(0.1)  # poll the condition, bounded by RECOVERY_BOUND
-
-
 async def test_postgresql_stopped_mid_run_is_tempfail_then_works_again(pg: PostgresServer, pg_chain: PassdbChain
                                                                         ) -> None:
     assert (await login(pg_chain, "ssha@example.test", "pw-ssha")).status == "ok"  # a pooled connection
@@ -175,17 +164,9 @@ async def test_postgresql_stopped_mid_run_is_tempfail_then_works_again(pg: Postg
     assert (await login(pg_chain, "ssha@example.test", "wrong")).status == "failed"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_auth_cache_serves_hashes_not_verdicts(pg: PostgresServer, tmp_path: Path) -> None:
-    clock = Clock()
-    cache = AuthCache(1 << 20, ttl=60, negative_ttl=30, clock=clock)
+    clock = SimpleNamespace(now=1000.0)
+    cache = AuthCache(1 << 20, ttl=60, negative_ttl=30, clock=lambda: clock.now)
     conf = write_conf(tmp_path / "sql.conf.ext", "pgsql", pg.connect_line("mail", DB_USER, DB_PASSWORD))
     chain = chain_for(conf, cache)
     user = BY_NAME["sha512@example.test"]
@@ -236,21 +217,3 @@ async def test_sqlite_fields_unknown_users_and_a_missing_file(sqlite_conf: Path,
     assert (await login(chain, "nobody@example.test", "x")).status == "unknown_user"
     missing = chain_for(write_conf(tmp_path / "missing.conf.ext", "sqlite", str(tmp_path / "no-such.sqlite")))
     assert (await login(missing, "plain@example.test", "pw-plain")).status == "tempfail"
-
-
-def test_bad_sql_conf_files_are_configuration_errors(tmp_path: Path) -> None:
-    cases = {
-        "driver = mysql\nconnect = host=x\npassword_query = SELECT 1\n": "mysql",
-        "driver = pgsql\nconnect = host=x\n": "password_query",
-        "driver = pgsql\nconnect = host=x bogus=1\npassword_query = SELECT '%u'\n": "bogus",
-        "driver = sqlite\nconnect = /x\npassword_query = SELECT '%u'\niterate_filter = x\n": "iterate_filter",
-        "driver = sqlite\nconnect = /x\npassword_query = SELECT '%{nope}'\n": "nope",
-    }
-    for text, expected in cases.items():
-        conf = tmp_path / "bad.conf.ext"
-        conf.write_text(text)
-        with pytest.raises(PassdbConfigError, match=expected):
-            chain_for(conf)
-    with pytest.raises(PassdbConfigError, match="cannot read"):
-        chain_for(tmp_path / "missing.conf.ext")
-    assert len(USERS) > len(SCHEME_USERS)

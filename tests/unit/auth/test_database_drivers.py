@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from palomar.auth.cache import AuthCache
@@ -15,6 +17,7 @@ from palomar.auth.ldap_driver import (
     filter_escape,
     parse_servers,
 )
+from palomar.auth.passdb import Passdb, PassdbConfigError
 from palomar.auth.sql_driver import PgConnect, SqlArgsError, rows_to_lookup, sql_escape
 from palomar.auth.variables import Template, user_values
 
@@ -135,3 +138,27 @@ def test_cache_ttls() -> None:
     off = AuthCache(size=10_000, ttl=10, negative_ttl=0, clock=clock)
     off.put("unknown", DriverLookup(False))
     assert off.get("unknown") is None
+
+
+@pytest.mark.parametrize(("driver", "text", "expected"), [
+    ("sql", "driver = mysql\nconnect = host=x\npassword_query = SELECT 1\n", "mysql"),
+    ("sql", "driver = pgsql\nconnect = host=x\n", "password_query"),
+    ("sql", "driver = pgsql\nconnect = host=x bogus=1\npassword_query = SELECT '%u'\n", "bogus"),
+    ("sql", "driver = sqlite\nconnect = /x\npassword_query = SELECT '%u'\niterate_filter = x\n", "iterate_filter"),
+    ("sql", "driver = sqlite\nconnect = /x\npassword_query = SELECT '%{nope}'\n", "nope"),
+    ("ldap", "base = dc=x\n", "uris or hosts"),
+    ("ldap", "uris = ldap://h\n", "base"),
+    ("ldap", "uris = http://h\nbase = dc=x\n", "ldap://"),
+    ("ldap", "uris = ldap://h\nbase = dc=x\nsasl_bind = yes\n", "sasl_bind"),
+    ("ldap", "uris = ldap://h\nbase = dc=x\nscope = everything\n", "scope"),
+    ("ldap", "uris = ldap://h\nbase = dc=x\nldaprc_path = /x\n", "ldaprc_path"),
+    ("ldap", "uris = ldap://h\nbase = dc=x\npass_attrs = =host=%{ldap:mailHost}\n", "malformed"),
+    ("ldap", "uris = ldap://h\nbase = dc=x\nauth_bind = perhaps\n", "auth_bind"),
+])
+def test_bad_conf_files_are_configuration_errors(tmp_path, driver: str, text: str, expected: str) -> None:
+    conf = tmp_path / "bad.conf.ext"
+    conf.write_text(text)
+    with pytest.raises(PassdbConfigError, match=expected):
+        Passdb.from_settings(SimpleNamespace(driver=driver, args=str(conf)))
+    with pytest.raises(PassdbConfigError, match="cannot read"):
+        Passdb.from_settings(SimpleNamespace(driver=driver, args=str(tmp_path / "missing.conf.ext")))
