@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from passdb_users import BY_NAME, SCHEME_USERS, ldif, login, wait_for_status
+from passdb_users import BY_NAME, SCHEME_USERS, ldif, login
 
 from palomar.auth.cache import AuthCache
 from palomar.auth.passdb import Passdb, PassdbChain
@@ -116,7 +116,8 @@ async def test_slapd_stopped_mid_run_is_tempfail_then_works_again(slapd: SlapdSe
             assert (await login(chain, name, user.password)).status == "tempfail"
     finally:
         slapd.start()
-    await wait_for_status(chain, user.name, user.password, "ok")
+    # The pooled connections died with the server: the first login after it is back already works.
+    assert (await login(chain, user.name, user.password)).status == "ok"
     assert (await login(chain, user.name, "wrong")).status == "failed"
 
 

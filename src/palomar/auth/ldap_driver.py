@@ -17,9 +17,9 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from palomar.auth.driver import DriverLookup, compile_fields
@@ -29,6 +29,7 @@ from palomar.auth.sql_driver import cache_key
 from palomar.auth.variables import Template, VariableError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LDAP_DEFAULT_SCHEME = "CRYPT"
 DEFAULT_PASS_ATTRS = "uid=user,userPassword=password"
@@ -223,33 +224,44 @@ class _Pool:
         self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
+    def run(self, operation: Callable[[Any], T]) -> T:
+        """``operation`` on a pooled connection. One that had been idle and fails (the server restarted
+        or dropped it since) is replaced by a new one, once, as Dovecot retries a request."""
         if not self._slots.acquire(timeout=OPERATION_TIMEOUT):
             raise LdapUnavailable("no free LDAP connection")
         try:
             try:
-                conn = self._idle.get_nowait()
+                conn, reused = self._idle.get_nowait(), True
             except queue.Empty:
-                conn = self._factory()
+                conn, reused = self._factory(), False
             try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.unbind()
-                raise
+                result = operation(conn)
+            except Exception:
+                _unbind(conn)
+                if not reused:
+                    raise
+                conn = self._factory()
+                try:
+                    result = operation(conn)
+                except Exception:
+                    _unbind(conn)
+                    raise
             self._idle.put(conn)
+            return result
         finally:
             self._slots.release()
 
     def close(self) -> None:
         while True:
             try:
-                conn = self._idle.get_nowait()
+                _unbind(self._idle.get_nowait())
             except queue.Empty:
                 return
-            with contextlib.suppress(Exception):
-                conn.unbind()
+
+
+def _unbind(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.unbind()
 
 
 class LdapDriver:
@@ -261,16 +273,12 @@ class LdapDriver:
         self.conf = conf
         self.default_scheme = conf.default_pass_scheme
         self.checks_password = conf.auth_bind
-        tls = ldap3.Tls(
+        self._tls = ldap3.Tls(
             validate=_REQUIRE_CERT[conf.tls_require_cert],
             ca_certs_file=conf.tls_ca_cert_file or None, ca_certs_path=conf.tls_ca_cert_dir or None,
             local_certificate_file=conf.tls_cert_file or None, local_private_key_file=conf.tls_key_file or None,
             ciphers=conf.tls_cipher_suite or None,
         )
-        servers = [ldap3.Server(s.host, port=s.port, use_ssl=s.ssl, tls=tls, get_info=ldap3.NONE,
-                                connect_timeout=CONNECT_TIMEOUT) for s in conf.servers]
-        self._server: Any = servers[0] if len(servers) == 1 else \
-            ldap3.ServerPool(servers, ldap3.ROUND_ROBIN, active=1, exhaust=False)
         self._search_pool = _Pool(lambda: self._open(conf.dn or None, conf.dnpass or None))
         self._bind_pool = _Pool(lambda: self._open(None, None))
         self._search_attrs = sorted({a for a, _, t in conf.pass_attrs if t is None and a})
@@ -284,10 +292,21 @@ class LdapDriver:
     def cache_key(self, values: Mapping[str, str]) -> str:
         return cache_key(self._cache_templates, values)
 
+    def _servers(self) -> Any:
+        """New ldap3 server objects for each connection: ldap3 marks an address that once refused a
+        connection unusable for good, which would outlast the directory's restart."""
+        import ldap3
+
+        servers = [ldap3.Server(s.host, port=s.port, use_ssl=s.ssl, tls=self._tls, get_info=ldap3.NONE,
+                                connect_timeout=CONNECT_TIMEOUT) for s in self.conf.servers]
+        if len(servers) == 1:
+            return servers[0]
+        return ldap3.ServerPool(servers, ldap3.ROUND_ROBIN, active=1, exhaust=False)
+
     def _open(self, user: str | None, password: str | None) -> Any:
         import ldap3
 
-        conn = ldap3.Connection(self._server, user=user, password=password, read_only=True,
+        conn = ldap3.Connection(self._servers(), user=user, password=password, read_only=True,
                                 receive_timeout=OPERATION_TIMEOUT, raise_exceptions=False,
                                 auto_bind=ldap3.AUTO_BIND_NONE)
         if not conn.open(read_server_info=False) and conn.closed:
@@ -304,19 +323,24 @@ class LdapDriver:
 
         search_filter = self.conf.pass_filter.render(values, filter_escape)
         base = self.conf.base.render(values, dn_escape)
-        with self._search_pool.connection() as conn:
+
+        def search(conn: Any) -> tuple[Any, str, list[dict[str, Any]]]:
             conn.search(base, search_filter, search_scope=getattr(ldap3, _SCOPES[self.conf.scope]),
                         dereference_aliases=getattr(ldap3, "DEREF_" + _DEREFS[self.conf.deref]),
                         attributes=self._search_attrs or ldap3.NO_ATTRIBUTES, size_limit=2,
-                        time_limit=int(OPERATION_TIMEOUT))
-            code = conn.result.get("result")
+                        time_limit=OPERATION_TIMEOUT)
+            if conn.closed or conn.result is None:
+                raise LdapUnavailable("the connection was closed")
             entries = [r for r in (conn.response or []) if r.get("type") == "searchResEntry"]
+            return conn.result.get("result"), conn.result.get("description", ""), entries
+
+        code, description, entries = self._search_pool.run(search)
         if code == SIZE_LIMIT_EXCEEDED or len(entries) > 1:
             return DriverLookup(found=False, error="pass_filter matched multiple objects")
         if code == NO_SUCH_OBJECT or (code == 0 and not entries):
             return DriverLookup(found=False)
         if code != 0:
-            return DriverLookup(found=False, error=f"search failed: {conn.result.get('description')}")
+            return DriverLookup(found=False, error=f"search failed: {description}")
         return entries[0]["dn"], dict(entries[0].get("raw_attributes") or {})
 
     def lookup(self, user: str, values: Mapping[str, str]) -> DriverLookup:
@@ -344,9 +368,14 @@ class LdapDriver:
                 found = entry_to_lookup(searched[1], self.conf, values)
             if not password:  # an empty password would be an anonymous bind, which succeeds
                 return DriverLookup(found=True, fields=found.fields, verified=False)
-            with self._bind_pool.connection() as conn:
+
+            def bind(conn: Any) -> tuple[bool, Any]:
                 ok = conn.rebind(user=dn, password=password, read_server_info=False)
-                code = conn.result.get("result")
+                if conn.closed or conn.result is None:
+                    raise LdapUnavailable("the connection was closed")
+                return ok, conn.result.get("result")
+
+            ok, code = self._bind_pool.run(bind)
         except Exception as exc:
             return DriverLookup(found=False, error=f"ldap: {_describe(exc)}")
         if ok:
