@@ -54,6 +54,9 @@ class Nodes:
     def pid(self, n: int) -> int:
         return int((self.directory / f"node{n}" / "cassandra.pid").read_text())
 
+    def signal(self, n: int, sig: signal.Signals) -> None:
+        os.kill(self.pid(n), sig)
+
     def kill(self, n: int) -> None:
         """SIGKILL: the node is gone at once, its peers and clients see the connections reset."""
         pid = self.pid(n)

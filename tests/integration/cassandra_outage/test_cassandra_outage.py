@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -132,6 +133,23 @@ async def test_one_dc1_node_down_keeps_logins_working(outage: Outage) -> None:
     assert_clean(dc1_new)
 
 
+async def test_a_frozen_dc1_node_costs_at_most_the_bound_and_known_users_keep_logging_in(outage: Outage) -> None:
+    outage.nodes.signal(1, signal.SIGSTOP)  # a node that hangs (GC pause, stuck disk): no reset, no answer
+    try:
+        dc1_known = await logins(outage.dc1, known(outage.dc1))
+        dc1_new = await logins(outage.dc1, [fresh(outage.dc1) for _ in range(3)], ("imap",))
+    finally:
+        outage.nodes.signal(1, signal.SIGCONT)
+    user = fresh(outage.dc1)
+    recovery = await asyncio.to_thread(wait_for, lambda: attempt(outage.dc1, user)[0] == "OK", 60,
+                                       "a new dc1 user to log in after node 1 resumed")
+    figures["one dc1 node frozen (SIGSTOP)"] = {
+        "dc1 known users": summary(dc1_known), "dc1 new users": summary(dc1_new),
+        "new-user login after SIGCONT seconds": round(recovery, 1)}
+    assert all(answer == "OK" for answer, _ in dc1_known), dc1_known
+    assert_clean(dc1_new)
+
+
 async def test_a_cut_between_the_datacenters_leaves_each_site_serving_its_users(outage: Outage) -> None:
     outage.net.link_down(outage.net.dc_link)
     try:
@@ -160,7 +178,6 @@ async def test_a_cut_between_the_datacenters_leaves_each_site_serving_its_users(
 async def test_all_dc1_nodes_down_serves_known_users_and_recovers_without_an_admin(outage: Outage) -> None:
     outage.nodes.kill(1)
     outage.nodes.kill(2)
-    killed = time.monotonic()
     dc1_new = await logins(outage.dc1, [fresh(outage.dc1) for _ in range(3)])
     dc1_known = await logins(outage.dc1, known(outage.dc1))
     dc2_user = fresh(outage.dc2)
@@ -188,6 +205,6 @@ async def test_all_dc1_nodes_down_serves_known_users_and_recovers_without_an_adm
     finally:
         await geodb.close()
     figures["all dc1 nodes killed"].update({
-        "outage seconds": round(restarted - killed, 1), "nodes restart seconds": round(back, 1),
+        "nodes restart seconds": round(back, 1),
         "new-user login after restart seconds": round(recovery, 1),
         "dc2 writes visible in dc1 after restart seconds": round(converge, 1)})
