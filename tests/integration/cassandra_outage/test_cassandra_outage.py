@@ -83,6 +83,23 @@ def known(site: Site) -> list[str]:
     return site.users[:KNOWN]
 
 
+async def first_new_login(site: Site) -> tuple[float, str]:
+    """Seconds until a user nobody has logged in yet logs in at `site` (the GeoDB writes work again)."""
+    user = fresh(site)
+    seconds = await asyncio.to_thread(wait_for, lambda: attempt(site, user)[0] == "OK", 60,
+                                      f"a new user to log in at site {site.name}")
+    return seconds, user
+
+
+async def restart_nodes(outage: Outage) -> tuple[float, float, str]:
+    """Start the nodes that are down: (seconds until they are UP, then until a new dc1 user logs in, that user)."""
+    started = time.monotonic()
+    outage.nodes.start()
+    back = time.monotonic() - started
+    recovery, user = await first_new_login(outage.dc1)
+    return back, recovery, user
+
+
 async def eventually(read: Callable[[], Awaitable[object]], timeout: float, what: str) -> float:
     """Poll `read` until it returns something other than None; the seconds it took."""
     started = time.monotonic()
@@ -118,12 +135,7 @@ async def test_one_dc1_node_down_keeps_logins_working(outage: Outage) -> None:
             await geodb.tag_create(Tag(id=uuid.uuid4(), name="probe"))
     finally:
         await geodb.close()
-    restarted = time.monotonic()
-    outage.nodes.start()
-    back = time.monotonic() - restarted
-    user = fresh(outage.dc1)
-    recovery = await asyncio.to_thread(wait_for, lambda: attempt(outage.dc1, user)[0] == "OK", 30,
-                                       "a new dc1 user to log in after node 2 returned")
+    back, recovery, _ = await restart_nodes(outage)
     figures["one dc1 node killed"] = {
         "dc1 known users": summary(dc1_known), "dc1 new users": summary(dc1_new),
         "dc2 new users": summary(dc2_new), "node restart seconds": round(back, 1),
@@ -140,9 +152,7 @@ async def test_a_frozen_dc1_node_costs_at_most_the_bound_and_known_users_keep_lo
         dc1_new = await logins(outage.dc1, [fresh(outage.dc1) for _ in range(3)], ("imap",))
     finally:
         outage.nodes.signal(1, signal.SIGCONT)
-    user = fresh(outage.dc1)
-    recovery = await asyncio.to_thread(wait_for, lambda: attempt(outage.dc1, user)[0] == "OK", 60,
-                                       "a new dc1 user to log in after node 1 resumed")
+    recovery, _ = await first_new_login(outage.dc1)
     figures["one dc1 node frozen (SIGSTOP)"] = {
         "dc1 known users": summary(dc1_known), "dc1 new users": summary(dc1_new),
         "new-user login after SIGCONT seconds": round(recovery, 1)}
@@ -191,12 +201,7 @@ async def test_all_dc1_nodes_down_serves_known_users_and_recovers_without_an_adm
     log = outage.dc1.log_text()
     assert "GeoDB unavailable" in log and "Traceback" not in log
 
-    restarted = time.monotonic()
-    outage.nodes.start()
-    back = time.monotonic() - restarted
-    user = fresh(outage.dc1)
-    recovery = await asyncio.to_thread(wait_for, lambda: attempt(outage.dc1, user)[0] == "OK", 60,
-                                       "a new dc1 user to log in after dc1 returned")
+    back, recovery, user = await restart_nodes(outage)
     assert all(answer == "OK" for answer, _ in await logins(outage.dc1, [*known(outage.dc1), user]))
     assert "GeoDB is answering again" in outage.dc1.log_text()
     geodb = await engine_for(DC1_NODES[0], "dc1")
