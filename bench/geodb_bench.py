@@ -240,7 +240,7 @@ def main() -> None:
     if min(args.users, args.groups, args.backends, args.cold_lookups, args.warm_lookups, args.concurrency) < 1:
         parser.error("counts must be positive")
     work = Path(tempfile.mkdtemp(prefix="palomar-geodb-bench-"))
-    cassandra = LocalCassandra()
+    cassandra = LocalCassandra(work / "cassandra")
     load_before = load_average()
     try:
         if "cassandra" in args.engines:

@@ -94,6 +94,7 @@ class Setup:
             "cluster_local_site = east\n"
             "cluster_geodb_driver = sqlite\n"
             f"cluster_geodb_path = {self.geodb_path}\n"
+            f"base_dir = {root / 'run'}\n"
             "controller_interval = 200 ms\n"
             "service stats {\n"
             "  inet_listener http {\n"
@@ -246,7 +247,7 @@ def test_unsteady_probes_wait_and_a_restarted_controller_carries_on(setup: Setup
 
 def test_controller_without_a_site_name_fails_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.conf"
-    config.write_text(f"cluster_geodb_path = {tmp_path / 'g.sqlite'}\n")
+    config.write_text(f"cluster_geodb_path = {tmp_path / 'g.sqlite'}\nbase_dir = {tmp_path / 'run'}\n")
     result = subprocess.run([sys.executable, "-m", "palomar", "controller", "-c", str(config)],
                             capture_output=True, text=True, timeout=WAIT, stdin=subprocess.DEVNULL)
     assert result.returncode == 1

@@ -78,8 +78,9 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
 
 
 def test_haproxy_config_follows_the_seed_sample() -> None:
-    text = render_haproxy_cfg([Listen("imap4", ("127.0.0.1", 10143), [("127.0.0.2", 20143),
-                                                                      ("127.0.0.3", 20143)])])
+    text = render_haproxy_cfg([Listen("imap4", [("127.0.0.1", 10143), ("::1", 10143)],
+                                      [("127.0.0.2", 20143), ("127.0.0.3", 20143)])])
+    assert "  bind 127.0.0.1:10143\n  bind [::1]:10143\n" in text
     assert "  mode tcp" in text and "  balance roundrobin" in text
     assert "  server imap4-1 127.0.0.2:20143 check inter 2s send-proxy-v2" in text
     assert "  server imap4-2 127.0.0.3:20143 check inter 2s send-proxy-v2" in text
@@ -88,7 +89,7 @@ def test_haproxy_config_follows_the_seed_sample() -> None:
 def test_haproxy_sends_proxy_v2_with_the_client_address(harness_root: Path) -> None:
     recorder = _HeaderRecorder()
     bind = ("127.0.0.1", free_port("127.0.0.1"))
-    haproxy = HAProxyInstance([Listen("imap4", bind, [("127.0.0.1", recorder.port)])], harness_root / "haproxy1")
+    haproxy = HAProxyInstance([Listen("imap4", [bind], [("127.0.0.1", recorder.port)])], harness_root / "haproxy1")
     try:
         haproxy.start()
         with socket.create_connection(bind, timeout=10, source_address=("127.0.0.55", 0)) as client:

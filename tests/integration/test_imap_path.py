@@ -331,7 +331,7 @@ def test_metrics_count_sessions_per_backend(cluster: LocalCluster) -> None:
     text = urllib.request.urlopen(f"http://{cluster.proxies[0].host}:{cluster.proxies[0].metrics}/metrics",
                                   timeout=10).read().decode()
     assert text.endswith("# EOF\n")
-    line = next(ln for ln in text.splitlines() if ln.startswith(f'palomar_proxy_session_success_total{{dest_host="{host}"}}'))
+    line = next(ln for ln in text.splitlines() if ln.startswith(f'dovecot_proxy_session_success_total{{dest_host="{host}"}}'))
     assert float(line.split()[-1]) >= 1
     session_lines = [ln for ln in cluster.proxies[0].log_path.read_text().splitlines()
                      if "palomar.session" in ln and "user=user1@example.test" in ln and "backend=" in ln]

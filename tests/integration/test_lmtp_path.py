@@ -433,7 +433,7 @@ def test_metrics_and_log_lines_count_recipients_by_destination(cluster: LocalClu
         assert lmtp.cmd("RSET")[0] == 250
         assert [code for code, _ in lmtp.transaction("metrics@example.org", recipients, message("metrics"))] == [
             250, 250]
-    success = re.findall(r'palomar_lmtp_rcpt_finished_success_total\{dest_host="(127\.0\.0\.\d)"\} (\d+)',
+    success = re.findall(r'dovecot_lmtp_rcpt_finished_success_total\{dest_host="(127\.0\.0\.\d)"\} (\d+)',
                          metrics_text(cluster))
     assert {host for host, _ in success} == {"127.0.0.2", "127.0.0.3"}
     assert sum(int(count) for _, count in success) >= len(cluster.users) + 2

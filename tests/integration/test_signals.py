@@ -5,9 +5,11 @@ progress finish, ends relayed sessions with the protocol's shutdown line, and ex
 from __future__ import annotations
 
 import imaplib
+import re
 import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,13 @@ def test_sighup_reopens_the_backend_and_controller_logs(cluster: LocalCluster) -
     imap.logout()
 
 
+def auth_failures(node) -> float:
+    """The proxy's count of failed passdb authentications (palomar_auth_failures_total)."""
+    text = urllib.request.urlopen(f"http://{node.host}:{node.metrics}/metrics", timeout=10).read().decode()
+    match = re.search(r"^palomar_auth_failures_total (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 def read_until_closed(sock: socket.socket) -> bytes:
     data = b""
     while chunk := sock.recv(65536):
@@ -91,8 +100,10 @@ def test_sigterm_on_the_proxy_finishes_a_login_then_says_bye_to_idle_sessions_an
     login = socket.create_connection((node.host, node.imap), timeout=30)
     assert login.recv(4096).startswith(b"* OK")
     user = cluster.users[3].name
+    failures_before = auth_failures(node)
     login.sendall(f'l1 LOGIN "{user}" "wrong"\r\n'.encode())
-    wait_until(lambda: f"{user}: password mismatch" in node.log_path.read_text(), 15, "the login to be in progress")
+    # counted when the passdb answers, before the failure delay: the login is in progress
+    wait_until(lambda: auth_failures(node) > failures_before, 15, "the login to be in progress")
 
     node.proc.send_signal(signal.SIGTERM)
 

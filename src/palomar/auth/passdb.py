@@ -401,10 +401,10 @@ class PassdbChain:
         """Verify ``req.password`` for ``req.username`` (or for ``req.master_user`` on a master login)."""
         user = self.normalize_username(req.username)
         if user is None:
-            log.info("auth failed: invalid user name %s", safe(req.username))
+            log.debug("auth failed: invalid user name %s", safe(req.username))
             return AuthResult("failed", req.username, reason="invalid user name")
         if req.password is None or any(c in _ILLEGAL_PASSWORD_CHARS for c in req.password):
-            log.info("auth failed for %s: missing password or password with illegal characters", safe(user))
+            log.debug("auth failed for %s: missing password or password with illegal characters", safe(user))
             return AuthResult("failed", user, reason="invalid password")
         if req.master_user is not None:
             return await self._master_login(user, req)
@@ -431,7 +431,7 @@ class PassdbChain:
     async def _master_login(self, user: str, req: AuthRequest) -> AuthResult:
         master = self.normalize_username(req.master_user or "")
         if master is None or not self.master_passdbs:
-            log.info("master login as %s refused: no master passdbs or invalid master name", safe(user))
+            log.debug("master login as %s refused: no master passdbs or invalid master name", safe(user))
             return AuthResult("failed", user, reason="master login not available")
         end = await self._run_chain(self.master_passdbs, master, req, verify=True)
         if end.outcome is not _Outcome.OK:
@@ -472,7 +472,7 @@ class PassdbChain:
             outcome = step.outcome
             if pdb.deny and outcome is not _Outcome.UNKNOWN:
                 if outcome is not _Outcome.INTERNAL:
-                    log.info("user %s found in deny passdb %s", safe(user), pdb.name)
+                    log.debug("user %s found in deny passdb %s", safe(user), pdb.name)
                     outcome = _Outcome.DISABLED
                 return _ChainEnd(outcome, user, fields, pdb.name, "denied" if outcome is _Outcome.DISABLED
                                  else step.detail)
@@ -500,8 +500,8 @@ class PassdbChain:
                 fields.update(step.fields)
                 if outcome is _Outcome.OK:
                     success_name = pdb.name
-            if outcome is not _Outcome.OK:
-                log.info("passdb %s: %s: %s", pdb.name, safe(user), step.detail or outcome.value)
+            if outcome is not _Outcome.OK:  # the session's one line carries the final reason
+                log.debug("passdb %s: %s: %s", pdb.name, safe(user), step.detail or outcome.value)
 
             next_idx = self._next_index(passdbs, idx + 1, success)
             if proceed and next_idx is not None:

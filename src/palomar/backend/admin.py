@@ -1,7 +1,8 @@
 """Admin commands a backend accepts over the hop (docs/design/backend-hop.md, "Admin channel").
 
 `palomar cluster kick`, `group access` and `user access` must act *on* a backend: close its
-relayed sessions, kick its Dovecot, start a move it owns. They reach it the way proxies do,
+relayed sessions, kick its Dovecot, start a move it owns; proxies ask it for its Dovecot's
+pre-login capabilities (`capabilities`). They reach it the way sessions do,
 through an authenticated hop with protocol `doveadm` and a TLV 0xE9 carrying a small JSON
 command, so no second listener or secret is needed. The reply is `OK <base64 JSON>` or
 `FAIL <code> <text>`.
@@ -13,6 +14,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from palomar.backend.dovecot_caps import CapabilityReadError, read_capabilities
 from palomar.logsafe import safe
 from palomar.protocols import hop
 
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("palomar.backend.admin")
 
-COMMANDS = ("kick", "group-access", "user-access")
+COMMANDS = ("kick", "group-access", "user-access", "capabilities")
+_NEEDED = {"kick": "user", "group-access": "group", "user-access": "user", "capabilities": None}
+"""The argument each command needs (None: none)."""
 
 
 class AdminError(Exception):
@@ -43,8 +47,8 @@ def decode_command(payload: bytes) -> dict[str, str]:
         raise AdminError(f"unknown admin command (expected one of {', '.join(COMMANDS)})")
     if not all(isinstance(v, str) and v and "\x00" not in v for v in data.values()):
         raise AdminError("admin command arguments must be non-empty strings")
-    needed = {"kick": "user", "group-access": "group", "user-access": "user"}[data["cmd"]]
-    if needed not in data:
+    needed = _NEEDED[data["cmd"]]
+    if needed is not None and needed not in data:
         raise AdminError(f"admin command {data['cmd']} needs '{needed}'")
     return data
 
@@ -65,6 +69,11 @@ def decode_result(reply: hop.HopReply) -> dict[str, Any]:
 
 
 async def _run(state: BackendState, command: dict[str, str]) -> dict[str, Any]:
+    if command["cmd"] == "capabilities":  # a proxy learning what to offer before login
+        try:
+            return {"backend": state.name, **await read_capabilities(state.dovecot)}
+        except CapabilityReadError as exc:
+            raise AdminError(str(exc)) from None
     moves = state.moves
     if moves is None:
         raise AdminError("this backend runs no move executor")

@@ -22,14 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from palomar.backend.doveadm_client import DoveadmClient, DoveadmError
 from palomar.cluster import moves as rules
 from palomar.cluster.model import Group, SiteView
-from palomar.cluster.ownership import Own, Refer, expand_test_username
+from palomar.cluster.ownership import STRAGGLER_WINDOW, Own, Refer, expand_test_username
 from palomar.cluster.routing import Assign, resolve_group
 from palomar.logsafe import safe
 from palomar.metrics.registry import Registry
@@ -42,6 +43,10 @@ log = logging.getLogger("palomar.backend.moves")
 SWEEP_INTERVAL = 1.0
 """Seconds between sweeps: resume started moves, finish moves of a non-online source, close
 sessions this backend no longer owns, forget expired straggler redirects."""
+SWEEP_BATCH = 200
+"""Most relayed users one sweep re-checks (each one ownership check: two GeoDB reads), and most
+expired straggler redirects it drops. 200 per second re-checks 100,000 relayed users within
+about eight minutes; a group that leaves re-checks its own users at once (`close_unowned_soon`)."""
 _UNREAD: Any = object()
 """`on_access` without the user's record: read it."""
 DRAIN_POLL = 0.05
@@ -80,6 +85,8 @@ class MoveExecutor:
     _deliveries: dict[DeliveryHolder, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
     """Open LMTP transactions -> the (group, user) pairs they hold."""
     _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _recheck: deque[str] = field(default_factory=deque, repr=False)
+    """Relayed users the sweep has yet to re-check in its current round."""
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -189,8 +196,9 @@ class MoveExecutor:
             self.state.localdb.group_put(name, redirect_host=dest.host, now=int(self.clock()))
         else:
             self.state.localdb.group_remove(name)
+        users = [row.username for row in self.state.localdb.users_of_group(name)]
         self.state.localdb.users_of_group_remove(name)
-        self.close_unowned_soon()
+        self.close_unowned_soon(users)
 
     def _forget_move(self, name: str) -> None:
         """The group stays here (move abandoned, cancelled, or given back): drop the move's marker and
@@ -411,6 +419,10 @@ class MoveExecutor:
         self._released.set()
         self._released = asyncio.Event()
 
+    def held_users(self) -> set[str]:
+        """The users an open LMTP transaction or a login on its way to Dovecot holds here."""
+        return {user for held in self._deliveries.values() for _group, user in held}
+
     def open_deliveries(self, match: Callable[[str, str], bool]) -> list[DeliveryHolder]:
         """The transactions holding a (group, user) that `match` selects."""
         return [holder for holder, held in self._deliveries.items() if any(match(g, u) for g, u in held)]
@@ -455,10 +467,12 @@ class MoveExecutor:
         if self.doveadm is not None:
             self.doveadm.close()
 
-    def close_unowned_soon(self) -> None:
-        """Run a sweep of the sessions now instead of waiting for the next interval."""
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self._close_unowned())
+    def close_unowned_soon(self, users: Iterable[str]) -> None:
+        """Re-check those of `users` with relayed sessions now instead of waiting for the sweep."""
+        relayed = [user for user in users if user in self.state.by_user]
+        if relayed:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().create_task(self._close_unowned(relayed))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -472,37 +486,51 @@ class MoveExecutor:
 
     async def sweep(self) -> None:
         """Resume moves this backend had started, finish moves it cannot run, drop expired redirects,
-        and close sessions of users this backend no longer owns."""
+        and close sessions of users this backend no longer owns.
+
+        Bounded per pass (docs/design/periodic-tasks.md): one GeoDB group read per move marker in
+        the LocalDB, at most `SWEEP_BATCH` expired straggler redirects, at most `SWEEP_BATCH`
+        relayed users re-checked; the site's whole group list only while this backend is not online.
+        """
         state = self.state
         assert state.site_id is not None and state.backend_id is not None
         now = self.clock()
-        groups = {g.name: g for g in await state.geodb.group_list(state.site_id)}
-        for row in state.localdb.group_list():
-            group = groups.get(row.name)
-            if row.redirect_host is None:
-                if group is not None and group.moving and group.backend_id == state.backend_id:
-                    if row.name not in self.running:
-                        log.info("resuming the move of group %s", row.name)
-                        self.start_group_move(row.name)
-                elif row.name not in self.running:
-                    # The move ended while no task ran it (a restart): elsewhere now, or still here.
-                    if group is not None and group.backend_id != state.backend_id:
-                        await self._after_group_left(row.name, group)
-                    else:
-                        self._forget_move(row.name)
-            elif not rules.straggler_active(float(row.last_update), now):
+        for row in state.localdb.groups_moving_here():
+            if row.name in self.running:
+                continue
+            group = await state.geodb.group_get(state.site_id, row.name)
+            if group is not None and group.moving and group.backend_id == state.backend_id:
+                log.info("resuming the move of group %s", row.name)
+                self.start_group_move(row.name)
+            elif group is not None and group.backend_id != state.backend_id:
+                # The move ended while no task ran it (a restart): elsewhere now, or still here.
+                await self._after_group_left(row.name, group)
+            else:
+                self._forget_move(row.name)
+        for row in state.localdb.groups_redirected_before(int(now - STRAGGLER_WINDOW) + 1, SWEEP_BATCH):
+            if not rules.straggler_active(float(row.last_update), now):
                 state.localdb.group_remove(row.name)
                 log.info("group %s: straggler redirect to %s expired", row.name, row.redirect_host)
         me = (await self._site_view()).backend(state.backend_id)
         if me is not None and not me.online:
-            for group in groups.values():
+            for group in await state.geodb.group_list(state.site_id):
                 if group.moving and group.backend_id == state.backend_id and group.name not in self.running:
                     await self.group_access(group)
-        await self._close_unowned()
+        await self._close_unowned(self._next_recheck_batch())
 
-    async def _close_unowned(self) -> None:
-        """Close the sessions of users another backend owns now (moved, force-moved, failed over)."""
-        for user in list(self.state.by_user):
+    def _next_recheck_batch(self) -> list[str]:
+        """The next `SWEEP_BATCH` relayed users, round robin: every relayed user is re-checked once
+        per ceil(users / SWEEP_BATCH) sweeps, and one sweep never checks more than the batch."""
+        if not self._recheck:
+            self._recheck.extend(self.state.by_user)
+        batch = []
+        while self._recheck and len(batch) < SWEEP_BATCH:
+            batch.append(self._recheck.popleft())
+        return batch
+
+    async def _close_unowned(self, users: Iterable[str]) -> None:
+        """Close the sessions of those `users` another backend owns now (moved, force-moved, failed over)."""
+        for user in users:
             if not self.state.by_user.get(user):
                 continue
             decision, _group = await self.state.ownership(user)
@@ -533,4 +561,5 @@ def executor_from_config(state: BackendState, cfg: Any) -> MoveExecutor:
         log.warning("doveadm_password is not set: moves cannot kick Dovecot sessions; "
                     "each user waits for cluster_user_move_timeout")
     timeout = float(cfg["cluster_user_move_timeout"])
-    return MoveExecutor(state, doveadm, user_move_timeout=timeout)
+    return MoveExecutor(state, doveadm, user_move_timeout=timeout,
+                        metrics=Registry(dovecot_prefix=cfg["metrics_prefix"]))

@@ -16,6 +16,7 @@ from uuid import UUID, uuid4
 from palomar.backend.admin import execute_admin
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
+from palomar.backend.localdb_upkeep import prune_loop
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
@@ -25,6 +26,8 @@ from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
+from palomar.metrics.http import serve_stats
+from palomar.metrics.registry import Registry
 from palomar.net.drain import Drain, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
@@ -80,6 +83,8 @@ class BackendState:
     logins: int = 0
     referrals: int = 0
     refused: int = 0
+    stats_written: int = 0
+    """How many times `write_stats` completed."""
 
     async def register(self) -> Backend:
         """`cluster backend add --self`: make sure this backend exists (new ones start standby)."""
@@ -185,7 +190,7 @@ class BackendState:
 
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
-        users = len({key for key in (r.username for r in self.localdb.user_list(None))})
+        users = self.localdb.users_served()  # a counter row, not a scan (docs/design/periodic-tasks.md)
         await self.geodb.backend_stats_put(self.site_id, self.backend_id, [
             Stat("sessions_active", float(len(self.active)), "gauge"),
             Stat("logins", float(self.logins), "counter"),
@@ -194,6 +199,7 @@ class BackendState:
             *(Stat(k, v, "counter") for k, v in (self.moves.stats() if self.moves else {}).items()),
         ])
         await self.geodb.backend_update(self.site_id, self.backend_id, user_count_approx=users)
+        self.stats_written += 1
 
 
 STALL_TICK = 1.0
@@ -405,7 +411,8 @@ def _clock() -> Callable[[], float]:
     return (lambda: time.time() + offset) if offset else time.time
 
 
-async def _stats_loop(state: BackendState) -> None:
+async def stats_loop(state: BackendState, interval: float = STATS_INTERVAL) -> None:
+    """`write_stats` every `interval` seconds (a shorter one in tests), for as long as the service runs."""
     while True:
         try:
             await state.write_stats()
@@ -413,7 +420,22 @@ async def _stats_loop(state: BackendState) -> None:
             log.debug("writing backend_stats waits for the GeoDB: %s", exc)
         except Exception as exc:  # keep serving
             log.warning("writing backend_stats failed: %s", exc)
-        await asyncio.sleep(STATS_INTERVAL)
+        await asyncio.sleep(interval)
+
+
+def hop_metrics(state: BackendState, registry: Registry) -> None:
+    """The hop outcomes BackendState counts (also written to backend_stats), on the backend's /metrics."""
+    hops = registry.counter("backend_hops", "Hops from proxies: login (relayed to Dovecot), referral, refused",
+                            ("result",))
+    sessions = registry.gauge("backend_sessions", "Sessions relayed to the local Dovecot now")
+
+    def collect() -> None:
+        hops.set_total(state.logins, result="login")
+        hops.set_total(state.referrals, result="referral")
+        hops.set_total(state.refused, result="refused")
+        sessions.set(len(state.active))
+
+    registry.on_collect(collect)
 
 
 async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
@@ -442,6 +464,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     await state.register()
     state.moves = executor = executor_from_config(state, cfg)
     executor.start()
+    hop_metrics(state, executor.metrics)
+    metrics_servers = await serve_stats(cfg, executor.metrics)
     loops = []
     for address in cfg["listen"]:
         host = "0.0.0.0" if address == "*" else address
@@ -451,7 +475,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loops.append(loop)
         log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
                  "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
-    stats = asyncio.get_running_loop().create_task(_stats_loop(state))
+    stats = asyncio.get_running_loop().create_task(stats_loop(state))
+    upkeep = asyncio.get_running_loop().create_task(prune_loop(state))
     stalls = asyncio.get_running_loop().create_task(_watch_stalls(state))
     if ready is not None:
         ready.set()
@@ -460,7 +485,10 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         await drain_service(loops, state.drain, state.active.values())
     finally:
         stats.cancel()
+        upkeep.cancel()
         stalls.cancel()
+        for server in metrics_servers:
+            server.close()
         await executor.stop()
         for accept_loop in loops:
             await accept_loop.close()

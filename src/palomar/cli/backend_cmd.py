@@ -74,7 +74,7 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
         trusted.append(own)
     return DovecotParams(
         instance_name=f"palomar-{name}",
-        hostname=name,
+        hostname=cfg["hostname"] or name,
         conf_dir=out_dir,
         base_dir=base_dir / "dovecot",
         state_dir=base_dir / "dovecot-state",

@@ -26,14 +26,15 @@ def load_or_exit(path: str) -> Config:
 
 def run_service(cfg: Config, role: str, main: Callable[[], Awaitable[None]]) -> None:
     """Run a role's main coroutine; a start-up failure is one clear line, not a traceback."""
-    from palomar.service_runtime import raise_fd_limit, setup_logging
+    from palomar.service_runtime import pid_file, raise_fd_limit, setup_logging
 
     setup_logging(cfg, role)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the role's loop handles it: HUP must never kill
     limit = raise_fd_limit()
     logging.getLogger("palomar").info("open-files limit %d", limit)
     try:
-        asyncio.run(main())
+        with pid_file(cfg, role):
+            asyncio.run(main())
     except KeyboardInterrupt:
         pass
     except (RuntimeError, OSError) as exc:

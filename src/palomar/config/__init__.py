@@ -10,8 +10,6 @@ from palomar.config.model import (
     ListenerSettings,
     PassdbSettings,
     ServiceSettings,
-    UnixListenerSettings,
-    UserdbSettings,
 )
 
 __all__ = [
@@ -22,7 +20,5 @@ __all__ = [
     "Location",
     "PassdbSettings",
     "ServiceSettings",
-    "UnixListenerSettings",
-    "UserdbSettings",
     "load",
 ]

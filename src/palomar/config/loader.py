@@ -10,20 +10,22 @@ import difflib
 from pathlib import Path
 from typing import Any
 
+from palomar.config import seed_blocks
 from palomar.config import settings as reg
+from palomar.config.derived import DERIVED
 from palomar.config.errors import ConfigError, Issue, Location
 from palomar.config.model import (
     ListenerSettings,
     PassdbSettings,
     ServiceSettings,
-    UnixListenerSettings,
-    UserdbSettings,
 )
 from palomar.config.parser import Assignment, GroupInclude, Section, parse_file
 from palomar.config.validate import cross_check
 from palomar.config.values import split_list
 
 OVERRIDE = Location("<override>", 0)
+SEED_SECTIONS = ("metric", "cluster_geodb", "cluster_localdb", "metacache_last_host")
+"""Top-level blocks of the seed's `@cluster_defaults` expansions (checked against config/seed_blocks.py)."""
 
 
 class Config:
@@ -35,7 +37,6 @@ class Config:
         self.role_location: Location | None = None
         self.source_files: list[str] = []
         self.passdbs: list[PassdbSettings] = []
-        self.userdbs: list[UserdbSettings] = []
         self.services: dict[str, ServiceSettings] = {}
         # Where each explicitly written service / listener is, for messages and `config show`.
         self.service_locations: dict[str, Location] = {}
@@ -50,7 +51,8 @@ class Config:
             raise KeyError(f"unknown setting {name!r}")
         if name in self._values:
             return self._values[name]
-        return setting.default_value
+        derive = DERIVED.get(name)
+        return setting.default_value if derive is None else derive(self)
 
     def is_set(self, name: str) -> bool:
         """Whether the configuration assigns `name` explicitly (even to its default)."""
@@ -143,12 +145,14 @@ class _Builder:
                 self.group(node)
             elif node.kind == "passdb":
                 self.database(node, reg.PASSDB, PassdbSettings, self.cfg.passdbs)
-            elif node.kind == "userdb":
-                self.database(node, reg.USERDB, UserdbSettings, self.cfg.userdbs)
+            elif node.kind in reg.REFUSED_SECTIONS:
+                self.error(node.location, f"{node.title}: {reg.REFUSED_SECTIONS[node.kind]}")
             elif node.kind == "service":
                 self.service_section(node)
             elif node.kind == "dict_server":
                 self.dict_server(node)
+            elif node.kind in SEED_SECTIONS:
+                self.seed_section(node)
             else:
                 self.unknown_section(node, reg.GLOBAL)
 
@@ -159,7 +163,7 @@ class _Builder:
         elif setting is not None:
             self.error(node.location, f"{node.kind}: is a setting, not a section (write {node.kind} = value)")
         else:
-            known = ["passdb", "userdb", "service", "dict_server"] if scope is reg.GLOBAL else []
+            known = ["passdb", "userdb", "service", "dict_server", *SEED_SECTIONS] if scope is reg.GLOBAL else []
             self.error(node.location, _unknown(node.kind, known, "section"))
 
     def set_global(self, key: str, text: str, location: Location) -> None:
@@ -272,21 +276,48 @@ class _Builder:
         return result
 
     def dict_server(self, node: Section) -> None:
+        """The seed's dicts: their maps must be the seed's; the keyspace and LocalDB path are settings."""
+        seed = seed_blocks.reference("dict_server", None)
+        assert seed is not None
+        self.seed_mismatches(node, seed)
         for child in node.children:
-            if isinstance(child, Section) and child.kind == "dict" and child.label == "cluster-geodb":
-                for key, (value, location) in self._settings(child, reg.GEODB_DICT, "dict cluster-geodb").items():
-                    self.set_global(key, value, location)
-                for grandchild in child.children:
-                    if isinstance(grandchild, Section):
-                        self.error(grandchild.location, f"{grandchild.title}: not supported in dict cluster-geodb "
-                                                        "(only cassandra_keyspace is)")
-            elif isinstance(child, Section):
-                self.error(child.location, f"{child.title}: not supported in dict_server "
-                                           "(only dict cluster-geodb { cassandra_keyspace } is)")
-            elif isinstance(child, Assignment):
-                self.error(child.location, _unknown(child.key, [], "setting in dict_server"))
-            else:
+            if isinstance(child, GroupInclude):
                 self.error(child.location, f"@{child.name}: group includes are only allowed at the top level")
+            elif isinstance(child, Section) and child.kind == "dict":
+                for item in child.children:
+                    if isinstance(item, Assignment) and item.key in seed_blocks.TUNABLE_KEYS:
+                        target = seed_blocks.TUNABLE.get((child.label or "", item.key))
+                        if target is None:
+                            self.error(item.location, f"{item.key}: not a setting of dict {child.label}")
+                        else:
+                            self.set_global(target, item.value, item.location)
+
+    def seed_section(self, node: Section) -> None:
+        """`metric NAME`, `cluster_geodb`, `cluster_localdb`, `metacache_last_host`: the seed's, or refused."""
+        seed = seed_blocks.reference(node.kind, node.label)
+        if seed is None:
+            if node.kind == "metric":
+                known = ", ".join(seed_blocks.seed_metric_names())
+                self.error(node.location, f"{node.title}: palomar cannot evaluate Dovecot event filters; it "
+                                          f"exports the Palomar document's metrics ({known}) and its own")
+            else:
+                self.error(node.location, f"{node.title}: the Palomar document has no such block")
+            return
+        self.seed_mismatches(node, seed)
+
+    def seed_mismatches(self, node: Section, seed: Section) -> None:
+        for child, reason in seed_blocks.differences(node, seed):
+            self.error(child.location, f"{node.title}: {reason}; palomar implements exactly the document's "
+                                       "blocks (docs/configuration.md, \"The Palomar document's blocks\")")
+
+    @staticmethod
+    def is_seed_listener(service: Section, listener: Section) -> bool:
+        """A unix listener exactly as the `@cluster_defaults` expansion writes it in `service cluster`."""
+        seed = seed_blocks.reference("service", "cluster")
+        if service.label != "cluster" or seed is None:
+            return False
+        return any(isinstance(c, Section) and seed_blocks.canonical(c) == seed_blocks.canonical(listener)
+                   for c in seed.children)
 
     def service_section(self, node: Section) -> None:
         if node.label is None:
@@ -303,13 +334,11 @@ class _Builder:
         for name in reg.SERVICE_NAMES:
             service = ServiceSettings(name)
             raw: dict[str, dict[str, Any]] = {}
-            for listener, port, tls in reg.DEFAULT_LISTENERS.get(name, ()):
+            # A backend's clients are proxies on cluster_hop_port: Dovecot's client listeners are not its
+            for listener, port, tls in () if cfg.role == "backend" else reg.DEFAULT_LISTENERS.get(name, ()):
                 raw[listener] = {"port": port, "ssl": tls}
             if name == "doveadm":
                 raw[reg.DOVEADM_LISTENER] = {"port": cfg["doveadm_port"]}
-            if name == "cluster" and cfg.role:
-                for socket, mode in reg.CLUSTER_UNIX_LISTENERS:
-                    service.unix_listeners[socket] = UnixListenerSettings(socket, mode)
             for section in self._service_sections.get(name, []):
                 self.service_body(section, service, raw)
             for listener, values in raw.items():
@@ -333,9 +362,12 @@ class _Builder:
         for child in section.children:
             if not isinstance(child, Section):
                 plain.children.append(child)
-            elif child.kind not in ("inet_listener", "unix_listener"):
-                self.error(child.location, _unknown(child.kind, ["inet_listener", "unix_listener"],
-                                                    f"section in {where}"))
+            elif child.kind == "unix_listener" and self.is_seed_listener(section, child):
+                continue  # the Palomar document's own `service cluster` sockets: a documented no-op
+            elif child.kind in reg.REFUSED_SECTIONS:
+                self.error(child.location, f"{where} {{ {child.title} }}: {reg.REFUSED_SECTIONS[child.kind]}")
+            elif child.kind != "inet_listener":
+                self.error(child.location, _unknown(child.kind, ["inet_listener"], f"section in {where}"))
             elif child.label is None:
                 self.error(child.location, f"{child.kind}: needs a name in {where}")
             else:
@@ -349,13 +381,6 @@ class _Builder:
         for child in node.children:
             if isinstance(child, Section):
                 self.error(child.location, f"{child.title}: sections are not allowed in {inner}")
-        if node.kind == "unix_listener":
-            values = self._settings(node, reg.UNIX_LISTENER, inner)
-            old = service.unix_listeners.get(node.label, UnixListenerSettings(node.label))
-            fields = {"mode": old.mode, "user": old.user, "group": old.group}
-            fields.update({key: value for key, (value, _) in values.items()})
-            service.unix_listeners[node.label] = UnixListenerSettings(node.label, **fields)
-            return
         values = self._settings(node, reg.INET_LISTENER, inner)
         raw.setdefault(node.label, {}).update({key: value for key, (value, _) in values.items()})
         key = (service.name, node.label)

@@ -1,4 +1,4 @@
-"""Typed views of the config sections (passdb, userdb, service, listeners) with defaults filled in."""
+"""Typed views of the config sections (passdb, service, listeners) with defaults filled in."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ _SECRET_FIELD = re.compile(r"password|secret|(^|_)key$|^pass$", re.I)
 
 
 def is_secret_field(name: str) -> bool:
-    """Whether a passdb/userdb field carries a credential (`password`, `master_password`, ...)."""
+    """Whether a passdb field carries a credential (`password`, `master_password`, ...)."""
     return name.lower() != "nopassword" and bool(_SECRET_FIELD.search(name))
 
 
@@ -28,15 +28,9 @@ class ListenerSettings:
     haproxy: bool = False
     ssl: bool = False
 
-
-@dataclass(frozen=True)
-class UnixListenerSettings:
-    """A unix socket listener; `name` is its path relative to `base_dir`."""
-
-    name: str
-    mode: int = 0o600
-    user: str = ""
-    group: str = ""
+    def bind_addresses(self) -> list[str]:
+        """The addresses to bind: Dovecot's `*` (every IPv4 address) is 0.0.0.0, the rest as written."""
+        return ["0.0.0.0" if a == "*" else a for a in self.address]
 
 
 @dataclass
@@ -45,7 +39,6 @@ class ServiceSettings:
 
     name: str
     listeners: dict[str, ListenerSettings] = field(default_factory=dict)
-    unix_listeners: dict[str, UnixListenerSettings] = field(default_factory=dict)
     disabled_listeners: list[str] = field(default_factory=list)
     process_min_avail: int = 0
     process_limit: int = 1
@@ -87,8 +80,3 @@ class PassdbSettings(_DbSettings):
 
     def _extra_repr(self) -> str:
         return f", master={self.master!r}"
-
-
-@dataclass(repr=False)
-class UserdbSettings(_DbSettings):
-    """`userdb [NAME] { ... }`; `name` is the label, or the driver when there is none."""

@@ -74,6 +74,11 @@ def parse_file(path: str | Path) -> ParsedConfig:
     return ParsedConfig(root, parser.files)
 
 
+def _read_text(path: Path) -> str:
+    """A file's text as written: no newline translation (a lone CR is not a line end)."""
+    return path.read_bytes().decode("utf-8")
+
+
 def _unquote(text: str, location: Location) -> tuple[str, str]:
     """Split a leading quoted string off `text`: (its unescaped content, the rest)."""
     quote = text[0]
@@ -117,7 +122,9 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """Yield (first line number, text) with `\\`-continued lines joined, blanks and comments skipped."""
     pending = ""
     start = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Lines end at LF only (CRLF too), as Dovecot reads them: str.splitlines() would also
+    # break at CR, FF, NEL, U+2028 and the like, tearing values apart and misnumbering lines.
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -142,7 +149,7 @@ class _Parser:
         if resolved in self._active:
             raise ConfigError(f"!include {path}: include loop", included_at)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_text(path)
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text", included_at) from None
         except OSError as exc:
@@ -204,7 +211,7 @@ class _Parser:
                 raise ConfigError(f"{key}: '<' must be followed by a file name", loc)
             source = directory / name
             try:
-                return source.read_text(encoding="utf-8").rstrip("\r\n")
+                return _read_text(source).rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or "not readable UTF-8 text"
                 raise ConfigError(f"{key}: cannot read <{source}: {reason}", loc) from None

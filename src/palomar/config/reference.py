@@ -18,10 +18,8 @@ END = "<!-- settings:end -->"
 
 _SCOPES = (
     ("Passdb: `passdb [NAME] { ... }`", reg.PASSDB),
-    ("Userdb: `userdb [NAME] { ... }`", reg.USERDB),
     ("Service: `service NAME { ... }`", reg.SERVICE),
     ("Inet listener: `service NAME { inet_listener NAME { ... } }`", reg.INET_LISTENER),
-    ("Unix listener: `service NAME { unix_listener NAME { ... } }`", reg.UNIX_LISTENER),
 )
 
 
@@ -60,6 +58,8 @@ def generate() -> str:
     out += ["", "### Recognised but refused", "",
             "Setting any of these is an error that names it, so nothing is silently ignored.", ""]
     out += _table(refused, True)
+    out += ["", "Sections refused the same way:", "", "| Section | Why |", "|---|---|"]
+    out += [f"| `{name}` | {_cell(reason)} |" for name, reason in reg.REFUSED_SECTIONS.items()]
     for title, scope in _SCOPES:
         out += ["", f"### {title}", ""]
         out += _table(list(scope.values()), False)

@@ -13,7 +13,6 @@ from typing import Any, Literal
 from palomar.config.values import (
     ADDRESSES,
     BOOL,
-    MODE,
     NETWORKS,
     PATH,
     PORT,
@@ -92,40 +91,68 @@ _add("cluster_backend_test_password", SECRET, "", PROXY, "password of the test l
 _add("cluster_proxy_check_backends", BOOL, "yes", PROXY,
      "whether this proxy sets failing backends offline and probes backends with the test login "
      "(every backend once at start-up, offline ones periodically) so the controller can set them online")
-_add("cluster_user_move_timeout", TIME, "31 secs", BOTH,
+_add("cluster_user_move_timeout", TIME, "31 secs", BACKEND,
      "if one user's move has not finished in this time, treat it as done and move the next user")
 _add("cluster_default_group_count", UINT, "100", BOTH,
      "number of automatically created user groups default-1 .. default-N")
 _add("cluster_director_transition_config", PATH, "", BOTH,
      "director-to-cluster transition file", unsupported="not supported yet")
 _add("cluster_geodb", STRING, "", BOTH, "GeoDB dict",
-     unsupported="not supported: palomar uses cluster_geodb_driver, cluster_geodb_path and cassandra_hosts")
+     unsupported="as a value: palomar's GeoDB is set by cassandra_hosts (or cluster_geodb_path); the seed's "
+                 "block `cluster_geodb { dict proxy { ... } }` is accepted as written")
 _add("cluster_localdb", STRING, "", BOTH, "LocalDB dict",
-     unsupported="not supported: palomar uses cluster_localdb_path")
-_add("cassandra_hosts", WORDS, "", BOTH, "Cassandra contact points of the GeoDB (host or host:port)")
+     unsupported="as a value: palomar uses cluster_localdb_path; the seed's block "
+                 "`cluster_localdb { dict proxy { ... } }` is accepted as written")
+_add("cassandra_hosts", WORDS, "", BOTH,
+     "Cassandra contact points of the GeoDB (host or host:port); setting it selects the Cassandra GeoDB")
+_add("lmtp_proxy", enum("yes"), "yes", BOTH,
+     "LMTP recipients are proxied to the backend that owns the user: palomar's proxy always does so, and its "
+     "backend checks each recipient's owner (a moved user's recipient is referred on); `no` is refused")
+_add("auth_socket_path", enum("cluster-userdb"), "cluster-userdb", BOTH,
+     "accepted with the seed's value only, as a no-op: in Dovecot Pro it points user lookups at the cluster "
+     "service; palomar routes in-process and has no separate auth process or socket")
+_add("login_socket_path", enum("cluster"), "cluster", BOTH,
+     "accepted with the seed's value only, as a no-op: in Dovecot Pro it points login processes at the cluster "
+     "service; palomar's proxy authenticates and routes in-process")
 
 # --- Dovecot settings palomar honours --------------------------------------------------------------------
-_add("haproxy_trusted_networks", NETWORKS, "", BOTH,
+_add("haproxy_trusted_networks", NETWORKS, "", PROXY,
      "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
-_add("haproxy_timeout", TIME, "3 secs", BOTH, "how long to wait for the PROXY header")
-_add("login_trusted_networks", NETWORKS, "", BOTH,
-     "networks whose connections may forward the client's address and session (proxies, on backends); "
-     "on a proxy, clients from these networks (e.g. a webmail server) are exempt from "
-     "login_max_ip_connections and the auth penalty")
+_add("haproxy_timeout", TIME, "3 secs", PROXY, "how long to wait for the PROXY header")
+_add("login_trusted_networks", NETWORKS, "", PROXY,
+     "networks whose connections may forward the client's address and session (IMAP ID, XCLIENT), e.g. a "
+     "webmail server; they are also exempt from login_max_ip_connections and the auth penalty. Backends "
+     "trust proxies by cluster_hop_secret instead, so it is refused there")
 _add("doveadm_port", PORT, "0", BOTH,
      "TCP port of the doveadm service (0: none); a doveadm listener is not supported yet, so any other value "
      "is refused")
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
-_add("doveadm_password", SECRET, "", BOTH, "shared password of doveadm between proxies and backends")
+_add("doveadm_password", SECRET, "", BOTH,
+     "shared password of doveadm between proxies and backends; a backend uses it with its local Dovecot's "
+     "doveadm (moves, `palomar backend dovecot-config`); a proxy has no doveadm and accepts it unused, as the "
+     "seed's proxy example sets it")
 _add("hostname", STRING, "", BOTH,
-     "this server's name in logs, SMTP greetings and proxy_dest_stats rows (empty: the system host name)")
+     "this server's name: on a proxy in SMTP/LMTP greetings, shutdown lines and proxy_dest_stats rows (empty: "
+     "the system host name); on a backend the local Dovecot's `hostname` (LMTP and submission greetings, "
+     "Received headers) in `palomar backend dovecot-config` (empty: cluster_backend_name)")
 _add("listen", ADDRESSES, "*, ::", BOTH, "addresses listeners bind to unless they set `address`")
-_add("ssl", enum("no", "yes", "required"), "yes", BOTH,
-     "TLS: `no`, `yes` (offered), `required` (no authentication without TLS)")
-_add("ssl_server_cert_file", PATH, "", BOTH, "PEM file with the server certificate chain")
-_add("ssl_server_key_file", PATH, "", BOTH, "PEM file with the server's private key")
+_add("ssl", enum("no", "yes", "required"), "yes", PROXY,
+     "client TLS: `no`, `yes` (offered), `required` (as `yes`, and no password is taken without TLS on any "
+     "protocol even with auth_allow_cleartext = yes, as Dovecot 2.3 does)")
+_add("ssl_server_cert_file", PATH, "/etc/dovecot/private/dovecot.pem", PROXY,
+     "PEM file with the server certificate chain (default: what Debian's dovecot-core configures)")
+_add("ssl_server_key_file", PATH, "/etc/dovecot/private/dovecot.key", PROXY,
+     "PEM file with the server's private key (default: what Debian's dovecot-core configures)")
 _add("auth_allow_cleartext", BOOL, "no", PROXY, "allow plaintext authentication without TLS")
+_add("disable_plaintext_auth", BOOL, "yes", BOTH, "Dovecot 2.3's name of the opposite of auth_allow_cleartext",
+     unsupported="the Dovecot 2.3 name; like Dovecot 2.4, palomar does not read 2.3 settings: write "
+                 "auth_allow_cleartext with the opposite value (disable_plaintext_auth = no is "
+                 "auth_allow_cleartext = yes)")
+_add("ssl_cert", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_cert_file",
+     unsupported="the Dovecot 2.3 name: write ssl_server_cert_file = /path (a file name, no `<`)")
+_add("ssl_key", STRING, "", BOTH, "Dovecot 2.3's name of ssl_server_key_file",
+     unsupported="the Dovecot 2.3 name: write ssl_server_key_file = /path (a file name, no `<`)")
 _add("auth_failure_delay", TIME, "2 secs", PROXY,
      "flat delay before answering a failed authentication (the escalating penalty comes on top, "
      "see auth_penalty_max_delay)")
@@ -138,13 +165,27 @@ _add("imap_id_log", STRING, "", PROXY,
      "IMAP ID fields of clients to log as `ID sent: ...` (`*`: all; empty: none)")
 _add("imap_id_retain", BOOL, "no", PROXY,
      "pass the client's IMAP ID on to the backend's Dovecot (before palomar's own x-session-id etc.)")
+_add("imap_capability", STRING, "", PROXY,
+     "pre-login IMAP CAPABILITY: empty takes the site's backends' list, `+X Y` adds to it, a list replaces it "
+     "(STARTTLS, AUTH= and LOGINDISABLED stay decided by the connection)")
+_add("submission_backend_capabilities", WORDS, "", PROXY,
+     "which of 8BITMIME BINARYMIME CHUNKING DSN VRFY the pre-login EHLO offers; unset takes the site's "
+     "backends' EHLO")
+_add("managesieve_sieve_capability", STRING, "", PROXY,
+     "ManageSieve greeting's SIEVE list before login (empty: the site's backends' list)")
+_add("managesieve_notify_capability", STRING, "", PROXY,
+     "ManageSieve greeting's NOTIFY list before login (empty: the site's backends' list)")
 _add("login_greeting", STRING, "palomar ready.", PROXY, "greeting sent to clients")
 _add("log_path", PATH, "", BOTH, "log file (empty: standard error)")
-_add("base_dir", PATH, "/run/palomar", BOTH, "directory of runtime files and unix sockets")
+_add("base_dir", PATH, "/run/palomar", BOTH,
+     "directory of runtime files: each running role writes `ROLE.pid` there (as Dovecot's master.pid) and "
+     "refuses to start while that file names a live process; a backend's "
+     "`palomar backend dovecot-config` puts the local Dovecot's runtime and state directories there")
 
 # --- palomar extensions ----------------------------------------------------------------------------------
 _ext = {"extension": True}
-_add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH, "GeoDB engine", **_ext)
+_add("cluster_geodb_driver", enum("sqlite", "cassandra"), "sqlite", BOTH,
+     "GeoDB engine; unset, it is `cassandra` when cassandra_hosts is set (as in the seed), else `sqlite`", **_ext)
 _add("cluster_geodb_path", PATH, "/var/lib/palomar/geodb.sqlite", BOTH,
      "SQLite GeoDB file (driver sqlite)", **_ext)
 _add("cluster_geodb_timeout", TIME, "2 secs", BOTH,
@@ -174,7 +215,8 @@ _add("cassandra_serial_consistency", enum("local-serial", "serial"), "local-seri
 _add("cluster_localdb_path", PATH, "/dev/shm/palomar/localdb.sqlite", BOTH,
      "this server's LocalDB (SQLite)", **_ext)
 _add("cluster_hop_secret", SECRET, "", BOTH,
-     "shared secret proxies use to prove themselves to backends", **_ext)
+     "shared secret proxies use to prove themselves to backends (empty: a key derived from doveadm_password, "
+     "which the seed sets alike on every proxy and backend)", **_ext)
 _add("cluster_hop_port", PORT, "7425", BOTH,
      "port where every backend's palomar service listens for proxies", **_ext)
 _add("cluster_hop_ssl", enum("yes", "no"), "yes", BOTH,
@@ -205,6 +247,10 @@ _add("cluster_proxy_probe_interval", TIME, "5 secs", PROXY,
      "how often this proxy probes offline backends with the test login", **_ext)
 _add("cluster_proxy_probe_timeout", TIME, "5 secs", PROXY,
      "how long one probe (hop, test login, LOGOUT) may take before it counts as failed", **_ext)
+_add("metrics_prefix", STRING, "dovecot_", BOTH,
+     "prefix of the metrics exported under Dovecot's names (the Palomar document's and `@metric_defaults = "
+     "proxy`: `dovecot_proxy_session_success_total`, ...), as Dovecot's OpenMetrics exporter writes them; "
+     "palomar's own metrics are `palomar_*`", **_ext)
 _add("login_max_ip_connections", UINT, "100", PROXY,
      "connections from one client address that may be open before login, per proxy process (0: no limit); "
      "the address is the PROXY header's on haproxy listeners; login_trusted_networks and LMTP are exempt; "
@@ -239,7 +285,7 @@ _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,
      "Dovecot master user the backend logs users in with", **_ext)
 _add("cluster_backend_dovecot_master_password", SECRET, "", BACKEND,
-     "password of that master user", **_ext)
+     "password of that master user (empty: a key derived from doveadm_password)", **_ext)
 _add("cluster_backend_dovecot_imap_port", PORT, "10143", BACKEND, "IMAP port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_pop3_port", PORT, "10110", BACKEND, "POP3 port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_lmtp_port", PORT, "10024", BACKEND, "LMTP port of the local Dovecot", **_ext)
@@ -263,15 +309,7 @@ PASSDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when th
 PASSDB.add("skip", enum("never", "authenticated", "unauthenticated"), "never", BOTH,
            "when to skip this passdb")
 
-USERDB = Registry()
-USERDB.add("driver", STRING, "", BOTH, "userdb driver, e.g. `passwd-file` or `static` (required)")
-USERDB.add("args", STRING, "", BOTH, "driver arguments")
-USERDB.add("result_success", _RESULT, "return-ok", BOTH, "what to do when the user is found")
-USERDB.add("result_failure", _RESULT, "continue", BOTH, "what to do when the user is not found")
-USERDB.add("result_internalfail", _RESULT, "continue", BOTH, "what to do when the userdb fails")
-USERDB.add("skip", enum("never", "found", "notfound"), "never", BOTH, "when to skip this userdb")
-
-# Field sections of passdb/userdb: `fields { key = value }`; any key is allowed.
+# Field sections of passdb: `fields { key = value }`; any key is allowed.
 FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
 
 SERVICE = Registry()
@@ -293,14 +331,16 @@ INET_LISTENER.add("haproxy", BOOL, "no", BOTH,
                   "expect a HAProxy PROXY header (only from `haproxy_trusted_networks`)")
 INET_LISTENER.add("ssl", BOOL, "no", BOTH, "TLS from the first byte (imaps, pop3s, submissions)")
 
-UNIX_LISTENER = Registry()
-UNIX_LISTENER.add("mode", MODE, "0600", BOTH, "permissions of the socket")
-UNIX_LISTENER.add("user", STRING, "", BOTH, "owner of the socket")
-UNIX_LISTENER.add("group", STRING, "", BOTH, "group of the socket")
-
-# The only thing the seed's examples put in `dict_server { dict cluster-geodb { ... } }`.
-GEODB_DICT = Registry()
-GEODB_DICT.add("cassandra_keyspace", STRING, "cluster", BOTH, "same as the top-level cassandra_keyspace")
+# Sections Dovecot has that palomar recognises and refuses, with the reason (the loader's message and
+# the reference's table).
+REFUSED_SECTIONS = {
+    "userdb": "not used: a proxy needs only a passdb (the user's backend looks the user up in its own "
+              "Dovecot), and a backend's Dovecot gets its userdb from `palomar backend dovecot-config`; "
+              "remove the userdb section",
+    "unix_listener": "not supported: palomar has no Dovecot auth or login processes to serve on unix sockets, "
+                     "so no socket would be created (only the Palomar document's own `service cluster` "
+                     "listeners are accepted, as a documented no-op); remove it",
+}
 
 SERVICE_NAMES = (
     "imap-login", "pop3-login", "submission-login", "managesieve-login", "lmtp", "doveadm", "stats", "cluster",
@@ -316,8 +356,5 @@ DEFAULT_LISTENERS: dict[str, tuple[tuple[str, int, bool], ...]] = {
 }
 # `doveadm { inet_listener tcp }` takes its port from doveadm_port.
 DOVEADM_LISTENER = "tcp"
-
-# What `@cluster_defaults = proxy|backend` adds besides the role (the seed's group expansion).
-CLUSTER_UNIX_LISTENERS = (("cluster-userdb", 0o666), ("login/cluster", 0o666))
 
 GROUPS = {"cluster_defaults": ("proxy", "backend"), "metric_defaults": ("proxy", "backend")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from palomar.config import settings as reg
 from palomar.config.loader import Config
-from palomar.config.model import PassdbSettings, ServiceSettings, UserdbSettings, is_secret_field
+from palomar.config.model import PassdbSettings, ServiceSettings, is_secret_field
 
 
 def _quote(text: str) -> str:
@@ -19,7 +19,7 @@ def _quote(text: str) -> str:
 def render(cfg: Config, include_defaults: bool = False) -> list[str]:
     """Lines of a config equivalent to `cfg`: non-default settings, or everything with `include_defaults`."""
     lines = [f"{name} = {_quote(value)}".rstrip() for name, value in cfg.effective(include_defaults)]
-    for db in [*cfg.passdbs, *cfg.userdbs]:
+    for db in cfg.passdbs:
         lines += _database(db, include_defaults)
     for name, service in cfg.services.items():
         if include_defaults or name in cfg.service_locations:
@@ -27,11 +27,9 @@ def render(cfg: Config, include_defaults: bool = False) -> list[str]:
     return lines
 
 
-def _database(db: PassdbSettings | UserdbSettings, include_defaults: bool) -> list[str]:
-    kind = "passdb" if isinstance(db, PassdbSettings) else "userdb"
-    scope = reg.PASSDB if kind == "passdb" else reg.USERDB
-    lines = [f"{kind} {db.name} {{"]
-    for name, setting in scope.items():
+def _database(db: PassdbSettings, include_defaults: bool) -> list[str]:
+    lines = [f"passdb {db.name} {{"]
+    for name, setting in reg.PASSDB.items():
         value = getattr(db, name)
         if include_defaults or value != setting.default_value:
             lines.append(f"  {name} = {_quote(setting.type.format(value))}")
@@ -65,10 +63,5 @@ def _service(service: ServiceSettings, cfg: Config, include_defaults: bool) -> l
     for name in service.disabled_listeners:
         if include_defaults or (service.name, name) in cfg.listener_explicit:
             lines += [f"  inet_listener {name} {{", "    port = 0", "  }"]
-    for unix in service.unix_listeners.values():
-        lines.append(f"  unix_listener {_quote(unix.name)} {{")
-        lines.append(f"    mode = {reg.UNIX_LISTENER['mode'].type.format(unix.mode)}")
-        lines += [f"    {key} = {getattr(unix, key)}" for key in ("user", "group") if getattr(unix, key)]
-        lines.append("  }")
     lines.append("}")
     return lines

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 from palomar.auth.variables import Template, VariableError
 from palomar.config.errors import Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
+from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
 from palomar.protocols.subaddress import delimiters_problem
 
 if TYPE_CHECKING:
     from palomar.config.loader import Config
 
+DERIVED_SECRETS = ("cluster_hop_secret", "cluster_backend_dovecot_master_password")
 _REQUIRED = {
     "proxy": ("cluster_local_site", "cluster_hop_secret"),
     "backend": ("cluster_backend_name", "cluster_local_site", "cluster_hop_secret",
@@ -31,7 +33,9 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     role_at = cfg.role_location or main
     for name in _REQUIRED.get(cfg.role or "", ()):
         if not cfg[name]:
-            issues.append(Issue(role_at, f"{name}: required on a {cfg.role} (@cluster_defaults = {cfg.role})"))
+            hint = " (or doveadm_password, from which it is derived)" if name in DERIVED_SECRETS else ""
+            issues.append(Issue(role_at, f"{name}: required on a {cfg.role} (@cluster_defaults = {cfg.role})"
+                                         f"{hint}"))
     if cfg.role == "proxy" and cfg["cluster_proxy_check_backends"]:
         for name in ("cluster_backend_test_username", "cluster_backend_test_password"):
             if not cfg[name]:
@@ -42,8 +46,19 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _tls(cfg, role_at)
     issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
+    issues += _backend_listeners(cfg)
     issues += _processes(cfg, role_at)
     issues += _address_rules(cfg, main)
+    issues += _capability_rules(cfg, main)
+    return issues
+
+
+def _capability_rules(cfg: Config, main: Location) -> list[Issue]:
+    """The pre-login capability settings (protocols/prelogin_caps.py), each problem at its setting."""
+    issues = []
+    for problem in settings_problems(CapabilitySettings.from_config(cfg)):
+        name = problem.split(":", 1)[0]
+        issues.append(Issue(cfg.location(name) or main, problem))
     return issues
 
 
@@ -145,6 +160,22 @@ def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], Listener
         listener = cfg.services[service].listeners.get(name)
         if listener is not None:
             yield key, listener
+
+
+def _backend_listeners(cfg: Config) -> list[Issue]:
+    """A backend listens on cluster_hop_port only: any other listener written for it would never open."""
+    if cfg.role != "backend":
+        return []
+    issues = []
+    for (service, name), _ in _explicit_listeners(cfg):
+        if service in ("doveadm", "stats"):
+            continue  # doveadm: refused with its own reason in _listeners; stats: the backend's /metrics
+        why = ("a backend's clients are proxies on cluster_hop_port, and its Dovecot's ports are the "
+               "cluster_backend_dovecot_*_port settings")
+        issues.append(Issue(cfg.listener_locations[(service, name)],
+                            f"service {service} {{ inet_listener {name} }}: not used on a backend: {why}; "
+                            "remove it or set port = 0"))
+    return issues
 
 
 def _listeners(cfg: Config) -> list[Issue]:

@@ -107,21 +107,18 @@ class _Bool(ValueType):
 @dataclass(frozen=True)
 class _Uint(ValueType):
     maximum: int | None = None
-    octal: bool = False
 
     def parse(self, text: str) -> int:
         stripped = text.strip()
-        digits = "01234567" if self.octal else "0123456789"
-        if not stripped or any(ch not in digits for ch in stripped):
-            kind = "an octal mode such as 0666" if self.octal else "a non-negative integer"
-            raise ValueError(f"expected {kind}, got {text!r}")
-        value = int(stripped, 8 if self.octal else 10)
+        if not stripped or any(ch not in "0123456789" for ch in stripped):
+            raise ValueError(f"expected a non-negative integer, got {text!r}")
+        value = int(stripped)
         if self.maximum is not None and value > self.maximum:
             raise ValueError(f"expected at most {self.maximum}, got {text!r}")
         return value
 
     def format(self, value: Any) -> str:
-        return f"0{value:o}" if self.octal else str(value)
+        return str(value)
 
 
 class _Time(ValueType):
@@ -206,7 +203,6 @@ SECRET: ValueType = _String("secret")
 BOOL: ValueType = _Bool("bool")
 UINT: ValueType = _Uint("uint")
 PORT: ValueType = _Uint("port", maximum=65535)
-MODE: ValueType = _Uint("mode", octal=True)
 TIME: ValueType = _Time("time")
 SIZE: ValueType = _Size("size")
 WORDS: ValueType = _Words("list")

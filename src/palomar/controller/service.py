@@ -22,7 +22,7 @@ from palomar.controller.events import event_line
 from palomar.controller.metrics import ControllerMetrics
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
-from palomar.metrics.http import serve_metrics
+from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.service_runtime import open_geodb, stop_signal
 
@@ -132,11 +132,6 @@ class Controller:
                                   previous=backend.status, reason=action.reason, feature=action.feature))
 
 
-def _listener_addresses(cfg: Config, listener) -> list[str]:
-    addresses = listener.address or cfg["listen"]
-    return ["0.0.0.0" if a == "*" else a for a in addresses]
-
-
 async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT: tick every `controller_interval`, serve metrics if configured."""
     site_name = cfg["cluster_local_site"]
@@ -145,16 +140,10 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     interval = float(cfg["controller_interval"])
     if interval <= 0:
         raise RuntimeError("controller_interval must be greater than zero")
-    registry = Registry()
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     controller = Controller(lambda: open_geodb(cfg), site_name, rules_from_config(cfg),
                             ControllerMetrics(registry))
-    servers: list[asyncio.Server] = []
-    stats = cfg.services.get("stats")
-    if stats is not None:
-        for listener in stats.listeners.values():
-            for address in _listener_addresses(cfg, listener):
-                servers.append(await serve_metrics(registry, address, listener.port))
-                log.info("metrics on http://%s:%d/metrics", address, listener.port)
+    servers = await serve_stats(cfg, registry)
     stop = stop_signal()
     log.info("%s", event_line("controller_started", site=site_name, interval=f"{interval:g}s"))
     if ready is not None:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "cassandra"
-DEFAULT_DIR = SCRIPT.parent.parent / "build" / "cassandra"
 CQL_PORT = 9042
 
 
@@ -42,13 +41,21 @@ def _script(*args: str, timeout: float = 600) -> str:
     return result.stdout
 
 
+def cassandra_dir(demo_root: Path) -> Path:
+    """Where a demo rooted at `demo_root` keeps its Cassandra node: inside it, so that it goes (and
+    restarts) with the demo and never lands in the source tree or in another demo's directory."""
+    return demo_root / "cassandra"
+
+
 class LocalCassandra:
     """Node 1 of `scripts/cassandra` (127.0.0.1, dc1), started only if nothing answers CQL yet.
 
+    Its data and logs go to `directory`, which the caller owns (the demo's `--dir/cassandra`):
+    two demos from one install never share a data directory, and none lands in the source tree.
     `stop()` stops it only if `start()` started it: a Cassandra someone else runs stays up.
     """
 
-    def __init__(self, directory: Path = DEFAULT_DIR) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.started = False
 

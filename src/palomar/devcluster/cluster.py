@@ -2,21 +2,29 @@
 each, `palomar proxy` processes, and HAProxy with send-proxy-v2 in front of the proxies.
 
 Each server gets its own loopback address (backends 127.0.0.2.., proxies 127.0.0.10..), so the
-cluster looks like several hosts; HAProxy listens on `lb_host`. Everything is configured the
-way an operator would: config files and `palomar cluster` commands.
+cluster looks like several hosts; HAProxy listens on `lb_host` and `lb_ipv6`. Everything is
+configured the way an operator would: config files and `palomar cluster` commands.
+
+Dovecot's unprivileged processes (auth as `dovecot`, mail as `vmail`) must reach their config,
+sockets and mail: those live under `shared_dir`, which may differ from `root` when `root` sits
+in a directory only root can enter (root's home is 0700 on Debian). A cluster started again on
+the same `root` keeps its GeoDB, LocalDBs and mail.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +36,25 @@ from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
 from palomar.devcluster.smtp_sink import SmtpSink
+from palomar.devcluster.supervisor import Child
 from palomar.geodb import GeoEngine, open_engine
 
 SITE = "DC1"
 PROBE_USERNAME = "probe-%{backend_host}"
+STARTED_MARK = "cluster.started"
+"""Written into `root` once a cluster has set up its GeoDB there: a later start resumes it."""
+SHARED_DIRS = Path("/var/lib/palomar/demo")
+
+
+def shared_dir_for(root: Path, base: Path = SHARED_DIRS) -> Path:
+    """A directory of its own for `root`'s Dovecot files, in a place Dovecot's users can enter.
+
+    Named after the folder and a hash of its absolute path: stable across restarts of one
+    demo directory, distinct for two of them, and free of characters Dovecot would interpret.
+    """
+    absolute = str(root.absolute())
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", root.name)[:40] or "root"
+    return base / f"{name}-{hashlib.sha256(absolute.encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,8 @@ class BackendNode:
     config: Path
     dovecot: DovecotInstance
     proc: subprocess.Popen[bytes] | None = None
+    metrics: int = 0
+    """Port of this `palomar backend`'s GET /metrics (on `host`)."""
 
     @property
     def log_path(self) -> Path:
@@ -107,7 +132,12 @@ class LocalCluster:
     proxies_count: int = 2
     users_count: int = 20
     lb_host: str = "127.0.0.1"
+    lb_ipv6: str = "::1"
+    """HAProxy listens here too, on the same ports ("" = IPv4 only)."""
     lb_ports: LbPorts = field(default_factory=LbPorts)
+    shared_dir: Path | None = None
+    """Where Dovecot's config, runtime files and the mail go (None: `root`, which must then be
+    traversable by Dovecot's users); it holds nothing else, and a fresh `root` empties it."""
     auth_failure_delay: str = "2 secs"
     allow_cleartext: bool = False
     stats_interval: str = "10 secs"
@@ -131,6 +161,8 @@ class LocalCluster:
     """Scheme of the demo users' passwords; benchmarks use PLAIN to measure the proxy, not the hash."""
     proxy_settings: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Extra config lines for proxies, by proxy name (`proxy1`) or `*` for all of them."""
+    backend_dovecot_settings: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    """Extra Dovecot settings (name, value) for backends' Dovecot, by backend name (`backend1`) or `*`."""
     geodb: str = "sqlite"
     """GeoDB engine: `sqlite` (a file under root) or `cassandra` (a running Cassandra, see below)."""
     cassandra_hosts: str = "127.0.0.1"
@@ -143,6 +175,19 @@ class LocalCluster:
     False writes `cluster_hop_ssl = no`."""
 
     # --- layout ---------------------------------------------------------------------------
+    @property
+    def dovecot_dir(self) -> Path:
+        return (self.shared_dir or self.root) / "dovecot"
+
+    @property
+    def mail_root(self) -> Path:
+        return (self.shared_dir or self.root) / "mail"
+
+    @property
+    def resumed(self) -> bool:
+        """Whether `root` holds a cluster started before (its GeoDB, LocalDBs and mail are kept)."""
+        return (self.root / STARTED_MARK).exists()
+
     @property
     def geodb_path(self) -> Path:
         return self.root / "geodb.sqlite"
@@ -318,6 +363,9 @@ class LocalCluster:
             "service doveadm {",
             "  inet_listener tcp {\n    port = 0\n  }",
             "}",
+            "service stats {",
+            f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
+            "}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -341,24 +389,43 @@ class LocalCluster:
                     details.append(path.read_text(errors="replace")[-3000:])
             raise RuntimeError(f"{what} on {host}:{port} did not start: {exc}\n" + "\n".join(details)) from None
 
+    def _prepare_shared_dir(self, resumed: bool) -> None:
+        """Create `shared_dir` (emptied for a fresh root) and link it from `root` for the curious."""
+        if self.shared_dir is None:
+            return
+        if not resumed and self.shared_dir.exists():
+            shutil.rmtree(self.shared_dir)  # left behind by a removed demo directory of the same path
+        created = [path for path in (self.shared_dir, *self.shared_dir.parents) if not path.exists()]
+        self.shared_dir.mkdir(parents=True, exist_ok=True)
+        for path in created:
+            path.chmod(0o755)  # whatever the umask: Dovecot's users must enter them
+        for name in ("dovecot", "mail"):
+            link = self.root / name
+            if not link.is_symlink() and not link.exists():
+                link.symlink_to(self.shared_dir / name)
+
     def start(self) -> LocalCluster:
         atexit.register(self.stop)
         self.root.mkdir(parents=True, exist_ok=True)
+        resumed = self.resumed
+        self._prepare_shared_dir(resumed)
         self_signed(self.root / "tls")
         if self.hop_tls:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
         self.hop_port = self._hop_port()
-        mail_root = self.root / "mail"
+        mail_root = self.mail_root
         relay = self.relay
         if relay is None:
             self.sink = SmtpSink(self.lb_host).start()
             relay = (self.sink.host, self.sink.port)
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
-            dovecot = DovecotInstance(backend_params(name, host, self.root / "dovecot", mail_root, relay=relay))
+            extra = (*self.backend_dovecot_settings.get("*", ()), *self.backend_dovecot_settings.get(name, ()))
+            dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay,
+                                                     extra_settings=extra))
             config = self.root / name / "palomar.conf"
-            self.backends.append(BackendNode(name, host, config, dovecot))
+            self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
             ports = free_ports(host, 17)
             config = self.root / f"proxy{index}" / "palomar.conf"
@@ -371,9 +438,11 @@ class LocalCluster:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
             node.config.chmod(0o600)
-        if self.geodb == "cassandra":
-            reset_keyspace(self.cassandra_hosts, self.keyspace, local_dc=self.cassandra_local_dc)
-        self.cluster("site", "add", SITE)
+        if not resumed:
+            if self.geodb == "cassandra":
+                reset_keyspace(self.cassandra_hosts, self.keyspace, local_dc=self.cassandra_local_dc)
+            self.cluster("site", "add", SITE)
+            (self.root / STARTED_MARK).write_text(f"site {SITE}\n")
         for node in self.backends:
             node.dovecot.start()
             node.config.parent.mkdir(parents=True, exist_ok=True)
@@ -385,10 +454,12 @@ class LocalCluster:
         for node in self.proxies:
             node.proc = self._spawn("proxy", node.config)
             self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
-        lb = {name: getattr(self.lb_ports, name) or free_port(self.lb_host)
+        lb = {name: getattr(self.lb_ports, name) or self._lb_port()
               for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp")}
+        lb_hosts = [self.lb_host, *([self.lb_ipv6] if self.lb_ipv6 else [])]
         self.haproxy = HAProxyInstance([
-            Listen(name, (self.lb_host, port), [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies])
+            Listen(name, [(host, port) for host in lb_hosts],
+                   [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies])
             for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m")
         self.haproxy.start()
@@ -397,6 +468,14 @@ class LocalCluster:
         if self.controller:
             self._start_controller()
         return self
+
+    def _lb_port(self) -> int:
+        """A port free on `lb_host` and, if HAProxy listens there too, on `lb_ipv6`."""
+        for _ in range(50):
+            port = free_port(self.lb_host)
+            if not self.lb_ipv6 or not port_accepts(self.lb_ipv6, port):
+                return port
+        raise RuntimeError(f"no port free on both {self.lb_host} and {self.lb_ipv6}")
 
     def _start_controller(self) -> None:
         role_dir = self.root / "controller"
@@ -415,7 +494,13 @@ class LocalCluster:
             "}",
         ]) + "\n")
         self.cluster("feature", "set", SITE, "health", "on")
-        self.controller_proc = self._spawn("controller", config)
+        self.restart_controller()
+
+    def restart_controller(self) -> None:
+        role_dir = self.root / "controller"
+        if self.controller_proc is not None:
+            stop_tree(self.controller_proc)
+        self.controller_proc = self._spawn("controller", role_dir / "palomar.conf")
         self._wait(self.controller_proc, self.lb_host, self.controller_metrics, "controller", role_dir / "palomar.log")
 
     def restart_proxy(self, node: ProxyNode) -> None:
@@ -431,6 +516,24 @@ class LocalCluster:
             stop_tree(node.proc)
         node.proc = self._spawn("backend", node.config)
         self._wait(node.proc, node.host, self.hop_port, "backend", node.log_path)
+
+    def children(self) -> list[Child]:
+        """Every server process of the started cluster, for a Supervisor."""
+        children: list[Child] = []
+        for backend in self.backends:
+            children.append(Child(f"{backend.name} Dovecot", backend.dovecot.params.log_path,
+                                  backend.dovecot.returncode, backend.dovecot.start))
+            children.append(Child(f"{backend.name} palomar backend", backend.log_path, _poller(backend),
+                                  lambda b=backend: self.restart_backend(b)))
+        for proxy in self.proxies:
+            children.append(Child(f"{proxy.name} palomar proxy", proxy.log_path, _poller(proxy),
+                                  lambda p=proxy: self.restart_proxy(p)))
+        if self.haproxy is not None:
+            children.append(Child("HAProxy", self.haproxy.log_path, self.haproxy.returncode, self.haproxy.start))
+        if self.controller_proc is not None:
+            children.append(Child("palomar controller", self.root / "controller" / "palomar.log",
+                                  _poller(self, "controller_proc"), self.restart_controller))
+        return children
 
     def kill_dovecot(self, node: BackendNode) -> None:
         """SIGKILL the backend's whole Dovecot process tree (a crash); `node.dovecot.start()` revives it."""
@@ -462,3 +565,11 @@ class LocalCluster:
         if self.sink is not None:
             self.sink.stop()
         atexit.unregister(self.stop)
+
+
+def _poller(owner: object, attribute: str = "proc") -> Callable[[], int | None]:
+    """Poll (and reap) the Popen in `owner.attribute`, read anew each time since restarts replace it."""
+    def returncode() -> int | None:
+        proc = getattr(owner, attribute)
+        return None if proc is None else proc.poll()
+    return returncode

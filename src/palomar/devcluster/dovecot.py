@@ -28,6 +28,7 @@ from palomar.devcluster.procs import stop_tree
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
 MIN_INOTIFY_INSTANCES = 8192
+STARTED_UP = re.compile(rb"master: Info: Dovecot v\S+ .*starting up")
 
 
 def ensure_mail_user(name: str = "vmail") -> pwd.struct_passwd:
@@ -60,7 +61,8 @@ def ensure_inotify_instances(minimum: int = MIN_INOTIFY_INSTANCES) -> None:
 
 def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    relay: tuple[str, int] = ("127.0.0.1", 25),
-                   master_password: str | None = None) -> DovecotParams:
+                   master_password: str | None = None,
+                   extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
     """Params of one test backend under `root/name`, with fresh free ports and secrets."""
     home = root / name
     imap, pop3, lmtp, submission, sieve, doveadm_http, metrics = free_ports(listen, 7)
@@ -87,6 +89,7 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
         trusted_networks=("127.0.0.1/32", "::1/128", str(ipaddress.ip_network(listen))),
         relay_host=relay[0],
         relay_port=relay[1],
+        extra_settings=extra_settings,
     )
 
 
@@ -113,10 +116,15 @@ class DovecotInstance:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def returncode(self) -> int | None:
+        """None while the master runs (or before start); its exit status once it ended (it is reaped)."""
+        return None if self._proc is None else self._proc.poll()
+
     def start(self, timeout: float = 30.0) -> None:
         """Prepare the host, write the config, start Dovecot, wait until every listener accepts."""
         if self.running():
             return
+        self.stop()  # after a crash: reap the master, end what it left (its listeners), then start afresh
         p = self.params
         mail_user = ensure_mail_user(p.mail_uid)
         raise_open_files_limit()
@@ -126,6 +134,7 @@ class DovecotInstance:
         p.mail_root.mkdir(parents=True, exist_ok=True)
         os.chown(p.mail_root, mail_user.pw_uid, mail_user.pw_gid)
         files = write_instance(p)
+        log_offset = p.log_path.stat().st_size if p.log_path.exists() else 0
         with open(self.stderr_path, "ab") as err:
             self._proc = subprocess.Popen(["dovecot", "-F", "-c", str(files.config)],
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
@@ -135,9 +144,24 @@ class DovecotInstance:
         try:
             for port in p.listeners().values():
                 wait_port(p.listen, port, deadline, alive=self.running)
+            # A listener that accepts may be someone else's: Dovecot binds its ports one by one and
+            # exits on the first clash. It logs "starting up" only once all of them are bound.
+            wait_until(lambda: self._started_up(log_offset), max(0.0, deadline - time.monotonic()),
+                       f"{p.instance_name}'s start-up line in {p.log_path}")
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise RuntimeError(f"{p.instance_name} did not start: {exc}\n{self._diagnostics()}") from None
+
+    def _started_up(self, log_offset: int) -> bool:
+        """Whether the master logged its start-up line after `log_offset`; raises once it has exited."""
+        if not self.running():
+            raise RuntimeError(f"dovecot exited with status {self.returncode()}")
+        try:
+            with open(self.params.log_path, "rb") as log:
+                log.seek(log_offset)
+                return STARTED_UP.search(log.read()) is not None
+        except FileNotFoundError:
+            return False
 
     def stop(self) -> None:
         """TERM the master and every process it had; nothing of this instance is left running."""

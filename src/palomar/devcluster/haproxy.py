@@ -19,10 +19,10 @@ from palomar.devcluster.procs import stop_tree
 
 @dataclass(frozen=True)
 class Listen:
-    """One `listen` section: clients connect to `bind`, connections go round-robin to `servers`."""
+    """One `listen` section: clients connect to any of `binds`, connections go round-robin to `servers`."""
 
     name: str
-    bind: tuple[str, int]
+    binds: Sequence[tuple[str, int]]
     servers: Sequence[tuple[str, int]]
     send_proxy_v2: bool = True
     check: bool = True
@@ -55,8 +55,8 @@ def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
         "  maxconn 4096",
     ]
     for listen in listens:
-        lines += ["", f"listen {listen.name}", f"  bind {_addr(*listen.bind)}", "  mode tcp",
-                  "  balance roundrobin"]
+        lines += ["", f"listen {listen.name}", *(f"  bind {_addr(*bind)}" for bind in listen.binds),
+                  "  mode tcp", "  balance roundrobin"]
         for index, (host, port) in enumerate(listen.servers, start=1):
             options = []
             if listen.check:
@@ -86,9 +86,14 @@ class HAProxyInstance:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def returncode(self) -> int | None:
+        """None while the process runs (or before start); its exit status once it ended (it is reaped)."""
+        return None if self._proc is None else self._proc.poll()
+
     def start(self, timeout: float = 15.0) -> None:
         if self.running():
             return
+        self.stop()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(render_haproxy_cfg(self.listens, **self._render_options))
         check = subprocess.run(["haproxy", "-c", "-f", str(self.config_path)], stdin=subprocess.DEVNULL,
@@ -103,7 +108,8 @@ class HAProxyInstance:
         deadline = time.monotonic() + timeout
         try:
             for listen in self.listens:
-                wait_port(listen.bind[0], listen.bind[1], deadline, alive=self.running)
+                for host, port in listen.binds:
+                    wait_port(host, port, deadline, alive=self.running)
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise RuntimeError(f"haproxy did not start: {exc}\n{self.log_text()}") from None

@@ -8,6 +8,9 @@ may share the file; each opens its own `LocalDB`.
 
 Table and column names are the seed's `cluster-localdb` dict maps: `cluster_users`,
 `cluster_groups`, `cluster_geodb_cache`. `last_update` and `expire_timestamp` are unix seconds.
+One more table is palomar's own: `cluster_counts`, counters that triggers keep up to date on
+every write, so reading "how many users does this server serve" costs one row, not a scan of a
+table that holds a row per user (docs/design/periodic-tasks.md).
 """
 
 from __future__ import annotations
@@ -41,7 +44,34 @@ _SCHEMA = (
         expire_timestamp INTEGER NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS cluster_geodb_cache_expire ON cluster_geodb_cache (expire_timestamp)",
+    "CREATE INDEX IF NOT EXISTS cluster_users_last_update ON cluster_users (last_update)",
+    """CREATE TABLE IF NOT EXISTS cluster_counts (
+        name TEXT NOT NULL PRIMARY KEY,
+        n INTEGER NOT NULL
+    )""",
 )
+
+USERS_SERVED = "users_served"
+"""`cluster_counts` row: the `cluster_users` rows without a redirect (users served here)."""
+
+_COUNT_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS cluster_users_served_insert AFTER INSERT ON cluster_users
+        WHEN NEW.redirect_host IS NULL
+        BEGIN UPDATE cluster_counts SET n = n + 1 WHERE name = '{USERS_SERVED}'; END""",
+    f"""CREATE TRIGGER IF NOT EXISTS cluster_users_served_delete AFTER DELETE ON cluster_users
+        WHEN OLD.redirect_host IS NULL
+        BEGIN UPDATE cluster_counts SET n = n - 1 WHERE name = '{USERS_SERVED}'; END""",
+    f"""CREATE TRIGGER IF NOT EXISTS cluster_users_served_update AFTER UPDATE OF redirect_host ON cluster_users
+        WHEN (OLD.redirect_host IS NULL) <> (NEW.redirect_host IS NULL)
+        BEGIN UPDATE cluster_counts SET n = n + (CASE WHEN NEW.redirect_host IS NULL THEN 1 ELSE -1 END)
+              WHERE name = '{USERS_SERVED}'; END""",
+)
+"""Keep USERS_SERVED exact on every write. `user_put` is an upsert, not INSERT OR REPLACE: a
+REPLACE deletes without firing delete triggers (unless recursive_triggers is on), which would
+count a replaced row twice."""
+
+CACHE_PURGE_BATCH = 1000
+"""Most expired cache rows one purge deletes: a purge runs inside a login's `cache_put`."""
 
 
 class LocalDBError(Exception):
@@ -141,12 +171,23 @@ class LocalDB:
             self._con.execute("BEGIN IMMEDIATE")
             for stmt in _SCHEMA:
                 self._con.execute(stmt)
+            self._init_counts()
             self._con.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._con.in_transaction:
                 self._con.execute("ROLLBACK")
             self._con.close()
             raise LocalDBError(f"LocalDB {path}: cannot initialise: {exc}") from exc
+
+    def _init_counts(self) -> None:
+        """Create the counters and their triggers (a file from before them is counted once, here,
+        before the service serves anything; from then on the triggers keep the count)."""
+        if self._con.execute("SELECT 1 FROM cluster_counts WHERE name = ?", (USERS_SERVED,)).fetchone() is None:
+            self._con.execute(
+                "INSERT INTO cluster_counts (name, n) SELECT ?, COUNT(*) FROM cluster_users "
+                "WHERE redirect_host IS NULL", (USERS_SERVED,))
+        for stmt in _COUNT_TRIGGERS:
+            self._con.execute(stmt)
 
     def __repr__(self) -> str:
         return f"LocalDB(path={self.path!r})"
@@ -194,11 +235,54 @@ class LocalDB:
             _now(now),
         )
         self._exec(
-            "INSERT OR REPLACE INTO cluster_users "
-            "(group_name, username, redirect_host, redirect_group, last_update) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO cluster_users "
+            "(group_name, username, redirect_host, redirect_group, last_update) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (group_name, username) DO UPDATE SET redirect_host = excluded.redirect_host, "
+            "redirect_group = excluded.redirect_group, last_update = excluded.last_update",
             (user.group, user.username, user.redirect_host, user.redirect_group, user.last_update),
         )
         return user
+
+    def users_served(self) -> int:
+        """How many `cluster_users` rows have no redirect: the users this server serves (a user
+        recorded in two groups, for the moment of a user move, counts twice). One row read."""
+        row = self._exec("SELECT n FROM cluster_counts WHERE name = ?", (USERS_SERVED,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def users_not_updated_since(self, cutoff: int, limit: int) -> list[LocalUser]:
+        """At most `limit` rows whose `last_update` is before `cutoff`, oldest first (an index
+        range: the cost follows `limit`, not the table)."""
+        return [
+            LocalUser(*r)
+            for r in self._exec(
+                "SELECT group_name, username, redirect_host, redirect_group, last_update FROM cluster_users "
+                "WHERE last_update < ? ORDER BY last_update LIMIT ?",
+                (_now(cutoff), int(limit)),
+            )
+        ]
+
+    def users_remove(self, keys: list[tuple[str, str]]) -> None:
+        """Delete the (group, username) rows in one transaction."""
+        self._many("DELETE FROM cluster_users WHERE group_name = ? AND username = ?", keys)
+
+    def users_touch(self, keys: list[tuple[str, str]], now: int) -> None:
+        """Set `last_update` of the (group, username) rows to `now`, keeping their redirects."""
+        self._many("UPDATE cluster_users SET last_update = ? WHERE group_name = ? AND username = ?",
+                   [(_now(now), group, user) for group, user in keys])
+
+    def _many(self, sql: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        try:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                self._con.executemany(sql, rows)
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LocalDBError(f"LocalDB {self.path}: {exc}") from exc
 
     def user_remove(self, group: str, username: str) -> bool:
         cur = self._exec(
@@ -259,6 +343,17 @@ class LocalDB:
             params = (mask_to_glob(_name(mask, "mask")),)
         return [LocalGroup(*r) for r in self._exec(sql + " ORDER BY name", params)]
 
+    def groups_moving_here(self) -> list[LocalGroup]:
+        """The groups with a move marker (`redirect_host` NULL): moves this server runs or ran."""
+        return [LocalGroup(*r) for r in self._exec(
+            "SELECT name, redirect_host, last_update FROM cluster_groups WHERE redirect_host IS NULL ORDER BY name")]
+
+    def groups_redirected_before(self, cutoff: int, limit: int) -> list[LocalGroup]:
+        """At most `limit` straggler redirects written before `cutoff`, oldest first."""
+        return [LocalGroup(*r) for r in self._exec(
+            "SELECT name, redirect_host, last_update FROM cluster_groups WHERE redirect_host IS NOT NULL "
+            "AND last_update < ? ORDER BY last_update LIMIT ?", (_now(cutoff), int(limit)))]
+
     # ------------------------------------------------------------ cluster_geodb_cache
 
     def cache_get(self, key: str, now: int | None = None) -> str | None:
@@ -302,18 +397,26 @@ class LocalDB:
             (key, value, now + ttl_secs),
         )
         if now != self._purged_at:  # expiry has one-second steps: a second purge within it finds nothing
-            self.cache_purge(now)
+            self.cache_purge(now, limit=CACHE_PURGE_BATCH)
 
     def cache_delete(self, key: str) -> bool:
         cur = self._exec("DELETE FROM cluster_geodb_cache WHERE cache_key = ?", (_name(key, "cache key"),))
         return cur.rowcount > 0
 
-    def cache_purge(self, now: int | None = None) -> int:
-        """Drop every cache row expired longer than `stale_keep_secs` ago; returns how many."""
+    def cache_purge(self, now: int | None = None, *, limit: int | None = None) -> int:
+        """Drop the cache rows expired longer than `stale_keep_secs` ago (at most `limit`, oldest
+        first, when given); returns how many. A purge that reached `limit` is not counted as done
+        for its second, so the next `cache_put` goes on with the rest."""
         now = _now(now)
-        cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?",
-                         (now - self.stale_keep_secs,))
-        self._purged_at = now
+        cutoff = now - self.stale_keep_secs
+        if limit is None:
+            cur = self._exec("DELETE FROM cluster_geodb_cache WHERE expire_timestamp <= ?", (cutoff,))
+        else:
+            cur = self._exec(
+                "DELETE FROM cluster_geodb_cache WHERE rowid IN (SELECT rowid FROM cluster_geodb_cache "
+                "WHERE expire_timestamp <= ? ORDER BY expire_timestamp LIMIT ?)", (cutoff, int(limit)))
+        if limit is None or cur.rowcount < limit:
+            self._purged_at = now
         return cur.rowcount
 
     def cache_clear(self) -> int:

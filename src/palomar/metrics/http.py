@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from typing import Any
 
 from palomar.metrics.registry import Registry
+
+log = logging.getLogger("palomar.metrics")
 
 CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
@@ -36,3 +40,17 @@ async def _handle(registry: Registry, reader: asyncio.StreamReader, writer: asyn
 
 async def serve_metrics(registry: Registry, host: str, port: int) -> asyncio.Server:
     return await asyncio.start_server(lambda r, w: _handle(registry, r, w), host, port)
+
+
+async def serve_stats(cfg: Any, registry: Registry) -> list[asyncio.Server]:
+    """`GET /metrics` on every `service stats { inet_listener NAME { port } }` of `cfg` (any role)."""
+    servers: list[asyncio.Server] = []
+    stats = cfg.services.get("stats")
+    if stats is None:
+        return servers
+    for listener in stats.listeners.values():
+        for address in listener.bind_addresses():
+            servers.append(await serve_metrics(registry, address, listener.port))
+            log.info("metrics on http://%s/metrics", f"[{address}]:{listener.port}" if ":" in address
+                     else f"{address}:{listener.port}")
+    return servers

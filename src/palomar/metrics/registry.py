@@ -1,13 +1,16 @@
 """Counters with labels and their OpenMetrics text exposition (the format Dovecot's stats uses).
 
-Metric names follow the seed (`proxy_session_success`, `proxy_session_failure`,
-`lmtp_rcpt_finished_success`, ...), exported with a `palomar_` prefix and `_total` suffix.
+Operators' dashboards query Dovecot's names, so the metrics of the Palomar document and of
+Dovecot's `@metric_defaults = proxy` (DOVECOT_NAMES) are exported as Dovecot's OpenMetrics
+exporter writes an event metric: `dovecot_NAME_total{group labels}` per group and, for a grouped
+metric, `dovecot_NAME_count` over all of them (the prefix is `metrics_prefix`). palomar's own
+metrics keep the `palomar_` prefix with a `_total` suffix.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def _escape(value: str) -> str:
@@ -35,6 +38,10 @@ class Counter:
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(labels.get(name, "") for name in self.labels), 0.0)
 
+    def set_total(self, value: float, **labels: str) -> None:
+        """Mirror a total kept elsewhere (read by a `Registry.on_collect` callback)."""
+        self._values[tuple(labels.get(name, "") for name in self.labels)] = value
+
     def items(self) -> Iterable[tuple[dict[str, str], float]]:
         for key, value in sorted(self._values.items()):
             yield dict(zip(self.labels, key, strict=True)), value
@@ -60,14 +67,30 @@ class Gauge:
             yield dict(zip(self.labels, key, strict=True)), value
 
 
+DOVECOT_NAMES = frozenset({
+    # the seed's metric blocks (`@cluster_defaults = proxy`), grouped by dest_host
+    "proxy_session_success", "proxy_session_failure", "lmtp_rcpt_finished_success", "lmtp_rcpt_finished_failure",
+    # Dovecot's `@metric_defaults = proxy`
+    "auth_successes", "auth_failures", "login_aborted", "proxy_session_established",
+})
+"""Metrics exported under Dovecot's name (and `metrics_prefix`) rather than palomar's."""
+DEFAULT_DOVECOT_PREFIX = "dovecot_"
+
+
 class Registry:
     """All counters and gauges of one process."""
 
-    def __init__(self, prefix: str = "palomar") -> None:
+    def __init__(self, prefix: str = "palomar", dovecot_prefix: str = DEFAULT_DOVECOT_PREFIX) -> None:
         self.prefix = prefix
+        self.dovecot_prefix = dovecot_prefix
         self.started = time.time()
         self._counters: dict[str, Counter] = {}
         self._gauges: dict[str, Gauge] = {}
+        self._collectors: list[Callable[[], None]] = []
+
+    def on_collect(self, callback: Callable[[], None]) -> None:
+        """Run `callback` before each exposition, to bring mirrored values up to date."""
+        self._collectors.append(callback)
 
     def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
         existing = self._counters.get(name)
@@ -83,12 +106,17 @@ class Registry:
 
     def exposition(self) -> str:
         """OpenMetrics text, ending with `# EOF`."""
+        for collect in self._collectors:
+            collect()
         out = [
             "# HELP process_start_time_seconds Timestamp of service start",
             "# TYPE process_start_time_seconds gauge",
             f"process_start_time_seconds {int(self.started)}",
         ]
         for counter in self._counters.values():
+            if counter.name in DOVECOT_NAMES:
+                out += _dovecot_counter(f"{self.dovecot_prefix}{counter.name}", counter)
+                continue
             name = f"{self.prefix}_{counter.name}"
             out.append(f"# HELP {name} {counter.help}")
             out.append(f"# TYPE {name} counter")
@@ -104,3 +132,15 @@ class Registry:
                 out.append(f"{name}{_label_suffix(labels)} {value:g}")
         out.append("# EOF")
         return "\n".join(out) + "\n"
+
+
+def _dovecot_counter(name: str, counter: Counter) -> list[str]:
+    """An event metric as Dovecot 2.3's OpenMetrics exporter writes one (no duration: see docs/metrics.md)."""
+    lines = [f"# HELP {name} {counter.help}", f"# TYPE {name} counter"]
+    if not counter.labels:
+        return [*lines, f"{name}_total {counter.value():g}"]
+    total = 0.0
+    for labels, value in counter.items():
+        lines.append(f"{name}_total{_label_suffix(labels)} {value:g}")
+        total += value
+    return [*lines, f"{name}_count {total:g}"]

@@ -66,6 +66,7 @@ __all__ = [
     "forwarded_from_id",
     "id_log_text",
     "login_ok_reply",
+    "prelogin_capabilities",
     "rewrite_tag",
     "tagged",
     "untagged",
@@ -107,6 +108,20 @@ _TAG_FORBIDDEN = frozenset(b'+(){ %*"\\')
 def tagged(tag: str, status: str, text: str) -> bytes:
     """`tag STATUS text\\r\\n`, e.g. tagged("a1", "NO", "[AUTHENTICATIONFAILED] Authentication failed.")."""
     return _line(f"{tag} {status} {text}")
+
+
+def prelogin_capabilities(base: Iterable[str], *, offer_starttls: bool, cleartext_allowed: bool) -> list[str]:
+    """The pre-login CAPABILITY list in imap-login's order: the learnt or configured `base`, then
+    what the connection decides: STARTTLS before TLS, and AUTH= for the proxy's own mechanisms when
+    a password may be sent, else LOGINDISABLED."""
+    caps = list(base)
+    if offer_starttls:
+        caps.append("STARTTLS")
+    if cleartext_allowed:
+        caps.extend(f"AUTH={mech}" for mech in MECHANISMS)
+    else:
+        caps.append("LOGINDISABLED")
+    return caps
 
 
 def untagged(text: str) -> bytes:
@@ -307,14 +322,8 @@ class ImapLoginServer(LoginServerCore):
     # ---- what the caller asks
 
     def capability_string(self) -> str:
-        caps = list(self.base_capabilities)
-        if self.starttls and not self.secured:
-            caps.append("STARTTLS")
-        if self.cleartext_allowed:
-            caps.extend(f"AUTH={mech}" for mech in MECHANISMS)
-        else:
-            caps.append("LOGINDISABLED")
-        return " ".join(caps)
+        return " ".join(prelogin_capabilities(self.base_capabilities, offer_starttls=self.starttls and not self.secured,
+                                              cleartext_allowed=self.cleartext_allowed))
 
     def greeting(self) -> bytes:
         return untagged(f"OK [CAPABILITY {self.capability_string()}] {self.greeting_text}")
@@ -670,6 +679,9 @@ class ImapLoginClient(LoginClientCore[LoginResult]):
             self.capabilities = resp.text.split()
         elif resp.status in ("BYE", "ID"):
             pass  # BYE during login is not forwarded; ID answers our own command
+        elif len(self._untagged) + len(resp.raw) > self._reader.max_size:
+            # Kept until the login's outcome is known: bounded like one message.
+            self._protocol_error("Backend sent too many untagged replies during login")
         else:
             self._untagged += resp.raw
 

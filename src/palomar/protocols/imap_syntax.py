@@ -23,8 +23,11 @@ __all__ = [
     "quote",
 ]
 
-_LITERAL_AT_END = re.compile(rb"\{(\d{1,10})(\+?)\}$")
-_LITERAL_HERE = re.compile(rb"\{(\d{1,10})\+?\}\r\n")
+# Any number of digits: a size too large to be real is still a literal (refused as too
+# large, as Dovecot does), not a plain line whose "literal" bytes would be read as commands.
+_LITERAL_AT_END = re.compile(rb"\{(\d+)(\+?)\}$")
+_LITERAL_HERE = re.compile(rb"\{(\d+)\+?\}\r\n")
+_MAX_LITERAL_DIGITS = 20
 # atom-specials: ( ) { SP CTL % * " \ ]  (and 8-bit is not an atom char either)
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
 
@@ -39,6 +42,13 @@ class LineTooLong(ValueError):
 
 def decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
+
+
+def literal_size(digits: bytes) -> int:
+    """The size a literal marker announces; absurdly long numbers saturate instead of
+    costing a conversion of thousands of digits (they cannot fit any limit either way)."""
+    digits = digits.lstrip(b"0") or b"0"
+    return int(digits) if len(digits) <= _MAX_LITERAL_DIGITS else 10**_MAX_LITERAL_DIGITS
 
 
 def is_atom_char(byte: int) -> bool:
@@ -135,7 +145,7 @@ class LineAssembler:
                 return message
             self._partial += line + b"\r\n"
             self._announced = LiteralAnnounced(
-                size=int(match.group(1)), synchronizing=not match.group(2), head=bytes(self._partial)
+                size=literal_size(match.group(1)), synchronizing=not match.group(2), head=bytes(self._partial)
             )
             return self._announced
 
@@ -227,7 +237,7 @@ class ArgReader:
         match = _LITERAL_HERE.match(self.data, self.pos)
         if match is None:
             raise ImapSyntaxError("bad literal")
-        size = int(match.group(1))
+        size = literal_size(match.group(1))
         start = match.end()
         if start + size > len(self.data):
             raise ImapSyntaxError("truncated literal")

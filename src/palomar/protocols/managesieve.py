@@ -57,7 +57,9 @@ __all__ = [
     "SieveResponse",
     "SieveSyntaxError",
     "StartTlsRequest",
+    "parse_capability_line",
     "parse_response",
+    "prelogin_capabilities",
     "referral_response",
     "response",
 ]
@@ -97,6 +99,39 @@ def referral_response(url: str, text: str = "Try this server instead.") -> str:
 
 def _capability_line(name: str, value: str | None) -> bytes:
     return _line(quote(name) if value is None else f"{quote(name)} {quote(value)}")
+
+
+def prelogin_capabilities(implementation: str, sieve_extensions: str, notify_methods: str | None, *,
+                          offer_starttls: bool, mechanisms: tuple[str, ...],
+                          trusted: bool) -> list[tuple[str, str | None]]:
+    """The greeting's capability lines in managesieve-login's order. SIEVE and NOTIFY are learnt or
+    configured; the rest is the proxy's own: its IMPLEMENTATION, its SASL mechanisms (`"SASL" ""` is
+    allowed, STARTTLS being offered then), STARTTLS before TLS, VERSION, XCLIENT for trusted peers."""
+    caps: list[tuple[str, str | None]] = [("IMPLEMENTATION", implementation), ("SIEVE", sieve_extensions)]
+    if notify_methods:
+        caps.append(("NOTIFY", notify_methods))
+    caps.append(("SASL", " ".join(mechanisms)))
+    if offer_starttls:
+        caps.append(("STARTTLS", None))
+    caps.append(("VERSION", "1.0"))
+    if trusted:
+        caps.append(("XCLIENT", None))
+    return caps
+
+
+def parse_capability_line(message: bytes) -> tuple[str, str | None]:
+    """`"NAME" ["value"]` of a greeting or CAPABILITY reply (name upper-cased); SieveSyntaxError if not."""
+    reader = ArgReader(message)
+    try:
+        name = decode(reader.string()).upper()
+        value = None
+        if not reader.at_end():
+            reader.sp()
+            value = decode(reader.string())
+        reader.end()
+    except ImapSyntaxError as exc:
+        raise SieveSyntaxError(str(exc)) from None
+    return name, value
 
 
 # --------------------------------------------------------------------------- responses
@@ -206,20 +241,9 @@ class SieveLoginServer(LoginServerCore):
         return MECHANISMS if self.cleartext_allowed else ()
 
     def capabilities(self) -> list[tuple[str, str | None]]:
-        """The capability list in Dovecot's order; `"SASL" ""` is allowed because STARTTLS is then offered."""
-        caps: list[tuple[str, str | None]] = [
-            ("IMPLEMENTATION", self.implementation),
-            ("SIEVE", self.sieve_extensions),
-        ]
-        if self.notify_methods:
-            caps.append(("NOTIFY", self.notify_methods))
-        caps.append(("SASL", " ".join(self.mechanisms())))
-        if self.starttls and not self.secured:
-            caps.append(("STARTTLS", None))
-        caps.append(("VERSION", "1.0"))
-        if self.trusted:
-            caps.append(("XCLIENT", None))
-        return caps
+        return prelogin_capabilities(self.implementation, self.sieve_extensions, self.notify_methods,
+                                     offer_starttls=self.starttls and not self.secured,
+                                     mechanisms=self.mechanisms(), trusted=self.trusted)
 
     def capability_lines(self) -> bytes:
         return b"".join(_capability_line(name, value) for name, value in self.capabilities())
@@ -290,6 +314,11 @@ class SieveLoginServer(LoginServerCore):
         reader.sp()
         echo = decode(reader.string())
         reader.end()
+        if any(ch in echo for ch in "\r\n\0"):
+            # Pigeonhole would echo such a tag as a literal; refusing it keeps every reply
+            # one line, so no client-chosen bytes can ever start a line of ours.
+            self._out += _line(response("NO", "Invalid echo tag."))
+            return
         self._out += _line(response("OK", "Done", f"TAG {quote(echo)}"))
 
     def _cmd_logout(self, reader: ArgReader, events: list[Event]) -> None:
@@ -440,6 +469,7 @@ class SieveLoginClient(LoginClientCore[LoginResult]):
         self._initial_response = plain_initial_response(username, master_user, master_password)
         self._xclient_line = format_xclient(xclient or {})
         self.capabilities: dict[str, str | None] = {}
+        self._capability_bytes = 0
         #: The greeting offered XCLIENT and we sent the client's address with it.
         self.xclient_sent = False
 
@@ -470,16 +500,15 @@ class SieveLoginClient(LoginClientCore[LoginResult]):
             self._on_failure(resp)
 
     def _on_capability(self, message: bytes) -> None:
-        reader = ArgReader(message)
         try:
-            name = decode(reader.string()).upper()
-            value = None
-            if not reader.at_end():
-                reader.sp()
-                value = decode(reader.string())
-            reader.end()
-        except ImapSyntaxError:
+            name, value = parse_capability_line(message)
+        except SieveSyntaxError:
             self._protocol_error(f"Invalid capability line: {shorten(message)}")
+            return
+        self._capability_bytes += len(message)
+        if self._capability_bytes > self._reader.max_size:
+            # Kept until the greeting ends: bounded like one message.
+            self._protocol_error("Backend sent too long a capability list")
             return
         self.capabilities[name] = value
 

@@ -196,9 +196,14 @@ def _split_enhanced(code: int, text: str) -> tuple[str | None, str]:
 
 
 class ReplyReader:
-    """Assembles reply lines into Reply objects (client side)."""
+    """Assembles reply lines into Reply objects (client side).
+
+    `max_line` bounds one line and also a whole multi-line reply (like Dovecot's
+    max_reply_size), so a server whose continuation lines never end cannot make us
+    buffer without limit."""
 
     def __init__(self, max_line: int = 65536) -> None:
+        self.max_reply = max_line
         self._lines = LineReader(max_line)
         self._pending: list[tuple[int, str]] = []
         self._raw = bytearray()
@@ -211,7 +216,8 @@ class ReplyReader:
         return self._lines.take_buffer()
 
     def next_reply(self) -> Reply | None:
-        """The next complete reply or None; raises SmtpSyntaxError or LineTooLong on bad input."""
+        """The next complete reply or None; raises SmtpSyntaxError or LineTooLong (a line or the
+        whole reply over the limit) on bad input."""
         while True:
             line = self._lines.next_line()
             if line is None:
@@ -219,6 +225,10 @@ class ReplyReader:
             code, last, text = parse_reply_line(line)
             if self._pending and self._pending[0][0] != code:
                 raise SmtpSyntaxError("reply code changed inside a multi-line reply")
+            if len(self._raw) + len(line) + 2 > self.max_reply:
+                self._pending.clear()
+                self._raw.clear()
+                raise LineTooLong("reply too long")
             self._pending.append((code, text))
             self._raw += line + b"\r\n"
             if not last:
@@ -324,6 +334,10 @@ def parse_command(line: bytes) -> Command:
     return Command(verb.decode("ascii").upper(), decode(rest) if sep else "", line)
 
 
+def _is_control(char: str) -> bool:
+    return ord(char) < 0x20 or ord(char) == 0x7F
+
+
 def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
     """`<addr> rest` -> (addr, rest). A source route (`<@a,@b:u@d>`) is dropped, as RFC 5321
     tells servers to; `<>` is allowed only where `allow_empty` says so."""
@@ -332,12 +346,13 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
     address, in_quote, index = [], False, 1
     while index < len(text):
         char = text[index]
-        if ord(char) < 0x20 or ord(char) == 0x7F:  # not even quoted (RFC 5321 qtextSMTP, quoted-pairSMTP)
-            raise SmtpSyntaxError("Invalid character in path")
         if in_quote:
-            if char == "\\" and index + 1 < len(text):
-                if ord(text[index + 1]) < 0x20 or ord(text[index + 1]) == 0x7F:
-                    raise SmtpSyntaxError("Invalid character in path")
+            escaped = char == "\\" and index + 1 < len(text)
+            if _is_control(text[index + 1] if escaped else char):
+                # RFC 5321 qtextSMTP and quoted-pairSMTP are printable only: a CR or NUL in
+                # an address would reach logs, replies and the next hop's command line.
+                raise SmtpSyntaxError("Invalid character in path")
+            if escaped:
                 address.append(text[index : index + 2])
                 index += 2
                 continue
@@ -347,7 +362,7 @@ def parse_path(text: str, *, allow_empty: bool) -> tuple[str, str]:
             in_quote = True
         elif char == ">":
             break
-        elif char in "< \t":
+        elif char in "< \t" or _is_control(char):
             raise SmtpSyntaxError("Invalid character in path")
         address.append(char)
         index += 1

@@ -56,6 +56,7 @@ __all__ = [
     "SubmissionLoginClient",
     "SubmissionLoginServer",
     "post_login_ehlo_reply",
+    "prelogin_ehlo",
 ]
 
 #: What the proxy offers before login: Dovecot's submission-login in front of a Dovecot submission
@@ -86,6 +87,21 @@ _AUTH_LINE_MAX = 510  # longer AUTH lines send the initial response after `334 `
 
 def _out(reply: str) -> bytes:
     return reply_line(reply)
+
+
+def prelogin_ehlo(base: Iterable[str], *, offer_starttls: bool, cleartext_allowed: bool, trusted: bool) -> list[str]:
+    """The pre-login EHLO keywords in submission-login's order: the learnt or configured `base`
+    plus what the connection decides: AUTH with the proxy's own mechanisms when a password may be
+    sent (Dovecot leaves it out when TLS is required first), STARTTLS before TLS, XCLIENT for a
+    peer in login_trusted_networks."""
+    caps = list(base)
+    if cleartext_allowed:
+        caps.append("AUTH " + " ".join(MECHANISMS))
+    if offer_starttls:
+        caps.append("STARTTLS")
+    if trusted:
+        caps.append(XCLIENT_CAPABILITY)
+    return sorted(caps, key=_ehlo_rank)
 
 
 def post_login_ehlo_reply(hostname: str, capabilities: Iterable[str]) -> bytes:
@@ -162,14 +178,8 @@ class SubmissionLoginServer(LoginServerCore):
     # ---- what the caller asks
 
     def ehlo_capabilities(self) -> list[str]:
-        caps = list(self.base_capabilities)
-        if self.cleartext_allowed:
-            caps.append("AUTH " + " ".join(MECHANISMS))
-        if self.starttls and not self.secured:
-            caps.append("STARTTLS")
-        if self.trusted:
-            caps.append(XCLIENT_CAPABILITY)
-        return sorted(caps, key=_ehlo_rank)
+        return prelogin_ehlo(self.base_capabilities, offer_starttls=self.starttls and not self.secured,
+                             cleartext_allowed=self.cleartext_allowed, trusted=self.trusted)
 
     def greeting(self) -> bytes:
         return greeting_reply(self.hostname, self.greeting_text)

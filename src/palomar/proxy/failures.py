@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from palomar.protocols import imap, managesieve, pop3, submission
 from palomar.proxy.limits import Farewell, smtp_bye
-from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin
+from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin, TempFailed
 
 INTERNAL_FAILURE = "Internal login failure. Refer to server log for more information."
 """Dovecot's text when a login process gives up on a client for an internal error."""
@@ -81,3 +81,14 @@ def login_failure(protocol: str, outcome: LoginOutcome) -> str:
     if isinstance(outcome, NoLogin):
         return wording.nologin(" ".join(outcome.reason.split()))
     return wording.temp_failed
+
+
+def failure_reason(outcome: LoginOutcome) -> str:
+    """Why a login did not log the client in, for the session's one log line (never sent to the client)."""
+    if isinstance(outcome, AuthFailed):
+        return outcome.reason
+    if isinstance(outcome, NoLogin):
+        return f"nologin: {outcome.reason}"
+    if isinstance(outcome, TempFailed):
+        return f"{outcome.error_code}: {outcome.text}"
+    return type(outcome).__name__

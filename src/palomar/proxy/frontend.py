@@ -142,7 +142,8 @@ async def _handshake(state: ProxyState, sock: socket.socket, admission: Admissio
             async with asyncio.timeout(state.login_timeout):
                 await link.start_tls(state.tls, server_side=True)
         except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("TLS handshake with %s failed: %s", client[0], exc)
+            # A client giving up, or a load balancer's TLS health check: noise, not an event.
+            log.debug("TLS handshake with %s failed: %s", client[0], exc or type(exc).__name__)
             link.abort()
             return None
         tls = True

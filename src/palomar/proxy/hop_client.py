@@ -61,6 +61,9 @@ class HopTarget:
     client_tls: bool
     client_id: tuple[tuple[str, str | None], ...] = ()
     """The client's own IMAP ID pairs, passed on to the backend's Dovecot (imap_id_retain)."""
+    admin: bytes | None = None
+    """An admin command for the backend itself (protocol `doveadm`): its JSON result comes back
+    as the `Established.text`, and the connection is then closed."""
 
 
 class HopClient:
@@ -98,7 +101,7 @@ class HopClient:
         request = hop.HopRequest(
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
-            client_id=hop.encode_client_id(target.client_id),
+            client_id=hop.encode_client_id(target.client_id), admin=target.admin,
         )
         try:
             async with asyncio.timeout(self.answer_timeout):

@@ -14,7 +14,7 @@ class ImapAdapter:
 
     def make_core(self, state: ProxyState, conn: ClientConnection) -> imap.ImapLoginServer:
         return imap.ImapLoginServer(
-            imap.DEFAULT_CAPABILITIES,
+            state.capabilities.offered.imap,
             starttls=state.tls is not None and not conn.tls,
             secured=conn.tls,
             allow_cleartext=state.allow_cleartext,

@@ -279,7 +279,7 @@ class LmtpProxySession:
                            local=conn.local, client_tls=conn.tls)
         outcome = await self.state.hops.connect(host, target, on_redirect=self.state.count_redirect)
         if isinstance(outcome, HopFailed):
-            self.state.count_failure(outcome.host, outcome.error_code)
+            self.state.count_failure(outcome.host, outcome.error_code, login=False)
             log.warning("session=%s proxy dest %s to %s: %s", conn.session_id, outcome.error_code, outcome.host,
                         safe(outcome.text))
             return outcome
@@ -288,10 +288,10 @@ class LmtpProxySession:
         leg.feed(outcome.leftover)
         if not await leg.handshake():
             failed = HopFailed(outcome.host, "proxy_dest_protocol_failure", f"LMTP handshake: {leg.failure}")
-            self.state.count_failure(failed.host, failed.error_code)
+            self.state.count_failure(failed.host, failed.error_code, login=False)
             log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, safe(failed.text))
             return failed
-        self.state.count_success(outcome.host)
+        self.state.count_success(outcome.host, login=False)
         if self.state.health is not None:
             self.state.health.session_succeeded(outcome.host)
         return leg

@@ -39,7 +39,9 @@ class LoginAttempt:
 
 @dataclass(frozen=True)
 class AuthFailed:
-    """Wrong credentials (after the failure delay)."""
+    """Wrong credentials (after the failure delay); `reason` is for the session's log line only."""
+
+    reason: str = "authentication failed"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,29 @@ class TempFailed:
 
 
 LoginOutcome = Established | AuthFailed | NoLogin | TempFailed
+
+
+@dataclass
+class LoginTally:
+    """What one client connection's logins came to, for Dovecot's `login_aborted` event."""
+
+    attempts: int = 0
+    last: LoginOutcome | None = None
+
+    def record(self, outcome: LoginOutcome) -> None:
+        self.attempts += 1
+        self.last = outcome
+
+    def aborted_reason(self) -> str:
+        """The `reason` Dovecot's login_aborted event gives (login-common, client_get_extra_disconnect_reason)."""
+        last = self.last
+        if self.attempts == 0 or last is None:
+            return "no_auth_attempts"
+        if isinstance(last, NoLogin):
+            return "login_disabled"
+        if isinstance(last, TempFailed):
+            return last.error_code if last.error_code.startswith("proxy_dest_") else "auth_temp_failed"
+        return "auth_failed"
 
 
 async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
@@ -92,9 +117,9 @@ async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome
         if verdict is not None:
             state.penalty.failed(verdict, attempt.client[0], attempt.username.lower(), attempt.password,
                                  time.monotonic())
-        await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
         state.metrics.auth_failures.inc()
-        return AuthFailed(), attempt.username
+        await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
+        return AuthFailed(result.reason or result.status.replace("_", " ")), attempt.username
     if penalised and result.status in ("ok", "nologin"):
         state.penalty.succeeded(attempt.client[0], attempt.username.lower())
     if result.status == "nologin":
@@ -133,7 +158,7 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
             return outcome, user
         state.count_failure(outcome.host, outcome.error_code)
         if outcome.auth:
-            return AuthFailed(), user
+            return AuthFailed(f"backend {outcome.host}: {outcome.text}"), user
         log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, safe(user),
                     outcome.error_code, outcome.host, safe(outcome.text))
         failed, failed_host = TempFailed(outcome.error_code, outcome.text), outcome.host

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from palomar.auth.passdb import AuthRequest
 from palomar.cluster.ownership import expand_test_username
+from palomar.proxy.capabilities import learn_capabilities
 from palomar.proxy.hop_client import HopClient, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -99,6 +100,7 @@ class Prober:
             dest.set(host, "probe_consecutive_success", dest.values[host]["probe_consecutive_success"] + 1)
             log.info("event=cluster_backend_check_finished backend_host=%s status=ok", host)
         else:
+            self.state.capabilities.forget(host)  # asked again once it answers: it may come back changed
             dest.add(host, "probe_failure")
             dest.set(host, "probe_last_failure", now)
             dest.set(host, "probe_consecutive_success", 0)
@@ -154,6 +156,20 @@ async def run_probes(prober: Prober, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def hop_source_ip(cfg) -> str:
+    """The address this proxy's own hops (probes, capability queries) name as their client."""
+    listen = [a for a in cfg["listen"] if a not in ("*", "::")]
+    return listen[0] if listen and ":" not in listen[0] else "127.0.0.1"
+
+
+def start_capability_learning(state: ProxyState, cfg) -> asyncio.Task[None]:
+    """Learn the site's pre-login capabilities (proxy/capabilities.py), whether or not backends are checked."""
+    timeout = cfg["cluster_proxy_probe_timeout"]
+    return asyncio.get_running_loop().create_task(learn_capabilities(
+        state.capabilities, state.router, state.hops.with_timeout(timeout), cfg["cluster_proxy_probe_interval"],
+        hop_source_ip(cfg)))
+
+
 def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
     """With `cluster_proxy_check_backends = yes`: failure accounting, offline marking and probes.
 
@@ -175,9 +191,7 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
         log.warning("cluster_backend_test_username is not set: no probes, offline marking from sessions only")
         return None
     timeout = cfg["cluster_proxy_probe_timeout"]
-    listen = [a for a in cfg["listen"] if a not in ("*", "::")]
     prober = Prober(state, username=username, password=cfg["cluster_backend_test_password"] or "",
-                    hops=state.hops.with_timeout(timeout), timeout=timeout,
-                    source_ip=listen[0] if listen and ":" not in listen[0] else "127.0.0.1")
+                    hops=state.hops.with_timeout(timeout), timeout=timeout, source_ip=hop_source_ip(cfg))
     health.confirm = prober.confirm
     return asyncio.get_running_loop().create_task(run_probes(prober, cfg["cluster_proxy_probe_interval"]))

@@ -14,11 +14,13 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
 from palomar.geodb.guarded import GeoDBUnavailable
-from palomar.metrics.http import serve_metrics
+from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
 from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.protocols.prelogin_caps import CapabilitySettings
+from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
@@ -26,7 +28,7 @@ from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
 from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
 from palomar.proxy.pop3_frontend import Pop3Adapter
-from palomar.proxy.probes import start_backend_checks
+from palomar.proxy.probes import start_backend_checks, start_capability_learning
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
@@ -49,11 +51,6 @@ FRONTENDS = {
     "submission-login": SubmissionAdapter(),
 }
 """Client-facing services and the adapter that speaks each one's protocol."""
-
-
-def listener_addresses(cfg: Config, listener) -> list[str]:
-    addresses = listener.address or cfg["listen"]
-    return ["0.0.0.0" if a == "*" else ("::" if a == "::" else a) for a in addresses]
 
 
 async def flush_dest_stats(state: ProxyState) -> None:
@@ -90,7 +87,7 @@ async def _refusal_summaries(state: ProxyState) -> None:
 
 
 async def build_state(cfg: Config) -> ProxyState:
-    registry = Registry()
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
                                "its cache (docs/design/geodb-outage.md)")
     available.set(1.0)
@@ -111,7 +108,8 @@ async def build_state(cfg: Config) -> ProxyState:
         metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),
-        allow_cleartext=cfg["auth_allow_cleartext"],
+        # Dovecot's ssl = required: no password without TLS, whatever auth_allow_cleartext says
+        allow_cleartext=cfg["auth_allow_cleartext"] and cfg["ssl"] != "required",
         auth_failure_delay=cfg["auth_failure_delay"],
         greeting=cfg["login_greeting"],
         haproxy_timeout=cfg["haproxy_timeout"],
@@ -126,6 +124,7 @@ async def build_state(cfg: Config) -> ProxyState:
         recipient_delimiter=cfg["recipient_delimiter"],
         imap_id_log=cfg["imap_id_log"],
         imap_id_retain=cfg["imap_id_retain"],
+        capabilities=SiteCapabilities(CapabilitySettings.from_config(cfg)),
     )
 
 
@@ -137,7 +136,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         if service is None:
             continue
         for listener in service.listeners.values():
-            for address in listener_addresses(cfg, listener):
+            for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
                 if adapter is None:
                     handler = lmtp_handler(state, cfg, listener)
@@ -152,15 +151,11 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
-    metrics_servers = []
-    stats = cfg.services.get("stats")
-    if stats is not None:
-        for listener in stats.listeners.values():
-            for address in listener_addresses(cfg, listener):
-                metrics_servers.append(await serve_metrics(state.metrics.registry, address, listener.port))
+    metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
     checks = start_backend_checks(state, cfg)
+    learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
@@ -171,6 +166,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         flusher.cancel()
         fence.cancel()
+        learning.cancel()
         summaries.cancel()
         if checks is not None:
             checks.cancel()

@@ -21,12 +21,12 @@ from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.client_info import note_client_info
-from palomar.proxy.failures import WORDING, login_failure
+from palomar.proxy.failures import WORDING, failure_reason, login_failure
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
 from palomar.proxy.limits import TOO_MANY_AUTH_FAILURES, Admission
-from palomar.proxy.login import AuthFailed, LoginAttempt, perform_login
+from palomar.proxy.login import AuthFailed, LoginAttempt, LoginTally, perform_login
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -97,8 +97,9 @@ async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter
                         bye=lambda farewell: WORDING[adapter.protocol].bye(state.proxy_host, farewell))
     if conn is None:
         return
+    tally = LoginTally()
     try:
-        await _session(state, conn, adapter)
+        await _session(state, conn, adapter, tally)
     except ShuttingDown:
         conn.link.write(shutdown_line(adapter.protocol, state.proxy_host))
         conn.link.close()
@@ -112,9 +113,10 @@ async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter
     finally:
         if not conn.relaying:
             conn.admission.release()
+            state.metrics.login_aborted.inc(reason=tally.aborted_reason())
 
 
-async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) -> None:
+async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter, tally: LoginTally) -> None:
     """The login phase, until the session relays or ends. Everything the client sent before it
     half-closed is answered: the loop stops at the end of its input, not at its FIN."""
     link = conn.link
@@ -149,7 +151,7 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) 
                 conn.tls = True
                 core.tls_started()
             elif adapter.is_login(event):
-                more = await _login(state, conn, core, adapter, event)
+                more = await _login(state, conn, core, adapter, event, tally)
                 if more is None:
                     return
                 events.extend(more)
@@ -158,10 +160,12 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter) 
             link.write(core.data_to_send())
 
 
-async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any) -> list | None:
+async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: Adapter, event: Any,
+                 tally: LoginTally) -> list | None:
     """None when the session now relays or was closed; else the events of commands pipelined after the login."""
     refusal = adapter.refused_master(event)
     if refusal is not None:
+        tally.record(AuthFailed())
         return core.login_failed(event.tag, refusal)
     attempt = LoginAttempt(
         session_id=conn.session_id, protocol=adapter.protocol, username=event.username, password=event.password,
@@ -169,6 +173,7 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
         client_id=conn.client_id,
     )
     outcome, user = await perform_login(state, attempt)
+    tally.record(outcome)
     if isinstance(outcome, Established):
         core.login_succeeded()
         conn.link.write(adapter.success(event, core, outcome))
@@ -186,8 +191,9 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)
         return None
-    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s", conn.session_id, adapter.protocol, safe(user),
-                     conn.client[0], conn.client[1], type(outcome).__name__)
+    session_log.info("session=%s proto=%s user=%s client=%s:%d result=%s reason=%s", conn.session_id,
+                     adapter.protocol, safe(user), conn.client[0], conn.client[1], type(outcome).__name__,
+                     safe(failure_reason(outcome)))
     events = core.login_failed(event.tag, login_failure(adapter.protocol, outcome))
     if isinstance(outcome, AuthFailed):
         conn.auth_failures += 1

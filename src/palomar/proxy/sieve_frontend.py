@@ -8,22 +8,15 @@ from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.hop_client import Established
 from palomar.proxy.state import ProxyState
 
-SIEVE_EXTENSIONS = (
-    "fileinto reject envelope encoded-character vacation subaddress comparator-i;ascii-numeric relational regex "
-    "imap4flags copy include variables body enotify environment mailbox date index ihave duplicate mime "
-    "foreverypart extracttext"
-)
-"""What Dovecot CE 2.3's Pigeonhole offers by default; the proxy advertises it before login, when
-it cannot ask the user's backend yet."""
-
 
 class SieveAdapter:
     protocol = "sieve"
 
     def make_core(self, state: ProxyState, conn: ClientConnection) -> managesieve.SieveLoginServer:
+        offered = state.capabilities.offered
         return managesieve.SieveLoginServer(
             starttls=state.tls is not None and not conn.tls, secured=conn.tls,
-            allow_cleartext=state.allow_cleartext, sieve_extensions=SIEVE_EXTENSIONS, notify_methods="mailto",
+            allow_cleartext=state.allow_cleartext, sieve_extensions=offered.sieve, notify_methods=offered.notify,
             greeting=state.greeting, trusted=is_trusted(state, conn),
         )
 

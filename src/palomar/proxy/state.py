@@ -15,6 +15,7 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.metrics.registry import Counter, Registry
 from palomar.net.drain import Drain
 from palomar.net.refusals import RefusalLog
+from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.limits import ConnectionLimits
@@ -36,6 +37,12 @@ class ProxyMetrics:
             ("dest_host",))
         self.redirects: Counter = registry.counter(
             "proxy_session_redirected", "Referrals received from backends", ("dest_host",))
+        self.established: Counter = registry.counter(
+            "proxy_session_established", "Sessions established to a backend (Dovecot's @metric_defaults = proxy)",
+            ("dest_host",))
+        self.login_aborted: Counter = registry.counter(
+            "login_aborted", "Client connections that ended before a session was established, by Dovecot's reason",
+            ("reason",))
         self.auth_successes: Counter = registry.counter("auth_successes", "Successful passdb authentications")
         self.auth_failures: Counter = registry.counter("auth_failures", "Failed passdb authentications")
         self.sessions_finished: Counter = registry.counter(
@@ -109,6 +116,8 @@ class ProxyState:
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits({}, 0))
     penalty: AuthPenalty = field(default_factory=lambda: AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
                                                                      per_user=False))
+    capabilities: SiteCapabilities = field(default_factory=SiteCapabilities)
+    """The pre-login capability lists offered to clients, learnt from the site's backends."""
     max_auth_failures: int = 0
     """login_max_auth_failures: failed logins after which a connection is closed (0: never)."""
     refusals: RefusalLog = field(init=False)
@@ -116,14 +125,19 @@ class ProxyState:
     def __post_init__(self) -> None:
         self.refusals = RefusalLog(metric=self.metrics.connections_refused)
 
-    def count_success(self, dest_host: str) -> None:
-        self.metrics.session_success.inc(dest_host=dest_host)
+    def count_success(self, dest_host: str, *, login: bool = True) -> None:
+        """`login=False` for an LMTP leg: proxy_dest_stats count it, Dovecot's proxy_session_* events do not
+        (its LMTP proxy reports recipients, as lmtp_rcpt_finished_*)."""
+        if login:
+            self.metrics.session_success.inc(dest_host=dest_host)
+            self.metrics.established.inc(dest_host=dest_host)
         self.dest.add(dest_host, "session_success")
 
-    def count_failure(self, dest_host: str, error_code: str) -> None:
+    def count_failure(self, dest_host: str, error_code: str, *, login: bool = True) -> None:
         if error_code in NOT_FAILURES:
             return
-        self.metrics.session_failure.inc(dest_host=dest_host)
+        if login:
+            self.metrics.session_failure.inc(dest_host=dest_host)
         self.dest.add(dest_host, "session_failure")
         self.dest.add(dest_host, f"error_{error_code}")
 

@@ -16,6 +16,7 @@ class SubmissionAdapter:
         return submission.SubmissionLoginServer(
             hostname=state.proxy_host, starttls=state.tls is not None and not conn.tls, secured=conn.tls,
             allow_cleartext=state.allow_cleartext, greeting=state.greeting, trusted=is_trusted(state, conn),
+            capabilities=state.capabilities.offered.submission,
         )
 
     def is_login(self, event: object) -> bool:

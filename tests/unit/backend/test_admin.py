@@ -70,3 +70,7 @@ def test_results_and_refusals_for_the_cli() -> None:
         decode_result(hop.Failure("denied", "hop refused"))
     with pytest.raises(AdminError, match="unreadable"):
         decode_result(hop.LoggedIn(b"[]"))
+
+
+def test_capabilities_command_needs_no_argument() -> None:
+    assert decode_command(encode_command("capabilities")) == {"cmd": "capabilities"}

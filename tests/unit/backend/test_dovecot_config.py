@@ -167,3 +167,20 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_host_port(text)
+
+
+def test_extra_settings_are_written_quoted_at_the_end() -> None:
+    text = render(_params(extra_settings=(("imap_capability", "+XFOO"),
+                                          ("managesieve_sieve_capability", "fileinto comparator-i;ascii-numeric"))))
+    assert text.endswith('imap_capability = "+XFOO"\n'
+                         'managesieve_sieve_capability = "fileinto comparator-i;ascii-numeric"\n')
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ((("imap capability", "x"),), "not a Dovecot setting name"),
+    ((("!include", "/etc/passwd"),), "not a Dovecot setting name"),
+    ((("imap_capability", "x\nssl = no"),), "control character"),
+])
+def test_extra_settings_cannot_inject(extra, problem: str) -> None:
+    with pytest.raises(DovecotConfigError, match=problem):
+        _params(extra_settings=extra)

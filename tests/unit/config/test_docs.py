@@ -13,8 +13,8 @@ from palomar.config.reference import BEGIN, END, generate
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
-ALL_SCOPES = {"global": reg.GLOBAL, "passdb": reg.PASSDB, "userdb": reg.USERDB, "service": reg.SERVICE,
-              "inet_listener": reg.INET_LISTENER, "unix_listener": reg.UNIX_LISTENER}
+ALL_SCOPES = {"global": reg.GLOBAL, "passdb": reg.PASSDB, "service": reg.SERVICE, "inet_listener": reg.INET_LISTENER,
+              "refused section": reg.REFUSED_SECTIONS}
 
 
 @pytest.mark.parametrize(

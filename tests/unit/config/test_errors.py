@@ -117,16 +117,13 @@ def test_unsupported_settings_are_refused_not_ignored(write) -> None:
     path = write("proxy.conf", """
         cluster_director_transition_config = /etc/dovecot/transition.conf
         doveadm_ssl = yes
-        cluster_geodb {
-          dict proxy {
-          }
-        }
+        cluster_geodb = proxy:dict-async:cluster-geodb
         """)
     assert _errors(path) == [
         f"{path}:1: cluster_director_transition_config: not supported yet",
         f"{path}:2: doveadm_ssl: not supported yet",
-        f"{path}:3: cluster_geodb: not supported: palomar uses cluster_geodb_driver, cluster_geodb_path "
-        "and cassandra_hosts",
+        f"{path}:3: cluster_geodb: as a value: palomar's GeoDB is set by cassandra_hosts (or cluster_geodb_path); "
+        "the seed's block `cluster_geodb { dict proxy { ... } }` is accepted as written",
     ]
 
 
@@ -181,21 +178,79 @@ def test_passdb_needs_a_driver_and_unique_names(write) -> None:
     ]
 
 
-def test_dict_server_accepts_only_the_seeds_keyspace(write) -> None:
-    path = write("proxy.conf", """
+def test_dict_server_accepts_the_seeds_dicts_and_their_two_values(write) -> None:
+    ok = write("ok.conf", """
         dict_server {
           dict cluster-geodb {
             driver = sql
+            sql_driver = cassandra
             cassandra_keyspace = ks
           }
           dict cluster-localdb {
+            sqlite_path = /dev/shm/x/localdb.sqlite
           }
         }
-        cluster_geodb_driver = cassandra
+        cassandra_hosts = c1
+        """)
+    cfg = load(ok)
+    assert (cfg["cassandra_keyspace"], str(cfg["cluster_localdb_path"])) == ("ks", "/dev/shm/x/localdb.sqlite")
+    path = write("proxy.conf", """
+        dict_server {
+          dict cluster-geodb {
+            sql_driver = sqlite
+            sqlite_path = /x
+            dict_map "shared/cluster/site/$site_id/name" {
+              sql_table = other
+            }
+          }
+          dict other {
+          }
+          driver = sql
+        }
         cassandra_hosts = c1
         """)
     assert _errors(path) == [
-        f"{path}:3: driver: unknown setting in dict cluster-geodb",
-        f"{path}:6: dict cluster-localdb: not supported in dict_server (only dict cluster-geodb "
-        "{ cassandra_keyspace } is)",
+        f"{path}:3: dict_server: sql_driver = sqlite: differs from the Palomar document's; " + SEED_BLOCKS,
+        f"{path}:4: sqlite_path: not a setting of dict cluster-geodb",
+        f"{path}:5: dict_server: dict_map shared/cluster/site/$site_id/name: differs from the Palomar "
+        "document's; " + SEED_BLOCKS,
+        f"{path}:9: dict_server: dict other: not in the Palomar document's dict_server; " + SEED_BLOCKS,
+        f"{path}:11: dict_server: driver = sql: not in the Palomar document's dict_server; " + SEED_BLOCKS,
+    ]
+
+
+SEED_BLOCKS = 'palomar implements exactly the document\'s blocks (docs/configuration.md, "The Palomar document\'s blocks")'
+
+
+def test_metric_blocks_must_be_the_seeds(write) -> None:
+    path = write("proxy.conf", """
+        metric proxy_session_success {
+          filter = event=proxy_session_established
+          metric_group_by dest_host {
+          }
+        }
+        metric proxy_session_failure {
+          filter = event=proxy_session_finished
+        }
+        metric imap_command {
+          filter = event=imap_command_finished
+        }
+        """)
+    assert _errors(path) == [
+        f"{path}:7: metric proxy_session_failure: filter = event=proxy_session_finished: differs from the "
+        "Palomar document's; " + SEED_BLOCKS,
+        f"{path}:9: metric imap_command: palomar cannot evaluate Dovecot event filters; it exports the Palomar "
+        "document's metrics (lmtp_rcpt_finished_failure, lmtp_rcpt_finished_success, proxy_session_failure, "
+        "proxy_session_success) and its own",
+    ]
+
+
+def test_dovecot_23_names_get_a_hint(write) -> None:
+    path = write("proxy.conf", "disable_plaintext_auth = no\nssl_cert = /etc/ssl/c.pem\nlmtp_proxy = no\n")
+    assert _errors(path) == [
+        f"{path}:1: disable_plaintext_auth: the Dovecot 2.3 name; like Dovecot 2.4, palomar does not read 2.3 "
+        "settings: write auth_allow_cleartext with the opposite value (disable_plaintext_auth = no is "
+        "auth_allow_cleartext = yes)",
+        f"{path}:2: ssl_cert: the Dovecot 2.3 name: write ssl_server_cert_file = /path (a file name, no `<`)",
+        f"{path}:3: lmtp_proxy: expected one of yes, got 'no'",
     ]

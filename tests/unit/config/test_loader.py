@@ -6,7 +6,9 @@ import ipaddress
 
 import pytest
 
-from palomar.config import ConfigError, ListenerSettings, PassdbSettings, UnixListenerSettings, load
+from palomar.config import ConfigError, ListenerSettings, PassdbSettings, load
+from palomar.config.derived import derive_secret
+from palomar.config.seed_blocks import SEED_DIR
 
 from .conftest import EXAMPLES
 
@@ -23,23 +25,32 @@ PROXY = """
 
 
 def test_seed_proxy_example_loads() -> None:
+    """The seed's proxy blocks, verbatim but for their placeholders, mean what the seed says."""
     cfg = load(EXAMPLES / "proxy.conf")
     assert cfg.role == "proxy"
     assert cfg.metric_role == "proxy"
     assert cfg["cluster_local_site"] == "DC1"
     assert cfg["cassandra_hosts"] == ["cassandra-host-3", "cassandra-host-2", "cassandra-host-1"]
+    assert cfg["cluster_geodb_driver"] == "cassandra"  # cassandra_hosts alone selects it
+    assert not cfg.is_set("cluster_geodb_driver")
     assert cfg["cassandra_keyspace"] == "cluster"
     # the seed puts the keyspace in dict_server { dict cluster-geodb { } }
-    keyspace_line = (EXAMPLES / "proxy.conf").read_text().splitlines().index("    cassandra_keyspace = cluster") + 1
+    keyspace_line = (EXAMPLES / "proxy.conf").read_text().splitlines().index("cassandra_keyspace = cluster") + 1
     assert cfg.location("cassandra_keyspace").line == keyspace_line
-    assert cfg["cluster_geodb_driver"] == "cassandra"
     assert cfg["login_trusted_networks"] == [ipaddress.ip_network(n) for n in ("127.0.0.1/32", "::1/128",
                                                                                "192.168.1.0/24")]
     assert cfg["doveadm_port"] == 0  # commented out: palomar refuses a doveadm listener
     assert cfg["doveadm_password"] == "doveadm-placeholder"
+    # palomar's hop secret is derived from the seed's one shared secret
+    assert cfg["cluster_hop_secret"] == derive_secret("doveadm-placeholder", "cluster_hop_secret")
+    assert "doveadm-placeholder" not in cfg["cluster_hop_secret"] and len(cfg["cluster_hop_secret"]) == 64
     assert cfg["cluster_backend_test_username"] == "probe-%{backend_host}"
+    assert cfg["cluster_backend_test_password"] == "probe-placeholder"
     assert cfg["cluster_proxy_check_backends"] is True  # default
     assert cfg["cluster_user_move_timeout"] == 31.0  # default
+    assert (cfg["lmtp_proxy"], cfg["auth_socket_path"], cfg["login_socket_path"]) == ("yes", "cluster-userdb",
+                                                                                      "cluster")
+    assert str(cfg["ssl_server_cert_file"]) == "/etc/dovecot/private/dovecot.pem"  # as Debian's Dovecot
     [passdb] = cfg.passdbs
     assert isinstance(passdb, PassdbSettings)
     assert (passdb.name, passdb.driver, passdb.args) == ("test-accounts", "passwd-file",
@@ -61,15 +72,34 @@ def test_seed_backend_example_loads() -> None:
     assert cfg.role == "backend"
     assert cfg["cluster_backend_name"] == "hac-dc1-be3"
     assert cfg["cluster_local_site"] == "DC1"
+    assert cfg["cluster_geodb_driver"] == "cassandra"
+    proxy = load(EXAMPLES / "proxy.conf")
+    assert cfg["cluster_hop_secret"] == proxy["cluster_hop_secret"]  # one doveadm_password, one hop key
+    master = cfg["cluster_backend_dovecot_master_password"]
+    assert master and master not in (cfg["cluster_hop_secret"], cfg["doveadm_password"])
     [passdb] = cfg.passdbs
     assert (passdb.name, passdb.driver) == ("passwd-file", "passwd-file")  # unnamed: named by its driver
     assert cfg["cluster_backend_dovecot_imap_port"] == 10143
     assert cfg["cluster_backend_dovecot_host"] == "127.0.0.1"
     assert cfg["cluster_hop_port"] == 7425
-    assert cfg.services["cluster"].unix_listeners == {
-        "cluster-userdb": UnixListenerSettings("cluster-userdb", 0o666),
-        "login/cluster": UnixListenerSettings("login/cluster", 0o666),
-    }
+    # a backend's clients are proxies on the hop port: Dovecot's client listeners are not its own
+    assert all(service.listeners == {} for service in cfg.services.values())
+
+
+@pytest.mark.parametrize("role", ["proxy", "backend"])
+def test_seed_examples_load_with_the_cluster_defaults_expansion_written_out(write, role: str) -> None:
+    """An operator may copy what `@cluster_defaults` stands for into the file: it means the same."""
+    expansion = SEED_DIR / f"cluster_defaults_{role}.conf"
+    path = write(f"{role}.conf", (EXAMPLES / f"{role}.conf").read_text() + f"!include {expansion}\n")
+    cfg = load(path)
+    plain = load(EXAMPLES / f"{role}.conf")
+    def without_localdb(c):
+        return [pair for pair in c.effective(include_defaults=True) if pair[0] != "cluster_localdb_path"]
+
+    assert without_localdb(cfg) == without_localdb(plain)
+    # the one value the expansion carries: its LocalDB dict's sqlite_path is palomar's LocalDB file
+    assert str(cfg["cluster_localdb_path"]) == "/dev/shm/dovecot/cluster-localdb.sqlite"
+    assert cfg.location("cluster_localdb_path").file == str(expansion)
 
 
 def test_defaults_of_an_empty_config(write) -> None:
@@ -194,7 +224,7 @@ def test_later_assignment_wins(write) -> None:
     assert cfg.location("cluster_local_site").line == 2
 
 
-def test_passdb_and_userdb_sections(write) -> None:
+def test_passdb_sections(write) -> None:
     cfg = load(write("p.conf", PROXY + """
         passdb master {
           driver = passwd-file
@@ -212,14 +242,6 @@ def test_passdb_and_userdb_sections(write) -> None:
             host = 127.0.0.1
           }
         }
-        userdb {
-          driver = static
-          args = uid=vmail gid=vmail
-          fields {
-            home = /var/mail/%{user}
-          }
-          skip = found
-        }
         """))
     master, users = cfg.passdbs
     assert (master.name, master.master, master.result_success, master.result_failure, master.skip) == (
@@ -227,9 +249,6 @@ def test_passdb_and_userdb_sections(write) -> None:
     assert users.default_fields == {"proxy": "y", "nopassword": "yes"}
     assert users.override_fields == {"host": "127.0.0.1"}
     assert users.args == "scheme=ARGON2ID /etc/palomar/users.passwd"
-    [userdb] = cfg.userdbs
-    assert (userdb.name, userdb.driver, userdb.skip) == ("static", "static", "found")
-    assert userdb.fields == {"home": "/var/mail/%{user}"}
 
 
 def test_passdb_repr_hides_passwords() -> None:
@@ -270,7 +289,7 @@ def test_effective_masks_secrets_and_lists_defaults_of_the_role() -> None:
     assert "haproxy_timeout" not in names
     everything = dict(cfg.effective(include_defaults=True))
     assert everything["haproxy_timeout"] == "3 secs"
-    assert everything["cluster_user_move_timeout"] == "31 secs"
+    assert "cluster_user_move_timeout" not in everything  # moves run on backends
     assert "cluster_backend_name" not in everything  # a backend-only setting, on a proxy
     assert "cluster_director_transition_config" not in everything  # unsupported
     assert all("placeholder" not in value for value in everything.values())

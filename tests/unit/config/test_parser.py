@@ -74,6 +74,20 @@ def test_values_comments_quotes_and_spacing(write) -> None:
     assert any(isinstance(n, Section) and n.kind == "empty_section" and not n.children for n in root.children)
 
 
+def test_only_lf_ends_a_line(tmp_path: Path) -> None:
+    """Found by fuzzing: CR, NEL, FF and U+2028 also ended lines (universal newlines and
+    str.splitlines), tearing values apart and numbering lines unlike Dovecot and editors."""
+    path = tmp_path / "a.conf"
+    path.write_bytes("login_greeting = Hello\u2028World\x85!\r\nlog_path = a\rb\x0cc\nhostname = h\n".encode())
+    root = parse_file(path).root
+    assert _pairs(root) == [("login_greeting", "Hello\u2028World\x85!"), ("log_path", "a\rb\x0cc"),
+                            ("hostname", "h")]
+    assert [node.location.line for node in root.children] == [1, 2, 3]
+    (tmp_path / "secret").write_bytes(b"p\rw\r\n")
+    path.write_text("cluster_hop_secret = <secret\n")
+    assert _pairs(parse_file(path).root) == [("cluster_hop_secret", "p\rw")]
+
+
 def test_backslash_continues_a_value(write) -> None:
     path = write("a.conf", """
         first = one \\

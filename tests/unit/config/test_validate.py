@@ -20,8 +20,10 @@ def test_backend_requires_name_site_secret_and_master_password(write) -> None:
     assert _errors(path) == [
         f"{path}:2: cluster_backend_name: required on a backend (@cluster_defaults = backend)",
         f"{path}:2: cluster_local_site: required on a backend (@cluster_defaults = backend)",
-        f"{path}:2: cluster_hop_secret: required on a backend (@cluster_defaults = backend)",
-        f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend)",
+        f"{path}:2: cluster_hop_secret: required on a backend (@cluster_defaults = backend) "
+        "(or doveadm_password, from which it is derived)",
+        f"{path}:2: cluster_backend_dovecot_master_password: required on a backend (@cluster_defaults = backend) "
+        "(or doveadm_password, from which it is derived)",
         f"{path}:2: cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
         "cluster_hop_ssl_cert_file and cluster_hop_ssl_key_file are not set; set them or cluster_hop_ssl = no",
     ]
@@ -31,7 +33,8 @@ def test_proxy_requires_site_secret_and_test_login(write) -> None:
     path = write("proxy.conf", "@cluster_defaults = proxy\nssl = no\n")
     assert _errors(path) == [
         f"{path}:1: cluster_local_site: required on a proxy (@cluster_defaults = proxy)",
-        f"{path}:1: cluster_hop_secret: required on a proxy (@cluster_defaults = proxy)",
+        f"{path}:1: cluster_hop_secret: required on a proxy (@cluster_defaults = proxy) "
+        "(or doveadm_password, from which it is derived)",
         f"{path}:1: cluster_backend_test_username: required to probe backends "
         "(or set cluster_proxy_check_backends = no)",
         f"{path}:1: cluster_backend_test_password: required to probe backends "
@@ -47,17 +50,20 @@ def test_proxy_requires_site_secret_and_test_login(write) -> None:
 
 def test_tls_needs_certificate_and_key(write) -> None:
     base = PROXY.replace("ssl = no", "")
-    path = write("proxy.conf", base + "ssl_server_cert_file = /etc/palomar/cert.pem\n")
+    debian = load(write("debian.conf", base))  # Debian's dovecot-core certificate, as Dovecot there uses
+    assert (str(debian["ssl_server_cert_file"]), str(debian["ssl_server_key_file"])) == (
+        "/etc/dovecot/private/dovecot.pem", "/etc/dovecot/private/dovecot.key")
+    path = write("proxy.conf", base + "ssl_server_cert_file = /etc/palomar/cert.pem\nssl_server_key_file =\n")
     assert _errors(path) == [
         f"{path}:1: ssl: TLS is enabled (ssl = yes) but ssl_server_key_file is not set; set them or ssl = no"
     ]
-    required = write("required.conf", "ssl = required\n")
+    required = write("required.conf", "ssl = required\nssl_server_cert_file =\nssl_server_key_file =\n")
     assert _errors(required) == [
         f"{required}:1: ssl: TLS is enabled (ssl = required) but ssl_server_cert_file and ssl_server_key_file "
         "are not set; set them or ssl = no"
     ]
     listener = write("listener.conf", "service doveadm {\n  inet_listener tcp {\n    port = 2300\n"
-                                      "    ssl = yes\n  }\n}\ndoveadm_password = x\n")
+                                      "    ssl = yes\n  }\n}\ndoveadm_password = x\nssl_server_key_file =\n")
     assert _errors(listener)[0].startswith(f"{listener}:2: ssl: TLS is enabled")
     ok = write("ok.conf", base + "ssl_server_cert_file = /c.pem\nssl_server_key_file = /k.pem\n")
     assert set(load(ok).services["imap-login"].listeners) == {"imap", "imaps"}
@@ -118,10 +124,12 @@ def test_client_limit_only_where_it_is_enforced(write) -> None:
 
 
 def test_geodb_engine_settings_must_match_the_driver(write) -> None:
-    path = write("a.conf", "cassandra_hosts = c1 c2\ncassandra_keyspace = ks\n")
+    assert load(write("seed.conf", "cassandra_hosts = c1 c2\n"))["cluster_geodb_driver"] == "cassandra"
+    assert load(write("empty.conf", "\n"))["cluster_geodb_driver"] == "sqlite"
+    path = write("a.conf", "cluster_geodb_driver = sqlite\ncassandra_hosts = c1 c2\ncassandra_keyspace = ks\n")
     assert _errors(path) == [
-        f"{path}:1: cassandra_hosts: only used with cluster_geodb_driver = cassandra (cluster_geodb_driver is sqlite)",
-        f"{path}:2: cassandra_keyspace: only used with cluster_geodb_driver = cassandra "
+        f"{path}:2: cassandra_hosts: only used with cluster_geodb_driver = cassandra (cluster_geodb_driver is sqlite)",
+        f"{path}:3: cassandra_keyspace: only used with cluster_geodb_driver = cassandra "
         "(cluster_geodb_driver is sqlite)",
     ]
     cassandra = write("b.conf", "cluster_geodb_driver = cassandra\ncluster_geodb_path = /x.sqlite\n")
@@ -171,3 +179,80 @@ def test_hop_tls_needs_its_files_on_each_role_and_plaintext_refuses_them(write) 
     ]
     assert load(write("ok.conf", PROXY.replace("cluster_hop_ssl_ca_file = /etc/palomar/hop-ca.crt",
                                                "cluster_hop_ssl = no")))["cluster_hop_ssl"] == "no"
+
+
+def test_pre_login_capability_settings_are_checked(write) -> None:
+    path = write("proxy.conf", PROXY + "imap_capability = +IDLE STARTTLS\n"
+                 "submission_backend_capabilities = 8BITMIME PIPELINING\n")
+    errors = _errors(path)
+    assert any(e.startswith(f"{path}:8: imap_capability: STARTTLS is decided by the connection state") for e in errors)
+    assert any(e.startswith(f"{path}:9: submission_backend_capabilities: PIPELINING is not one of") for e in errors)
+
+
+def test_pre_login_capability_settings_load(write) -> None:
+    cfg = load(write("proxy.conf", PROXY + "imap_capability = +XFOO\nsubmission_backend_capabilities =\n"
+                     "managesieve_sieve_capability = fileinto vacation\n"))
+    assert cfg["imap_capability"] == "+XFOO" and cfg.is_set("submission_backend_capabilities")
+
+
+# A minimal valid backend, for tests that only change one thing.
+BACKEND = """
+    @cluster_defaults = backend
+    cluster_backend_name = be1
+    cluster_local_site = DC1
+    cluster_hop_secret = hop
+    cluster_hop_ssl = no
+    cluster_backend_dovecot_master_password = m
+"""
+
+
+def test_userdb_sections_are_refused_on_every_role(write) -> None:
+    """Nothing reads a userdb: the proxy needs a passdb, a backend's Dovecot gets its userdb elsewhere."""
+    for role, base in (("proxy", PROXY), ("backend", BACKEND)):
+        path = write(f"{role}.conf", base + "userdb {\n  driver = static\n  args = uid=vmail\n}\n")
+        [error] = _errors(path)
+        assert error.startswith(f"{path}:{base.count(chr(10))}: userdb: not used: a proxy needs only a passdb")
+        assert "palomar backend dovecot-config" in error
+
+
+def test_unix_listeners_are_refused_because_no_socket_is_created(write) -> None:
+    """Only the Palomar document's own `service cluster` sockets are accepted (a documented no-op)."""
+    path = write("p.conf", PROXY + "service cluster {\n  unix_listener login/cluster {\n    mode = 0600\n  }\n}\n")
+    [error] = _errors(path)
+    assert error.startswith(f"{path}:9: service cluster {{ unix_listener login/cluster }}: not supported: "
+                            "palomar has no Dovecot auth or login processes")
+    path = write("o.conf", PROXY + "service imap-login {\n  unix_listener login/imap {\n  }\n}\n")
+    assert "not supported: palomar has no Dovecot auth or login processes" in _errors(path)[0]
+    seed = PROXY + "service cluster {\n  unix_listener login/cluster {\n    mode = 0666\n  }\n}\n"
+    assert load(write("s.conf", seed)).role == "proxy"
+    assert load(write("q.conf", PROXY + "service cluster {\n  process_min_avail = 1\n}\n")).role == "proxy"
+
+
+@pytest.mark.parametrize("block, why", [
+    ("service imap-login {\n  inet_listener imap {\n    port = 143\n  }\n}\n", "a backend's clients are proxies"),
+    ("service lmtp {\n  inet_listener lmtp {\n    port = 24\n  }\n}\n", "a backend's clients are proxies"),
+])
+def test_listeners_a_backend_would_never_open_are_refused(write, block: str, why: str) -> None:
+    path = write("b.conf", BACKEND + block)
+    [error] = _errors(path)
+    assert error.startswith(f"{path}:8: service ") and "not used on a backend: " + why in error
+    off = block.replace("port = 143", "port = 0").replace("port = 24", "port = 0").replace("port = 9900", "port = 0")
+    assert load(write("off.conf", BACKEND + off)).role == "backend"
+
+
+@pytest.mark.parametrize("setting", [
+    "haproxy_trusted_networks = 10.0.0.0/8", "haproxy_timeout = 5 secs", "login_trusted_networks = 10.0.0.0/8",
+    "ssl = required", "ssl_server_cert_file = /etc/c.pem", "ssl_server_key_file = /etc/k.pem",
+])
+def test_client_side_settings_are_refused_on_a_backend(write, setting: str) -> None:
+    """A backend has no client listeners, so these would be read by nothing there."""
+    path = write("b.conf", BACKEND + setting + "\n")
+    name = setting.split(" ")[0]
+    assert _errors(path) == [f"{path}:7: {name}: applies only to a proxy, but this is a backend "
+                             "(@cluster_defaults = backend)"]
+
+
+def test_move_timeout_is_refused_on_a_proxy(write) -> None:
+    path = write("p.conf", PROXY + "cluster_user_move_timeout = 1 min\n")
+    assert _errors(path) == [f"{path}:8: cluster_user_move_timeout: applies only to a backend, but this is a "
+                             "proxy (@cluster_defaults = proxy)"]

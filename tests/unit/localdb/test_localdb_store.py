@@ -170,3 +170,57 @@ def test_without_stale_keep_expired_rows_go_at_once(tmp_path) -> None:
     db.cache_put("k", "v", 10, now=1000)
     assert db.cache_get("k", now=1010) is None and db.cache_get_stale("k", now=1010) is None
     db.close()
+
+
+def test_users_served_is_counted_on_every_write(db: LocalDB) -> None:
+    assert db.users_served() == 0
+    db.user_put("g1", "alice")
+    db.user_put("g1", "alice")  # an update, not a second row
+    db.user_put("g1", "bob")
+    assert db.users_served() == 2
+    db.user_put("g1", "bob", redirect_host="be2")  # moved away: no longer served here
+    assert db.users_served() == 1
+    db.user_put("g1", "bob")  # the move was abandoned
+    assert db.users_served() == 2
+    db.users_remove([("g1", "alice")])
+    db.user_put("g2", "carol", redirect_host="be2")
+    assert db.users_served() == 1
+    assert db.users_of_group_remove("g1") == 1
+    assert db.users_served() == 0
+    with sqlite3.connect(db.path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM cluster_users WHERE redirect_host IS NULL").fetchone() == (0,)
+
+
+def test_a_file_from_before_the_counter_is_counted_once_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with LocalDB(str(path)) as local:
+        local.user_put("g", "a")
+        local.user_put("g", "b", redirect_host="be2")
+    with sqlite3.connect(path) as raw:  # as an older palomar left it: no counter, no triggers
+        raw.execute("DROP TABLE cluster_counts")
+        for trigger in ("insert", "delete", "update"):
+            raw.execute(f"DROP TRIGGER cluster_users_served_{trigger}")
+        raw.execute("INSERT INTO cluster_users VALUES ('g', 'c', NULL, NULL, 1)")
+    with LocalDB(str(path)) as local:
+        assert local.users_served() == 2
+        local.user_put("g", "d")
+        assert local.users_served() == 3
+
+
+def test_old_rows_are_read_oldest_first_in_bounded_batches(db: LocalDB) -> None:
+    for i in range(5):
+        db.user_put("g", f"u{i}", now=100 + i)
+    assert [u.username for u in db.users_not_updated_since(103, 2)] == ["u0", "u1"]
+    assert [u.username for u in db.users_not_updated_since(103, 10)] == ["u0", "u1", "u2"]
+    db.users_touch([("g", "u0")], now=500)
+    db.users_remove([("g", "u1")])
+    assert [u.username for u in db.users_not_updated_since(103, 10)] == ["u2"]
+    assert db.user_get("g", "u0") == LocalUser("g", "u0", None, None, 500)
+
+
+def test_a_cache_purge_with_a_limit_deletes_at_most_that_many(db: LocalDB) -> None:
+    for i in range(5):
+        db.cache_put(f"k{i}", "v", ttl_secs=100, now=1000 + i)
+    assert db.cache_purge(now=2000, limit=2) == 2
+    assert db.cache_purge(now=2000, limit=10) == 3
+    assert db.cache_purge(now=2000, limit=10) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -41,6 +42,8 @@ async def test_out_of_descriptors_refuses_politely_and_logs_once(caplog) -> None
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
     fillers: list[int] = []
     loop = asyncio.get_running_loop()
+    gc.collect()  # an earlier test's socket freed by the collector mid-test would let one accept through
+    gc.disable()
     try:
         fillers = _exhaust_descriptors()
         caplog.set_level(logging.WARNING, "palomar.net")
@@ -56,6 +59,7 @@ async def test_out_of_descriptors_refuses_politely_and_logs_once(caplog) -> None
         refused = [r for r in caplog.records if "refused" in r.getMessage()]
         assert len(refused) == 1 and "out of file descriptors" in refused[0].getMessage()
     finally:
+        gc.enable()
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -136,6 +136,19 @@ def test_too_long_line_is_a_protocol_failure():
     assert isinstance(result, LoginFailed) and result.kind == "protocol"
 
 
+def test_endless_untagged_replies_are_a_protocol_failure():
+    """Found by fuzzing: untagged lines before the login reply were kept without a bound."""
+    core = ImapLoginClient("alice@example.test", master_user="palomar-master", master_password="m4sterPW",
+                           max_line=100)
+    assert core.receive(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] ready\r\n") is None
+    for _ in range(8):
+        assert core.receive(b"* 1 EXISTS\r\n") is None
+    result = core.receive(b"* 2 EXISTS\r\n")
+    assert isinstance(result, LoginFailed) and result.kind == "protocol"
+    assert "untagged" in result.text
+    assert len(core._untagged) <= 100
+
+
 def test_authentication_failed():
     core = client()
     core.receive(BANNER_ID)

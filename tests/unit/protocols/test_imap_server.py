@@ -193,6 +193,26 @@ def test_non_synchronizing_literal_over_the_limit_closes():
     assert events == [Close("Input buffer full")]
 
 
+def test_literal_size_with_more_than_ten_digits_is_still_a_literal():
+    """Found by fuzzing: `{10000000000}` was not taken for a literal, so the line was a bad
+    command and, for `{n+}`, the literal's bytes were then read as commands."""
+    core = server(max_line=64)
+    events, out = talk(core, b"a1 LOGIN {10000000000}\r\n")
+    assert out == b"a1 BAD Literal size too large.\r\n"
+    assert events == []
+    events, out = talk(server(max_line=64), b"a1 LOGIN {99999999999+}\r\na2 LOGIN u p\r\n")
+    assert out == b"* BYE Input buffer full, aborting\r\n"
+    assert events == [Close("Input buffer full")]
+    # Thousands of digits are refused the same way, without converting the number.
+    _, out = talk(server(), b"a1 LOGIN {" + b"9" * 5000 + b"}\r\n")
+    assert out == b"a1 BAD Literal size too large.\r\n"
+
+
+def test_literal_size_with_leading_zeros():
+    events, _ = talk(server(), b"a1 LOGIN {00000000000005+}\r\nalice bob\r\n")
+    assert [(e.username, e.password) for e in events] == [("alice", "bob")]
+
+
 def test_synchronizing_literal_for_an_unknown_command_is_refused():
     _, out = talk(server(), b"a1 FOO {3}\r\n")
     assert out == b"a1 " + BAD

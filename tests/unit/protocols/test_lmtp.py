@@ -160,6 +160,17 @@ def test_rcpt_needs_mail_and_valid_syntax() -> None:
                    b"555 5.5.4 Unsupported parameters\r\n")
 
 
+def test_control_characters_in_a_quoted_local_part_are_refused() -> None:
+    """Found by fuzzing: `<"a\\rb"@x>` was accepted, so a CR reached the RcptRequest (and from
+    there the 552 reply, which then raised ValueError out of the core)."""
+    server = ready_server(max_size=1)
+    out, events = talk(server, b'MAIL FROM:<"s\rx"@x>\r\nMAIL FROM:<s@x>\r\nRCPT TO:<"a\\\0b"@x>\r\n'
+                               b'RCPT TO:<"a\x7fb"@x>\r\nRCPT TO:<"a b"@x>\r\n')
+    assert out == (b"501 5.5.4 Invalid FROM: Invalid character in path\r\n250 2.1.0 OK\r\n"
+                   + b"501 5.5.4 Invalid TO: Invalid character in path\r\n" * 2)
+    assert events == [MailFrom("s@x", {}), RcptRequest('"a b"@x', {})]
+
+
 def test_pipelined_transaction_replies_stay_in_order() -> None:
     server = ready_server()
     pipeline = b"MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nDATA\r\n"

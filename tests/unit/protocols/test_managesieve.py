@@ -86,6 +86,14 @@ def test_noop_with_and_without_tag():
     assert out == b'OK "NOOP Completed"\r\nOK (TAG "t1") "Done"\r\nOK (TAG "ab") "Done"\r\n'
 
 
+def test_noop_tag_with_line_breaks_is_refused():
+    """Found by fuzzing: a literal tag holding CR, LF or NUL raised ValueError out of the core."""
+    core = server()
+    _, out = talk(core, b"NOOP {3+}\r\na\rb\r\nNOOP {2+}\r\n\n\n\r\nNOOP {1+}\r\n\0\r\nNOOP\r\n")
+    assert out == b'NO "Invalid echo tag."\r\n' * 3 + b'OK "NOOP Completed"\r\n'
+    assert core.state is ServerState.COMMAND
+
+
 def test_logout():
     core = server()
     events, out = talk(core, b"LOGOUT\r\nCAPABILITY\r\n")
@@ -443,6 +451,18 @@ def test_client_greeting_failures_and_protocol_errors():
     assert core.receive(b'NO (REFERRAL) "x"\r\n').kind == "protocol"
     core = SieveLoginClient("u", master_user="m", master_password="p", max_line=32)
     assert core.receive(b'"IMPLEMENTATION" "' + b"x" * 64).kind == "protocol"
+
+
+def test_client_endless_capability_list_is_a_protocol_failure():
+    """Found by fuzzing: capability lines before the greeting's OK were kept without a bound."""
+    core = SieveLoginClient("alice", master_user="m", master_password="p", max_line=200)
+    result = None
+    for index in range(20):
+        result = core.receive(f'"X-{index}" "some value"\r\n'.encode())
+        if result is not None:
+            break
+    assert isinstance(result, LoginFailed) and result.kind == "protocol"
+    assert sum(len(k) + len(v or "") for k, v in core.capabilities.items()) <= 200
 
 
 def test_client_connection_lost_and_validation():

@@ -162,6 +162,19 @@ def test_reply_reader_line_limit() -> None:
         reader.next_reply()
 
 
+def test_reply_reader_bounds_a_whole_multiline_reply() -> None:
+    """Found by fuzzing: continuation lines that never end were buffered without a bound."""
+    reader = ReplyReader(max_line=100)
+    reader.feed(b"250-a\r\n" * 14)
+    assert reader.next_reply() is None
+    reader.feed(b"250-a\r\n")
+    with pytest.raises(LineTooLong):
+        reader.next_reply()
+    reader = ReplyReader(max_line=100)
+    reader.feed(b"250-a\r\n" * 13 + b"250 b\r\n")
+    assert reader.next_reply().lines == ("a",) * 13 + ("b",)
+
+
 def test_format_reply() -> None:
     assert format_reply(250, "2.0.0", "OK") == b"250 2.0.0 OK\r\n"
     assert format_reply(250, None, ["host", "8BITMIME", "SIZE 100"]) == (
@@ -195,6 +208,15 @@ def test_parse_command() -> None:
     for bad in (b"", b" NOOP", b"1ABC x", b"NO\x00OP"):
         with pytest.raises(SmtpSyntaxError):
             parse_command(bad)
+
+
+@pytest.mark.parametrize("args", ['FROM:<"a\rb"@x>', 'FROM:<"a\\\rb"@x>', 'FROM:<"a\0b"@x>', 'FROM:<"a\x7f"@x>',
+                                  'FROM:<"a\\\nb"@x>'])
+def test_parse_path_refuses_controls_inside_quotes(args: str) -> None:
+    """Found by fuzzing: quoted local parts (and their backslash escapes) let CR, LF and NUL through."""
+    with pytest.raises(SmtpSyntaxError, match="Invalid character in path"):
+        parse_mail_from(args)
+    assert parse_mail_from('FROM:<"a\\"b c"@x>') == ('"a\\"b c"@x', {})
 
 
 def test_parse_mail_from() -> None:
