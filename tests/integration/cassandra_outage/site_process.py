@@ -22,9 +22,13 @@ from palomar.cluster.breaker import Breaker  # noqa: E402
 from palomar.devcluster.dovecot import DovecotInstance, backend_params  # noqa: E402
 from palomar.devcluster.smtp_sink import SmtpSink  # noqa: E402
 from palomar.geodb.cassandra_engine import CassandraGeoEngine, parse_replication  # noqa: E402
+from palomar.geodb.engine import GeoDBError  # noqa: E402
 from palomar.geodb.guarded import DEFAULT_CALL_TIMEOUT, GuardedEngine  # noqa: E402
 from palomar.geodb.repository import GeoDB  # noqa: E402
 
+OPEN_ATTEMPTS = 3
+"""A node of a cluster that has just formed can still flap in the driver's view (seen once: the
+first schema statement failed with "Host has been marked down or removed")."""
 STALE_MAX = 3600
 """`cluster_geodb_stale_max` (its default, one hour)."""
 
@@ -38,9 +42,16 @@ async def serve(cfg: dict) -> None:
     make_engine = partial(CassandraGeoEngine, cfg["hosts"], keyspace=cfg["keyspace"], local_dc=cfg["local_dc"],
                           replication=parse_replication(cfg["replication"]))
     try:
-        c = await start_cluster(root / "site", backend_host=cfg["dovecot"], dovecot=dovecot,
-                                make_engine=make_engine, site_name=cfg["site"], listen=cfg["listen"],
-                                users=cfg["users"])
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                c = await start_cluster(root / "site", backend_host=cfg["dovecot"], dovecot=dovecot,
+                                        make_engine=make_engine, site_name=cfg["site"], listen=cfg["listen"],
+                                        users=cfg["users"])
+                break
+            except GeoDBError as exc:  # as a supervisor restarts a service that could not start
+                if attempt == OPEN_ATTEMPTS:
+                    raise
+                logging.warning("site %s could not start (%s); starting again", cfg["site"], exc)
         # What `palomar proxy` / `palomar backend` do with the default settings.
         c.proxy.router.geodb = GeoDB(GuardedEngine(c.proxy_engine, call_timeout=DEFAULT_CALL_TIMEOUT,
                                                    breaker=Breaker()))
