@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.integration.harness.clients import backend_of
+from harness.clients import backend_of
 
 from palomar.devcluster.cluster import LocalCluster, ProxyNode
 from palomar.devcluster.net import wait_until

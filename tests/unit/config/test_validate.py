@@ -111,6 +111,17 @@ def test_a_doveadm_listener_needs_doveadm_password_and_no_tls(write) -> None:
                              "doveadm TCP protocol) is supported; the doveadm HTTP API is not"]
 
 
+def test_a_backends_doveadm_listener_is_its_dovecots(write) -> None:
+    """On a backend the port is the local Dovecot's (on cluster_backend_dovecot_host): nothing else applies."""
+    backend = ("@cluster_defaults = backend\ncluster_backend_name = be1\ncluster_local_site = DC1\n"
+               "doveadm_password = x\ncluster_hop_ssl = no\n")
+    assert load(write("ok.conf", backend + "doveadm_port = 2300\n")).doveadm_tcp_port == 2300
+    extra = write("extra.conf", backend + "service doveadm {\n  inet_listener tcp {\n    port = 2300\n"
+                                          "    haproxy = yes\n    address = 10.0.0.1\n  }\n}\n")
+    problems = [e for e in _errors(extra) if "not used on a backend" in e]
+    assert [p.split(": ")[2] for p in problems] == ["haproxy is not used on a backend", "address is not used on a backend"]
+
+
 def test_worker_process_settings_are_refused(write) -> None:
     path = write("p.conf", "service imap-login {\n  process_limit = 100\n  process_min_avail = 4\n}\n"
                            "service lmtp {\n  process_limit = 1\n  process_min_avail = 1\n}\n")
