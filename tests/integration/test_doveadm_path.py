@@ -151,8 +151,7 @@ def test_kick_acts_where_the_user_is(cluster: LocalCluster) -> None:
     imap.login(user, "password8")
     imap.select("INBOX")
     reply = raw_session(cluster, core.encode_command("", "", "kick", (user,)))
-    assert reply.endswith(b"\n+\n"), reply
-    assert b"kicked" in reply or user.encode() in reply, reply
+    assert reply == user.encode() + b"\t\n+\n"  # Dovecot 2.3 lists the users it kicked
     with pytest.raises((imaplib.IMAP4.abort, OSError)):
         imap.noop()
         imap.noop()
