@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import socket
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -99,8 +100,8 @@ class FlakyEngine(GeoEngine):
         await self.inner.delete(table, key, timestamp=timestamp)
 
 
-async def flaky_geodb(path: Path) -> tuple[GeoDB, FlakyEngine]:
-    engine = FlakyEngine(open_engine("sqlite", path=str(path)))
+async def flaky_geodb(make_engine: Callable[[], GeoEngine]) -> tuple[GeoDB, FlakyEngine]:
+    engine = FlakyEngine(make_engine())
     await engine.open()
     return GeoDB(engine), engine
 
@@ -135,25 +136,29 @@ def _listen(host: str, handler) -> tuple[AcceptLoop, tuple[str, int]]:
     return loop, sock.getsockname()[:2]
 
 
-async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None) -> InProcessCluster:
+async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None,
+                        make_engine: Callable[[], GeoEngine] | None = None, site_name: str = SITE,
+                        listen: str = "127.0.0.1", users: Sequence[str] = USERS) -> InProcessCluster:
     """A site with one online backend at `backend_host` (whose hop listener runs here), a proxy
-    with every protocol's listener on 127.0.0.1, USERS with PASSWORD."""
+    with every protocol's listener on `listen`, `users` with PASSWORD. Each role opens its own
+    engine from `make_engine` (default: one SQLite GeoDB file under `root`)."""
     root.mkdir(parents=True, exist_ok=True)
-    geodb_path = root / "geodb.sqlite"
-    setup, _ = await flaky_geodb(geodb_path)
-    site = Site(id=uuid.uuid4(), name=SITE)
+    if make_engine is None:
+        make_engine = partial(open_engine, "sqlite", path=str(root / "geodb.sqlite"))
+    setup, _ = await flaky_geodb(make_engine)
+    site = Site(id=uuid.uuid4(), name=site_name)
     await setup.site_add(site)
     backend_row = Backend(id=uuid.uuid4(), site_id=site.id, host=backend_host)
     await setup.backend_add(backend_row)
     await setup.backend_set_status(site.id, backend_row.id, "online", None)
     await setup.close()
 
-    users = root / "users.passwd"
-    users.write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in USERS))
-    passdb = PassdbChain.from_settings([SimpleNamespace(name="users", driver="passwd-file", args=str(users))])
+    passwd = root / "users.passwd"
+    passwd.write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in users))
+    passdb = PassdbChain.from_settings([SimpleNamespace(name="users", driver="passwd-file", args=str(passwd))])
     secret = secrets.token_bytes(16)
 
-    backend_geodb, backend_engine = await flaky_geodb(geodb_path)
+    backend_geodb, backend_engine = await flaky_geodb(make_engine)
     backend_localdb = LocalDB(str(root / "backend-localdb.sqlite"))
     endpoint = DovecotEndpoint(host=backend_host, ports={}, master_user="", master_password="")
     if dovecot is not None:
@@ -162,15 +167,15 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None) -
             host=p.listen, master_user=p.master_user, master_password=p.master_password,
             ports={"imap": p.imap_port, "pop3": p.pop3_port, "lmtp": p.lmtp_port,
                    "submission": p.submission_port, "sieve": p.sieve_port})
-    backend = BackendState(geodb=backend_geodb, localdb=backend_localdb, name=backend_host, site_name=SITE,
+    backend = BackendState(geodb=backend_geodb, localdb=backend_localdb, name=backend_host, site_name=site_name,
                            secret=secret, dovecot=endpoint)
     await backend.register()
     hop_loop, hop = _listen(backend_host, lambda s: handle_hop(backend, s))
 
-    proxy_geodb, proxy_engine = await flaky_geodb(geodb_path)
+    proxy_geodb, proxy_engine = await flaky_geodb(make_engine)
     proxy_localdb = LocalDB(str(root / "proxy-localdb.sqlite"))
     proxy = ProxyState(
-        passdb=passdb, router=Router(proxy_geodb, proxy_localdb, site_name=SITE, group_count=4),
+        passdb=passdb, router=Router(proxy_geodb, proxy_localdb, site_name=site_name, group_count=4),
         hops=HopClient(secret, hop[1], tls=None, connect_timeout=10.0, answer_timeout=10.0),
         metrics=ProxyMetrics(Registry()), site_id=site.id,
         proxy_host="proxy.test", allow_cleartext=True, auth_failure_delay=0.0, login_timeout=30.0,
@@ -178,11 +183,11 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None) -
     cluster = InProcessCluster(proxy, backend, proxy_engine, backend_engine, {}, hop, [hop_loop],
                                [backend_localdb.close, proxy_localdb.close])
     for protocol, adapter in ADAPTERS.items():
-        loop, address = _listen("127.0.0.1", partial(serve, proxy, service=SERVICES[protocol], adapter=adapter,
+        loop, address = _listen(listen, partial(serve, proxy, service=SERVICES[protocol], adapter=adapter,
                                                          haproxy=False, ssl=False))
         cluster.loops.append(loop)
         cluster.listeners[protocol] = address
-    loop, address = _listen("127.0.0.1", partial(serve_lmtp, proxy, haproxy=False, ssl=False))
+    loop, address = _listen(listen, partial(serve_lmtp, proxy, haproxy=False, ssl=False))
     cluster.loops.append(loop)
     cluster.listeners["lmtp"] = address
     return cluster

@@ -75,9 +75,9 @@ def test_sighup_reopens_the_backend_and_controller_logs(cluster: LocalCluster) -
 
 
 def auth_failures(node) -> float:
-    """The proxy's count of failed passdb authentications (palomar_auth_failures_total)."""
+    """The proxy's count of failed passdb authentications (Dovecot's name: dovecot_auth_failures_total)."""
     text = urllib.request.urlopen(f"http://{node.host}:{node.metrics}/metrics", timeout=10).read().decode()
-    match = re.search(r"^palomar_auth_failures_total (\S+)$", text, re.MULTILINE)
+    match = re.search(r"^dovecot_auth_failures_total (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

@@ -77,6 +77,8 @@ class DovecotParams:
     doveadm_password: str = field(repr=False)
     master_user: str = DEFAULT_MASTER_USER
     doveadm_api_key: str = field(default="", repr=False)
+    doveadm_tcp_port: int = 0
+    """The doveadm TCP listener (doveadm-server protocol) that runs commands proxies forward."""
     trusted_networks: tuple[str, ...] = ("127.0.0.1/32",)
     relay_host: str = "127.0.0.1"
     relay_port: int = 25
@@ -108,6 +110,7 @@ class DovecotParams:
             "submission": self.submission_port,
             "sieve": self.sieve_port,
             "doveadm_http": self.doveadm_http_port,
+            "doveadm_tcp": self.doveadm_tcp_port,
             "metrics": self.metrics_port,
         }
         return {name: port for name, port in ports.items() if port}
@@ -142,7 +145,7 @@ def _check_params(p: DovecotParams) -> None:
             raise DovecotConfigError(f"{label} {str(path)!r} contains a character Dovecot would interpret")
     required = {"imap": p.imap_port, "pop3": p.pop3_port, "lmtp": p.lmtp_port,
                 "submission": p.submission_port, "sieve": p.sieve_port}
-    optional = {"doveadm_http": p.doveadm_http_port, "metrics": p.metrics_port}
+    optional = {"doveadm_http": p.doveadm_http_port, "doveadm_tcp": p.doveadm_tcp_port, "metrics": p.metrics_port}
     for name, port in {**required, **optional}.items():
         low = 1 if name in required else 0
         if not isinstance(port, int) or not low <= port <= 65535:
@@ -337,10 +340,14 @@ service auth {{
   client_limit = {SHARED_CLIENT_LIMIT}
 }}
 
-# doveadm HTTP API: POST /doveadm/v1 (Basic doveadm:<password> or X-Dovecot-API <key>).
+# doveadm HTTP API: POST /doveadm/v1 (Basic doveadm:<password> or X-Dovecot-API <key>);
+# doveadm TCP (doveadm-server protocol, PLAIN doveadm:<password>): commands proxies forward.
 {doveadm_keys}service doveadm {{
   inet_listener http {{
     port = {p.doveadm_http_port}
+  }}
+  inet_listener tcp {{
+    port = {p.doveadm_tcp_port}
   }}
 }}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from palomar.net.link import Link, open_link
@@ -23,6 +23,8 @@ class DovecotEndpoint:
     master_user: str
     master_password: str
     timeout: float = 30.0
+    doveadm_password: str = field(default="", repr=False)
+    """For the doveadm server at ports["doveadm"] (the backend's doveadm_port)."""
 
 
 def _imap_client(endpoint: DovecotEndpoint, request: hop.HopRequest) -> imap.ImapLoginClient:

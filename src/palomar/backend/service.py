@@ -9,11 +9,13 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
+from palomar.backend.doveadm_gateway import read_payload, run_on_dovecot
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.localdb_upkeep import prune_loop
@@ -33,7 +35,7 @@ from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
-from palomar.protocols import hop
+from palomar.protocols import doveadm, hop
 from palomar.protocols.proxyproto import ProxyProtocolError
 from palomar.protocols.shutdown import shutdown_line
 
@@ -273,7 +275,18 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     if request.protocol == "lmtp":  # recipients are checked one by one: a gateway, not a relay
         await serve_lmtp(state, request, link)
         return
-    reply, dovecot = await _serve_guarded(state, request)
+    run = None
+    if request.protocol == "doveadm":  # a doveadm command for one user, sent with the header
+        try:
+            version_line, command = await read_payload(link, request.user)
+        except (TimeoutError, doveadm.DoveadmProtocolError) as exc:
+            log.warning("session=%s user=%s proto=doveadm hop refused: %s", request.session_id, safe(request.user),
+                        "no doveadm command in time" if isinstance(exc, TimeoutError) else safe(str(exc)))
+            link.write(hop.encode_reply(hop.Failure("protocol", "bad doveadm command")))
+            link.close()
+            return
+        run = partial(run_on_dovecot, state.dovecot, version_line, command)
+    reply, dovecot = await _serve_guarded(state, request, run)
     link.write(hop.encode_reply(reply))
     if dovecot is None:
         link.close()
@@ -359,12 +372,13 @@ def _referred(state: BackendState, request: hop.HopRequest, host: str, reason: s
     return hop.Referral(host, reason)
 
 
-async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
+async def _serve_guarded(state: BackendState, request: hop.HopRequest, run: DovecotRun | None = None
+                         ) -> tuple[hop.HopReply, Link | None]:
     """`_serve` inside the login's boundary: a GeoDB or LocalDB that fails becomes `FAIL temp` (the
     proxy tells its client to retry later and does not count it against this backend's health);
     a bug becomes `FAIL internal`. Either is logged once."""
     try:
-        return await _serve(state, request)
+        return await _serve(state, request, run)
     except Exception as exc:
         log_failure(log, f"session={request.session_id} user={safe(request.user)} proto={request.protocol} hop", exc)
         if is_store_error(exc):
@@ -372,8 +386,13 @@ async def _serve_guarded(state: BackendState, request: hop.HopRequest) -> tuple[
         return hop.Failure("internal", "internal error"), None
 
 
-async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
-    if request.protocol not in FLAVOURS:
+DovecotRun = Callable[[], Awaitable[tuple[hop.HopReply, Link | None]]]
+"""What a doveadm hop does with Dovecot once the user is owned here (instead of a login)."""
+
+
+async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun | None = None
+                 ) -> tuple[hop.HopReply, Link | None]:
+    if request.protocol not in FLAVOURS and run is None:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
     decision, group, record = await state.ownership_and_user(request.user)
     if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
@@ -390,7 +409,7 @@ async def _serve(state: BackendState, request: hop.HopRequest) -> tuple[hop.HopR
     if moved_to is not None:
         return _referred(state, request, moved_to, "user moved"), None
     try:
-        reply, link = await login(state.dovecot, request)
+        reply, link = await (run() if run is not None else login(state.dovecot, request))
         moved_to = moves.moved_during_login(request.user, group) if moves and link else None
     finally:
         if moves is not None:
@@ -449,9 +468,10 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     dovecot = DovecotEndpoint(
         host=cfg["cluster_backend_dovecot_host"],
         ports={proto: cfg[f"cluster_backend_dovecot_{proto}_port"]
-               for proto in ("imap", "pop3", "lmtp", "submission", "sieve")},
+               for proto in ("imap", "pop3", "lmtp", "submission", "sieve")} | {"doveadm": cfg.doveadm_tcp_port},
         master_user=cfg["cluster_backend_dovecot_master_user"],
         master_password=cfg["cluster_backend_dovecot_master_password"],
+        doveadm_password=cfg["doveadm_password"],
     )
     state = BackendState(
         geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],

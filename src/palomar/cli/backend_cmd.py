@@ -86,6 +86,7 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
         submission_port=cfg["cluster_backend_dovecot_submission_port"],
         sieve_port=cfg["cluster_backend_dovecot_sieve_port"],
         doveadm_http_port=cfg["cluster_backend_dovecot_doveadm_http_port"],
+        doveadm_tcp_port=cfg.doveadm_tcp_port,
         metrics_port=metrics_port,
         mail_root=mail_root,
         master_user=cfg["cluster_backend_dovecot_master_user"],

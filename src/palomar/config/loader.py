@@ -65,6 +65,14 @@ class Config:
         return self._locations.get(name)
 
     @property
+    def doveadm_tcp_port(self) -> int:
+        """The port of `service doveadm { inet_listener tcp }` (doveadm_port unless the block sets one;
+        0: none). A proxy listens there; a backend's local Dovecot does, on cluster_backend_dovecot_host."""
+        service = self.services.get("doveadm")
+        listener = service.listeners.get(reg.DOVEADM_LISTENER) if service is not None else None
+        return listener.port if listener is not None else 0
+
+    @property
     def set_names(self) -> list[str]:
         """Explicitly assigned top-level settings, in registry order."""
         return [name for name in reg.GLOBAL if name in self._values]

@@ -124,14 +124,18 @@ _add("login_trusted_networks", NETWORKS, "", PROXY,
      "webmail server; they are also exempt from login_max_ip_connections and the auth penalty. Backends "
      "trust proxies by cluster_hop_secret instead, so it is refused there")
 _add("doveadm_port", PORT, "0", BOTH,
-     "TCP port of the doveadm service (0: none); a doveadm listener is not supported yet, so any other value "
-     "is refused")
+     "TCP port of the doveadm service (0: none), the default port of `service doveadm { inet_listener tcp }`. "
+     "On a proxy doveadm clients connect there (`doveadm -S proxy:port -u USER ...`, authenticated with "
+     "doveadm_password) and each command for one user runs on that user's backend, reached over the hop "
+     "(cluster_hop_port, not this port). On a backend it is the port of the local Dovecot's doveadm "
+     "listener on cluster_backend_dovecot_host (`palomar backend dovecot-config` writes it), which runs the "
+     "commands proxies forward; 0 there refuses them")
 _add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
      unsupported="not supported yet")
 _add("doveadm_password", SECRET, "", BOTH,
-     "shared password of doveadm between proxies and backends; a backend uses it with its local Dovecot's "
-     "doveadm (moves, `palomar backend dovecot-config`); a proxy has no doveadm and accepts it unused, as the "
-     "seed's proxy example sets it")
+     "shared password of doveadm: a proxy's doveadm clients authenticate with it (PLAIN as user `doveadm`; "
+     "wrong passwords count towards the auth penalty); a backend uses it with its local Dovecot's doveadm "
+     "(forwarded commands, moves, `palomar backend dovecot-config`)")
 _add("hostname", STRING, "", BOTH,
      "this server's name: on a proxy in SMTP/LMTP greetings, shutdown lines and proxy_dest_stats rows (empty: "
      "the system host name); on a backend the local Dovecot's `hostname` (LMTP and submission greetings, "

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from palomar.auth.variables import Template, VariableError
+from palomar.config import settings as reg
 from palomar.config.errors import Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
 from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
@@ -169,7 +170,7 @@ def _backend_listeners(cfg: Config) -> list[Issue]:
     issues = []
     for (service, name), _ in _explicit_listeners(cfg):
         if service in ("doveadm", "stats"):
-            continue  # doveadm: refused with its own reason in _listeners; stats: the backend's /metrics
+            continue  # doveadm: the local Dovecot's (_doveadm_listener); stats: the backend's /metrics
         why = ("a backend's clients are proxies on cluster_hop_port, and its Dovecot's ports are the "
                "cluster_backend_dovecot_*_port settings")
         issues.append(Issue(cfg.listener_locations[(service, name)],
@@ -189,15 +190,34 @@ def _listeners(cfg: Config) -> list[Issue]:
             if listener.haproxy and not cfg["haproxy_trusted_networks"]:
                 issues.append(Issue(at, f"{title}: haproxy = yes needs haproxy_trusted_networks"))
             if service.name == "doveadm":
-                issues.append(Issue(at, f"{title}: a doveadm listener is not supported yet (nothing would "
-                                        "listen); remove it and doveadm_port, or set port = 0. "
-                                        "`palomar cluster` reaches backends over cluster_hop_port"))
+                issues += _doveadm_listener(cfg, listener, at, title)
             for address in listener.address:
                 for other_address, other_port, other_title, _ in bound:
                     if other_port == listener.port and _overlap(address, other_address):
                         issues.append(Issue(at, f"{title}: port {listener.port} on {address} "
                                                 f"is already used by {other_title}"))
                 bound.append((address, listener.port, title, service.name))
+    return issues
+
+
+def _doveadm_listener(cfg: Config, listener: ListenerSettings, at: Location | None, title: str) -> list[Issue]:
+    """A proxy serves doveadm clients on it; a backend's local Dovecot listens on its port (on
+    cluster_backend_dovecot_host) for the commands proxies forward over the hop."""
+    issues = []
+    if listener.name != reg.DOVEADM_LISTENER:
+        issues.append(Issue(at, f"{title}: only `inet_listener {reg.DOVEADM_LISTENER}` (the doveadm TCP protocol) "
+                                "is supported; the doveadm HTTP API is not"))
+    if not cfg["doveadm_password"]:
+        issues.append(Issue(at, f"{title}: doveadm_password is required (doveadm clients authenticate with it)"))
+    if listener.ssl:
+        issues.append(Issue(at, f"{title}: ssl = yes: TLS for doveadm is not supported yet (doveadm_ssl); "
+                                "remove it"))
+    if cfg.role == "backend":
+        written = cfg.listener_explicit.get(("doveadm", listener.name), set())
+        for name in ("haproxy", "address"):
+            if name in written:
+                issues.append(Issue(at, f"{title}: {name} is not used on a backend: the port is the local "
+                                        "Dovecot's doveadm listener, on cluster_backend_dovecot_host; remove it"))
     return issues
 
 

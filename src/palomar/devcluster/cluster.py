@@ -103,6 +103,7 @@ class ProxyNode:
     submissions_haproxy: int = 0
     lmtp: int = 0
     lmtp_haproxy: int = 0
+    doveadm: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -144,6 +145,8 @@ class LocalCluster:
     palomar_cmd: tuple[str, ...] = (sys.executable, "-m", "palomar")
     hop_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    doveadm_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    """What doveadm clients of the proxies' doveadm listener authenticate with."""
     backends: list[BackendNode] = field(default_factory=list)
     proxies: list[ProxyNode] = field(default_factory=list)
     haproxy: HAProxyInstance | None = None
@@ -287,6 +290,8 @@ class LocalCluster:
             f"hostname = {node.name}",
             f"cluster_backend_test_password = {self.probe_password}",
             f"listen = {node.host}",
+            f"doveadm_password = {self.doveadm_password}",
+            f"doveadm_port = {node.doveadm}",
             f"haproxy_trusted_networks = {self.lb_host}/32",
             f"ssl_server_cert_file = {self.root / 'tls' / 'localhost.crt'}",
             f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
@@ -363,9 +368,7 @@ class LocalCluster:
             f"cluster_backend_dovecot_master_user = {p.master_user}",
             f"cluster_backend_dovecot_master_password = {p.master_password}",
             f"doveadm_password = {p.doveadm_password}",
-            "service doveadm {",
-            "  inet_listener tcp {\n    port = 0\n  }",
-            "}",
+            f"doveadm_port = {p.doveadm_tcp_port}",
             "service stats {",
             f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
             "}",
@@ -430,13 +433,13 @@ class LocalCluster:
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 17)
+            ports = free_ports(host, 18)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
                 pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
                 submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
-                lmtp=ports[15], lmtp_haproxy=ports[16]))
+                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))

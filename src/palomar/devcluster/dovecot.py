@@ -65,7 +65,7 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
     """Params of one test backend under `root/name`, with fresh free ports and secrets."""
     home = root / name
-    imap, pop3, lmtp, submission, sieve, doveadm_http, metrics = free_ports(listen, 7)
+    imap, pop3, lmtp, submission, sieve, doveadm_http, doveadm_tcp, metrics = free_ports(listen, 8)
     return DovecotParams(
         instance_name=name,
         hostname=f"{name}.example.test",
@@ -80,6 +80,7 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
         submission_port=submission,
         sieve_port=sieve,
         doveadm_http_port=doveadm_http,
+        doveadm_tcp_port=doveadm_tcp,
         metrics_port=metrics,
         mail_root=mail_root,
         master_user=DEFAULT_MASTER_USER,

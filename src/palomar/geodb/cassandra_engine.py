@@ -26,7 +26,9 @@ from typing import Any
 
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture
+from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, HostDistance, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement, tuple_factory
 
 from palomar.geodb.engine import GeoDBError, GeoEngine, InsertResult, Key, Row, Values, now_micros
@@ -56,8 +58,10 @@ _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\s]+))(?::(?P<port>
 _NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 # Profiles: plain writes, plain reads, LWTs (commit CL + serial CL), serial reads of LWT'd rows.
 _WRITE, _READ, _LWT, _SERIAL_READ = EXEC_PROFILE_DEFAULT, "read", "lwt", "serial_read"
-# NoHostAvailable (every host failed, each reason inside) is not a DriverException.
-_DRIVER_ERRORS = (DriverException, NoHostAvailable, OSError)
+# NoHostAvailable (every host failed, each reason inside), a connection closing under a request
+# (ConnectionShutdown) and the server errors without a driver exception of their own (ServerError,
+# ProtocolError, ...: the ErrorMessage itself) are not DriverExceptions.
+_DRIVER_ERRORS = (DriverException, NoHostAvailable, ConnectionException, ErrorMessage, OSError)
 PROTOCOL_VERSION = 5  # Cassandra 4.0 and newer; pinned so the driver does not probe (and warn)
 SCHEMA_AGREEMENT_TIMEOUT = 60.0
 """Seconds the nodes of the local datacenter get to agree on the schema after palomar's DDL."""
@@ -65,6 +69,30 @@ REMOTE_SCHEMA_WAIT = 10.0
 """Seconds other datacenters' nodes get to take the new schema (a node that is down never does)."""
 
 log = logging.getLogger("palomar.geodb")
+
+
+class _OneLineDriverErrors(logging.Filter):
+    """The driver logs each failed (re)connection to a node with a traceback, every few seconds
+    while a node is down: keep its message and the error's one line, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            record.msg, record.args = f"{record.getMessage().rstrip(': ')}: {_describe(error)}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _quiet_driver_tracebacks() -> None:
+    """Put the filter on every logger of the driver (a logger's filter sees only its own records)."""
+    names = [n for n in logging.Logger.manager.loggerDict if n == "cassandra" or n.startswith("cassandra.")]
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineDriverErrors) for f in logger.filters):
+            logger.addFilter(_OneLineDriverErrors())
+
+
+_quiet_driver_tracebacks()
 
 
 def parse_hosts(hosts: str | Sequence[str], default_port: int) -> list[tuple[str, int]]:

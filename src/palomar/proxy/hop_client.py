@@ -64,6 +64,9 @@ class HopTarget:
     admin: bytes | None = None
     """An admin command for the backend itself (protocol `doveadm`): its JSON result comes back
     as the `Established.text`, and the connection is then closed."""
+    payload: bytes = b""
+    """Written right after the header, before the backend's reply: a doveadm command (the client's
+    VERSION line and the command line), which the backend checks before it answers."""
 
 
 class HopClient:
@@ -110,7 +113,8 @@ class HopClient:
                     link.close()
                     return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop before its "
                                      "challenge" + ("" if self.tls else " (is cluster_hop_ssl = no there too?)"))
-                link.write(build_v2(target.client, target.local, hop.seal(request, self.secret, challenge)))
+                link.write(build_v2(target.client, target.local, hop.seal(request, self.secret, challenge))
+                           + target.payload)
                 reply = await _read_line(link, hop.ReplyReader())
                 if reply is None:
                     link.close()

@@ -139,12 +139,20 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
         user=user, protocol=attempt.protocol, session_id=attempt.session_id, client=attempt.client,
         local=attempt.local, client_tls=attempt.client_tls, client_id=attempt.client_id,
     )
+    return await route_and_connect(state, target, host_override), user
+
+
+async def route_and_connect(state: ProxyState, target: HopTarget, host_override: str | None
+                            ) -> Established | AuthFailed | TempFailed:
+    """Route `target.user` and open its hop (logins and doveadm commands alike); when the backend
+    fails and is (now) offline, route once more."""
+    user = target.user
     failed: TempFailed | None = None
     failed_host: str | None = None
     for _ in range(2):
         route = await state.router.route(user, host_override=host_override)
         if route.host is None:
-            return TempFailed("proxy_dest_unavailable", route.reason), user
+            return TempFailed("proxy_dest_unavailable", route.reason)
         if failed is not None and route.host == failed_host:
             break
         started = time.monotonic()
@@ -153,18 +161,18 @@ async def _hop(state: ProxyState, attempt: LoginAttempt, user: str, host_overrid
             state.count_success(outcome.host)
             if state.health is not None:
                 state.health.session_succeeded(outcome.host)
-            log.debug("session=%s user=%s established to %s in %.3fs", attempt.session_id, safe(user), outcome.host,
+            log.debug("session=%s user=%s established to %s in %.3fs", target.session_id, safe(user), outcome.host,
                       time.monotonic() - started)
-            return outcome, user
+            return outcome
         state.count_failure(outcome.host, outcome.error_code)
         if outcome.auth:
-            return AuthFailed(f"backend {outcome.host}: {outcome.text}"), user
-        log.warning("session=%s user=%s proxy dest %s to %s: %s", attempt.session_id, safe(user),
+            return AuthFailed(f"backend {outcome.host}: {outcome.text}")
+        log.warning("session=%s user=%s proxy dest %s to %s: %s", target.session_id, safe(user),
                     outcome.error_code, outcome.host, safe(outcome.text))
         failed, failed_host = TempFailed(outcome.error_code, outcome.text), outcome.host
         if state.health is None or not await state.health.session_failed(outcome.host, outcome.error_code):
             break
-        log.info("session=%s user=%s backend %s is offline, routing again", attempt.session_id, safe(user),
+        log.info("session=%s user=%s backend %s is offline, routing again", target.session_id, safe(user),
                  outcome.host)
     assert failed is not None
-    return failed, user
+    return failed

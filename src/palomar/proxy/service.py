@@ -22,6 +22,7 @@ from palomar.net.hop_tls import hop_client_context
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.protocols.prelogin_caps import CapabilitySettings
 from palomar.proxy.capabilities import SiteCapabilities
+from palomar.proxy.doveadm_frontend import serve_doveadm
 from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
@@ -130,6 +131,7 @@ async def build_state(cfg: Config) -> ProxyState:
         penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
                             per_user=cfg["auth_penalty_per_user"]),
         max_auth_failures=cfg["login_max_auth_failures"],
+        doveadm_password=cfg["doveadm_password"],
         recipient_delimiter=cfg["recipient_delimiter"],
         imap_id_log=cfg["imap_id_log"],
         imap_id_retain=cfg["imap_id_retain"],
@@ -140,14 +142,17 @@ async def build_state(cfg: Config) -> ProxyState:
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
     loops: list[AcceptLoop] = []
-    for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None)]:
+    for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
         service = cfg.services.get(service_name)
         if service is None:
             continue
         for listener in service.listeners.values():
             for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
-                if adapter is None:
+                if service_name == "doveadm":
+                    handler = partial(serve_doveadm, state, haproxy=listener.haproxy)
+                    busy = b""  # Dovecot's doveadm has no refusal line either
+                elif adapter is None:
                     handler = lmtp_handler(state, cfg, listener)
                     busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
                 else:

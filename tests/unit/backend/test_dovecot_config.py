@@ -62,6 +62,16 @@ def test_render_sets_listeners_and_trust() -> None:
     assert "mail_plugins = $mail_plugins sieve" in _block(text, "protocol lmtp {")
 
 
+def test_render_the_doveadm_tcp_listener_for_forwarded_commands() -> None:
+    """Off unless the backend's doveadm_port sets it; then on the loopback `listen`, with doveadm_password."""
+    assert "inet_listener tcp {\n    port = 0\n" in _block(render(_params()), "service doveadm {")
+    text = render(_params(doveadm_tcp_port=2300))
+    assert "inet_listener tcp {\n    port = 2300\n" in _block(text, "service doveadm {")
+    assert "listen = 127.0.0.2\n" in text and 'doveadm_password = "pw' in text
+    with pytest.raises(DovecotConfigError, match="share a port"):
+        _params(doveadm_tcp_port=18080)
+
+
 def test_render_passdbs_admit_only_the_master_user() -> None:
     text = render(_params())
     passdbs = [_block(text[i:], "passdb {") for i in range(len(text)) if text.startswith("passdb {", i)]

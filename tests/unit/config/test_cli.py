@@ -18,10 +18,10 @@ def test_check_ok() -> None:
     path = str(EXAMPLES / "proxy.conf")
     result = _run("config", "check", path)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == f"{path}: ok (role proxy, 9 settings)\n"
+    assert result.stdout == f"{path}: ok (role proxy, 10 settings)\n"
     backend = str(EXAMPLES / "backend.conf")
     result = _run("config", "check", backend)
-    assert (result.exit_code, result.stdout) == (0, f"{backend}: ok (role backend, 8 settings)\n")
+    assert (result.exit_code, result.stdout) == (0, f"{backend}: ok (role backend, 9 settings)\n")
 
 
 def test_check_reports_every_error_without_traceback(write) -> None:

@@ -39,7 +39,7 @@ def test_seed_proxy_example_loads() -> None:
     assert cfg.location("cassandra_keyspace").line == keyspace_line
     assert cfg["login_trusted_networks"] == [ipaddress.ip_network(n) for n in ("127.0.0.1/32", "::1/128",
                                                                                "192.168.1.0/24")]
-    assert cfg["doveadm_port"] == 0  # commented out: palomar refuses a doveadm listener
+    assert cfg["doveadm_port"] == 2300
     assert cfg["doveadm_password"] == "doveadm-placeholder"
     # palomar's hop secret is derived from the seed's one shared secret
     assert cfg["cluster_hop_secret"] == derive_secret("doveadm-placeholder", "cluster_hop_secret")
@@ -63,7 +63,9 @@ def test_seed_proxy_example_loads() -> None:
         "imaps": ListenerSettings("imaps", 993, ["*", "::"], False, True),
         "imap-haproxy": ListenerSettings("imap-haproxy", 1143, ["*", "::"], True, False),
     }
-    assert cfg.services["doveadm"].listeners == {}
+    # the seed's doveadm block: doveadm clients connect here (proxy/doveadm_frontend.py)
+    assert cfg.services["doveadm"].listeners == {"tcp": ListenerSettings("tcp", 2300, ["*", "::"], False, False)}
+    assert cfg.doveadm_tcp_port == 2300
     assert cfg.source_files == [str(EXAMPLES / "proxy.conf")]
 
 
@@ -82,8 +84,10 @@ def test_seed_backend_example_loads() -> None:
     assert cfg["cluster_backend_dovecot_imap_port"] == 10143
     assert cfg["cluster_backend_dovecot_host"] == "127.0.0.1"
     assert cfg["cluster_hop_port"] == 7425
-    # a backend's clients are proxies on the hop port: Dovecot's client listeners are not its own
-    assert all(service.listeners == {} for service in cfg.services.values())
+    # a backend's clients are proxies on the hop port: Dovecot's client listeners are not its own;
+    # its doveadm listener is the local Dovecot's, which runs the commands proxies forward
+    assert {name for name, service in cfg.services.items() if service.listeners} == {"doveadm"}
+    assert cfg.doveadm_tcp_port == 2300
 
 
 @pytest.mark.parametrize("role", ["proxy", "backend"])

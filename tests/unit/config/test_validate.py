@@ -92,18 +92,34 @@ def test_haproxy_listener_requires_trusted_networks(write) -> None:
     assert load(fixed).services["imap-login"].listeners["imap-haproxy"].haproxy is True
 
 
-DOVEADM_REFUSED = ("service doveadm { inet_listener tcp }: a doveadm listener is not supported yet (nothing would "
-                   "listen); remove it and doveadm_port, or set port = 0. `palomar cluster` reaches backends over "
-                   "cluster_hop_port")
+def test_a_doveadm_listener_needs_doveadm_password_and_no_tls(write) -> None:
+    """The seed's doveadm block loads; without the password nobody could authenticate."""
+    seed_block = "service doveadm {\n  inet_listener tcp {\n    port = 2300\n  }\n}\n"
+    assert load(write("a.conf", "doveadm_password = x\n" + seed_block)).doveadm_tcp_port == 2300
+    no_password = write("b.conf", seed_block)
+    assert _errors(no_password) == [f"{no_password}:2: service doveadm {{ inet_listener tcp }}: doveadm_password is "
+                                    "required (doveadm clients authenticate with it)"]
+    port_only = write("c.conf", "doveadm_password = x\ndoveadm_port = 2300\n")
+    assert load(port_only).doveadm_tcp_port == 2300
+    tls = write("d.conf", "doveadm_password = x\nssl = no\nservice doveadm {\n  inet_listener tcp {\n"
+                          "    port = 2300\n    ssl = yes\n  }\n}\n")
+    assert f"{tls}:4: service doveadm {{ inet_listener tcp }}: ssl = yes: TLS for doveadm is not supported yet " \
+           "(doveadm_ssl); remove it" in _errors(tls)
+    http = write("e.conf", "doveadm_password = x\nservice doveadm {\n  inet_listener http {\n    port = 8080\n"
+                           "  }\n}\n")
+    assert _errors(http) == [f"{http}:3: service doveadm {{ inet_listener http }}: only `inet_listener tcp` (the "
+                             "doveadm TCP protocol) is supported; the doveadm HTTP API is not"]
 
 
-def test_a_doveadm_listener_is_refused(write) -> None:
-    """The seed's own doveadm block: nothing in palomar would listen there."""
-    seed_block = ("doveadm_password = x\nservice doveadm {\n  inet_listener tcp {\n    port = 2300\n  }\n}\n")
-    path = write("a.conf", seed_block)
-    assert _errors(path) == [f"{path}:3: {DOVEADM_REFUSED}"]
-    port_only = write("b.conf", "# doveadm\ndoveadm_port = 2300\n")
-    assert _errors(port_only) == [f"{port_only}:2: {DOVEADM_REFUSED}"]
+def test_a_backends_doveadm_listener_is_its_dovecots(write) -> None:
+    """On a backend the port is the local Dovecot's (on cluster_backend_dovecot_host): nothing else applies."""
+    backend = ("@cluster_defaults = backend\ncluster_backend_name = be1\ncluster_local_site = DC1\n"
+               "doveadm_password = x\ncluster_hop_ssl = no\n")
+    assert load(write("ok.conf", backend + "doveadm_port = 2300\n")).doveadm_tcp_port == 2300
+    extra = write("extra.conf", backend + "service doveadm {\n  inet_listener tcp {\n    port = 2300\n"
+                                          "    haproxy = yes\n    address = 10.0.0.1\n  }\n}\n")
+    problems = [e for e in _errors(extra) if "not used on a backend" in e]
+    assert [p.split(": ")[2] for p in problems] == ["haproxy is not used on a backend", "address is not used on a backend"]
 
 
 def test_worker_process_settings_are_refused(write) -> None:

@@ -1,0 +1,90 @@
+"""A doveadm command that a proxy forwards over the hop, run by the local Dovecot's doveadm server.
+
+The proxy writes the client's `VERSION` line and the command line right after the hop header
+(docs/design/backend-hop.md, "doveadm over the hop"). The backend checks that the command is for
+the hop's user, checks ownership as for a login, then logs in to its Dovecot's doveadm TCP
+listener with doveadm_password, sends the command, answers `OK`, and relays: Dovecot's reply goes
+back byte for byte, framed as the client's protocol version asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from palomar.backend.dovecot_login import DovecotEndpoint
+from palomar.net.link import Link, open_link
+from palomar.protocols import doveadm, hop
+
+PAYLOAD_TIMEOUT = 5.0
+"""The proxy writes its two lines with the header: a hop that lacks them is broken."""
+
+
+async def read_payload(link: Link, user: str) -> tuple[bytes, doveadm.Command]:
+    """The client's VERSION line and the command, which must be for `user` (the hop's user).
+
+    Raises DoveadmProtocolError (or TimeoutError) for anything else."""
+    buffer = bytearray()
+    async with asyncio.timeout(PAYLOAD_TIMEOUT):
+        while buffer.count(b"\n") < 2:
+            if len(buffer) > doveadm.MAX_LINE * 2:
+                raise doveadm.DoveadmProtocolError("doveadm hop payload too long")
+            data = await link.read()
+            if not data:
+                raise doveadm.DoveadmProtocolError("hop closed before its doveadm command")
+            buffer += data
+    first = buffer.index(b"\n") + 1
+    second = buffer.index(b"\n", first) + 1
+    version_line, line = bytes(buffer[:first]), bytes(buffer[first:second])
+    link.unread(bytes(buffer[second:]))
+    if not version_line.startswith(doveadm.VERSION_PREFIX):
+        raise doveadm.DoveadmProtocolError("doveadm hop payload without its VERSION line")
+    command = doveadm.parse_command(line)
+    target = doveadm.target_user(command)
+    if target != user:
+        raise doveadm.DoveadmProtocolError("doveadm command is not for the hop's user")
+    return version_line, command
+
+
+async def run_on_dovecot(endpoint: DovecotEndpoint, version_line: bytes, command: doveadm.Command
+                         ) -> tuple[hop.HopReply, Link | None]:
+    """Log in to Dovecot's doveadm server and send the command; the link then carries its reply."""
+    port = endpoint.ports.get("doveadm", 0)
+    if not port:
+        return hop.Failure("protocol", "doveadm is not enabled on this backend (doveadm_port = 0)"), None
+    try:
+        link = await open_link(endpoint.host, port, timeout=endpoint.timeout)
+    except (OSError, TimeoutError) as exc:
+        return hop.Failure("unavailable", f"Dovecot doveadm not reachable: {exc}"), None
+    link.write(version_line)
+    buffer = bytearray()
+    sent_auth = False
+    try:
+        async with asyncio.timeout(endpoint.timeout):
+            while True:
+                while b"\n" not in buffer:
+                    data = await link.read()
+                    if not data:
+                        link.close()
+                        return hop.Failure("unavailable", "Dovecot doveadm closed the connection"), None
+                    buffer += data
+                end = buffer.index(b"\n")
+                line = bytes(buffer[:end])
+                del buffer[:end + 1]
+                if line.startswith(b"VERSION\t") and not sent_auth:
+                    continue
+                if line == b"-" and not sent_auth:
+                    plain = b"\0" + doveadm.USERNAME + b"\0" + endpoint.doveadm_password.encode()
+                    link.write(b"PLAIN\t" + base64.b64encode(plain) + b"\n")
+                    sent_auth = True
+                elif line == b"+":
+                    link.write(command.raw)
+                    link.unread(bytes(buffer))
+                    return hop.LoggedIn(b""), link
+                else:
+                    link.close()
+                    what = "refused doveadm_password" if line == b"-" else "broke the doveadm handshake"
+                    return hop.Failure("internal", f"Dovecot doveadm {what}"), None
+    except TimeoutError:
+        link.abort()
+        return hop.Failure("unavailable", "Dovecot doveadm did not answer in time"), None

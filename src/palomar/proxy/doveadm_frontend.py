@@ -1,0 +1,177 @@
+"""`service doveadm { inet_listener tcp }` on a proxy: doveadm clients (`doveadm -S proxy:port -u USER
+...`) authenticate with doveadm_password, and each command for one user runs on the backend that
+serves that user now, found as a login finds it (router, referrals, moves). The backend's answer is
+relayed byte for byte (docs/design/backend-hop.md, "doveadm over the hop")."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import socket
+import time
+
+from palomar.auth.passdb import AuthRequest
+from palomar.boundary import is_store_error, log_failure
+from palomar.logsafe import safe
+from palomar.net.link import Link
+from palomar.protocols import doveadm
+from palomar.proxy.frontend import ClientConnection, accept, trusted
+from palomar.proxy.hop_client import Established, HopTarget
+from palomar.proxy.login import route_and_connect
+from palomar.proxy.state import ProxyState
+
+log = logging.getLogger("palomar.proxy")
+
+SERVICE = "doveadm"
+REFUSED_COMMANDS = {
+    "save": "reads the mail from the client's input stream, which palomar does not relay",
+    "sync": "dsync needs a second channel that palomar does not relay",
+    "backup": "dsync needs a second channel that palomar does not relay",
+    "dsync-server": "dsync needs a second channel that palomar does not relay",
+}
+"""Commands with a second stream besides their output, refused with their reason."""
+
+
+async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool) -> None:
+    conn = await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=False, per_address=False,
+                        bye=lambda farewell: b"")
+    if conn is None:
+        return
+    try:
+        await _session(state, conn)
+    except (ConnectionError, OSError) as exc:
+        log.debug("session=%s proto=doveadm client connection error: %s", conn.session_id, exc)
+        conn.link.abort()
+    except doveadm.DoveadmProtocolError as exc:
+        log.warning("session=%s proto=doveadm client=%s: %s", conn.session_id, conn.client[0], exc)
+        conn.link.close()
+    except Exception as exc:  # the session's boundary: log once, close this client only
+        log_failure(log, f"session={conn.session_id} proto=doveadm", exc)
+        conn.link.close()
+    finally:
+        conn.admission.release()
+
+
+async def _session(state: ProxyState, conn: ClientConnection) -> None:
+    link, core = conn.link, doveadm.ServerConnection()
+    version_line = b""
+    while True:
+        data = await link.read()
+        if not data:
+            return
+        events = core.receive(data)
+        while events:  # a pipelining client: what follows an event waits in the core until it is handled
+            for event in events:
+                if isinstance(event, doveadm.Version):
+                    version_line = doveadm.VERSION_PREFIX + str(event.minor).encode() + b"\n"
+                elif isinstance(event, doveadm.Credentials):
+                    if not await _authenticate(state, conn, event.password):
+                        core.reject()
+                        link.write(core.data_to_send())
+                        link.close()
+                        return
+                    core.accept()
+                else:
+                    link.write(core.data_to_send())
+                    assert core.minor is not None
+                    await _command(state, conn, core.minor, version_line, event)
+            link.write(core.data_to_send())
+            events = core.receive(b"")
+
+
+async def _authenticate(state: ProxyState, conn: ClientConnection, password: str) -> bool:
+    """doveadm_password, with the auth penalty of logins (per source address) and auth_failure_delay."""
+    address = conn.client[0]
+    penalised = state.penalty.enabled and not trusted(address, state.login_trusted)
+    verdict = state.penalty.before_check(address, doveadm.USERNAME.decode(), time.monotonic()) if penalised else None
+    if verdict is not None and verdict.wait:
+        state.metrics.auth_penalty_delayed.inc()
+        state.metrics.auth_penalty_seconds.inc(verdict.wait)
+        await asyncio.sleep(verdict.wait)  # deliberate: the escalating penalty of this source
+    expected = state.doveadm_password.encode()
+    if expected and hmac.compare_digest(password.encode("utf-8", "surrogateescape"), expected):
+        if penalised:
+            state.penalty.succeeded(address, doveadm.USERNAME.decode())
+        state.metrics.auth_successes.inc()
+        return True
+    if verdict is not None:
+        state.penalty.failed(verdict, address, doveadm.USERNAME.decode(), password, time.monotonic())
+    state.metrics.auth_failures.inc()
+    log.warning("session=%s proto=doveadm client=%s: doveadm client authenticated with wrong password",
+                conn.session_id, address)
+    await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
+    return False
+
+
+async def _command(state: ProxyState, conn: ClientConnection, minor: int, version_line: bytes,
+                   command: doveadm.Command) -> None:
+    """Run one command on its user's backend and relay the reply; refusals and failures are
+    answered as Dovecot answers a failed command (a remote error line, then `-CODE`)."""
+    link = conn.link
+    target = doveadm.target_user(command)
+    if command.name in REFUSED_COMMANDS:
+        target = doveadm.Refused(f"{command.name}: not supported through a palomar proxy: "
+                                 f"{REFUSED_COMMANDS[command.name]}")
+    if isinstance(target, doveadm.Refused):
+        log.info("session=%s proto=doveadm client=%s command %s refused: %s", conn.session_id, conn.client[0],
+                 safe(command.name), safe(target.text))
+        link.write(doveadm.failure_reply(minor, target.code, target.text))
+        return
+    try:
+        outcome = await _open(state, conn, version_line, command, target)
+    except Exception as exc:
+        log_failure(log, f"session={conn.session_id} user={safe(target)} proto=doveadm", exc)
+        reason = "cluster state temporarily unavailable" if is_store_error(exc) else "internal error"
+        outcome = reason
+    if isinstance(outcome, str):
+        log.warning("session=%s user=%s proto=doveadm command %s failed: %s", conn.session_id, safe(target),
+                    safe(command.name), safe(outcome))
+        link.write(doveadm.failure_reply(minor, "TEMPFAIL", f"palomar proxy: {outcome}"))
+        return
+    status = await _relay_reply(link, outcome.link, outcome.leftover, minor)
+    log.info("session=%s user=%s proto=doveadm client=%s command %s on %s: %s", conn.session_id, safe(target),
+             conn.client[0], safe(command.name), outcome.host, safe(status))
+
+
+async def _open(state: ProxyState, conn: ClientConnection, version_line: bytes, command: doveadm.Command,
+                name: str) -> Established | str:
+    """The hop to the user's backend with the command sent, or why there is none."""
+    found = await state.passdb.lookup(name, AuthRequest(name, service=SERVICE, remote_ip=conn.client[0],
+                                                         local_ip=conn.local[0]))
+    if found.status == "tempfail":
+        return "passdb lookup failed temporarily"
+    # Dovecot's doveadm proxying: a user the passdb does not know still runs (its backend's userdb decides)
+    user = found.user if found.status in ("ok", "nologin") else name
+    command = doveadm.with_target(command, user)
+    target = HopTarget(user=user, protocol=SERVICE, session_id=conn.session_id, client=conn.client,
+                       local=conn.local, client_tls=conn.tls, payload=version_line + command.raw)
+    outcome = await route_and_connect(state, target, found.fields.get("host") if found.status == "ok" else None)
+    if isinstance(outcome, Established):
+        return outcome
+    return getattr(outcome, "text", None) or outcome.reason
+
+
+async def _relay_reply(client: Link, hop: Link, pending: bytes, minor: int) -> str:
+    """Copy the backend's reply to the client until its status line; the reply's status, for the log."""
+    tracker = doveadm.ReplyTracker(minor)
+    try:
+        data = pending
+        while True:
+            if data:
+                used = tracker.feed(data)
+                client.write(data if used is None else data[:used])
+                await client.drain()
+                if used is not None:
+                    return (tracker.status or b"").decode("ascii", "replace")
+            data = await hop.read()
+            if not data:
+                if tracker.started:  # part of the reply is out: the client sees the connection end
+                    client.close()
+                else:
+                    client.write(doveadm.failure_reply(minor, "TEMPFAIL", "palomar proxy: the backend closed "
+                                                                           "the connection without a reply"))
+                return "backend closed the hop before the end of the reply"
+    finally:
+        hop.close()
+
