@@ -15,6 +15,7 @@ from cassandra.cluster import Cluster
 from palomar.config import load
 from palomar.geodb import GeoDBError, open_engine
 from palomar.geodb.cassandra_engine import CassandraGeoEngine, cql_statements, parse_hosts, parse_replication
+from palomar.geodb.guarded import GuardedEngine
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.schema import load_schema, schema_text
 from palomar.service_runtime import geodb_engine_options, open_geodb
@@ -105,7 +106,8 @@ async def test_config_settings_reach_the_engine(cassandra: Any, tmp_path: Path) 
     geodb = await open_geodb(cfg)
     try:
         assert isinstance(geodb, GeoDB)
-        engine = geodb.engine
+        assert isinstance(geodb.engine, GuardedEngine)  # a service's calls are bounded (geodb-outage.md)
+        engine = geodb.engine.inner
         assert isinstance(engine, CassandraGeoEngine)
         assert (engine.keyspace, engine.read_cl, engine.serial_cl) == ("from_config", CL.LOCAL_QUORUM, CL.SERIAL)
         key = {"id": uuid.uuid4()}
