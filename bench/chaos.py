@@ -4,8 +4,8 @@ hits every process kind, then an accounting of the mail store against every answ
 One LocalCluster (HAProxy, two `palomar proxy`, two `palomar backend`, two Dovecot CE, the site's
 controller with health on), with the demo's Supervisor restarting whatever dies. Faults run one
 after the other: inject, hold (a stop or a lock), end, wait until the cluster is whole again
-without any admin action (every process running, every backend online in the GeoDB, an IMAP
-login through HAProxy), a quiet gap, the next one. Meanwhile `doveadm who` on every backend is
+without any admin action (every process serving, every backend online in the GeoDB), a quiet
+gap, the next one. Meanwhile `doveadm who` on every backend is
 sampled each second. Afterwards: every message counted by Message-ID in the store (doveadm fetch
 on every backend; Submission: the relay sink), tracebacks searched in every log.
 
@@ -44,6 +44,7 @@ from chaos_rules import (
 )
 from palomar.backend.doveadm_client import DoveadmClient, DoveadmError
 from palomar.devcluster.cluster import SITE, LocalCluster
+from palomar.devcluster.net import port_accepts
 from palomar.devcluster.supervisor import RestartPolicy, Supervisor
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
@@ -149,19 +150,24 @@ class Chaos:
         return asyncio.run(read())
 
     def whole(self) -> bool:
-        """Every process running, every backend online, and an IMAP login through HAProxy."""
+        """Every process running and serving (an IMAP login through each proxy, the backends' hop and
+        Dovecot ports, the controller's metrics port), every backend online in the GeoDB."""
         c = self.cluster
         if any(child.returncode() is not None for child in c.children()):
             return False
-        if any(node.proc is None or node.proc.poll() is not None for node in [*c.backends, *c.proxies]):
-            return False
-        if not c.controller_proc or c.controller_proc.poll() is not None:
+        ports = [(b.host, c.hop_port) for b in c.backends] + [(b.dovecot.host, b.dovecot.params.imap_port)
+                                                              for b in c.backends]
+        ports.append((c.lb_host, c.controller_metrics))
+        if not all(port_accepts(host, port) for host, port in ports):
             return False
         if set(self.backend_statuses().values()) != {"online"}:
             return False
-        user = c.users[0]
+        return all(self._logs_in(proxy.host, proxy.imap) for proxy in c.proxies)
+
+    def _logs_in(self, host: str, port: int) -> bool:
+        user = self.cluster.users[0]
         try:
-            imap = imaplib.IMAP4(c.lb_host, c.lb_imap, timeout=10)
+            imap = imaplib.IMAP4(host, port, timeout=10)
             try:
                 return imap.login(user.name, user.password)[0] == "OK"
             finally:
@@ -365,7 +371,8 @@ Faults, one at a time: SIGKILL of the whole process tree, or SIGSTOP then SIGCON
 a `palomar backend`, a `palomar proxy` and the controller; and a GeoDB whose write lock is held
 (reads go on, writes wait and fail: what a read-only or locked SQLite file does to the services).
 After each fault the run waits until the cluster is whole again with no admin action (every
-process running, every backend `online` in the GeoDB, an IMAP login through HAProxy), at most
+process running, an IMAP login through each proxy, the backends' hop and Dovecot ports and the
+controller's accepting, every backend `online` in the GeoDB), at most
 {RECOVERY_BOUND:.0f}s, then a quiet gap of 3-8s.
 
 Accounting, from the store: `doveadm fetch hdr.message-id` of every user's INBOX on every backend
