@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos_faults import inject
-from chaos_load import TIMEOUT, Ledger, Load, Target
+from chaos_load import Ledger, Load, Target
 from chaos_rules import (
     KINDS,
     VIOLATIONS,
@@ -48,7 +48,7 @@ from palomar.devcluster.net import port_accepts
 from palomar.devcluster.supervisor import RestartPolicy, Supervisor
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
-from report import load_average, machine_rows, table
+from report import load_average, log, machine_rows, median, table
 
 RECOVERY_BOUND = 120.0
 """Seconds after a fault ends within which the cluster must be whole again on its own."""
@@ -58,10 +58,6 @@ RESTARTS = RestartPolicy(first_delay=0.5, max_delay=5.0, burst=20, window=300.0)
 """Like systemd's Restart=always with a short RestartSec; no giving up during a run."""
 HEADING_DOC = "docs/reliability.md"
 MSGID = re.compile(r"<[^<>@\s]+@chaos\.palomar\.test>")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -408,7 +404,7 @@ the fault):
 {table(["at s", "fault", "target", "hold s", "whole after s"], schedule_rows)}
 
 - Whole again after every fault: {"yes" if len(recoveries) == len(outcome.executed) else "NO"}; slowest
-  {max(recoveries, default=0):.1f}s (bound {RECOVERY_BOUND:.0f}s), median {_median(recoveries):.1f}s.
+  {max(recoveries, default=0):.1f}s (bound {RECOVERY_BOUND:.0f}s), median {median(recoveries):.1f}s.
 - `doveadm who` samples: {outcome.samples}; users on two backends while none was frozen:
   {len(outcome.overlaps) - len(frozen_overlaps)}; while a backend was frozen: {len(frozen_overlaps)} sample(s)
   (the frozen side's session still exists but no byte can reach it; it ends when the process resumes
@@ -426,11 +422,6 @@ Machine:
 
 def _short(error: str) -> str:
     return re.sub(r"\d+", "N", error)[:90]
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else 0.0
 
 
 def run_chaos(seed: int, seconds: float, rounds: int | None, keep: bool = False,
@@ -472,5 +463,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["TIMEOUT", "run_chaos", "render"]
