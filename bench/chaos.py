@@ -221,7 +221,8 @@ class Chaos:
                    threading.Thread(target=self._sample, args=(outcome,), daemon=True)]
         for thread in threads:
             thread.start()
-        faults = plan(self.seed, rounds or 1000, backends=len(c.backends), proxies=len(c.proxies))
+        faults = plan(self.seed, 1000 if rounds is None else rounds, backends=len(c.backends),
+                      proxies=len(c.proxies))
         outcome.started = start = time.time()
         load.start()
         self.done.wait(5.0)  # undisturbed load first: every user gets placed
