@@ -74,6 +74,8 @@ class Executed:
 class Outcome:
     seed: int
     seconds: float
+    started: float = 0.0
+    """Wall-clock time the load started."""
     executed: list[Executed] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
     ledger: Ledger | None = None
@@ -108,8 +110,6 @@ class Outcome:
                   for e in self.executed if e.recovered_after is None]
         found += [f"{count} traceback(s) in {path}" for path, count in self.tracebacks.items()]
         return found
-
-    started: float = 0.0
 
 
 class Chaos:
@@ -286,8 +286,7 @@ class Chaos:
         copies = dict(first)
         assert c.sink is not None
         for received in c.sink.messages:
-            for msgid in set(MSGID.findall(received.data.decode(errors="replace") if isinstance(
-                    received.data, bytes) else str(received.data))):
+            for msgid in set(MSGID.findall(received.data.decode(errors="replace"))):
                 copies[msgid] = copies.get(msgid, 0) + 1
         outcome.copies = copies
 
@@ -344,7 +343,7 @@ def render(outcome: Outcome, command: str) -> str:
     failures = outcome.failures()
     return f"""# Reliability
 
-Written by `bench/chaos.py` ({command}); `make chaos` reruns it. The same seed gives the same
+Written by {command}; `make chaos` reruns it. The same seed gives the same
 schedule of faults (their order, targets and hold times); what the load meets in each fault
 depends on timing.
 
@@ -452,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     outcome = run_chaos(args.seed, args.seconds, args.rounds, args.keep)
-    shown = " ".join(sys.argv[1:]) or "defaults"
-    text = render(outcome, f"`bench/chaos.py {shown}`".replace(" defaults`", "`"))
+    text = render(outcome, "`" + " ".join(["bench/chaos.py", *(argv if argv is not None else sys.argv[1:])]) + "`")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     log(f"wrote {args.out}")

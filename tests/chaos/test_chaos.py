@@ -22,7 +22,7 @@ PROTOCOLS = ("imap-append", "lmtp", "submission")
 def test_no_acknowledged_message_is_lost_or_duplicated_under_faults() -> None:
     seed = int(os.environ.get("PALOMAR_CHAOS_SEED", "1"))
     outcome = run_chaos(seed, seconds=0, rounds=1)
-    report = render(outcome, f"tests/chaos, seed {seed}")
+    report = render(outcome, f"`tests/chaos/test_chaos.py` (seed {seed})")
     assert outcome.ledger is not None
     assert sorted(e.fault.kind for e in outcome.executed) == sorted(KINDS), report
     for protocol in PROTOCOLS:  # the run did carry mail of every kind

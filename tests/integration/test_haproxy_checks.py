@@ -1,6 +1,6 @@
 """HAProxy takes a stalled `palomar proxy` out of rotation: a SIGSTOPped process still completes
 TCP handshakes (the kernel does), so only a check that waits for the greeting can see it. Then
-every new client goes to the live proxy, and the stalled one's sessions are shut."""
+every new client goes to the live proxy."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_greeting_checks_render_per_protocol() -> None:
                                       greeting=GREETING_CHECKS["imaps"])], check_interval="1s", timeout_check="2s")
     assert '  tcp-check expect string "* OK"\n  tcp-check send "a LOGOUT\\r\\n"\n' in text
     assert ("  server imaps-1 127.0.0.10:20993 check inter 1s fall 2 rise 2 check-send-proxy check-ssl verify none "
-            "on-marked-down shutdown-sessions send-proxy-v2") in text
+            "send-proxy-v2") in text
     assert "  option redispatch 1\n" in text and "  timeout check 2s\n" in text
 
 
@@ -50,21 +50,12 @@ def test_a_stalled_proxy_leaves_the_rotation_and_comes_back(cluster: LocalCluste
     assert cluster.haproxy is not None
     stalled = cluster.proxies[0]
     assert stalled.proc is not None
-    idle = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=BOUND)  # sessions on both proxies
-    idle2 = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=BOUND)
     os.kill(stalled.proc.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: "imap/imap-1 is DOWN" in cluster.haproxy.log_text(), BOUND,
                    "HAProxy to take the stalled proxy out")
         for _ in range(6):  # round robin would send every other one to the stalled proxy
             assert login(cluster) == "OK"
-        closed = 0
-        for session in (idle, idle2):
-            try:
-                session.noop()
-            except (imaplib.IMAP4.abort, OSError):
-                closed += 1
-        assert closed == 1, "the stalled proxy's session was not shut"
     finally:
         os.kill(stalled.proc.pid, signal.SIGCONT)
     wait_until(lambda: "imap/imap-1 is UP" in cluster.haproxy.log_text(), BOUND, "the proxy back in rotation")

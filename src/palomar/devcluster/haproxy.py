@@ -7,7 +7,9 @@ A plain TCP check cannot see a stalled proxy (SIGSTOP, a wedged event loop): the
 still completes the handshake. So a listener that names its protocol is checked the way a
 client would notice: connect (with a PROXY header, over TLS where the port is TLS), wait for
 the greeting, say goodbye. A proxy that does not greet within `timeout check` twice in a row
-is taken out of rotation and its sessions are shut, so their clients reconnect elsewhere.
+is taken out of rotation. Its sessions are left alone (no `on-marked-down shutdown-sessions`): a
+proxy that stops gracefully closes its listeners first, fails its checks at once, and must
+still finish the logins and LMTP transactions it holds.
 """
 
 from __future__ import annotations
@@ -96,8 +98,7 @@ def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
             options = []
             if greeting is not None:
                 options += [f"check inter {check_interval} fall 2 rise 2 check-send-proxy",
-                            *(["check-ssl verify none"] if greeting.tls else []),
-                            "on-marked-down shutdown-sessions"]
+                            *(["check-ssl verify none"] if greeting.tls else [])]
             elif listen.check:
                 options.append(f"check inter {check_interval}")
             if listen.send_proxy_v2:
