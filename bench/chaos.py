@@ -255,17 +255,34 @@ class Chaos:
         frozen = fault.kind in ("stop-backend", "stop-dovecot")
         if frozen:
             self.frozen.set()
+        reported = len(self.supervisor_lines)
         end = inject(self.cluster, fault)
         try:
             self.done.wait(fault.hold)
         finally:
             end()
             self.frozen.clear()
+        ended = time.monotonic()
+        if fault.kind.startswith("kill-"):  # recovery begins with the supervisor seeing the death
+            noticed = self._noticed(reported)
+            if not noticed:
+                log("  the supervisor did not see the process die")
         recovered = self.wait_whole(RECOVERY_BOUND)
+        if recovered is not None:
+            recovered = time.monotonic() - ended
         log(f"  whole again after {recovered:.1f}s" if recovered is not None else "  NOT whole again")
         outcome.executed.append(Executed(fault, name, injected - start, recovered))
         outcome.windows.append(Window(fault.kind, injected, time.time()))
         self.done.wait(fault.gap)
+
+    def _noticed(self, reported: int, bound: float = 15.0) -> bool:
+        """Whether the supervisor reports a death after its first `reported` lines, within `bound`."""
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            if any(" exited with " in line for line in self.supervisor_lines[reported:]):
+                return True
+            self.done.wait(0.1)
+        return False
 
     def count(self, outcome: Outcome) -> None:
         """Copies of every Message-ID: IMAP INBOX of every user on every backend, and the relay sink."""
@@ -389,6 +406,10 @@ Messages ({sum(len(m) for m in verdicts.values())}; "retries" counts attempts af
 
 {table(["protocol", "sent", "acked", "retries", *VERDICT_ORDER], message_rows)}
 
+Messages with an uncertain attempt (the answers each attempt got):
+
+{_uncertain(ledger.messages, verdicts)}
+
 Session failures by the fault their lifetime overlapped (from injection to whole again;
 `none`: no fault):
 
@@ -420,8 +441,15 @@ Machine:
 """
 
 
-def _short(error: str) -> str:
-    return re.sub(r"\d+", "N", error)[:90]
+def _uncertain(messages: list[Message], verdicts: dict[str, list[Message]]) -> str:
+    by_id = {m.msgid: name for name, found in verdicts.items() for m in found}
+    rows = [[m.protocol, by_id[m.msgid], " / ".join(_short(a, 70) for a in m.answers)]
+            for m in messages if m.uncertain][:20]
+    return table(["protocol", "verdict", "answers"], rows) if rows else "none"
+
+
+def _short(error: str, width: int = 90) -> str:
+    return re.sub(r"\d+", "N", error)[:width].replace("|", "/")
 
 
 def run_chaos(seed: int, seconds: float, rounds: int | None, keep: bool = False,
