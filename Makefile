@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo
+.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo chaos
 
 deps: system-deps cassandra-deps $(VENV)/.installed
 
@@ -42,3 +42,12 @@ GEODB    ?= sqlite
 demo: deps
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/palomar demo --dir $(DEMO_DIR) --geodb $(GEODB)
+
+# The chaos suite: faults from a seeded schedule under mixed load for CHAOS_SECONDS, then the mail
+# store is counted against every answer; writes docs/reliability.md, fails on any broken promise.
+# `make test` runs its bounded variant (tests/chaos, one fault of every kind).
+CHAOS_SEED    ?= 1
+CHAOS_SECONDS ?= 600
+
+chaos: deps
+	$(PY) bench/chaos.py --seed $(CHAOS_SEED) --seconds $(CHAOS_SECONDS)

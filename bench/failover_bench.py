@@ -28,7 +28,7 @@ from pathlib import Path
 from palomar.devcluster.cluster import SITE, BackendNode, LocalCluster
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
-from report import machine_rows, median, table, write_section
+from report import log, machine_rows, median, table, write_section
 
 HEADING = "Backend failover (issue 6)"
 GIVE_UP = 60.0
@@ -42,10 +42,6 @@ class Round:
     failed_logins: int = 0
     to_offline: float | None = None
     errors: list[str] = field(default_factory=list)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def tls_context() -> ssl.SSLContext:

@@ -40,17 +40,13 @@ from palomar.geodb import GeoDBError, GeoEngine, open_engine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
 from palomar.proxy.router import Router
-from report import load_average, machine_rows, percentile, table, write_section
+from report import load_average, log, machine_rows, percentile, table, write_section
 
 HEADING = "GeoDB routing lookups (issue 8)"
 SITE = "DC1"
 KEYSPACE = "bench_routing"
 FAR_FUTURE = 10**9
 """Seconds added to the clock of cache reads in cold mode: every cached entry counts as expired."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class ExpiredCache:

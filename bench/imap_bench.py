@@ -42,7 +42,7 @@ from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.dovecot import raise_open_files_limit
 from palomar.devcluster.net import free_port
 from proctree import CpuMeter, TreeMemory, tree_memory
-from report import load_average, machine_rows, median, percentile, table, write_section
+from report import load_average, log, machine_rows, median, percentile, table, write_section
 
 HEADING = "IMAP path (issue 3)"
 DOVECOT_PROXY_HOST = "127.0.0.20"
@@ -71,10 +71,6 @@ FULL = Plan("full", reps=3, seconds_c50=15, seconds_c1=6, max_sessions=20000, id
             fetch_size=20 * 1024 * 1024, fetch_repeats=8)
 QUICK = Plan("quick", reps=1, seconds_c50=4, seconds_c1=2, max_sessions=5000, idle_sessions=500, idle_hold=1,
              fetch_size=20 * 1024 * 1024, fetch_repeats=2)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- the world under test -------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,14 +31,10 @@ from palomar.backend.localdb_upkeep import PRUNE_BATCH, PRUNE_PAUSE, prune_once
 from palomar.cluster.retention import USER_ROW_RETENTION
 from palomar.localdb import LocalDB
 from palomar.localdb.store import CACHE_PURGE_BATCH
-from report import load_average, machine_rows, median, percentile, table, write_section
+from report import load_average, log, machine_rows, median, percentile, table, write_section
 
 HEADING = "LocalDB at a million users"
 NOW = 2_000_000_000
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def fill(path: str, users: int) -> float:

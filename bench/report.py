@@ -9,6 +9,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,11 @@ INTRO = """# Benchmarks
 Numbers measured by the scripts in `bench/` on the machine each section names. Every section is
 written by its own benchmark and replaced only by a rerun of that benchmark.
 """
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, timestamped (stdout stays for results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -32,7 +32,7 @@ from palomar.auth.schemes import hash_password
 from palomar.devcluster.cassandra import reset_keyspace
 from palomar.devcluster.certs import hop_certificates, self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
-from palomar.devcluster.haproxy import HAProxyInstance, Listen
+from palomar.devcluster.haproxy import GREETING_CHECKS, HAProxyInstance, Listen
 from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
 from palomar.devcluster.smtp_sink import SmtpSink
@@ -465,9 +465,10 @@ class LocalCluster:
         lb_hosts = [self.lb_host, *([self.lb_ipv6] if self.lb_ipv6 else [])]
         self.haproxy = HAProxyInstance([
             Listen(name, [(host, port) for host in lb_hosts],
-                   [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies])
+                   [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies], greeting=GREETING_CHECKS[name])
             for name, port in lb.items()
-        ], self.root / "haproxy", timeout_client="31m", timeout_server="31m")
+        ], self.root / "haproxy", timeout_client="31m", timeout_server="31m", check_interval="1s",
+            timeout_check="2s")
         self.haproxy.start()
         (self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve, self.lb_submission,
          self.lb_submissions, self.lb_lmtp) = lb.values()

@@ -2,6 +2,14 @@
 
 Every server line has `check send-proxy-v2`, so the proxies behind it see the client's
 address in a PROXY v2 header. HAProxy runs in the foreground (`-db`) as our child.
+
+A plain TCP check cannot see a stalled proxy (SIGSTOP, a wedged event loop): the kernel
+still completes the handshake. So a listener that names its protocol is checked the way a
+client would notice: connect (with a PROXY header, over TLS where the port is TLS), wait for
+the greeting, say goodbye. A proxy that does not greet within `timeout check` twice in a row
+is taken out of rotation. Its sessions are left alone (no `on-marked-down shutdown-sessions`): a
+proxy that stops gracefully closes its listeners first, fails its checks at once, and must
+still finish the logins and LMTP transactions it holds.
 """
 
 from __future__ import annotations
@@ -18,6 +26,28 @@ from palomar.devcluster.procs import stop_tree
 
 
 @dataclass(frozen=True)
+class GreetingCheck:
+    """What a healthy proxy says first on a protocol's port, and the polite way to leave."""
+
+    expect: str
+    goodbye: str
+    tls: bool = False
+
+
+GREETING_CHECKS = {
+    "imap": GreetingCheck("* OK", "a LOGOUT\\r\\n"),
+    "imaps": GreetingCheck("* OK", "a LOGOUT\\r\\n", tls=True),
+    "pop3": GreetingCheck("+OK", "QUIT\\r\\n"),
+    "pop3s": GreetingCheck("+OK", "QUIT\\r\\n", tls=True),
+    "sieve": GreetingCheck("\\nOK", "LOGOUT\\r\\n"),
+    "submission": GreetingCheck("220 ", "QUIT\\r\\n"),
+    "submissions": GreetingCheck("220 ", "QUIT\\r\\n", tls=True),
+    "lmtp": GreetingCheck("220 ", "QUIT\\r\\n"),
+}
+"""By LocalCluster's listener name; strings in HAProxy's escaped form."""
+
+
+@dataclass(frozen=True)
 class Listen:
     """One `listen` section: clients connect to any of `binds`, connections go round-robin to `servers`."""
 
@@ -27,6 +57,8 @@ class Listen:
     send_proxy_v2: bool = True
     check: bool = True
     extra_server_options: tuple[str, ...] = field(default=())
+    greeting: GreetingCheck | None = None
+    """Check each server by its greeting (see the module's docstring); None: a TCP connect."""
 
 
 def _addr(host: str, port: int) -> str:
@@ -35,7 +67,7 @@ def _addr(host: str, port: int) -> str:
 
 def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
                        timeout_server: str = "1m", timeout_connect: str = "10s",
-                       check_interval: str = "2s") -> str:
+                       check_interval: str = "2s", timeout_check: str = "10s") -> str:
     """The haproxy.cfg text: the seed's defaults, one `listen` per entry."""
     lines = [
         "global",
@@ -51,15 +83,23 @@ def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
         f"  timeout connect {timeout_connect}",
         f"  timeout client {timeout_client}",
         f"  timeout server {timeout_server}",
-        "  timeout check 10s",
+        f"  timeout check {timeout_check}",
         "  maxconn 4096",
     ]
     for listen in listens:
         lines += ["", f"listen {listen.name}", *(f"  bind {_addr(*bind)}" for bind in listen.binds),
                   "  mode tcp", "  balance roundrobin"]
+        greeting = listen.greeting if listen.check else None
+        if greeting is not None:
+            # A refused connection is retried on another server, not on the dead one.
+            lines += ["  option redispatch 1", "  option tcp-check",
+                      f'  tcp-check expect string "{greeting.expect}"', f'  tcp-check send "{greeting.goodbye}"']
         for index, (host, port) in enumerate(listen.servers, start=1):
             options = []
-            if listen.check:
+            if greeting is not None:
+                options += [f"check inter {check_interval} fall 2 rise 2 check-send-proxy",
+                            *(["check-ssl verify none"] if greeting.tls else [])]
+            elif listen.check:
                 options.append(f"check inter {check_interval}")
             if listen.send_proxy_v2:
                 options.append("send-proxy-v2")
