@@ -122,6 +122,18 @@ def start_site(name: str, netns: str, root: Path, mail_root: Path, *, hosts: str
     return Site(name, proc, listeners, root / "site.log", users)  # type: ignore[arg-type]
 
 
+def topology_settled(nodes: Nodes) -> bool:
+    """Nodes 1 and 2 (DC1, where the first site creates the keyspace) each list three nodes Up/Normal
+    and know datacenter dc2."""
+    for n in (1, 2):
+        result = subprocess.run([sys.executable, str(SCRIPT), "nodetool", "--dir", str(nodes.directory), "--node",
+                                 str(n), "status"], capture_output=True, text=True, timeout=120)
+        status = result.stdout if result.returncode == 0 else ""  # not reachable over JMX yet: not settled
+        if "Datacenter: dc2" not in status or sum(line.startswith("UN ") for line in status.splitlines()) < 3:
+            return False
+    return True
+
+
 @dataclass
 class Outage:
     net: TwoSites
@@ -138,6 +150,10 @@ def outage(harness_root: Path, mail_root: Path) -> Iterator[Outage]:
     sites: list[Site] = []
     try:
         nodes.start()
+        # A keyspace naming dc2 is refused until the coordinator's topology has dc2's node: gossip
+        # marking a node UP can come before its datacenter reaches every peer's token metadata.
+        wait_for(lambda: topology_settled(nodes), 180, "both DC1 nodes to list all three nodes up, dc2 included",
+                 interval=1.0)
         sites.append(start_site("dc1", net.dc1, harness_root / "site-dc1", mail_root,
                                 hosts=" ".join(DC1_NODES), listen="127.0.0.1", dovecot="127.0.0.2"))
         sites.append(start_site("dc2", net.dc2, harness_root / "site-dc2", mail_root,
