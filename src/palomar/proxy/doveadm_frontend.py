@@ -44,7 +44,7 @@ async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool
         log.debug("session=%s proto=doveadm client connection error: %s", conn.session_id, exc)
         conn.link.abort()
     except doveadm.DoveadmProtocolError as exc:
-        log.warning("session=%s proto=doveadm client=%s: %s", conn.session_id, conn.client[0], exc)
+        log.warning("session=%s proto=doveadm client=%s: %s", conn.session_id, conn.client[0], safe(exc))
         conn.link.close()
     except Exception as exc:  # the session's boundary: log once, close this client only
         log_failure(log, f"session={conn.session_id} proto=doveadm", exc)

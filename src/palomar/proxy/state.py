@@ -102,7 +102,8 @@ class ProxyState:
     login_timeout: float = 180.0
     recipient_delimiter: str = "+"
     login_trusted: tuple = ()
-    """login_trusted_networks: peers that may forward the client's address (ID, XCLIENT)."""
+    """login_trusted_networks: peers that may forward the client's address (ID, XCLIENT); they are also
+    exempt from login_max_ip_connections and the auth penalty."""
     imap_id_log: str = ""
     imap_id_retain: bool = False
     dest: DestCounters = field(default_factory=DestCounters)
@@ -111,8 +112,6 @@ class ProxyState:
     drain: Drain = field(default_factory=Drain)
     sessions: RelayedSessions = field(default_factory=RelayedSessions)
     """The relayed client sessions by backend host, so a backend's can be cut (proxy/fence.py)."""
-    login_trusted: tuple = ()
-    """login_trusted_networks: exempt from login_max_ip_connections and the auth penalty."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits({}, 0))
     penalty: AuthPenalty = field(default_factory=lambda: AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
                                                                      per_user=False))
