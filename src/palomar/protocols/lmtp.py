@@ -30,6 +30,7 @@ from palomar.protocols.smtp_syntax import (
     hello_name_error,
     parse_command,
     parse_mail_from,
+    parse_path,
     parse_rcpt_to,
     reply_line,
 )
@@ -834,9 +835,16 @@ class LmtpClient:
 
 
 def _path(address: str, *, allow_empty: bool) -> str:
-    if any(ch in address for ch in "<>\r\n\0") or (not address and not allow_empty):
+    """`<address>`, checked by the same path parser the server side uses, so an address the proxy
+    accepted from an MTA (e.g. a quoted local part holding `>`) is passed on, and nothing else is."""
+    path = f"<{address}>"
+    try:
+        parsed, rest = parse_path(path, allow_empty=allow_empty)
+    except SmtpSyntaxError:
+        raise ValueError(f"invalid address {address!r}") from None
+    if parsed != address or rest:
         raise ValueError(f"invalid address {address!r}")
-    return f"<{address}>"
+    return path
 
 
 def _params(params: Mapping[str, str | None] | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from palomar.protocols import lmtp
 from palomar.protocols.lmtp import (
     RCPT_OK,
     Close,
@@ -518,3 +519,15 @@ def test_client_and_server_cores_round_trip(message: bytes) -> None:
     deliveries = [e for e in finals if isinstance(e, DeliveryReply)]
     assert [(d.recipient, d.reply.text) for d in deliveries] == [
         ("a@x", "<a@x> Saved"), ("b@x", "<b@x> Saved")]
+
+
+@pytest.mark.parametrize("address", ['"a>b"@example.test', '"x<y"@example.test', "user+tag@example.test"])
+def test_client_passes_on_every_address_the_server_side_accepts(address: str) -> None:
+    """A quoted local part may hold `<` or `>` (RFC 5321); the client once refused them with ValueError."""
+    assert lmtp._path(address, allow_empty=False) == f"<{address}>"
+
+
+@pytest.mark.parametrize("address", ["a>b@example.test", "x\r\nRSET@example.test", "", "@r:u@example.test"])
+def test_client_refuses_what_would_break_the_command_line(address: str) -> None:
+    with pytest.raises(ValueError):
+        lmtp._path(address, allow_empty=False)
