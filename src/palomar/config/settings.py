@@ -95,8 +95,11 @@ _add("cluster_user_move_timeout", TIME, "31 secs", BACKEND,
      "if one user's move has not finished in this time, treat it as done and move the next user")
 _add("cluster_default_group_count", UINT, "100", BOTH,
      "number of automatically created user groups default-1 .. default-N")
-_add("cluster_director_transition_config", PATH, "", BOTH,
-     "director-to-cluster transition file", unsupported="not supported yet")
+_add("cluster_director_transition_config", PATH, "", PROXY,
+     "file describing the Dovecot 2.3 director ring being replaced (its mail servers, their vhost counts and "
+     "palomar backend names, director_username_hash): while set, a user without a group joins "
+     "`director-<backend>-N`, a group started on the backend the director hashes the user to "
+     "(docs/director-migration.md)")
 _add("cluster_geodb", STRING, "", BOTH, "GeoDB dict",
      unsupported="as a value: palomar's GeoDB is set by cassandra_hosts (or cluster_geodb_path); the seed's "
                  "block `cluster_geodb { dict proxy { ... } }` is accepted as written")

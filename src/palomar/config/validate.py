@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from palomar.auth.variables import Template, VariableError
 from palomar.config import settings as reg
-from palomar.config.errors import Issue, Location
+from palomar.config.director_transition import load_transition
+from palomar.config.errors import ConfigError, Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
 from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
 from palomar.protocols.subaddress import delimiters_problem
@@ -51,7 +52,21 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _processes(cfg, role_at)
     issues += _address_rules(cfg, main)
     issues += _capability_rules(cfg, main)
+    issues += _director_transition(cfg)
     return issues
+
+
+def _director_transition(cfg: Config) -> list[Issue]:
+    """The problems of the director transition file, if one is named (it is read here)."""
+    path = cfg["cluster_director_transition_config"]
+    if not path:
+        return []
+    try:
+        load_transition(path)
+    except ConfigError as exc:
+        at = cfg.location("cluster_director_transition_config")
+        return [Issue(at, f"cluster_director_transition_config: {issue}") for issue in exc.issues]
+    return []
 
 
 def _capability_rules(cfg: Config, main: Location) -> list[Issue]:

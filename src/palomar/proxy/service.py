@@ -14,6 +14,7 @@ from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
+from palomar.config.director_transition import transition_from_config
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
@@ -103,7 +104,8 @@ async def build_state(cfg: Config) -> ProxyState:
     geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
-                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"])
+                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"],
+                    director=transition_from_config(cfg))
     site = await geodb.site_get_by_name(cfg["cluster_local_site"])
     secret = cfg["cluster_hop_secret"]
     if not secret:
