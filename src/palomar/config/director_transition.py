@@ -65,11 +65,7 @@ def _server(node: Section, issues: list[Issue]) -> tuple[MailHost, str] | None:
 
 def load_transition(path: str | Path) -> DirectorTransition:
     """The transition described by the file at `path`; ConfigError listing every problem."""
-    try:
-        parsed = parse_file(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read director transition config: {exc.strerror or exc}",
-                          Location(str(path), 0)) from None
+    parsed = parse_file(path)  # unreadable files and syntax errors are ConfigErrors already
     issues: list[Issue] = []
     username_hash = DEFAULT_USERNAME_HASH
     hash_at: Location | None = None
