@@ -179,6 +179,12 @@ class LocalCluster:
     hop_tls: bool = True
     """TLS on the proxy-to-backend hop (a CA and a certificate per backend under root/tls/hop);
     False writes `cluster_hop_ssl = no`."""
+    shared_backend_imap: bool = False
+    """Every backend's Dovecot on one IMAP port, with one master password (`backend_master_password`),
+    so that a Dovecot director ring can stand in front of them (tests of the migration from one)."""
+    backend_master_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    backend_imap_port: int = 0
+    """The shared IMAP port of the backends' Dovecot once started (with `shared_backend_imap`)."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -258,11 +264,15 @@ class LocalCluster:
 
     def _hop_port(self) -> int:
         """One port free on every backend address (the hop port is cluster-wide)."""
+        return self._common_backend_port("the hop")
+
+    def _common_backend_port(self, what: str, taken: tuple[int, ...] = ()) -> int:
+        """A port free on every backend address and not in `taken`."""
         for _ in range(50):
             port = free_port(self._backend_hosts()[0])
-            if all(not port_accepts(host, port) for host in self._backend_hosts()):
+            if port not in taken and all(not port_accepts(host, port) for host in self._backend_hosts()):
                 return port
-        raise RuntimeError("no common free port for the hop")
+        raise RuntimeError(f"no common free port for {what}")
 
     def _common(self, role_dir: Path) -> list[str]:
         return [
@@ -420,6 +430,8 @@ class LocalCluster:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
         self.hop_port = self._hop_port()
+        if self.shared_backend_imap:
+            self.backend_imap_port = self._common_backend_port("the backends' IMAP", (self.hop_port,))
         mail_root = self.mail_root
         relay = self.relay
         if relay is None:
@@ -428,8 +440,10 @@ class LocalCluster:
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
             extra = (*self.backend_dovecot_settings.get("*", ()), *self.backend_dovecot_settings.get(name, ()))
-            dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay,
-                                                     extra_settings=extra))
+            shared = self.shared_backend_imap
+            dovecot = DovecotInstance(backend_params(
+                name, host, self.dovecot_dir, mail_root, relay=relay, extra_settings=extra,
+                imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
