@@ -33,7 +33,7 @@ from palomar.devcluster.cassandra import reset_keyspace
 from palomar.devcluster.certs import hop_certificates, self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import GREETING_CHECKS, HAProxyInstance, Listen
-from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
+from palomar.devcluster.net import free_port, free_port_on_all, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
 from palomar.devcluster.smtp_sink import SmtpSink
 from palomar.devcluster.supervisor import Child
@@ -264,15 +264,7 @@ class LocalCluster:
 
     def _hop_port(self) -> int:
         """One port free on every backend address (the hop port is cluster-wide)."""
-        return self._common_backend_port("the hop")
-
-    def _common_backend_port(self, what: str, taken: tuple[int, ...] = ()) -> int:
-        """A port free on every backend address and not in `taken`."""
-        for _ in range(50):
-            port = free_port(self._backend_hosts()[0])
-            if port not in taken and all(not port_accepts(host, port) for host in self._backend_hosts()):
-                return port
-        raise RuntimeError(f"no common free port for {what}")
+        return free_port_on_all(self._backend_hosts(), "the hop")
 
     def _common(self, role_dir: Path) -> list[str]:
         return [
@@ -431,7 +423,7 @@ class LocalCluster:
         self._write_users()
         self.hop_port = self._hop_port()
         if self.shared_backend_imap:
-            self.backend_imap_port = self._common_backend_port("the backends' IMAP", (self.hop_port,))
+            self.backend_imap_port = free_port_on_all(self._backend_hosts(), "the backends' IMAP", (self.hop_port,))
         mail_root = self.mail_root
         relay = self.relay
         if relay is None:

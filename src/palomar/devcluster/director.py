@@ -18,7 +18,7 @@ from pathlib import Path
 
 from palomar.backend.dovecot_config import DEFAULT_MASTER_USER
 from palomar.devcluster.dovecot import STARTED_UP, ensure_mail_user
-from palomar.devcluster.net import free_port, port_accepts, wait_port, wait_until
+from palomar.devcluster.net import free_port, free_port_on_all, wait_port, wait_until
 from palomar.devcluster.procs import stop_tree
 
 
@@ -48,13 +48,6 @@ class DirectorRingInstance:
     master_user: str = DEFAULT_MASTER_USER
     username_hash: str = "%Lu"
     nodes: list[DirectorNode] = field(default_factory=list)
-
-    def _ring_port(self) -> int:
-        for _ in range(50):
-            port = free_port(self.hosts[0])
-            if all(not port_accepts(host, port) for host in self.hosts):
-                return port
-        raise RuntimeError("no port free on every director address")
 
     def _config(self, node: DirectorNode, ring_port: int) -> str:
         run = node.config.parent
@@ -91,7 +84,7 @@ class DirectorRingInstance:
 
     def start(self, timeout: float = 30.0) -> DirectorRingInstance:
         ensure_mail_user()
-        ring_port = self._ring_port()
+        ring_port = free_port_on_all(self.hosts, "the director ring")
         atexit.register(self.stop)
         for index, host in enumerate(self.hosts, start=1):
             node = DirectorNode(f"director{index}", host, free_port(host), self.root / f"director{index}" / "dovecot.conf")
