@@ -23,6 +23,7 @@ from palomar.cluster.director_hash import DirectorRing, MailHost
 from palomar.cluster.director_transition import parse_director_map
 from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.director import DirectorRingInstance
+from palomar.devcluster.net import wait_until
 
 MAIL_SERVERS = ("127.0.0.2", "127.0.0.3")
 DIRECTORS = ("127.0.0.30", "127.0.0.31")
@@ -122,3 +123,44 @@ def test_first_palomar_login_lands_where_the_director_had_the_user(cluster: Loca
             assert name in who[expected[name]], f"{name}: expected on {expected[name]}, sessions: {who}"
             assert all(name not in sessions for host, sessions in who.items() if host != expected[name])
             imap.logout()
+
+
+LIVE_SERVERS = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "fd00::a", "fd00:0:0::b")
+"""Mail servers of the hash-only ring (nothing needs to listen there to be hashed to)."""
+
+
+@pytest.fixture(scope="module")
+def hash_ring(harness_root: Path) -> Iterator[DirectorRingInstance]:
+    root = harness_root / "director-hash-ring"
+    root.mkdir()
+    passwd = root / "users.passwd"
+    passwd.write_text("")
+    passwd.chmod(0o644)
+    instance = DirectorRingInstance(root, ("127.0.0.32", "127.0.0.33"), LIVE_SERVERS, 143, passwd,
+                                    master_password="unused", username_hash="%Ln")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def test_ring_computation_equals_a_live_director_ring(hash_ring: DirectorRingInstance) -> None:
+    """The ring, changed the ways an operator changes it, against the director's own `Hashed:` answer."""
+    names = [f"{'User' if i % 3 else 'user'}{i}@{'a' if i % 2 else 'B'}.example" for i in range(120)]
+    hosts = {ip: MailHost(ip) for ip in LIVE_SERVERS}
+
+    def check() -> None:
+        replica = DirectorRing(tuple(hosts.values()), "%Ln")
+        for index, name in enumerate(names):
+            assert hash_ring.hashed(name, node=index % 2) == replica.host_for(name), name
+
+    check()
+    hash_ring.doveadm("director", "update", "127.0.0.3", "7")
+    hash_ring.doveadm("director", "update", "fd00::b", "250")
+    hash_ring.doveadm("director", "down", "127.0.0.2")
+    hosts["127.0.0.3"] = MailHost("127.0.0.3", 7)
+    hosts["fd00:0:0::b"] = MailHost("fd00::b", 250)
+    hosts["127.0.0.2"] = MailHost("127.0.0.2", down=True)
+    wanted = {h.ip: (h.vhost_count, "down" if h.down else "up") for h in hosts.values()}
+    wait_until(lambda: all(hash_ring.mail_servers_status(node=n) == wanted for n in (0, 1)), 10,
+               "the changes on both directors")
+    check()

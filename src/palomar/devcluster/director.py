@@ -121,6 +121,15 @@ class DirectorRingInstance:
                 return False
         return True
 
+    def mail_servers_status(self, node: int = 0) -> dict[str, tuple[int, str]]:
+        """`doveadm director status` as {mail server IP: (vhost count, up|down)} (untagged servers)."""
+        table = {}
+        for line in self.doveadm("director", "status", node=node).splitlines()[1:]:
+            words = line.split()
+            if len(words) >= 3:
+                table[words[0]] = (int(words[1]), words[2])
+        return table
+
     def hashed(self, username: str, node: int = 0) -> str:
         """The mail server the ring hashes `username` to now (`doveadm director status USER`: Hashed)."""
         match = re.search(r"^Hashed: (\S+)$", self.doveadm("director", "status", username, node=node), re.M)
