@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_USERNAME_HASH = "%Lu"
 """Dovecot 2.3's default `director_username_hash`."""
@@ -197,15 +197,17 @@ class DirectorRing:
 
     hosts: tuple[MailHost, ...]
     username_hash: str = DEFAULT_USERNAME_HASH
+    vhosts: tuple[Vhost, ...] = field(init=False, repr=False, compare=False)
+    """The sorted ring, built once: a login only hashes and searches it."""
 
     def __post_init__(self) -> None:
         check_username_hash(self.username_hash)
         ips = [h.ip for h in self.hosts]
         if len(ips) != len(set(ips)):
             raise DirectorHashError("a mail server is listed twice")
-        object.__setattr__(self, "_ring", build_ring(self.hosts))
+        object.__setattr__(self, "vhosts", build_ring(self.hosts))
 
     def host_for(self, username: str) -> str | None:
         """The mail server IP the director hashes `username` to (None when no server is up)."""
-        host = host_for_hash(self._ring, user_hash(username, self.username_hash))  # type: ignore[attr-defined]
+        host = host_for_hash(self.vhosts, user_hash(username, self.username_hash))
         return None if host is None else host.ip
