@@ -3,8 +3,9 @@
 A ring of two real directors (Debian 12's dovecot-core) stands in front of the cluster's two backend
 Dovecots. Users log in through the directors. The operator then changes the ring (a mail server's
 vhost count), so the directors' user directory and their hash ring disagree for some users, and cuts
-over: `palomar cluster director import` takes the directors' `doveadm director map`, and the proxies
-run with a `cluster_director_transition_config` describing the ring as it is now. Each user's first
+over: `palomar cluster director transition-config` turns the directors' `doveadm director status` into
+the proxies' `cluster_director_transition_config`, and `palomar cluster director import` takes the
+directors' `doveadm director map`. Each user's first
 palomar login (through HAProxy) must then reach the backend the director had chosen, seen on the
 backend Dovecot itself (`who`): the directory's choice for the users the directors had seen, the
 ring's (`doveadm director status USER`: Hashed) for those they had not.
@@ -38,11 +39,8 @@ def cluster(harness_root: Path) -> Iterator[LocalCluster]:
     root = harness_root / "director-cluster"
     root.mkdir()
     transition = root / "director-transition.conf"
-    transition.write_text(
-        "director_username_hash = %Lu\n"
-        "mail_server 127.0.0.2 {\n  backend = 127.0.0.2\n}\n"
-        f"mail_server 127.0.0.3 {{\n  vhost_count = {CHANGED_VHOSTS}\n}}\n"
-    )
+    # The director era's ring; the cut-over rewrites it from the directors' status.
+    transition.write_text("".join(f"mail_server {ip} {{\n}}\n" for ip in MAIL_SERVERS))
     c = LocalCluster(root, backends_count=2, proxies_count=2, users_count=20, allow_cleartext=True,
                      password_scheme="PLAIN", shared_backend_imap=True,
                      proxy_settings={"*": (f"cluster_director_transition_config = {transition}",)})
@@ -105,7 +103,15 @@ def test_first_palomar_login_lands_where_the_director_had_the_user(cluster: Loca
     expected = {name: directory.get(name, hashed[name]) for name in names}
     assert set(expected.values()) == set(MAIL_SERVERS)
 
-    # 3. Cut-over: import the directors' map; the proxies already run with the transition config.
+    # 3. Cut-over (docs/director-migration.md): the transition file from the directors' status, the
+    #    proxies restarted to read it, the directors' map imported.
+    status = ring.root / "director-status.txt"
+    status.write_text(ring.doveadm("director", "status"))
+    transition = cluster.palomar("cluster", "director", "transition-config", str(status)).stdout
+    assert f"mail_server 127.0.0.3 {{\n  backend = 127.0.0.3\n  vhost_count = {CHANGED_VHOSTS}\n" in transition
+    (cluster.root / "director-transition.conf").write_text(transition)
+    for proxy in cluster.proxies:
+        cluster.restart_proxy(proxy)
     map_file = ring.root / "director-map.txt"
     map_file.write_text(ring.doveadm("director", "map", "-f", str(users_file)))
     imported = cluster.cluster("director", "import", str(map_file)).stdout

@@ -1,4 +1,7 @@
-"""`palomar cluster director import`: seed users and groups from a Dovecot director's user map.
+"""`palomar cluster director import|transition-config`: the way in from a Dovecot director ring.
+
+`transition-config` writes the file `cluster_director_transition_config` names from the ring that
+`doveadm director status` prints, so that nobody copies vhost counts by hand.
 
 The director's user directory (`doveadm director map`) is the truth of where each active
 user's indexes are warm right now; it can differ from the ring for users assigned before the
@@ -18,15 +21,18 @@ from palomar.cli.cluster_context import ClusterContext, CommandError, pass_ctx, 
 from palomar.cluster.director_hash import (
     DEFAULT_USERNAME_HASH,
     DirectorHashError,
+    MailHost,
     check_username_hash,
     user_hash,
 )
 from palomar.cluster.director_transition import (
-    DirectorMapError,
+    DirectorOutputError,
     DirectorTransition,
     ImportPlan,
     parse_director_map,
+    parse_director_status,
     plan_import,
+    render_transition,
 )
 from palomar.cluster.model import Group, SiteView
 from palomar.cluster.routing import choose_backend
@@ -40,7 +46,7 @@ def director() -> None:
     """The way in from a Dovecot 2.3 director ring (docs/director-migration.md)."""
 
 
-def _read_map(source: str) -> str:
+def _read_text(source: str) -> str:
     try:
         if source == "-":
             return sys.stdin.read()
@@ -96,8 +102,8 @@ def director_import(ctx: ClusterContext, map_file: str, transition_path: str | N
     config's ring places those users at their first login.
     """
     try:
-        rows = parse_director_map(_read_map(map_file))
-    except DirectorMapError as exc:
+        rows = parse_director_map(_read_text(map_file))
+    except DirectorOutputError as exc:
         raise CommandError(f"{map_file}: {exc}") from None
     if not rows:
         raise CommandError(f"{map_file}: no `doveadm director map` rows")
@@ -136,3 +142,43 @@ def director_import(ctx: ClusterContext, map_file: str, transition_path: str | N
     ctx.emit_result(result, f"site '{result['site']}': {verb} {result['users']} users "
                             f"({result['groups_created']} groups created); {result['already_grouped']} already "
                             f"had a group; {result['unknown']} <unknown> rows skipped")
+
+
+def _backend_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    names = {}
+    for pair in pairs:
+        ip, sep, name = pair.partition("=")
+        if not sep or not ip.strip() or not name.strip():
+            raise CommandError(f"--backend {pair!r}: expected IP=BACKEND_NAME")
+        try:
+            names[MailHost(ip.strip()).ip] = name.strip()
+        except DirectorHashError as exc:
+            raise CommandError(f"--backend {pair!r}: {exc}") from None
+    return names
+
+
+@director.command("transition-config")
+@click.argument("status_file", metavar="STATUS_FILE|-")
+@click.option("--backend", "backends", multiple=True, metavar="IP=NAME",
+              help="The palomar backend name of a mail server (repeat; default: the IP itself).")
+@click.option("--username-hash", default=DEFAULT_USERNAME_HASH, show_default=True, metavar="FORMAT",
+              help="The directors' director_username_hash.")
+def director_transition_config(status_file: str, backends: tuple[str, ...], username_hash: str) -> None:
+    """Print a transition file for the ring `doveadm director status` shows.
+
+    Write it where cluster_director_transition_config points (docs/director-migration.md).
+    """
+    try:
+        check_username_hash(username_hash)
+        hosts = parse_director_status(_read_text(status_file))
+    except DirectorHashError as exc:
+        raise CommandError(str(exc)) from None
+    except DirectorOutputError as exc:
+        raise CommandError(f"{status_file}: {exc}") from None
+    if not hosts:
+        raise CommandError(f"{status_file}: no `doveadm director status` rows")
+    names = _backend_pairs(backends)
+    unknown = sorted(set(names) - {h.ip for h in hosts})
+    if unknown:
+        raise CommandError(f"--backend names {', '.join(unknown)}, which the director status does not list")
+    click.echo(render_transition(hosts, names, username_hash), nl=False)

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from palomar.cluster.director_hash import DirectorRing
+from palomar.cluster.director_hash import DirectorHashError, DirectorRing, MailHost
 from palomar.cluster.hashing import group_number
 from palomar.cluster.model import Backend, SiteView
 
@@ -71,8 +71,8 @@ def director_placement(
 # --- doveadm director map ---------------------------------------------------------------------------
 
 
-class DirectorMapError(ValueError):
-    """`doveadm director map` output that cannot be read; the message names the line."""
+class DirectorOutputError(ValueError):
+    """`doveadm director map` or `status` output that cannot be read; the message names the line."""
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,13 @@ def _row(user: str, hash_text: str, ip_text: str, number: int) -> MapRow:
         if not 0 <= value < 2**32:
             raise ValueError
     except ValueError:
-        raise DirectorMapError(f"line {number}: {hash_text!r} is not a user hash") from None
+        raise DirectorOutputError(f"line {number}: {hash_text!r} is not a user hash") from None
     try:
         ip = str(ipaddress.ip_address(ip_text))
     except ValueError:
-        raise DirectorMapError(f"line {number}: {ip_text!r} is not a mail server IP address") from None
+        raise DirectorOutputError(f"line {number}: {ip_text!r} is not a mail server IP address") from None
     if not user:
-        raise DirectorMapError(f"line {number}: empty user name")
+        raise DirectorOutputError(f"line {number}: empty user name")
     return MapRow(user, value, ip, number)
 
 
@@ -122,16 +122,62 @@ def parse_director_map(text: str) -> list[MapRow]:
         if "\t" in line:
             fields = line.split("\t")
             if len(fields) != 4:
-                raise DirectorMapError(f"line {number}: expected 4 tab-separated fields, found {len(fields)}")
+                raise DirectorOutputError(f"line {number}: expected 4 tab-separated fields, found {len(fields)}")
             rows.append(_row(fields[0], fields[1], fields[2], number))
             continue
         words = line.split()
         if len(words) < 5:
-            raise DirectorMapError(
+            raise DirectorOutputError(
                 f"line {number}: not a `doveadm director map` row (user, hash, mail server ip, expire time)"
             )
         rows.append(_row(" ".join(words[:-4]), words[-4], words[-3], number))
     return rows
+
+
+# --- doveadm director status ---------------------------------------------------------------------
+
+_STATUS_HEADER = re.compile(r"^mail server ip\s+tag\s+vhosts\s+state\b")
+
+
+def parse_director_status(text: str) -> list[MailHost]:
+    """The mail servers of `doveadm director status` (table or `-f tab`): IP, vhost count, up/down.
+
+    A tagged server is refused: palomar reproduces the untagged ring only.
+    """
+    hosts = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or _STATUS_HEADER.match(line.replace("\t", " ")):
+            continue
+        if "\t" in line:
+            fields = line.split("\t")
+        else:  # the table pads an empty tag column with spaces: a number second means no tag
+            words = line.split()
+            fields = words if len(words) > 1 and not words[1].isdigit() else [words[0], "", *words[1:]]
+        if len(fields) < 4:
+            raise DirectorOutputError(f"line {number}: not a `doveadm director status` row "
+                                   "(mail server ip, tag, vhosts, state, ...)")
+        ip, tag, vhosts, state = fields[0], fields[1], fields[2], fields[3]
+        if tag:
+            raise DirectorOutputError(f"line {number}: mail server {ip} has tag {tag!r}: only the untagged ring "
+                                   "is supported")
+        if not vhosts.isdigit() or state not in ("up", "down"):
+            raise DirectorOutputError(f"line {number}: expected a vhost count and up/down, found {vhosts!r} "
+                                   f"{state!r}")
+        try:
+            hosts.append(MailHost(ip, int(vhosts), state == "down"))
+        except DirectorHashError as exc:
+            raise DirectorOutputError(f"line {number}: {exc}") from None
+    return hosts
+
+
+def render_transition(hosts: Iterable[MailHost], backends: Mapping[str, str], username_hash: str) -> str:
+    """A transition file (the format of config/director_transition.py) for these servers."""
+    lines = [f"director_username_hash = {username_hash}", ""]
+    for host in hosts:
+        lines += [f"mail_server {host.ip} {{", f"  backend = {backends.get(host.ip, host.ip)}",
+                  f"  vhost_count = {host.vhost_count}", f"  state = {'down' if host.down else 'up'}", "}"]
+    return "\n".join(lines) + "\n"
 
 
 # --- import plan ------------------------------------------------------------------------------------

@@ -126,3 +126,39 @@ def test_missing_files_are_refused_with_one_line(east: Cluster, tmp_path: Path) 
     got = east.fails("director", "import", "--transition-config", str(tmp_path / "none.conf"),
                      str(tmp_path / "map.txt"))
     assert got == f"director transition config: {tmp_path / 'none.conf'}: No such file or directory"
+
+
+STATUS = (
+    "mail server ip tag vhosts state state changed       users\n"
+    "127.0.0.11         100    up    -                   5\n"
+    "127.0.0.12         37     down  2026-12-04 23:54:57 0\n"
+)
+
+
+def test_transition_config_is_written_from_director_status(east: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "status.txt").write_text(STATUS)
+    out = east.ok("director", "transition-config", "--backend", "127.0.0.11=b1.test", "--backend",
+                  "127.0.0.12=b2.test", "--username-hash", "%Ln", str(tmp_path / "status.txt"))
+    assert out == ("director_username_hash = %Ln\n\n"
+                   "mail_server 127.0.0.11 {\n  backend = b1.test\n  vhost_count = 100\n  state = up\n}\n"
+                   "mail_server 127.0.0.12 {\n  backend = b2.test\n  vhost_count = 37\n  state = down\n}\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--backend", "127.0.0.11"), "--backend '127.0.0.11': expected IP=BACKEND_NAME"),
+    (("--backend", "mail1=b1.test"), "--backend 'mail1=b1.test': mail server 'mail1' is not an IP address"),
+    (("--backend", "127.0.0.99=b1.test"), "--backend names 127.0.0.99, which the director status does not list"),
+    (("--username-hash", "%Hu"), "director_username_hash '%Hu': only %u, %n, %d"),
+])
+def test_transition_config_refuses_bad_options(east: Cluster, tmp_path: Path, args: tuple[str, ...],
+                                               message: str) -> None:
+    (tmp_path / "status.txt").write_text(STATUS)
+    got = east.fails("director", "transition-config", *args, str(tmp_path / "status.txt"))
+    assert got.startswith(message)
+
+
+def test_transition_config_refuses_bad_status(east: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "status.txt").write_text("127.0.0.11 blue 100 up - 5\n")
+    got = east.fails("director", "transition-config", str(tmp_path / "status.txt"))
+    assert got == (f"{tmp_path / 'status.txt'}: line 1: mail server 127.0.0.11 has tag 'blue': only the untagged "
+                   "ring is supported")

@@ -8,17 +8,20 @@ import pytest
 
 from palomar.cluster.director_hash import DirectorRing, MailHost, user_hash
 from palomar.cluster.director_transition import (
-    DirectorMapError,
+    DirectorOutputError,
     DirectorTransition,
     MapRow,
     director_group_name,
     director_placement,
     parse_director_map,
+    parse_director_status,
     plan_import,
+    render_transition,
 )
 from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Backend, Group, Site, SiteView, User
 from palomar.cluster.routing import Assign, Routed, Serve, group_of, route_user
+from palomar.config.director_transition import load_transition
 
 SITE = Site(id=uuid5(NAMESPACE_DNS, "east.test"), name="east")
 STATUS = {"on": "online", "off": "offline", "standby": "standby"}
@@ -154,7 +157,7 @@ def test_tab_format_keeps_spaces_in_user_names() -> None:
     ("user1\t12\t127.0.0.2\n", "line 1: expected 4 tab-separated fields, found 3"),
 ])
 def test_bad_map_lines_are_named(text: str, message: str) -> None:
-    with pytest.raises(DirectorMapError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DirectorOutputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_director_map(text)
 
 
@@ -195,3 +198,48 @@ def test_plan_problems_name_the_line(rows: list[MapRow], message: str) -> None:
     plan = plan_import(rows, backends_by_ip=by_ip, site_view=view("b2 b4"), grouped_users=[], group_count=4,
                        user_hash=user_hash)
     assert len(plan.problems) == 1 and plan.problems[0].startswith(message)
+
+
+# --- doveadm director status -> transition file ---------------------------------------------------
+
+# Captured from `doveadm director status` of the Dovecot 2.3.19.1 ring of test_director_hash.py (ring B).
+STATUS_TABLE = (
+    "mail server ip tag vhosts state state changed       users           \n"
+    "127.0.0.2          100    up    -                   0               \n"
+    "127.0.0.3          37     up    -                   0               \n"
+    "127.0.0.4          100    down  2026-12-04 23:54:57 0               \n"
+    "127.0.0.5          3      up    -                   0               \n"
+)
+STATUS_TAB = (
+    "mail server ip\ttag\tvhosts\tstate\tstate changed\tusers\n"
+    "127.0.0.2\t\t100\tup\t-\t0\n127.0.0.3\t\t37\tup\t-\t0\n"
+    "127.0.0.4\t\t100\tdown\t2026-12-04 23:54:57\t0\n127.0.0.5\t\t3\tup\t-\t0\n"
+)
+RING_B = (MailHost("127.0.0.2"), MailHost("127.0.0.3", 37), MailHost("127.0.0.4", down=True),
+          MailHost("127.0.0.5", 3))
+
+
+@pytest.mark.parametrize("text", [STATUS_TABLE, STATUS_TAB], ids=["table", "tab"])
+def test_status_gives_the_ring(text: str) -> None:
+    assert tuple(parse_director_status(text)) == RING_B
+
+
+def test_rendered_file_loads_as_the_same_ring(tmp_path) -> None:
+    path = tmp_path / "transition.conf"
+    path.write_text(render_transition(RING_B, {"127.0.0.3": "mail3"}, "%Ln"))
+    loaded = load_transition(path)
+    assert loaded.ring == DirectorRing(RING_B, "%Ln")
+    assert loaded.backends == {"127.0.0.2": "127.0.0.2", "127.0.0.3": "mail3", "127.0.0.4": "127.0.0.4",
+                               "127.0.0.5": "127.0.0.5"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("127.0.0.2 blue 100 up - 0\n", "line 1: mail server 127.0.0.2 has tag 'blue': only the untagged ring"),
+    ("127.0.0.2 100 sideways - 0\n", "line 1: expected a vhost count and up/down"),
+    ("mail1 100 up - 0\n", "line 1: mail server 'mail1' is not an IP address"),
+    ("127.0.0.2\n", "line 1: not a `doveadm director status` row"),
+])
+def test_bad_status_lines_are_named(text: str, message: str) -> None:
+    with pytest.raises(DirectorOutputError) as info:
+        parse_director_status(text)
+    assert str(info.value).startswith(message)
