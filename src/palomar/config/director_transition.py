@@ -30,9 +30,10 @@ _SERVER_KEYS = ("backend", "vhost_count", "state")
 
 def _server(node: Section, issues: list[Issue]) -> tuple[MailHost, str] | None:
     values: dict[str, str] = {}
+    where: dict[str, Location] = {}
     for child in node.children:
         if isinstance(child, Assignment) and child.key in _SERVER_KEYS:
-            values[child.key] = child.value
+            values[child.key], where[child.key] = child.value, child.location
         elif isinstance(child, Assignment) and child.key == "tag":
             issues.append(Issue(child.location, "tag: tagged director rings are not supported (untagged only)"))
         else:
@@ -44,12 +45,12 @@ def _server(node: Section, issues: list[Issue]) -> tuple[MailHost, str] | None:
         return None
     count_text = values.get("vhost_count", str(DEFAULT_VHOST_COUNT))
     if not count_text.isdigit():
-        issues.append(Issue(node.location, f"mail_server {node.label}: vhost_count {count_text!r} is not a "
-                                           "number"))
+        issues.append(Issue(where["vhost_count"], f"mail_server {node.label}: vhost_count {count_text!r} is "
+                                                  "not a number"))
         return None
     state = values.get("state", "up")
     if state not in ("up", "down"):
-        issues.append(Issue(node.location, f"mail_server {node.label}: state {state!r}: expected up or down"))
+        issues.append(Issue(where["state"], f"mail_server {node.label}: state {state!r}: expected up or down"))
         return None
     try:
         host = MailHost(node.label, int(count_text), state == "down")
@@ -58,7 +59,7 @@ def _server(node: Section, issues: list[Issue]) -> tuple[MailHost, str] | None:
         return None
     backend = values.get("backend", host.ip).strip()
     if not backend:
-        issues.append(Issue(node.location, f"mail_server {node.label}: empty backend name"))
+        issues.append(Issue(where["backend"], f"mail_server {node.label}: empty backend name"))
         return None
     return host, backend
 

@@ -60,11 +60,11 @@ def test_problems_are_reported_at_their_lines(write) -> None:
     with pytest.raises(ConfigError) as info:
         load_transition(path)
     assert info.value.lines == [
-        f"{path}:2: mail_server 10.0.0.11: vhost_count 'many' is not a number",
+        f"{path}:3: mail_server 10.0.0.11: vhost_count 'many' is not a number",
         f"{path}:5: mail server 'mail2' is not an IP address",
         f"{path}:8: tag: tagged director rings are not supported (untagged only)",
         f"{path}:9: weight: unknown in mail_server (expected backend, vhost_count, state)",
-        f"{path}:11: mail_server 10.0.0.14: state 'sideways': expected up or down",
+        f"{path}:12: mail_server 10.0.0.14: state 'sideways': expected up or down",
         f"{path}:14: director_mail_servers: unknown in a director transition config (expected "
         "director_username_hash and mail_server sections)",
     ]
@@ -98,3 +98,10 @@ def test_the_setting_is_a_proxy_setting(write) -> None:
     with pytest.raises(ConfigError) as info:
         load(path)
     assert any("cluster_director_transition_config: applies only to a proxy" in line for line in info.value.lines)
+
+
+def test_empty_backend_name_is_refused_at_its_line(write) -> None:
+    path = write("transition.conf", 'mail_server 10.0.0.1 {\n  backend = ""\n}\n')
+    with pytest.raises(ConfigError) as info:
+        load_transition(path)
+    assert info.value.lines == [f"{path}:2: mail_server 10.0.0.1: empty backend name"]
