@@ -141,22 +141,23 @@ async def update_backend(db: GeoDB, host: str, status: str | None, factor: int |
 def backend_status(ctx: ClusterContext, self_flag: bool, host: str | None) -> None:
     """Show one backend, with its latest statistics."""
     target = _self_or_host(self_flag, host, ctx)
-
-    async def action(db: GeoDB) -> dict[str, Any]:
-        found = await backend_by_host(db, target)
-        sites = {s.id: s.name for s in await db.site_list()}
-        record = backend_record(found, sites)
-        groups = await db.group_list(found.site_id)
-        record["groups"] = sum(1 for g in groups if g.backend_id == found.id)
-        stats = await db.backend_stats_get(found.site_id, found.id)
-        record["stats"] = {s.key: s.value for s in stats}
-        return record
-
-    record = ctx.run(action)
+    record = ctx.run(lambda db: backend_status_record(db, target))
     if not ctx.json_output:
         stats = record.pop("stats")
         record.update({f"stat {k}": v for k, v in stats.items()})
     ctx.emit_record(record)
+
+
+async def backend_status_record(db: GeoDB, host: str) -> dict[str, Any]:
+    """`backend status HOST`: the backend, its group count and its latest statistics."""
+    found = await backend_by_host(db, host)
+    sites = {s.id: s.name for s in await db.site_list()}
+    record = backend_record(found, sites)
+    groups = await db.group_list(found.site_id)
+    record["groups"] = sum(1 for g in groups if g.backend_id == found.id)
+    stats = await db.backend_stats_get(found.site_id, found.id)
+    record["stats"] = {s.key: s.value for s in stats}
+    return record
 
 
 @backend.command("list")
