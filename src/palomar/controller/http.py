@@ -93,7 +93,9 @@ class HttpContext:
         verdict = self.penalty.before_check(address, presented.user, now)
         if verdict.wait > 0:
             await asyncio.sleep(verdict.wait)
-        principal = self.credentials.check(presented)
+        # password hashes such as SHA512-CRYPT cost milliseconds: kept off the event loop
+        principal = (self.credentials.check(presented) if presented.kind == "bearer"
+                     else await asyncio.to_thread(self.credentials.check, presented))
         if principal is None:
             self.penalty.failed(verdict, address, presented.user, presented.secret, time.time())
             log.warning("%s", event_line("controller_http_auth_failed", remote=address, method=presented.kind,

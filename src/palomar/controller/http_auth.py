@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from palomar.auth.schemes import PasswordSchemeError, parse_stored, verify_password
+from palomar.auth.schemes import PasswordSchemeError, is_known_scheme, parse_stored, verify_password
 
 ADMIN = "admin"
 READONLY = "readonly"
@@ -89,9 +89,11 @@ class Credentials:
                 if name in users:
                     raise CredentialsError(f"{prefix}_user '{name}' is also the other role's user name")
                 try:
-                    parse_stored(stored, "PLAIN")
+                    scheme = parse_stored(stored, "PLAIN").scheme
                 except PasswordSchemeError as exc:
                     raise CredentialsError(f"{prefix}_password: {exc}") from None
+                if not is_known_scheme(scheme):
+                    raise CredentialsError(f"{prefix}_password: unknown password scheme {scheme!r}")
                 users[name] = (stored, role)
             token = str(cfg[f"{prefix}_token"] or "")
             if token:
