@@ -8,9 +8,12 @@ real Chromium is in test_controller_ui.py.
 from __future__ import annotations
 
 import base64
+import http.cookiejar
 import imaplib
 import json
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,11 +129,13 @@ def test_bad_credentials_get_401_and_are_logged_without_secrets(cluster: LocalCl
 
 
 def test_repeated_failures_escalate_the_penalty(cluster: LocalCluster) -> None:
-    for _ in range(2):
-        assert call(cluster, "GET", "/api/v1/sites", basic=("admin", "guess"))[0] == 401
+    # a success resets the address's level (as in Dovecot); then each new wrong password raises it
+    assert call(cluster, "GET", "/api/v1/sites", basic=("admin", cluster.controller_admin_password))[0] == 200
+    for guess in ("guess1", "guess2"):  # Dovecot's rule: the same wrong password again does not escalate
+        assert call(cluster, "GET", "/api/v1/sites", basic=("admin", guess))[0] == 401
     levels = [int(line.rsplit("penalty_level=", 1)[1].split()[0]) for line in controller_log(cluster).splitlines()
               if "event=controller_http_auth_failed" in line and "user=admin" in line]
-    assert levels[-1] > levels[-2] >= 1
+    assert levels[-2:] == [1, 2]
     assert call(cluster, "GET", "/api/v1/sites", basic=("admin", cluster.controller_admin_password))[0] == 200
 
 
@@ -216,3 +221,40 @@ def test_stats_and_decisions_are_served(cluster: LocalCluster) -> None:
     assert status == 200 and set(body["backends"]) == {b.host for b in cluster.backends}
     status, _, decisions = call(cluster, "GET", "/api/v1/decisions", **viewer(cluster))
     assert status == 200 and isinstance(decisions, list)
+
+
+class UiClient:
+    """A cookie-keeping HTTP client of the web UI's forms (what a browser posts, without the browser)."""
+
+    def __init__(self, cluster: LocalCluster, user: str, password: str) -> None:
+        self.base = f"http://{cluster.lb_host}:{cluster.controller_http_port}"
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        status, page = self.post("/login", {"user": user, "password": password})
+        assert status == 200 and "Cluster overview" in page
+        self.csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+    def post(self, path: str, form: dict[str, str]) -> tuple[int, str]:
+        data = urllib.parse.urlencode(form).encode()
+        try:
+            with self.opener.open(self.base + path, data=data, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+
+def test_ui_forms_refuse_hostile_input_missing_csrf_and_the_readonly_role(cluster: LocalCluster) -> None:
+    host = cluster.backends[0].host
+    ui = UiClient(cluster, "admin", cluster.controller_admin_password)
+    status, page = ui.post("/backend", {"csrf": ui.csrf, "host": host, "status": "<script>x</script>"})
+    assert status == 400 and "&lt;script&gt;" in page and "<script>" not in page
+    status, page = ui.post("/backend", {"csrf": ui.csrf, "host": "<img src=x>", "status": "standby"})
+    assert status == 404 and "&lt;img src=x&gt;" in page
+    status, page = ui.post("/backend", {"host": host, "status": "standby", "confirm": "yes"})
+    assert status == 403 and "CSRF" in page
+    status, page = ui.post("/feature", {"csrf": ui.csrf, "site": SITE, "feature": "<b>", "state": "on"})
+    assert status == 400 and "&lt;b&gt;" in page
+    viewer_ui = UiClient(cluster, "viewer", cluster.controller_readonly_password)
+    status, page = viewer_ui.post("/backend", {"csrf": viewer_ui.csrf, "host": host, "status": "standby",
+                                               "confirm": "yes"})
+    assert status == 403 and "admin role" in page
+    assert cli_json(cluster, "backend", "status", host)["status"] == "online"

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
+from palomar.auth.penalty import AuthPenalty, PenaltyPolicy, current_level, source_key
 from palomar.cli.cluster_context import CommandError
 from palomar.cluster.validation import ValidationError
 from palomar.controller.events import event_line
@@ -97,10 +97,12 @@ class HttpContext:
         principal = (self.credentials.check(presented) if presented.kind == "bearer"
                      else await asyncio.to_thread(self.credentials.check, presented))
         if principal is None:
-            self.penalty.failed(verdict, address, presented.user, presented.secret, time.time())
+            now = time.time()
+            self.penalty.failed(verdict, address, presented.user, presented.secret, now)
+            level = current_level(self.penalty.sources.get(source_key(address), now), now, self.penalty.policy)
             log.warning("%s", event_line("controller_http_auth_failed", remote=address, method=presented.kind,
                                          user=safe(presented.user) if presented.user else None,
-                                         path=safe(request.path), penalty_level=verdict.source_level + 1))
+                                         path=safe(request.path), penalty_level=level))
             return None
         self.penalty.succeeded(address, presented.user)
         return principal
