@@ -24,7 +24,14 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy, current_level, sour
 from palomar.cli.cluster_context import CommandError
 from palomar.cluster.validation import ValidationError
 from palomar.controller.events import event_line
-from palomar.controller.http_auth import Credentials, Presented, Principal, Sessions, parse_authorization
+from palomar.controller.http_auth import (
+    Credentials,
+    Presented,
+    Principal,
+    Session,
+    Sessions,
+    parse_authorization,
+)
 from palomar.controller.recent import Recent
 from palomar.geodb.engine import GeoDBError
 from palomar.geodb.repository import GeoDB
@@ -109,6 +116,8 @@ class HttpContext:
 
 
 CTX: web.AppKey[HttpContext] = web.AppKey("palomar_http", HttpContext)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("palomar_principal", Principal)
+SESSION: web.RequestKey[Session] = web.RequestKey("palomar_session", Session)
 
 
 def is_api(request: web.Request) -> bool:
@@ -178,20 +187,20 @@ async def authenticate(request: web.Request, handler: Callable[[web.Request], Aw
         if principal is None:
             return json_error(401, "authentication required (Bearer token or Basic)",
                               **{"WWW-Authenticate": 'Bearer realm="palomar", Basic realm="palomar"'})
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         return await handler(request)
     if request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     session = ctx.sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise web.HTTPSeeOther("/login")
-    request["principal"] = session.principal
-    request["session"] = session
+    request[PRINCIPAL] = session.principal
+    request[SESSION] = session
     return await handler(request)
 
 
 def require_admin(request: web.Request) -> Principal:
-    principal: Principal = request["principal"]
+    principal = request[PRINCIPAL]
     if not principal.admin:
         raise Forbidden("this needs the admin role")
     return principal

@@ -21,7 +21,7 @@ from palomar.cli.cluster_feature import checked_feature_state, set_feature
 from palomar.cli.cluster_site import site_records
 from palomar.cluster import validation as check
 from palomar.cluster.model import BACKEND_STATUSES, FEATURE_STATES
-from palomar.controller.http import CTX, SESSION_COOKIE, Forbidden, require_admin
+from palomar.controller.http import CTX, SESSION, SESSION_COOKIE, Forbidden, require_admin
 from palomar.controller.http_auth import Presented, Session, csrf_ok
 from palomar.controller.recent import Recent
 from palomar.controller.views import site_overview, user_lookup
@@ -50,7 +50,7 @@ def e(value: Any) -> str:
 
 
 def page(request: web.Request, title: str, body: str, status: int = 200) -> web.Response:
-    session: Session | None = request.get("session")
+    session = request.get(SESSION)
     nav = ""
     if session is not None:
         nav = (f'<a href="/">Overview</a><a href="/user">User lookup</a>'
@@ -76,7 +76,7 @@ def csrf_field(session: Session) -> str:
 async def form_of(request: web.Request) -> dict[str, str]:
     """The posted form after the CSRF check (403 on a missing or wrong token)."""
     data = await request.post()
-    session: Session = request["session"]
+    session = request[SESSION]
     if not csrf_ok(session, str(data.get("csrf", ""))):
         raise Forbidden("the form is out of date or did not come from this site (CSRF token); reload the page")
     return {k: str(v) for k, v in data.items()}
@@ -230,7 +230,7 @@ def _chart_section(recent: Recent, metric: str) -> str:
 
 async def overview(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    session: Session = request["session"]
+    session = request[SESSION]
     names = [s["name"] for s in await ctx.run(site_records)]
     names.sort(key=lambda n: n != ctx.site_name)
     parts = []
@@ -273,7 +273,7 @@ async def backend_post(request: web.Request) -> web.Response:
     if not changes:
         raise _done(f"backend {host}: nothing to change")
     if form.get("confirm") != "yes":
-        session: Session = request["session"]
+        session = request[SESSION]
         fields = "".join(f'<input type="hidden" name="{k}" value="{e(v)}">'
                          for k, v in (("host", host), ("status", status or ""),
                                       ("load_factor", "" if factor is None else factor), ("confirm", "yes")))
