@@ -204,6 +204,7 @@ def test_group_move_goes_through_the_verb(cluster: LocalCluster) -> None:
     ("POST", "/api/v1/groups/" + SITE + "/default-1/move", b'{"backend": "<b>x</b>"}', 404),
     ("POST", "/api/v1/groups/" + SITE + "/default-1/move", b"\xff\xfe", 400),
     ("GET", "/api/v1/no-such-thing", None, 404),
+    ("PATCH", "/api/v1/backends/{b}", b'{"status": "' + b"x" * 70000 + b'"}', 413),
     ("DELETE", "/api/v1/backends", None, 405),
 ])
 def test_hostile_input_gets_a_clean_4xx(cluster: LocalCluster, method: str, path: str, raw: bytes | None,

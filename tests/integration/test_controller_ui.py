@@ -65,6 +65,9 @@ def login(browser: webdriver.Chrome, cluster: LocalCluster, user: str, password:
     browser.find_element(By.ID, "user").send_keys(user)
     browser.find_element(By.ID, "password").send_keys(password)
     browser.find_element(By.ID, "login-submit").click()
+    # after a failure the address's penalty delays the next check by seconds: wait for the answer page
+    WebDriverWait(browser, WAIT).until(
+        lambda b: b.find_elements(By.ID, "error") or b.find_elements(By.CSS_SELECTOR, "table.backends"))
 
 
 def backend_status_cell(browser: webdriver.Chrome, host: str) -> str:
