@@ -298,6 +298,14 @@ _add("controller_http_ssl_cert_file", PATH, "", BOTH,
      "loopback or behind a TLS-terminating proxy); needs controller_http_ssl_key_file", **_ext)
 _add("controller_http_ssl_key_file", PATH, "", BOTH,
      "controller: PEM private key of controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_ca_file", PATH, "", BOTH,
+     "controller API: PEM CA file; a client certificate it signed whose subject CN is listed in "
+     "controller_http_ssl_client_admin_names or _readonly_names authenticates an API request "
+     "(mutual TLS, no token needed); needs controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_admin_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the admin role", **_ext)
+_add("controller_http_ssl_client_readonly_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the read-only role", **_ext)
 _add("controller_http_admin_user", STRING, "admin", BOTH,
      "controller web UI and API: the user name with the admin role (reads and changes)", **_ext)
 _add("controller_http_admin_password", SECRET, "", BOTH,

@@ -182,8 +182,11 @@ async def authenticate(request: web.Request, handler: Callable[[web.Request], Aw
     """API: an Authorization header on every request (401 otherwise). UI: the session cookie."""
     ctx = request.app[CTX]
     if is_api(request):
+        transport = request.transport
+        principal = ctx.credentials.by_certificate(transport.get_extra_info("peercert") if transport else None)
         presented = parse_authorization(request.headers.get("Authorization"))
-        principal = await ctx.authenticate(request, presented) if presented is not None else None
+        if principal is None and presented is not None:
+            principal = await ctx.authenticate(request, presented)
         if principal is None:
             return json_error(401, "authentication required (Bearer token or Basic)",
                               **{"WWW-Authenticate": 'Bearer realm="palomar", Basic realm="palomar"'})
@@ -242,6 +245,8 @@ def parse_listen(text: str) -> list[tuple[str, int]]:
 def tls_context(cfg: Any) -> ssl.SSLContext | None:
     cert, key = cfg["controller_http_ssl_cert_file"], cfg["controller_http_ssl_key_file"]
     if not cert and not key:
+        if cfg["controller_http_ssl_client_ca_file"]:
+            raise RuntimeError("controller_http_ssl_client_ca_file needs controller_http_ssl_cert_file (HTTPS)")
         return None
     if not cert or not key:
         raise RuntimeError("controller_http_ssl_cert_file and controller_http_ssl_key_file go together")
@@ -250,6 +255,14 @@ def tls_context(cfg: Any) -> ssl.SSLContext | None:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
         raise RuntimeError(f"controller_http_ssl_cert_file {cert}: {exc}") from None
+    client_ca = cfg["controller_http_ssl_client_ca_file"]
+    if client_ca:
+        # optional: browsers and token clients connect without a certificate
+        context.verify_mode = ssl.CERT_OPTIONAL
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(f"controller_http_ssl_client_ca_file {client_ca}: {exc}") from None
     return context
 
 

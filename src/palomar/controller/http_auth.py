@@ -73,9 +73,12 @@ def parse_authorization(header: str | None) -> Presented | None:
 class Credentials:
     """The configured users (name -> stored password, role) and bearer tokens (token -> role)."""
 
-    def __init__(self, users: dict[str, tuple[str, str]], tokens: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, tuple[str, str]], tokens: dict[str, str],
+                 cert_names: dict[str, str] | None = None) -> None:
         self.users = users
         self.tokens = tokens
+        self.cert_names = cert_names or {}
+        """Client certificate subject CN -> role (mutual TLS)."""
 
     @classmethod
     def from_config(cls, cfg: Any) -> Credentials:
@@ -102,10 +105,31 @@ class Credentials:
                 if token in tokens:
                     raise CredentialsError("controller_http_admin_token and _readonly_token are the same")
                 tokens[token] = role
-        if not users and not tokens:
+        cert_names: dict[str, str] = {}
+        for role, setting in ((READONLY, "controller_http_ssl_client_readonly_names"),
+                              (ADMIN, "controller_http_ssl_client_admin_names")):
+            for name in cfg[setting] or []:
+                if cert_names.get(name, role) != role:
+                    raise CredentialsError(f"client certificate name '{name}' is listed for both roles")
+                cert_names[name] = role
+        has_ca = bool(cfg["controller_http_ssl_client_ca_file"])
+        if cert_names and not has_ca:
+            raise CredentialsError("controller_http_ssl_client_*_names need controller_http_ssl_client_ca_file")
+        if has_ca and not cert_names:
+            raise CredentialsError("controller_http_ssl_client_ca_file is set but no "
+                                   "controller_http_ssl_client_*_names: no certificate would be accepted")
+        if not users and not tokens and not cert_names:
             raise CredentialsError("controller_http_listen is set but no controller_http_*_password or "
                                    "_token is: nobody could use the API or the web UI")
-        return cls(users, tokens)
+        return cls(users, tokens, cert_names)
+
+    def by_certificate(self, peercert: dict[str, Any] | None) -> Principal | None:
+        """The principal of a client certificate the TLS layer verified against the client CA."""
+        if not peercert:
+            return None
+        names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+        role = self.cert_names.get(names[-1]) if names else None
+        return Principal(f"cert:{names[-1]}", role) if role else None
 
     def check(self, presented: Presented) -> Principal | None:
         """The principal these credentials prove, or None. Tokens are compared in constant time."""

@@ -25,10 +25,12 @@ DEFAULTS = {
     "controller_http_admin_user": "admin", "controller_http_admin_password": "",
     "controller_http_readonly_user": "viewer", "controller_http_readonly_password": "",
     "controller_http_admin_token": "", "controller_http_readonly_token": "",
+    "controller_http_ssl_client_ca_file": "", "controller_http_ssl_client_admin_names": [],
+    "controller_http_ssl_client_readonly_names": [],
 }
 
 
-def creds(**settings: str) -> Credentials:
+def creds(**settings: object) -> Credentials:
     return Credentials.from_config({**DEFAULTS, **{f"controller_http_{k}": v for k, v in settings.items()}})
 
 
@@ -72,10 +74,25 @@ def test_roles_by_password_and_token() -> None:
     ({"admin_password": "x", "readonly_password": "y", "readonly_user": "admin"}, "also the other role"),
     ({"admin_password": "x", "admin_user": ""}, "admin_user is empty"),
     ({"admin_password": "{NOSUCH}abc"}, "unknown password scheme"),
+    ({"ssl_client_admin_names": ["ops"]}, "need controller_http_ssl_client_ca_file"),
+    ({"ssl_client_ca_file": "/ca.pem"}, "no certificate would be accepted"),
+    ({"ssl_client_ca_file": "/ca.pem", "ssl_client_admin_names": ["ops"], "ssl_client_readonly_names": ["ops"]},
+     "both roles"),
 ])
 def test_unusable_credentials_are_refused(settings: dict[str, str], message: str) -> None:
     with pytest.raises(CredentialsError, match=message):
         creds(**settings)
+
+
+def test_client_certificate_names_give_roles() -> None:
+    c = creds(ssl_client_ca_file="/ca.pem", ssl_client_admin_names=["ops"], ssl_client_readonly_names=["mon"])
+    def cert(cn: str) -> dict:
+        return {"subject": ((("organizationName", "x"),), (("commonName", cn),))}
+    assert c.by_certificate(cert("ops")) == Principal("cert:ops", ADMIN)
+    assert c.by_certificate(cert("mon")) == Principal("cert:mon", READONLY)
+    assert c.by_certificate(cert("other")) is None
+    assert c.by_certificate({}) is None and c.by_certificate(None) is None
+    assert c.by_certificate({"subject": ((("organizationName", "ops"),),)}) is None
 
 
 def test_sessions_expire_and_are_bounded() -> None:

@@ -21,7 +21,7 @@ from palomar.controller.decide import ControllerRules
 from palomar.controller.http import serve_http
 from palomar.controller.metrics import ControllerMetrics
 from palomar.controller.service import Controller
-from palomar.devcluster.certs import self_signed
+from palomar.devcluster.certs import hop_certificates, self_signed
 from palomar.devcluster.net import free_port
 from palomar.geodb import open_engine
 from palomar.geodb.engine import GeoDBError
@@ -44,7 +44,8 @@ def _cfg(port: int, **extra: Any) -> dict[str, Any]:
         "controller_http_admin_password": "pw", "controller_http_readonly_user": "viewer",
         "controller_http_readonly_password": "", "controller_http_admin_token": TOKEN,
         "controller_http_readonly_token": "", "controller_http_session_lifetime": 3600.0,
-        "controller_http_auth_max_delay": 0.0, "cluster_local_site": "east", "cluster_default_group_count": 8,
+        "controller_http_auth_max_delay": 0.0, "controller_http_ssl_client_ca_file": "",
+        "controller_http_ssl_client_admin_names": [], "controller_http_ssl_client_readonly_names": [], "cluster_local_site": "east", "cluster_default_group_count": 8,
         **extra,
     }
 
@@ -155,6 +156,39 @@ async def test_basic_auth_and_the_login_page_share_the_credentials(east: Path) -
     try:
         assert await asyncio.to_thread(basic, "pw") == 200
         assert await asyncio.to_thread(basic, "PW") == 401
+    finally:
+        await runner.cleanup()
+        await ctx.close()
+
+
+async def test_a_client_certificate_from_the_client_ca_authenticates(east: Path, tmp_path: Path) -> None:
+    server = self_signed(tmp_path / "tls")
+    clients = hop_certificates(tmp_path / "clients", ["ops.test", "stranger.test"], usage="clientAuth")
+    port = free_port("127.0.0.1")
+    started = await serve_http(
+        _cfg(port, controller_http_ssl_cert_file=str(server.cert), controller_http_ssl_key_file=str(server.key),
+             controller_http_ssl_client_ca_file=str(clients.ca), controller_http_ssl_client_admin_names=["ops.test"]),
+        Controller(lambda: _open(east), "east", ControllerRules(), ControllerMetrics(Registry())).recent,
+        lambda: _open(east))
+    assert started is not None
+    runner, ctx = started
+
+    def get(client: str | None) -> int:
+        context = ssl.create_default_context(cafile=str(server.cert))
+        if client is not None:
+            pair = clients.backends[client]
+            context.load_cert_chain(str(pair.cert), str(pair.key))
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/api/v1/sites", timeout=10,
+                                        context=context) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        assert await asyncio.to_thread(get, "ops.test") == 200
+        assert await asyncio.to_thread(get, "stranger.test") == 401  # signed by the CA, but not listed
+        assert await asyncio.to_thread(get, None) == 401
     finally:
         await runner.cleanup()
         await ctx.close()
