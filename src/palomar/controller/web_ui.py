@@ -19,6 +19,7 @@ from aiohttp import web
 from palomar.cli.cluster_backend import backend_status_record, update_backend
 from palomar.cli.cluster_feature import checked_feature_state, set_feature
 from palomar.cli.cluster_site import site_records
+from palomar.cli.output import cell
 from palomar.cluster import validation as check
 from palomar.cluster.model import BACKEND_STATUSES, FEATURE_STATES
 from palomar.controller.http import CTX, SESSION, SESSION_COOKIE, Forbidden, require_admin
@@ -297,7 +298,7 @@ async def feature_post(request: web.Request) -> web.Response:
 # -- user lookup ------------------------------------------------------------------------------------
 
 def _fields(record: dict[str, Any], keys: Iterable[str]) -> str:
-    return "".join(f"<tr><th>{e(k)}</th><td>{e(record.get(k))}</td></tr>" for k in keys)
+    return "".join(f"<tr><th>{e(k)}</th><td>{e(cell(record.get(k)))}</td></tr>" for k in keys)
 
 
 async def user_page(request: web.Request) -> web.Response:
