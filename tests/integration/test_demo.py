@@ -8,7 +8,10 @@ dies, and resume on the same directory with the mail it had.
 
 from __future__ import annotations
 
+import base64
+import http.cookiejar
 import imaplib
+import json
 import os
 import queue
 import re
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -148,6 +153,24 @@ def test_a_killed_dovecot_is_reaped_reported_and_restarted(demo: Demo, private_d
     assert new != old and Path(f"/proc/{new}").exists()
     for n in range(1, 7):
         assert imap_messages("127.0.0.1", demo.ports["imap"], f"user{n}@example.test", f"password{n}", "x") == 0
+
+
+def test_the_demo_serves_the_controller_ui_and_api_on_port_8100(demo: Demo) -> None:
+    printed = [m for line in demo.lines
+               if (m := re.fullmatch(r"  controller UI http://127\.0\.0\.1:8100/  user admin  password (\S+)", line))]
+    assert len(printed) == 1, "\n".join(demo.lines)
+    password = printed[0].group(1)
+    api = urllib.request.Request("http://127.0.0.1:8100/api/v1/backends", headers={
+        "Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()})
+    with urllib.request.urlopen(api, timeout=30) as response:
+        backends = json.loads(response.read())
+    assert sorted(b["host"] for b in backends) == ["127.0.0.2", "127.0.0.3"]
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"user": "admin", "password": password}).encode()
+    with browser.open("http://127.0.0.1:8100/login", data=form, timeout=30) as response:
+        page = response.read().decode()
+    assert response.url == "http://127.0.0.1:8100/" and "Cluster overview" in page
+    assert 'data-host="127.0.0.2"' in page and 'data-host="127.0.0.3"' in page
 
 
 def test_the_demo_resumes_on_its_directory_with_its_mail(demo: Demo, private_dir: Path) -> None:

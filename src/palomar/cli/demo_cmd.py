@@ -32,11 +32,12 @@ SUPERVISE_INTERVAL = 0.5
 @click.option("--submissions-port", default=1465, show_default=True, help="HAProxy's Submission port (TLS)")
 @click.option("--sieve-port", default=4190, show_default=True, help="HAProxy's ManageSieve port (STARTTLS)")
 @click.option("--lmtp-port", default=1024, show_default=True, help="HAProxy's LMTP port")
+@click.option("--ui-port", default=8100, show_default=True, help="the controller's web UI and REST API port")
 @click.option("--users", default=20, show_default=True, help="how many demo users to create")
 @click.option("--geodb", type=click.Choice(["sqlite", "cassandra"]), default="sqlite", show_default=True,
               help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs")
 def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port: int, submission_port: int,
-         submissions_port: int, sieve_port: int, lmtp_port: int, users: int, geodb: str) -> None:
+         submissions_port: int, sieve_port: int, lmtp_port: int, ui_port: int, users: int, geodb: str) -> None:
     """Start two Dovecot backends with palomar in front, two proxies and HAProxy (GeoDB: SQLite or Cassandra).
 
     Started again on the same --dir, the demo keeps its mail and GeoDB.
@@ -62,7 +63,7 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
     lb_ports = LbPorts(imap=imap_port, imaps=imaps_port, pop3=pop3_port, pop3s=pop3s_port, sieve=sieve_port,
                        submission=submission_port, submissions=submissions_port, lmtp=lmtp_port)
     cluster = LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
-                           geodb=geodb, shared_dir=shared_dir_for(path))
+                           geodb=geodb, shared_dir=shared_dir_for(path), controller_http_port=ui_port)
     if cluster.resumed:
         click.echo(f"palomar demo: resuming the demo in {path} (its mail and GeoDB are kept)")
     click.echo("palomar demo: starting Dovecot backends, palomar backends, proxies and HAProxy ...")
@@ -118,6 +119,8 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
   Backends: {", ".join(f"{b.name} {b.host} (metrics http://{b.host}:{b.metrics}/metrics)" for b in cluster.backends)}
   Proxies:  {", ".join(f"{p.name} {p.host} (metrics http://{p.host}:{p.metrics}/metrics)" for p in cluster.proxies)}
   Controller (health on): metrics http://127.0.0.1:{cluster.controller_metrics}/metrics
+  controller UI http://127.0.0.1:{cluster.controller_http_port}/  user admin  password {cluster.controller_admin_password}
+  REST API http://127.0.0.1:{cluster.controller_http_port}/api/v1/  (Basic auth, or Bearer {cluster.controller_admin_token})
   Mail submitted is relayed to a recording sink on 127.0.0.1 (nothing leaves this machine).
   Logs under {path}; Dovecot's files and the mail under {cluster.shared_dir}.
   A server that dies is restarted.  Ctrl-C stops everything; `palomar demo --dir {root}` resumes.

@@ -293,6 +293,42 @@ _add("controller_health_quiet_time", TIME, "30 secs", BOTH,
 _add("controller_health_min_proxies", UINT, "1", BOTH,
      "controller health: proxies that must have probed the backend successfully since it went offline",
      **_ext)
+_add("controller_http_listen", STRING, "", BOTH,
+     "controller: `address:port` (IPv6 as `[address]:port`), space-separated, where the REST API "
+     "(/api/v1/) and the web UI (/) are served; empty: not served", **_ext)
+_add("controller_http_ssl_cert_file", PATH, "", BOTH,
+     "controller: PEM certificate chain for HTTPS on controller_http_listen (empty: plain HTTP, for "
+     "loopback or behind a TLS-terminating proxy); needs controller_http_ssl_key_file", **_ext)
+_add("controller_http_ssl_key_file", PATH, "", BOTH,
+     "controller: PEM private key of controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_ca_file", PATH, "", BOTH,
+     "controller API: PEM CA file; a client certificate it signed whose subject CN is listed in "
+     "controller_http_ssl_client_admin_names or _readonly_names authenticates an API request "
+     "(mutual TLS, no token needed); needs controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_admin_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the admin role", **_ext)
+_add("controller_http_ssl_client_readonly_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the read-only role", **_ext)
+_add("controller_http_admin_user", STRING, "admin", BOTH,
+     "controller web UI and API: the user name with the admin role (reads and changes)", **_ext)
+_add("controller_http_admin_password", SECRET, "", BOTH,
+     "controller: the admin's password, plain or `{SCHEME}hash` as in a passwd-file (empty: no admin "
+     "login by password)", **_ext)
+_add("controller_http_readonly_user", STRING, "viewer", BOTH,
+     "controller web UI and API: the user name with the read-only role", **_ext)
+_add("controller_http_readonly_password", SECRET, "", BOTH,
+     "controller: the read-only user's password, plain or `{SCHEME}hash` (empty: no such login)", **_ext)
+_add("controller_http_admin_token", SECRET, "", BOTH,
+     "controller API: bearer token with the admin role (empty: none); at least 16 characters", **_ext)
+_add("controller_http_readonly_token", SECRET, "", BOTH,
+     "controller API: bearer token with the read-only role (empty: none); at least 16 characters", **_ext)
+_add("controller_http_auth_max_delay", TIME, "15 secs", BOTH,
+     "controller: longest escalating wait before a credential from an address with recent failures is "
+     "checked (the proxies' auth penalty: 4, 8, then this; 0: no penalty), so passwords cannot be "
+     "guessed at network speed", **_ext)
+_add("controller_http_session_lifetime", TIME, "8 hours", BOTH,
+     "controller web UI: how long a login session lasts (sessions live in the controller's memory: a "
+     "restart logs everyone out)", **_ext)
 _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
      "address of the local Dovecot CE behind this backend", **_ext)
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,

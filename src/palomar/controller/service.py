@@ -19,7 +19,9 @@ from palomar.cluster.health import HealthRule
 from palomar.config import Config
 from palomar.controller.decide import Action, ControllerRules, plan
 from palomar.controller.events import event_line
+from palomar.controller.http import serve_http
 from palomar.controller.metrics import ControllerMetrics
+from palomar.controller.recent import DecisionRecord, Recent
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
 from palomar.metrics.http import serve_stats
@@ -50,12 +52,15 @@ class Controller:
         metrics: ControllerMetrics,
         *,
         clock: Callable[[], float] = time.time,
+        recent: Recent | None = None,
     ) -> None:
         self._open_db = open_db
         self.site_name = site_name
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
+        self.recent = recent if recent is not None else Recent()
+        """Load samples and decisions for the web UI and the API."""
         self.db: GeoDB | None = None
         self._logged_dryruns: set[tuple[str, str, int | None, str]] = set()
         self._last_problem: str | None = None
@@ -84,6 +89,7 @@ class Controller:
                 self.metrics.ticks.inc(result="no-site")
                 return False
             self.metrics.observe(snapshot)
+            self.recent.sample(snapshot.now, snapshot.backends, await self.db.backend_stats_list(snapshot.site.id))
             actions, held = plan(snapshot, self.rules)
             for item in held:
                 log.debug("%s", event_line("controller_hold", feature=item.feature, backend=item.host,
@@ -104,6 +110,10 @@ class Controller:
                                    actions=len(actions), ms=round((time.monotonic() - started) * 1000)))
         return True
 
+    def _remember(self, action: Action, *, executed: bool) -> None:
+        self.recent.decided(DecisionRecord(self.clock(), action.feature, action.state, action.backend.host,
+                                           action.kind, action.reason, executed))
+
     async def _handle(self, action: Action, site_name: str) -> None:
         backend = action.backend
         if not action.execute:
@@ -111,6 +121,7 @@ class Controller:
             if key not in self._logged_dryruns:
                 self._logged_dryruns.add(key)
                 self.metrics.decided(action)
+                self._remember(action, executed=False)
                 log.info("%s", event_line("controller_dryrun", feature=action.feature, site=site_name,
                                           backend=backend.host, would=f"set status {action.status}",
                                           reason=action.reason))
@@ -127,6 +138,7 @@ class Controller:
             return
         await self.db.backend_set_status(backend.site_id, backend.id, action.status, action.reason)
         self.metrics.decided(action)
+        self._remember(action, executed=True)
         log.info("%s", event_line("cluster_backend_status_changed", backend=backend.host,
                                   backend_id=backend.id, site=site_name, status=action.status,
                                   previous=backend.status, reason=action.reason, feature=action.feature))
@@ -144,6 +156,10 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     controller = Controller(lambda: open_geodb(cfg), site_name, rules_from_config(cfg),
                             ControllerMetrics(registry))
     servers = await serve_stats(cfg, registry)
+    try:
+        http = await serve_http(cfg, controller.recent, lambda: open_geodb(cfg))
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
     stop = stop_signal()
     log.info("%s", event_line("controller_started", site=site_name, interval=f"{interval:g}s"))
     if ready is not None:
@@ -154,6 +170,9 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
             await asyncio.wait({stop}, timeout=interval)
     finally:
         await controller.close()
+        if http is not None:
+            await http[0].cleanup()
+            await http[1].close()
         for server in servers:
             server.close()
         log.info("%s", event_line("controller_stopped", site=site_name))

@@ -33,9 +33,11 @@ class HopCertificates:
     backends: dict[str, CertPair]
 
 
-def hop_certificates(directory: Path, hosts: list[str], days: int = 2) -> HopCertificates:
+def hop_certificates(directory: Path, hosts: list[str], days: int = 2, usage: str = "serverAuth"
+                     ) -> HopCertificates:
     """Write `hop-ca.crt` and `<host>.crt`/`<host>.key` for each backend host (an IP address or a
-    DNS name, put in the certificate's subjectAltName): what `cluster_hop_ssl` needs."""
+    DNS name, put in the certificate's subjectAltName): what `cluster_hop_ssl` needs. `usage` is the
+    extendedKeyUsage (`clientAuth` for client certificates)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "hop-ca.crt", directory / "hop-ca.key"
     _openssl("req", "-x509", *_EC_KEY, "-keyout", str(ca_key), "-out", str(ca), "-days", str(days),
@@ -50,7 +52,7 @@ def hop_certificates(directory: Path, hosts: list[str], days: int = 2) -> HopCer
         pair.key.chmod(0o600)
         extensions = directory / f"hop-{host}.ext"
         extensions.write_text(f"subjectAltName={_san(host)}\nbasicConstraints=critical,CA:FALSE\n"
-                              "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                              f"keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
                               "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
                  "-days", str(days), "-out", str(pair.cert), "-extfile", str(extensions))

@@ -159,6 +159,14 @@ class LocalCluster:
     """Also run the site's `palomar controller` (health feature on)."""
     controller_proc: subprocess.Popen[bytes] | None = None
     controller_metrics: int = 0
+    controller_http_port: int | None = None
+    """Where the controller serves its REST API and web UI on lb_host (0: a free port; None: not served)."""
+    controller_admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    controller_readonly_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    controller_admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    controller_readonly_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    controller_settings: tuple[str, ...] = ()
+    """Extra lines for the controller's config."""
     sink: SmtpSink | None = None
     users_passdb: tuple[str, ...] = ()
     """Lines inside the users' `passdb users { }` block instead of the passwd-file (e.g. `driver = sql`
@@ -494,6 +502,14 @@ class LocalCluster:
         role_dir = self.root / "controller"
         role_dir.mkdir(parents=True, exist_ok=True)
         self.controller_metrics = free_port(self.lb_host)
+        http: list[str] = []
+        if self.controller_http_port is not None:
+            self.controller_http_port = self.controller_http_port or free_port(self.lb_host)
+            http = [f"controller_http_listen = {self.lb_host}:{self.controller_http_port}",
+                    f"controller_http_admin_password = {self.controller_admin_password}",
+                    f"controller_http_readonly_password = {self.controller_readonly_password}",
+                    f"controller_http_admin_token = {self.controller_admin_token}",
+                    f"controller_http_readonly_token = {self.controller_readonly_token}"]
         config = role_dir / "palomar.conf"
         config.write_text("\n".join([
             f"cluster_local_site = {SITE}",
@@ -501,6 +517,8 @@ class LocalCluster:
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
             "controller_interval = 2 secs",
+            *http,
+            *self.controller_settings,
             f"listen = {self.lb_host}",
             "service stats {",
             f"  inet_listener http {{\n    port = {self.controller_metrics}\n  }}",
@@ -515,6 +533,9 @@ class LocalCluster:
             stop_tree(self.controller_proc)
         self.controller_proc = self._spawn("controller", role_dir / "palomar.conf")
         self._wait(self.controller_proc, self.lb_host, self.controller_metrics, "controller", role_dir / "palomar.log")
+        if self.controller_http_port:
+            self._wait(self.controller_proc, self.lb_host, self.controller_http_port, "controller",
+                       role_dir / "palomar.log")
 
     def restart_proxy(self, node: ProxyNode) -> None:
         """A fresh `palomar proxy` process (e.g. before a memory measurement: heaps never shrink)."""
