@@ -20,16 +20,22 @@ import pytest
 from harness.clients import backend_of
 
 from palomar.devcluster.cluster import LocalCluster, ProxyNode
-from palomar.devcluster.net import wait_until
+from palomar.devcluster.net import free_port, wait_until
 from palomar.protocols import doveadm as core
 
 USER = "user5@example.test"
 
 
+TLS_PORT = free_port("127.0.0.10")
+"""The proxy's implicit-TLS doveadm listener (`inet_listener tcps { ssl = yes }`)."""
+
+
 @pytest.fixture(scope="module")
 def cluster(harness_root: Path):
+    tls_listener = ("service doveadm {", "  inet_listener tcps {", f"    port = {TLS_PORT}", "    ssl = yes", "  }",
+                    "}")
     c = LocalCluster(harness_root / "doveadm-cluster", proxies_count=1, users_count=8, allow_cleartext=True,
-                     password_scheme="PLAIN", auth_failure_delay="100 ms")
+                     password_scheme="PLAIN", auth_failure_delay="100 ms", proxy_settings={"*": tls_listener})
     c.start()
     yield c
     c.stop()
@@ -39,10 +45,11 @@ NAMES = {"mailbox": 2}
 """Words of the command name (the options -S and -u follow the name)."""
 
 
-def run_doveadm(server: str, password: str, user: str, *command: str) -> subprocess.CompletedProcess[str]:
+def run_doveadm(server: str, password: str, user: str, *command: str, options: tuple[str, ...] = ()
+                ) -> subprocess.CompletedProcess[str]:
     words = NAMES.get(command[0], 1)
-    return subprocess.run(["doveadm", "-o", f"doveadm_password={password}", *command[:words], "-S", server,
-                           "-u", user, *command[words:]],
+    settings = [arg for option in (f"doveadm_password={password}", *options) for arg in ("-o", option)]
+    return subprocess.run(["doveadm", *settings, *command[:words], "-S", server, "-u", user, *command[words:]],
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -111,6 +118,27 @@ def test_a_user_moved_between_two_commands_gets_the_second_on_the_new_backend(cl
     assert via_proxy(cluster, user, "mailbox", "status", "messages", "INBOX").stdout == "INBOX messages=1\n"
     assert backend_log_count(cluster, other, user) == 1
     assert backend_log_count(cluster, first_host, user) == 1
+
+
+@pytest.mark.parametrize(("mode", "port"), [("ssl", "tls"), ("starttls", "plain")])
+def test_doveadm_ssl_clients(cluster: LocalCluster, mode: str, port: str) -> None:
+    """`doveadm -o doveadm_ssl=ssl` on the `ssl = yes` listener, `=starttls` on the plain one: Dovecot's
+    client verifies the proxy's certificate (ssl_client_ca_file) and gets the backend's answer."""
+    proxy = cluster.proxies[0]
+    number = TLS_PORT if port == "tls" else proxy.doveadm
+    # doveadm_ssl applies once doveadm_port is set, which makes the client look the user up in a passdb
+    # first (to see if it is proxied): a backend Dovecot's auth socket answers that it is not
+    auth_socket = cluster.backends[0].dovecot.params.base_dir / "auth-userdb"
+    options = (f"doveadm_ssl={mode}", f"doveadm_port={number}", f"auth_socket_path={auth_socket}",
+               f"ssl_client_ca_file={cluster.root / 'tls' / 'localhost.crt'}")
+    command = ("mailbox", "status", "-t", "all", "INBOX")
+    through = run_doveadm(f"{proxy.host}:{number}", cluster.doveadm_password, USER, *command, options=options)
+    plain = via_proxy(cluster, USER, *command)
+    assert (through.returncode, through.stdout) == (0, plain.stdout), through.stderr
+    assert plain.stdout.startswith("messages=")
+    # the same client without TLS on the implicit-TLS port gets no doveadm handshake
+    refused = run_doveadm(f"{proxy.host}:{TLS_PORT}", cluster.doveadm_password, USER, *command)
+    assert refused.returncode != 0
 
 
 def test_wrong_password_is_refused_logged_and_penalised(cluster: LocalCluster) -> None:

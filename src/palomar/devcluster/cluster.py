@@ -415,7 +415,7 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         resumed = self.resumed
         self._prepare_shared_dir(resumed)
-        self_signed(self.root / "tls")
+        self_signed(self.root / "tls", hosts=tuple(self._proxy_hosts()))
         if self.hop_tls:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()

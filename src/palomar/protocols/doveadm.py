@@ -155,6 +155,12 @@ class Version:
 
 
 @dataclass(frozen=True)
+class StartTls:
+    """`STARTTLS` before authentication (protocol minor 2 and later clients send it): the caller
+    starts TLS on the connection; the client sends its PLAIN line through it."""
+
+
+@dataclass(frozen=True)
 class Credentials:
     password: str
 
@@ -162,7 +168,7 @@ class Credentials:
         return "Credentials(password=<hidden>)"
 
 
-Event = Version | Credentials | Command
+Event = Version | StartTls | Credentials | Command
 
 
 class ServerConnection:
@@ -171,12 +177,13 @@ class ServerConnection:
     `receive` returns the events decoded so far; the caller answers authentication with
     `accept()` / `reject()` and takes what to write from `data_to_send()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
         self._buffer = bytearray()
         self._out = bytearray()
         self.minor: int | None = None
         self.authenticated = False
         self._awaiting_verdict = False
+        self.tls = tls
 
     def data_to_send(self) -> bytes:
         out, self._out = bytes(self._out), bytearray()
@@ -195,6 +202,10 @@ class ServerConnection:
             del self._buffer[:end + 1]
             event = self._line(line)
             events.append(event)
+            if isinstance(event, StartTls):
+                if self._buffer:  # bytes sent in plaintext after STARTTLS would pass as sent through TLS
+                    raise DoveadmProtocolError("data after STARTTLS before the TLS handshake")
+                break
             if isinstance(event, Command):
                 break  # the caller runs it before reading further
         return events
@@ -216,9 +227,12 @@ class ServerConnection:
             return self._credentials(line.rstrip(b"\r\n"))
         return parse_command(line)
 
-    def _credentials(self, line: bytes) -> Credentials:
+    def _credentials(self, line: bytes) -> Credentials | StartTls:
         if line == b"STARTTLS":
-            raise DoveadmProtocolError("STARTTLS: doveadm_ssl is not supported by palomar")
+            if self.tls:
+                raise DoveadmProtocolError("STARTTLS on a connection that already uses TLS")
+            self.tls = True
+            return StartTls()
         if not line.startswith(b"PLAIN\t"):
             raise DoveadmProtocolError("non-PLAIN authentication")
         try:

@@ -33,8 +33,8 @@ REFUSED_COMMANDS = {
 """Commands with a second stream besides their output, refused with their reason."""
 
 
-async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool) -> None:
-    conn = await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=False, per_address=False,
+async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> None:
+    conn = await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=ssl, per_address=False,
                         bye=lambda farewell: b"")
     if conn is None:
         return
@@ -54,7 +54,7 @@ async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool
 
 
 async def _session(state: ProxyState, conn: ClientConnection) -> None:
-    link, core = conn.link, doveadm.ServerConnection()
+    link, core = conn.link, doveadm.ServerConnection(tls=conn.tls)
     version_line = b""
     while True:
         data = await link.read()
@@ -65,6 +65,10 @@ async def _session(state: ProxyState, conn: ClientConnection) -> None:
             for event in events:
                 if isinstance(event, doveadm.Version):
                     version_line = doveadm.VERSION_PREFIX + str(event.minor).encode() + b"\n"
+                elif isinstance(event, doveadm.StartTls):
+                    link.write(core.data_to_send())
+                    if not await _start_tls(state, conn):
+                        return
                 elif isinstance(event, doveadm.Credentials):
                     if not await _authenticate(state, conn, event.password):
                         core.reject()
@@ -78,6 +82,26 @@ async def _session(state: ProxyState, conn: ClientConnection) -> None:
                     await _command(state, conn, core.minor, version_line, event)
             link.write(core.data_to_send())
             events = core.receive(b"")
+
+
+async def _start_tls(state: ProxyState, conn: ClientConnection) -> bool:
+    """STARTTLS: no reply, both sides start TLS (Dovecot's client-connection-tcp.c); without TLS
+    configured (ssl = no) the connection closes, as Dovecot's does when its SSL init fails."""
+    if state.tls is None:
+        log.warning("session=%s proto=doveadm client=%s: STARTTLS refused: TLS is not configured (ssl = no)",
+                    conn.session_id, conn.client[0])
+        conn.link.close()
+        return False
+    try:
+        async with asyncio.timeout(state.login_timeout):
+            await conn.link.start_tls(state.tls, server_side=True)
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        log.info("session=%s proto=doveadm client=%s: STARTTLS handshake failed: %s", conn.session_id,
+                 conn.client[0], safe(exc or type(exc).__name__))
+        conn.link.abort()
+        return False
+    conn.tls = True
+    return True
 
 
 async def _authenticate(state: ProxyState, conn: ClientConnection, password: str) -> bool:

@@ -150,7 +150,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
                 if service_name == "doveadm":
-                    handler = partial(serve_doveadm, state, haproxy=listener.haproxy)
+                    handler = partial(serve_doveadm, state, haproxy=listener.haproxy, ssl=listener.ssl)
                     busy = b""  # Dovecot's doveadm has no refusal line either
                 elif adapter is None:
                     handler = lmtp_handler(state, cfg, listener)
