@@ -208,10 +208,10 @@ def _doveadm_listener(cfg: Config, listener: ListenerSettings, at: Location | No
     issues = []
     http = listener.name == reg.DOVEADM_HTTP_LISTENER
     if cfg.role == "backend":
-        if listener.name not in (reg.DOVEADM_LISTENER, reg.DOVEADM_HTTP_LISTENER):
-            issues.append(Issue(at, f"{title}: a backend uses only `inet_listener {reg.DOVEADM_LISTENER}` and "
-                                    f"`inet_listener {reg.DOVEADM_HTTP_LISTENER}` (its Dovecot's doveadm "
-                                    "listeners); rename or remove it"))
+        if listener.name != reg.DOVEADM_LISTENER:
+            issues.append(Issue(at, f"{title}: a backend uses only `inet_listener {reg.DOVEADM_LISTENER}` (its "
+                                    "Dovecot's doveadm TCP listener; the HTTP API's port is "
+                                    "cluster_backend_dovecot_doveadm_http_port); remove it"))
         written = cfg.listener_explicit.get(("doveadm", listener.name), set())
         for name in ("haproxy", "address", "ssl"):
             if name in written:

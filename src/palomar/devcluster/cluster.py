@@ -104,6 +104,7 @@ class ProxyNode:
     lmtp: int = 0
     lmtp_haproxy: int = 0
     doveadm: int = 0
+    doveadm_http: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +148,8 @@ class LocalCluster:
     probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
     doveadm_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     """What doveadm clients of the proxies' doveadm listener authenticate with."""
+    doveadm_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    """The proxies' doveadm HTTP API key (X-Dovecot-API)."""
     backends: list[BackendNode] = field(default_factory=list)
     proxies: list[ProxyNode] = field(default_factory=list)
     haproxy: HAProxyInstance | None = None
@@ -292,6 +295,10 @@ class LocalCluster:
             f"listen = {node.host}",
             f"doveadm_password = {self.doveadm_password}",
             f"doveadm_port = {node.doveadm}",
+            f"doveadm_api_key = {self.doveadm_api_key}",
+            "service doveadm {",
+            f"  inet_listener http {{\n    port = {node.doveadm_http}\n  }}",
+            "}",
             f"haproxy_trusted_networks = {self.lb_host}/32",
             f"ssl_server_cert_file = {self.root / 'tls' / 'localhost.crt'}",
             f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
@@ -433,13 +440,13 @@ class LocalCluster:
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 18)
+            ports = free_ports(host, 19)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
                 pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
                 submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
-                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17]))
+                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17], doveadm_http=ports[18]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))

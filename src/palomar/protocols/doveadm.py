@@ -118,7 +118,7 @@ def target_user(command: Command) -> str | Refused:
     if command.user:
         if _MASK_CHARS & set(command.user):
             return Refused(f"user masks are not supported through a palomar proxy: {command.user} "
-                           "(run the command with -u for each user)")
+                           "(run the command once for each user)")
         return command.user
     if command.name == KICK:
         if len(command.args) != 1 or command.args[0].startswith("-") or _MASK_CHARS & set(command.args[0]) \
@@ -127,7 +127,7 @@ def target_user(command: Command) -> str | Refused:
                            "addresses): doveadm kick USER")
         return command.args[0]
     return Refused(f"{command.name}: not supported through a palomar proxy: only commands for one user "
-                   "(-u USER) and kick USER are forwarded to the user's backend")
+                   "(-u USER, the HTTP API's user parameter) and kick USER are forwarded to the user's backend")
 
 
 def _looks_like_address(word: str) -> bool:

@@ -10,6 +10,7 @@ import hmac
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
@@ -105,7 +106,15 @@ async def _start_tls(state: ProxyState, conn: ClientConnection) -> bool:
 
 
 async def _authenticate(state: ProxyState, conn: ClientConnection, password: str) -> bool:
-    """doveadm_password, with the auth penalty of logins (per source address) and auth_failure_delay."""
+    expected = state.doveadm_password.encode()
+    return await authenticate(state, conn, password, lambda: bool(expected) and hmac.compare_digest(
+        password.encode("utf-8", "surrogateescape"), expected), "doveadm client authenticated with wrong password")
+
+
+async def authenticate(state: ProxyState, conn: ClientConnection, credential: str, check: Callable[[], bool],
+                       refusal: str) -> bool:
+    """`check()` with the auth penalty of logins (per source address) and auth_failure_delay around it;
+    a failure is logged as `refusal` (never with `credential`, which only feeds the penalty's checksum)."""
     address = conn.client[0]
     penalised = state.penalty.enabled and not trusted(address, state.login_trusted)
     verdict = state.penalty.before_check(address, doveadm.USERNAME.decode(), time.monotonic()) if penalised else None
@@ -113,17 +122,15 @@ async def _authenticate(state: ProxyState, conn: ClientConnection, password: str
         state.metrics.auth_penalty_delayed.inc()
         state.metrics.auth_penalty_seconds.inc(verdict.wait)
         await asyncio.sleep(verdict.wait)  # deliberate: the escalating penalty of this source
-    expected = state.doveadm_password.encode()
-    if expected and hmac.compare_digest(password.encode("utf-8", "surrogateescape"), expected):
+    if check():
         if penalised:
             state.penalty.succeeded(address, doveadm.USERNAME.decode())
         state.metrics.auth_successes.inc()
         return True
     if verdict is not None:
-        state.penalty.failed(verdict, address, doveadm.USERNAME.decode(), password, time.monotonic())
+        state.penalty.failed(verdict, address, doveadm.USERNAME.decode(), credential, time.monotonic())
     state.metrics.auth_failures.inc()
-    log.warning("session=%s proto=doveadm client=%s: doveadm client authenticated with wrong password",
-                conn.session_id, address)
+    log.warning("session=%s proto=doveadm client=%s: %s", conn.session_id, address, refusal)
     await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
     return False
 
@@ -160,16 +167,21 @@ async def _command(state: ProxyState, conn: ClientConnection, minor: int, versio
 
 async def _open(state: ProxyState, conn: ClientConnection, version_line: bytes, command: doveadm.Command,
                 name: str) -> Established | str:
-    """The hop to the user's backend with the command sent, or why there is none."""
+    return await open_hop(state, conn, name, lambda user: version_line + doveadm.with_target(command, user).raw)
+
+
+async def open_hop(state: ProxyState, conn: ClientConnection, name: str, payload: Callable[[str], bytes]
+                   ) -> Established | str:
+    """The hop to `name`'s backend with `payload(user)` sent after the header, `user` being the
+    passdb's name for `name`; or why there is none."""
     found = await state.passdb.lookup(name, AuthRequest(name, service=SERVICE, remote_ip=conn.client[0],
                                                          local_ip=conn.local[0]))
     if found.status == "tempfail":
         return "passdb lookup failed temporarily"
     # Dovecot's doveadm proxying: a user the passdb does not know still runs (its backend's userdb decides)
     user = found.user if found.status in ("ok", "nologin") else name
-    command = doveadm.with_target(command, user)
     target = HopTarget(user=user, protocol=SERVICE, session_id=conn.session_id, client=conn.client,
-                       local=conn.local, client_tls=conn.tls, payload=version_line + command.raw)
+                       local=conn.local, client_tls=conn.tls, payload=payload(user))
     outcome = await route_and_connect(state, target, found.fields.get("host") if found.status == "ok" else None)
     if isinstance(outcome, Established):
         return outcome
