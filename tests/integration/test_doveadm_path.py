@@ -141,6 +141,37 @@ def test_doveadm_ssl_clients(cluster: LocalCluster, mode: str, port: str) -> Non
     assert refused.returncode != 0
 
 
+def test_a_user_file_fans_out_to_each_users_backend(cluster: LocalCluster, tmp_path: Path) -> None:
+    """`doveadm -F FILE -S proxy`: Dovecot's client reads the users itself and sends one command per
+    user; each runs on that user's backend and the client merges the answers (with a username column)."""
+    users = ["user1@example.test", "user2@example.test", "user3@example.test"]
+    for index, user in enumerate(users, start=1):
+        deliver(cluster, user, f"password{index}", "fan-out")
+    listing = tmp_path / "users"
+    listing.write_text("".join(f"{user}\n" for user in users))
+    proxy = cluster.proxies[0]
+    # the client opens a userdb listing even with -F, and panics at exit without an auth socket
+    auth_socket = cluster.backends[0].dovecot.params.base_dir / "auth-userdb"
+    fanned = subprocess.run(["doveadm", "-o", f"doveadm_password={cluster.doveadm_password}", "-o",
+                             f"auth_socket_path={auth_socket}", "mailbox", "status",
+                             "-S", f"{proxy.host}:{proxy.doveadm}", "-F", str(listing), "messages", "INBOX"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    # Dovecot 2.3's own doveadm server fails the same request (it tries to read the file "" itself)
+    backend = next(b for b in cluster.backends if b.host == backend_of(cluster, users[0])).dovecot.params
+    direct_file = subprocess.run(["doveadm", "-o", f"doveadm_password={backend.doveadm_password}", "mailbox",
+                                  "status", "-S", f"{backend.listen}:{backend.doveadm_tcp_port}", "-F", str(listing),
+                                  "messages", "INBOX"], capture_output=True, text=True, timeout=60, check=False)
+    assert "open() failed" in direct_file.stderr
+    assert fanned.returncode == 0, fanned.stderr
+    expected = set()
+    for user in users:
+        direct = on_backend(cluster, backend_of(cluster, user), user, "mailbox", "status", "messages", "INBOX")
+        expected.add(f"{user} {direct.stdout.strip()}")
+    assert set(fanned.stdout.splitlines()) == expected, fanned.stdout
+    for user in users:
+        assert backend_log_count(cluster, backend_of(cluster, user), user) >= 1
+
+
 def test_wrong_password_is_refused_logged_and_penalised(cluster: LocalCluster) -> None:
     proxy: ProxyNode = cluster.proxies[0]
     refused = via_proxy(cluster, USER, "mailbox", "status", "messages", "INBOX", password="wrong-password")

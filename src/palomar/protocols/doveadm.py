@@ -86,6 +86,25 @@ def with_target(command: Command, user: str) -> Command:
     return Command(command.flags, "", command.name, (user,), encode_command(command.flags, "", command.name, (user,)))
 
 
+def user_file_as_all_users(command: Command) -> Command:
+    """`command` with Dovecot 2.3's `-F ""` option turned into `-A`.
+
+    `doveadm -F FILE -S host` reads FILE itself and sends one command per user, but with `-F` and an
+    empty value among the options (doveadm-mail.c full_args); a doveadm server then tries to open
+    that empty file name and fails. `-A` on a server means what the client needs there: the
+    username column in the output (the client still names the user)."""
+    args = list(command.args)
+    if "--" not in args:
+        return command
+    options = args[:args.index("--")]
+    for i in range(len(options) - 1):
+        if options[i] == "-F" and options[i + 1] == "":
+            args[i:i + 2] = ["-A"]
+            return Command(command.flags, command.user, command.name, tuple(args),
+                           encode_command(command.flags, command.user, command.name, tuple(args)))
+    return command
+
+
 def parse_command(line: bytes) -> Command:
     fields = [tab_unescape(f) for f in line.rstrip(b"\n").decode("utf-8", "surrogateescape").split("\t")]
     if len(fields) < 3:

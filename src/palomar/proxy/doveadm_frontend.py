@@ -140,6 +140,7 @@ async def _command(state: ProxyState, conn: ClientConnection, minor: int, versio
     """Run one command on its user's backend and relay the reply; refusals and failures are
     answered as Dovecot answers a failed command (a remote error line, then `-CODE`)."""
     link = conn.link
+    command = doveadm.user_file_as_all_users(command)
     target = doveadm.target_user(command)
     if command.name in REFUSED_COMMANDS:
         target = doveadm.Refused(f"{command.name}: not supported through a palomar proxy: "

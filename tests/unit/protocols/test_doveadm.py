@@ -136,3 +136,17 @@ def test_reply_tracker_refuses_a_broken_status_line() -> None:
         doveadm.ReplyTracker(0).feed(b"\n?\n")
     with pytest.raises(DoveadmProtocolError, match="after the reply"):
         doveadm.ReplyTracker(2).feed(doveadm.frame(2, b"\n+\nextra"))
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("-F", "", "--", "messages", "INBOX"), ("-A", "--", "messages", "INBOX")),
+    (("-A", "--", "messages"), ("-A", "--", "messages")),
+    (("--", "-F", ""), ("--", "-F", "")),  # after `--` they are the command's own arguments
+    (("-F", "users.txt", "--"), ("-F", "users.txt", "--")),
+    (("-F", ""), ("-F", "")),
+])
+def test_user_file_as_all_users(args: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    command = doveadm.parse_command(doveadm.encode_command("", "u@x", "mailbox status", args))
+    rewritten = doveadm.user_file_as_all_users(command)
+    assert rewritten.args == expected
+    assert doveadm.parse_command(rewritten.raw) == rewritten
