@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import os
+import pwd
 import re
 import socket
 import subprocess
@@ -170,6 +172,48 @@ def test_a_user_file_fans_out_to_each_users_backend(cluster: LocalCluster, tmp_p
     assert set(fanned.stdout.splitlines()) == expected, fanned.stdout
     for user in users:
         assert backend_log_count(cluster, backend_of(cluster, user), user) >= 1
+
+
+def test_dsync_backup_through_the_proxy(cluster: LocalCluster) -> None:
+    """`doveadm backup -R tcp:proxy:port` (dsync-server on the user's backend, then the dsync stream
+    relayed both ways) copies the user's mail into a local Maildir."""
+    user = "user4@example.test"
+    deliver(cluster, user, "password4", "dsync one")
+    deliver(cluster, user, "password4", "dsync two")
+    params = cluster.backends[0].dovecot.params
+    owner = pwd.getpwnam(params.mail_uid)
+    home = (cluster.shared_dir or cluster.root) / "dsync-home"  # a place the mail user can reach
+    home.mkdir()
+    os.chown(home, owner.pw_uid, owner.pw_gid)
+    proxy = cluster.proxies[0]
+    # no -u: the local side is the process's own user (HOME, USER, the mail user's uid), no userdb lookup
+    local = ("-o", f"mail_uid={params.mail_uid}", "-o", f"mail_gid={params.mail_gid}", "-o",
+             "mail_location=maildir:~/Maildir")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "USER": user}
+    pulled = subprocess.run(["doveadm", "-o", f"doveadm_password={cluster.doveadm_password}", *local, "backup", "-R",
+                             f"tcp:{proxy.host}:{proxy.doveadm}"], capture_output=True, text=True, timeout=120,
+                            check=False, env=env, user=owner.pw_uid, group=owner.pw_gid)
+    assert pulled.returncode == 0, pulled.stderr
+    copied = subprocess.run(["doveadm", *local, "fetch", "hdr.subject", "mailbox", "INBOX", "all"],
+                            capture_output=True, text=True, timeout=60, check=False, env=env, user=owner.pw_uid,
+                            group=owner.pw_gid)
+    direct = on_backend(cluster, backend_of(cluster, user), user, "fetch", "hdr.subject", "mailbox", "INBOX", "all")
+    assert copied.stdout == direct.stdout and "dsync two" in copied.stdout, copied.stderr
+    wait_until(lambda: re.search(rf"user={re.escape(user)} proto=doveadm dsync on \S+ ended",
+                                 proxy.log_path.read_text()) is not None, 10, "the dsync session's end in the log")
+
+    # import: the user's backend reads that Maildir (shared storage here) into a new mailbox. Dovecot
+    # 2.3.19's doveadm server creates the new mailbox's directory as root (mode 0700), whether reached
+    # through palomar or directly, so only the import's own answer and the listing are compared.
+    source = f"maildir:{home / 'Maildir'}"
+    other = "user3@example.test"
+    deliver(cluster, other, "password3", "before the import")
+    imported = via_proxy(cluster, user, "import", source, "Imported", "all")
+    direct = on_backend(cluster, backend_of(cluster, other), other, "import", source, "Imported", "all")
+    assert (imported.returncode, imported.stdout) == (direct.returncode, direct.stdout) == (0, ""), imported.stderr
+    listing = via_proxy(cluster, user, "mailbox", "list")
+    assert listing.stdout == on_backend(cluster, backend_of(cluster, user), user, "mailbox", "list").stdout
+    assert "Imported" in listing.stdout.split()
 
 
 def test_wrong_password_is_refused_logged_and_penalised(cluster: LocalCluster) -> None:

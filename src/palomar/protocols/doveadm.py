@@ -126,6 +126,8 @@ class Refused:
 
 _MASK_CHARS = frozenset("*?")
 KICK = "kick"
+DSYNC_SERVER = "dsync-server"
+"""`doveadm sync|backup -u USER tcp:host:port` runs it; after its `+` both sides speak dsync."""
 
 
 def target_user(command: Command) -> str | Refused:
@@ -208,6 +210,11 @@ class ServerConnection:
         out, self._out = bytes(self._out), bytearray()
         return out
 
+    def take_buffer(self) -> bytes:
+        """What the client sent after the last event: a dsync stream once dsync-server runs."""
+        data, self._buffer = bytes(self._buffer), bytearray()
+        return data
+
     def receive(self, data: bytes) -> list[Event]:
         self._buffer += data
         events: list[Event] = []
@@ -279,8 +286,10 @@ class ReplyTracker:
     the first bare LF of the output channel, then the status line. `feed` returns how many of the
     bytes belong to this reply once it is complete, else None."""
 
-    def __init__(self, minor: int) -> None:
+    def __init__(self, minor: int, *, stream_follows: bool = False) -> None:
         self.multiplexed = minor > 0
+        self.stream_follows = stream_follows
+        """dsync-server: the dsync protocol follows the status line on the same channel."""
         self._header = bytearray()
         self._left = 0
         self._channel = 0
@@ -309,7 +318,7 @@ class ReplyTracker:
             self._left -= len(chunk)
             used = self._payload(chunk) if self._channel == 0 else None
             if used is not None:
-                if self._left or used != len(chunk):
+                if not self.stream_follows and (self._left or used != len(chunk)):
                     raise DoveadmProtocolError("output after the reply's status line")
                 return pos
         return None

@@ -16,6 +16,7 @@ from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
 from palomar.logsafe import safe
 from palomar.net.link import Link
+from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import doveadm
 from palomar.proxy.frontend import ClientConnection, accept, trusted
 from palomar.proxy.hop_client import Established, HopTarget
@@ -27,9 +28,6 @@ log = logging.getLogger("palomar.proxy")
 SERVICE = "doveadm"
 REFUSED_COMMANDS = {
     "save": "reads the mail from the client's input stream, which palomar does not relay",
-    "sync": "dsync needs a second channel that palomar does not relay",
-    "backup": "dsync needs a second channel that palomar does not relay",
-    "dsync-server": "dsync needs a second channel that palomar does not relay",
 }
 """Commands with a second stream besides their output, refused with their reason."""
 
@@ -80,7 +78,8 @@ async def _session(state: ProxyState, conn: ClientConnection) -> None:
                 else:
                     link.write(core.data_to_send())
                     assert core.minor is not None
-                    await _command(state, conn, core.minor, version_line, event)
+                    if await _command(state, conn, core, version_line, event):
+                        return  # dsync ran to its end
             link.write(core.data_to_send())
             events = core.receive(b"")
 
@@ -135,11 +134,12 @@ async def authenticate(state: ProxyState, conn: ClientConnection, credential: st
     return False
 
 
-async def _command(state: ProxyState, conn: ClientConnection, minor: int, version_line: bytes,
-                   command: doveadm.Command) -> None:
+async def _command(state: ProxyState, conn: ClientConnection, core: doveadm.ServerConnection,
+                   version_line: bytes, command: doveadm.Command) -> bool:
     """Run one command on its user's backend and relay the reply; refusals and failures are
-    answered as Dovecot answers a failed command (a remote error line, then `-CODE`)."""
-    link = conn.link
+    answered as Dovecot answers a failed command (a remote error line, then `-CODE`). True when
+    the command was dsync-server and the connection has carried its dsync session to the end."""
+    link, minor = conn.link, core.minor or 0
     command = doveadm.user_file_as_all_users(command)
     target = doveadm.target_user(command)
     if command.name in REFUSED_COMMANDS:
@@ -149,7 +149,7 @@ async def _command(state: ProxyState, conn: ClientConnection, minor: int, versio
         log.info("session=%s proto=doveadm client=%s command %s refused: %s", conn.session_id, conn.client[0],
                  safe(command.name), safe(target.text))
         link.write(doveadm.failure_reply(minor, target.code, target.text))
-        return
+        return False
     try:
         outcome = await _open(state, conn, version_line, command, target)
     except Exception as exc:
@@ -160,10 +160,31 @@ async def _command(state: ProxyState, conn: ClientConnection, minor: int, versio
         log.warning("session=%s user=%s proto=doveadm command %s failed: %s", conn.session_id, safe(target),
                     safe(command.name), safe(outcome))
         link.write(doveadm.failure_reply(minor, "TEMPFAIL", f"palomar proxy: {outcome}"))
-        return
-    status = await _relay_reply(link, outcome.link, outcome.leftover, minor)
+        return False
+    dsync = command.name == doveadm.DSYNC_SERVER
+    status = await _relay_reply(link, outcome.link, outcome.leftover, minor, keep_open=dsync)
     log.info("session=%s user=%s proto=doveadm client=%s command %s on %s: %s", conn.session_id, safe(target),
              conn.client[0], safe(command.name), outcome.host, safe(status))
+    if not dsync:
+        return False
+    if status != "+":
+        outcome.link.close()
+        return False
+    stats = await _relay_stream(conn, core, outcome.link)
+    log.info("session=%s user=%s proto=doveadm dsync on %s ended: in=%d out=%d closed_by=%s", conn.session_id,
+             safe(target), outcome.host, stats.bytes_in, stats.bytes_out, stats.closed_by or "backend")
+    return True
+
+
+async def _relay_stream(conn: ClientConnection, core: doveadm.ServerConnection, hop: Link) -> RelayStats:
+    """dsync after dsync-server's `+`: both directions relayed as bytes until the session ends."""
+    finished: asyncio.Future[RelayStats] = asyncio.get_running_loop().create_future()
+    client_transport, hop_transport = conn.link.transport, hop.transport
+    assert client_transport is not None and hop_transport is not None
+    relay = Relay(client_transport, hop_transport, lambda stats: finished.done() or finished.set_result(stats))
+    relay.start(client_pending=core.take_buffer() + conn.link.take_buffer(), server_pending=hop.take_buffer(),
+                client_eof=conn.link.eof, server_eof=hop.eof)
+    return await finished
 
 
 async def _open(state: ProxyState, conn: ClientConnection, version_line: bytes, command: doveadm.Command,
@@ -189,15 +210,17 @@ async def open_hop(state: ProxyState, conn: ClientConnection, name: str, payload
     return getattr(outcome, "text", None) or outcome.reason
 
 
-async def _relay_reply(client: Link, hop: Link, pending: bytes, minor: int) -> str:
-    """Copy the backend's reply to the client until its status line; the reply's status, for the log."""
-    tracker = doveadm.ReplyTracker(minor)
+async def _relay_reply(client: Link, hop: Link, pending: bytes, minor: int, *, keep_open: bool = False) -> str:
+    """Copy the backend's reply to the client until its status line; the reply's status, for the log.
+    With `keep_open` (dsync-server) what follows the status line goes to the client too, and the hop
+    stays open for the stream."""
+    tracker = doveadm.ReplyTracker(minor, stream_follows=keep_open)
     try:
         data = pending
         while True:
             if data:
                 used = tracker.feed(data)
-                client.write(data if used is None else data[:used])
+                client.write(data if used is None or keep_open else data[:used])
                 await client.drain()
                 if used is not None:
                     return (tracker.status or b"").decode("ascii", "replace")
@@ -208,7 +231,8 @@ async def _relay_reply(client: Link, hop: Link, pending: bytes, minor: int) -> s
                 else:
                     client.write(doveadm.failure_reply(minor, "TEMPFAIL", "palomar proxy: the backend closed "
                                                                            "the connection without a reply"))
+                keep_open = False
                 return "backend closed the hop before the end of the reply"
     finally:
-        hop.close()
-
+        if not keep_open:
+            hop.close()
