@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness.clients import append_through_proxy as deliver
 from harness.clients import backend_of
 
 from palomar.devcluster.cluster import LocalCluster
@@ -53,9 +54,9 @@ def post(url: str, body: object, *auth: str) -> tuple[int, dict[str, str], str]:
     return curl(url, "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(body), *auth)
 
 
-def proxy_url(cluster: LocalCluster) -> str:
-    proxy = cluster.proxies[0]
-    return f"http://{proxy.host}:{proxy.doveadm_http}/doveadm/v1"
+def proxy_url(cluster: LocalCluster, path: str = "/doveadm/v1") -> str:
+    """Through HAProxy (PROXY v2) to the proxies' `inet_listener http { haproxy = yes }`."""
+    return f"http://{cluster.lb_host}:{cluster.lb_doveadm_http}{path}"
 
 
 def via_proxy(cluster: LocalCluster, body: object) -> tuple[int, dict[str, str], str]:
@@ -66,15 +67,6 @@ def on_backend(cluster: LocalCluster, host: str, body: object) -> tuple[int, dic
     params = next(b for b in cluster.backends if b.host == host).dovecot.params
     return post(f"http://{params.listen}:{params.doveadm_http_port}/doveadm/v1", body,
                 "-u", f"doveadm:{params.doveadm_password}")
-
-
-def deliver(cluster: LocalCluster, user: str, password: str, subject: str) -> None:
-    proxy = cluster.proxies[0]
-    imap = imaplib.IMAP4(proxy.host, proxy.imap)
-    imap.login(user, password)
-    message = f"From: a@example.test\r\nTo: {user}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
-    imap.append("INBOX", None, None, message.encode())
-    imap.logout()
 
 
 def test_mail_commands_answer_as_the_backend_does(cluster: LocalCluster) -> None:
@@ -107,7 +99,7 @@ def test_basic_auth_and_api_key_and_their_failures(cluster: LocalCluster) -> Non
     wait_until(lambda: "Invalid authentication attempt to the doveadm HTTP API" in proxy.log_path.read_text(), 10,
                "the refusal in the proxy log")
     assert "wrong-password" not in proxy.log_path.read_text()
-    assert curl(f"http://{proxy.host}:{proxy.doveadm_http}/doveadm/v1")[0] == 401  # the catalogue too
+    assert curl(proxy_url(cluster))[0] == 401  # the catalogue too
 
 
 def test_catalogue_lists_the_forwarded_commands(cluster: LocalCluster) -> None:
@@ -116,10 +108,8 @@ def test_catalogue_lists_the_forwarded_commands(cluster: LocalCluster) -> None:
     assert status == 200
     assert {"mailboxStatus", "fetch", "search", "expunge", "import", "kick"} <= names
     assert not {"who", "reload", "dsyncServer"} & names
-    proxy = cluster.proxies[0]
-    assert curl(f"http://{proxy.host}:{proxy.doveadm_http}/nowhere", "-u",
-                f"doveadm:{cluster.doveadm_password}")[0] == 404
-    assert curl(f"http://{proxy.host}:{proxy.doveadm_http}/doveadm/v1", "-X", "OPTIONS")[0] == 200
+    assert curl(proxy_url(cluster, "/nowhere"), "-u", f"doveadm:{cluster.doveadm_password}")[0] == 404
+    assert curl(proxy_url(cluster), "-X", "OPTIONS")[0] == 200
 
 
 def test_refusals_and_bad_requests(cluster: LocalCluster) -> None:

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness.clients import append_through_proxy as deliver
 from harness.clients import backend_of
 
 from palomar.devcluster.cluster import LocalCluster, ProxyNode
@@ -64,15 +65,6 @@ def on_backend(cluster: LocalCluster, host: str, *args: str) -> subprocess.Compl
     """The same command against the backend's own Dovecot doveadm listener, not through palomar."""
     params = next(b for b in cluster.backends if b.host == host).dovecot.params
     return run_doveadm(f"{params.listen}:{params.doveadm_tcp_port}", params.doveadm_password, *args)
-
-
-def deliver(cluster: LocalCluster, user: str, password: str, subject: str) -> None:
-    proxy = cluster.proxies[0]
-    imap = imaplib.IMAP4(proxy.host, proxy.imap)
-    imap.login(user, password)
-    message = f"From: a@example.test\r\nTo: {user}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
-    imap.append("INBOX", None, None, message.encode())
-    imap.logout()
 
 
 def backend_log_count(cluster: LocalCluster, host: str, user: str) -> int:

@@ -32,9 +32,16 @@ REFUSED_COMMANDS = {
 """Commands with a second stream besides their output, refused with their reason."""
 
 
-async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> None:
-    conn = await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=ssl, per_address=False,
+async def accept_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool
+                         ) -> ClientConnection | None:
+    """A doveadm client (either protocol): no per-address cap, and no refusal line (Dovecot's
+    doveadm has none)."""
+    return await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=ssl, per_address=False,
                         bye=lambda farewell: b"")
+
+
+async def serve_doveadm(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> None:
+    conn = await accept_doveadm(state, sock, haproxy=haproxy, ssl=ssl)
     if conn is None:
         return
     try:

@@ -15,8 +15,8 @@ from palomar.logsafe import safe
 from palomar.net.link import Link
 from palomar.protocols import doveadm
 from palomar.protocols import doveadm_http as api
-from palomar.proxy.doveadm_frontend import SERVICE, authenticate, open_hop
-from palomar.proxy.frontend import ClientConnection, accept
+from palomar.proxy.doveadm_frontend import accept_doveadm, authenticate, open_hop
+from palomar.proxy.frontend import ClientConnection
 from palomar.proxy.state import ProxyState
 
 log = logging.getLogger("palomar.proxy")
@@ -26,8 +26,7 @@ MAX_REPLY = 256 * 1024 * 1024
 
 
 async def serve_doveadm_http(state: ProxyState, sock: socket.socket, *, haproxy: bool, ssl: bool) -> None:
-    conn = await accept(state, sock, service=SERVICE, haproxy=haproxy, ssl=ssl, per_address=False,
-                        bye=lambda farewell: b"")
+    conn = await accept_doveadm(state, sock, haproxy=haproxy, ssl=ssl)
     if conn is None:
         return
     try:
