@@ -132,6 +132,20 @@ def test_refusals_and_bad_requests(cluster: LocalCluster) -> None:
     assert broken[0] == 400 and "JSON parse error" in broken[2]
 
 
+def test_save_carries_its_mail_in_the_request(cluster: LocalCluster) -> None:
+    """`save` reads the mail from a parameter over HTTP (over TCP it would be an input stream, refused)."""
+    user = "user6@example.test"
+    deliver(cluster, user, "password6", "appended")
+    # over 1 KiB: curl asks `Expect: 100-continue` first
+    mail = "From: a@example.test\r\nSubject: saved over http\r\n\r\n" + "body line\r\n" * 200
+    saved = via_proxy(cluster, [["save", {"user": user, "mailbox": "INBOX", "file": mail}, "s"]])
+    assert json.loads(saved[2]) == [["doveadmResponse", [], "s"]], saved[2]
+    fetch = [["fetch", {"user": user, "field": ["hdr.subject"], "query": ["mailbox", "INBOX", "all"]}, "f"]]
+    through = via_proxy(cluster, fetch)[2]
+    assert through == on_backend(cluster, backend_of(cluster, user), fetch)[2]
+    assert "saved over http" in through
+
+
 def test_expunge_and_a_move_between_two_commands(cluster: LocalCluster) -> None:
     user = "user4@example.test"
     deliver(cluster, user, "password4", "keep")

@@ -34,6 +34,7 @@ OPTIONS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-
                    ("Access-Control-Allow-Request-Headers", "Content-Type, X-API-Key, Authorization"),
                    ("Access-Control-Allow-Headers", "Content-Type, WWW-Authenticate"))
 JSON_TYPE = "application/json; charset=utf-8"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 HOP_MARKER = b"HTTP\n"
 """First line of an HTTP API command's hop payload (a TCP command's is the client's VERSION line)."""
 EX_USAGE, EX_TEMPFAIL = 64, 75

@@ -63,6 +63,8 @@ async def _read_request(state: ProxyState, link: Link) -> tuple[api.Head, bytes]
             head = api.parse_head(bytes(buffer[:end]))
             length = head.body_length if head.method == "POST" else 0
             body = bytearray(buffer[end + 4:])
+            if len(body) < length and head.headers.get("expect", "").lower() == "100-continue":
+                link.write(api.CONTINUE)  # curl waits for it (1 s) before sending a body over 1 KiB
             while len(body) < length:
                 data = await link.read()
                 if not data:
