@@ -38,7 +38,8 @@ from palomar.devcluster.login_check import check_logins
 from palomar.devcluster.net import free_port, port_accepts
 
 START_TIMEOUT = 180.0
-PORT_OPTIONS = ("imap", "imaps", "pop3", "pop3s", "submission", "submissions", "sieve", "lmtp")
+PORT_OPTIONS = ("imap", "imaps", "pop3", "pop3s", "submission", "submissions", "sieve", "lmtp", "doveadm",
+                "doveadm-http")
 
 
 class Demo:
@@ -139,6 +140,25 @@ def test_demo_from_a_private_directory_serves_every_protocol(demo: Demo, host: s
     subject = f"over {host}"
     deliver(host, demo.ports["lmtp"], "user3@example.test", subject)
     assert imap_messages(host, demo.ports["imap"], "user3@example.test", "password3", subject) == 1
+
+
+def test_doveadm_through_haproxy_as_the_printout_says(demo: Demo) -> None:
+    pattern = r"^  doveadm  127\.0\.0\.1:(\d+) \(http (\d+)\)  password (\S+)$"
+    match = next((m for m in map(lambda line: re.search(pattern, line), demo.lines) if m), None) \
+        or demo.wait_for(pattern, timeout=10)
+    port, http_port, password = int(match[1]), int(match[2]), match[3]
+    assert (port, http_port) == (demo.ports["doveadm"], demo.ports["doveadm-http"])
+    deliver("127.0.0.1", demo.ports["lmtp"], "user5@example.test", "for doveadm")
+    # Dovecot 2.3's doveadm takes -S and -u after the command name
+    status = subprocess.run(["doveadm", "-o", f"doveadm_password={password}", "mailbox", "status", "-S",
+                             f"127.0.0.1:{port}", "-u", "user5@example.test", "-t", "all", "INBOX"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stderr
+    assert re.match(r"messages=1 recent=\d+ unseen=1 vsize=\d+$", status.stdout.strip()), status.stdout
+    body = '[["mailboxStatus",{"user":"user5@example.test","field":["messages"],"mailboxMask":["INBOX"]},"t1"]]'
+    answer = subprocess.run(["curl", "-s", "-u", f"doveadm:{password}", f"http://127.0.0.1:{http_port}/doveadm/v1",
+                             "-d", body], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert answer == '[["doveadmResponse",[{"mailbox":"INBOX","messages":"1"}],"t1"]]'
 
 
 def test_a_killed_dovecot_is_reaped_reported_and_restarted(demo: Demo, private_dir: Path) -> None:

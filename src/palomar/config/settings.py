@@ -133,8 +133,17 @@ _add("doveadm_port", PORT, "0", BOTH,
      "(cluster_hop_port, not this port). On a backend it is the port of the local Dovecot's doveadm "
      "listener on cluster_backend_dovecot_host (`palomar backend dovecot-config` writes it), which runs the "
      "commands proxies forward; 0 there refuses them")
-_add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
-     unsupported="not supported yet")
+_add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH,
+     "TLS for doveadm proxying. In Dovecot it is how a doveadm server that forwards a command connects to the "
+     "user's backend (`ssl`: implicit TLS, `starttls`: STARTTLS after the handshake). A palomar proxy forwards "
+     "over the hop, so `ssl` and `starttls` both mean TLS on that leg and need cluster_hop_ssl = yes (refused "
+     "without it); `no` leaves the hop as cluster_hop_ssl says. Clients reach a proxy's doveadm listener with "
+     "TLS through its `ssl = yes` (implicit TLS) or STARTTLS (offered whenever ssl is not `no`), as "
+     "`doveadm -o doveadm_ssl=ssl|starttls` does")
+_add("doveadm_api_key", SECRET, "", PROXY,
+     "API key of the doveadm HTTP API (`service doveadm { inet_listener http }`): clients send "
+     "`Authorization: X-Dovecot-API <base64(key)>`; Basic auth as `doveadm` with doveadm_password works "
+     "too. Empty: Basic auth only")
 _add("doveadm_password", SECRET, "", BOTH,
      "shared password of doveadm: a proxy's doveadm clients authenticate with it (PLAIN as user `doveadm`; "
      "wrong passwords count towards the auth penalty); a backend uses it with its local Dovecot's doveadm "
@@ -406,5 +415,7 @@ DEFAULT_LISTENERS: dict[str, tuple[tuple[str, int, bool], ...]] = {
 }
 # `doveadm { inet_listener tcp }` takes its port from doveadm_port.
 DOVEADM_LISTENER = "tcp"
+# As in Dovecot, the doveadm listener named `http` serves the HTTP API; any other name the TCP protocol.
+DOVEADM_HTTP_LISTENER = "http"
 
 GROUPS = {"cluster_defaults": ("proxy", "backend"), "metric_defaults": ("proxy", "backend")}

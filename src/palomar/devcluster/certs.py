@@ -15,12 +15,14 @@ class CertPair:
     key: Path
 
 
-def self_signed(directory: Path, name: str = "localhost", days: int = 2) -> CertPair:
-    """Write `name.crt`/`name.key` (EC P-256) into `directory`, valid for localhost and 127.0.0.1."""
+def self_signed(directory: Path, name: str = "localhost", days: int = 2, hosts: tuple[str, ...] = ()) -> CertPair:
+    """Write `name.crt`/`name.key` (EC P-256) into `directory`, valid for localhost, 127.0.0.1 and
+    `hosts` (clients that verify the name, such as doveadm, reach proxies by their own addresses)."""
     directory.mkdir(parents=True, exist_ok=True)
     pair = CertPair(directory / f"{name}.crt", directory / f"{name}.key")
+    names = ",".join(["DNS:localhost", "IP:127.0.0.1", "IP:::1", *(_san(h) for h in hosts if h != "127.0.0.1")])
     _openssl("req", "-x509", *_EC_KEY, "-keyout", str(pair.key), "-out", str(pair.cert), "-days", str(days),
-             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1")
+             "-subj", "/CN=localhost", "-addext", f"subjectAltName={names}")
     pair.key.chmod(0o600)
     return pair
 

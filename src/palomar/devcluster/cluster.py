@@ -79,6 +79,8 @@ class LbPorts:
     submission: int = 0
     submissions: int = 0
     lmtp: int = 0
+    doveadm: int = 0
+    doveadm_http: int = 0
 
 
 @dataclass
@@ -104,6 +106,9 @@ class ProxyNode:
     lmtp: int = 0
     lmtp_haproxy: int = 0
     doveadm: int = 0
+    doveadm_haproxy: int = 0
+    doveadm_http: int = 0
+    """The doveadm HTTP API, a haproxy listener (Dovecot serves the API on the listener named `http`)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +152,8 @@ class LocalCluster:
     probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
     doveadm_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     """What doveadm clients of the proxies' doveadm listener authenticate with."""
+    doveadm_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    """The proxies' doveadm HTTP API key (X-Dovecot-API)."""
     backends: list[BackendNode] = field(default_factory=list)
     proxies: list[ProxyNode] = field(default_factory=list)
     haproxy: HAProxyInstance | None = None
@@ -302,6 +309,11 @@ class LocalCluster:
             f"listen = {node.host}",
             f"doveadm_password = {self.doveadm_password}",
             f"doveadm_port = {node.doveadm}",
+            f"doveadm_api_key = {self.doveadm_api_key}",
+            "service doveadm {",
+            f"  inet_listener doveadm-haproxy {{\n    port = {node.doveadm_haproxy}\n    haproxy = yes\n  }}",
+            f"  inet_listener http {{\n    port = {node.doveadm_http}\n    haproxy = yes\n  }}",
+            "}",
             f"haproxy_trusted_networks = {self.lb_host}/32",
             f"ssl_server_cert_file = {self.root / 'tls' / 'localhost.crt'}",
             f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
@@ -425,7 +437,7 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         resumed = self.resumed
         self._prepare_shared_dir(resumed)
-        self_signed(self.root / "tls")
+        self_signed(self.root / "tls", hosts=tuple(self._proxy_hosts()))
         if self.hop_tls:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
@@ -447,13 +459,14 @@ class LocalCluster:
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 18)
+            ports = free_ports(host, 20)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
                 pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
                 submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
-                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17]))
+                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17], doveadm_haproxy=ports[18],
+                doveadm_http=ports[19]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
@@ -475,17 +488,22 @@ class LocalCluster:
             node.proc = self._spawn("proxy", node.config)
             self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
         lb = {name: getattr(self.lb_ports, name) or self._lb_port()
-              for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp")}
+              for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp",
+                           "doveadm", "doveadm_http")}
         lb_hosts = [self.lb_host, *([self.lb_ipv6] if self.lb_ipv6 else [])]
+        # doveadm clients speak first: the proxies are checked by a connection with a PROXY header
+        doveadm_ports = {"doveadm": "doveadm_haproxy", "doveadm_http": "doveadm_http"}
         self.haproxy = HAProxyInstance([
-            Listen(name, [(host, port) for host in lb_hosts],
-                   [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies], greeting=GREETING_CHECKS[name])
+            Listen(name.replace("_", "-"), [(host, port) for host in lb_hosts],
+                   [(p.host, getattr(p, doveadm_ports.get(name, f"{name}_haproxy"))) for p in self.proxies],
+                   greeting=GREETING_CHECKS.get(name),
+                   extra_server_options=("check-send-proxy",) if name in doveadm_ports else ())
             for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m", check_interval="1s",
             timeout_check="2s")
         self.haproxy.start()
         (self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve, self.lb_submission,
-         self.lb_submissions, self.lb_lmtp) = lb.values()
+         self.lb_submissions, self.lb_lmtp, self.lb_doveadm, self.lb_doveadm_http) = lb.values()
         if self.controller:
             self._start_controller()
         return self
