@@ -32,13 +32,16 @@ from chaos_faults import inject
 from chaos_load import Ledger, Load, Target
 from chaos_rules import (
     KINDS,
+    SETTLE,
     VIOLATIONS,
     Fault,
     Message,
+    Stall,
     Window,
     double_service,
     failure_rates,
     plan,
+    stalled,
     strays,
     tally,
 )
@@ -81,8 +84,11 @@ class Outcome:
     ledger: Ledger | None = None
     copies: dict[str, int] = field(default_factory=dict)
     backends_disagree: list[str] = field(default_factory=list)
-    overlaps: list[tuple[float, set[str], bool]] = field(default_factory=list)
-    """(time, users on two backends, whether a backend was frozen then) of each double-listed sample."""
+    overlaps: list[tuple[float, set[str]]] = field(default_factory=list)
+    """(time, users) of each sample listing users on two running backends: double service."""
+    leftovers: list[tuple[float, set[str], float]] = field(default_factory=list)
+    """(time, users, seconds since its backend resumed, negative while stalled) of each sample listing
+    users on a stalled backend and on another one: sessions no client can reach (chaos_rules.double_service)."""
     samples: int = 0
     tracebacks: dict[str, int] = field(default_factory=dict)
     supervisor_lines: list[str] = field(default_factory=list)
@@ -105,7 +111,7 @@ class Outcome:
         found += [f"stored but never sent: {msgid}" for msgid in strays(self.ledger.messages, self.copies)]
         found += [f"backends disagree on {text}" for text in self.backends_disagree]
         found += [f"served by two backends at t={t - self.started:.1f}s: {sorted(users)}"
-                  for t, users, frozen in self.overlaps if not frozen]
+                  for t, users in self.overlaps]
         found += [f"not whole again {RECOVERY_BOUND:.0f}s after {e.fault.kind} of {e.target}"
                   for e in self.executed if e.recovered_after is None]
         found += [f"{count} traceback(s) in {path}" for path, count in self.tracebacks.items()]
@@ -120,8 +126,8 @@ class Chaos:
             proxy_settings={"*": ("auth_penalty_max_delay = 0",)})
         self.seed = seed
         self.supervisor_lines: list[str] = []
-        self.frozen = threading.Event()
-        """Set while a palomar backend or a Dovecot is SIGSTOPped (its sessions cannot move)."""
+        self.stalls: list[Stall] = []
+        """SIGSTOPs of a palomar backend or a Dovecot, by backend name (the current one without an end)."""
         self.done = threading.Event()
 
     # --- helpers on the running cluster -------------------------------------------------------------
@@ -199,12 +205,19 @@ class Chaos:
 
     def _sample(self, outcome: Outcome) -> None:
         while not self.done.wait(1.0):
-            frozen_before = self.frozen.is_set()
+            began = time.time()
             sample = self.who()
-            twice = double_service(sample)
+            ended = time.time()
             outcome.samples += 1
-            if twice:
-                outcome.overlaps.append((time.time(), twice, frozen_before or self.frozen.is_set()))
+            frozen = stalled(self.stalls, began, ended)
+            served = double_service(sample, frozen)
+            if served:
+                outcome.overlaps.append((began, served))
+            left = double_service(sample) - served
+            if left:
+                since = max(began - s.end for s in self.stalls if s.backend in frozen
+                            and s.start <= ended and began <= s.end + SETTLE)
+                outcome.leftovers.append((began, left, since))
 
     # --- the run ----------------------------------------------------------------------------------------
     def run(self, seconds: float, rounds: int | None) -> Outcome:
@@ -254,14 +267,15 @@ class Chaos:
         log(f"fault {fault.kind} of {name} (hold {fault.hold}s)")
         frozen = fault.kind in ("stop-backend", "stop-dovecot")
         if frozen:
-            self.frozen.set()
+            self.stalls.append(Stall(name, injected))
         reported = len(self.supervisor_lines)
         end = inject(self.cluster, fault)
         try:
             self.done.wait(fault.hold)
         finally:
             end()
-            self.frozen.clear()
+            if frozen:
+                self.stalls[-1] = Stall(name, injected, time.time())
         ended = time.monotonic()
         if fault.kind.startswith("kill-"):  # recovery begins with the supervisor seeing the death
             noticed = self._noticed(reported)
@@ -356,7 +370,7 @@ def render(outcome: Outcome, command: str) -> str:
             key = f"{session.protocol} {session.step}: {_short(session.error)}"
             steps[key] = steps.get(key, 0) + 1
     error_rows = sorted(steps.items(), key=lambda item: -item[1])[:15]
-    frozen_overlaps = [o for o in outcome.overlaps if o[2]]
+    lingering = [since for _, _, since in outcome.leftovers if since > 0]
     failures = outcome.failures()
     return f"""# Reliability
 
@@ -395,7 +409,10 @@ whole message was sent must have stored nothing (`stored-after-refusal` is a fai
 that sent the whole message and got no 2xx (connection cut, timeout, or a 4xx after the final dot)
 is uncertain, SMTP's at-least-once window: the message may be absent, or stored, and a retry may
 add one copy (`duplicate-after-uncertain`, counted, not a failure). `doveadm who` is sampled on
-every backend each second: a user listed on two backends while no backend is frozen is a failure.
+every backend each second: a user listed on two backends is a failure, unless one of the listings is
+on a backend that is stalled or resumed less than {SETTLE:g}s ago (its relay or its Dovecot stopped:
+the proxies cut its sessions when it went offline and no byte of them reaches a client; the resumed
+backend ends them, see docs/design/health.md, "Fencing").
 
 ## Result
 
@@ -426,10 +443,10 @@ the fault):
 
 - Whole again after every fault: {"yes" if len(recoveries) == len(outcome.executed) else "NO"}; slowest
   {max(recoveries, default=0):.1f}s (bound {RECOVERY_BOUND:.0f}s), median {median(recoveries):.1f}s.
-- `doveadm who` samples: {outcome.samples}; users on two backends while none was frozen:
-  {len(outcome.overlaps) - len(frozen_overlaps)}; while a backend was frozen: {len(frozen_overlaps)} sample(s)
-  (the frozen side's session still exists but no byte can reach it; it ends when the process resumes
-  and sees its hop closed).
+- `doveadm who` samples: {outcome.samples}; users on two running backends (double service):
+  {len(outcome.overlaps)}; samples listing a user on a stalled backend as well:
+  {len(outcome.leftovers)}, {len(lingering)} of them after the backend resumed (at most
+  {max(lingering, default=0):.1f}s after, bound {SETTLE:g}s).
 - Supervisor restarts: {sum(1 for line in outcome.supervisor_lines if line.endswith(" restarted"))};
   messages still queued when the drain ended: {outcome.queued_at_end}.
 - Tracebacks in logs: {sum(outcome.tracebacks.values())}.

@@ -11,6 +11,7 @@ answers and the uncertain attempts have no excuse.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -158,11 +159,40 @@ def failure_rates(sessions: Iterable[Session], windows: Sequence[Window]) -> dic
     return rates
 
 
-def double_service(sample: dict[str, set[str] | None]) -> set[str]:
-    """Users listed by `doveadm who` on more than one backend in one sample (None: no answer)."""
+@dataclass(frozen=True)
+class Stall:
+    """A backend's `palomar backend` or Dovecot stopped (SIGSTOP) from `start` to `end` (SIGCONT)."""
+
+    backend: str
+    start: float
+    end: float = math.inf
+    """math.inf while the stall goes on."""
+
+
+SETTLE = 5.0
+"""Seconds after a stalled backend resumes in which its `doveadm who` may still list sessions that its
+proxies cut during the stall: the resumed `palomar backend` sees their hops closed and closes them at
+its Dovecot, whose session processes then exit (about a second; tests/integration/test_backend_stall.py)."""
+
+
+def stalled(stalls: Iterable[Stall], start: float, end: float, settle: float = SETTLE) -> set[str]:
+    """Backends stalled at some moment of the sample [start, end], or resumed less than `settle` before."""
+    return {s.backend for s in stalls if s.start <= end and start <= s.end + settle}
+
+
+def double_service(sample: dict[str, set[str] | None], stalled: Iterable[str] = ()) -> set[str]:
+    """Users listed by `doveadm who` on more than one backend in one sample (None: no answer).
+
+    A listing on a `stalled` backend is not service: no byte of it can reach a client (its relay
+    or its Dovecot is stopped, and the proxies cut its sessions when it went offline, see
+    docs/design/health.md, "Fencing"); such a session is a leftover that the backend ends after it
+    resumes. Two listings on backends that run are double service."""
+    skip = set(stalled)
     seen: set[str] = set()
     twice: set[str] = set()
-    for users in sample.values():
+    for backend, users in sample.items():
+        if backend in skip:
+            continue
         for user in users or ():
             (twice if user in seen else seen).add(user)
     return twice
