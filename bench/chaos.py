@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos_faults import inject
+from chaos_faults import HOP_RATE, LOSS_PERCENT, inject, private_network
 from chaos_load import Ledger, Load, Target
 from chaos_rules import (
     KINDS,
@@ -51,7 +51,7 @@ from palomar.devcluster.net import port_accepts
 from palomar.devcluster.supervisor import RestartPolicy, Supervisor
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
-from report import load_average, log, machine_rows, median, table
+from report import exit_status, invocation, load_average, log, machine_rows, median, table
 
 RECOVERY_BOUND = 120.0
 """Seconds after a fault ends within which the cluster must be whole again on its own."""
@@ -59,6 +59,8 @@ DRAIN = 90.0
 """Seconds the MTA-like clients keep retrying their queued messages after the load stops."""
 RESTARTS = RestartPolicy(first_delay=0.5, max_delay=5.0, burst=20, window=300.0)
 """Like systemd's Restart=always with a short RestartSec; no giving up during a run."""
+GAP = (3.0, 8.0)
+"""Quiet seconds after a recovery before the next fault (drawn from this range)."""
 HEADING_DOC = "docs/reliability.md"
 MSGID = re.compile(r"<[^<>@\s]+@chaos\.palomar\.test>")
 
@@ -133,7 +135,7 @@ class Chaos:
     # --- helpers on the running cluster -------------------------------------------------------------
     def target_name(self, fault: Fault) -> str:
         process = fault.kind.split("-", 1)[1]
-        if process in ("dovecot", "backend"):
+        if process in ("dovecot", "backend", "hop"):
             return self.cluster.backends[fault.target].name
         if process == "proxy":
             return self.cluster.proxies[fault.target].name
@@ -220,7 +222,7 @@ class Chaos:
                 outcome.leftovers.append((began, left, since))
 
     # --- the run ----------------------------------------------------------------------------------------
-    def run(self, seconds: float, rounds: int | None) -> Outcome:
+    def run(self, seconds: float, rounds: int | None, gap: tuple[float, float] = GAP) -> Outcome:
         c = self.cluster
         outcome = Outcome(self.seed, seconds, load_before=load_average())
         log(f"starting the cluster in {c.root}")
@@ -235,7 +237,7 @@ class Chaos:
         for thread in threads:
             thread.start()
         faults = plan(self.seed, 1000 if rounds is None else rounds, backends=len(c.backends),
-                      proxies=len(c.proxies))
+                      proxies=len(c.proxies), gap=gap)
         outcome.started = start = time.time()
         load.start()
         self.done.wait(5.0)  # undisturbed load first: every user gets placed
@@ -335,6 +337,40 @@ def tracebacks(cluster: LocalCluster) -> dict[str, int]:
 
 
 # --- the report ----------------------------------------------------------------------------------------
+WHY = {
+    "none": "sessions that overlapped no fault: nothing may fail.",
+    "kill-dovecot": "the sessions open on the killed Dovecot lose their server process; its `palomar backend` "
+                    "closes their hops and the proxy closes the clients (IDLE cut: \"connection closed during "
+                    "IDLE\"). A new login there is refused at once, the confirmation probe fails at once, the "
+                    "proxy sets the backend offline and routes the login to the alternate: new logins do not fail.",
+    "stop-dovecot": "sessions on the stalled Dovecot wait. A new login there fails over within "
+                    "`cluster_hop_answer_timeout + cluster_proxy_probe_timeout` (9 s), and the proxies then cut "
+                    "the stalled backend's sessions (fencing); a stall that ends before that leaves them waiting "
+                    "but whole. The clients' 30 s timeout outlasts both, so failures are the cut sessions.",
+    "kill-backend": "every session relayed by the killed `palomar backend` loses its hop and is closed; new "
+                    "logins there are refused, confirmed by a probe at once and routed to the alternate.",
+    "stop-backend": "as stop-dovecot, with the hop itself stalled (a new hop's TLS handshake or answer times "
+                    "out): open sessions wait, and are cut when the backend goes offline.",
+    "kill-proxy": "the clients of the killed proxy lose their connections (HAProxy passes on the close); new "
+                  "connections go to the other proxy: HAProxy's greeting check marks the dead one down and "
+                  "`option redispatch` retries a refused connect there.",
+    "stop-proxy": "connections on the stalled proxy wait and go on after SIGCONT (HAProxy keeps a marked-down "
+                  "server's sessions); new ones go to the other proxy once two greeting checks (1 s apart, "
+                  "2 s timeout) failed; a connection HAProxy sent there before that waits out the stall.",
+    "kill-controller": "the controller is not on any client's path (it only sets offline backends online "
+                       "again): nothing should fail.",
+    "stop-controller": "as kill-controller.",
+    "geodb-write-lock": "IMAP logins of placed users only read the GeoDB and go on; what needs a write (a first "
+                        "placement, a failover, the stats flush) waits and fails with a temporary error "
+                        "(LMTP: \"Temporary routing failure\").",
+    "lossy-hop": "TCP retransmits and the slow class stretch the hop to one backend; a login whose hop misses "
+                 "the 2 s connect or 4 s answer timeout fails over to the alternate if the failure is confirmed "
+                 "(three in 10 s, or a failed probe), and the sessions open on the backend are cut then.",
+}
+"""What each fault does to IMAP sessions (the closing note of the rate table)."""
+
+
+
 VERDICT_ORDER = ("exactly-once", "duplicate-after-uncertain", "stored-after-uncertain", "absent-after-uncertain",
                  "never-accepted", "lost", "duplicated", "stored-after-refusal")
 
@@ -377,6 +413,8 @@ def render(outcome: Outcome, command: str) -> str:
 Written by {command}; `make chaos` reruns it. The same seed gives the same
 schedule of faults (their order, targets and hold times); what the load meets in each fault
 depends on timing.
+The soak (10,000 idle IMAP and IMAPS sessions and a login churn, memory and descriptors of
+every server over time) is `make soak`; its figures are in docs/benchmarks.md, "Soak (issue 16)".
 
 ## Method
 
@@ -395,12 +433,16 @@ answer is retried with the same Message-ID (1s doubling to 10s), also for {DRAIN
 load stops. Every answer is recorded.
 
 Faults, one at a time: SIGKILL of the whole process tree, or SIGSTOP then SIGCONT, of a Dovecot,
-a `palomar backend`, a `palomar proxy` and the controller; and a GeoDB whose write lock is held
-(reads go on, writes wait and fail: what a read-only or locked SQLite file does to the services).
+a `palomar backend`, a `palomar proxy` and the controller; a GeoDB whose write lock is held
+(reads go on, writes wait and fail: what a read-only or locked SQLite file does to the services);
+and `lossy-hop`: the hop to one backend loses {LOSS_PERCENT} % of its packets at random and the rest
+go through a {HOP_RATE} HTB class, both ways (nftables and tc; this kernel has no sch_netem, see
+`bench/chaos_faults.py`). The whole run lives in a network namespace of its own (its loopback
+carries the cluster), so these rules touch no other traffic on the machine.
 After each fault the run waits until the cluster is whole again with no admin action (every
 process running, an IMAP login through each proxy, the backends' hop and Dovecot ports and the
 controller's accepting, every backend `online` in the GeoDB), at most
-{RECOVERY_BOUND:.0f}s, then a quiet gap of 3-8s.
+{RECOVERY_BOUND:.0f}s, then a quiet gap of {GAP[0]:g}-{GAP[1]:g}s.
 
 Accounting, from the store: `doveadm fetch hdr.message-id` of every user's INBOX on every backend
 (they must agree), and the relay sink for Submission. Verdicts (`bench/chaos_rules.py`): a 2xx answer
@@ -432,6 +474,10 @@ Session failures by the fault their lifetime overlapped (from injection to whole
 
 {table(["fault", "IMAP", "POP3", "LMTP", "Submission"], rate_rows)}
 
+Why IMAP sessions fail under each fault (a session counts as failed if any step did: the connect,
+LOGIN, SELECT, FETCH, APPEND, IDLE or LOGOUT):
+
+{"".join(f"- `{kind}`: {WHY[kind]}{chr(10)}" for kind in ("none", *KINDS))}
 Most frequent failures:
 
 {table(["protocol, step: error", "sessions"], [[k, v] for k, v in error_rows]) if error_rows else "none"}
@@ -470,21 +516,22 @@ def _short(error: str, width: int = 90) -> str:
 
 
 def run_chaos(seed: int, seconds: float, rounds: int | None, keep: bool = False,
-              on_root: Callable[[Path], None] | None = None) -> Outcome:
+              on_root: Callable[[Path], None] | None = None, gap: tuple[float, float] = GAP) -> Outcome:
     base = Path(tempfile.mkdtemp(prefix="palomar-chaos-"))
     base.chmod(0o755)
     chaos = Chaos(base / "cluster", seed)
     if on_root:
         on_root(base)
-    try:
-        return chaos.run(seconds, rounds)
-    finally:
-        chaos.done.set()
-        chaos.cluster.stop()
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            log(f"kept {base}")
+    with private_network():  # netem on its loopback touches nobody else
+        try:
+            return chaos.run(seconds, rounds, gap)
+        finally:
+            chaos.done.set()
+            chaos.cluster.stop()
+            if not keep:
+                shutil.rmtree(base, ignore_errors=True)
+            else:
+                log(f"kept {base}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,13 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     outcome = run_chaos(args.seed, args.seconds, args.rounds, args.keep)
-    text = render(outcome, "`" + " ".join(["bench/chaos.py", *(argv if argv is not None else sys.argv[1:])]) + "`")
+    text = render(outcome, invocation("bench/chaos.py", argv))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     log(f"wrote {args.out}")
-    for line in outcome.failures():
-        log(f"FAIL {line}")
-    return 1 if outcome.failures() else 0
+    return exit_status(outcome.failures())
 
 
 if __name__ == "__main__":

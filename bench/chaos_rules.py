@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 
 KINDS: tuple[str, ...] = (
     "kill-dovecot", "stop-dovecot", "kill-backend", "stop-backend", "kill-proxy", "stop-proxy",
-    "kill-controller", "stop-controller", "geodb-write-lock",
+    "kill-controller", "stop-controller", "geodb-write-lock", "lossy-hop",
 )
-"""SIGKILL or SIGSTOP/SIGCONT of each process kind, and a GeoDB that refuses writes for a while."""
+"""SIGKILL or SIGSTOP/SIGCONT of each process kind, a GeoDB that refuses writes for a while, and
+packet loss and latency on the hop to one backend."""
 
-TARGETS = {"dovecot": "backends", "backend": "backends", "proxy": "proxies"}
+TARGETS = {"dovecot": "backends", "backend": "backends", "proxy": "proxies", "hop": "backends"}
 """Process kinds with several instances; the schedule picks one by index."""
 
 

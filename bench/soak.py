@@ -37,7 +37,7 @@ from palomar.devcluster.dovecot import ensure_inotify_instances, raise_open_file
 from palomar.devcluster.haproxy import GREETING_CHECKS, HAProxyInstance, Listen
 from palomar.devcluster.net import free_port
 from proctree import process_children, rollup_kib, tree_pids
-from report import load_average, log, machine_rows, table, write_section
+from report import exit_status, invocation, load_average, log, machine_rows, table, write_section
 from soak_rules import FDS, MEMORY, WARMUP_FRACTION, Trend, trend
 
 HEADING = "Soak (issue 16)"
@@ -413,12 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run(base, args)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    command = "`" + " ".join(["bench/soak.py", *(argv if argv is not None else sys.argv[1:])]) + "`"
-    write_section(Path(args.out), HEADING, render(outcome, command))
+    write_section(Path(args.out), HEADING, render(outcome, invocation("bench/soak.py", argv)))
     log(f"wrote the section {HEADING!r} of {args.out}")
-    for line in outcome.failures():
-        log(f"FAIL {line}")
-    return 1 if outcome.failures() else 0
+    return exit_status(outcome.failures())
 
 
 if __name__ == "__main__":
