@@ -97,6 +97,7 @@ class Outcome:
     load_before: str = ""
     load_after: str = ""
     queued_at_end: int = 0
+    gap: tuple[float, float] = GAP
 
     def verdicts(self) -> dict[str, list[Message]]:
         assert self.ledger is not None
@@ -224,7 +225,7 @@ class Chaos:
     # --- the run ----------------------------------------------------------------------------------------
     def run(self, seconds: float, rounds: int | None, gap: tuple[float, float] = GAP) -> Outcome:
         c = self.cluster
-        outcome = Outcome(self.seed, seconds, load_before=load_average())
+        outcome = Outcome(self.seed, seconds, load_before=load_average(), gap=gap)
         log(f"starting the cluster in {c.root}")
         c.start()
         supervisor = Supervisor(c.children(), self._supervised, RESTARTS)
@@ -442,7 +443,7 @@ carries the cluster), so these rules touch no other traffic on the machine.
 After each fault the run waits until the cluster is whole again with no admin action (every
 process running, an IMAP login through each proxy, the backends' hop and Dovecot ports and the
 controller's accepting, every backend `online` in the GeoDB), at most
-{RECOVERY_BOUND:.0f}s, then a quiet gap of {GAP[0]:g}-{GAP[1]:g}s.
+{RECOVERY_BOUND:.0f}s, then a quiet gap of {outcome.gap[0]:g}-{outcome.gap[1]:g}s.
 
 Accounting, from the store: `doveadm fetch hdr.message-id` of every user's INBOX on every backend
 (they must agree), and the relay sink for Submission. Verdicts (`bench/chaos_rules.py`): a 2xx answer
