@@ -343,7 +343,7 @@ process holds two descriptors per session and this machine's hard RLIMIT_NOFILE 
 in IDLE, split over the backends ({", ".join(f"{host}: {n}" for host, n in sorted(outcome.per_backend.items()))}).
 Then for {outcome.seconds:.0f}s a login churn of {outcome.churn_rate:g} whole sessions per second
 (connect, LOGIN, SELECT, LOGOUT; IMAP and IMAPS in turn) beside them, while every server's process
-tree is sampled every {outcome.interval:g}s: RSS and PSS (`/proc/PID/smaps_rollup`) and open
+tree is sampled, {outcome.interval:g}s apart (reading 10,000 processes takes a while itself): RSS and PSS (`/proc/PID/smaps_rollup`) and open
 descriptors (`/proc/PID/fd`), summed over the tree. At the end every idle session ends IDLE and
 logs out. Limits raised for it: the soft RLIMIT_NOFILE to the hard one, {outcome.open_files}
 (inherited by every server), HAProxy `maxconn {outcome.connections // 2 + HEADROOM}` per process,
