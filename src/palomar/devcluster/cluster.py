@@ -191,6 +191,8 @@ class LocalCluster:
     """Empty: `palomar_` + the root folder's name. start() drops it first: the cluster owns it."""
     cassandra_local_dc: str = "dc1"
     cassandra_replication: str = "dc1:1"
+    haproxy_maxconn: int = 4096
+    """HAProxy's global and per-listener connection limit (the soak holds 10,000 connections)."""
     hop_tls: bool = True
     """TLS on the proxy-to-backend hop (a CA and a certificate per backend under root/tls/hop);
     False writes `cluster_hop_ssl = no`."""
@@ -500,7 +502,7 @@ class LocalCluster:
                    extra_server_options=("check-send-proxy",) if name in doveadm_ports else ())
             for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m", check_interval="1s",
-            timeout_check="2s")
+            timeout_check="2s", maxconn=self.haproxy_maxconn)
         self.haproxy.start()
         (self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve, self.lb_submission,
          self.lb_submissions, self.lb_lmtp, self.lb_doveadm, self.lb_doveadm_http) = lb.values()
