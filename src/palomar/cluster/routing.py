@@ -15,7 +15,7 @@ from uuid import UUID
 
 from palomar.cluster.force_move import apply_force_move, rendezvous_backend
 from palomar.cluster.hashing import default_group_name
-from palomar.cluster.model import Backend, Group, SiteView, User
+from palomar.cluster.model import Backend, Group, GroupSite, SiteView, User
 from palomar.cluster.ownership import (
     STRAGGLER_WINDOW,
     NotMine,
@@ -25,12 +25,14 @@ from palomar.cluster.ownership import (
     check_ownership,
     expand_test_username,
 )
+from palomar.cluster.site_selection import NoSite, SiteChoice, SiteState, select_site
 
 __all__ = [
     "MAX_REFERRAL_HOPS",
     "STRAGGLER_WINDOW",
     "Assign",
     "Failover",
+    "OtherSite",
     "FollowReferral",
     "GroupDecision",
     "GroupWrite",
@@ -50,6 +52,7 @@ __all__ = [
     "group_write_for",
     "pinned_backend",
     "resolve_group",
+    "route_login",
     "route_user",
 ]
 
@@ -121,9 +124,23 @@ class Routed:
     group_decision: GroupDecision | None = None
     user_write: User | None = None
     group_write: GroupWrite | None = None
+    site_choice: SiteChoice | None = None
+    """How the site was chosen (set by `route_login`)."""
+
+
+@dataclass(frozen=True)
+class OtherSite:
+    """The user is served in another site: relay the login to that site's load balancer.
+
+    `user_write` is a new user's row, written here before relaying (its home is this site).
+    """
+
+    choice: SiteChoice
+    user_write: User | None = None
 
 
 RouteDecision = Routed | Unavailable
+LoginDecision = Routed | OtherSite | Unavailable
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,14 @@ def group_of(username: str, user: User | None, group_count: int) -> str:
     return default_group_name(username, group_count)
 
 
+def new_user_row(username: str, user: User | None, group_count: int) -> User | None:
+    """The row a user without a group gets (its `default-N` group), or None if it has one."""
+    if user is not None and user.group_name:
+        return None
+    group_name = group_of(username, user, group_count)
+    return replace(user, group_name=group_name) if user else User(username, group_name)
+
+
 def route_user(
     username: str,
     user: User | None,
@@ -255,22 +280,22 @@ def route_user(
     group_count: int,
     now: float,
     passdb_host: str | None = None,
+    serve_group: str | None = None,
 ) -> RouteDecision:
     """Route one login of `username` within `site_view` (the user's site, already chosen).
 
     `groups` holds the group rows the proxy read (by name; a missing name means no
     row). `now` is Unix seconds and stamps the writes. The proxy performs
     `user_write` and `group_write`, re-reading and re-routing if the conditional
-    group write loses a race.
+    group write loses a race. `serve_group` is the group to route when it is not the
+    user's home group (its failover group in a failover or force-move site).
     """
     pinned = pinned_backend(passdb_host, site_view)
     if pinned is not None:
         return Routed(pinned, None, "passdb-host")
 
-    user_write: User | None = None
-    group_name = group_of(username, user, group_count)
-    if user is None or not user.group_name:
-        user_write = replace(user, group_name=group_name) if user else User(username, group_name)
+    user_write = new_user_row(username, user, group_count)
+    group_name = serve_group or group_of(username, user, group_count)
 
     group = groups.get(group_name)
     decision = resolve_group(group, group_name, site_view)
@@ -288,6 +313,41 @@ def route_user(
         user_write,
         group_write,
     )
+
+
+def route_login(
+    username: str,
+    user: User | None,
+    state: SiteState,
+    group_site: GroupSite | None,
+    groups: Mapping[str, Group],
+    local_view: SiteView,
+    *,
+    group_count: int,
+    now: float,
+    passdb_host: str | None = None,
+) -> LoginDecision:
+    """The whole routing rule: site selection, then group -> backend in the local site.
+
+    The one function the proxy (logins and LMTP recipients) and `cluster user access` call.
+    `group_site` is the `group_sites` row of the user's home group in its home site;
+    `groups` the group rows of the local site by name. A user without a preferred site is
+    homed here: `user_write` then carries `preferred_site_id`.
+    """
+    choice = select_site(username, user, group_of(username, user, group_count), group_site, state)
+    if isinstance(choice, NoSite):
+        return Unavailable(choice.reason)
+    user_write = new_user_row(username, user, group_count)
+    if choice.new_home is not None:
+        base = user_write or user or User(username)
+        user_write = replace(base, preferred_site_id=choice.new_home)
+    if choice.site.id != state.local_site_id:
+        return OtherSite(choice, user_write)
+    decision = route_user(username, user, groups, local_view, group_count=group_count, now=now,
+                          passdb_host=passdb_host, serve_group=choice.group_name)
+    if isinstance(decision, Unavailable):
+        return decision
+    return replace(decision, user_write=user_write, site_choice=choice)
 
 
 def follow_referral(

@@ -13,7 +13,6 @@ replayed write is harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +21,7 @@ from palomar.cluster.model import (
     Backend,
     ForceMove,
     Group,
+    GroupSite,
     ProxyDestStat,
     Reachability,
     Setting,
@@ -29,30 +29,9 @@ from palomar.cluster.model import (
     Stat,
     Tag,
     User,
+    UserSite,
 )
 from palomar.geodb.engine import GeoEngine, Get, Row, Select, now_micros
-
-
-@dataclass(frozen=True)
-class UserSite:
-    """A user_sites row: the backend a user was last routed to in one site."""
-
-    username: str
-    site_id: UUID
-    backend_id: UUID | None = None
-    preferred_site: bool = False
-
-
-@dataclass(frozen=True)
-class GroupSite:
-    """A group_sites row: a group's state in one site and the site its users fail over to."""
-
-    group_name: str
-    site_id: UUID
-    status: int | None = None
-    failover_site_id: UUID | None = None
-    status_changed_us: int | None = None
-
 
 _FORCE_MOVE_CLEARED: dict[str, Any] = {
     "force_move_id": None,
