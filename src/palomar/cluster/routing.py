@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from uuid import UUID
 
 from palomar.cluster.force_move import apply_force_move, rendezvous_backend
-from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Backend, Group, GroupSite, SiteView, User
 from palomar.cluster.ownership import (
     STRAGGLER_WINDOW,
@@ -25,7 +24,7 @@ from palomar.cluster.ownership import (
     check_ownership,
     expand_test_username,
 )
-from palomar.cluster.site_selection import NoSite, SiteChoice, SiteState, select_site
+from palomar.cluster.site_selection import NoSite, SiteChoice, SiteState, group_of, select_site
 
 __all__ = [
     "MAX_REFERRAL_HOPS",
@@ -49,6 +48,7 @@ __all__ = [
     "choose_backend",
     "expand_test_username",
     "follow_referral",
+    "group_of",
     "group_write_for",
     "pinned_backend",
     "resolve_group",
@@ -254,13 +254,6 @@ def pinned_backend(passdb_host: str | None, site_view: SiteView) -> Backend | No
 
 def _decided_backend(decision: Serve | Assign | Failover) -> Backend:
     return decision.new_backend if isinstance(decision, Failover) else decision.backend
-
-
-def group_of(username: str, user: User | None, group_count: int) -> str:
-    """The user's group: the one in its row, or the `default-N` a new user joins."""
-    if user is not None and user.group_name:
-        return user.group_name
-    return default_group_name(username, group_count)
 
 
 def new_user_row(username: str, user: User | None, group_count: int) -> User | None:

@@ -11,10 +11,11 @@ See docs/design/routing.md, "Site selection", for the table this implements.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from palomar.cluster.hashing import force_move_bucket, weighted_rendezvous
+from palomar.cluster.hashing import default_group_name, force_move_bucket, weighted_rendezvous
 from palomar.cluster.model import GroupSite, Site, User
 
 MAX_SITE_HOPS = 2
@@ -77,6 +78,13 @@ class NoSite:
 
 
 SiteDecision = SiteChoice | NoSite
+
+
+def group_of(username: str, user: User | None, group_count: int) -> str:
+    """The user's home group: the one in its row, or the `default-N` a new user joins."""
+    if user is not None and user.group_name:
+        return user.group_name
+    return default_group_name(username, group_count)
 
 
 def home_site(user: User | None, state: SiteState) -> tuple[Site | None, bool]:
@@ -171,3 +179,18 @@ def select_site(
     if home.status == "evacuate" and state.reachable(home):
         return SiteChoice(home, home_group, "evacuating", home, f"{reason}, no failover site", new_home)
     return NoSite(f"{reason} and no failover site is usable")
+
+
+def follow_site(visited: Sequence[UUID], target: UUID, max_hops: int = MAX_SITE_HOPS) -> str | None:
+    """Whether a login that has passed through the sites `visited` (in order, the deciding site
+    last) may be relayed on to `target`; None if it may, else why not.
+
+    Never back to a site it came through (two sites that disagree would bounce it forever) and
+    never more than `max_hops` relays: the login then fails temporarily and the client retries
+    once the sites' caches agree again.
+    """
+    if target in visited:
+        return "site loop: the login already passed through the site it would be relayed to"
+    if len(visited) > max_hops:
+        return f"site loop: more than {max_hops} relays between sites"
+    return None
