@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import smtplib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from test_store_failures import LOGINS, imap_login
 from inprocess_cluster import PASSWORD, USERS, InProcessCluster, start_cluster
 from palomar.cluster.hashing import force_move_bucket
 from palomar.cluster.model import ForceMove, Site
+from palomar.cluster.reachability import DOWN_WINDOW, UP_WINDOW
 from palomar.devcluster.dovecot import DovecotInstance
 from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
+from palomar.proxy.site_probes import SiteProber
 
 LB_HOSTS = {"DC1": "127.0.0.100", "DC2": "127.0.0.101"}
 
@@ -38,6 +41,7 @@ class TwoSites:
     sites: dict[str, InProcessCluster]
     ids: dict[str, uuid.UUID]
     geodb: GeoDB
+    balancers: dict[str, HAProxyInstance]
 
     def served_by(self) -> dict[str, int]:
         return {name: c.backend.logins for name, c in self.sites.items()}
@@ -56,7 +60,7 @@ async def two_sites(tmp_path: Path, dovecot_backends: dict[str, DovecotInstance]
     make_engine = partial(open_engine, "sqlite", path=str(tmp_path / "geodb.sqlite"))
     secret = secrets.token_bytes(16)
     sites: dict[str, InProcessCluster] = {}
-    balancers: list[HAProxyInstance] = []
+    balancers: dict[str, HAProxyInstance] = {}
     engine = make_engine()
     await engine.open()
     geodb = GeoDB(engine)
@@ -70,14 +74,14 @@ async def two_sites(tmp_path: Path, dovecot_backends: dict[str, DovecotInstance]
             haproxy = HAProxyInstance([Listen(f"site-{name}", [(LB_HOSTS[name], lb_port)], [c.listeners["site"]],
                                               send_proxy_v2=False, check=False)], tmp_path / f"haproxy-{name}")
             haproxy.start()
-            balancers.append(haproxy)
+            balancers[name] = haproxy
             site = await geodb.site_get_by_name(name)
             assert site is not None
             await geodb.site_update(site.id, load_balancer=f"{LB_HOSTS[name]}:{lb_port}")
         ids = {name: (await geodb.site_get_by_name(name)).id for name in sites}  # type: ignore[union-attr]
-        yield TwoSites(sites, ids, geodb)
+        yield TwoSites(sites, ids, geodb, balancers)
     finally:
-        for haproxy in balancers:
+        for haproxy in balancers.values():
             haproxy.stop()
         for c in sites.values():
             await c.stop()
@@ -234,3 +238,28 @@ async def test_a_site_without_a_load_balancer_is_a_temporary_failure(two_sites: 
     await two_sites.geodb.user_put(USERS[7], preferred_site_id=dc3.id)
     result = await asyncio.to_thread(imap_login, two_sites.sites["DC1"].listeners["imap"], USERS[7])
     assert "UNAVAILABLE" in result
+
+
+async def test_an_unreachable_site_fails_over_after_the_window_and_comes_back(two_sites: TwoSites) -> None:
+    """DC2's load balancer goes away (what DC1 sees of a partition): DC1's proxy keeps relaying
+    until its probes have failed for the whole window, then serves DC2's users itself; once DC2 is
+    back for the up window, they go home."""
+    user = USERS[0]
+    await two_sites.home(user, "DC2")
+    prober = SiteProber(two_sites.sites["DC1"].proxy)
+    t0 = time.time()
+    assert await prober.run_once(t0) == {"DC2": True}
+    two_sites.balancers["DC2"].stop()
+    assert await prober.run_once(t0 + 1) == {"DC2": True}
+    result, served = await login_via(two_sites, "DC1", user)
+    assert "UNAVAILABLE" in result and served is None  # inside the window: no failover yet
+    assert await prober.run_once(t0 + 1 + DOWN_WINDOW) == {"DC2": False}
+    row = await two_sites.geodb.reachability_get(two_sites.ids["DC1"], two_sites.ids["DC2"])
+    assert row is not None and row.reachable is False
+    assert await login_via(two_sites, "DC1", user) == ("OK", "DC1")
+    assert await login_via(two_sites, "DC2", user) == ("OK", "DC2")  # split brain: DC2 serves its own
+    two_sites.balancers["DC2"].start()
+    t1 = t0 + 2 + DOWN_WINDOW
+    assert await prober.run_once(t1) == {"DC2": False}
+    assert await prober.run_once(t1 + UP_WINDOW) == {"DC2": True}
+    assert await login_via(two_sites, "DC1", user) == ("OK", "DC2")

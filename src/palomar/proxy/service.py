@@ -35,6 +35,7 @@ from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.site_hop import handle_site_hop
+from palomar.proxy.site_probes import SiteProber
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.service_runtime import (
@@ -186,6 +187,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     checks = start_backend_checks(state, cfg)
     learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
+    site_probes = asyncio.get_running_loop().create_task(SiteProber(state).loop())
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
@@ -195,6 +197,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         flusher.cancel()
         fence.cancel()
+        site_probes.cancel()
         learning.cancel()
         summaries.cancel()
         if checks is not None:

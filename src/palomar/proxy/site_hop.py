@@ -38,6 +38,7 @@ log = logging.getLogger("palomar.proxy")
 
 SITE_HOP_TIMEOUT = 5.0
 """Seconds a calling proxy has for the TLS handshake, and again for its header."""
+SITE_PING_COMMAND = b'{"cmd":"site-ping"}'
 _FAILURES = {
     "proxy_dest_auth_failed": "auth",
     "proxy_dest_auth_temp_failed": "temp",
@@ -67,6 +68,15 @@ async def handle_site_hop(state, tls: ssl.SSLContext | None, sock: socket.socket
         link.close()
 
 
+def _site_ping(view, admin: bytes) -> hop.HopReply:
+    """Another site's reachability probe (proxy/site_probes.py): OK while this site can serve."""
+    if admin != SITE_PING_COMMAND:
+        return hop.Failure("protocol", "the only admin command between sites is site-ping")
+    if not any(b.online for b in view.backends):
+        return hop.Failure("unavailable", f"site {view.site.name} has no online backend")
+    return hop.LoggedIn(f"site {view.site.name}".encode())
+
+
 def _refuse(link: Link, reply: hop.HopReply) -> None:
     link.write(hop.encode_reply(reply))
     link.close()
@@ -94,7 +104,10 @@ async def _site_hop(state, link: Link, peer: str) -> None:
                     else safe(str(exc) or type(exc).__name__))
         _refuse(link, hop.Failure("denied", "hop refused"))
         return
-    if request.admin is not None or request.protocol == "doveadm":
+    if request.admin is not None:
+        _refuse(link, _site_ping(view, request.admin))
+        return
+    if request.protocol == "doveadm":
         _refuse(link, hop.Failure("protocol", "doveadm is not relayed between sites"))
         return
     visited = [UUID(s) for s in request.via_sites]
