@@ -112,14 +112,15 @@ async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_
                 break
             visited.append(decision.choice.site.id)
             path.append(decision.choice.site.name)
-            vias.append(decision.choice.via)
+            vias.append("relayed" if decision.choice.via == "home" else decision.choice.via)
             view, state = await state_of(decision.choice.site.name)
             decision = await decide_login(reader, username, user, state, view, group_count=group_count, now=now)
         record: dict[str, Any] = {"user": username, "new_user": user is None or not user.group_name,
                                   "sites": path}
         if isinstance(decision, Routed):
             choice = decision.site_choice
-            vias += [choice.via] if choice is not None and choice.via != "home" else []
+            if choice is not None and choice.via != "home" and choice.via not in vias[-1:]:
+                vias.append(choice.via)
             record.update(site=view.site.name, group=decision.group_name, backend=decision.backend.host,
                           backend_id=decision.backend.id, via="/".join([*vias, decision.via]),
                           pending=_pending(decision, view, user), error=None)
