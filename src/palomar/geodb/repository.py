@@ -291,9 +291,15 @@ class GeoDB:
     async def site_state(self, local_site_id: UUID) -> SiteState:
         """What site selection reads, as seen from `local_site_id`: every site (a small table) and
         the destinations that site's reachability rows call unreachable."""
-        sites = tuple(await self.site_list())
-        rows = await self.reachability_list(local_site_id)
-        return SiteState(local_site_id, sites, frozenset(r.dest_site_id for r in rows if not r.reachable))
+        sites, reach = await self.engine.read_many([
+            Scan("sites"), Select("site_reachability", {"src_site_id": local_site_id})])
+        return self._site_state(local_site_id, sites, reach)
+
+    @classmethod
+    def _site_state(cls, local_site_id: UUID, site_rows: list[Row], reach_rows: list[Row]) -> SiteState:
+        sites = sorted((_site(r) for r in site_rows), key=lambda s: (s.name, str(s.id)))
+        unreachable = frozenset(r.dest_site_id for r in map(cls._reachability, reach_rows) if not r.reachable)
+        return SiteState(local_site_id, tuple(sites), unreachable)
 
     async def reachability_get(self, src_site_id: UUID, dest_site_id: UUID) -> Reachability | None:
         row = await self.engine.get(
@@ -481,10 +487,7 @@ class GeoDB:
             Get("users", {"username": username}),
             Select("site_reachability", {"src_site_id": site_id}),
         ])
-        unreachable = frozenset(r.dest_site_id for r in map(self._reachability, reach) if not r.reachable)
-        state = SiteState(site_id, tuple(sorted((_site(r) for r in sites), key=lambda s: (s.name, str(s.id)))),
-                          unreachable)
-        return (state, sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
+        return (self._site_state(site_id, sites, reach), sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
                 None if user is None else _user(user))
 
     async def group_site_and_groups(self, group_name: str, home_site_id: UUID, site_id: UUID,
