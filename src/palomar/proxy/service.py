@@ -154,6 +154,8 @@ def start_site_listener(state: ProxyState, address: str, tls) -> AcceptLoop:
 
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
+    site_listen = cfg["cluster_proxy_site_listen"]
+    site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
     loops: list[AcceptLoop] = []
     for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
         service = cfg.services.get(service_name)
@@ -178,9 +180,8 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
-    site_listen = cfg["cluster_proxy_site_listen"]
     if site_listen:
-        loops.append(start_site_listener(state, site_listen, hop_server_context(cfg)))
+        loops.append(start_site_listener(state, site_listen, site_tls))
     metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
