@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from palomar.geodb import GeoDBError, GeoEngine, open_engine
-from palomar.geodb.engine import Get, Read, Select, now_micros
+from palomar.geodb.engine import Get, Read, Scan, Select, now_micros
 from palomar.geodb.schema import TableDef, clustering_order_key, load_schema, serialize_value
 
 __all__ = [
@@ -225,15 +225,18 @@ class TestSelectAndScan:
             Get("sites", {"id": missing}),
             Select("backends", {"site_id": missing}),
             Select("user_sites", {"username": user}, (site,)),
+            Scan("sites"),
         ]
         answers = await engine.read_many(reads)
-        singles = [await engine.get(r.table, r.key) if isinstance(r, Get) else
-                   await engine.select(r.table, r.partition, r.clustering) for r in reads]
+        singles = [await engine.get(r.table, r.key) if isinstance(r, Get) else await engine.scan(r.table)
+                   if isinstance(r, Scan) else await engine.select(r.table, r.partition, r.clustering)
+                   for r in reads]
         assert answers == singles
         assert answers[0]["name"] == "rm-site" and answers[2]["group_name"] == "g7"
         assert sorted(r["host"] for r in answers[1]) == ["h0", "h1", "h2"]  # order: as `select`, compared above
         assert answers[3] is None and answers[4] is None and answers[5] == []
         assert [r["preferred_site"] for r in answers[6]] == [1]
+        assert site in {r["id"] for r in answers[7]} and gone not in {r["id"] for r in answers[7]}
         assert await engine.read_many([]) == []
 
     async def test_scan_lists_live_rows_only(self, engine: GeoEngine) -> None:

@@ -35,6 +35,7 @@ from palomar.proxy.pop3_frontend import Pop3Adapter
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
+from palomar.proxy.site_hop import handle_site_hop
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 
@@ -138,10 +139,13 @@ def _listen(host: str, handler) -> tuple[AcceptLoop, tuple[str, int]]:
 
 async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None,
                         make_engine: Callable[[], GeoEngine] | None = None, site_name: str = SITE,
-                        listen: str = "127.0.0.1", users: Sequence[str] = USERS) -> InProcessCluster:
+                        listen: str = "127.0.0.1", users: Sequence[str] = USERS, secret: bytes | None = None,
+                        site_listen: bool = False) -> InProcessCluster:
     """A site with one online backend at `backend_host` (whose hop listener runs here), a proxy
     with every protocol's listener on `listen`, `users` with PASSWORD. Each role opens its own
-    engine from `make_engine` (default: one SQLite GeoDB file under `root`)."""
+    engine from `make_engine` (default: one SQLite GeoDB file under `root`). Sites that share a
+    GeoDB share `secret`; `site_listen` adds the proxy's listener for other sites' hops
+    (`listeners["site"]`)."""
     root.mkdir(parents=True, exist_ok=True)
     if make_engine is None:
         make_engine = partial(open_engine, "sqlite", path=str(root / "geodb.sqlite"))
@@ -156,7 +160,7 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None,
     passwd = root / "users.passwd"
     passwd.write_text("".join(f"{user}:{{PLAIN}}{PASSWORD}::::::\n" for user in users))
     passdb = PassdbChain.from_settings([SimpleNamespace(name="users", driver="passwd-file", args=str(passwd))])
-    secret = secrets.token_bytes(16)
+    secret = secret or secrets.token_bytes(16)
 
     backend_geodb, backend_engine = await flaky_geodb(make_engine)
     backend_localdb = LocalDB(str(root / "backend-localdb.sqlite"))
@@ -190,6 +194,10 @@ async def start_cluster(root: Path, *, backend_host: str, dovecot: Any = None,
     loop, address = _listen(listen, partial(serve_lmtp, proxy, haproxy=False, ssl=False))
     cluster.loops.append(loop)
     cluster.listeners["lmtp"] = address
+    if site_listen:
+        loop, address = _listen(listen, partial(handle_site_hop, proxy, None))
+        cluster.loops.append(loop)
+        cluster.listeners["site"] = address
     return cluster
 
 

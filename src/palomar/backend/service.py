@@ -22,7 +22,8 @@ from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
 from palomar.cluster.model import Backend, SiteView, Stat
-from palomar.cluster.ownership import Own, Refer, check_ownership, expand_test_username
+from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
+from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
@@ -48,6 +49,7 @@ TLS_HANDSHAKE_RECORD = b"\x16\x03"
 STALE_TTL = 1
 """LocalDB lifetime of a remembered ownership read: it is never read fresh, only during an outage."""
 STALE_SITE_KEY = "backend-site"
+STALE_SITES_KEY = "backend-sites"
 STALE_USER_PREFIX = "backend-user/"
 
 
@@ -64,6 +66,8 @@ class BackendState:
     """The hop's TLS context (`cluster_hop_ssl = yes`); None serves a plaintext hop."""
     recipient_delimiter: str = "+"
     """Splits LMTP recipients into user and detail, as this backend's Dovecot does (same setting)."""
+    group_count: int = 100
+    """`cluster_default_group_count`: site selection needs the home group of a user without one."""
     backend_id: UUID | None = None
     site_id: UUID | None = None
     active: dict[int, Relay] = field(default_factory=dict)
@@ -81,6 +85,7 @@ class BackendState:
     """Reads made before this moment are never used stale: the process started (or resumed from a
     stall) then, and may have missed a failover of its groups while it was away."""
     _site_text: str = ""
+    _sites_text: str = ""
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -122,17 +127,27 @@ class BackendState:
         """
         assert self.backend_id is not None and self.site_id is not None
         try:
-            site, backends, user = await self.geodb.site_and_user(self.site_id, username)
+            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username)
+            site = sites.local
             assert site is not None
             view = SiteView(site, tuple(backends))
-            group = None
-            if user is not None and user.group_name:
-                group = await self.geodb.group_get(view.site.id, user.group_name)
+            home, _ = home_site(user, sites)
+            home_group = group_of(username, user, self.group_count)
+            # Both groups the user may be served in here (home, failover) with the group_sites
+            # row that decides between them: one call, then the pure rule picks.
+            names = [home_group, failover_group(user, home_group)] if user is not None and user.group_name else []
+            group_site, groups = await self.geodb.group_site_and_groups(
+                home_group, (home or site).id, self.site_id, names)
+            served = self._site_group(username, user, group_site, sites)
+            group = groups.get(served) if isinstance(served, str) else None
         except GeoDBUnavailable:
             cached = self._stale_ownership_inputs(username)
             if cached is None:
                 raise
-            view, user, group = cached
+            view, sites, user, group_site, group = cached
+            served = self._site_group(username, user, group_site, sites)
+            if isinstance(served, NotMine):
+                return served, group, user
             decision = self._decide(username, view, group)
             me = view.backend(self.backend_id)
             moves = self.moves
@@ -141,8 +156,14 @@ class BackendState:
             return ownership_when_stale(
                 decision, group, self_online=me is not None and me.online, moving_here=moving_here,
                 test_user=username == self._test_user()), group, user
-        self._remember_ownership_inputs(username, view, user, group)
+        self._remember_ownership_inputs(username, view, sites, user, group_site, group)
+        if isinstance(served, NotMine):
+            return served, group, user
         return self._decide(username, view, group), group, user
+
+    def _site_group(self, username: str, user, group_site, sites) -> str | NotMine:
+        return site_group(username, user, group_site, sites, group_count=self.group_count,
+                          test_username=self._test_user())
 
     def _test_user(self) -> str | None:
         return expand_test_username(self.test_username, self.name) if self.test_username else None
@@ -160,7 +181,8 @@ class BackendState:
         return check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
                                self.clock(), site_view=view, test_username=self._test_user())
 
-    def _remember_ownership_inputs(self, username: str, view: SiteView, user, group) -> None:
+    def _remember_ownership_inputs(self, username: str, view: SiteView, sites: SiteState, user, group_site,
+                                   group) -> None:
         """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login
         (the site view only when it changed)."""
         if self.stale_max <= 0:
@@ -170,13 +192,19 @@ class BackendState:
         if site_text != self._site_text:
             self.localdb.cache_put(STALE_SITE_KEY, site_text, STALE_TTL, now)
             self._site_text = site_text
-        self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group]), STALE_TTL, now)
+        sites_text = codec.dumps(sites)
+        if sites_text != self._sites_text:
+            self.localdb.cache_put(STALE_SITES_KEY, sites_text, STALE_TTL, now)
+            self._sites_text = sites_text
+        self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]),
+                               STALE_TTL, now)
 
     def _stale_ownership_inputs(self, username: str):
-        """(view, user, group) from the last fresh read, if the stale rule allows using it."""
+        """(view, sites, user, group_site, group) from the last fresh read, if the stale rule allows
+        using it."""
         now = time.time()
-        rows = [self.localdb.cache_get_stale(key, int(now)) for key in (STALE_SITE_KEY,
-                                                                         f"{STALE_USER_PREFIX}{username}")]
+        rows = [self.localdb.cache_get_stale(key, int(now)) for key in (
+            STALE_SITE_KEY, STALE_SITES_KEY, f"{STALE_USER_PREFIX}{username}")]
         entries = [None if r is None else CachedEntry(r[0], r[1] - STALE_TTL) for r in rows]
         # The LocalDB keeps whole seconds: a read in the second this process started or resumed counts
         # as after it (a failover it missed needs the seconds of a probe window, not a fraction).
@@ -184,10 +212,11 @@ class BackendState:
         if not all(usable_when_stale(e, now, max_stale=self.stale_max, trusted_since=trusted_since)
                    for e in entries):
             return None
-        site_entry, user_entry = entries
-        assert site_entry is not None and user_entry is not None
-        user, group = codec.load_user_and_group(user_entry.text)
-        return codec.load_site_view(site_entry.text), user, group
+        site_entry, sites_entry, user_entry = entries
+        assert site_entry is not None and sites_entry is not None and user_entry is not None
+        user, group, group_site = codec.load_user_group_and_site(user_entry.text)
+        return (codec.load_site_view(site_entry.text), codec.load_site_state(sites_entry.text), user,
+                group_site, group)
 
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
@@ -478,7 +507,7 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
         tls=hop_server_context(cfg),
-        recipient_delimiter=cfg["recipient_delimiter"],
+        recipient_delimiter=cfg["recipient_delimiter"], group_count=cfg["cluster_default_group_count"],
         clock=_clock(), stale_max=cfg["cluster_geodb_stale_max"],
     )
     await state.register()

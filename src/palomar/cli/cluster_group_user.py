@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import uuid
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -12,7 +13,8 @@ import click
 from palomar.cli.cluster_context import ClusterContext, CommandError, backend_by_host, pass_ctx, site_by_name
 from palomar.cli.output import micros_to_iso
 from palomar.cluster import validation as check
-from palomar.cluster.model import Group, User
+from palomar.cluster.model import Group, GroupSite, User
+from palomar.cluster.site_selection import GROUP_SITE_FOLLOW, GROUP_SITE_STATUSES
 from palomar.geodb.repository import GeoDB
 
 GROUP_COLUMNS = ("site", "name", "backend", "alt_backend", "moving", "sticky_users", "sticky_backend")
@@ -164,6 +166,96 @@ async def group_records(db: GeoDB, site: str | None = None, mask: str | None = N
             if mask is None or fnmatch.fnmatchcase(g.name, mask):
                 records.append(group_record(g, sites, hosts))
     return records
+
+
+# -- group sites ---------------------------------------------------------------------------------
+
+GROUP_SITE_COLUMNS = ("group", "site", "status", "failover_site")
+_GROUP_SITE_STATUS_NAMES = {v: k for k, v in GROUP_SITE_STATUSES.items()}
+
+
+def group_site_record(entry: GroupSite, site_names: dict[UUID, str]) -> dict[str, Any]:
+    def site(site_id: UUID | None) -> str | None:
+        return None if site_id is None else site_names.get(site_id, str(site_id))
+
+    status = entry.status if entry.status is not None else GROUP_SITE_FOLLOW
+    return {
+        "group": entry.group_name,
+        "site": site(entry.site_id),
+        "status": _GROUP_SITE_STATUS_NAMES.get(status, str(status)),
+        "failover_site": site(entry.failover_site_id),
+        "failover_site_id": entry.failover_site_id,
+        "status_changed": micros_to_iso(entry.status_changed_us),
+    }
+
+
+@group.group("site")
+def group_site() -> None:
+    """A group's state in a site (`group_sites`): its failover site and whether it is failed over."""
+
+
+@group_site.command("set")
+@click.option("--status", type=click.Choice(sorted(GROUP_SITE_STATUSES)),
+              help="follow: served where the site's status says; failover: served in the failover site.")
+@click.option("--failover-site", metavar="SITE", help="Where the group's users go when they leave SITE.")
+@click.option("--no-failover-site", is_flag=True, help="Forget the failover site (chosen by hash again).")
+@click.argument("site")
+@click.argument("name", metavar="GROUP")
+@pass_ctx
+def group_site_set(ctx: ClusterContext, status: str | None, failover_site: str | None, no_failover_site: bool,
+                   site: str, name: str) -> None:
+    """Set GROUP's status and/or failover site for its users whose home is SITE."""
+    if status is None and failover_site is None and not no_failover_site:
+        raise CommandError("nothing to set: give --status, --failover-site or --no-failover-site")
+    if failover_site is not None and no_failover_site:
+        raise CommandError("give either --failover-site or --no-failover-site")
+    check.entity_name(name, "group name")
+
+    async def action(db: GeoDB) -> None:
+        home = await site_by_name(db, site)
+        current = await db.group_site_get(name, home.id) or GroupSite(name, home.id)
+        new = current
+        if status is not None:
+            new = replace(new, status=GROUP_SITE_STATUSES[status])
+        if failover_site is not None:
+            target = await site_by_name(db, failover_site)
+            if target.id == home.id:
+                raise CommandError("a group cannot fail over to its own site")
+            new = replace(new, failover_site_id=target.id)
+        if no_failover_site:
+            new = replace(new, failover_site_id=None)
+        await db.group_site_put(new)
+
+    ctx.run(action)
+
+
+@group_site.command("list")
+@click.argument("name", metavar="GROUP")
+@pass_ctx
+def group_site_list(ctx: ClusterContext, name: str) -> None:
+    """GROUP's rows in every site."""
+
+    async def action(db: GeoDB) -> list[dict[str, Any]]:
+        sites = {s.id: s.name for s in await db.site_list()}
+        return [group_site_record(e, sites) for e in await db.group_site_list(name)]
+
+    ctx.emit_list(ctx.run(action), GROUP_SITE_COLUMNS)
+
+
+@group_site.command("remove")
+@click.argument("site")
+@click.argument("name", metavar="GROUP")
+@pass_ctx
+def group_site_remove(ctx: ClusterContext, site: str, name: str) -> None:
+    """Delete GROUP's row for SITE: the group follows the site again and fails over by hash."""
+
+    async def action(db: GeoDB) -> None:
+        home = await site_by_name(db, site)
+        if await db.group_site_get(name, home.id) is None:
+            raise CommandError(f"group '{name}' has no row for site '{site}'")
+        await db.group_site_delete(name, home.id)
+
+    ctx.run(action)
 
 
 # -- users --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`palomar cluster user access`: where each user would land now, computed without writing anything.
 
-It runs the proxy's own pure routing (`cluster.routing.route_user`) on fresh GeoDB reads, so
-the answer is the proxy's answer at this moment: a new user shows the group it would join and
+It runs the proxy's own routing (`proxy.router.decide_login`: site selection, then group ->
+backend) on fresh GeoDB reads, as a proxy of `cluster_local_site` would, so the answer is the
+proxy's answer at this moment: a user served in another site shows that site and no backend; a new user shows the group it would join and
 the backend that group would be assigned; a group whose backend is down shows its failover.
 The writes a proxy would make (user row, group assignment or failover) are reported, not done.
 """
@@ -19,10 +20,12 @@ from palomar.cli import cluster_context
 from palomar.cli.cluster_admin import send_admin, user_backends
 from palomar.cli.cluster_context import ClusterContext, CommandError, pass_ctx, site_by_name
 from palomar.cluster.director_transition import DirectorTransition
-from palomar.cluster.model import Group, SiteView, User
-from palomar.cluster.routing import Assign, Failover, Routed, group_of, route_user
+from palomar.cluster.model import Group, GroupSite, SiteView, User
+from palomar.cluster.routing import Assign, Failover, OtherSite, Routed
+from palomar.cluster.site_selection import SiteState, follow_site
 from palomar.config.director_transition import transition_from_config
 from palomar.geodb.repository import GeoDB
+from palomar.proxy.router import decide_login
 
 ACCESS_COLUMNS = ("user", "site", "group", "backend", "via", "pending")
 
@@ -45,41 +48,37 @@ def _read_names(path: str) -> list[str]:
 
 
 class _Reader:
-    """Fresh GeoDB reads for one invocation, each site and group read once."""
+    """Fresh GeoDB reads for one invocation (no LocalDB cache), each row read once."""
 
-    def __init__(self, db: GeoDB, local_site: str) -> None:
+    def __init__(self, db: GeoDB) -> None:
         self.db = db
-        self.local_site = local_site
-        self.views: dict[UUID | str, SiteView] = {}
         self.groups: dict[tuple[UUID, str], Group | None] = {}
-
-    async def view(self, user: User | None) -> SiteView:
-        """The user's preferred site if it has one that exists, else this server's site."""
-        site = None
-        if user is not None and user.preferred_site_id is not None:
-            key: UUID | str = user.preferred_site_id
-            if key in self.views:
-                return self.views[key]
-            site = await self.db.site_get(user.preferred_site_id)
-        if site is None:
-            key = self.local_site
-            if key in self.views:
-                return self.views[key]
-            site = await site_by_name(self.db, self.local_site)
-        view = SiteView(site, tuple(await self.db.backend_list(site.id)))
-        self.views[key] = view
-        return view
+        self.group_sites: dict[tuple[str, UUID], GroupSite | None] = {}
 
     async def group(self, site_id: UUID, name: str) -> Group | None:
         if (site_id, name) not in self.groups:
             self.groups[(site_id, name)] = await self.db.group_get(site_id, name)
         return self.groups[(site_id, name)]
 
+    async def group_site(self, group_name: str, site_id: UUID) -> GroupSite | None:
+        if (group_name, site_id) not in self.group_sites:
+            self.group_sites[(group_name, site_id)] = await self.db.group_site_get(group_name, site_id)
+        return self.group_sites[(group_name, site_id)]
 
-def _pending(decision: Routed, view: SiteView) -> str | None:
+
+async def local_routing_state(db: GeoDB, local_site: str) -> tuple[SiteView, SiteState]:
+    """The local site's backends and every site with the local site's reachability rows."""
+    site = await site_by_name(db, local_site)
+    return SiteView(site, tuple(await db.backend_list(site.id))), await db.site_state(site.id)
+
+
+def _pending(decision: Routed, view: SiteView, user: User | None) -> str | None:
     parts = []
-    if decision.user_write is not None:
-        parts.append(f"new user joins {decision.user_write.group_name}")
+    write = decision.user_write
+    if write is not None and (user is None or not user.group_name):
+        parts.append(f"new user joins {write.group_name}")
+    if write is not None and write.preferred_site_id is not None and (user is None or user.preferred_site_id is None):
+        parts.append(f"homed in {view.site.name}")
     group_decision = decision.group_decision
     if isinstance(group_decision, Assign):
         parts.append(f"group gets backend {group_decision.backend.host}")
@@ -92,28 +91,51 @@ def _pending(decision: Routed, view: SiteView) -> str | None:
 
 async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_count: int,
                          now: float, director: DirectorTransition | None = None) -> list[dict[str, Any]]:
-    """One record per user: where the proxy would route them now (nothing is written).
+    """One record per user: where a proxy of `local_site` would route them now (nothing is written).
 
     `director` (the proxy's cluster_director_transition_config) applies in the local site only.
     """
-    reader = _Reader(db, local_site)
+    reader = _Reader(db)
+    states: dict[str, tuple[SiteView, SiteState]] = {}
+
+    async def state_of(site_name: str) -> tuple[SiteView, SiteState]:
+        if site_name not in states:
+            states[site_name] = await local_routing_state(db, site_name)
+        return states[site_name]
+
     records = []
     for username in names:
         user = await db.user_get(username)
-        view = await reader.view(user)
-        here = director if view.site.name == local_site else None
-        group_name = group_of(username, user, group_count, view, here)
-        group = await reader.group(view.site.id, group_name)
-        groups = {group_name: group} if group is not None else {}
-        decision = route_user(username, user, groups, view, group_count=group_count, now=now, director=here)
-        record: dict[str, Any] = {"user": username, "site": view.site.name, "group": group_name}
+        view, state = await state_of(local_site)
+        decision = await decide_login(reader, username, user, state, view, group_count=group_count, now=now,
+                                      director=director)
+        visited, path, vias = [view.site.id], [view.site.name], []
+        # As the proxy relays to the other site's load balancer, whose proxy decides again there.
+        loop = None
+        while isinstance(decision, OtherSite):
+            loop = follow_site(visited, decision.choice.site.id)
+            if loop is not None:
+                break
+            visited.append(decision.choice.site.id)
+            path.append(decision.choice.site.name)
+            vias.append("relayed" if decision.choice.via == "home" else decision.choice.via)
+            view, state = await state_of(decision.choice.site.name)
+            decision = await decide_login(reader, username, user, state, view, group_count=group_count, now=now)
+        record: dict[str, Any] = {"user": username, "new_user": user is None or not user.group_name,
+                                  "sites": path}
         if isinstance(decision, Routed):
-            record.update(backend=decision.backend.host, backend_id=decision.backend.id, via=decision.via,
-                          pending=_pending(decision, view), new_user=decision.user_write is not None,
-                          error=None)
+            choice = decision.site_choice
+            if choice is not None and choice.via != "home" and choice.via not in vias[-1:]:
+                vias.append(choice.via)
+            record.update(site=view.site.name, group=decision.group_name, backend=decision.backend.host,
+                          backend_id=decision.backend.id, via="/".join([*vias, decision.via]),
+                          pending=_pending(decision, view, user), error=None)
+        elif isinstance(decision, OtherSite):
+            record.update(site=None, group=None, backend=None, backend_id=None, via=None, pending=None,
+                          error=loop)
         else:
-            record.update(backend=None, backend_id=None, via=None, pending=None,
-                          new_user=user is None or not user.group_name, error=decision.reason)
+            record.update(site=None, group=None, backend=None, backend_id=None, via=None, pending=None,
+                          error=decision.reason)
         records.append(record)
     return records
 

@@ -38,16 +38,25 @@ SUPERVISE_INTERVAL = 0.5
 @click.option("--users", default=20, show_default=True, help="how many demo users to create")
 @click.option("--geodb", type=click.Choice(["sqlite", "cassandra"]), default="sqlite", show_default=True,
               help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs")
+@click.option("--sites", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: a second site DC2 with its own HAProxy on 127.0.0.101 (the same ports); odd users prefer "
+                   "DC1, even users DC2")
 def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port: int, submission_port: int,
          submissions_port: int, sieve_port: int, lmtp_port: int, doveadm_port: int, doveadm_http_port: int,
-         ui_port: int, users: int, geodb: str) -> None:
+         ui_port: int, users: int, geodb: str, sites: int) -> None:
     """Start two Dovecot backends with palomar in front, two proxies and HAProxy (GeoDB: SQLite or Cassandra).
 
+    With --sites 2, two sites of two backends and one proxy each, one HAProxy per site.
     Started again on the same --dir, the demo keeps its mail and GeoDB.
     """
+    if sites == 2 and geodb != "sqlite":
+        click.echo("palomar demo: --sites 2 runs on the SQLite GeoDB only (a Cassandra DC per site is not "
+                   "supported by the demo yet)", err=True)
+        sys.exit(1)
     from palomar.devcluster.cassandra import LocalCassandra, cassandra_dir
     from palomar.devcluster.cluster import LbPorts, LocalCluster, shared_dir_for
     from palomar.devcluster.login_check import check_logins, error_lines
+    from palomar.devcluster.sites import home_demo_users, start_sites, two_sites
     from palomar.devcluster.supervisor import Supervisor
 
     path = Path(root).resolve()
@@ -66,37 +75,52 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
     lb_ports = LbPorts(imap=imap_port, imaps=imaps_port, pop3=pop3_port, pop3s=pop3s_port, sieve=sieve_port,
                        submission=submission_port, submissions=submissions_port, lmtp=lmtp_port,
                        doveadm=doveadm_port, doveadm_http=doveadm_http_port)
-    cluster = LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
-                           geodb=geodb, shared_dir=shared_dir_for(path), controller_http_port=ui_port)
+    if sites == 2:
+        clusters = two_sites(path, lb_ports, users, ui_port=ui_port)
+    else:
+        clusters = [LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
+                                 geodb=geodb, shared_dir=shared_dir_for(path), controller_http_port=ui_port)]
+    cluster = clusters[0]
     if cluster.resumed:
         click.echo(f"palomar demo: resuming the demo in {path} (its mail and GeoDB are kept)")
     click.echo("palomar demo: starting Dovecot backends, palomar backends, proxies and HAProxy ...")
     try:
-        cluster.start()
+        if sites == 2:
+            start_sites(clusters)
+            home_demo_users(cluster)
+        else:
+            cluster.start()
     except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:
-        cluster.stop()
+        for started in clusters:
+            started.stop()
         cassandra.stop()
         reason = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else exc
         click.echo(f"palomar demo: could not start: {reason}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        cluster.stop()
+        for started in clusters:
+            started.stop()
         cassandra.stop()
         sys.exit(130)
     user = cluster.users[0]
     lb_hosts = [cluster.lb_host, cluster.lb_ipv6]
     click.echo("palomar demo: logging in once on every protocol through HAProxy ...")
     failures = check_logins(cluster, lb_hosts, user.name, user.password)
+    if sites == 2:  # each site's users through the other site's load balancer: relayed between sites
+        dc2_user = cluster.users[1]
+        failures += check_logins(cluster, [cluster.lb_host], dc2_user.name, dc2_user.password)
+        failures += check_logins(clusters[1], [clusters[1].lb_host], user.name, user.password)
     if failures:
         click.echo("palomar demo: the cluster started but does not serve:", err=True)
         for line in failures:
             click.echo(f"  {line}", err=True)
-        hints = error_lines(child.log_path for child in cluster.children())
+        hints = error_lines(child.log_path for c in clusters for child in c.children())
         if hints:
             click.echo("palomar demo: errors in the logs:", err=True)
             for line in hints:
                 click.echo(f"  {line}", err=True)
-        cluster.stop()
+        for started in clusters:
+            started.stop()
         cassandra.stop()
         sys.exit(1)
     where = (f"Cassandra 127.0.0.1, keyspace {cluster.keyspace}" if geodb == "cassandra"
@@ -134,7 +158,10 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
   Logs under {path}; Dovecot's files and the mail under {cluster.shared_dir}.
   A server that dies is restarted.  Ctrl-C stops everything; `palomar demo --dir {root}` resumes.
 """)
-    supervisor = Supervisor(cluster.children(), lambda line: click.echo(f"palomar demo: {line}"))
+    if sites == 2:
+        click.echo(_second_site_text(clusters[1], root))
+    supervisor = Supervisor([child for c in clusters for child in c.children()],
+                            lambda line: click.echo(f"palomar demo: {line}"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -144,11 +171,27 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
         pass
     finally:
         click.echo("palomar demo: stopping ...")
-        cluster.stop()
+        for started in reversed(clusters):
+            started.stop()
         if cassandra.started:
             click.echo("palomar demo: stopping Cassandra ...")
             cassandra.stop()
         lock.close()
+
+
+def _second_site_text(dc2, root: str) -> str:
+    users = dc2.users
+    return f"""  Two sites share the GeoDB: DC1 above (HAProxy on 127.0.0.1) and DC2 (HAProxy on {dc2.lb_host}, the same
+  ports; backends {", ".join(b.host for b in dc2.backends)}, proxy {", ".join(p.host for p in dc2.proxies)}).
+  Odd-numbered users ({users[0].name}, {users[2].name}, ...) prefer DC1, even-numbered ({users[1].name}, ...) DC2:
+  log in through either site's HAProxy and the session ends on a backend of the user's site (relayed through
+  the other site's load balancer, site-hop port {dc2.site_port}). Try:
+        palomar cluster -c {dc2.admin_config} user access -A
+        palomar cluster -c {dc2.admin_config} site update --status offline DC2     (DC2's users fail over to DC1)
+        palomar cluster -c {dc2.admin_config} site reachability list
+  DC2's controller UI http://{dc2.lb_host}:{dc2.controller_http_port}/  user admin  password {dc2.controller_admin_password}
+  DC2's logs under {dc2.root}.
+"""
 
 
 def _lock(path: Path) -> IO[str]:

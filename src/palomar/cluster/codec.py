@@ -8,7 +8,8 @@ import json
 from typing import Any, TypeVar, get_type_hints
 from uuid import UUID
 
-from palomar.cluster.model import Backend, ForceMove, Group, Site, SiteView, User
+from palomar.cluster.model import Backend, ForceMove, Group, GroupSite, Site, SiteView, User
+from palomar.cluster.site_selection import SiteState
 
 T = TypeVar("T")
 
@@ -21,6 +22,8 @@ def to_plain(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, list | tuple):
         return [to_plain(v) for v in obj]
+    if isinstance(obj, frozenset):
+        return sorted(to_plain(v) for v in obj)
     return obj
 
 
@@ -68,8 +71,20 @@ def load_user(text: str) -> User | None:
     return None if data is None else _from_plain(User, data)
 
 
-def load_user_and_group(text: str) -> tuple[User | None, Group | None]:
-    """The `[user, group]` pair a backend remembers of its last ownership read."""
-    user, group = json.loads(text)
+def load_user_group_and_site(text: str) -> tuple[User | None, Group | None, GroupSite | None]:
+    """The `[user, group, group_site]` a backend remembers of its last ownership read."""
+    user, group, group_site = json.loads(text)
     return (None if user is None else _from_plain(User, user),
-            None if group is None else _from_plain(Group, group))
+            None if group is None else _from_plain(Group, group),
+            None if group_site is None else _from_plain(GroupSite, group_site))
+
+
+def load_site_state(text: str) -> SiteState:
+    data = json.loads(text)
+    return SiteState(UUID(data["local_site_id"]), tuple(_from_plain(Site, s) for s in data["sites"]),
+                     frozenset(UUID(u) for u in data["unreachable"]))
+
+
+def load_group_site(text: str) -> GroupSite | None:
+    data = json.loads(text)
+    return None if data is None else _from_plain(GroupSite, data)

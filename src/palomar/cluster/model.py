@@ -96,6 +96,27 @@ class User:
 
 
 @dataclass(frozen=True)
+class UserSite:
+    """A user_sites row: the backend a user was last routed to in one site."""
+
+    username: str
+    site_id: UUID
+    backend_id: UUID | None = None
+    preferred_site: bool = False
+
+
+@dataclass(frozen=True)
+class GroupSite:
+    """A group_sites row: a group's state in one site and the site its users fail over to."""
+
+    group_name: str
+    site_id: UUID
+    status: int | None = None
+    failover_site_id: UUID | None = None
+    status_changed_us: int | None = None
+
+
+@dataclass(frozen=True)
 class Reachability:
     src_site_id: UUID
     dest_site_id: UUID

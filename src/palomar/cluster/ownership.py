@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from palomar.cluster.force_move import apply_force_move
-from palomar.cluster.model import Group, SiteView
+from palomar.cluster.model import Group, GroupSite, SiteView, User
+from palomar.cluster.site_selection import NoSite, SiteState, group_of, select_site
 
 STRAGGLER_WINDOW = 3600.0
 """Seconds a source backend keeps referring a moved group's users (Palomar: 1 hour)."""
@@ -134,3 +135,26 @@ def check_ownership(
     if forced is not None and forced.id == self_backend_id:
         return Own("user force-moved here")
     return Refer(owner.host, "group is on another backend")
+
+
+def site_group(
+    username: str, user: User | None, group_site: GroupSite | None, state: SiteState, *, group_count: int,
+    test_username: str | None = None,
+) -> str | NotMine:
+    """The group this backend's site serves the user in, or NotMine if the user's site is elsewhere.
+
+    The backend's half of site selection: the same `select_site` the proxy runs, with the
+    backend's site as the local site, so a proxy with an old view (or one that thinks a user
+    without a home belongs to it) cannot make two sites serve the user. The test user is this
+    backend's own (the proxies' probes must reach it whatever the sites say).
+    """
+    home_group = group_of(username, user, group_count)
+    if test_username is not None and username == test_username:
+        return home_group
+    choice = select_site(username, user, home_group, group_site, state)
+    if isinstance(choice, NoSite):
+        return NotMine(choice.reason)
+    if choice.site.id != state.local_site_id:
+        why = f": {choice.reason}" if choice.reason else ""
+        return NotMine(f"user is served in site {choice.site.name} ({choice.via}{why})")
+    return choice.group_name

@@ -15,8 +15,7 @@ from uuid import UUID
 
 from palomar.cluster.director_transition import DirectorTransition, director_group_name, director_placement
 from palomar.cluster.force_move import apply_force_move, rendezvous_backend
-from palomar.cluster.hashing import default_group_name
-from palomar.cluster.model import Backend, Group, SiteView, User
+from palomar.cluster.model import Backend, Group, GroupSite, SiteView, User
 from palomar.cluster.ownership import (
     STRAGGLER_WINDOW,
     NotMine,
@@ -26,12 +25,15 @@ from palomar.cluster.ownership import (
     check_ownership,
     expand_test_username,
 )
+from palomar.cluster.site_selection import NoSite, SiteChoice, SiteState, select_site
+from palomar.cluster.site_selection import group_of as home_group_of
 
 __all__ = [
     "MAX_REFERRAL_HOPS",
     "STRAGGLER_WINDOW",
     "Assign",
     "Failover",
+    "OtherSite",
     "FollowReferral",
     "GroupDecision",
     "GroupWrite",
@@ -53,6 +55,7 @@ __all__ = [
     "new_user_group",
     "pinned_backend",
     "resolve_group",
+    "route_login",
     "route_user",
 ]
 
@@ -124,9 +127,23 @@ class Routed:
     group_decision: GroupDecision | None = None
     user_write: User | None = None
     group_write: GroupWrite | None = None
+    site_choice: SiteChoice | None = None
+    """How the site was chosen (set by `route_login`)."""
+
+
+@dataclass(frozen=True)
+class OtherSite:
+    """The user is served in another site: relay the login to that site's load balancer.
+
+    `user_write` is a new user's row, written here before relaying (its home is this site).
+    """
+
+    choice: SiteChoice
+    user_write: User | None = None
 
 
 RouteDecision = Routed | Unavailable
+LoginDecision = Routed | OtherSite | Unavailable
 
 
 @dataclass(frozen=True)
@@ -259,7 +276,7 @@ def new_user_group(
     placed = director_placement(username, site_view, director) if site_view is not None else None
     if placed is not None:
         return director_group_name(placed.host, username, group_count), placed
-    return default_group_name(username, group_count), None
+    return home_group_of(username, None, group_count), None
 
 
 def group_of(
@@ -275,6 +292,14 @@ def group_of(
     return new_user_group(username, group_count, site_view, director)[0]
 
 
+def new_user_row(username: str, user: User | None, group_count: int) -> User | None:
+    """The row a user without a group gets (its `default-N` group), or None if it has one."""
+    if user is not None and user.group_name:
+        return None
+    group_name = home_group_of(username, user, group_count)
+    return replace(user, group_name=group_name) if user else User(username, group_name)
+
+
 def route_user(
     username: str,
     user: User | None,
@@ -284,6 +309,7 @@ def route_user(
     group_count: int,
     now: float,
     passdb_host: str | None = None,
+    serve_group: str | None = None,
     director: DirectorTransition | None = None,
 ) -> RouteDecision:
     """Route one login of `username` within `site_view` (the user's site, already chosen).
@@ -291,8 +317,10 @@ def route_user(
     `groups` holds the group rows the proxy read (by name; a missing name means no
     row). `now` is Unix seconds and stamps the writes. The proxy performs
     `user_write` and `group_write`, re-reading and re-routing if the conditional
-    group write loses a race. `director` (cluster_director_transition_config) places
-    users without a group where the Dovecot director had them.
+    group write loses a race. `serve_group` is the group to route when it is not the
+    user's home group (its failover group in a failover or force-move site). `director`
+    (cluster_director_transition_config) places users without a group where the Dovecot
+    director had them.
     """
     pinned = pinned_backend(passdb_host, site_view)
     if pinned is not None:
@@ -305,6 +333,8 @@ def route_user(
     else:
         group_name, first = new_user_group(username, group_count, site_view, director)
         user_write = replace(user, group_name=group_name) if user else User(username, group_name)
+    if serve_group is not None:
+        group_name, first = serve_group, None
 
     group = groups.get(group_name)
     decision = resolve_group(group, group_name, site_view, first)
@@ -323,6 +353,48 @@ def route_user(
         group_write,
     )
 
+
+def route_login(
+    username: str,
+    user: User | None,
+    state: SiteState,
+    group_site: GroupSite | None,
+    groups: Mapping[str, Group],
+    local_view: SiteView,
+    *,
+    group_count: int,
+    now: float,
+    passdb_host: str | None = None,
+    director: DirectorTransition | None = None,
+) -> LoginDecision:
+    """The whole routing rule: site selection, then group -> backend in the local site.
+
+    The one function the proxy (logins and LMTP recipients) and `cluster user access` call.
+    `group_site` is the `group_sites` row of the user's home group in its home site;
+    `groups` the group rows of the local site by name. A user without a preferred site is
+    homed here: `user_write` then carries `preferred_site_id`. `director` places new users of
+    this site where the Dovecot director had them (at home only; a failover site keeps the
+    home group).
+    """
+    choice = select_site(username, user, home_group_of(username, user, group_count), group_site, state)
+    if isinstance(choice, NoSite):
+        return Unavailable(choice.reason)
+    if choice.site.id != state.local_site_id:
+        return OtherSite(choice, _homed(new_user_row(username, user, group_count), user, username, choice))
+    at_home = choice.site.id == choice.home.id
+    decision = route_user(username, user, groups, local_view, group_count=group_count, now=now,
+                          passdb_host=passdb_host, serve_group=None if at_home else choice.group_name,
+                          director=director if at_home else None)
+    if isinstance(decision, Unavailable):
+        return decision
+    return replace(decision, user_write=_homed(decision.user_write, user, username, choice), site_choice=choice)
+
+
+def _homed(user_write: User | None, user: User | None, username: str, choice: SiteChoice) -> User | None:
+    """`user_write` with the user's new home site (`preferred_site_id`) when it had none."""
+    if choice.new_home is None:
+        return user_write
+    return replace(user_write or user or User(username), preferred_site_id=choice.new_home)
 
 def follow_referral(
     current_hops: int, max_hops: int, referred_host: str, visited: Iterable[str]

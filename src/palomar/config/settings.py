@@ -245,10 +245,11 @@ _add("cluster_hop_ssl", enum("yes", "no"), "yes", BOTH,
      "TLS on the proxy-to-backend hop: `yes` (backends serve cluster_hop_ssl_cert_file, proxies verify it "
      "against cluster_hop_ssl_ca_file and the backend's host) or `no` (plaintext: user names and whole "
      "sessions readable on the hop network); the same on every proxy and backend", **_ext)
-_add("cluster_hop_ssl_cert_file", PATH, "", BACKEND,
+_add("cluster_hop_ssl_cert_file", PATH, "", BOTH,
      "PEM certificate chain this backend serves on the hop; it must name the backend's host in the GeoDB "
-     "(cluster_backend_name) as a DNS or IP subjectAltName", **_ext)
-_add("cluster_hop_ssl_key_file", PATH, "", BACKEND, "PEM private key of cluster_hop_ssl_cert_file", **_ext)
+     "(cluster_backend_name) as a DNS or IP subjectAltName. A proxy with cluster_proxy_site_listen serves it "
+     "to other sites' proxies: there it must name the site's load_balancer host", **_ext)
+_add("cluster_hop_ssl_key_file", PATH, "", BOTH, "PEM private key of cluster_hop_ssl_cert_file", **_ext)
 _add("cluster_hop_ssl_ca_file", PATH, "", BOTH,
      "PEM CA certificate(s) a proxy (and `palomar cluster` admin commands) trusts for backends' hop "
      "certificates; the system's CA store is not used", **_ext)
@@ -258,6 +259,10 @@ _add("cluster_hop_answer_timeout", TIME, "4 secs", PROXY,
      "how long a proxy waits for a backend's answer to a hop (ownership check and the Dovecot login); "
      "with cluster_proxy_probe_timeout it bounds how long a login waits for a stalled backend before "
      "failing over", **_ext)
+_add("cluster_proxy_site_listen", STRING, "", PROXY,
+     "ADDRESS:PORT where this proxy accepts logins other sites' proxies relay to this site (through its "
+     "load balancer, whose `site update --load-balancer HOST:PORT` names the port); empty: off. Hops use the "
+     "cluster_hop_* secret and TLS settings", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,

@@ -109,6 +109,8 @@ class ProxyNode:
     doveadm_haproxy: int = 0
     doveadm_http: int = 0
     """The doveadm HTTP API, a haproxy listener (Dovecot serves the API on the listener named `http`)."""
+    site: int = 0
+    """Port of `cluster_proxy_site_listen` (0: none)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -202,6 +204,19 @@ class LocalCluster:
     backend_master_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     backend_imap_port: int = 0
     """The shared IMAP port of the backends' Dovecot once started (with `shared_backend_imap`)."""
+    site: str = SITE
+    """This cluster's site name (`cluster_local_site`)."""
+    host_offset: int = 0
+    """Added to the last octet of the backends' (127.0.0.2..) and proxies' (127.0.0.10..) addresses,
+    so several sites fit on one loopback (DC2: 100)."""
+    geodb_file: Path | None = None
+    """A SQLite GeoDB shared with other sites (None: root/geodb.sqlite)."""
+    shared_hop_tls: Path | None = None
+    """Hop certificates made by the caller for every site's backends and load balancers (one CA for
+    all sites); None: this cluster makes its own under root/tls/hop."""
+    site_port: int = 0
+    """Port of the load balancer's site-hop frontend, where other sites' proxies relay logins to
+    this site (`cluster_proxy_site_listen` on every proxy); 0: a single-site cluster."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -219,7 +234,7 @@ class LocalCluster:
 
     @property
     def geodb_path(self) -> Path:
-        return self.root / "geodb.sqlite"
+        return self.geodb_file or self.root / "geodb.sqlite"
 
     @property
     def keyspace(self) -> str:
@@ -274,10 +289,10 @@ class LocalCluster:
         (self.root / "test-accounts.passwd").write_text("".join(f"{p}::::::\n" for p in probes))
 
     def _backend_hosts(self) -> list[str]:
-        return [f"127.0.0.{2 + i}" for i in range(self.backends_count)]
+        return [f"127.0.0.{2 + self.host_offset + i}" for i in range(self.backends_count)]
 
     def _proxy_hosts(self) -> list[str]:
-        return [f"127.0.0.{10 + i}" for i in range(self.proxies_count)]
+        return [f"127.0.0.{10 + self.host_offset + i}" for i in range(self.proxies_count)]
 
     def _hop_port(self) -> int:
         """One port free on every backend address (the hop port is cluster-wide)."""
@@ -285,7 +300,7 @@ class LocalCluster:
 
     def _common(self, role_dir: Path) -> list[str]:
         return [
-            f"cluster_local_site = {SITE}",
+            f"cluster_local_site = {self.site}",
             *self.geodb_settings(),
             f"cluster_localdb_path = {role_dir / 'localdb.sqlite'}",
             f"cluster_hop_secret = {self.hop_secret}",
@@ -298,13 +313,23 @@ class LocalCluster:
 
     @property
     def hop_tls_dir(self) -> Path:
-        return self.root / "tls" / "hop"
+        return self.shared_hop_tls or self.root / "tls" / "hop"
+
+    @property
+    def load_balancer(self) -> str:
+        """This site's `sites.load_balancer`: where other sites' proxies relay logins."""
+        return f"{self.lb_host}:{self.site_port}"
 
     def _proxy_config(self, node: ProxyNode) -> str:
         role_dir = node.config.parent
         lines = ["@cluster_defaults = proxy", *self._common(role_dir)]
         if self.hop_tls:
             lines.append(f"cluster_hop_ssl_ca_file = {self.hop_tls_dir / 'hop-ca.crt'}")
+        if self.site_port:
+            lines.append(f"cluster_proxy_site_listen = {node.host}:{node.site}")
+            if self.hop_tls:  # other sites' proxies verify this site's load balancer name
+                lines += [f"cluster_hop_ssl_cert_file = {self.hop_tls_dir / f'hop-{self.lb_host}.crt'}",
+                          f"cluster_hop_ssl_key_file = {self.hop_tls_dir / f'hop-{self.lb_host}.key'}"]
         lines += [
             f"hostname = {node.name}",
             f"cluster_backend_test_password = {self.probe_password}",
@@ -440,7 +465,7 @@ class LocalCluster:
         resumed = self.resumed
         self._prepare_shared_dir(resumed)
         self_signed(self.root / "tls", hosts=tuple(self._proxy_hosts()))
-        if self.hop_tls:
+        if self.hop_tls and self.shared_hop_tls is None:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
         self.hop_port = self._hop_port()
@@ -461,14 +486,14 @@ class LocalCluster:
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 20)
+            ports = free_ports(host, 21)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
                 pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
                 submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
                 lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17], doveadm_haproxy=ports[18],
-                doveadm_http=ports[19]))
+                doveadm_http=ports[19], site=ports[20] if self.site_port else 0))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
@@ -476,8 +501,10 @@ class LocalCluster:
         if not resumed:
             if self.geodb == "cassandra":
                 reset_keyspace(self.cassandra_hosts, self.keyspace, local_dc=self.cassandra_local_dc)
-            self.cluster("site", "add", SITE)
-            (self.root / STARTED_MARK).write_text(f"site {SITE}\n")
+            self.cluster("site", "add", self.site)
+            (self.root / STARTED_MARK).write_text(f"site {self.site}\n")
+        if self.site_port:
+            self.cluster("site", "update", "--load-balancer", self.load_balancer, self.site)
         for node in self.backends:
             node.dovecot.start()
             node.config.parent.mkdir(parents=True, exist_ok=True)
@@ -495,12 +522,18 @@ class LocalCluster:
         lb_hosts = [self.lb_host, *([self.lb_ipv6] if self.lb_ipv6 else [])]
         # doveadm clients speak first: the proxies are checked by a connection with a PROXY header
         doveadm_ports = {"doveadm": "doveadm_haproxy", "doveadm_http": "doveadm_http"}
+        site_listens = [Listen("site", [(self.lb_host, self.site_port)], [(p.host, p.site) for p in self.proxies],
+                               send_proxy_v2=False, check=False)] if self.site_port else []
         self.haproxy = HAProxyInstance([
-            Listen(name.replace("_", "-"), [(host, port) for host in lb_hosts],
-                   [(p.host, getattr(p, doveadm_ports.get(name, f"{name}_haproxy"))) for p in self.proxies],
-                   greeting=GREETING_CHECKS.get(name),
-                   extra_server_options=("check-send-proxy",) if name in doveadm_ports else ())
-            for name, port in lb.items()
+            # `source`: the proxies trust HAProxy's address (haproxy_trusted_networks), and on loopback the
+            # kernel would otherwise connect from 127.0.0.1 whatever address HAProxy listens on.
+            *(Listen(name.replace("_", "-"), [(host, port) for host in lb_hosts],
+                     [(p.host, getattr(p, doveadm_ports.get(name, f"{name}_haproxy"))) for p in self.proxies],
+                     greeting=GREETING_CHECKS.get(name),
+                     extra_server_options=("source", self.lb_host,
+                                           *(("check-send-proxy",) if name in doveadm_ports else ())))
+              for name, port in lb.items()),
+            *site_listens,
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m", check_interval="1s",
             timeout_check="2s", maxconn=self.haproxy_maxconn)
         self.haproxy.start()
@@ -532,7 +565,7 @@ class LocalCluster:
                     f"controller_http_readonly_token = {self.controller_readonly_token}"]
         config = role_dir / "palomar.conf"
         config.write_text("\n".join([
-            f"cluster_local_site = {SITE}",
+            f"cluster_local_site = {self.site}",
             *self.geodb_settings(),
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
@@ -544,7 +577,7 @@ class LocalCluster:
             f"  inet_listener http {{\n    port = {self.controller_metrics}\n  }}",
             "}",
         ]) + "\n")
-        self.cluster("feature", "set", SITE, "health", "on")
+        self.cluster("feature", "set", self.site, "health", "on")
         self.restart_controller()
 
     def restart_controller(self) -> None:

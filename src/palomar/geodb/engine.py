@@ -73,7 +73,14 @@ class Select:
     clustering: Sequence[Any] = ()
 
 
-Read = Get | Select
+@dataclass(frozen=True)
+class Scan:
+    """Every row of a small table, as `GeoEngine.scan` (for `read_many`)."""
+
+    table: str
+
+
+Read = Get | Select | Scan
 
 
 class GeoDBError(Exception):
@@ -118,8 +125,8 @@ class GeoEngine(abc.ABC):
         in clustering order."""
 
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
-        """Several independent reads at once; each answer is what `get` (Row or None) or `select`
-        (list of Rows) returns, in the order of `reads`.
+        """Several independent reads at once; each answer is what `get` (Row or None), `select` or
+        `scan` (list of Rows) returns, in the order of `reads`.
 
         The same queries as one call each, so both engines serve the same query set. Engines
         override it when one call costs more than the query itself: the SQLite engine runs the
@@ -127,7 +134,8 @@ class GeoEngine(abc.ABC):
         default runs them concurrently (Cassandra: parallel requests).
         """
         return list(await asyncio.gather(*(
-            self.get(r.table, r.key) if isinstance(r, Get) else self.select(r.table, r.partition, r.clustering)
+            self.get(r.table, r.key) if isinstance(r, Get) else self.scan(r.table) if isinstance(r, Scan)
+            else self.select(r.table, r.partition, r.clustering)
             for r in reads
         )))
 

@@ -13,7 +13,6 @@ replayed write is harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +21,7 @@ from palomar.cluster.model import (
     Backend,
     ForceMove,
     Group,
+    GroupSite,
     ProxyDestStat,
     Reachability,
     Setting,
@@ -29,30 +29,10 @@ from palomar.cluster.model import (
     Stat,
     Tag,
     User,
+    UserSite,
 )
-from palomar.geodb.engine import GeoEngine, Get, Row, Select, now_micros
-
-
-@dataclass(frozen=True)
-class UserSite:
-    """A user_sites row: the backend a user was last routed to in one site."""
-
-    username: str
-    site_id: UUID
-    backend_id: UUID | None = None
-    preferred_site: bool = False
-
-
-@dataclass(frozen=True)
-class GroupSite:
-    """A group_sites row: a group's state in one site and the site its users fail over to."""
-
-    group_name: str
-    site_id: UUID
-    status: int | None = None
-    failover_site_id: UUID | None = None
-    status_changed_us: int | None = None
-
+from palomar.cluster.site_selection import SiteState
+from palomar.geodb.engine import GeoEngine, Get, Row, Scan, Select, now_micros
 
 _FORCE_MOVE_CLEARED: dict[str, Any] = {
     "force_move_id": None,
@@ -308,6 +288,19 @@ class GeoDB:
         rows = await self.engine.select("site_reachability", {"src_site_id": src_site_id})
         return [self._reachability(r) for r in rows]
 
+    async def site_state(self, local_site_id: UUID) -> SiteState:
+        """What site selection reads, as seen from `local_site_id`: every site (a small table) and
+        the destinations that site's reachability rows call unreachable."""
+        sites, reach = await self.engine.read_many([
+            Scan("sites"), Select("site_reachability", {"src_site_id": local_site_id})])
+        return self._site_state(local_site_id, sites, reach)
+
+    @classmethod
+    def _site_state(cls, local_site_id: UUID, site_rows: list[Row], reach_rows: list[Row]) -> SiteState:
+        sites = sorted((_site(r) for r in site_rows), key=lambda s: (s.name, str(s.id)))
+        unreachable = frozenset(r.dest_site_id for r in map(cls._reachability, reach_rows) if not r.reachable)
+        return SiteState(local_site_id, tuple(sites), unreachable)
+
     async def reachability_get(self, src_site_id: UUID, dest_site_id: UUID) -> Reachability | None:
         row = await self.engine.get(
             "site_reachability", {"src_site_id": src_site_id, "dest_site_id": dest_site_id}
@@ -483,17 +476,31 @@ class GeoDB:
         row = await self.engine.get("users", {"username": username})
         return None if row is None else _user(row)
 
-    async def site_and_user(self, site_id: UUID, username: str) -> tuple[Site | None, list[Backend], User | None]:
-        """The site, its backends (as `backend_list`) and the user, in one engine call: a backend
-        needs all three to decide ownership on every login."""
-        site, backends, user = await self.engine.read_many([
-            Get("sites", {"id": site_id}),
+    async def sites_and_user(self, site_id: UUID, username: str
+                             ) -> tuple[SiteState, list[Backend], User | None]:
+        """Site selection's view from `site_id` (as `site_state`), that site's backends (as
+        `backend_list`) and the user, in one engine call: a backend needs all of them to decide
+        ownership on every login."""
+        sites, backends, user, reach = await self.engine.read_many([
+            Scan("sites"),
             Select("backends", {"site_id": site_id}),
             Get("users", {"username": username}),
+            Select("site_reachability", {"src_site_id": site_id}),
         ])
-        return (None if site is None else _site(site),
-                sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
+        return (self._site_state(site_id, sites, reach), sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
                 None if user is None else _user(user))
+
+    async def group_site_and_groups(self, group_name: str, home_site_id: UUID, site_id: UUID,
+                                    names: Iterable[str]) -> tuple[GroupSite | None, dict[str, Group | None]]:
+        """The `group_sites` row of `group_name` in its home site and the named groups of `site_id`,
+        in one engine call (the backend reads the groups the user may be served in here)."""
+        wanted = list(dict.fromkeys(names))
+        rows = await self.engine.read_many([
+            Get("group_sites", {"group_name": group_name, "site_id": home_site_id}),
+            *(Get("user_groups", {"site_id": site_id, "name": n}) for n in wanted),
+        ])
+        group_site = None if rows[0] is None else self._group_site(rows[0])
+        return group_site, {n: None if r is None else _group(r) for n, r in zip(wanted, rows[1:], strict=True)}
 
     async def user_put(self, username: str, **fields: Any) -> None:
         """Write the given user columns (None clears one); creates the row when it does not exist."""

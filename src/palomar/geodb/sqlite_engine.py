@@ -35,6 +35,7 @@ from palomar.geodb.engine import (
     Key,
     Read,
     Row,
+    Scan,
     Values,
     now_micros,
 )
@@ -463,8 +464,8 @@ class SQLiteGeoEngine(GeoEngine):
 
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
         """All reads in one worker-thread job: one hand-off instead of one per read."""
-        jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else
-                self._select_job(r.table, r.partition, r.clustering) for r in reads]
+        jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
+                if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
 
         def run(con: sqlite3.Connection) -> list[Any]:
             return [job(con) for job in jobs]
@@ -492,11 +493,14 @@ class SQLiteGeoEngine(GeoEngine):
         return run
 
     async def scan(self, table: str) -> list[Row]:
+        return await self._run(self._scan_job(table))
+
+    def _scan_job(self, table: str) -> Callable[[sqlite3.Connection], list[Row]]:
         t = self._table(table)
 
         def run(con: sqlite3.Connection) -> list[Row]:
             cur = con.execute(f"SELECT {t.select_list} FROM {t.name} WHERE {t.live} ORDER BY {t.order_by}")
             return [t.from_sql_row(r) for r in cur.fetchall()]
 
-        return await self._run(run)
+        return run
 

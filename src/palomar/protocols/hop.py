@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import struct
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -40,6 +41,9 @@ TLV_ADMIN = 0xE9
 TLV_CLIENT_ID = 0xEA
 """The client's IMAP ID pairs (JSON list of [key, value]) for the backend's Dovecot; optional."""
 MAX_CLIENT_ID_BYTES = 4096
+TLV_VIA_SITES = 0xEB
+"""Site IDs (comma-separated UUIDs) a login was relayed through, proxy to proxy; optional."""
+MAX_VIA_SITES = 8
 TLV_MAC = 0xEF
 
 PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
@@ -72,6 +76,8 @@ class HopRequest:
     """An admin command for the backend (TLV 0xE9); None for a user session."""
     client_id: bytes | None = None
     """The client's IMAP ID, `encode_client_id` (TLV 0xEA); None when there is none to pass on."""
+    via_sites: tuple[str, ...] = ()
+    """Sites (UUID text) whose proxies relayed this login here (TLV 0xEB): the site loop guard."""
 
     def tlvs(self) -> list[tuple[int, bytes]]:
         """The palomar TLVs, without the MAC, in their canonical order."""
@@ -88,6 +94,8 @@ class HopRequest:
             tlvs.append((TLV_ADMIN, self.admin))
         if self.client_id is not None:
             tlvs.append((TLV_CLIENT_ID, self.client_id))
+        if self.via_sites:
+            tlvs.append((TLV_VIA_SITES, ",".join(self.via_sites).encode("ascii")))
         return tlvs
 
 
@@ -185,6 +193,7 @@ def verify(
             ttl=fields[TLV_TTL][0],
             admin=fields.get(TLV_ADMIN),
             client_id=fields.get(TLV_CLIENT_ID),
+            via_sites=tuple(fields[TLV_VIA_SITES].decode("ascii").split(",")) if TLV_VIA_SITES in fields else (),
         )
     except UnicodeDecodeError as exc:
         raise HopError("hop field is not valid text") from exc
@@ -195,11 +204,21 @@ def verify(
     if request.client_id is not None and (len(request.client_id) > MAX_CLIENT_ID_BYTES
                                           or decode_client_id(request.client_id) is None):
         raise HopError("malformed client ID field")
+    if len(request.via_sites) > MAX_VIA_SITES or not all(_is_uuid(s) for s in request.via_sites):
+        raise HopError("malformed via-sites field")
     if request.backend_host != own_host:
         raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
     if request.ttl < 1:
         raise HopError("hop TTL exhausted (proxies appear to be looping)")
     return request
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def encode_client_id(pairs: Iterable[tuple[str, str | None]]) -> bytes | None:

@@ -30,9 +30,13 @@ class RelayedSessions:
 
     def __init__(self) -> None:
         self.by_host: dict[str, set[Relay]] = {}
+        self.remote: set[str] = set()
+        """Hosts that are other sites' load balancers: their backends are not this site's to fence."""
 
-    def add(self, host: str, relay: Relay) -> None:
+    def add(self, host: str, relay: Relay, *, remote: bool = False) -> None:
         self.by_host.setdefault(host, set()).add(relay)
+        if remote:
+            self.remote.add(host)
 
     def remove(self, host: str, relay: Relay) -> None:
         relays = self.by_host.get(host)
@@ -62,6 +66,8 @@ def cut_unavailable(sessions: RelayedSessions, view: Any) -> int:
     """Cut the sessions of every backend `view` (a SiteView) does not show online; returns how many."""
     cut = 0
     for host in list(sessions.by_host):
+        if host in sessions.remote:
+            continue
         backend = view.backend_by_host(host)
         if backend is None or not backend.online:
             cut += sessions.cut(host, f"backend is {backend.status if backend else 'not in the site'}")

@@ -28,6 +28,8 @@ class Established:
     text: bytes
     leftover: bytes
     referrals: int
+    remote_site: str | None = None
+    """Set when `host` is another site's load balancer (site-to-site proxying), not a backend."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,19 @@ class HopTarget:
     payload: bytes = b""
     """Written right after the header, before the backend's reply: a doveadm command (the client's
     VERSION line and the command line), which the backend checks before it answers."""
+    via_sites: tuple[str, ...] = ()
+    """Sites whose proxies relayed this login (set when the hop goes to another site's load balancer)."""
+
+
+def split_host_port(address: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` (a site's load balancer) as (host, port)."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else default_port
+    host, sep, port = address.rpartition(":")
+    if sep and host and ":" not in host and port.isdigit():
+        return host, int(port)
+    return address, default_port
 
 
 class HopClient:
@@ -89,13 +104,14 @@ class HopClient:
                          answer_timeout=timeout)
 
     async def _open(self, host: str) -> Link | HopFailed:
+        address, port = split_host_port(host, self.port)
         try:
-            return await open_link(host, self.port, timeout=self.connect_timeout, tls=self.tls)
+            return await open_link(address, port, timeout=self.connect_timeout, tls=self.tls)
         except ssl.SSLError as exc:  # verification failed, or TLS on one side only
-            return HopFailed(host, "proxy_dest_connect_failed", f"hop to {host}:{self.port}: "
+            return HopFailed(host, "proxy_dest_connect_failed", f"hop to {address}:{port}: "
                                                                 f"{describe_tls_failure(exc)}")
         except (OSError, TimeoutError) as exc:
-            return HopFailed(host, "proxy_dest_connect_failed", f"connect({host}:{self.port}) failed: {exc}")
+            return HopFailed(host, "proxy_dest_connect_failed", f"connect({address}:{port}) failed: {exc}")
 
     async def _attempt(self, host: str, target: HopTarget, ttl: int) -> tuple[hop.HopReply, Link] | HopFailed:
         link = await self._open(host)
@@ -104,7 +120,7 @@ class HopClient:
         request = hop.HopRequest(
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
-            client_id=hop.encode_client_id(target.client_id), admin=target.admin,
+            client_id=hop.encode_client_id(target.client_id), admin=target.admin, via_sites=target.via_sites,
         )
         try:
             async with asyncio.timeout(self.answer_timeout):

@@ -19,6 +19,7 @@ from functools import partial
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
+from palomar.cluster.model import Site
 from palomar.logsafe import safe
 from palomar.net.drain import ShuttingDown
 from palomar.net.lmtp_leg import LmtpLeg
@@ -204,6 +205,8 @@ class LmtpProxySession:
     async def deliver_to(self, address: str, user: str, host_override: str | None, rcpt_address: str) -> str:
         """Route `user` and give its backend `rcpt_address` (the address with its detail)."""
         route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
+        if route.site is not None:
+            return await self.deliver_other_site(address, user, route.site, rcpt_address)
         if route.host is None:
             log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, safe(address), route.reason)
             return self.denied(address, fan.proxy_failed(address, "no backend available"), "")
@@ -243,6 +246,26 @@ class LmtpProxySession:
                 return self.denied(address, fan.proxy_failed(address, step.reason), leg.name)
             host = step.host
 
+    async def deliver_other_site(self, address: str, user: str, site: Site, rcpt_address: str) -> str:
+        """Give the recipient to its site's load balancer, on a leg of its own (proxy/site_hop.py)."""
+        if not site.load_balancer:
+            return self.denied(address, fan.proxy_failed(address, f"site {site.name} has no load balancer"), "")
+        leg = await self.leg_for(site.load_balancer, user, site)
+        if isinstance(leg, HopFailed):
+            return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), site.load_balancer)
+        assert self.fanout is not None
+        reply = await leg.rcpt(rcpt_address)
+        if reply is None:
+            self.drop_leg(leg)
+            return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), leg.name)
+        if fan.parse_referral(reply) is not None:  # a move in the other site: that site's proxies follow it
+            return self.denied(address, fan.proxy_failed(address, f"referred within site {site.name}"), leg.name)
+        client_reply = fan.rcpt_reply(address, reply)
+        if reply.positive:
+            self.fanout.accept(address, user, leg.name)
+            return client_reply
+        return self.denied(address, client_reply, leg.name)
+
     async def _route_again(self, user: str, host_override: str | None) -> str | None:
         try:
             return (await self.state.router.route(user, host_override=host_override)).host
@@ -260,25 +283,31 @@ class LmtpProxySession:
             log.warning("backend health update for %s failed: %s", failed.host, exc)
             return False
 
-    async def leg_for(self, host: str, user: str) -> LmtpLeg | HopFailed:
-        """This session's leg to `host`, opened (hop, LHLO) if needed, inside the current transaction."""
-        leg = self.legs.get(host)
+    async def leg_for(self, host: str, user: str, site: Site | None = None) -> LmtpLeg | HopFailed:
+        """This session's leg to `host`, opened (hop, LHLO) if needed, inside the current transaction.
+
+        With `site`, `host` is that site's load balancer and the leg carries this one user's
+        recipients (the remote proxy routed the leg by its user), named `"<lb> <user>"`.
+        """
+        name = host if site is None else f"{host} {user}"
+        leg = self.legs.get(name)
         if leg is not None and not leg.usable:
             self.drop_leg(leg)
             leg = None
         if leg is None:
-            opened = await self.open_leg(host, user)
+            opened = await self.open_leg(host, user, site)
             if isinstance(opened, HopFailed):
                 return opened
-            leg = self.legs[host] = opened
+            leg = self.legs[name] = opened
         if not leg.in_transaction:
             leg.begin(self.sender, self.mail_params)
         return leg
 
-    async def open_leg(self, host: str, user: str) -> LmtpLeg | HopFailed:
+    async def open_leg(self, host: str, user: str, site: Site | None = None) -> LmtpLeg | HopFailed:
         conn = self.conn
+        via = (str(self.state.site_id),) if site is not None and self.state.site_id is not None else ()
         target = HopTarget(user=user, protocol="lmtp", session_id=conn.session_id, client=conn.client,
-                           local=conn.local, client_tls=conn.tls)
+                           local=conn.local, client_tls=conn.tls, via_sites=via)
         outcome = await self.state.hops.connect(host, target, on_redirect=self.state.count_redirect)
         if isinstance(outcome, HopFailed):
             self.state.count_failure(outcome.host, outcome.error_code, login=False)
@@ -286,7 +315,8 @@ class LmtpProxySession:
                         safe(outcome.text))
             return outcome
         client = LmtpClient(lhlo_name=self.core.lhlo_name or "unknown")
-        leg = LmtpLeg(outcome.host, outcome.link, client, timeout=LEG_TIMEOUT)
+        leg = LmtpLeg(outcome.host if site is None else f"{outcome.host} {user}", outcome.link, client,
+                      timeout=LEG_TIMEOUT)
         leg.feed(outcome.leftover)
         if not await leg.handshake():
             failed = HopFailed(outcome.host, "proxy_dest_protocol_failure", f"LMTP handshake: {leg.failure}")

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from palomar.auth.passdb import AuthRequest
 from palomar.boundary import is_store_error, log_failure
+from palomar.cluster.model import Site
 from palomar.logsafe import safe
 from palomar.proxy.frontend import trusted
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget
@@ -151,6 +152,8 @@ async def route_and_connect(state: ProxyState, target: HopTarget, host_override:
     failed_host: str | None = None
     for _ in range(2):
         route = await state.router.route(user, host_override=host_override)
+        if route.site is not None:
+            return await connect_other_site(state, target, route.site)
         if route.host is None:
             return TempFailed("proxy_dest_unavailable", route.reason)
         if failed is not None and route.host == failed_host:
@@ -176,3 +179,19 @@ async def route_and_connect(state: ProxyState, target: HopTarget, host_override:
                  outcome.host)
     assert failed is not None
     return failed
+
+
+async def connect_other_site(state: ProxyState, target: HopTarget, site: Site) -> Established | AuthFailed | TempFailed:
+    """Relay the login to `site`'s load balancer, where one of its proxies routes it (proxy/site_hop.py)."""
+    if not site.load_balancer:
+        return TempFailed("proxy_dest_unavailable", f"user is served in site {site.name}, which has no load balancer")
+    remote = replace(target, via_sites=(*target.via_sites, str(state.site_id)) if state.site_id else target.via_sites)
+    outcome = await state.hops.connect(site.load_balancer, remote, on_redirect=state.count_redirect)
+    if isinstance(outcome, HopFailed):
+        log.warning("session=%s user=%s site %s (%s): %s %s", target.session_id, safe(target.user), site.name,
+                    site.load_balancer, outcome.error_code, safe(outcome.text))
+        if outcome.auth:
+            return AuthFailed(f"site {site.name}: {outcome.text}")
+        return TempFailed(outcome.error_code, outcome.text)
+    log.debug("session=%s user=%s relayed to site %s", target.session_id, safe(target.user), site.name)
+    return replace(outcome, remote_site=site.name)

@@ -1,5 +1,6 @@
 """The I/O around the pure routing rules: read the GeoDB through the LocalDB cache, decide
-with `cluster.routing.route_user`, perform the writes the decision asks for.
+with `cluster.routing.route_login` (site selection, then group -> backend), perform the writes
+the decision asks for.
 
 Stale cache entries are safe: the backend re-checks ownership and refers the proxy on,
 so a short cache lifetime only trades GeoDB reads for an occasional extra hop.
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from palomar.cluster import codec
 from palomar.cluster.director_transition import DirectorTransition
-from palomar.cluster.model import Group, SiteView
-from palomar.cluster.routing import Routed, Unavailable, group_of, route_user
+from palomar.cluster.model import Group, GroupSite, Site, SiteView, User, UserSite
+from palomar.cluster.routing import LoginDecision, OtherSite, Routed, Unavailable, group_of, route_login
+from palomar.cluster.site_selection import SiteChoice, SiteState, home_site, select_site
 from palomar.cluster.stale import CachedEntry, usable_when_stale
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
@@ -29,11 +32,50 @@ DECODED_LIMIT = 10_000
 """Decoded cache values kept per process (the site view and the groups: a bounded set)."""
 
 
+USER_SITES_MEMO = 100_000
+"""(user, site) -> backend pairs a proxy process remembers having written to `user_sites`."""
+
+
 @dataclass(frozen=True)
 class RouteResult:
     host: str | None
     reason: str = ""
     group: str | None = None
+    site: Site | None = None
+    """Set when the user is served in another site: relay the login to its load balancer."""
+
+
+class RoutingReads(Protocol):
+    """The reads the routing rule needs beyond the user and the sites (cached or fresh)."""
+
+    async def group(self, site_id: UUID, name: str) -> Group | None: ...
+
+    async def group_site(self, group_name: str, site_id: UUID) -> GroupSite | None: ...
+
+
+async def decide_login(reads: RoutingReads, username: str, user: User | None, state: SiteState,
+                       local_view: SiteView, *, group_count: int, now: float,
+                       passdb_host: str | None = None, director: DirectorTransition | None = None) -> LoginDecision:
+    """Read the rows `route_login` needs and call it: the proxy and `cluster user access` both
+    route through here, so they cannot disagree about where a user goes."""
+    home_group = group_of(username, user, group_count)
+    home, _ = home_site(user, state)
+    group_site = await reads.group_site(home_group, home.id) if home is not None else None
+    choice = select_site(username, user, home_group, group_site, state)
+    groups: dict[str, Group] = {}
+    if isinstance(choice, SiteChoice) and choice.site.id == state.local_site_id:
+        at_home = choice.site.id == choice.home.id
+        name = group_of(username, user, group_count, local_view, director) if at_home else choice.group_name
+        group = await reads.group(local_view.site.id, name)
+        if group is not None:
+            groups[name] = group
+    return route_login(username, user, state, group_site, groups, local_view, group_count=group_count,
+                       now=now, passdb_host=passdb_host, director=director)
+
+
+def user_row_fields(user: User) -> dict[str, Any]:
+    """The columns a new user's row gets: its group and, homed here, its preferred site."""
+    return {"group_name": user.group_name, "preferred_site_id": user.preferred_site_id}
 
 
 class Router:
@@ -62,6 +104,7 @@ class Router:
         self.director = director
         """`cluster_director_transition_config`: new users start where the Dovecot director had them."""
         self.stale_reads = 0
+        self._user_sites: OrderedDict[tuple[str, UUID], UUID] = OrderedDict()
         self._decoded: dict[str, tuple[str, Any]] = {}
         """key -> (cached text, its decoded value): every login reads the same site view and
         group texts, and decoding them cost more than reading them. The LocalDB row stays the
@@ -130,35 +173,64 @@ class Router:
 
         return await self._cached(f"site/{self.site_name}", load, fetch, memo=True)
 
-    async def _group(self, view: SiteView, name: str) -> Group | None:
-        return await self._cached(f"group/{view.site.id}/{name}", codec.load_group,
-                                  lambda: self.geodb.group_get(view.site.id, name), memo=True)
+    async def site_state(self, local_site_id: UUID) -> SiteState:
+        """Every site and the local site's reachability rows, cached like the site view."""
+        return await self._cached(f"sites/{local_site_id}", codec.load_site_state,
+                                  lambda: self.geodb.site_state(local_site_id), memo=True)
+
+    async def group(self, site_id: UUID, name: str) -> Group | None:
+        return await self._cached(f"group/{site_id}/{name}", codec.load_group,
+                                  lambda: self.geodb.group_get(site_id, name), memo=True)
+
+    async def group_site(self, group_name: str, site_id: UUID) -> GroupSite | None:
+        return await self._cached(f"group_site/{group_name}/{site_id}", codec.load_group_site,
+                                  lambda: self.geodb.group_site_get(group_name, site_id), memo=True)
 
     async def route(self, username: str, *, host_override: str | None = None) -> RouteResult:
         view = await self.site_view()
         if view is None:
             return RouteResult(None, f"site {self.site_name!r} is not in the GeoDB")
+        state = await self.site_state(view.site.id)
         user = await self._cached(f"user/{username}", codec.load_user, lambda: self.geodb.user_get(username))
         for _ in range(MAX_RACE_RETRIES):
-            group_name = group_of(username, user, self.group_count, view, self.director)
-            groups: dict[str, Group] = {}
-            group = await self._group(view, group_name)
-            if group is not None:
-                groups[group_name] = group
-            decision = route_user(username, user, groups, view, group_count=self.group_count, now=self.clock(),
-                                  passdb_host=host_override, director=self.director)
+            decision = await decide_login(self, username, user, state, view, group_count=self.group_count,
+                                          now=self.clock(), passdb_host=host_override,
+                                          director=self.director)
             if isinstance(decision, Unavailable):
                 return RouteResult(None, decision.reason)
-            assert isinstance(decision, Routed)
             if decision.user_write is not None:
-                await self.geodb.user_put(username, group_name=decision.user_write.group_name)
+                await self.geodb.user_put(username, **user_row_fields(decision.user_write))
                 user = decision.user_write
                 self._remember(f"user/{username}", user)
+            if isinstance(decision, OtherSite):
+                choice = decision.choice
+                return RouteResult(None, f"{choice.via}: {choice.reason}".rstrip(": "), choice.group_name,
+                                   site=choice.site)
+            assert isinstance(decision, Routed)
             if decision.group_write is not None and not await self._write_group(view, decision):
-                self.invalidate(f"group/{view.site.id}/{group_name}")
+                self.invalidate(f"group/{view.site.id}/{decision.group_name}")
                 continue
+            await self._note_user_site(username, view, decision)
             return RouteResult(decision.backend.host, decision.via, decision.group_name)
         return RouteResult(None, "could not settle the group's backend (concurrent writers)")
+
+    async def _note_user_site(self, username: str, view: SiteView, decision: Routed) -> None:
+        """`user_sites(user, site) -> backend`, written when it changes (as far as this process
+        knows): `cluster user status` shows where the user was last served in each site."""
+        key = (username, view.site.id)
+        if self._user_sites.get(key) == decision.backend.id:
+            return
+        choice = decision.site_choice
+        home = choice is not None and choice.home.id == view.site.id
+        try:
+            await self.geodb.user_site_put(UserSite(username, view.site.id, decision.backend.id, home))
+        except Exception as exc:  # bookkeeping only: the login goes on
+            log.warning("recording the site backend of a user failed: %s", exc)
+            return
+        self._user_sites[key] = decision.backend.id
+        self._user_sites.move_to_end(key)
+        if len(self._user_sites) > USER_SITES_MEMO:
+            self._user_sites.popitem(last=False)
 
     async def _write_group(self, view: SiteView, decision: Routed) -> bool:
         """Apply the decision's conditional group write; False if another writer won."""

@@ -20,7 +20,7 @@ from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
-from palomar.net.hop_tls import hop_client_context
+from palomar.net.hop_tls import hop_client_context, hop_server_context
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.protocols.prelogin_caps import CapabilitySettings
 from palomar.proxy.capabilities import SiteCapabilities
@@ -28,7 +28,7 @@ from palomar.proxy.doveadm_frontend import serve_doveadm
 from palomar.proxy.doveadm_http_frontend import serve_doveadm_http
 from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
-from palomar.proxy.hop_client import HopClient
+from palomar.proxy.hop_client import HopClient, split_host_port
 from palomar.proxy.imap_frontend import ImapAdapter
 from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
 from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
@@ -37,6 +37,8 @@ from palomar.proxy.probes import start_backend_checks, start_capability_learning
 from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
+from palomar.proxy.site_hop import handle_site_hop
+from palomar.proxy.site_probes import SiteProber
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.service_runtime import (
@@ -144,8 +146,21 @@ async def build_state(cfg: Config) -> ProxyState:
     )
 
 
+def start_site_listener(state: ProxyState, address: str, tls) -> AcceptLoop:
+    """The listener for logins relayed by other sites' proxies (proxy/site_hop.py)."""
+    host, port = split_host_port(address, 0)
+    if not port:
+        raise RuntimeError(f"cluster_proxy_site_listen = {address}: give ADDRESS:PORT")
+    loop = AcceptLoop(listen_socket(host, port), partial(handle_site_hop, state, tls))
+    loop.start()
+    log.info("site hop listener on %s:%d%s", host, port, " (ssl)" if tls else "")
+    return loop
+
+
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
+    site_listen = cfg["cluster_proxy_site_listen"]
+    site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
     loops: list[AcceptLoop] = []
     for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
         service = cfg.services.get(service_name)
@@ -171,12 +186,15 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
                 loops.append(loop)
                 log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
                          " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
+    if site_listen:
+        loops.append(start_site_listener(state, site_listen, site_tls))
     metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
     checks = start_backend_checks(state, cfg)
     learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
+    site_probes = asyncio.get_running_loop().create_task(SiteProber(state).loop())
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
@@ -186,6 +204,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         flusher.cancel()
         fence.cancel()
+        site_probes.cancel()
         learning.cancel()
         summaries.cancel()
         if checks is not None:

@@ -186,7 +186,7 @@ async def _login(state: ProxyState, conn: ClientConnection, core: Any, adapter: 
                           conn.client, outcome.host, state.sessions)
         relay = done.relay = Relay(client_transport, backend_transport, done,
                                   shutdown_line(adapter.protocol, state.proxy_host))
-        state.sessions.add(outcome.host, relay)
+        state.sessions.add(outcome.host, relay, remote=outcome.remote_site is not None)
         relay.start(client_pending=core.leftover() + conn.link.take_buffer(),
                     server_pending=outcome.leftover + outcome.link.take_buffer(),
                     client_eof=conn.link.eof, server_eof=outcome.link.eof)

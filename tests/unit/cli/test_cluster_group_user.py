@@ -184,3 +184,33 @@ def test_user_status_list_and_delete(groups: Cluster) -> None:
     assert groups.fails("user", "status", "bob") == "user 'bob' does not exist"
     assert groups.fails("user", "delete", "bob") == "user 'bob' does not exist"
     assert [u["username"] for u in groups.json("user", "list")] == ["alan", "alice"]
+
+
+def test_group_site_set_list_remove(groups: Cluster) -> None:
+    groups.ok("group", "site", "set", "--failover-site", "west", "east", "default-1")
+    [row] = groups.json("group", "site", "list", "default-1")
+    assert (row["site"], row["status"], row["failover_site"]) == ("east", "follow", "west")
+    groups.ok("group", "site", "set", "--status", "failover", "east", "default-1")
+    [row] = groups.json("group", "site", "list", "default-1")
+    assert (row["status"], row["failover_site"]) == ("failover", "west")  # the failover site is kept
+
+    async def stored(db):
+        east = await db.site_get_by_name("east")
+        return await db.group_site_get("default-1", east.id)
+
+    entry = groups.db(stored)
+    west = groups.db(lambda db: db.site_get_by_name("west"))
+    assert (entry.status, entry.failover_site_id) == (1, west.id)
+    groups.ok("group", "site", "set", "--no-failover-site", "--status", "follow", "east", "default-1")
+    assert groups.db(stored).failover_site_id is None and groups.db(stored).status == 0
+    groups.ok("group", "site", "remove", "east", "default-1")
+    assert groups.db(stored) is None
+    assert groups.json("group", "site", "list", "default-1") == []
+
+
+def test_group_site_errors(groups: Cluster) -> None:
+    assert groups.fails("group", "site", "set", "east", "default-1").startswith("nothing to set")
+    assert "its own site" in groups.fails("group", "site", "set", "--failover-site", "east", "east", "default-1")
+    assert "does not exist" in groups.fails("group", "site", "set", "--failover-site", "nowhere", "east", "g")
+    assert "has no row" in groups.fails("group", "site", "remove", "east", "default-1")
+    assert "invalid" in groups.fails("group", "site", "set", "--status", "follow", "east", "a/b")

@@ -49,7 +49,7 @@ def test_new_user_shows_group_and_backend_and_writes_nothing(online: Cluster) ->
     group = default_group_name("alice", 4)
     assert (record["user"], record["site"], record["group"], record["via"]) == ("alice", "east", group, "group")
     assert record["new_user"] is True and record["error"] is None
-    assert record["pending"] == f"new user joins {group}; group gets backend {record['backend']}"
+    assert record["pending"] == f"new user joins {group}; homed in east; group gets backend {record['backend']}"
     assert online.db(lambda db: db.user_get("alice")) is None
     east = online.db(lambda db: db.site_get_by_name("east"))
     assert online.db(lambda db: db.group_get(east.id, group)) is None
@@ -67,7 +67,7 @@ def test_failover_is_predicted_not_written(online: Cluster) -> None:
     assert [r["backend"] for r in _access(online, "-u", "bob")] == ["b1.test"]
     online.ok("backend", "update", "--status", "offline", "b1.test")
     [record] = _access(online, "-u", "bob")
-    assert (record["backend"], record["pending"]) == ("b2.test", "group fails over from b1.test")
+    assert (record["backend"], record["pending"]) == ("b2.test", "homed in east; group fails over from b1.test")
     assert online.db(lambda db: db.group_get(b1.site_id, "team")).backend_id == b1.id
     assert _proxy_routes(online, "bob") == "b2.test"
 

@@ -196,3 +196,22 @@ def test_reply_reader_refuses_endless_line():
     reader = hop.ReplyReader()
     with pytest.raises(hop.HopError, match="too long"):
         reader.feed(b"x" * (hop.MAX_REPLY_LINE + 1))
+
+
+SITE_A, SITE_B = "0b6f1a5e-0000-4000-8000-00000000000a", "0b6f1a5e-0000-4000-8000-00000000000b"
+
+
+def test_via_sites_travel_under_the_mac():
+    sent = request(via_sites=(SITE_A, SITE_B))
+    assert verify(hop.seal(sent, SECRET, CHALLENGE)).via_sites == (SITE_A, SITE_B)
+    tlvs = [(t, SITE_A.encode() if t == hop.TLV_VIA_SITES else v) for t, v in hop.seal(sent, SECRET, CHALLENGE)]
+    with pytest.raises(hop.HopError, match="MAC mismatch"):  # a relay cannot drop a site it passed
+        verify(tlvs)
+    plain = hop.seal(request(), SECRET, CHALLENGE)
+    assert hop.TLV_VIA_SITES not in dict(plain) and verify(plain).via_sites == ()
+
+
+@pytest.mark.parametrize("via", [("not-a-uuid",), tuple([SITE_A] * 9)])
+def test_malformed_via_sites_are_refused(via):
+    with pytest.raises(hop.HopError, match="via-sites"):
+        verify(hop.seal(request(via_sites=via), SECRET, CHALLENGE))

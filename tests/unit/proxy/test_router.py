@@ -146,3 +146,25 @@ async def test_director_transition_places_new_users_on_the_directors_backend(wor
         group = await world.geodb.group_get(world.site.id, routed.group)
         assert group is not None and group.backend_id == next(b.id for b in world.backends if b.host == routed.host)
     assert {transition.backend_for(n) for n in names} == {"10.0.0.1", "10.0.0.2"}
+
+
+async def test_new_user_is_homed_here_and_its_site_backend_recorded_once(world: World) -> None:
+    first = await world.router.route("carol")
+    assert first.host in {"10.0.0.1", "10.0.0.2"}
+    user = await world.geodb.user_get("carol")
+    assert user is not None and user.preferred_site_id == world.site.id
+    [entry] = await world.geodb.user_sites_list("carol")
+    assert (entry.site_id, entry.preferred_site) == (world.site.id, True)
+    assert entry.backend_id == next(b.id for b in world.backends if b.host == first.host)
+    await world.geodb.user_site_delete("carol", world.site.id)
+    await world.router.route("carol")
+    assert await world.geodb.user_sites_list("carol") == []  # unchanged: not written again
+
+
+async def test_a_user_of_another_site_is_sent_to_that_site(world: World) -> None:
+    west = Site(id=uuid.uuid4(), name="west", load_balancer="127.0.0.101")
+    assert await world.geodb.site_add(west)
+    await world.geodb.user_put("dave", group_name="default-1", preferred_site_id=west.id)
+    result = await world.router.route("dave")
+    assert result.host is None and result.site is not None and result.site.name == "west"
+    assert await world.geodb.group_get(world.site.id, "default-1") is None  # nothing placed here
