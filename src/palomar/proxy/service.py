@@ -141,6 +141,7 @@ async def build_state(cfg: Config) -> ProxyState:
 
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
+    await state.passdb.warm()  # a large passwd-file is indexed before the first client arrives
     loops: list[AcceptLoop] = []
     for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
         service = cfg.services.get(service_name)
