@@ -169,7 +169,7 @@ def group_list(ctx: ClusterContext, site: str | None, mask: str | None) -> None:
 
 @click.group()
 def user() -> None:
-    """Users: move, status, delete, list."""
+    """Users: move, status, delete, list, import, access."""
 
 
 @user.command("move")
