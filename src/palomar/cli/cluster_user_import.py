@@ -2,13 +2,14 @@
 
 Records are read and checked as the file streams (`cluster.user_import`), then written in batches:
 one existence read and one batched write (`GeoDB.users_put_many`: one SQLite transaction) per
-batch. Users that exist already are left alone unless ``--update`` is given, since rewriting an
+batch, while the next batch is parsed. Users that exist already are left alone unless ``--update`` is given, since rewriting an
 existing user's group is a direct placement that skips the move machinery. Bad lines are
 reported with their line number and skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -87,26 +88,38 @@ async def import_users(db: GeoDB, records: Iterator[ImportRecord | BadLine], *, 
         raise CommandError(f"site '{default_site}' does not exist")
     tally = ImportTally()
     batch: list[tuple[str, dict[str, Any]]] = []
+    writing: asyncio.Task[None] | None = None
 
-    async def flush() -> None:
-        names = [name for name, _ in batch]
-        existing = set() if update else await db.users_existing(names)
-        await db.users_put_many([(name, fields) for name, fields in batch if name not in existing])
+    async def write(users: list[tuple[str, dict[str, Any]]]) -> None:
+        existing = set() if update else await db.users_existing([name for name, _ in users])
+        await db.users_put_many([(name, fields) for name, fields in users if name not in existing])
         tally.existing += len(existing)
-        tally.imported += len(batch) - len(existing)
-        batch.clear()
+        tally.imported += len(users) - len(existing)
         progress.update(tally)
 
-    for record in records:
-        placed = record if isinstance(record, BadLine) else _placement(record, sites, default_site)
-        if isinstance(placed, BadLine):
-            tally.bad.append(placed)
-            continue
-        batch.append(placed)
-        if len(batch) >= batch_size:
+    async def flush() -> None:
+        """Hand the batch to the GeoDB and go on parsing the next one meanwhile (one batch in flight)."""
+        nonlocal writing
+        if writing is not None:
+            await writing
+        writing = asyncio.ensure_future(write(batch.copy()))
+        batch.clear()
+
+    try:
+        for record in records:
+            placed = record if isinstance(record, BadLine) else _placement(record, sites, default_site)
+            if isinstance(placed, BadLine):
+                tally.bad.append(placed)
+                continue
+            batch.append(placed)
+            if len(batch) >= batch_size:
+                await flush()
+                await asyncio.sleep(0)  # let the write start before parsing on
+        if batch:
             await flush()
-    if batch:
-        await flush()
+    finally:
+        if writing is not None:
+            await writing
     progress.update(tally, final=True)
     return tally
 
