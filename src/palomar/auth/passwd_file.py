@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import threading
+import time
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,7 +113,9 @@ def _name_problem(name: bytes, line: bytes) -> str | None:
 
 _ASCII_BAD_NAME = re.compile(rb"[\x00-\x20]")
 _BULK_BAD = re.compile(rb"[\x00-\x20#]")  # a comment, a blank or an odd line: go line by line
-_SCAN_BLOCK = 1 << 20
+_SCAN_BLOCK = 1 << 18
+_YIELD_EVERY = 1024
+"""Table inserts between two voluntary GIL releases while an index is built."""
 _READ_SIZE = 1024
 _EMPTY = -1
 
@@ -134,8 +137,8 @@ class PasswdIndex:
         self._fh = fh
         self._hashes = array("q")
         self._offsets = array("Q")
-        self._linenos = array("L")  # 0: a duplicate, left out of the table
-        self._slots = array("l", [_EMPTY])
+        self._linenos = array("I")  # 0: a duplicate, left out of the table
+        self._slots = array("i", [_EMPTY])
         self._mask = 0
         self.size = 0
 
@@ -201,6 +204,7 @@ class PasswdIndex:
                 lines = block[:cut].split(b"\n")
                 lines.pop()
                 self._scan_lines(lines, offset, lineno)
+                time.sleep(0)  # hand the GIL over: see _insert_all
                 offset, lineno = offset + cut, lineno + len(lines)
         if tail:
             self._scan_lines([tail], offset, lineno)
@@ -232,16 +236,20 @@ class PasswdIndex:
     def _insert_all(self) -> None:
         """Fill the table at load factor <= 1/2; of two lines for one user the first wins.
 
-        Plain Python loops (no single long C call such as a sort) so the GIL is handed back to
-        the event loop thread every few milliseconds while a large file is indexed.
+        Plain Python loops (no single long C call such as a sort), and the GIL is given up
+        every `_YIELD_EVERY` inserts: otherwise the event loop thread, which releases the GIL at
+        each socket call, would wait up to the 5 ms switch interval to get it back every time,
+        and a login during a reload would pay that dozens of times.
         """
         capacity = 8
         while capacity < 2 * len(self._hashes):
             capacity *= 2
         self._mask = capacity - 1
-        self._slots = array("l", [_EMPTY]) * capacity
+        self._slots = array("i", [_EMPTY]) * capacity
         hashes, slots, mask = self._hashes, self._slots, self._mask
         for i, key in enumerate(hashes):
+            if i % _YIELD_EVERY == 0:
+                time.sleep(0)
             slot = key & mask
             while (j := slots[slot]) != _EMPTY:
                 if hashes[j] == key and self._same_user(i, j):
