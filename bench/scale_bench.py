@@ -161,7 +161,7 @@ def pgsql_db(work: Path, users: int) -> UserDB:
 
 
 def ldap_db(work: Path, users: int) -> UserDB:
-    slapd = SlapdServer(work / "ldap", suffix=SUFFIX, host=LDAP_HOST)
+    slapd = SlapdServer(work / "ldap", suffix=SUFFIX, host=LDAP_HOST, maxsize=max(16 << 20, users * 4096))
     started = time.monotonic()
     ldif = "".join(
         f"dn: uid={username(i)},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {username(i)}\n"
@@ -269,8 +269,11 @@ async def steady_logins(cluster: LocalCluster, run: Run, users: int, rate: float
             # each try from an address of its own: a failure (old password still served) must not
             # put the auth penalty on the steady logins' address, nor delay the next try
             attempt += 1
-            answer = await imap_login(host, port, username(CHANGED_USER), NEW_PASSWORD,
-                                      source=f"127.0.1.{attempt % 250 + 1}")
+            try:
+                answer = await imap_login(host, port, username(CHANGED_USER), NEW_PASSWORD,
+                                          source=f"127.0.1.{attempt % 250 + 1}")
+            except (TimeoutError, OSError) as exc:
+                answer = type(exc).__name__
             if answer.startswith("a OK"):
                 run.change_visible_seconds = loop.time() - changed
                 return
