@@ -375,7 +375,7 @@ def report(runs: list[Run], cassandra: tuple[float, list[geodb_bench.Result]] | 
     if cassandra is not None:
         seconds, results = cassandra
         parts.append(
-            f"Cassandra GeoDB (single local node of `scripts/cassandra`, heap 768M, `local-one`): "
+            f"Cassandra GeoDB (the single local node of `scripts/cassandra`, `local-one` reads): "
             f"{args.cassandra_users:,} users written (with 100 groups, 3 backends) and measured in {seconds:.0f} s; "
             "`Router.route(user)` for random users, **cold** (every LocalDB cache entry expired: four GeoDB "
             "reads) and **LocalDB-warm** (a sample of 20,000 users routed once, then routed again from the cache).")
