@@ -12,6 +12,8 @@ Drivers that talk to a database over the network may offer more (the chain looks
   (LDAP authentication binds) and says so in ``DriverLookup.verified``;
 * ``cache_key(values)`` — the values of the variables its queries use: such a driver's
   answers go through the auth cache (``auth_cache_size``), keyed by them, as in Dovecot.
+* ``warm()`` — blocking preparation run in a thread before the proxy listens (passwd-file
+  builds its index), so the first login does not pay for it.
 """
 
 from __future__ import annotations

@@ -421,6 +421,13 @@ class PassdbChain:
         compiled = [Passdb.from_settings(item, i) for i, item in enumerate(passdbs)]
         return cls(compiled, username_format=username_format, username_chars=username_chars, cache=cache)
 
+    async def warm(self) -> None:
+        """Let the drivers prepare before the first login (index a passwd-file), off the loop."""
+        for pdb in (*self.passdbs, *self.master_passdbs):
+            warm = getattr(pdb.driver, "warm", None)
+            if warm is not None:
+                await asyncio.to_thread(warm)
+
     async def aclose(self) -> None:
         """Close the drivers' database connections (at shutdown)."""
         for pdb in (*self.passdbs, *self.master_passdbs):

@@ -21,6 +21,7 @@ from palomar.cli import (
     cluster_site,
     cluster_tag,
     cluster_user_access,
+    cluster_user_import,
 )
 from palomar.cli.cluster_context import ClusterContext, default_config_path, expected_errors, report
 
@@ -62,4 +63,5 @@ cluster.add_command(cluster_localdb.localdb)
 cluster.add_command(cluster_feature.feature)
 cluster.add_command(cluster_director.director)
 cluster_group_user.user.add_command(cluster_user_access.user_access)
+cluster_group_user.user.add_command(cluster_user_import.user_import)
 cluster_admin.register(cluster, cluster_backend.backend, cluster_group_user.group)

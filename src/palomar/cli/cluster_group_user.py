@@ -263,7 +263,7 @@ def group_site_remove(ctx: ClusterContext, site: str, name: str) -> None:
 
 @click.group()
 def user() -> None:
-    """Users: move, status, delete, list."""
+    """Users: move, status, delete, list, import, access."""
 
 
 @user.command("move")

@@ -133,6 +133,8 @@ class SlapdServer:
     admin_password: str = "ldap-admin-secret"
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     ca_file: Path | None = None
+    maxsize: int = 16 << 20
+    """The mdb database's size limit in bytes (a million entries need about 2 GiB)."""
 
     @property
     def admin_dn(self) -> str:
@@ -158,7 +160,8 @@ class SlapdServer:
             "modulepath /usr/lib/ldap\nmoduleload back_mdb\n"
             f"pidfile {self.root / 'slapd.pid'}\nargsfile {self.root / 'slapd.args'}\n"
             f"TLSCACertificateFile {certs.ca}\nTLSCertificateFile {pair.cert}\nTLSCertificateKeyFile {pair.key}\n"
-            "database mdb\nmaxsize 16777216\n"
+            f"database mdb\nmaxsize {self.maxsize}\n"
+            "index objectClass,uid eq\n"
             f'suffix "{self.suffix}"\nrootdn "{self.admin_dn}"\nrootpw {self.admin_password}\n'
             f"directory {self.root / 'db'}\n"
             "access to attrs=userPassword by dn.exact=\"" + self.admin_dn + "\" read by anonymous auth by * none\n"

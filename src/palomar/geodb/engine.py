@@ -105,6 +105,15 @@ class GeoEngine(abc.ABC):
         A value of None deletes that column (a cell tombstone at `timestamp`).
         """
 
+    async def upsert_many(self, table: str, rows: Sequence[tuple[Key, Values]], *,
+                          timestamp: int | None = None) -> None:
+        """`upsert` for many rows at once (bulk provisioning). Not atomic across rows.
+
+        This default sends them concurrently (Cassandra: parallel requests, one per partition, as
+        its documentation advises over multi-partition batches); the SQLite engine writes them in
+        one transaction."""
+        await asyncio.gather(*(self.upsert(table, key, values, timestamp=timestamp) for key, values in rows))
+
     @abc.abstractmethod
     async def insert_if_absent(self, table: str, key: Key, values: Values) -> InsertResult:
         """Lightweight transaction: create the row only if no live row has this primary key."""

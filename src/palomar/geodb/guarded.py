@@ -87,6 +87,10 @@ class GuardedEngine(GeoEngine):
     async def upsert(self, table: str, key: Key, values: Values, *, timestamp: int | None = None) -> None:
         await self._call("write", lambda: self.inner.upsert(table, key, values, timestamp=timestamp))
 
+    async def upsert_many(self, table: str, rows: Sequence[tuple[Key, Values]], *,
+                          timestamp: int | None = None) -> None:
+        await self._call("write", lambda: self.inner.upsert_many(table, rows, timestamp=timestamp))
+
     async def insert_if_absent(self, table: str, key: Key, values: Values) -> InsertResult:
         return await self._call("conditional write", lambda: self.inner.insert_if_absent(table, key, values))
 

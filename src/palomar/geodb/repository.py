@@ -12,7 +12,8 @@ replayed write is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -507,6 +508,16 @@ class GeoDB:
         values = _only(fields, _USER_FIELDS, "users")
         if values:
             await self.engine.upsert("users", {"username": username}, values)
+
+    async def users_put_many(self, users: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """`user_put` for a batch of users in one engine call (bulk import)."""
+        rows = [({"username": name}, _only(fields, _USER_FIELDS, "users")) for name, fields in users]
+        await self.engine.upsert_many("users", [(key, values) for key, values in rows if values])
+
+    async def users_existing(self, usernames: Sequence[str]) -> set[str]:
+        """Which of these users have a GeoDB record (one `read_many`: one worker job on SQLite)."""
+        found = await self.engine.read_many([Get("users", {"username": name}) for name in usernames])
+        return {name for name, row in zip(usernames, found, strict=True) if row is not None}
 
     async def user_delete(self, username: str) -> None:
         """Delete the user's GeoDB record and its per-site rows."""

@@ -161,6 +161,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     state = await build_state(cfg)
     site_listen = cfg["cluster_proxy_site_listen"]
     site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
+    await state.passdb.warm()  # a large passwd-file is indexed before the first client arrives
     loops: list[AcceptLoop] = []
     for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
         service = cfg.services.get(service_name)

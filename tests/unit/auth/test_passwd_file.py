@@ -178,3 +178,50 @@ def test_driver_fixed_path_missing_is_internal_error(tmp_path: Path) -> None:
     driver = PasswdFileDriver(str(tmp_path / "absent"))
     result = driver.lookup("bob", user_values("bob"))
     assert not result.found and result.error is not None and "absent" in result.error
+
+
+def test_rewrite_in_place_never_answers_from_a_shifted_line(tmp_path: Path) -> None:
+    """After an in-place rewrite an old offset may land inside another line that happens to
+    read ``alice:...``; the index must see that no line starts there and wait for a new build."""
+    path = tmp_path / "users"
+    path.write_text("xalice:{PLAIN}x\nalice:{PLAIN}a\n")
+    pf = PasswdFile(str(path))
+    assert pf.lookup("alice").password == "{PLAIN}a"  # type: ignore[union-attr]
+    path.write_text("q" * 15 + "xalice:{PLAIN}evil\n")  # "alice:{PLAIN}evil" now sits at alice's old offset
+    assert pf.lookup_nowait("alice") == (False, None)
+    assert pf.lookup("alice") is None
+
+
+def test_malformed_rest_of_line_is_reported_at_lookup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "users"
+    path.write_bytes(b"alice:{PLAIN}a\nbob:" + SECRET_HASH.encode() + b"::::::x=%{nosuch}\n")
+    pf = PasswdFile(str(path))
+    with caplog.at_level(logging.WARNING, logger="palomar.auth.passwd_file"):
+        assert pf.lookup("bob") is None
+    assert "line 2 ignored" in caplog.text and SECRET_HASH not in caplog.text
+    assert pf.lookup("alice") is not None
+
+
+def test_warm_indexes_a_fixed_file_so_lookups_need_no_thread(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    path.write_text("alice:{PLAIN}a\n")
+    driver = PasswdFileDriver(str(path))
+    assert driver.lookup_nowait("alice", user_values("alice")) is None  # nothing indexed yet
+    driver.warm()
+    found = driver.lookup_nowait("alice", user_values("alice"))
+    assert found is not None and found.password == "{PLAIN}a"
+
+
+def test_many_users_and_lines_without_final_newline(tmp_path: Path) -> None:
+    """Blocks of plain lines take the bulk path; a block with a comment or a bad name the careful one."""
+    path = tmp_path / "users"
+    lines = [f"u{i}:{{PLAIN}}p{i}" for i in range(60_000)]
+    lines[30_000] = "# a comment"
+    lines[40_000] = "bad name:{PLAIN}x"
+    path.write_text("\n".join(lines))  # no newline after the last line
+    pf = PasswdFile(str(path))
+    assert pf.lookup("u0").password == "{PLAIN}p0"  # type: ignore[union-attr]
+    assert pf.lookup("u29999").password == "{PLAIN}p29999"  # type: ignore[union-attr]
+    assert pf.lookup("u40001").password == "{PLAIN}p40001"  # type: ignore[union-attr]
+    assert pf.lookup("u59999").password == "{PLAIN}p59999"  # type: ignore[union-attr]
+    assert len(pf.users()) == 59_998
