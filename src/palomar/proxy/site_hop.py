@@ -84,6 +84,10 @@ def _refuse(link: Link, reply: hop.HopReply) -> None:
 
 async def _site_hop(state, link: Link, peer: str) -> None:
     view = await state.router.site_view()
+    if view is not None and not view.site.load_balancer:
+        # Cached from before an admin set the address (`site update --load-balancer`): read it again.
+        state.router.invalidate_site_view()
+        view = await state.router.site_view()
     own_address = view.site.load_balancer if view is not None else None
     if not own_address:
         log.warning("site hop from %s refused: this site has no load balancer in the GeoDB", peer)
