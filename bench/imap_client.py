@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ class Target:
     port: int
     master_user: str | None = None
     master_password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    """TLS from the first byte (IMAPS); the test certificates are not verified."""
 
     def login_command(self, user: str, password: str) -> bytes:
         if self.master_user is not None:
@@ -49,6 +52,13 @@ class Credentials:
     password: str = field(repr=False)
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class Connection:
     """One IMAP connection: tagged commands, responses read up to their tagged line."""
 
@@ -59,7 +69,8 @@ class Connection:
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT)
+        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT,
+                                                       ssl=_unverified_tls() if target.tls else None)
         conn = cls(reader, writer)
         greeting = await reader.readline()
         if not greeting.startswith(b"* OK"):
