@@ -135,12 +135,17 @@ class Link(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         return (peer[0], peer[1]) if peer else None
 
-    def tls_session(self) -> ssl.SSLSession | None:
-        """The TLS session to offer the next connection to the same server (None: plaintext)."""
+    def new_tls_session(self) -> ssl.SSLSession | None:
+        """After a full handshake, the TLS session to offer the next connections to the same server;
+        None after a resumed one (the session offered is still good) or on plaintext. Reading a
+        session costs a serialisation round trip in CPython (`_ssl_session_dup`), about as much as
+        resuming saves, so it is read once per full handshake, not per connection."""
         if self.transport is None:
             return None
         tls = self.transport.get_extra_info("ssl_object")
-        return tls.session if tls is not None else None
+        if tls is None or tls.session_reused:
+            return None
+        return tls.session
 
     def sockname(self) -> tuple[str, int] | None:
         if self.transport is None:

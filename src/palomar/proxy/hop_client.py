@@ -117,7 +117,7 @@ class HopClient:
                     link.close()
                     return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop before its "
                                      "challenge" + ("" if self.tls else " (is cluster_hop_ssl = no there too?)"))
-                session = link.tls_session()  # TLS 1.3 tickets arrive with the server's first data
+                session = link.new_tls_session()  # TLS 1.3 tickets arrive with the server's first data
                 if session is not None and session.has_ticket:
                     self.sessions[host] = session
                 link.write(build_v2(target.client, target.local, hop.seal(request, self.secret, challenge))
