@@ -30,9 +30,9 @@ from collections.abc import Callable
 
 SOCKET_READ_SIZE = 32 * 1024
 """Bytes one `recv_into` may take from the kernel: two full TLS records. Everything read goes into the
-connection's incoming BIO, which keeps the capacity of the most it ever held: asyncio's 256 KiB
-reads left ~380 KiB per connection behind after a bulk transfer, 32 KiB reads ~85 KiB, at the same
-throughput on loopback (docs/benchmarks.md, "TLS memory")."""
+connection's incoming BIO, which keeps the capacity of the most it ever held: with 256 KiB reads
+(and whole writes encrypted at once) a connection kept ~380 KiB after a 1 MB transfer, with 32 KiB
+reads ~85 KiB, at the same loopback throughput (docs/design/login-path-cost.md, "TLS memory")."""
 
 RECORD_WRITE_SIZE = 16 * 1024
 """Plaintext encrypted per step: one full TLS record."""
