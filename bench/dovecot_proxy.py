@@ -105,7 +105,47 @@ service stats {{
 """
 
 
-class DovecotProxy:
+def spawn_server(argv: list[str], stderr: Path, address: tuple[str, int], log: Path, what: str,
+                 timeout: float) -> subprocess.Popen[bytes]:
+    """Start a server in a session of its own and wait until it listens on `address`; if it does
+    not, stop its tree and raise with the end of its log."""
+    with open(stderr, "ab") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        wait_port(*address, time.monotonic() + timeout, alive=lambda: proc.poll() is None)
+    except (RuntimeError, TimeoutError) as exc:
+        stop_tree(proc)
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        raise RuntimeError(f"{what} did not start: {exc}\n{tail}") from None
+    return proc
+
+
+class SpawnedServer:
+    """A server process tree this benchmark started (`self.proc`), restarted or stopped as a whole."""
+
+    proc: subprocess.Popen[bytes] | None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> SpawnedServer:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Fresh processes: login processes keep their grown heap after connections close."""
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_tree(self.proc)
+            self.proc = None
+
+
+class DovecotProxy(SpawnedServer):
     """One `dovecot -F` proxy instance; `stop()` ends its whole process tree."""
 
     def __init__(self, root: Path, listen: str, port: int, routes: list[Route], *, imaps_port: int = 0,
@@ -123,11 +163,6 @@ class DovecotProxy:
     def config_path(self) -> Path:
         return self.root / "dovecot.conf"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def _write(self) -> None:
         for sub in ("run", "state"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -143,25 +178,7 @@ class DovecotProxy:
 
     def start(self, timeout: float = 30.0) -> DovecotProxy:
         self._write()
-        with open(self.root / "dovecot.stderr.log", "ab") as err:
-            self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        try:
-            wait_port(self.listen, self.port, time.monotonic() + timeout,
-                      alive=lambda: self.proc is not None and self.proc.poll() is None)
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            log = (self.root / "dovecot.log")
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"Dovecot proxy did not start: {exc}\n{tail}") from None
+        self.proc = spawn_server(["dovecot", "-F", "-c", str(self.config_path)], self.root / "dovecot.stderr.log",
+                                 (self.listen, self.port), self.root / "dovecot.log", "Dovecot proxy", timeout)
         return self
 
-    def restart(self) -> None:
-        """Fresh processes: login processes keep their grown heap after connections close."""
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_tree(self.proc)
-            self.proc = None

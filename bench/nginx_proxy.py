@@ -11,13 +11,11 @@ master user (`Auth-User: user*master`, `Auth-Pass`), the only login palomar's ba
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dovecot_proxy import Route
-from palomar.devcluster.net import free_port, wait_port
-from palomar.devcluster.procs import stop_tree
+from dovecot_proxy import Route, SpawnedServer, spawn_server
+from palomar.devcluster.net import free_port
 
 NGINX = "/usr/sbin/nginx"
 MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
@@ -99,7 +97,7 @@ mail {{
 
 
 @dataclass
-class NginxProxy:
+class NginxProxy(SpawnedServer):
     """One `nginx` master with its workers; `stop()` ends the whole tree."""
 
     root: Path
@@ -110,35 +108,13 @@ class NginxProxy:
     routes: list[Route]
     proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self, timeout: float = 30.0) -> NginxProxy:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         config = self.root / "nginx.conf"
         config.write_text(render_nginx_conf(self.root, self.listen, self.port, self.imaps_port,
                                             free_port(self.listen), self.tls, self.routes))
-        with open(self.root / "nginx.stderr.log", "ab") as err:
-            self.proc = subprocess.Popen([NGINX, "-p", str(self.root), "-c", str(config), "-e", str(self.root / "error.log")],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                         start_new_session=True)
-        try:
-            wait_port(self.listen, self.port, time.monotonic() + timeout,
-                      alive=lambda: self.proc is not None and self.proc.poll() is None)
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            log = self.root / "error.log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise RuntimeError(f"nginx did not start: {exc}\n{tail}") from None
+        self.proc = spawn_server([NGINX, "-p", str(self.root), "-c", str(config), "-e", str(self.root / "error.log")],
+                                 self.root / "nginx.stderr.log", (self.listen, self.port), self.root / "error.log",
+                                 "nginx", timeout)
         return self
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_tree(self.proc)
-            self.proc = None
