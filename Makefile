@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo chaos soak
+.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo chaos soak bench bench-quick
 
 deps: system-deps cassandra-deps $(VENV)/.installed
 
@@ -59,3 +59,14 @@ SOAK_SECONDS ?= 600
 
 soak: deps
 	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
+# Side-by-side benchmarks (bench/README.md): the IMAP path (palomar, Dovecot CE's proxy, direct Dovecot;
+# plaintext and IMAPS idle memory) and LMTP delivery, written to docs/benchmarks.md. Needs root.
+# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 6-8 minutes).
+bench: deps
+	$(PY) bench/imap_bench.py
+	$(PY) bench/lmtp_bench.py
+
+bench-quick: deps
+	$(PY) bench/imap_bench.py --quick
+	$(PY) bench/lmtp_bench.py --seconds 3

@@ -9,6 +9,7 @@ difference of two readings is the CPU the tree spent in between.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,18 +72,42 @@ def rollup_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _sockets(pid: int) -> int:
+    """Open socket descriptors of one process (its other descriptors are not counted)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    count = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+    return count
+
+
 @dataclass(frozen=True)
 class TreeMemory:
     processes: int
     pss_kib: int
     """Proportional set size: shared pages split among their users; the number to compare."""
     rss_kib: int
+    sockets: int = 0
+    """Socket descriptors held by the tree (each one a kernel socket with its own buffers)."""
 
 
 def tree_memory(root: int) -> TreeMemory:
     pids = tree_pids(root)
     return TreeMemory(len(pids), sum(rollup_kib(p, "Pss") for p in pids),
-                      sum(rollup_kib(p, "Rss") for p in pids))
+                      sum(rollup_kib(p, "Rss") for p in pids), sum(_sockets(p) for p in pids))
+
+
+def tcp_memory_kib() -> int:
+    """Kernel memory in TCP socket buffers, the whole machine (`/proc/net/sockstat`, `TCP: ... mem` pages)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    return 0
 
 
 class CpuMeter:

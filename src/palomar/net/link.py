@@ -11,6 +11,7 @@ import asyncio
 import socket
 import ssl
 
+from palomar.net import lean_tls
 from palomar.net.server import handed_over
 
 READ_LIMIT = 256 * 1024
@@ -134,6 +135,18 @@ class Link(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         return (peer[0], peer[1]) if peer else None
 
+    def new_tls_session(self) -> ssl.SSLSession | None:
+        """After a full handshake, the TLS session to offer the next connections to the same server;
+        None after a resumed one (the session offered is still good) or on plaintext. Reading a
+        session costs a serialisation round trip in CPython (`_ssl_session_dup`), about as much as
+        resuming saves, so it is read once per full handshake, not per connection."""
+        if self.transport is None:
+            return None
+        tls = self.transport.get_extra_info("ssl_object")
+        if tls is None or tls.session_reused:
+            return None
+        return tls.session
+
     def sockname(self) -> tuple[str, int] | None:
         if self.transport is None:
             return None
@@ -145,12 +158,8 @@ class Link(asyncio.Protocol):
         STARTTLS command must never be treated as if they had been encrypted."""
         assert self.transport is not None
         self._buffer.clear()
-        loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, context, server_side=server_side,
-                                   server_hostname=server_hostname)
-        if new is None:
-            raise LinkClosed("TLS handshake failed")
-        self.transport = new  # type: ignore[assignment]
+        self.transport = await lean_tls.start_tls(self.transport, self, context, server_side=server_side,
+                                                  server_hostname=server_hostname)
 
 
 async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
@@ -162,25 +171,32 @@ async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
     (`fileno() == -1`): whoever still holds `sock` (the accept loop's last-resort close) can no
     longer close a descriptor that a live transport owns. Closing it under the transport would
     let the kernel hand the same number to the next connection while the event loop still
-    watches it ("File descriptor N is used by transport").
+    watches it ("File descriptor N is used by transport"). TLS goes through `net.lean_tls`.
     """
     owned = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     owned.setblocking(False)
+    link = Link()
     try:
-        transport, link = await asyncio.get_running_loop().connect_accepted_socket(
-            Link, owned, ssl=tls, ssl_handshake_timeout=handshake_timeout if tls is not None else None)
+        if tls is None:
+            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: link, owned)
+            handed_over(transport)
+        else:
+            await lean_tls.accept_tls(owned, link, tls, handshake_timeout=handshake_timeout,
+                                      on_transport=handed_over)
     except BaseException:
         owned.close()
         raise
-    handed_over(transport)
     return link
 
 
-async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None) -> Link:
+async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None,
+                    session: ssl.SSLSession | None = None) -> Link:
     """Connect to host:port within `timeout` seconds; with `tls`, handshake and verify the
-    certificate against `host` within the same time."""
-    loop = asyncio.get_running_loop()
+    certificate against `host` within the same time (or resume `session`)."""
+    link = Link()
     async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
-        _, link = await loop.create_connection(Link, host, port, ssl=tls, server_hostname=host if tls else None,
-                                               ssl_handshake_timeout=timeout if tls else None)
+        if tls is None:
+            await asyncio.get_running_loop().create_connection(lambda: link, host, port)
+        else:
+            await lean_tls.connect_tls(host, port, link, tls, handshake_timeout=timeout, session=session)
     return link

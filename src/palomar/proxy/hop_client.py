@@ -88,10 +88,13 @@ class HopClient:
     """Opens hops with one shared secret, port and TLS context (None: plaintext hop)."""
 
     def __init__(self, secret: bytes, port: int, *, tls: ssl.SSLContext | None, connect_timeout: float,
-                 answer_timeout: float) -> None:
+                 answer_timeout: float, sessions: dict[str, ssl.SSLSession] | None = None) -> None:
         self.secret = secret
         self.port = port
         self.tls = tls
+        self.sessions: dict[str, ssl.SSLSession] = {} if sessions is None else sessions
+        """backend host -> the last TLS session it gave us: the next hop resumes it instead of a full
+        handshake (the certificate was verified for that host when the session was made)."""
         self.connect_timeout = connect_timeout
         """`cluster_hop_connect_timeout`: until the backend accepted the connection (and, with TLS,
         finished the handshake: a stalled backend's kernel still accepts)."""
@@ -101,12 +104,13 @@ class HopClient:
     def with_timeout(self, timeout: float) -> HopClient:
         """The same hop settings with another answer timeout (probes have their own)."""
         return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
-                         answer_timeout=timeout)
+                         answer_timeout=timeout, sessions=self.sessions)
 
     async def _open(self, host: str) -> Link | HopFailed:
         address, port = split_host_port(host, self.port)
         try:
-            return await open_link(address, port, timeout=self.connect_timeout, tls=self.tls)
+            return await open_link(address, port, timeout=self.connect_timeout, tls=self.tls,
+                                   session=self.sessions.get(host))
         except ssl.SSLError as exc:  # verification failed, or TLS on one side only
             return HopFailed(host, "proxy_dest_connect_failed", f"hop to {address}:{port}: "
                                                                 f"{describe_tls_failure(exc)}")
@@ -129,6 +133,9 @@ class HopClient:
                     link.close()
                     return HopFailed(host, "proxy_dest_remote_failure", "backend closed the hop before its "
                                      "challenge" + ("" if self.tls else " (is cluster_hop_ssl = no there too?)"))
+                session = link.new_tls_session()  # TLS 1.3 tickets arrive with the server's first data
+                if session is not None and session.has_ticket:
+                    self.sessions[host] = session
                 link.write(build_v2(target.client, target.local, hop.seal(request, self.secret, challenge))
                            + target.payload)
                 reply = await _read_line(link, hop.ReplyReader())

@@ -15,7 +15,9 @@ from palomar.backend.service import BackendState, handle_hop
 from palomar.config import load
 from palomar.devcluster.certs import HopCertificates, hop_certificates
 from palomar.net.hop_tls import HopTlsError, hop_client_context, hop_server_context
+from palomar.net.link import open_link
 from palomar.net.server import AcceptLoop, listen_socket
+from palomar.proxy import hop_client
 from palomar.proxy.hop_client import HopClient, HopFailed, HopTarget
 
 HOST = "127.0.0.1"
@@ -97,6 +99,28 @@ async def test_tls_hop_carries_challenge_and_header(tmp_path, certs, backend_fac
     outcome = await hops.connect(HOST, TARGET)
     assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"
     assert any("hop MAC mismatch" in m for m in refusals(caplog))
+
+
+async def test_next_hop_to_a_backend_resumes_the_tls_session(tmp_path, certs, backend_factory,
+                                                             monkeypatch) -> None:
+    """The first hop to a backend makes a full handshake, the next ones resume its session (no
+    certificate signature and verification per login); another backend gets a session of its own."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10)
+    resumed: list[bool] = []
+
+    async def recording_open_link(*args, **kwargs):
+        link = await open_link(*args, **kwargs)
+        resumed.append(link.transport.get_extra_info("ssl_object").session_reused)
+        return link
+
+    monkeypatch.setattr(hop_client, "open_link", recording_open_link)
+    for _ in range(3):
+        outcome = await hops.connect(HOST, TARGET)
+        assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"  # the TLS part went through
+    assert resumed == [False, True, True]
+    assert set(hops.sessions) == {HOST}
 
 
 async def test_proxy_with_another_ca_refuses_the_backend(tmp_path, certs, other_ca, backend_factory,

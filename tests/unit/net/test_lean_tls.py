@@ -1,0 +1,178 @@
+"""TLS links (`net.lean_tls` through `net.link`): small per-connection memory, and bytes intact when
+many connections share one read buffer, for accepted, connected and STARTTLS-upgraded links."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from palomar.devcluster.certs import HopCertificates, hop_certificates
+from palomar.net.link import Link, accept_link, open_link
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> HopCertificates:
+    return hop_certificates(tmp_path_factory.mktemp("lean-tls"), [HOST])
+
+
+def contexts(certs: HopCertificates) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pair = certs.backends[HOST]
+    server.load_cert_chain(str(pair.cert), str(pair.key))
+    client = ssl.create_default_context(cafile=str(certs.ca))
+    return server, client
+
+
+def listener() -> socket.socket:
+    sock = socket.socket()
+    sock.bind((HOST, 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def tls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, lsock: socket.socket) -> tuple[Link, Link]:
+    """(server side, client side), both TLS from their first byte."""
+    loop = asyncio.get_running_loop()
+    port = lsock.getsockname()[1]
+    connecting = asyncio.ensure_future(open_link(HOST, port, timeout=10, tls=client_ctx))
+    accepted, _ = await loop.sock_accept(lsock)
+    server = await accept_link(accepted, tls=server_ctx, handshake_timeout=10)
+    return server, await connecting
+
+
+async def starttls_pair(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+                        lsock: socket.socket) -> tuple[Link, Link]:
+    """(server side, client side): plaintext first, then upgraded in place on both ends."""
+    loop = asyncio.get_running_loop()
+    port = lsock.getsockname()[1]
+    connecting = asyncio.ensure_future(open_link(HOST, port, timeout=10))
+    accepted, _ = await loop.sock_accept(lsock)
+    server = await accept_link(accepted)
+    client = await connecting
+    client.write(b"STARTTLS\r\n")
+    assert await server.read() == b"STARTTLS\r\n"
+    await asyncio.gather(server.start_tls(server_ctx, server_side=True),
+                         client.start_tls(client_ctx, server_side=False, server_hostname=HOST))
+    return server, client
+
+
+async def read_exactly(link: Link, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        chunk = await link.read()
+        assert chunk, f"closed after {len(got)} of {size} bytes"
+        got += chunk
+    return bytes(got)
+
+
+async def send(link: Link, data: bytes) -> None:
+    for start in range(0, len(data), 100_000):
+        link.write(data[start:start + 100_000])
+        await link.drain()
+
+
+async def exchange(server: Link, client: Link, size: int) -> None:
+    """`size` random bytes each way at once; both ends must get exactly what the other sent."""
+    up, down = os.urandom(size), os.urandom(size)
+    got_up, got_down, _, _ = await asyncio.gather(read_exactly(server, size), read_exactly(client, size),
+                                                  send(client, up), send(server, down))
+    assert got_up == up
+    assert got_down == down
+
+
+@pytest.mark.parametrize("make_pair", [tls_pair, starttls_pair], ids=["tls", "starttls"])
+async def test_concurrent_large_transfers_are_byte_exact(certs: HopCertificates, make_pair) -> None:
+    server_ctx, client_ctx = contexts(certs)
+    lsock = listener()
+    try:
+        pairs = [await make_pair(server_ctx, client_ctx, lsock) for _ in range(4)]
+        await asyncio.gather(*(exchange(server, client, 3 * 1024 * 1024) for server, client in pairs))
+        for server, client in pairs:
+            client.close()
+            assert await server.read() == b""
+            server.close()
+    finally:
+        lsock.close()
+
+
+async def test_idle_tls_links_keep_no_large_buffer(certs: HopCertificates) -> None:
+    """asyncio's own TLS transport keeps a 256 KiB read buffer per connection; ours keeps none.
+    (Python-level allocations only: OpenSSL's own memory is measured by bench/imap_bench.py.)"""
+    server_ctx, client_ctx = contexts(certs)
+    lsock = listener()
+    count = 30
+    pairs: list[tuple[Link, Link]] = []
+    try:
+        warm = await tls_pair(server_ctx, client_ctx, lsock)  # the shared buffer, the contexts' caches
+        await exchange(*warm, 1000)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(count):
+                server, client = await tls_pair(server_ctx, client_ctx, lsock)
+                await exchange(server, client, 1000)
+                pairs.append((server, client))
+            per_pair = (tracemalloc.get_traced_memory()[0] - before) / count
+        finally:
+            tracemalloc.stop()
+        assert per_pair < 2 * 16 * 1024, f"{per_pair / 1024:.1f} KiB per connection pair"
+    finally:
+        for server, client in [*pairs, *([warm] if "warm" in locals() else [])]:
+            client.abort()
+            server.abort()
+        lsock.close()
+
+
+def test_certificate_is_checked(certs: HopCertificates, tmp_path: Path) -> None:
+    """The connecting side still verifies the server against the host it meant to reach."""
+    server_ctx, _ = contexts(certs)
+    other = hop_certificates(tmp_path / "other", [HOST])
+    wrong_client = ssl.create_default_context(cafile=str(other.ca))
+
+    async def attempt() -> None:
+        lsock = listener()
+        try:
+            loop = asyncio.get_running_loop()
+            connecting = asyncio.ensure_future(open_link(HOST, lsock.getsockname()[1], timeout=10,
+                                                         tls=wrong_client))
+            accepted, _ = await loop.sock_accept(lsock)
+            serving = asyncio.ensure_future(accept_link(accepted, tls=server_ctx, handshake_timeout=10))
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await connecting
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await serving
+        finally:
+            lsock.close()
+
+    asyncio.run(attempt())
+
+
+async def read_to_end(link: Link) -> bytes:
+    got = bytearray()
+    while chunk := await link.read():
+        got += chunk
+    return bytes(got)
+
+
+async def test_close_right_after_a_large_write_delivers_everything(certs: HopCertificates) -> None:
+    """Records held back while the socket was paused still go out before the close_notify."""
+    server_ctx, client_ctx = contexts(certs)
+    lsock = listener()
+    try:
+        server, client = await tls_pair(server_ctx, client_ctx, lsock)
+        data = os.urandom(8 * 1024 * 1024)
+        server.write(data)  # far above every high-water mark: most of it waits in the backlog
+        server.close()
+        assert await asyncio.wait_for(read_to_end(client), 60) == data
+        client.close()
+    finally:
+        lsock.close()
