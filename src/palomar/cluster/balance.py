@@ -46,7 +46,9 @@ class BalanceSettings:
 
 def recent_mean(samples: Sequence[LoadSample], resource: str, window: int) -> float | None:
     """The mean of `resource` over the newest `window` samples that have it (None: no sample has it)."""
-    values = [s.values[resource] for s in samples[-window:] if resource in s.values]
+    n = len(samples)
+    newest = (samples[i] for i in range(max(0, n - window), n))  # works for deques (no slicing) too
+    values = [s.values[resource] for s in newest if resource in s.values]
     return sum(values) / len(values) if values else None
 
 
