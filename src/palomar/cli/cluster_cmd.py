@@ -17,6 +17,7 @@ from palomar.cli import (
     cluster_feature,
     cluster_group_user,
     cluster_localdb,
+    cluster_simulate,
     cluster_site,
     cluster_tag,
     cluster_user_access,
@@ -59,5 +60,6 @@ cluster.add_command(cluster_group_user.user)
 cluster.add_command(cluster_tag.tag)
 cluster.add_command(cluster_localdb.localdb)
 cluster.add_command(cluster_feature.feature)
+cluster.add_command(cluster_simulate.simulate)
 cluster_group_user.user.add_command(cluster_user_access.user_access)
 cluster_admin.register(cluster, cluster_backend.backend, cluster_group_user.group)

@@ -22,8 +22,6 @@ from palomar.cluster.planning import (
     LoadSample,
     Plan,
     PlanInput,
-    group_counts,
-    movable,
     pick_group,
     rate_budget,
     targets,
@@ -84,10 +82,9 @@ def plan_balance(inp: PlanInput, s: BalanceSettings) -> Plan:
         return Plan([], [f"rate limit: {s.groups_per_hour} group(s) per hour"])
     pool = targets(inp)
     draining = [b for b in inp.backends if b.online and b.load_factor == 0]
-    counts = group_counts(inp.groups)
+    counts = dict(inp.counts)
     for source in sorted(draining, key=lambda b: b.host):
-        group = pick_group((g for g in inp.groups if g.backend_id == source.id
-                            and movable(g, inp.now, s.min_residence)), inp.now)
+        group = pick_group(inp.movable_on(source.id, s.min_residence), inp.now)
         if group is None:
             continue
         if not pool:
@@ -112,8 +109,7 @@ def plan_balance(inp: PlanInput, s: BalanceSettings) -> Plan:
         if delta <= s.score_delta:
             return Plan([], [f"scores even: {worst.host} {score[worst.id]:+.2f} vs {best.host} "
                              f"{score[best.id]:+.2f} (delta {delta:.2f} <= {s.score_delta:g})"])
-        group = pick_group((g for g in inp.groups if g.backend_id == worst.id
-                            and movable(g, inp.now, s.min_residence)), inp.now)
+        group = pick_group(inp.movable_on(worst.id, s.min_residence), inp.now)
         if group is None:
             continue  # nothing movable there (sticky, moving, recent): try the next worst
         reason = (f"score {worst.host} {score[worst.id]:+.2f} vs {best.host} {score[best.id]:+.2f} "

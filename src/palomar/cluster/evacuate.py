@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from palomar.cluster.planning import GroupMove, Plan, PlanInput, group_counts, rate_budget, targets
+from palomar.cluster.planning import GroupMove, Plan, PlanInput, rate_budget, targets
 
 FEATURE = "evacuate"
 
@@ -28,7 +28,7 @@ def plan_evacuate(inp: PlanInput, s: EvacuateSettings) -> Plan:
             if b.status == "offline" and inp.now - (b.status_changed_us or 0) / 1_000_000 >= s.after}
     if not dead:
         return Plan([], [])
-    stranded = sorted((g for g in inp.groups if g.backend_id in dead and not g.moving and not g.sticky_backend),
+    stranded = sorted((g for b in dead for g in inp.by_backend.get(b, ()) if not g.moving and not g.sticky_backend),
                       key=lambda g: g.name)
     if not stranded:
         return Plan([], [])
@@ -38,7 +38,7 @@ def plan_evacuate(inp: PlanInput, s: EvacuateSettings) -> Plan:
     budget = rate_budget(inp.moves, FEATURE, inp.now, s.groups_per_hour)
     if budget < 1:
         return Plan([], [f"rate limit: {s.groups_per_hour} group(s) per hour ({len(stranded)} waiting)"])
-    counts = group_counts(inp.groups)
+    counts = dict(inp.counts)
     moves = []
     for group in stranded[:budget]:
         dest = min(pool, key=lambda b: (counts.get(b.id, 0) / b.load_factor, b.host))

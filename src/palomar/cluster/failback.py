@@ -18,8 +18,6 @@ from palomar.cluster.planning import (
     GroupMove,
     Plan,
     PlanInput,
-    group_counts,
-    movable,
     pick_group,
     rate_budget,
     shares,
@@ -39,7 +37,7 @@ class FailbackSettings:
 
 def plan_failback(inp: PlanInput, s: FailbackSettings) -> Plan:
     pool = targets(inp)
-    counts = group_counts(inp.groups)
+    counts = dict(inp.counts)
     total = sum(counts.get(b.id, 0) for b in inp.backends)
     share = shares(pool, total)
 
@@ -53,26 +51,31 @@ def plan_failback(inp: PlanInput, s: FailbackSettings) -> Plan:
     budget = rate_budget(inp.moves, FEATURE, inp.now, s.groups_per_hour)
     if budget < 1:
         return Plan([], [f"rate limit: {s.groups_per_hour} group(s) per hour"])
-    by_backend: dict[UUID | None, list[Group]] = {}
-    for g in inp.groups:
-        if movable(g, inp.now, s.min_residence):
-            by_backend.setdefault(g.backend_id, []).append(g)
-    donors = [b for b in inp.backends if b.online and b.id in by_backend]
+    spare: dict[UUID, list[Group]] = {}
+
+    def movable_left(b_id: UUID) -> list[Group]:
+        if b_id not in spare:
+            spare[b_id] = inp.movable_on(b_id, s.min_residence)
+        return spare[b_id]
+
+    donors = [b for b in inp.backends if b.online and inp.by_backend.get(b.id)]
     moves: list[GroupMove] = []
     while len(moves) < budget:
         receivers = [b for b in receivers if deficit(b.id) > s.tolerance]
         if not receivers:
             break
         dest = min(receivers, key=lambda b: (-deficit(b.id), b.host))
-        # surplus over the share; a donor outside the pool (load factor 0) gives all its groups
-        candidates = [b for b in donors if b.id != dest.id and by_backend.get(b.id)
-                      and counts.get(b.id, 0) - share.get(b.id, 0.0) >= 1]
-        if not candidates:
+        # a move helps while the donor's surplus and the receiver's deficit add up to more than
+        # one group; a donor outside the pool (load factor 0) has a share of 0
+        candidates = [b for b in donors if b.id != dest.id
+                      and counts.get(b.id, 0) - share.get(b.id, 0.0) + deficit(dest.id) > 1]
+        candidates.sort(key=lambda b: (share.get(b.id, 0.0) - counts.get(b.id, 0), b.host))
+        source = next((b for b in candidates if movable_left(b.id)), None)
+        if source is None:
             break
-        source = min(candidates, key=lambda b: (share.get(b.id, 0.0) - counts.get(b.id, 0), b.host))
-        group = pick_group(by_backend[source.id], inp.now)
+        group = pick_group(spare[source.id], inp.now)
         assert group is not None
-        by_backend[source.id].remove(group)
+        spare[source.id].remove(group)
         counts[source.id] -= 1
         counts[dest.id] = counts.get(dest.id, 0) + 1
         moves.append(GroupMove(FEATURE, group.name, source.id, dest.id,

@@ -10,8 +10,10 @@ See docs/design/controller.md.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from uuid import UUID
 
 from palomar.cluster.model import Backend, Group, Site
@@ -55,6 +57,49 @@ class PlanInput:
     unhealthy: frozenset[UUID] = frozenset()
     """Backends failing reachability or health (a proxy's newest probe of them failed): never targets."""
 
+    @cached_property
+    def counts(self) -> dict[UUID, int]:
+        """`group_counts(groups)`, computed once per input (planners copy it before changing it)."""
+        return group_counts(self.groups)
+
+    @cached_property
+    def by_backend(self) -> dict[UUID | None, list[Group]]:
+        """The groups assigned to each backend (`backend_id`), computed once per input; read only."""
+        index: dict[UUID | None, list[Group]] = {}
+        for g in self.groups:
+            index.setdefault(g.backend_id, []).append(g)
+        return index
+
+    def movable_on(self, backend_id: UUID, min_residence: float) -> list[Group]:
+        return [g for g in self.by_backend.get(backend_id, ()) if movable(g, self.now, min_residence)]
+
+
+def with_moves_requested(inp: PlanInput, moves: Sequence[GroupMove]) -> PlanInput:
+    """`inp` as it will be once `moves` are requested (the groups moving), so a later planner of the
+    same pass neither takes those groups again nor miscounts their backends. Updated in place of
+    being recomputed: a site's groups are looked at once per pass, not once per planner."""
+    if not moves:
+        return inp
+    planned = {m.group: m.dest for m in moves}
+    counts = dict(inp.counts)
+    index = dict(inp.by_backend)
+    replaced: dict[str, Group] = {}
+    for source in {m.source for m in moves}:
+        fresh = []
+        for g in index.get(source, ()):
+            if g.name in planned:
+                g = replace(g, alt_backend_id=planned[g.name], moving="planned")
+                replaced[g.name] = g
+                counts[source] = counts.get(source, 0) - 1  # type: ignore[index]
+                counts[planned[g.name]] = counts.get(planned[g.name], 0) + 1
+            fresh.append(g)
+        index[source] = fresh
+    groups = tuple(replaced.get(g.name, g) for g in inp.groups)
+    result = replace(inp, groups=groups)
+    result.__dict__["counts"] = counts  # seed the cached properties (frozen: no setattr)
+    result.__dict__["by_backend"] = index
+    return result
+
 
 @dataclass(frozen=True)
 class GroupMove:
@@ -86,12 +131,10 @@ def placement(group: Group) -> UUID | None:
 
 
 def group_counts(groups: Iterable[Group]) -> dict[UUID, int]:
-    counts: dict[UUID, int] = {}
-    for g in groups:
-        where = placement(g)
-        if where is not None:
-            counts[where] = counts.get(where, 0) + 1
-    return counts
+    """Groups per backend, by `placement` (inlined: this runs over every group of a site each pass)."""
+    counts = Counter(g.alt_backend_id if g.moving and g.alt_backend_id else g.backend_id for g in groups)
+    counts.pop(None, None)
+    return dict(counts)  # type: ignore[arg-type]
 
 
 def shares(backends: Sequence[Backend], total: int) -> dict[UUID, float]:

@@ -9,7 +9,7 @@ tables, and `palomar cluster simulate` drives the same planners without a GeoDB.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from palomar.cluster.balance import BalanceSettings, plan_balance
@@ -19,7 +19,7 @@ from palomar.cluster.features import feature_source
 from palomar.cluster.group_size import GroupSizeSettings, UserMove, next_pass
 from palomar.cluster.health import Decision, HealthRule, probe_views, should_set_online
 from palomar.cluster.model import Backend, Group, ProxyDestStat, Reachability, Setting, Site, Stat
-from palomar.cluster.planning import GroupMove, LoadSample, MoveRecord, Plan, PlanInput
+from palomar.cluster.planning import GroupMove, LoadSample, MoveRecord, Plan, PlanInput, with_moves_requested
 from palomar.cluster.site_failover import SiteAction, SiteFailoverSettings, SiteLink, plan_site_failover
 
 CONTROLLER_REASON_PREFIX = "controller: "
@@ -197,13 +197,6 @@ def decide(snapshot: Snapshot, rules: ControllerRules, memory: Memory | None = N
     return plan(snapshot, rules, memory)[0]
 
 
-def _mark_moving(groups: tuple[Group, ...], moves: Sequence[GroupMove]) -> tuple[Group, ...]:
-    """The groups as they will be once `moves` are requested, so a later feature does not take them too."""
-    planned = {m.group: m.dest for m in moves}
-    return tuple(replace(g, alt_backend_id=planned[g.name], moving="planned") if g.name in planned else g
-                 for g in groups)
-
-
 GROUP_PLANNERS = (
     ("evacuate", lambda inp, rules: plan_evacuate(inp, rules.evacuate)),
     ("failback", lambda inp, rules: plan_failback(inp, rules.failback)),
@@ -228,16 +221,18 @@ def plan(snapshot: Snapshot, rules: ControllerRules, memory: Memory | None = Non
             else:
                 held.append(Held("health", backend.id, backend.host, decision.reason))
     inp = plan_input(snapshot, memory)
-    by_name = {g.name: g for g in snapshot.groups}
     for feature, planner in GROUP_PLANNERS:
         state = snapshot.feature_state(feature)
         if state not in ("on", "dryrun"):
             continue
         result: Plan = planner(inp, rules)
-        actions.extend(MoveGroup(feature, state, m, by_name[m.group]) for m in result.moves)
         held.extend(Held(feature, None, "-", reason) for reason in result.held)
+        if not result.moves:
+            continue
+        by_name = {g.name: g for m in result.moves for g in inp.by_backend.get(m.source, ()) if g.name == m.group}
+        actions.extend(MoveGroup(feature, state, m, by_name[m.group]) for m in result.moves)
         if state == "on":
-            inp = replace(inp, groups=_mark_moving(inp.groups, result.moves))
+            inp = with_moves_requested(inp, result.moves)
     state = snapshot.feature_state("group-size")
     if state in ("on", "dryrun") and memory.regroup_plan:
         last = memory.regroup_last_pass

@@ -51,3 +51,14 @@ def test_pick_group_prefers_the_longest_resident_then_the_name() -> None:
 ])
 def test_rate_budget(moves, per_hour, expected) -> None:
     assert rate_budget(moves, "balance", NOW, per_hour) == expected
+
+
+def test_requested_moves_update_counts_and_hide_the_groups_from_later_planners() -> None:
+    from palomar.cluster.planning import GroupMove, with_moves_requested
+
+    inp = plan_input([backend(1), backend(2)], [group("a", 1), group("b", 1), group("c", 2)])
+    assert inp.counts == {bid(1): 2, bid(2): 1}
+    after = with_moves_requested(inp, [GroupMove("evacuate", "a", bid(1), bid(2), "why")])
+    assert after.counts == {bid(1): 1, bid(2): 2} == group_counts(after.groups)
+    assert [g.name for g in after.movable_on(bid(1), 0)] == ["b"]
+    assert inp.counts == {bid(1): 2, bid(2): 1}  # the input itself is unchanged
