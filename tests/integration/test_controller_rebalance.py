@@ -47,8 +47,9 @@ def cluster(harness_root: Path):
     c.stop()
 
 
-def _spread_groups(cluster: LocalCluster) -> None:
-    """default-1..default-40, ten per backend, as a long-running cluster would have them."""
+def _spread_groups(cluster: LocalCluster, only: tuple[str, str] | None = None) -> None:
+    """default-1..default-40, ten per backend, as a long-running cluster would have them (or only
+    the group `only[0]` on backend `only[1]`)."""
 
     async def main() -> None:
         engine = cluster.geodb_engine()
@@ -58,6 +59,10 @@ def _spread_groups(cluster: LocalCluster) -> None:
             site = await db.site_get_by_name(SITE)
             assert site is not None
             backends = await db.backend_list(site.id)
+            if only is not None:
+                owner = next(b for b in backends if b.host == only[1])
+                await db.group_create_if_absent(Group(site.id, only[0], backend_id=owner.id))
+                return
             for n in range(1, GROUPS + 1):
                 owner = backends[(n - 1) % len(backends)]
                 await db.group_create_if_absent(Group(site.id, f"default-{n}", backend_id=owner.id))
@@ -80,28 +85,34 @@ def status(cluster: LocalCluster, node: BackendNode) -> str:
     return json.loads(cluster.cluster("--json", "backend", "status", node.host).stdout)["status"]
 
 
-def login_everyone(cluster: LocalCluster) -> int:
-    """Log every user in once through HAProxy; how many logins succeeded."""
+def login_everyone(cluster: LocalCluster) -> list[str]:
+    """Log every user in once through HAProxy; the failed logins (user: server's answer)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    ok = 0
+    failed = []
     for i in range(1, cluster.users_count + 1):
         imap = imaplib.IMAP4_SSL(cluster.lb_host, cluster.lb_imaps, ssl_context=context, timeout=30)
         try:
             imap.login(f"user{i}@example.test", f"password{i}")
-            imap.logout()
-            ok += 1
-        except imaplib.IMAP4.error:
+        except imaplib.IMAP4.error as exc:
+            failed.append(f"user{i}: {exc}")
             imap.shutdown()
-    return ok
+            continue
+        try:
+            imap.logout()
+        except (imaplib.IMAP4.abort, OSError):
+            # a move the controller requested reached this user right after its login and closed
+            # the session (docs/design/moves.md): the client logs in again, at the new backend
+            imap.shutdown()
+    return failed
 
 
 def crash_until_offline(cluster: LocalCluster, node: BackendNode, *, keep_service: bool = True) -> None:
     cluster.kill_dovecot(node)
     if not keep_service:
         cluster.kill_backend_service(node)
-    wait_until(lambda: login_everyone(cluster) >= 0 and status(cluster, node) == "offline", 90,
+    wait_until(lambda: login_everyone(cluster) is not None and status(cluster, node) == "offline", 90,
                f"{node.host} marked offline")
 
 
@@ -126,17 +137,26 @@ def test_rolling_restart_returns_groups_to_their_shares(cluster: LocalCluster) -
     wait_until(lambda: within_bound(placement(cluster)), 180, "groups back within the load-factor shares")
     log = (cluster.root / "controller" / "palomar.log").read_text()
     assert "event=controller_group_move feature=failback" in log
-    assert login_everyone(cluster) == cluster.users_count
+    assert login_everyone(cluster) == []
 
 
-def test_evacuate_moves_a_dead_backends_groups_away(cluster: LocalCluster) -> None:
-    cluster.cluster("feature", "set", SITE, "evacuate", "on")
+def test_evacuate_dryrun_logs_then_on_moves_a_dead_backends_groups_away(cluster: LocalCluster) -> None:
+    cluster.cluster("feature", "set", SITE, "evacuate", "dryrun")
     node = cluster.backends[-1]
-    assert placement(cluster)[node.host] > 0
+    _spread_groups(cluster, ("nobody-logs-in", node.host))  # a group no login fails over
     crash_until_offline(cluster, node, keep_service=False)
+    log_path = cluster.root / "controller" / "palomar.log"
+    wait_until(lambda: "event=controller_dryrun feature=evacuate" in log_path.read_text(), 60,
+               "the evacuate decision logged")
+    dryrun = [line for line in log_path.read_text().splitlines() if "event=controller_dryrun feature=evacuate" in line]
+    assert f"from={node.host}" in dryrun[0] and "offline for" in dryrun[0]
+    still = {g["name"] for g in json.loads(cluster.cluster("--json", "group", "list").stdout)
+             if g["backend"] == node.host and not g["moving"]}
+    assert "nobody-logs-in" in still  # dryrun requested nothing: the stranded groups are where they were
+    cluster.cluster("feature", "set", SITE, "evacuate", "on")
     wait_until(lambda: placement(cluster)[node.host] == 0, 120, f"every group off {node.host}")
-    log = (cluster.root / "controller" / "palomar.log").read_text()
+    log = log_path.read_text()
     assert f"event=controller_group_move feature=evacuate site={SITE}" in log
-    assert login_everyone(cluster) == cluster.users_count
+    assert login_everyone(cluster) == []
     counts = placement(cluster)
-    assert sum(counts.values()) == GROUPS and counts[node.host] == 0
+    assert sum(counts.values()) == GROUPS + 1 and counts[node.host] == 0

@@ -30,6 +30,10 @@ def plan_evacuate(inp: PlanInput, s: EvacuateSettings) -> Plan:
         return Plan([], [])
     stranded = sorted((g for b in dead for g in inp.by_backend.get(b, ()) if not g.moving and not g.sticky_backend),
                       key=lambda g: g.name)
+    # groups on their way to a dead backend: that move can never finish, so a new one replaces it
+    stuck = sorted((g for g in inp.groups if g.moving and g.alt_backend_id in dead and g.backend_id not in dead
+                    and g.backend_id is not None and not g.sticky_backend), key=lambda g: g.name)
+    stranded += stuck
     if not stranded:
         return Plan([], [])
     pool = targets(inp)
@@ -41,11 +45,18 @@ def plan_evacuate(inp: PlanInput, s: EvacuateSettings) -> Plan:
     counts = dict(inp.counts)
     moves = []
     for group in stranded[:budget]:
-        dest = min(pool, key=lambda b: (counts.get(b.id, 0) / b.load_factor, b.host))
+        replacing = group.moving is not None
+        gone = dead[group.alt_backend_id if replacing else group.backend_id]  # type: ignore[index]
+        others = [b for b in pool if b.id != group.backend_id] if replacing else pool
+        if not others:
+            continue
+        dest = min(others, key=lambda b: (counts.get(b.id, 0) / b.load_factor, b.host))
         counts[dest.id] = counts.get(dest.id, 0) + 1
-        source = dead[group.backend_id]  # type: ignore[index]
-        offline_for = inp.now - (source.status_changed_us or 0) / 1_000_000
-        moves.append(GroupMove(FEATURE, group.name, source.id, dest.id,
-                               f"{source.host} offline for {offline_for:.0f}s (>= {s.after:g}s): "
-                               f"group {group.name} to {dest.host}"))
+        if replacing:
+            counts[group.backend_id] = counts.get(group.backend_id, 1) - 1  # type: ignore[index]
+        offline_for = inp.now - (gone.status_changed_us or 0) / 1_000_000
+        what = f"its move to {gone.host} cannot finish" if replacing else "group"
+        moves.append(GroupMove(FEATURE, group.name, group.backend_id, dest.id,
+                               f"{gone.host} offline for {offline_for:.0f}s (>= {s.after:g}s): "
+                               f"{what} {group.name} to {dest.host}", replaces_move=replacing))
     return Plan(moves, [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from uuid import UUID
@@ -60,7 +60,11 @@ class PlanInput:
     @cached_property
     def counts(self) -> dict[UUID, int]:
         """`group_counts(groups)`, computed once per input (planners copy it before changing it)."""
-        return group_counts(self.groups)
+        return group_counts(self.groups, self.offline)
+
+    @cached_property
+    def offline(self) -> frozenset[UUID]:
+        return frozenset(b.id for b in self.backends if b.status == "offline")
 
     @cached_property
     def by_backend(self) -> dict[UUID | None, list[Group]]:
@@ -110,6 +114,8 @@ class GroupMove:
     source: UUID | None
     dest: UUID
     reason: str
+    replaces_move: bool = False
+    """The group is moving to a backend that went offline: this move takes the place of that one."""
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,14 @@ def placement(group: Group) -> UUID | None:
     return group.alt_backend_id if group.moving and group.alt_backend_id else group.backend_id
 
 
-def group_counts(groups: Iterable[Group]) -> dict[UUID, int]:
-    """Groups per backend, by `placement` (inlined: this runs over every group of a site each pass)."""
-    counts = Counter(g.alt_backend_id if g.moving and g.alt_backend_id else g.backend_id for g in groups)
+def group_counts(groups: Iterable[Group], offline: Collection[UUID] = ()) -> dict[UUID, int]:
+    """Groups per backend, by `placement` (inlined: this runs over every group of a site each pass).
+
+    A group moving to an `offline` backend counts where it is: that move cannot finish (the source
+    keeps serving the group while the destination cannot take users, docs/design/moves.md).
+    """
+    counts = Counter(g.alt_backend_id if g.moving and g.alt_backend_id and g.alt_backend_id not in offline
+                     else g.backend_id for g in groups)
     counts.pop(None, None)
     return dict(counts)  # type: ignore[arg-type]
 

@@ -263,6 +263,8 @@ class Controller:
                                       reason="group changed since the snapshot"))
             return
         request = group_move_request(fresh, move.dest)
+        if request == "busy" and move.replaces_move:
+            request = "start"  # the pending move's destination is offline for good (evacuate)
         if request == "start":
             await self.db.group_start_move(snapshot.site.id, move.group, move.dest)
         elif request == "assign":

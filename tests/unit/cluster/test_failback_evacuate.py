@@ -104,3 +104,20 @@ def test_evacuate_with_nowhere_to_go_says_so() -> None:
     plan = plan_evacuate(plan_input(bs, groups_on(1, 1)), EV)
     assert plan.moves == [] and "no backend" in plan.held[0]
 
+
+
+def test_a_group_moving_to_a_dead_backend_is_sent_elsewhere() -> None:
+    bs = [backend(1, "offline", changed_ago=DAY), backend(2), backend(3)]
+    gs = [group("stuck", 2, moving_to=1)] + groups_on(2, 2) + groups_on(3, 1)
+    plan = plan_evacuate(plan_input(bs, gs), EV)
+    # counted on b2 (its move cannot finish); goes to b3, never back to its own source b2
+    assert _pairs(plan) == [("stuck", bid(2), bid(3))]
+    assert plan.moves[0].replaces_move and "its move to b1 cannot finish" in plan.moves[0].reason
+
+
+def test_a_group_moving_to_an_offline_backend_counts_where_it_is() -> None:
+    from palomar.cluster.planning import group_counts
+
+    gs = [group("a", 2, moving_to=1), group("b", 2, moving_to=3)]
+    assert group_counts(gs, offline={bid(1)}) == {bid(2): 1, bid(3): 1}
+    assert plan_input([backend(1, "offline"), backend(2), backend(3)], gs).counts == {bid(2): 1, bid(3): 1}

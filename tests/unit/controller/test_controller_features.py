@@ -217,3 +217,13 @@ async def test_site_failover_recovers_when_the_site_is_back(world: World) -> Non
     assert west.recover_percentage == 10 and west.force_move.percentage == 20
     assert [r for r in await world.db.reachability_list(world.site.id)] == [
         Reachability(world.site.id, west.id, True)]
+
+
+async def test_evacuate_replaces_a_move_whose_destination_died(world: World) -> None:
+    await world.db.setting_put(Setting("controller", "evacuate", "on", world.site.id))
+    await world.groups("b2", 1, "stuck")
+    await world.db.group_start_move(world.site.id, "stuck0", world.ids["b1"])
+    await world.db.backend_set_status(world.site.id, world.ids["b1"], "offline", "proxy p1: connect failed")
+    world.clock.now += 601
+    assert await world.controller.tick()
+    assert (await world.placement())["stuck0"] == (world.ids["b2"], world.ids["b3"], True)
