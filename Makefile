@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo chaos
+.PHONY: test test-cassandra-outage lint deps system-deps cassandra-deps clean demo chaos soak
 
 deps: system-deps cassandra-deps $(VENV)/.installed
 
@@ -51,3 +51,11 @@ CHAOS_SECONDS ?= 600
 
 chaos: deps
 	$(PY) bench/chaos.py --seed $(CHAOS_SEED) --seconds $(CHAOS_SECONDS)
+
+# The soak: 10,000 idle IMAP and IMAPS sessions plus a login churn for SOAK_SECONDS; memory and open
+# descriptors of every server sampled; fails on growth after the warm-up or any error. Writes the
+# "Soak (issue 16)" section of docs/benchmarks.md.
+SOAK_SECONDS ?= 600
+
+soak: deps
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)

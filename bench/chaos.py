@@ -28,17 +28,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos_faults import inject
+from chaos_faults import HOP_RATE, LOSS_PERCENT, inject, private_network
 from chaos_load import Ledger, Load, Target
 from chaos_rules import (
     KINDS,
+    SETTLE,
     VIOLATIONS,
     Fault,
     Message,
+    Stall,
     Window,
     double_service,
     failure_rates,
     plan,
+    stalled,
     strays,
     tally,
 )
@@ -48,7 +51,7 @@ from palomar.devcluster.net import port_accepts
 from palomar.devcluster.supervisor import RestartPolicy, Supervisor
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
-from report import load_average, log, machine_rows, median, table
+from report import exit_status, invocation, load_average, log, machine_rows, median, table
 
 RECOVERY_BOUND = 120.0
 """Seconds after a fault ends within which the cluster must be whole again on its own."""
@@ -56,6 +59,8 @@ DRAIN = 90.0
 """Seconds the MTA-like clients keep retrying their queued messages after the load stops."""
 RESTARTS = RestartPolicy(first_delay=0.5, max_delay=5.0, burst=20, window=300.0)
 """Like systemd's Restart=always with a short RestartSec; no giving up during a run."""
+GAP = (3.0, 8.0)
+"""Quiet seconds after a recovery before the next fault (drawn from this range)."""
 HEADING_DOC = "docs/reliability.md"
 MSGID = re.compile(r"<[^<>@\s]+@chaos\.palomar\.test>")
 
@@ -81,14 +86,18 @@ class Outcome:
     ledger: Ledger | None = None
     copies: dict[str, int] = field(default_factory=dict)
     backends_disagree: list[str] = field(default_factory=list)
-    overlaps: list[tuple[float, set[str], bool]] = field(default_factory=list)
-    """(time, users on two backends, whether a backend was frozen then) of each double-listed sample."""
+    overlaps: list[tuple[float, set[str]]] = field(default_factory=list)
+    """(time, users) of each sample listing users on two running backends: double service."""
+    leftovers: list[tuple[float, set[str], float]] = field(default_factory=list)
+    """(time, users, seconds since its backend resumed, negative while stalled) of each sample listing
+    users on a stalled backend and on another one: sessions no client can reach (chaos_rules.double_service)."""
     samples: int = 0
     tracebacks: dict[str, int] = field(default_factory=dict)
     supervisor_lines: list[str] = field(default_factory=list)
     load_before: str = ""
     load_after: str = ""
     queued_at_end: int = 0
+    gap: tuple[float, float] = GAP
 
     def verdicts(self) -> dict[str, list[Message]]:
         assert self.ledger is not None
@@ -105,7 +114,7 @@ class Outcome:
         found += [f"stored but never sent: {msgid}" for msgid in strays(self.ledger.messages, self.copies)]
         found += [f"backends disagree on {text}" for text in self.backends_disagree]
         found += [f"served by two backends at t={t - self.started:.1f}s: {sorted(users)}"
-                  for t, users, frozen in self.overlaps if not frozen]
+                  for t, users in self.overlaps]
         found += [f"not whole again {RECOVERY_BOUND:.0f}s after {e.fault.kind} of {e.target}"
                   for e in self.executed if e.recovered_after is None]
         found += [f"{count} traceback(s) in {path}" for path, count in self.tracebacks.items()]
@@ -120,14 +129,14 @@ class Chaos:
             proxy_settings={"*": ("auth_penalty_max_delay = 0",)})
         self.seed = seed
         self.supervisor_lines: list[str] = []
-        self.frozen = threading.Event()
-        """Set while a palomar backend or a Dovecot is SIGSTOPped (its sessions cannot move)."""
+        self.stalls: list[Stall] = []
+        """SIGSTOPs of a palomar backend or a Dovecot, by backend name (the current one without an end)."""
         self.done = threading.Event()
 
     # --- helpers on the running cluster -------------------------------------------------------------
     def target_name(self, fault: Fault) -> str:
         process = fault.kind.split("-", 1)[1]
-        if process in ("dovecot", "backend"):
+        if process in ("dovecot", "backend", "hop"):
             return self.cluster.backends[fault.target].name
         if process == "proxy":
             return self.cluster.proxies[fault.target].name
@@ -199,17 +208,24 @@ class Chaos:
 
     def _sample(self, outcome: Outcome) -> None:
         while not self.done.wait(1.0):
-            frozen_before = self.frozen.is_set()
+            began = time.time()
             sample = self.who()
-            twice = double_service(sample)
+            ended = time.time()
             outcome.samples += 1
-            if twice:
-                outcome.overlaps.append((time.time(), twice, frozen_before or self.frozen.is_set()))
+            frozen = stalled(self.stalls, began, ended)
+            served = double_service(sample, frozen)
+            if served:
+                outcome.overlaps.append((began, served))
+            left = double_service(sample) - served
+            if left:
+                since = max(began - s.end for s in self.stalls if s.backend in frozen
+                            and s.start <= ended and began <= s.end + SETTLE)
+                outcome.leftovers.append((began, left, since))
 
     # --- the run ----------------------------------------------------------------------------------------
-    def run(self, seconds: float, rounds: int | None) -> Outcome:
+    def run(self, seconds: float, rounds: int | None, gap: tuple[float, float] = GAP) -> Outcome:
         c = self.cluster
-        outcome = Outcome(self.seed, seconds, load_before=load_average())
+        outcome = Outcome(self.seed, seconds, load_before=load_average(), gap=gap)
         log(f"starting the cluster in {c.root}")
         c.start()
         supervisor = Supervisor(c.children(), self._supervised, RESTARTS)
@@ -222,7 +238,7 @@ class Chaos:
         for thread in threads:
             thread.start()
         faults = plan(self.seed, 1000 if rounds is None else rounds, backends=len(c.backends),
-                      proxies=len(c.proxies))
+                      proxies=len(c.proxies), gap=gap)
         outcome.started = start = time.time()
         load.start()
         self.done.wait(5.0)  # undisturbed load first: every user gets placed
@@ -254,14 +270,15 @@ class Chaos:
         log(f"fault {fault.kind} of {name} (hold {fault.hold}s)")
         frozen = fault.kind in ("stop-backend", "stop-dovecot")
         if frozen:
-            self.frozen.set()
+            self.stalls.append(Stall(name, injected))
         reported = len(self.supervisor_lines)
         end = inject(self.cluster, fault)
         try:
             self.done.wait(fault.hold)
         finally:
             end()
-            self.frozen.clear()
+            if frozen:
+                self.stalls[-1] = Stall(name, injected, time.time())
         ended = time.monotonic()
         if fault.kind.startswith("kill-"):  # recovery begins with the supervisor seeing the death
             noticed = self._noticed(reported)
@@ -321,6 +338,40 @@ def tracebacks(cluster: LocalCluster) -> dict[str, int]:
 
 
 # --- the report ----------------------------------------------------------------------------------------
+WHY = {
+    "none": "sessions that overlapped no fault: nothing may fail.",
+    "kill-dovecot": "the sessions open on the killed Dovecot lose their server process; its `palomar backend` "
+                    "closes their hops and the proxy closes the clients (IDLE cut: \"connection closed during "
+                    "IDLE\"). A new login there is refused at once, the confirmation probe fails at once, the "
+                    "proxy sets the backend offline and routes the login to the alternate: new logins do not fail.",
+    "stop-dovecot": "sessions on the stalled Dovecot wait. A new login there fails over within "
+                    "`cluster_hop_answer_timeout + cluster_proxy_probe_timeout` (9 s), and the proxies then cut "
+                    "the stalled backend's sessions (fencing); a stall that ends before that leaves them waiting "
+                    "but whole. The clients' 30 s timeout outlasts both, so failures are the cut sessions.",
+    "kill-backend": "every session relayed by the killed `palomar backend` loses its hop and is closed; new "
+                    "logins there are refused, confirmed by a probe at once and routed to the alternate.",
+    "stop-backend": "as stop-dovecot, with the hop itself stalled (a new hop's TLS handshake or answer times "
+                    "out): open sessions wait, and are cut when the backend goes offline.",
+    "kill-proxy": "the clients of the killed proxy lose their connections (HAProxy passes on the close); new "
+                  "connections go to the other proxy: HAProxy's greeting check marks the dead one down and "
+                  "`option redispatch` retries a refused connect there.",
+    "stop-proxy": "connections on the stalled proxy wait and go on after SIGCONT (HAProxy keeps a marked-down "
+                  "server's sessions); new ones go to the other proxy once two greeting checks (1 s apart, "
+                  "2 s timeout) failed; a connection HAProxy sent there before that waits out the stall.",
+    "kill-controller": "the controller is not on any client's path (it only sets offline backends online "
+                       "again): nothing should fail.",
+    "stop-controller": "as kill-controller.",
+    "geodb-write-lock": "IMAP logins of placed users only read the GeoDB and go on; what needs a write (a first "
+                        "placement, a failover, the stats flush) waits and fails with a temporary error "
+                        "(LMTP: \"Temporary routing failure\").",
+    "lossy-hop": "TCP retransmits and the slow class stretch the hop to one backend; a login whose hop misses "
+                 "the 2 s connect or 4 s answer timeout fails over to the alternate if the failure is confirmed "
+                 "(three in 10 s, or a failed probe), and the sessions open on the backend are cut then.",
+}
+"""What each fault does to IMAP sessions (the closing note of the rate table)."""
+
+
+
 VERDICT_ORDER = ("exactly-once", "duplicate-after-uncertain", "stored-after-uncertain", "absent-after-uncertain",
                  "never-accepted", "lost", "duplicated", "stored-after-refusal")
 
@@ -356,13 +407,15 @@ def render(outcome: Outcome, command: str) -> str:
             key = f"{session.protocol} {session.step}: {_short(session.error)}"
             steps[key] = steps.get(key, 0) + 1
     error_rows = sorted(steps.items(), key=lambda item: -item[1])[:15]
-    frozen_overlaps = [o for o in outcome.overlaps if o[2]]
+    lingering = [since for _, _, since in outcome.leftovers if since > 0]
     failures = outcome.failures()
     return f"""# Reliability
 
 Written by {command}; `make chaos` reruns it. The same seed gives the same
 schedule of faults (their order, targets and hold times); what the load meets in each fault
 depends on timing.
+The soak (10,000 idle IMAP and IMAPS sessions and a login churn, memory and descriptors of
+every server over time) is `make soak`; its figures are in docs/benchmarks.md, "Soak (issue 16)".
 
 ## Method
 
@@ -381,12 +434,16 @@ answer is retried with the same Message-ID (1s doubling to 10s), also for {DRAIN
 load stops. Every answer is recorded.
 
 Faults, one at a time: SIGKILL of the whole process tree, or SIGSTOP then SIGCONT, of a Dovecot,
-a `palomar backend`, a `palomar proxy` and the controller; and a GeoDB whose write lock is held
-(reads go on, writes wait and fail: what a read-only or locked SQLite file does to the services).
+a `palomar backend`, a `palomar proxy` and the controller; a GeoDB whose write lock is held
+(reads go on, writes wait and fail: what a read-only or locked SQLite file does to the services);
+and `lossy-hop`: the hop to one backend loses {LOSS_PERCENT} % of its packets at random and the rest
+go through a {HOP_RATE} HTB class, both ways (nftables and tc; this kernel has no sch_netem, see
+`bench/chaos_faults.py`). The whole run lives in a network namespace of its own (its loopback
+carries the cluster), so these rules touch no other traffic on the machine.
 After each fault the run waits until the cluster is whole again with no admin action (every
 process running, an IMAP login through each proxy, the backends' hop and Dovecot ports and the
 controller's accepting, every backend `online` in the GeoDB), at most
-{RECOVERY_BOUND:.0f}s, then a quiet gap of 3-8s.
+{RECOVERY_BOUND:.0f}s, then a quiet gap of {outcome.gap[0]:g}-{outcome.gap[1]:g}s.
 
 Accounting, from the store: `doveadm fetch hdr.message-id` of every user's INBOX on every backend
 (they must agree), and the relay sink for Submission. Verdicts (`bench/chaos_rules.py`): a 2xx answer
@@ -395,7 +452,10 @@ whole message was sent must have stored nothing (`stored-after-refusal` is a fai
 that sent the whole message and got no 2xx (connection cut, timeout, or a 4xx after the final dot)
 is uncertain, SMTP's at-least-once window: the message may be absent, or stored, and a retry may
 add one copy (`duplicate-after-uncertain`, counted, not a failure). `doveadm who` is sampled on
-every backend each second: a user listed on two backends while no backend is frozen is a failure.
+every backend each second: a user listed on two backends is a failure, unless one of the listings is
+on a backend that is stalled or resumed less than {SETTLE:g}s ago (its relay or its Dovecot stopped:
+the proxies cut its sessions when it went offline and no byte of them reaches a client; the resumed
+backend ends them, see docs/design/health.md, "Fencing").
 
 ## Result
 
@@ -415,6 +475,10 @@ Session failures by the fault their lifetime overlapped (from injection to whole
 
 {table(["fault", "IMAP", "POP3", "LMTP", "Submission"], rate_rows)}
 
+Why IMAP sessions fail under each fault (a session counts as failed if any step did: the connect,
+LOGIN, SELECT, FETCH, APPEND, IDLE or LOGOUT):
+
+{"".join(f"- `{kind}`: {WHY[kind]}{chr(10)}" for kind in ("none", *KINDS))}
 Most frequent failures:
 
 {table(["protocol, step: error", "sessions"], [[k, v] for k, v in error_rows]) if error_rows else "none"}
@@ -426,10 +490,10 @@ the fault):
 
 - Whole again after every fault: {"yes" if len(recoveries) == len(outcome.executed) else "NO"}; slowest
   {max(recoveries, default=0):.1f}s (bound {RECOVERY_BOUND:.0f}s), median {median(recoveries):.1f}s.
-- `doveadm who` samples: {outcome.samples}; users on two backends while none was frozen:
-  {len(outcome.overlaps) - len(frozen_overlaps)}; while a backend was frozen: {len(frozen_overlaps)} sample(s)
-  (the frozen side's session still exists but no byte can reach it; it ends when the process resumes
-  and sees its hop closed).
+- `doveadm who` samples: {outcome.samples}; users on two running backends (double service):
+  {len(outcome.overlaps)}; samples listing a user on a stalled backend as well:
+  {len(outcome.leftovers)}, {len(lingering)} of them after the backend resumed (at most
+  {max(lingering, default=0):.1f}s after, bound {SETTLE:g}s).
 - Supervisor restarts: {sum(1 for line in outcome.supervisor_lines if line.endswith(" restarted"))};
   messages still queued when the drain ended: {outcome.queued_at_end}.
 - Tracebacks in logs: {sum(outcome.tracebacks.values())}.
@@ -453,21 +517,22 @@ def _short(error: str, width: int = 90) -> str:
 
 
 def run_chaos(seed: int, seconds: float, rounds: int | None, keep: bool = False,
-              on_root: Callable[[Path], None] | None = None) -> Outcome:
+              on_root: Callable[[Path], None] | None = None, gap: tuple[float, float] = GAP) -> Outcome:
     base = Path(tempfile.mkdtemp(prefix="palomar-chaos-"))
     base.chmod(0o755)
     chaos = Chaos(base / "cluster", seed)
     if on_root:
         on_root(base)
-    try:
-        return chaos.run(seconds, rounds)
-    finally:
-        chaos.done.set()
-        chaos.cluster.stop()
-        if not keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            log(f"kept {base}")
+    with private_network():  # netem on its loopback touches nobody else
+        try:
+            return chaos.run(seconds, rounds, gap)
+        finally:
+            chaos.done.set()
+            chaos.cluster.stop()
+            if not keep:
+                shutil.rmtree(base, ignore_errors=True)
+            else:
+                log(f"kept {base}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,13 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
     outcome = run_chaos(args.seed, args.seconds, args.rounds, args.keep)
-    text = render(outcome, "`" + " ".join(["bench/chaos.py", *(argv if argv is not None else sys.argv[1:])]) + "`")
+    text = render(outcome, invocation("bench/chaos.py", argv))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     log(f"wrote {args.out}")
-    for line in outcome.failures():
-        log(f"FAIL {line}")
-    return 1 if outcome.failures() else 0
+    return exit_status(outcome.failures())
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
 """Faults on a running LocalCluster, by pid only: SIGKILL or SIGSTOP/SIGCONT of a server's whole
-process tree, and a held write lock on the SQLite GeoDB. Nothing here restarts anything: the
-supervisor does that, as it would in production."""
+process tree, a held write lock on the SQLite GeoDB, and packet loss and latency (tc netem) on the
+hop to one backend. Nothing here restarts anything: the supervisor does that, as it would in
+production.
+
+The lossy hop needs a network of the harness's own: `private_network()` moves the run into a new
+network namespace with its own loopback, where the whole cluster lives, so rules on that `lo`
+touch no one else's traffic (and no port of the run can collide with another on the machine).
+tc netem would be the tool, but kernels without sch_netem exist (this project's machines run one,
+CONFIG_NET_SCH_NETEM unset), so the fault is built from what such kernels have: an nftables rule
+that drops a share of the hop's packets at random (`numgen random`), and an HTB class with a low
+rate that the hop's packets are sorted into (tc u32), which delays them by queueing."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import sqlite3
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 
 from chaos_rules import Fault
 from palomar.devcluster.cluster import LocalCluster
@@ -16,6 +27,28 @@ from palomar.devcluster.net import wait_until
 from palomar.devcluster.procs import is_running, snapshot_tree
 
 KILL_BOUND = 10.0
+LOSS_PERCENT = 5
+"""Share of the hop's packets dropped, both ways."""
+HOP_RATE = "1mbit"
+"""The hop's bandwidth, both ways: a 1500-byte packet takes 12 ms, a queue of them more."""
+CLONE_NEWNET = 0x40000000
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def private_network() -> Iterator[None]:
+    """Run the calling thread, and every thread and process it starts, in a new network namespace
+    whose loopback is up; the thread returns to its namespace afterwards. Needs root."""
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if _LIBC.unshare(CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed (the chaos suite needs root)")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+        yield
+    finally:
+        if _LIBC.setns(original, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
+        os.close(original)
 
 
 def _root_pid(cluster: LocalCluster, process: str, target: int) -> int | None:
@@ -41,6 +74,8 @@ def inject(cluster: LocalCluster, fault: Fault) -> Callable[[], None]:
     action, process = fault.kind.split("-", 1)
     if action == "geodb":
         return _lock_geodb_writes(cluster)
+    if action == "lossy":
+        return _degrade_hop(cluster.backends[fault.target].host, cluster.hop_port)
     pid = _root_pid(cluster, process, fault.target)
     if pid is None:
         return lambda: None
@@ -68,3 +103,32 @@ def _lock_geodb_writes(cluster: LocalCluster) -> Callable[[], None]:
         con.close()
 
     return release
+
+
+def _tc(*args: str) -> None:
+    subprocess.run(["tc", *args], check=True, capture_output=True, text=True)
+
+
+def _nft(script: str) -> None:
+    subprocess.run(["nft", "-f", "-"], input=script, check=True, capture_output=True, text=True)
+
+
+def _degrade_hop(host: str, port: int) -> Callable[[], None]:
+    """The hop to `host` (the proxies' packets to its hop port and its packets back) on the private
+    loopback: LOSS_PERCENT of its packets dropped, the rest through an HTB class of HOP_RATE."""
+    matches = [("dst", "dport"), ("src", "sport")]
+    rules = "\n".join(f"    ip {d[0]}addr {host} tcp {p} {port} numgen random mod 100 < {LOSS_PERCENT} drop"
+                      for d, p in matches)
+    _nft(f"table ip palomar_chaos {{\n  chain out {{\n    type filter hook output priority 0;\n{rules}\n  }}\n}}\n")
+    _tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1", "r2q", "1000000")
+    _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", "100gbit")
+    _tc("class", "add", "dev", "lo", "parent", "1:", "classid", "1:4", "htb", "rate", HOP_RATE)
+    for direction, ports in matches:
+        _tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", direction, f"{host}/32", "match", "ip", ports, str(port), "0xffff", "flowid", "1:4")
+
+    def end() -> None:
+        _tc("qdisc", "del", "dev", "lo", "root")
+        _nft("delete table ip palomar_chaos\n")
+
+    return end

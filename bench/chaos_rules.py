@@ -11,17 +11,19 @@ answers and the uncertain attempts have no excuse.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 KINDS: tuple[str, ...] = (
     "kill-dovecot", "stop-dovecot", "kill-backend", "stop-backend", "kill-proxy", "stop-proxy",
-    "kill-controller", "stop-controller", "geodb-write-lock",
+    "kill-controller", "stop-controller", "geodb-write-lock", "lossy-hop",
 )
-"""SIGKILL or SIGSTOP/SIGCONT of each process kind, and a GeoDB that refuses writes for a while."""
+"""SIGKILL or SIGSTOP/SIGCONT of each process kind, a GeoDB that refuses writes for a while, and
+packet loss and latency on the hop to one backend."""
 
-TARGETS = {"dovecot": "backends", "backend": "backends", "proxy": "proxies"}
+TARGETS = {"dovecot": "backends", "backend": "backends", "proxy": "proxies", "hop": "backends"}
 """Process kinds with several instances; the schedule picks one by index."""
 
 
@@ -158,11 +160,40 @@ def failure_rates(sessions: Iterable[Session], windows: Sequence[Window]) -> dic
     return rates
 
 
-def double_service(sample: dict[str, set[str] | None]) -> set[str]:
-    """Users listed by `doveadm who` on more than one backend in one sample (None: no answer)."""
+@dataclass(frozen=True)
+class Stall:
+    """A backend's `palomar backend` or Dovecot stopped (SIGSTOP) from `start` to `end` (SIGCONT)."""
+
+    backend: str
+    start: float
+    end: float = math.inf
+    """math.inf while the stall goes on."""
+
+
+SETTLE = 5.0
+"""Seconds after a stalled backend resumes in which its `doveadm who` may still list sessions that its
+proxies cut during the stall: the resumed `palomar backend` sees their hops closed and closes them at
+its Dovecot, whose session processes then exit (about a second; tests/integration/test_backend_stall.py)."""
+
+
+def stalled(stalls: Iterable[Stall], start: float, end: float, settle: float = SETTLE) -> set[str]:
+    """Backends stalled at some moment of the sample [start, end], or resumed less than `settle` before."""
+    return {s.backend for s in stalls if s.start <= end and start <= s.end + settle}
+
+
+def double_service(sample: dict[str, set[str] | None], stalled: Iterable[str] = ()) -> set[str]:
+    """Users listed by `doveadm who` on more than one backend in one sample (None: no answer).
+
+    A listing on a `stalled` backend is not service: no byte of it can reach a client (its relay
+    or its Dovecot is stopped, and the proxies cut its sessions when it went offline, see
+    docs/design/health.md, "Fencing"); such a session is a leftover that the backend ends after it
+    resumes. Two listings on backends that run are double service."""
+    skip = set(stalled)
     seen: set[str] = set()
     twice: set[str] = set()
-    for users in sample.values():
+    for backend, users in sample.items():
+        if backend in skip:
+            continue
         for user in users or ():
             (twice if user in seen else seen).add(user)
     return twice

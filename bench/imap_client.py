@@ -10,11 +10,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ssl
 import time
 from dataclasses import dataclass, field
 
 READ_LIMIT = 1 << 20
 LITERAL_SUFFIX = b"}\r\n"
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+_UNVERIFIED = _unverified_context()
 
 
 class ImapError(Exception):
@@ -34,6 +45,8 @@ class Target:
     port: int
     master_user: str | None = None
     master_password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    """Implicit TLS (IMAPS); the certificate is not verified (loopback, self-signed)."""
 
     def login_command(self, user: str, password: str) -> bytes:
         if self.master_user is not None:
@@ -59,7 +72,8 @@ class Connection:
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT)
+        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT,
+                                                       ssl=_UNVERIFIED if target.tls else None)
         conn = cls(reader, writer)
         greeting = await reader.readline()
         if not greeting.startswith(b"* OK"):

@@ -25,7 +25,8 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
-def _children() -> dict[int, list[int]]:
+def process_children() -> dict[int, list[int]]:
+    """pid -> its children's pids, from one pass over /proc (pass it to `tree_pids` for many trees)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -35,9 +36,9 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def tree_pids(root: int) -> list[int]:
-    """`root` and all its descendants as they are now."""
-    children = _children()
+def tree_pids(root: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """`root` and all its descendants as they are now (or as `children` had them)."""
+    children = process_children() if children is None else children
     found, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -59,7 +60,7 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / TICKS_PER_SECOND
 
 
-def _rollup_kib(pid: int, key: str) -> int:
+def rollup_kib(pid: int, key: str) -> int:
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
@@ -80,8 +81,8 @@ class TreeMemory:
 
 def tree_memory(root: int) -> TreeMemory:
     pids = tree_pids(root)
-    return TreeMemory(len(pids), sum(_rollup_kib(p, "Pss") for p in pids),
-                      sum(_rollup_kib(p, "Rss") for p in pids))
+    return TreeMemory(len(pids), sum(rollup_kib(p, "Pss") for p in pids),
+                      sum(rollup_kib(p, "Rss") for p in pids))
 
 
 class CpuMeter:

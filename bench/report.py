@@ -26,6 +26,18 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def invocation(script: str, argv: list[str] | None) -> str:
+    """The command line a report names as its writer, in backticks."""
+    return "`" + " ".join([script, *(argv if argv is not None else sys.argv[1:])]) + "`"
+
+
+def exit_status(failures: list[str]) -> int:
+    """Log every failure; the script's exit status (1 when there was any)."""
+    for line in failures:
+        log(f"FAIL {line}")
+    return 1 if failures else 0
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
     if not values:

@@ -18,11 +18,13 @@ from chaos_rules import (
     UNCERTAIN,
     Message,
     Session,
+    Stall,
     Window,
     attribute,
     double_service,
     failure_rates,
     plan,
+    stalled,
     strays,
     verdict,
 )
@@ -74,3 +76,23 @@ def test_sessions_belong_to_the_last_fault_they_overlapped() -> None:
 def test_double_service_is_a_user_listed_on_two_backends() -> None:
     assert double_service({"b1": {"a", "b"}, "b2": {"b", "c"}, "b3": None}) == {"b"}
     assert double_service({"b1": {"a"}, "b2": None}) == set()
+
+
+def test_a_listing_on_a_stalled_backend_is_not_service() -> None:
+    sample = {"b1": {"a", "b"}, "b2": {"b", "c"}}
+    assert double_service(sample, stalled={"b1"}) == set()
+    assert double_service(sample, stalled={"b3"}) == {"b"}  # a stall elsewhere excuses nothing
+    assert double_service({"b1": {"a"}, "b2": {"a"}, "b3": {"a"}}, stalled={"b1"}) == {"a"}  # two running
+
+
+@pytest.mark.parametrize(("start", "end", "expected"), [
+    (5.0, 6.0, set()),  # before the stall
+    (9.0, 10.5, {"b1"}),  # the sample began before and ended during it
+    (15.0, 16.0, {"b1"}),  # during
+    (24.0, 25.0, {"b1"}),  # resumed 4 s ago: its leftovers may still be listed
+    (26.0, 27.0, set()),  # past the settle bound: a listing there is service again
+])
+def test_stalled_backends_of_a_sample(start: float, end: float, expected: set[str]) -> None:
+    stalls = [Stall("b1", 10.0, 20.0), Stall("b2", 100.0)]
+    assert stalled(stalls, start, end, settle=5.0) == expected
+    assert stalled(stalls, 150.0, 151.0) == {"b2"}  # still stalled

@@ -231,3 +231,66 @@ def test_stalled_backend_is_fenced_and_its_users_fail_over(stall: tuple[LocalClu
     for proxy in (proxy1, proxy2):
         assert f"event=proxy_sessions_cut backend_host={victim.host} " in proxy.log_path.read_text()
     assert f"backend {victim.host} is offline, routing again" in proxy1.log_path.read_text()
+
+
+class LmtpPinger(threading.Thread):
+    """LMTP sessions to a proxy, one after another: LHLO, MAIL, RCPT of `recipient`, close after
+    `wait` seconds without an answer (the RCPT of a user on a stalled Dovecot never gets one)."""
+
+    def __init__(self, host: str, port: int, recipient: str, wait: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.address = (host, port)
+        self.recipient = recipient
+        self.wait = wait
+        self.done = threading.Event()
+        self.sessions = 0
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            with contextlib.suppress(OSError), socket.create_connection(self.address, timeout=BOUND) as sock:
+                reader = sock.makefile("rb")
+                reader.readline()  # greeting
+                sock.sendall(b"LHLO pinger.example.test\r\n")
+                while (line := reader.readline()) and line[3:4] == b"-":
+                    pass
+                sock.sendall(b"MAIL FROM:<pinger@example.test>\r\n")
+                reader.readline()
+                sock.sendall(f"RCPT TO:<{self.recipient}>\r\n".encode())
+                sock.settimeout(self.wait)
+                with contextlib.suppress(TimeoutError):
+                    reader.readline()
+                self.sessions += 1
+
+
+@pytest.fixture
+def one_proxy(harness_root: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(harness_root / "stall-lmtp", proxies_count=1, users_count=16, allow_cleartext=True,
+                     password_scheme="PLAIN", auth_failure_delay="100 ms", stats_interval="1 secs")
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_lmtp_hops_to_a_stalled_dovecot_do_not_keep_it_online(one_proxy: LocalCluster) -> None:
+    """A stalled Dovecot's `palomar backend` still accepts LMTP hops (its gateway answers LHLO
+    itself); such a hop is no sign of health, so deliveries flowing towards the backend must not
+    clear the failure streak that the login and its confirmation probe build up."""
+    cluster = one_proxy
+    where = placement(cluster)
+    victim = max(cluster.backends, key=lambda b: sum(1 for h in where.values() if h == b.host))
+    users = [u for u in cluster.users if where.get(u.name) == victim.host]
+    assert len(users) >= 2, f"the victim serves {len(users)} user(s)"
+    proxy = cluster.proxies[0]
+    pinger = LmtpPinger(proxy.host, proxy.lmtp, users[1].name)
+    resume = stop_dovecot(victim)
+    try:
+        pinger.start()
+        imap = imaplib.IMAP4(proxy.host, proxy.imap, timeout=60)
+        imap.login(users[0].name, users[0].password)  # raises on NO [UNAVAILABLE]: the backend stayed online
+        imap.logout()
+        assert pinger.sessions >= 2, "the LMTP sessions did not run during the failover"
+    finally:
+        pinger.done.set()
+        resume()
+    pinger.join(BOUND)
+    assert "status=offline" in proxy.log_path.read_text()

@@ -8,7 +8,10 @@ dies, and resume on the same directory with the mail it had.
 
 from __future__ import annotations
 
+import base64
+import http.cookiejar
 import imaplib
+import json
 import os
 import queue
 import re
@@ -21,6 +24,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +38,8 @@ from palomar.devcluster.login_check import check_logins
 from palomar.devcluster.net import free_port, port_accepts
 
 START_TIMEOUT = 180.0
-PORT_OPTIONS = ("imap", "imaps", "pop3", "pop3s", "submission", "submissions", "sieve", "lmtp")
+PORT_OPTIONS = ("imap", "imaps", "pop3", "pop3s", "submission", "submissions", "sieve", "lmtp", "doveadm",
+                "doveadm-http")
 
 
 class Demo:
@@ -136,6 +142,25 @@ def test_demo_from_a_private_directory_serves_every_protocol(demo: Demo, host: s
     assert imap_messages(host, demo.ports["imap"], "user3@example.test", "password3", subject) == 1
 
 
+def test_doveadm_through_haproxy_as_the_printout_says(demo: Demo) -> None:
+    pattern = r"^  doveadm  127\.0\.0\.1:(\d+) \(http (\d+)\)  password (\S+)$"
+    match = next((m for m in map(lambda line: re.search(pattern, line), demo.lines) if m), None) \
+        or demo.wait_for(pattern, timeout=10)
+    port, http_port, password = int(match[1]), int(match[2]), match[3]
+    assert (port, http_port) == (demo.ports["doveadm"], demo.ports["doveadm-http"])
+    deliver("127.0.0.1", demo.ports["lmtp"], "user5@example.test", "for doveadm")
+    # Dovecot 2.3's doveadm takes -S and -u after the command name
+    status = subprocess.run(["doveadm", "-o", f"doveadm_password={password}", "mailbox", "status", "-S",
+                             f"127.0.0.1:{port}", "-u", "user5@example.test", "-t", "all", "INBOX"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stderr
+    assert re.match(r"messages=1 recent=\d+ unseen=1 vsize=\d+$", status.stdout.strip()), status.stdout
+    body = '[["mailboxStatus",{"user":"user5@example.test","field":["messages"],"mailboxMask":["INBOX"]},"t1"]]'
+    answer = subprocess.run(["curl", "-s", "-u", f"doveadm:{password}", f"http://127.0.0.1:{http_port}/doveadm/v1",
+                             "-d", body], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert answer == '[["doveadmResponse",[{"mailbox":"INBOX","messages":"1"}],"t1"]]'
+
+
 def test_a_killed_dovecot_is_reaped_reported_and_restarted(demo: Demo, private_dir: Path) -> None:
     pid_file = private_dir / "dovecot" / "backend1" / "run" / "master.pid"
     old = int(pid_file.read_text())
@@ -148,6 +173,24 @@ def test_a_killed_dovecot_is_reaped_reported_and_restarted(demo: Demo, private_d
     assert new != old and Path(f"/proc/{new}").exists()
     for n in range(1, 7):
         assert imap_messages("127.0.0.1", demo.ports["imap"], f"user{n}@example.test", f"password{n}", "x") == 0
+
+
+def test_the_demo_serves_the_controller_ui_and_api_on_port_8100(demo: Demo) -> None:
+    printed = [m for line in demo.lines
+               if (m := re.fullmatch(r"  controller UI http://127\.0\.0\.1:8100/  user admin  password (\S+)", line))]
+    assert len(printed) == 1, "\n".join(demo.lines)
+    password = printed[0].group(1)
+    api = urllib.request.Request("http://127.0.0.1:8100/api/v1/backends", headers={
+        "Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()})
+    with urllib.request.urlopen(api, timeout=30) as response:
+        backends = json.loads(response.read())
+    assert sorted(b["host"] for b in backends) == ["127.0.0.2", "127.0.0.3"]
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"user": "admin", "password": password}).encode()
+    with browser.open("http://127.0.0.1:8100/login", data=form, timeout=30) as response:
+        page = response.read().decode()
+    assert response.url == "http://127.0.0.1:8100/" and "Cluster overview" in page
+    assert 'data-host="127.0.0.2"' in page and 'data-host="127.0.0.3"' in page
 
 
 def test_the_demo_resumes_on_its_directory_with_its_mail(demo: Demo, private_dir: Path) -> None:

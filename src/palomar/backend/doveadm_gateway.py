@@ -1,33 +1,49 @@
 """A doveadm command that a proxy forwards over the hop, run by the local Dovecot's doveadm server.
 
-The proxy writes the client's `VERSION` line and the command line right after the hop header
-(docs/design/backend-hop.md, "doveadm over the hop"). The backend checks that the command is for
-the hop's user, checks ownership as for a login, then logs in to its Dovecot's doveadm TCP
-listener with doveadm_password, sends the command, answers `OK`, and relays: Dovecot's reply goes
-back byte for byte, framed as the client's protocol version asked.
+The proxy writes two lines right after the hop header (docs/design/backend-hop.md, "doveadm over
+the hop"): for the TCP protocol the client's `VERSION` line and the command line; for the HTTP API
+`HTTP` and the command as one JSON line. The backend checks that the command is for the hop's user,
+checks ownership as for a login, then hands the command to its Dovecot (TCP: logs in to the doveadm
+listener with doveadm_password and sends the line; HTTP: POSTs it to the HTTP API with Basic auth),
+answers `OK`, and relays: Dovecot's reply goes back byte for byte (TCP: framed as the client's
+protocol version asked; HTTP: the whole HTTP response, after which Dovecot closes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 
 from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.net.link import Link, open_link
-from palomar.protocols import doveadm, hop
+from palomar.protocols import doveadm, doveadm_http, hop
 
 PAYLOAD_TIMEOUT = 5.0
 """The proxy writes its two lines with the header: a hop that lacks them is broken."""
 
 
-async def read_payload(link: Link, user: str) -> tuple[bytes, doveadm.Command]:
-    """The client's VERSION line and the command, which must be for `user` (the hop's user).
+@dataclass(frozen=True)
+class TcpPayload:
+    version_line: bytes
+    command: doveadm.Command
+
+
+@dataclass(frozen=True)
+class HttpPayload:
+    command: doveadm_http.ApiCommand
+
+
+async def read_payload(link: Link, user: str) -> TcpPayload | HttpPayload:
+    """The command the proxy sent, which must be for `user` (the hop's user).
 
     Raises DoveadmProtocolError (or TimeoutError) for anything else."""
     buffer = bytearray()
     async with asyncio.timeout(PAYLOAD_TIMEOUT):
         while buffer.count(b"\n") < 2:
-            if len(buffer) > doveadm.MAX_LINE * 2:
+            if len(buffer) > doveadm.MAX_LINE * 2 + doveadm_http.MAX_BODY:
                 raise doveadm.DoveadmProtocolError("doveadm hop payload too long")
             data = await link.read()
             if not data:
@@ -35,15 +51,42 @@ async def read_payload(link: Link, user: str) -> tuple[bytes, doveadm.Command]:
             buffer += data
     first = buffer.index(b"\n") + 1
     second = buffer.index(b"\n", first) + 1
-    version_line, line = bytes(buffer[:first]), bytes(buffer[first:second])
+    first_line, line = bytes(buffer[:first]), bytes(buffer[first:second])
     link.unread(bytes(buffer[second:]))
-    if not version_line.startswith(doveadm.VERSION_PREFIX):
-        raise doveadm.DoveadmProtocolError("doveadm hop payload without its VERSION line")
-    command = doveadm.parse_command(line)
-    target = doveadm.target_user(command)
+    payload: TcpPayload | HttpPayload
+    if first_line == doveadm_http.HOP_MARKER:
+        payload = HttpPayload(doveadm_http.parse_hop_command(line))
+        target = doveadm_http.target_user(payload.command)
+    elif first_line.startswith(doveadm.VERSION_PREFIX):
+        payload = TcpPayload(first_line, doveadm.parse_command(line))
+        target = doveadm.target_user(payload.command)
+    else:
+        raise doveadm.DoveadmProtocolError("doveadm hop payload without its VERSION or HTTP line")
     if target != user:
         raise doveadm.DoveadmProtocolError("doveadm command is not for the hop's user")
-    return version_line, command
+    return payload
+
+
+def runner(endpoint: DovecotEndpoint, payload: TcpPayload | HttpPayload
+           ) -> Callable[[], Awaitable[tuple[hop.HopReply, Link | None]]]:
+    if isinstance(payload, HttpPayload):
+        return partial(run_http_on_dovecot, endpoint, payload.command)
+    return partial(run_on_dovecot, endpoint, payload.version_line, payload.command)
+
+
+async def run_http_on_dovecot(endpoint: DovecotEndpoint, command: doveadm_http.ApiCommand
+                              ) -> tuple[hop.HopReply, Link | None]:
+    """POST the command to Dovecot's doveadm HTTP API; the link then carries Dovecot's answer."""
+    port = endpoint.ports.get("doveadm-http", 0)
+    if not port:
+        return hop.Failure("protocol", "the doveadm HTTP API is not enabled on this backend "
+                                       "(cluster_backend_dovecot_doveadm_http_port = 0)"), None
+    try:
+        link = await open_link(endpoint.host, port, timeout=endpoint.timeout)
+    except (OSError, TimeoutError) as exc:
+        return hop.Failure("unavailable", f"Dovecot doveadm HTTP API not reachable: {exc}"), None
+    link.write(doveadm_http.dovecot_request(command, endpoint.doveadm_password))
+    return hop.LoggedIn(b""), link
 
 
 async def run_on_dovecot(endpoint: DovecotEndpoint, version_line: bytes, command: doveadm.Command

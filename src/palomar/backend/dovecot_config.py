@@ -29,11 +29,12 @@ MASTER_PASSDB_NAME = "master-users.passwd"
 DEFAULT_MASTER_USER = "palomar-master"
 
 # A few long-lived login processes serve all connections (Dovecot's "high-performance"
-# mode). The client limits are sized for the 20000 open files this class of host allows.
+# mode). The client limits are sized for the 20000 open files this class of host allows;
+# IMAP sessions: half of the soak's 10,000 (bench/soak.py) per backend, plus headroom.
 LOGIN_PROCESSES = 2
 LOGIN_CLIENT_LIMIT = 4000
 SHARED_CLIENT_LIMIT = 10500
-IMAP_PROCESS_LIMIT = 5000
+IMAP_PROCESS_LIMIT = 6000
 POP3_PROCESS_LIMIT = 1000
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

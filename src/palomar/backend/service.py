@@ -11,11 +11,10 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
-from palomar.backend.doveadm_gateway import read_payload, run_on_dovecot
+from palomar.backend.doveadm_gateway import read_payload, runner
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.load_sample import LoadSampler, doveadm_session_count
@@ -285,14 +284,14 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     run = None
     if request.protocol == "doveadm":  # a doveadm command for one user, sent with the header
         try:
-            version_line, command = await read_payload(link, request.user)
+            payload = await read_payload(link, request.user)
         except (TimeoutError, doveadm.DoveadmProtocolError) as exc:
             log.warning("session=%s user=%s proto=doveadm hop refused: %s", request.session_id, safe(request.user),
                         "no doveadm command in time" if isinstance(exc, TimeoutError) else safe(str(exc)))
             link.write(hop.encode_reply(hop.Failure("protocol", "bad doveadm command")))
             link.close()
             return
-        run = partial(run_on_dovecot, state.dovecot, version_line, command)
+        run = runner(state.dovecot, payload)
     reply, dovecot = await _serve_guarded(state, request, run)
     link.write(hop.encode_reply(reply))
     if dovecot is None:
@@ -475,7 +474,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     dovecot = DovecotEndpoint(
         host=cfg["cluster_backend_dovecot_host"],
         ports={proto: cfg[f"cluster_backend_dovecot_{proto}_port"]
-               for proto in ("imap", "pop3", "lmtp", "submission", "sieve")} | {"doveadm": cfg.doveadm_tcp_port},
+               for proto in ("imap", "pop3", "lmtp", "submission", "sieve")}
+        | {"doveadm": cfg.doveadm_tcp_port, "doveadm-http": cfg["cluster_backend_dovecot_doveadm_http_port"]},
         master_user=cfg["cluster_backend_dovecot_master_user"],
         master_password=cfg["cluster_backend_dovecot_master_password"],
         doveadm_password=cfg["doveadm_password"],

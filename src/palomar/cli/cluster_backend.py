@@ -120,15 +120,18 @@ def backend_update(
     if status is None and factor is None:
         raise CommandError("nothing to update: give --status or --load-factor")
     target = _self_or_host(self_flag, host, ctx)
+    ctx.run(lambda db: update_backend(db, target, status, factor))
 
-    async def action(db: GeoDB) -> None:
-        found = await backend_by_host(db, target)
-        if factor is not None:
-            await db.backend_update(found.site_id, found.id, load_factor=factor)
-        if status is not None and status != found.status:
-            await db.backend_set_status(found.site_id, found.id, status, reason="admin")
 
-    ctx.run(action)
+async def update_backend(db: GeoDB, host: str, status: str | None, factor: int | None) -> Backend:
+    """`backend update`: the load factor, then the status (reason `admin`) if it changes; the backend
+    as it was before. Arguments are already validated (`check.backend_status`, `check.load_factor`)."""
+    found = await backend_by_host(db, host)
+    if factor is not None:
+        await db.backend_update(found.site_id, found.id, load_factor=factor)
+    if status is not None and status != found.status:
+        await db.backend_set_status(found.site_id, found.id, status, reason="admin")
+    return found
 
 
 @backend.command("status")
@@ -138,22 +141,23 @@ def backend_update(
 def backend_status(ctx: ClusterContext, self_flag: bool, host: str | None) -> None:
     """Show one backend, with its latest statistics."""
     target = _self_or_host(self_flag, host, ctx)
-
-    async def action(db: GeoDB) -> dict[str, Any]:
-        found = await backend_by_host(db, target)
-        sites = {s.id: s.name for s in await db.site_list()}
-        record = backend_record(found, sites)
-        groups = await db.group_list(found.site_id)
-        record["groups"] = sum(1 for g in groups if g.backend_id == found.id)
-        stats = await db.backend_stats_get(found.site_id, found.id)
-        record["stats"] = {s.key: s.value for s in stats}
-        return record
-
-    record = ctx.run(action)
+    record = ctx.run(lambda db: backend_status_record(db, target))
     if not ctx.json_output:
         stats = record.pop("stats")
         record.update({f"stat {k}": v for k, v in stats.items()})
     ctx.emit_record(record)
+
+
+async def backend_status_record(db: GeoDB, host: str) -> dict[str, Any]:
+    """`backend status HOST`: the backend, its group count and its latest statistics."""
+    found = await backend_by_host(db, host)
+    sites = {s.id: s.name for s in await db.site_list()}
+    record = backend_record(found, sites)
+    groups = await db.group_list(found.site_id)
+    record["groups"] = sum(1 for g in groups if g.backend_id == found.id)
+    stats = await db.backend_stats_get(found.site_id, found.id)
+    record["stats"] = {s.key: s.value for s in stats}
+    return record
 
 
 @backend.command("list")
@@ -161,16 +165,17 @@ def backend_status(ctx: ClusterContext, self_flag: bool, host: str | None) -> No
 @pass_ctx
 def backend_list(ctx: ClusterContext, site: str | None) -> None:
     """List the backends of all sites, or of one."""
+    ctx.emit_list(ctx.run(lambda db: backend_records(db, site)), BACKEND_COLUMNS)
 
-    async def action(db: GeoDB) -> list[dict[str, Any]]:
-        sites = {s.id: s.name for s in await db.site_list()}
-        if site is not None:
-            backends = await db.backend_list((await site_by_name(db, site)).id)
-        else:
-            backends = await db.backend_list_all()
-        return [backend_record(b, sites) for b in backends]
 
-    ctx.emit_list(ctx.run(action), BACKEND_COLUMNS)
+async def backend_records(db: GeoDB, site: str | None = None) -> list[dict[str, Any]]:
+    """`backend list [--site SITE]`: the records `--json` prints."""
+    sites = {s.id: s.name for s in await db.site_list()}
+    if site is not None:
+        backends = await db.backend_list((await site_by_name(db, site)).id)
+    else:
+        backends = await db.backend_list_all()
+    return [backend_record(b, sites) for b in backends]
 
 
 def _same_site_destination(host: str, found: Backend, dest_host: str, target: Backend) -> str:

@@ -14,6 +14,7 @@ import click
 from palomar.cli import (
     cluster_admin,
     cluster_backend,
+    cluster_director,
     cluster_feature,
     cluster_group_user,
     cluster_localdb,
@@ -61,5 +62,6 @@ cluster.add_command(cluster_tag.tag)
 cluster.add_command(cluster_localdb.localdb)
 cluster.add_command(cluster_feature.feature)
 cluster.add_command(cluster_simulate.simulate)
+cluster.add_command(cluster_director.director)
 cluster_group_user.user.add_command(cluster_user_access.user_access)
 cluster_admin.register(cluster, cluster_backend.backend, cluster_group_user.group)

@@ -25,19 +25,20 @@ def feature() -> None:
 @pass_ctx
 def feature_list(ctx: ClusterContext, site: str | None) -> None:
     """Show the effective state of every feature, for all sites or one."""
+    ctx.emit_list(ctx.run(lambda db: feature_records(db, site)), FEATURE_COLUMNS)
 
-    async def action(db: GeoDB) -> list[dict[str, Any]]:
-        sites = [await site_by_name(db, site)] if site is not None else await db.site_list()
-        settings = await db.setting_list(FEATURE_SECTION)
-        present = bool(settings) or await settings_table_has_rows(db)
-        records = []
-        for s in sites:
-            for name in FEATURES:
-                state, source = feature_source(settings, s.id, name, table_present=present)
-                records.append({"site": s.name, "feature": name, "state": state, "source": source})
-        return records
 
-    ctx.emit_list(ctx.run(action), FEATURE_COLUMNS)
+async def feature_records(db: GeoDB, site: str | None = None) -> list[dict[str, Any]]:
+    """`feature list [SITE]`: site, feature, state and source of every feature."""
+    sites = [await site_by_name(db, site)] if site is not None else await db.site_list()
+    settings = await db.setting_list(FEATURE_SECTION)
+    present = bool(settings) or await settings_table_has_rows(db)
+    records = []
+    for s in sites:
+        for name in FEATURES:
+            state, source = feature_source(settings, s.id, name, table_present=present)
+            records.append({"site": s.name, "feature": name, "state": state, "source": source})
+    return records
 
 
 @feature.command("set")
@@ -47,18 +48,29 @@ def feature_list(ctx: ClusterContext, site: str | None) -> None:
 @pass_ctx
 def feature_set(ctx: ClusterContext, site: str, name: str, state: str) -> None:
     """Set FEATURE of SITE to on, dryrun (decisions only logged) or off."""
+    value = checked_feature_state(name, state)
+    if ctx.run(lambda db: set_feature(db, site, name, value)):
+        ctx.warn(FIRST_SETTING_WARNING)
+
+
+FIRST_SETTING_WARNING = ("cluster_settings had no rows, so every feature of every site was on; "
+                         "from now on a feature without a setting is off")
+
+
+def checked_feature_state(name: str, state: str) -> str:
+    """The state to store for FEATURE, or CommandError naming what is wrong."""
     if name not in FEATURES:
         raise CommandError(f"unknown feature '{name}' (known: {', '.join(FEATURES)})")
     value = state.strip().lower()
     if value not in FEATURE_STATES:
         raise CommandError(f"invalid state '{state}' (use one of: {', '.join(FEATURE_STATES)})")
+    return value
 
-    async def action(db: GeoDB) -> bool:
-        found = await site_by_name(db, site)
-        first = not await settings_table_has_rows(db)
-        await db.setting_put(Setting(FEATURE_SECTION, name, value, site_id=found.id, backend_id=NO_ID))
-        return first
 
-    if ctx.run(action):
-        ctx.warn("cluster_settings had no rows, so every feature of every site was on; "
-                 "from now on a feature without a setting is off")
+async def set_feature(db: GeoDB, site: str, name: str, value: str) -> bool:
+    """`feature set` with a checked state; True when this was the first row of cluster_settings
+    (every feature of every site was on until then: FIRST_SETTING_WARNING)."""
+    found = await site_by_name(db, site)
+    first = not await settings_table_has_rows(db)
+    await db.setting_put(Setting(FEATURE_SECTION, name, value, site_id=found.id, backend_id=NO_ID))
+    return first

@@ -83,25 +83,26 @@ def group() -> None:
 @pass_ctx
 def group_move(ctx: ClusterContext, direct: bool, site: str, name: str, host: str) -> None:
     """Move GROUP of SITE to backend HOST (the move runs on the group's next access)."""
+    ctx.run(lambda db: move_group(db, site, name, host, direct=direct))
 
-    async def action(db: GeoDB) -> None:
-        found = await _group(db, site, name)
-        target = await backend_by_host(db, host)
-        if target.site_id != found.site_id:
-            raise CommandError(f"backend '{host}' is not in site '{site}'")
-        request = group_move_request(found, target.id, direct=direct)
-        if request == "assign":
-            # --direct, or a group nobody owns yet: there is no source backend to migrate from.
-            await db.group_update(found.site_id, found.name, backend_id=target.id)
-        elif request == "already-there":
-            raise CommandError(f"group '{name}' is already on backend '{target.host}'")
-        elif request == "busy":
-            raise CommandError(f"group '{name}' is already moving to another backend; wait or use --direct")
-        elif request == "start":
-            await db.group_start_move(found.site_id, found.name, target.id)
-        # already-requested: the same move is pending; a new marker would restart nothing
 
-    ctx.run(action)
+async def move_group(db: GeoDB, site: str, name: str, host: str, *, direct: bool = False) -> None:
+    """`group move`: request the move (or, direct, rewrite the backend at once)."""
+    found = await _group(db, site, name)
+    target = await backend_by_host(db, host)
+    if target.site_id != found.site_id:
+        raise CommandError(f"backend '{host}' is not in site '{site}'")
+    request = group_move_request(found, target.id, direct=direct)
+    if request == "assign":
+        # --direct, or a group nobody owns yet: there is no source backend to migrate from.
+        await db.group_update(found.site_id, found.name, backend_id=target.id)
+    elif request == "already-there":
+        raise CommandError(f"group '{name}' is already on backend '{target.host}'")
+    elif request == "busy":
+        raise CommandError(f"group '{name}' is already moving to another backend; wait or use --direct")
+    elif request == "start":
+        await db.group_start_move(found.site_id, found.name, target.id)
+    # already-requested: the same move is pending; a new marker would restart nothing
 
 
 @group.command("status")
@@ -150,18 +151,19 @@ def group_update(
 @pass_ctx
 def group_list(ctx: ClusterContext, site: str | None, mask: str | None) -> None:
     """List groups, optionally only names matching MASK (* and ? wildcards)."""
+    ctx.emit_list(ctx.run(lambda db: group_records(db, site, mask)), GROUP_COLUMNS)
 
-    async def action(db: GeoDB) -> list[dict[str, Any]]:
-        sites, hosts = await _lookup_names(db)
-        site_ids = [(await site_by_name(db, site)).id] if site is not None else list(sites)
-        records = []
-        for site_id in site_ids:
-            for g in await db.group_list(site_id):
-                if mask is None or fnmatch.fnmatchcase(g.name, mask):
-                    records.append(group_record(g, sites, hosts))
-        return records
 
-    ctx.emit_list(ctx.run(action), GROUP_COLUMNS)
+async def group_records(db: GeoDB, site: str | None = None, mask: str | None = None) -> list[dict[str, Any]]:
+    """`group list [--site SITE] [MASK]`: the records `--json` prints."""
+    sites, hosts = await _lookup_names(db)
+    site_ids = [(await site_by_name(db, site)).id] if site is not None else list(sites)
+    records = []
+    for site_id in site_ids:
+        for g in await db.group_list(site_id):
+            if mask is None or fnmatch.fnmatchcase(g.name, mask):
+                records.append(group_record(g, sites, hosts))
+    return records
 
 
 # -- users --------------------------------------------------------------------------------------
@@ -227,25 +229,26 @@ def user_move(
 @pass_ctx
 def user_status(ctx: ClusterContext, username: str) -> None:
     """Show one user's placement."""
-
-    async def action(db: GeoDB) -> dict[str, Any]:
-        found = await db.user_get(username)
-        if found is None:
-            raise CommandError(f"user '{username}' does not exist")
-        sites, hosts = await _lookup_names(db)
-        record = user_record(found, sites)
-        record["last_backends"] = {
-            sites.get(us.site_id, str(us.site_id)): hosts.get(us.backend_id, str(us.backend_id))
-            for us in await db.user_sites_list(username)
-            if us.backend_id is not None
-        }
-        return record
-
-    record = ctx.run(action)
+    record = ctx.run(lambda db: user_status_record(db, username))
     if not ctx.json_output:
         last = record.pop("last_backends")
         record["last_backends"] = [f"{s}={h}" for s, h in last.items()]
     ctx.emit_record(record)
+
+
+async def user_status_record(db: GeoDB, username: str) -> dict[str, Any]:
+    """`user status USER`: the user's placement and the last backend per site."""
+    found = await db.user_get(username)
+    if found is None:
+        raise CommandError(f"user '{username}' does not exist")
+    sites, hosts = await _lookup_names(db)
+    record = user_record(found, sites)
+    record["last_backends"] = {
+        sites.get(us.site_id, str(us.site_id)): hosts.get(us.backend_id, str(us.backend_id))
+        for us in await db.user_sites_list(username)
+        if us.backend_id is not None
+    }
+    return record
 
 
 @user.command("delete")

@@ -166,12 +166,13 @@ def site_status(ctx: ClusterContext, name: str) -> None:
 @pass_ctx
 def site_list(ctx: ClusterContext) -> None:
     """List every site."""
+    ctx.emit_list(ctx.run(site_records), SITE_COLUMNS)
 
-    async def action(db: GeoDB) -> list[dict[str, Any]]:
-        sites, tags = await _names(db)
-        return [site_record(s, sites, tags) for s in await db.site_list()]
 
-    ctx.emit_list(ctx.run(action), SITE_COLUMNS)
+async def site_records(db: GeoDB) -> list[dict[str, Any]]:
+    """`site list`: the records `--json` prints."""
+    sites, tags = await _names(db)
+    return [site_record(s, sites, tags) for s in await db.site_list()]
 
 
 @site.command("init")

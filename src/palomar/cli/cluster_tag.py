@@ -78,8 +78,9 @@ def tag_update(ctx: ClusterContext, new_name: str | None, tag_ref: str) -> None:
 @pass_ctx
 def tag_list(ctx: ClusterContext) -> None:
     """List tags."""
+    ctx.emit_list(ctx.run(tag_records), ("name", "id"))
 
-    async def action(db: GeoDB) -> list[dict[str, object]]:
-        return [{"name": t.name, "id": t.id} for t in await db.tag_list()]
 
-    ctx.emit_list(ctx.run(action), ("name", "id"))
+async def tag_records(db: GeoDB) -> list[dict[str, object]]:
+    """`tag list`: the records `--json` prints."""
+    return [{"name": t.name, "id": t.id} for t in await db.tag_list()]

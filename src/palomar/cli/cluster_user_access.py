@@ -18,8 +18,10 @@ import click
 from palomar.cli import cluster_context
 from palomar.cli.cluster_admin import send_admin, user_backends
 from palomar.cli.cluster_context import ClusterContext, CommandError, pass_ctx, site_by_name
+from palomar.cluster.director_transition import DirectorTransition
 from palomar.cluster.model import Group, SiteView, User
 from palomar.cluster.routing import Assign, Failover, Routed, group_of, route_user
+from palomar.config.director_transition import transition_from_config
 from palomar.geodb.repository import GeoDB
 
 ACCESS_COLUMNS = ("user", "site", "group", "backend", "via", "pending")
@@ -89,17 +91,21 @@ def _pending(decision: Routed, view: SiteView) -> str | None:
 
 
 async def access_records(db: GeoDB, names: list[str], *, local_site: str, group_count: int,
-                         now: float) -> list[dict[str, Any]]:
-    """One record per user: where the proxy would route them now (nothing is written)."""
+                         now: float, director: DirectorTransition | None = None) -> list[dict[str, Any]]:
+    """One record per user: where the proxy would route them now (nothing is written).
+
+    `director` (the proxy's cluster_director_transition_config) applies in the local site only.
+    """
     reader = _Reader(db, local_site)
     records = []
     for username in names:
         user = await db.user_get(username)
         view = await reader.view(user)
-        group_name = group_of(username, user, group_count)
+        here = director if view.site.name == local_site else None
+        group_name = group_of(username, user, group_count, view, here)
         group = await reader.group(view.site.id, group_name)
         groups = {group_name: group} if group is not None else {}
-        decision = route_user(username, user, groups, view, group_count=group_count, now=now)
+        decision = route_user(username, user, groups, view, group_count=group_count, now=now, director=here)
         record: dict[str, Any] = {"user": username, "site": view.site.name, "group": group_name}
         if isinstance(decision, Routed):
             record.update(backend=decision.backend.host, backend_id=decision.backend.id, via=decision.via,
@@ -146,6 +152,7 @@ def user_access(ctx: ClusterContext, username: str | None, all_users: bool, file
         raise CommandError("give exactly one of -u USER, -A or -F FILE")
     local_site = ctx.local_site_name()
     group_count = int(ctx.config()["cluster_default_group_count"])
+    director = transition_from_config(ctx.config())
     from_file = _read_names(file) if file is not None else None
     if username is not None and not username.strip():
         raise CommandError("empty user name")
@@ -156,7 +163,7 @@ def user_access(ctx: ClusterContext, username: str | None, all_users: bool, file
         else:
             names = from_file if from_file is not None else [str(username).strip()]
         return await access_records(db, names, local_site=local_site, group_count=group_count,
-                                    now=time.time())
+                                    now=time.time(), director=director)
 
     names_with_moves = ctx.run(
         lambda db: _pending_user_moves(ctx, db, action_names(all_users, from_file, username)))

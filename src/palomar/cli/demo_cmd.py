@@ -32,11 +32,15 @@ SUPERVISE_INTERVAL = 0.5
 @click.option("--submissions-port", default=1465, show_default=True, help="HAProxy's Submission port (TLS)")
 @click.option("--sieve-port", default=4190, show_default=True, help="HAProxy's ManageSieve port (STARTTLS)")
 @click.option("--lmtp-port", default=1024, show_default=True, help="HAProxy's LMTP port")
+@click.option("--ui-port", default=8100, show_default=True, help="the controller's web UI and REST API port")
+@click.option("--doveadm-port", default=2300, show_default=True, help="HAProxy's doveadm TCP port")
+@click.option("--doveadm-http-port", default=8080, show_default=True, help="HAProxy's doveadm HTTP API port")
 @click.option("--users", default=20, show_default=True, help="how many demo users to create")
 @click.option("--geodb", type=click.Choice(["sqlite", "cassandra"]), default="sqlite", show_default=True,
               help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs")
 def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port: int, submission_port: int,
-         submissions_port: int, sieve_port: int, lmtp_port: int, users: int, geodb: str) -> None:
+         submissions_port: int, sieve_port: int, lmtp_port: int, doveadm_port: int, doveadm_http_port: int,
+         ui_port: int, users: int, geodb: str) -> None:
     """Start two Dovecot backends with palomar in front, two proxies and HAProxy (GeoDB: SQLite or Cassandra).
 
     Started again on the same --dir, the demo keeps its mail and GeoDB.
@@ -60,9 +64,10 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
             click.echo(f"palomar demo: {exc or 'interrupted'}", err=True)
             sys.exit(1)
     lb_ports = LbPorts(imap=imap_port, imaps=imaps_port, pop3=pop3_port, pop3s=pop3s_port, sieve=sieve_port,
-                       submission=submission_port, submissions=submissions_port, lmtp=lmtp_port)
+                       submission=submission_port, submissions=submissions_port, lmtp=lmtp_port,
+                       doveadm=doveadm_port, doveadm_http=doveadm_http_port)
     cluster = LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
-                           geodb=geodb, shared_dir=shared_dir_for(path))
+                           geodb=geodb, shared_dir=shared_dir_for(path), controller_http_port=ui_port)
     if cluster.resumed:
         click.echo(f"palomar demo: resuming the demo in {path} (its mail and GeoDB are kept)")
     click.echo("palomar demo: starting Dovecot backends, palomar backends, proxies and HAProxy ...")
@@ -103,6 +108,7 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
   POP3 (STLS or plain)     127.0.0.1:{cluster.lb_pop3}    POP3S 127.0.0.1:{cluster.lb_pop3s}
   Submission (STARTTLS)    127.0.0.1:{cluster.lb_submission}    Submission (TLS) 127.0.0.1:{cluster.lb_submissions}
   ManageSieve (STARTTLS)   127.0.0.1:{cluster.lb_sieve}    LMTP 127.0.0.1:{cluster.lb_lmtp}
+  doveadm  127.0.0.1:{cluster.lb_doveadm} (http {cluster.lb_doveadm_http})  password {cluster.doveadm_password}
   The same ports listen on [::1] too.
   user {user.name}   password {user.password}   (user1 .. user{users}, passwordN)
 
@@ -112,12 +118,18 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
               --auth-password {user.password} --to someone@example.test
         swaks --server 127.0.0.1 --port {cluster.lb_lmtp} --protocol LMTP --to {cluster.users[1].name}
         sieve-connect --server 127.0.0.1 --port {cluster.lb_sieve} --user {user.name} --notlsverify --list
+        doveadm -o doveadm_password={cluster.doveadm_password} mailbox status -S 127.0.0.1:{cluster.lb_doveadm} \
+              -u {user.name} -t all INBOX
+        curl -u doveadm:{cluster.doveadm_password} http://127.0.0.1:{cluster.lb_doveadm_http}/doveadm/v1 \
+              -d '[["mailboxStatus",{{"user":"{user.name}","field":["all"],"mailboxMask":["INBOX"]}},"t1"]]'
         palomar cluster -c {cluster.admin_config} backend list
         palomar cluster -c {cluster.admin_config} group list
 
   Backends: {", ".join(f"{b.name} {b.host} (metrics http://{b.host}:{b.metrics}/metrics)" for b in cluster.backends)}
   Proxies:  {", ".join(f"{p.name} {p.host} (metrics http://{p.host}:{p.metrics}/metrics)" for p in cluster.proxies)}
   Controller (health on): metrics http://127.0.0.1:{cluster.controller_metrics}/metrics
+  controller UI http://127.0.0.1:{cluster.controller_http_port}/  user admin  password {cluster.controller_admin_password}
+  REST API http://127.0.0.1:{cluster.controller_http_port}/api/v1/  (Basic auth, or Bearer {cluster.controller_admin_token})
   Mail submitted is relayed to a recording sink on 127.0.0.1 (nothing leaves this machine).
   Logs under {path}; Dovecot's files and the mail under {cluster.shared_dir}.
   A server that dies is restarted.  Ctrl-C stops everything; `palomar demo --dir {root}` resumes.

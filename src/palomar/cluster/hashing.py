@@ -32,9 +32,14 @@ def default_group_name(username: str, group_count: int) -> str:
     Derived from the username alone so that two proxies creating the same new user at
     the same time write the same group name (the write is then harmless to repeat).
     """
+    return f"default-{group_number(username, group_count)}"
+
+
+def group_number(username: str, group_count: int) -> int:
+    """The user's group number 1..group_count, shared by `default-N` and the director transition's groups."""
     if group_count < 1:
         raise ValueError(f"cluster_default_group_count must be at least 1, not {group_count}")
-    return f"default-{_hash64(username.encode()) % group_count + 1}"
+    return _hash64(username.encode()) % group_count + 1
 
 
 def force_move_bucket(move_id: UUID, username: str) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from uuid import UUID
 
+from palomar.cluster.director_transition import DirectorTransition, director_group_name, director_placement
 from palomar.cluster.force_move import apply_force_move, rendezvous_backend
 from palomar.cluster.hashing import default_group_name
 from palomar.cluster.model import Backend, Group, SiteView, User
@@ -47,7 +48,9 @@ __all__ = [
     "choose_backend",
     "expand_test_username",
     "follow_referral",
+    "group_of",
     "group_write_for",
+    "new_user_group",
     "pinned_backend",
     "resolve_group",
     "route_user",
@@ -174,10 +177,16 @@ def _failover(
     return Failover(new, new_alt, failed, finishes_move)
 
 
-def resolve_group(group: Group | None, group_name: str, site_view: SiteView) -> GroupDecision:
-    """Which backend serves the group now, and whether the group row must change."""
+def resolve_group(
+    group: Group | None, group_name: str, site_view: SiteView, first: Backend | None = None
+) -> GroupDecision:
+    """Which backend serves the group now, and whether the group row must change.
+
+    `first` places a group that has no backend yet (the director transition's choice);
+    without it the group goes where `choose_backend` says.
+    """
     if group is None or group.backend_id is None:
-        backend = choose_backend(group_name, site_view)
+        backend = first or choose_backend(group_name, site_view)
         if backend is None:
             return Unavailable(f"no online backend for group {group_name}")
         return Assign(backend, choose_backend(group_name, site_view, frozenset({backend.id})))
@@ -239,11 +248,31 @@ def _decided_backend(decision: Serve | Assign | Failover) -> Backend:
     return decision.new_backend if isinstance(decision, Failover) else decision.backend
 
 
-def group_of(username: str, user: User | None, group_count: int) -> str:
-    """The user's group: the one in its row, or the `default-N` a new user joins."""
+def new_user_group(
+    username: str, group_count: int, site_view: SiteView | None = None, director: DirectorTransition | None = None
+) -> tuple[str, Backend | None]:
+    """The group a user without one joins, and the backend that group starts on if it is new.
+
+    With a director transition whose backend for the user can take a new group here, that is
+    `director-<backend>-N` on the director's backend; otherwise `default-N`, placed by rendezvous.
+    """
+    placed = director_placement(username, site_view, director) if site_view is not None else None
+    if placed is not None:
+        return director_group_name(placed.host, username, group_count), placed
+    return default_group_name(username, group_count), None
+
+
+def group_of(
+    username: str,
+    user: User | None,
+    group_count: int,
+    site_view: SiteView | None = None,
+    director: DirectorTransition | None = None,
+) -> str:
+    """The user's group: the one in its row, or the one a new user joins."""
     if user is not None and user.group_name:
         return user.group_name
-    return default_group_name(username, group_count)
+    return new_user_group(username, group_count, site_view, director)[0]
 
 
 def route_user(
@@ -255,25 +284,30 @@ def route_user(
     group_count: int,
     now: float,
     passdb_host: str | None = None,
+    director: DirectorTransition | None = None,
 ) -> RouteDecision:
     """Route one login of `username` within `site_view` (the user's site, already chosen).
 
     `groups` holds the group rows the proxy read (by name; a missing name means no
     row). `now` is Unix seconds and stamps the writes. The proxy performs
     `user_write` and `group_write`, re-reading and re-routing if the conditional
-    group write loses a race.
+    group write loses a race. `director` (cluster_director_transition_config) places
+    users without a group where the Dovecot director had them.
     """
     pinned = pinned_backend(passdb_host, site_view)
     if pinned is not None:
         return Routed(pinned, None, "passdb-host")
 
     user_write: User | None = None
-    group_name = group_of(username, user, group_count)
-    if user is None or not user.group_name:
+    first: Backend | None = None
+    if user is not None and user.group_name:
+        group_name = user.group_name
+    else:
+        group_name, first = new_user_group(username, group_count, site_view, director)
         user_write = replace(user, group_name=group_name) if user else User(username, group_name)
 
     group = groups.get(group_name)
-    decision = resolve_group(group, group_name, site_view)
+    decision = resolve_group(group, group_name, site_view, first)
     if isinstance(decision, Unavailable):
         return decision
     backend = _decided_backend(decision)

@@ -97,8 +97,11 @@ _add("cluster_user_move_timeout", TIME, "31 secs", BACKEND,
      "if one user's move has not finished in this time, treat it as done and move the next user")
 _add("cluster_default_group_count", UINT, "100", BOTH,
      "number of automatically created user groups default-1 .. default-N")
-_add("cluster_director_transition_config", PATH, "", BOTH,
-     "director-to-cluster transition file", unsupported="not supported yet")
+_add("cluster_director_transition_config", PATH, "", PROXY,
+     "file describing the Dovecot 2.3 director ring being replaced (its mail servers, their vhost counts and "
+     "palomar backend names, director_username_hash): while set, a user without a group joins "
+     "`director-<backend>-N`, a group started on the backend the director hashes the user to "
+     "(docs/director-migration.md)")
 _add("cluster_geodb", STRING, "", BOTH, "GeoDB dict",
      unsupported="as a value: palomar's GeoDB is set by cassandra_hosts (or cluster_geodb_path); the seed's "
                  "block `cluster_geodb { dict proxy { ... } }` is accepted as written")
@@ -132,8 +135,17 @@ _add("doveadm_port", PORT, "0", BOTH,
      "(cluster_hop_port, not this port). On a backend it is the port of the local Dovecot's doveadm "
      "listener on cluster_backend_dovecot_host (`palomar backend dovecot-config` writes it), which runs the "
      "commands proxies forward; 0 there refuses them")
-_add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH, "TLS for doveadm proxying",
-     unsupported="not supported yet")
+_add("doveadm_ssl", enum("no", "ssl", "starttls"), "no", BOTH,
+     "TLS for doveadm proxying. In Dovecot it is how a doveadm server that forwards a command connects to the "
+     "user's backend (`ssl`: implicit TLS, `starttls`: STARTTLS after the handshake). A palomar proxy forwards "
+     "over the hop, so `ssl` and `starttls` both mean TLS on that leg and need cluster_hop_ssl = yes (refused "
+     "without it); `no` leaves the hop as cluster_hop_ssl says. Clients reach a proxy's doveadm listener with "
+     "TLS through its `ssl = yes` (implicit TLS) or STARTTLS (offered whenever ssl is not `no`), as "
+     "`doveadm -o doveadm_ssl=ssl|starttls` does")
+_add("doveadm_api_key", SECRET, "", PROXY,
+     "API key of the doveadm HTTP API (`service doveadm { inet_listener http }`): clients send "
+     "`Authorization: X-Dovecot-API <base64(key)>`; Basic auth as `doveadm` with doveadm_password works "
+     "too. Empty: Basic auth only")
 _add("doveadm_password", SECRET, "", BOTH,
      "shared password of doveadm: a proxy's doveadm clients authenticate with it (PLAIN as user `doveadm`; "
      "wrong passwords count towards the auth penalty); a backend uses it with its local Dovecot's doveadm "
@@ -358,6 +370,42 @@ _add("controller_site_ramp_interval", TIME, "1 min", BOTH,
 _add("cluster_backend_stats_interval", TIME, "30 secs", BACKEND,
      "how often the backend samples its host and Dovecot load and writes backend_stats (the controller's "
      "sample rate)", **_ext)
+_add("controller_http_listen", STRING, "", BOTH,
+     "controller: `address:port` (IPv6 as `[address]:port`), space-separated, where the REST API "
+     "(/api/v1/) and the web UI (/) are served; empty: not served", **_ext)
+_add("controller_http_ssl_cert_file", PATH, "", BOTH,
+     "controller: PEM certificate chain for HTTPS on controller_http_listen (empty: plain HTTP, for "
+     "loopback or behind a TLS-terminating proxy); needs controller_http_ssl_key_file", **_ext)
+_add("controller_http_ssl_key_file", PATH, "", BOTH,
+     "controller: PEM private key of controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_ca_file", PATH, "", BOTH,
+     "controller API: PEM CA file; a client certificate it signed whose subject CN is listed in "
+     "controller_http_ssl_client_admin_names or _readonly_names authenticates an API request "
+     "(mutual TLS, no token needed); needs controller_http_ssl_cert_file", **_ext)
+_add("controller_http_ssl_client_admin_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the admin role", **_ext)
+_add("controller_http_ssl_client_readonly_names", WORDS, "", BOTH,
+     "controller API: subject CNs of client certificates with the read-only role", **_ext)
+_add("controller_http_admin_user", STRING, "admin", BOTH,
+     "controller web UI and API: the user name with the admin role (reads and changes)", **_ext)
+_add("controller_http_admin_password", SECRET, "", BOTH,
+     "controller: the admin's password, plain or `{SCHEME}hash` as in a passwd-file (empty: no admin "
+     "login by password)", **_ext)
+_add("controller_http_readonly_user", STRING, "viewer", BOTH,
+     "controller web UI and API: the user name with the read-only role", **_ext)
+_add("controller_http_readonly_password", SECRET, "", BOTH,
+     "controller: the read-only user's password, plain or `{SCHEME}hash` (empty: no such login)", **_ext)
+_add("controller_http_admin_token", SECRET, "", BOTH,
+     "controller API: bearer token with the admin role (empty: none); at least 16 characters", **_ext)
+_add("controller_http_readonly_token", SECRET, "", BOTH,
+     "controller API: bearer token with the read-only role (empty: none); at least 16 characters", **_ext)
+_add("controller_http_auth_max_delay", TIME, "15 secs", BOTH,
+     "controller: longest escalating wait before a credential from an address with recent failures is "
+     "checked (the proxies' auth penalty: 4, 8, then this; 0: no penalty), so passwords cannot be "
+     "guessed at network speed", **_ext)
+_add("controller_http_session_lifetime", TIME, "8 hours", BOTH,
+     "controller web UI: how long a login session lasts (sessions live in the controller's memory: a "
+     "restart logs everyone out)", **_ext)
 _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
      "address of the local Dovecot CE behind this backend", **_ext)
 _add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,
@@ -435,5 +483,7 @@ DEFAULT_LISTENERS: dict[str, tuple[tuple[str, int, bool], ...]] = {
 }
 # `doveadm { inet_listener tcp }` takes its port from doveadm_port.
 DOVEADM_LISTENER = "tcp"
+# As in Dovecot, the doveadm listener named `http` serves the HTTP API; any other name the TCP protocol.
+DOVEADM_HTTP_LISTENER = "http"
 
 GROUPS = {"cluster_defaults": ("proxy", "backend"), "metric_defaults": ("proxy", "backend")}

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from palomar.auth.variables import Template, VariableError
 from palomar.config import settings as reg
-from palomar.config.errors import Issue, Location
+from palomar.config.director_transition import load_transition
+from palomar.config.errors import ConfigError, Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
 from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
 from palomar.protocols.subaddress import delimiters_problem
@@ -47,11 +48,26 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _tls(cfg, role_at)
     issues += _hop_tls(cfg, role_at)
     issues += _listeners(cfg)
+    issues += _doveadm_ssl(cfg)
     issues += _backend_listeners(cfg)
     issues += _processes(cfg, role_at)
     issues += _address_rules(cfg, main)
     issues += _capability_rules(cfg, main)
+    issues += _director_transition(cfg)
     return issues
+
+
+def _director_transition(cfg: Config) -> list[Issue]:
+    """The problems of the director transition file, if one is named (it is read here)."""
+    path = cfg["cluster_director_transition_config"]
+    if not path:
+        return []
+    try:
+        load_transition(path)
+    except ConfigError as exc:
+        at = cfg.location("cluster_director_transition_config")
+        return [Issue(at, f"cluster_director_transition_config: {issue}") for issue in exc.issues]
+    return []
 
 
 def _capability_rules(cfg: Config, main: Location) -> list[Issue]:
@@ -201,24 +217,35 @@ def _listeners(cfg: Config) -> list[Issue]:
 
 
 def _doveadm_listener(cfg: Config, listener: ListenerSettings, at: Location | None, title: str) -> list[Issue]:
-    """A proxy serves doveadm clients on it; a backend's local Dovecot listens on its port (on
-    cluster_backend_dovecot_host) for the commands proxies forward over the hop."""
+    """A proxy serves doveadm clients on it (`http`: the HTTP API, any other name: the TCP protocol); a
+    backend's local Dovecot listens on its port (on cluster_backend_dovecot_host) for the commands
+    proxies forward."""
     issues = []
-    if listener.name != reg.DOVEADM_LISTENER:
-        issues.append(Issue(at, f"{title}: only `inet_listener {reg.DOVEADM_LISTENER}` (the doveadm TCP protocol) "
-                                "is supported; the doveadm HTTP API is not"))
-    if not cfg["doveadm_password"]:
-        issues.append(Issue(at, f"{title}: doveadm_password is required (doveadm clients authenticate with it)"))
-    if listener.ssl:
-        issues.append(Issue(at, f"{title}: ssl = yes: TLS for doveadm is not supported yet (doveadm_ssl); "
-                                "remove it"))
+    http = listener.name == reg.DOVEADM_HTTP_LISTENER
     if cfg.role == "backend":
+        if listener.name != reg.DOVEADM_LISTENER:
+            issues.append(Issue(at, f"{title}: a backend uses only `inet_listener {reg.DOVEADM_LISTENER}` (its "
+                                    "Dovecot's doveadm TCP listener; the HTTP API's port is "
+                                    "cluster_backend_dovecot_doveadm_http_port); remove it"))
         written = cfg.listener_explicit.get(("doveadm", listener.name), set())
-        for name in ("haproxy", "address"):
+        for name in ("haproxy", "address", "ssl"):
             if name in written:
                 issues.append(Issue(at, f"{title}: {name} is not used on a backend: the port is the local "
                                         "Dovecot's doveadm listener, on cluster_backend_dovecot_host; remove it"))
+    if not cfg["doveadm_password"] and not (http and cfg.role != "backend" and cfg["doveadm_api_key"]):
+        needed = "doveadm_password or doveadm_api_key is" if http and cfg.role != "backend" else \
+            "doveadm_password is"
+        issues.append(Issue(at, f"{title}: {needed} required (doveadm clients authenticate with it)"))
     return issues
+
+
+def _doveadm_ssl(cfg: Config) -> list[Issue]:
+    """doveadm_ssl is TLS on the doveadm proxying leg, which in palomar is the hop."""
+    if cfg["doveadm_ssl"] == "no" or cfg["cluster_hop_ssl"] == "yes":
+        return []
+    return [Issue(cfg.location("doveadm_ssl"), f"doveadm_ssl = {cfg['doveadm_ssl']}: forwarded doveadm commands "
+                                               "travel over the hop, which is plaintext (cluster_hop_ssl = no); "
+                                               "set cluster_hop_ssl = yes or doveadm_ssl = no")]
 
 
 def _overlap(a: str, b: str) -> bool:

@@ -42,7 +42,9 @@ from palomar.controller.decide import (
 )
 from palomar.controller.events import event_line
 from palomar.controller.history import History
+from palomar.controller.http import serve_http
 from palomar.controller.metrics import ControllerMetrics
+from palomar.controller.recent import DecisionRecord, Recent
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
 from palomar.metrics.http import serve_stats
@@ -113,6 +115,7 @@ class Controller:
         *,
         clock: Callable[[], float] = time.time,
         history: History | None = None,
+        recent: Recent | None = None,
     ) -> None:
         self._open_db = open_db
         self.site_name = site_name
@@ -120,6 +123,8 @@ class Controller:
         self.metrics = metrics
         self.clock = clock
         self.history = history if history is not None else History(None, 120)
+        self.recent = recent if recent is not None else Recent()
+        """Load samples and decisions for the web UI and the API."""
         self.db: GeoDB | None = None
         self._logged_dryruns: set[tuple] = set()
         self._last_problem: str | None = None
@@ -148,6 +153,7 @@ class Controller:
                 self.metrics.ticks.inc(result="no-site")
                 return False
             self.metrics.observe(snapshot)
+            self.recent.sample(snapshot.now, snapshot.backends, dict(snapshot.backend_stats))
             memory = await self._remember(snapshot)
             actions, held = plan(snapshot, self.rules, memory)
             for item in held:
@@ -215,17 +221,25 @@ class Controller:
         self.history.set_timer(REGROUP_DAY, day)
         log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=len(moves)))
 
+    def _record(self, action: Action, snapshot: Snapshot, *, executed: bool) -> None:
+        """The decision for the web UI and the API (controller.recent)."""
+        fields = _fields(action, snapshot)
+        subject = fields.get("backend") or fields.get("to") or fields.get("target_site") or "-"
+        self.recent.decided(DecisionRecord(self.clock(), action.feature, action.state, str(subject),
+                                           action.kind, str(fields.get("reason", "")), executed))
+
     async def _handle(self, action: Action, snapshot: Snapshot) -> None:
         if not action.execute:
             if action.key not in self._logged_dryruns:
                 self._logged_dryruns.add(action.key)
                 self.metrics.decided(action)
+                self._record(action, snapshot, executed=False)
                 log.info("%s", event_line("controller_dryrun", feature=action.feature, site=snapshot.site.name,
                                           **describe(action, snapshot, "would")))
             return
         assert self.db is not None
         if isinstance(action, SetBackendStatus):
-            await self._set_status(action, snapshot.site.name)
+            await self._set_status(action, snapshot)
         elif isinstance(action, MoveGroup):
             await self._move_group(action, snapshot)
         elif isinstance(action, RegroupUser):
@@ -233,8 +247,9 @@ class Controller:
         else:
             await self._ramp_site(action, snapshot)
 
-    async def _set_status(self, action: SetBackendStatus, site_name: str) -> None:
+    async def _set_status(self, action: SetBackendStatus, snapshot: Snapshot) -> None:
         assert self.db is not None
+        site_name = snapshot.site.name
         backend = action.backend
         # The snapshot may be seconds old: act only if nobody (an administrator above all)
         # changed the status since, so the controller never overrides a newer decision.
@@ -247,6 +262,7 @@ class Controller:
             return
         await self.db.backend_set_status(backend.site_id, backend.id, action.status, action.reason)
         self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
         log.info("%s", event_line("cluster_backend_status_changed", backend=backend.host,
                                   backend_id=backend.id, site=site_name, status=action.status,
                                   previous=backend.status, reason=action.reason, feature=action.feature))
@@ -275,6 +291,7 @@ class Controller:
             return
         self.history.record_move(MoveRecord(action.feature, move.group, move.source, move.dest, snapshot.now))
         self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
         log.info("%s", event_line("controller_group_move", feature=action.feature, site=snapshot.site.name,
                                   **describe(action, snapshot, "action")))
 
@@ -291,6 +308,7 @@ class Controller:
             return
         await self.db.user_start_move(move.username, move.to_group, snapshot.site.id, user.failover_site_group_name)
         self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
         log.info("%s", event_line("controller_user_move", feature=action.feature, site=snapshot.site.name,
                                   **describe(action, snapshot, "action")))
 
@@ -308,6 +326,7 @@ class Controller:
             await self.db.site_recover_clear(step.site_id)
         self.history.set_timer(f"{SITE_STEP}{step.site_id}", None if step.kind == "clear" else repr(snapshot.now))
         self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
         log.info("%s", event_line("controller_site_ramp", feature=action.feature, site=snapshot.site.name,
                                   **describe(action, snapshot, "action")))
 
@@ -348,6 +367,10 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     controller = Controller(lambda: open_geodb(cfg), site_name, rules_from_config(cfg),
                             ControllerMetrics(registry), history=history)
     servers = await serve_stats(cfg, registry)
+    try:
+        http = await serve_http(cfg, controller.recent, lambda: open_geodb(cfg))
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
     stop = stop_signal()
     log.info("%s", event_line("controller_started", site=site_name, interval=f"{interval:g}s"))
     if ready is not None:
@@ -359,6 +382,9 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     finally:
         await controller.close()
         history.close()
+        if http is not None:
+            await http[0].cleanup()
+            await http[1].close()
         for server in servers:
             server.close()
         log.info("%s", event_line("controller_stopped", site=site_name))

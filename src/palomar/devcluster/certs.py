@@ -15,12 +15,14 @@ class CertPair:
     key: Path
 
 
-def self_signed(directory: Path, name: str = "localhost", days: int = 2) -> CertPair:
-    """Write `name.crt`/`name.key` (EC P-256) into `directory`, valid for localhost and 127.0.0.1."""
+def self_signed(directory: Path, name: str = "localhost", days: int = 2, hosts: tuple[str, ...] = ()) -> CertPair:
+    """Write `name.crt`/`name.key` (EC P-256) into `directory`, valid for localhost, 127.0.0.1 and
+    `hosts` (clients that verify the name, such as doveadm, reach proxies by their own addresses)."""
     directory.mkdir(parents=True, exist_ok=True)
     pair = CertPair(directory / f"{name}.crt", directory / f"{name}.key")
+    names = ",".join(["DNS:localhost", "IP:127.0.0.1", "IP:::1", *(_san(h) for h in hosts if h != "127.0.0.1")])
     _openssl("req", "-x509", *_EC_KEY, "-keyout", str(pair.key), "-out", str(pair.cert), "-days", str(days),
-             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1")
+             "-subj", "/CN=localhost", "-addext", f"subjectAltName={names}")
     pair.key.chmod(0o600)
     return pair
 
@@ -33,9 +35,11 @@ class HopCertificates:
     backends: dict[str, CertPair]
 
 
-def hop_certificates(directory: Path, hosts: list[str], days: int = 2) -> HopCertificates:
+def hop_certificates(directory: Path, hosts: list[str], days: int = 2, usage: str = "serverAuth"
+                     ) -> HopCertificates:
     """Write `hop-ca.crt` and `<host>.crt`/`<host>.key` for each backend host (an IP address or a
-    DNS name, put in the certificate's subjectAltName): what `cluster_hop_ssl` needs."""
+    DNS name, put in the certificate's subjectAltName): what `cluster_hop_ssl` needs. `usage` is the
+    extendedKeyUsage (`clientAuth` for client certificates)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "hop-ca.crt", directory / "hop-ca.key"
     _openssl("req", "-x509", *_EC_KEY, "-keyout", str(ca_key), "-out", str(ca), "-days", str(days),
@@ -50,7 +54,7 @@ def hop_certificates(directory: Path, hosts: list[str], days: int = 2) -> HopCer
         pair.key.chmod(0o600)
         extensions = directory / f"hop-{host}.ext"
         extensions.write_text(f"subjectAltName={_san(host)}\nbasicConstraints=critical,CA:FALSE\n"
-                              "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                              f"keyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\n"
                               "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
                  "-days", str(days), "-out", str(pair.cert), "-extfile", str(extensions))

@@ -33,7 +33,7 @@ from palomar.devcluster.cassandra import reset_keyspace
 from palomar.devcluster.certs import hop_certificates, self_signed
 from palomar.devcluster.dovecot import DovecotInstance, backend_params
 from palomar.devcluster.haproxy import GREETING_CHECKS, HAProxyInstance, Listen
-from palomar.devcluster.net import free_port, free_ports, port_accepts, wait_port
+from palomar.devcluster.net import free_port, free_port_on_all, free_ports, port_accepts, wait_port
 from palomar.devcluster.procs import snapshot_tree, stop_tree
 from palomar.devcluster.smtp_sink import SmtpSink
 from palomar.devcluster.supervisor import Child
@@ -79,6 +79,8 @@ class LbPorts:
     submission: int = 0
     submissions: int = 0
     lmtp: int = 0
+    doveadm: int = 0
+    doveadm_http: int = 0
 
 
 @dataclass
@@ -104,6 +106,9 @@ class ProxyNode:
     lmtp: int = 0
     lmtp_haproxy: int = 0
     doveadm: int = 0
+    doveadm_haproxy: int = 0
+    doveadm_http: int = 0
+    """The doveadm HTTP API, a haproxy listener (Dovecot serves the API on the listener named `http`)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +152,8 @@ class LocalCluster:
     probe_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
     doveadm_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
     """What doveadm clients of the proxies' doveadm listener authenticate with."""
+    doveadm_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    """The proxies' doveadm HTTP API key (X-Dovecot-API)."""
     backends: list[BackendNode] = field(default_factory=list)
     proxies: list[ProxyNode] = field(default_factory=list)
     haproxy: HAProxyInstance | None = None
@@ -157,12 +164,18 @@ class LocalCluster:
     """Where the backends' Dovecot submission service relays mail; None starts a recording sink."""
     controller: bool = False
     """Also run the site's `palomar controller` (health feature on)."""
-    controller_settings: tuple[str, ...] = ()
-    """Extra config lines for the controller (e.g. faster failback rates in tests)."""
     backend_settings: tuple[str, ...] = ()
     """Extra config lines for every `palomar backend` (e.g. `cluster_backend_stats_interval`)."""
     controller_proc: subprocess.Popen[bytes] | None = None
     controller_metrics: int = 0
+    controller_http_port: int | None = None
+    """Where the controller serves its REST API and web UI on lb_host (0: a free port; None: not served)."""
+    controller_admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    controller_readonly_password: str = field(default_factory=lambda: secrets.token_urlsafe(12), repr=False)
+    controller_admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    controller_readonly_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    controller_settings: tuple[str, ...] = ()
+    """Extra lines for the controller's config."""
     sink: SmtpSink | None = None
     users_passdb: tuple[str, ...] = ()
     """Lines inside the users' `passdb users { }` block instead of the passwd-file (e.g. `driver = sql`
@@ -180,9 +193,17 @@ class LocalCluster:
     """Empty: `palomar_` + the root folder's name. start() drops it first: the cluster owns it."""
     cassandra_local_dc: str = "dc1"
     cassandra_replication: str = "dc1:1"
+    haproxy_maxconn: int = 4096
+    """HAProxy's global and per-listener connection limit (the soak holds 10,000 connections)."""
     hop_tls: bool = True
     """TLS on the proxy-to-backend hop (a CA and a certificate per backend under root/tls/hop);
     False writes `cluster_hop_ssl = no`."""
+    shared_backend_imap: bool = False
+    """Every backend's Dovecot on one IMAP port, with one master password (`backend_master_password`),
+    so that a Dovecot director ring can stand in front of them (tests of the migration from one)."""
+    backend_master_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    backend_imap_port: int = 0
+    """The shared IMAP port of the backends' Dovecot once started (with `shared_backend_imap`)."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -262,11 +283,7 @@ class LocalCluster:
 
     def _hop_port(self) -> int:
         """One port free on every backend address (the hop port is cluster-wide)."""
-        for _ in range(50):
-            port = free_port(self._backend_hosts()[0])
-            if all(not port_accepts(host, port) for host in self._backend_hosts()):
-                return port
-        raise RuntimeError("no common free port for the hop")
+        return free_port_on_all(self._backend_hosts(), "the hop")
 
     def _common(self, role_dir: Path) -> list[str]:
         return [
@@ -296,6 +313,11 @@ class LocalCluster:
             f"listen = {node.host}",
             f"doveadm_password = {self.doveadm_password}",
             f"doveadm_port = {node.doveadm}",
+            f"doveadm_api_key = {self.doveadm_api_key}",
+            "service doveadm {",
+            f"  inet_listener doveadm-haproxy {{\n    port = {node.doveadm_haproxy}\n    haproxy = yes\n  }}",
+            f"  inet_listener http {{\n    port = {node.doveadm_http}\n    haproxy = yes\n  }}",
+            "}",
             f"haproxy_trusted_networks = {self.lb_host}/32",
             f"ssl_server_cert_file = {self.root / 'tls' / 'localhost.crt'}",
             f"ssl_server_key_file = {self.root / 'tls' / 'localhost.key'}",
@@ -420,11 +442,13 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         resumed = self.resumed
         self._prepare_shared_dir(resumed)
-        self_signed(self.root / "tls")
+        self_signed(self.root / "tls", hosts=tuple(self._proxy_hosts()))
         if self.hop_tls:
             hop_certificates(self.hop_tls_dir, self._backend_hosts())
         self._write_users()
         self.hop_port = self._hop_port()
+        if self.shared_backend_imap:
+            self.backend_imap_port = free_port_on_all(self._backend_hosts(), "the backends' IMAP", (self.hop_port,))
         mail_root = self.mail_root
         relay = self.relay
         if relay is None:
@@ -433,18 +457,21 @@ class LocalCluster:
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
             extra = (*self.backend_dovecot_settings.get("*", ()), *self.backend_dovecot_settings.get(name, ()))
-            dovecot = DovecotInstance(backend_params(name, host, self.dovecot_dir, mail_root, relay=relay,
-                                                     extra_settings=extra))
+            shared = self.shared_backend_imap
+            dovecot = DovecotInstance(backend_params(
+                name, host, self.dovecot_dir, mail_root, relay=relay, extra_settings=extra,
+                imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):
-            ports = free_ports(host, 18)
+            ports = free_ports(host, 20)
             config = self.root / f"proxy{index}" / "palomar.conf"
             self.proxies.append(ProxyNode(
                 f"proxy{index}", host, config, *ports[:5], pop3=ports[5], pop3s=ports[6], pop3_haproxy=ports[7],
                 pop3s_haproxy=ports[8], sieve=ports[9], sieve_haproxy=ports[10], submission=ports[11],
                 submissions=ports[12], submission_haproxy=ports[13], submissions_haproxy=ports[14],
-                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17]))
+                lmtp=ports[15], lmtp_haproxy=ports[16], doveadm=ports[17], doveadm_haproxy=ports[18],
+                doveadm_http=ports[19]))
         for node in self.proxies:
             node.config.parent.mkdir(parents=True, exist_ok=True)
             node.config.write_text(self._proxy_config(node))
@@ -466,17 +493,22 @@ class LocalCluster:
             node.proc = self._spawn("proxy", node.config)
             self._wait(node.proc, node.host, node.imap, "proxy", node.log_path)
         lb = {name: getattr(self.lb_ports, name) or self._lb_port()
-              for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp")}
+              for name in ("imap", "imaps", "pop3", "pop3s", "sieve", "submission", "submissions", "lmtp",
+                           "doveadm", "doveadm_http")}
         lb_hosts = [self.lb_host, *([self.lb_ipv6] if self.lb_ipv6 else [])]
+        # doveadm clients speak first: the proxies are checked by a connection with a PROXY header
+        doveadm_ports = {"doveadm": "doveadm_haproxy", "doveadm_http": "doveadm_http"}
         self.haproxy = HAProxyInstance([
-            Listen(name, [(host, port) for host in lb_hosts],
-                   [(p.host, getattr(p, f"{name}_haproxy")) for p in self.proxies], greeting=GREETING_CHECKS[name])
+            Listen(name.replace("_", "-"), [(host, port) for host in lb_hosts],
+                   [(p.host, getattr(p, doveadm_ports.get(name, f"{name}_haproxy"))) for p in self.proxies],
+                   greeting=GREETING_CHECKS.get(name),
+                   extra_server_options=("check-send-proxy",) if name in doveadm_ports else ())
             for name, port in lb.items()
         ], self.root / "haproxy", timeout_client="31m", timeout_server="31m", check_interval="1s",
-            timeout_check="2s")
+            timeout_check="2s", maxconn=self.haproxy_maxconn)
         self.haproxy.start()
         (self.lb_imap, self.lb_imaps, self.lb_pop3, self.lb_pop3s, self.lb_sieve, self.lb_submission,
-         self.lb_submissions, self.lb_lmtp) = lb.values()
+         self.lb_submissions, self.lb_lmtp, self.lb_doveadm, self.lb_doveadm_http) = lb.values()
         if self.controller:
             self._start_controller()
         return self
@@ -493,6 +525,14 @@ class LocalCluster:
         role_dir = self.root / "controller"
         role_dir.mkdir(parents=True, exist_ok=True)
         self.controller_metrics = free_port(self.lb_host)
+        http: list[str] = []
+        if self.controller_http_port is not None:
+            self.controller_http_port = self.controller_http_port or free_port(self.lb_host)
+            http = [f"controller_http_listen = {self.lb_host}:{self.controller_http_port}",
+                    f"controller_http_admin_password = {self.controller_admin_password}",
+                    f"controller_http_readonly_password = {self.controller_readonly_password}",
+                    f"controller_http_admin_token = {self.controller_admin_token}",
+                    f"controller_http_readonly_token = {self.controller_readonly_token}"]
         config = role_dir / "palomar.conf"
         config.write_text("\n".join([
             f"cluster_local_site = {SITE}",
@@ -501,6 +541,7 @@ class LocalCluster:
             f"base_dir = {role_dir / 'run'}",
             "controller_interval = 2 secs",
             f"controller_history_path = {role_dir / 'history.sqlite'}",
+            *http,
             *self.controller_settings,
             f"listen = {self.lb_host}",
             "service stats {",
@@ -516,6 +557,9 @@ class LocalCluster:
             stop_tree(self.controller_proc)
         self.controller_proc = self._spawn("controller", role_dir / "palomar.conf")
         self._wait(self.controller_proc, self.lb_host, self.controller_metrics, "controller", role_dir / "palomar.log")
+        if self.controller_http_port:
+            self._wait(self.controller_proc, self.lb_host, self.controller_http_port, "controller",
+                       role_dir / "palomar.log")
 
     def restart_proxy(self, node: ProxyNode) -> None:
         """A fresh `palomar proxy` process (e.g. before a memory measurement: heaps never shrink)."""

@@ -62,10 +62,17 @@ def ensure_inotify_instances(minimum: int = MIN_INOTIFY_INSTANCES) -> None:
 def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    relay: tuple[str, int] = ("127.0.0.1", 25),
                    master_password: str | None = None,
+                   imap_port: int = 0,
                    extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
-    """Params of one test backend under `root/name`, with fresh free ports and secrets."""
+    """Params of one test backend under `root/name`, with fresh free ports and secrets.
+
+    `imap_port` (0: a free one) fixes the IMAP port, e.g. one port on every backend for a
+    Dovecot director in front of them, which proxies to one port on all its mail servers.
+    """
     home = root / name
-    imap, pop3, lmtp, submission, sieve, doveadm_http, doveadm_tcp, metrics = free_ports(listen, 8)
+    ports = [port for port in free_ports(listen, 9) if port != imap_port][:8]
+    imap, pop3, lmtp, submission, sieve, doveadm_http, doveadm_tcp, metrics = ports
+    imap = imap_port or imap
     return DovecotParams(
         instance_name=name,
         hostname=f"{name}.example.test",

@@ -67,12 +67,13 @@ def _addr(host: str, port: int) -> str:
 
 def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
                        timeout_server: str = "1m", timeout_connect: str = "10s",
-                       check_interval: str = "2s", timeout_check: str = "10s") -> str:
-    """The haproxy.cfg text: the seed's defaults, one `listen` per entry."""
+                       check_interval: str = "2s", timeout_check: str = "10s", maxconn: int = 4096) -> str:
+    """The haproxy.cfg text: the seed's defaults, one `listen` per entry. `maxconn` bounds the whole
+    process and each `listen` (HAProxy raises its own RLIMIT_NOFILE to fit it when started as root)."""
     lines = [
         "global",
         "  log stderr format raw local0 info",
-        "  maxconn 4096",
+        f"  maxconn {maxconn}",
         "",
         "defaults",
         "  mode tcp",
@@ -84,7 +85,7 @@ def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
         f"  timeout client {timeout_client}",
         f"  timeout server {timeout_server}",
         f"  timeout check {timeout_check}",
-        "  maxconn 4096",
+        f"  maxconn {maxconn}",
     ]
     for listen in listens:
         lines += ["", f"listen {listen.name}", *(f"  bind {_addr(*bind)}" for bind in listen.binds),
@@ -111,7 +112,7 @@ def render_haproxy_cfg(listens: Sequence[Listen], *, timeout_client: str = "1m",
 class HAProxyInstance:
     """haproxy -db with a rendered config under `workdir`; stopped by pid."""
 
-    def __init__(self, listens: Sequence[Listen], workdir: Path, **render_options: str) -> None:
+    def __init__(self, listens: Sequence[Listen], workdir: Path, **render_options: str | int) -> None:
         self.listens = list(listens)
         self.workdir = workdir
         self.config_path = workdir / "haproxy.cfg"

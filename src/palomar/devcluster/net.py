@@ -27,6 +27,15 @@ def free_ports(host: str, count: int) -> list[int]:
             sock.close()
 
 
+def free_port_on_all(hosts: list[str] | tuple[str, ...], what: str, taken: tuple[int, ...] = ()) -> int:
+    """One port free on every address in `hosts` and not in `taken` (a port a whole tier shares)."""
+    for _ in range(50):
+        port = free_port(hosts[0])
+        if port not in taken and all(not port_accepts(host, port) for host in hosts):
+            return port
+    raise RuntimeError(f"no common free port for {what}")
+
+
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
     """Whether a TCP connect to host:port succeeds now."""
     try:

@@ -86,6 +86,25 @@ def with_target(command: Command, user: str) -> Command:
     return Command(command.flags, "", command.name, (user,), encode_command(command.flags, "", command.name, (user,)))
 
 
+def user_file_as_all_users(command: Command) -> Command:
+    """`command` with Dovecot 2.3's `-F ""` option turned into `-A`.
+
+    `doveadm -F FILE -S host` reads FILE itself and sends one command per user, but with `-F` and an
+    empty value among the options (doveadm-mail.c full_args); a doveadm server then tries to open
+    that empty file name and fails. `-A` on a server means what the client needs there: the
+    username column in the output (the client still names the user)."""
+    args = list(command.args)
+    if "--" not in args:
+        return command
+    options = args[:args.index("--")]
+    for i in range(len(options) - 1):
+        if options[i] == "-F" and options[i + 1] == "":
+            args[i:i + 2] = ["-A"]
+            return Command(command.flags, command.user, command.name, tuple(args),
+                           encode_command(command.flags, command.user, command.name, tuple(args)))
+    return command
+
+
 def parse_command(line: bytes) -> Command:
     fields = [tab_unescape(f) for f in line.rstrip(b"\n").decode("utf-8", "surrogateescape").split("\t")]
     if len(fields) < 3:
@@ -107,6 +126,8 @@ class Refused:
 
 _MASK_CHARS = frozenset("*?")
 KICK = "kick"
+DSYNC_SERVER = "dsync-server"
+"""`doveadm sync|backup -u USER tcp:host:port` runs it; after its `+` both sides speak dsync."""
 
 
 def target_user(command: Command) -> str | Refused:
@@ -118,7 +139,7 @@ def target_user(command: Command) -> str | Refused:
     if command.user:
         if _MASK_CHARS & set(command.user):
             return Refused(f"user masks are not supported through a palomar proxy: {command.user} "
-                           "(run the command with -u for each user)")
+                           "(run the command once for each user)")
         return command.user
     if command.name == KICK:
         if len(command.args) != 1 or command.args[0].startswith("-") or _MASK_CHARS & set(command.args[0]) \
@@ -127,7 +148,7 @@ def target_user(command: Command) -> str | Refused:
                            "addresses): doveadm kick USER")
         return command.args[0]
     return Refused(f"{command.name}: not supported through a palomar proxy: only commands for one user "
-                   "(-u USER) and kick USER are forwarded to the user's backend")
+                   "(-u USER, the HTTP API's user parameter) and kick USER are forwarded to the user's backend")
 
 
 def _looks_like_address(word: str) -> bool:
@@ -155,6 +176,12 @@ class Version:
 
 
 @dataclass(frozen=True)
+class StartTls:
+    """`STARTTLS` before authentication (protocol minor 2 and later clients send it): the caller
+    starts TLS on the connection; the client sends its PLAIN line through it."""
+
+
+@dataclass(frozen=True)
 class Credentials:
     password: str
 
@@ -162,7 +189,7 @@ class Credentials:
         return "Credentials(password=<hidden>)"
 
 
-Event = Version | Credentials | Command
+Event = Version | StartTls | Credentials | Command
 
 
 class ServerConnection:
@@ -171,16 +198,22 @@ class ServerConnection:
     `receive` returns the events decoded so far; the caller answers authentication with
     `accept()` / `reject()` and takes what to write from `data_to_send()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
         self._buffer = bytearray()
         self._out = bytearray()
         self.minor: int | None = None
         self.authenticated = False
         self._awaiting_verdict = False
+        self.tls = tls
 
     def data_to_send(self) -> bytes:
         out, self._out = bytes(self._out), bytearray()
         return out
+
+    def take_buffer(self) -> bytes:
+        """What the client sent after the last event: a dsync stream once dsync-server runs."""
+        data, self._buffer = bytes(self._buffer), bytearray()
+        return data
 
     def receive(self, data: bytes) -> list[Event]:
         self._buffer += data
@@ -195,6 +228,10 @@ class ServerConnection:
             del self._buffer[:end + 1]
             event = self._line(line)
             events.append(event)
+            if isinstance(event, StartTls):
+                if self._buffer:  # bytes sent in plaintext after STARTTLS would pass as sent through TLS
+                    raise DoveadmProtocolError("data after STARTTLS before the TLS handshake")
+                break
             if isinstance(event, Command):
                 break  # the caller runs it before reading further
         return events
@@ -216,9 +253,12 @@ class ServerConnection:
             return self._credentials(line.rstrip(b"\r\n"))
         return parse_command(line)
 
-    def _credentials(self, line: bytes) -> Credentials:
+    def _credentials(self, line: bytes) -> Credentials | StartTls:
         if line == b"STARTTLS":
-            raise DoveadmProtocolError("STARTTLS: doveadm_ssl is not supported by palomar")
+            if self.tls:
+                raise DoveadmProtocolError("STARTTLS on a connection that already uses TLS")
+            self.tls = True
+            return StartTls()
         if not line.startswith(b"PLAIN\t"):
             raise DoveadmProtocolError("non-PLAIN authentication")
         try:
@@ -246,8 +286,10 @@ class ReplyTracker:
     the first bare LF of the output channel, then the status line. `feed` returns how many of the
     bytes belong to this reply once it is complete, else None."""
 
-    def __init__(self, minor: int) -> None:
+    def __init__(self, minor: int, *, stream_follows: bool = False) -> None:
         self.multiplexed = minor > 0
+        self.stream_follows = stream_follows
+        """dsync-server: the dsync protocol follows the status line on the same channel."""
         self._header = bytearray()
         self._left = 0
         self._channel = 0
@@ -276,7 +318,7 @@ class ReplyTracker:
             self._left -= len(chunk)
             used = self._payload(chunk) if self._channel == 0 else None
             if used is not None:
-                if self._left or used != len(chunk):
+                if not self.stream_follows and (self._left or used != len(chunk)):
                     raise DoveadmProtocolError("output after the reply's status line")
                 return pos
         return None

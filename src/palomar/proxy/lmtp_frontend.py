@@ -229,7 +229,9 @@ class LmtpProxySession:
             target = fan.parse_referral(reply)
             if target is None:
                 client_reply = fan.rcpt_reply(address, reply)
-                if reply.positive:
+                if reply.positive:  # only the backend's Dovecot accepts a recipient
+                    if self.state.health is not None:
+                        self.state.health.session_succeeded(leg.name)
                     self.fanout.accept(address, user, leg.name)
                     return client_reply
                 return self.denied(address, client_reply, leg.name)
@@ -291,9 +293,9 @@ class LmtpProxySession:
             self.state.count_failure(failed.host, failed.error_code, login=False)
             log.warning("session=%s LMTP to %s failed: %s", conn.session_id, failed.host, safe(failed.text))
             return failed
+        # No health success yet: the backend's LMTP gateway answers the hop and LHLO itself, also
+        # while its Dovecot is stalled. A recipient Dovecot accepted is the success (deliver_to).
         self.state.count_success(outcome.host, login=False)
-        if self.state.health is not None:
-            self.state.health.session_succeeded(outcome.host)
         return leg
 
     def drop_leg(self, leg: LmtpLeg) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 from palomar.cluster import codec
+from palomar.cluster.director_transition import DirectorTransition
 from palomar.cluster.model import Group, SiteView
 from palomar.cluster.routing import Routed, Unavailable, group_of, route_user
 from palomar.cluster.stale import CachedEntry, usable_when_stale
@@ -48,6 +49,7 @@ class Router:
         cache_ttl: int = 3,
         max_stale: float = 0.0,
         clock: Callable[[], float] = time.time,
+        director: DirectorTransition | None = None,
     ) -> None:
         self.geodb = geodb
         self.cache = cache
@@ -55,8 +57,10 @@ class Router:
         self.group_count = group_count
         self.cache_ttl = cache_ttl
         self.max_stale = max_stale
-        self.clock = clock
         """`cluster_geodb_stale_max`: how old cached state may route users while the GeoDB is down."""
+        self.clock = clock
+        self.director = director
+        """`cluster_director_transition_config`: new users start where the Dovecot director had them."""
         self.stale_reads = 0
         self._decoded: dict[str, tuple[str, Any]] = {}
         """key -> (cached text, its decoded value): every login reads the same site view and
@@ -136,13 +140,13 @@ class Router:
             return RouteResult(None, f"site {self.site_name!r} is not in the GeoDB")
         user = await self._cached(f"user/{username}", codec.load_user, lambda: self.geodb.user_get(username))
         for _ in range(MAX_RACE_RETRIES):
-            group_name = group_of(username, user, self.group_count)
+            group_name = group_of(username, user, self.group_count, view, self.director)
             groups: dict[str, Group] = {}
             group = await self._group(view, group_name)
             if group is not None:
                 groups[group_name] = group
             decision = route_user(username, user, groups, view, group_count=self.group_count, now=self.clock(),
-                                  passdb_host=host_override)
+                                  passdb_host=host_override, director=self.director)
             if isinstance(decision, Unavailable):
                 return RouteResult(None, decision.reason)
             assert isinstance(decision, Routed)

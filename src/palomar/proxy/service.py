@@ -14,6 +14,8 @@ from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
+from palomar.config.director_transition import transition_from_config
+from palomar.config.settings import DOVEADM_HTTP_LISTENER
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
@@ -23,6 +25,7 @@ from palomar.net.server import AcceptLoop, listen_socket
 from palomar.protocols.prelogin_caps import CapabilitySettings
 from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.doveadm_frontend import serve_doveadm
+from palomar.proxy.doveadm_http_frontend import serve_doveadm_http
 from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient
@@ -103,7 +106,8 @@ async def build_state(cfg: Config) -> ProxyState:
     geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
-                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"])
+                    group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"],
+                    director=transition_from_config(cfg))
     site = await geodb.site_get_by_name(cfg["cluster_local_site"])
     secret = cfg["cluster_hop_secret"]
     if not secret:
@@ -132,6 +136,7 @@ async def build_state(cfg: Config) -> ProxyState:
                             per_user=cfg["auth_penalty_per_user"]),
         max_auth_failures=cfg["login_max_auth_failures"],
         doveadm_password=cfg["doveadm_password"],
+        doveadm_api_key=cfg["doveadm_api_key"],
         recipient_delimiter=cfg["recipient_delimiter"],
         imap_id_log=cfg["imap_id_log"],
         imap_id_retain=cfg["imap_id_retain"],
@@ -150,7 +155,8 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             for address in listener.bind_addresses():
                 sock = listen_socket(address, listener.port)
                 if service_name == "doveadm":
-                    handler = partial(serve_doveadm, state, haproxy=listener.haproxy)
+                    serve_one = serve_doveadm_http if listener.name == DOVEADM_HTTP_LISTENER else serve_doveadm
+                    handler = partial(serve_one, state, haproxy=listener.haproxy, ssl=listener.ssl)
                     busy = b""  # Dovecot's doveadm has no refusal line either
                 elif adapter is None:
                     handler = lmtp_handler(state, cfg, listener)

@@ -118,6 +118,7 @@ class ProxyState:
     capabilities: SiteCapabilities = field(default_factory=SiteCapabilities)
     """The pre-login capability lists offered to clients, learnt from the site's backends."""
     doveadm_password: str = field(default="", repr=False)
+    doveadm_api_key: str = field(default="", repr=False)
     """What doveadm clients of `service doveadm { inet_listener tcp }` authenticate with."""
     max_auth_failures: int = 0
     """login_max_auth_failures: failed logins after which a connection is closed (0: never)."""

@@ -57,6 +57,16 @@ def tls_context() -> ssl.SSLContext:
     return context
 
 
+def append_through_proxy(cluster: Any, user: str, password: str, subject: str) -> None:
+    """One message APPENDed to the user's INBOX through the first proxy (IMAP, plaintext login)."""
+    proxy = cluster.proxies[0]
+    imap = imaplib.IMAP4(proxy.host, proxy.imap)
+    imap.login(user, password)
+    message = f"From: a@example.test\r\nTo: {user}\r\nSubject: {subject}\r\n\r\nbody of {subject}\r\n"
+    imap.append("INBOX", None, None, message.encode())
+    imap.logout()
+
+
 def backend_of(cluster: Any, user: str) -> str:
     """The backend host the GeoDB assigns the user's group to (asked through `palomar cluster`)."""
     group = json.loads(cluster.cluster("--json", "user", "status", user).stdout)["group"]

@@ -295,5 +295,5 @@ def test_effective_masks_secrets_and_lists_defaults_of_the_role() -> None:
     assert everything["haproxy_timeout"] == "3 secs"
     assert "cluster_user_move_timeout" not in everything  # moves run on backends
     assert "cluster_backend_name" not in everything  # a backend-only setting, on a proxy
-    assert "cluster_director_transition_config" not in everything  # unsupported
+    assert "cluster_geodb" not in everything  # unsupported as a value
     assert all("placeholder" not in value for value in everything.values())

@@ -92,7 +92,7 @@ def test_haproxy_listener_requires_trusted_networks(write) -> None:
     assert load(fixed).services["imap-login"].listeners["imap-haproxy"].haproxy is True
 
 
-def test_a_doveadm_listener_needs_doveadm_password_and_no_tls(write) -> None:
+def test_a_doveadm_listener_needs_doveadm_password(write) -> None:
     """The seed's doveadm block loads; without the password nobody could authenticate."""
     seed_block = "service doveadm {\n  inet_listener tcp {\n    port = 2300\n  }\n}\n"
     assert load(write("a.conf", "doveadm_password = x\n" + seed_block)).doveadm_tcp_port == 2300
@@ -101,14 +101,37 @@ def test_a_doveadm_listener_needs_doveadm_password_and_no_tls(write) -> None:
                                     "required (doveadm clients authenticate with it)"]
     port_only = write("c.conf", "doveadm_password = x\ndoveadm_port = 2300\n")
     assert load(port_only).doveadm_tcp_port == 2300
-    tls = write("d.conf", "doveadm_password = x\nssl = no\nservice doveadm {\n  inet_listener tcp {\n"
-                          "    port = 2300\n    ssl = yes\n  }\n}\n")
-    assert f"{tls}:4: service doveadm {{ inet_listener tcp }}: ssl = yes: TLS for doveadm is not supported yet " \
-           "(doveadm_ssl); remove it" in _errors(tls)
-    http = write("e.conf", "doveadm_password = x\nservice doveadm {\n  inet_listener http {\n    port = 8080\n"
-                           "  }\n}\n")
-    assert _errors(http) == [f"{http}:3: service doveadm {{ inet_listener http }}: only `inet_listener tcp` (the "
-                             "doveadm TCP protocol) is supported; the doveadm HTTP API is not"]
+    http = "service doveadm {\n  inet_listener http {\n    port = 8080\n  }\n}\n"
+    assert _errors(write("e.conf", http)) == [f"{write('e.conf', http)}:2: service doveadm {{ inet_listener http }}: "
+                                              "doveadm_password or doveadm_api_key is required (doveadm clients "
+                                              "authenticate with it)"]
+    assert load(write("f.conf", "doveadm_api_key = k\n" + http)).services["doveadm"].listeners["http"].port == 8080
+
+
+def test_a_proxys_doveadm_listener_may_use_tls(write) -> None:
+    tls = write("d.conf", "doveadm_password = x\nservice doveadm {\n  inet_listener tcps {\n"
+                          "    port = 2301\n    ssl = yes\n  }\n}\n")
+    assert load(tls).services["doveadm"].listeners["tcps"].ssl is True
+    off = write("off.conf", "ssl = no\n" + tls.read_text())
+    assert _errors(off) == [f"{off}:4: service doveadm {{ inet_listener tcps }}: ssl = yes but ssl = no globally"]
+
+
+@pytest.mark.parametrize(("hop", "doveadm_ssl", "error"), [
+    ("yes", "ssl", None),
+    ("yes", "starttls", None),
+    ("no", "no", None),
+    ("no", "ssl", "doveadm_ssl = ssl: forwarded doveadm commands travel over the hop, which is plaintext "
+                  "(cluster_hop_ssl = no); set cluster_hop_ssl = yes or doveadm_ssl = no"),
+    ("no", "starttls", "doveadm_ssl = starttls: forwarded doveadm commands travel over the hop, which is "
+                       "plaintext (cluster_hop_ssl = no); set cluster_hop_ssl = yes or doveadm_ssl = no"),
+])
+def test_doveadm_ssl_is_tls_on_the_hop(write, hop: str, doveadm_ssl: str, error: str | None) -> None:
+    path = write("p.conf", f"doveadm_ssl = {doveadm_ssl}\ncluster_hop_ssl = {hop}\n"
+                           + ("cluster_hop_ssl_ca_file = /ca.pem\n" if hop == "yes" else ""))
+    if error is None:
+        assert load(path)["doveadm_ssl"] == doveadm_ssl
+    else:
+        assert _errors(path) == [f"{path}:1: {error}"]
 
 
 def test_a_backends_doveadm_listener_is_its_dovecots(write) -> None:

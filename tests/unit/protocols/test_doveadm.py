@@ -53,10 +53,19 @@ def test_wrong_password_gets_a_minus() -> None:
     assert core.data_to_send() == b"-\n"
 
 
+def test_starttls_then_credentials_through_tls() -> None:
+    core = ServerConnection()
+    assert core.receive(b"VERSION\tdoveadm-server\t1\t2\nSTARTTLS\n") == [doveadm.Version(2), doveadm.StartTls()]
+    assert core.data_to_send() == b"VERSION\tdoveadm-client\t1\t2\n-\n"  # no reply to STARTTLS itself
+    assert core.receive(PLAIN) == [doveadm.Credentials("secret")]
+    with pytest.raises(DoveadmProtocolError, match="already uses TLS"):
+        ServerConnection(tls=True).receive(b"VERSION\tdoveadm-server\t1\t2\nSTARTTLS\n")
+
+
 @pytest.mark.parametrize(("data", "error"), [
     (b"HELLO\n", "not a doveadm client"),
     (b"VERSION\tdoveadm-server\t1\tx\n", "bad VERSION line"),
-    (b"VERSION\tdoveadm-server\t1\t2\nSTARTTLS\n", "doveadm_ssl is not supported"),
+    (b"VERSION\tdoveadm-server\t1\t2\nSTARTTLS\n" + PLAIN, "data after STARTTLS"),
     (b"VERSION\tdoveadm-server\t1\t2\nLOGIN\tx\n", "non-PLAIN"),
     (b"VERSION\tdoveadm-server\t1\t2\nPLAIN\t!!\n", "invalid base64"),
     (b"VERSION\tdoveadm-server\t1\t2\nPLAIN\t" + base64.b64encode(b"\0root\0pw") + b"\n", "as 'doveadm'"),
@@ -127,3 +136,17 @@ def test_reply_tracker_refuses_a_broken_status_line() -> None:
         doveadm.ReplyTracker(0).feed(b"\n?\n")
     with pytest.raises(DoveadmProtocolError, match="after the reply"):
         doveadm.ReplyTracker(2).feed(doveadm.frame(2, b"\n+\nextra"))
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("-F", "", "--", "messages", "INBOX"), ("-A", "--", "messages", "INBOX")),
+    (("-A", "--", "messages"), ("-A", "--", "messages")),
+    (("--", "-F", ""), ("--", "-F", "")),  # after `--` they are the command's own arguments
+    (("-F", "users.txt", "--"), ("-F", "users.txt", "--")),
+    (("-F", ""), ("-F", "")),
+])
+def test_user_file_as_all_users(args: tuple[str, ...], expected: tuple[str, ...]) -> None:
+    command = doveadm.parse_command(doveadm.encode_command("", "u@x", "mailbox status", args))
+    rewritten = doveadm.user_file_as_all_users(command)
+    assert rewritten.args == expected
+    assert doveadm.parse_command(rewritten.raw) == rewritten

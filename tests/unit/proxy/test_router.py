@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from palomar.cluster.director_hash import DirectorRing, MailHost
+from palomar.cluster.director_transition import DirectorTransition
 from palomar.cluster.model import Backend, Site
 from palomar.geodb import open_engine
 from palomar.geodb.guarded import GeoDBUnavailable
@@ -127,3 +129,20 @@ async def test_geodb_outage_routes_known_users_from_the_stale_cache(tmp_path) ->
         await strict.route("known@example.test")
     cache.close()
     await engine.close()
+
+
+async def test_director_transition_places_new_users_on_the_directors_backend(world: World) -> None:
+    """Each new user's group is written on the backend the director ring gives it."""
+    ring = DirectorRing((MailHost("192.0.2.1"), MailHost("192.0.2.2")))
+    transition = DirectorTransition(ring, {"192.0.2.1": "10.0.0.1", "192.0.2.2": "10.0.0.2"})
+    router = Router(world.geodb, world.cache, site_name="east", group_count=4, cache_ttl=60, director=transition)
+    names = [f"user{i}@example.test" for i in range(12)]
+    for name in names:
+        routed = await router.route(name)
+        assert routed.host == transition.backend_for(name)
+        assert routed.group is not None and routed.group.startswith(f"director-{routed.host}-")
+        user = await world.geodb.user_get(name)
+        assert user is not None and user.group_name == routed.group
+        group = await world.geodb.group_get(world.site.id, routed.group)
+        assert group is not None and group.backend_id == next(b.id for b in world.backends if b.host == routed.host)
+    assert {transition.backend_for(n) for n in names} == {"10.0.0.1", "10.0.0.2"}
