@@ -17,6 +17,7 @@ from palomar.backend.admin import execute_admin
 from palomar.backend.doveadm_gateway import read_payload, runner
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
+from palomar.backend.load_sample import LoadSampler, doveadm_session_count
 from palomar.backend.localdb_upkeep import prune_loop
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
@@ -41,8 +42,6 @@ from palomar.protocols.shutdown import shutdown_line
 
 log = logging.getLogger("palomar.backend")
 
-STATS_INTERVAL = 30.0
-"""Seconds between backend_stats / user_count_approx writes."""
 HOP_HEADER_TIMEOUT = 5.0
 """Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
 TLS_HANDSHAKE_RECORD = b"\x16\x03"
@@ -91,6 +90,8 @@ class BackendState:
     refused: int = 0
     stats_written: int = 0
     """How many times `write_stats` completed."""
+    load: LoadSampler | None = None
+    """Samples the host and its Dovecot for the controller (None: palomar's own counters only)."""
 
     async def register(self) -> Backend:
         """`cluster backend add --self`: make sure this backend exists (new ones start standby)."""
@@ -221,7 +222,13 @@ class BackendState:
     async def write_stats(self) -> None:
         assert self.site_id is not None and self.backend_id is not None
         users = self.localdb.users_served()  # a counter row, not a scan (docs/design/periodic-tasks.md)
+        load: list[Stat] = []
+        if self.load is not None:  # /proc reads and doveadm who block: off the event loop
+            load = await asyncio.to_thread(self.load.sample)
+            if self.load.last_error:
+                log.debug("load sample without Dovecot sessions: %s", self.load.last_error)
         await self.geodb.backend_stats_put(self.site_id, self.backend_id, [
+            *load,
             Stat("sessions_active", float(len(self.active)), "gauge"),
             Stat("logins", float(self.logins), "counter"),
             Stat("referrals", float(self.referrals), "counter"),
@@ -458,8 +465,8 @@ def _clock() -> Callable[[], float]:
     return (lambda: time.time() + offset) if offset else time.time
 
 
-async def stats_loop(state: BackendState, interval: float = STATS_INTERVAL) -> None:
-    """`write_stats` every `interval` seconds (a shorter one in tests), for as long as the service runs."""
+async def stats_loop(state: BackendState, interval: float) -> None:
+    """`write_stats` every `interval` seconds (`cluster_backend_stats_interval`), while the service runs."""
     while True:
         try:
             await state.write_stats()
@@ -513,6 +520,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     await state.register()
     state.moves = executor = executor_from_config(state, cfg)
     executor.start()
+    doveadm = executor.doveadm
+    state.load = LoadSampler(None if doveadm is None else lambda: doveadm_session_count(doveadm.call("who", {})))
     hop_metrics(state, executor.metrics)
     metrics_servers = await serve_stats(cfg, executor.metrics)
     loops = []
@@ -524,7 +533,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loops.append(loop)
         log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
                  "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
-    stats = asyncio.get_running_loop().create_task(stats_loop(state))
+    stats = asyncio.get_running_loop().create_task(
+        stats_loop(state, float(cfg["cluster_backend_stats_interval"])))
     upkeep = asyncio.get_running_loop().create_task(prune_loop(state))
     stalls = asyncio.get_running_loop().create_task(_watch_stalls(state))
     if ready is not None:

@@ -18,6 +18,7 @@ from palomar.cli import (
     cluster_feature,
     cluster_group_user,
     cluster_localdb,
+    cluster_simulate,
     cluster_site,
     cluster_tag,
     cluster_user_access,
@@ -61,6 +62,7 @@ cluster.add_command(cluster_group_user.user)
 cluster.add_command(cluster_tag.tag)
 cluster.add_command(cluster_localdb.localdb)
 cluster.add_command(cluster_feature.feature)
+cluster.add_command(cluster_simulate.simulate)
 cluster.add_command(cluster_director.director)
 cluster_group_user.user.add_command(cluster_user_access.user_access)
 cluster_group_user.user.add_command(cluster_user_import.user_import)

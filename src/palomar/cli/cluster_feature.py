@@ -17,7 +17,7 @@ FEATURE_COLUMNS = ("site", "feature", "state", "source")
 
 @click.group()
 def feature() -> None:
-    """Controller features (health, ...) and their states: on, dryrun, off."""
+    """Controller features (health, evacuate, failback, balance, group-size, site-failover): on, dryrun, off."""
 
 
 @feature.command("list")

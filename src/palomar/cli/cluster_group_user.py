@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import uuid
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -14,6 +13,7 @@ from palomar.cli.cluster_context import ClusterContext, CommandError, backend_by
 from palomar.cli.output import micros_to_iso
 from palomar.cluster import validation as check
 from palomar.cluster.model import Group, GroupSite, User
+from palomar.cluster.moves import group_move_request
 from palomar.cluster.site_selection import GROUP_SITE_FOLLOW, GROUP_SITE_STATUSES
 from palomar.geodb.repository import GeoDB
 
@@ -94,17 +94,17 @@ async def move_group(db: GeoDB, site: str, name: str, host: str, *, direct: bool
     target = await backend_by_host(db, host)
     if target.site_id != found.site_id:
         raise CommandError(f"backend '{host}' is not in site '{site}'")
-    if direct or found.backend_id is None:
+    request = group_move_request(found, target.id, direct=direct)
+    if request == "assign":
         # --direct, or a group nobody owns yet: there is no source backend to migrate from.
         await db.group_update(found.site_id, found.name, backend_id=target.id)
-        return
-    if found.backend_id == target.id:
+    elif request == "already-there":
         raise CommandError(f"group '{name}' is already on backend '{target.host}'")
-    if found.moving:
-        if found.alt_backend_id == target.id:
-            return  # the same move is already requested; a new marker would restart nothing
+    elif request == "busy":
         raise CommandError(f"group '{name}' is already moving to another backend; wait or use --direct")
-    await db.group_update(found.site_id, found.name, alt_backend_id=target.id, moving=str(uuid.uuid4()))
+    elif request == "start":
+        await db.group_start_move(found.site_id, found.name, target.id)
+    # already-requested: the same move is pending; a new marker would restart nothing
 
 
 @group.command("status")
@@ -311,12 +311,7 @@ def user_move(
                 moving_failover_site_group_name=None,
             )
         else:
-            await db.user_put(
-                username,
-                moving_group_name=group_name,
-                moving_preferred_site_id=site_id,
-                moving_failover_site_group_name=failover,
-            )
+            await db.user_start_move(username, group_name, site_id, failover)
 
     ctx.run(action)
 

@@ -18,8 +18,9 @@ from palomar.cluster.model import FEATURE_STATES, NO_ID, Setting
 FEATURE_SECTION = "controller"
 """The cluster_settings section holding the feature states."""
 
-FEATURES: tuple[str, ...] = ("health",)
-"""Every controller feature, in display order. A new feature is one more name here."""
+FEATURES: tuple[str, ...] = ("health", "evacuate", "failback", "balance", "group-size", "site-failover")
+"""Every controller feature, in display order (the order the controller plans them in each pass:
+a group an earlier feature moves is not planned again by a later one). See docs/design/controller.md."""
 
 DEFAULT_STATE = "off"
 ABSENT_TABLE_STATE = "on"

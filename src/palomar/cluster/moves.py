@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from palomar.cluster.hashing import force_move_bucket
@@ -21,6 +22,29 @@ from palomar.cluster.routing import Failover, GroupWrite, choose_backend, group_
 
 DEFAULT_USER_MOVE_TIMEOUT = 31.0
 """`cluster_user_move_timeout` default: after this a user counts as moved even if not confirmed."""
+
+
+# --- group move request: what `cluster group move` (and the controller) writes -----------------
+
+
+GroupMoveRequest = Literal["assign", "start", "already-requested", "already-there", "busy"]
+
+
+def group_move_request(group: Group, target_id: UUID, *, direct: bool = False) -> GroupMoveRequest:
+    """How a request to move `group` to `target_id` is carried out.
+
+    `assign`: write the backend at once (a group nobody owns yet, or `--direct`); `start`: mark the
+    group moving to the target (`alt_backend_id` + a new `moving` ID; the source migrates it on
+    its next access); the other answers write nothing: the same move is already requested, the
+    group is already there, or it is moving elsewhere.
+    """
+    if direct or group.backend_id is None:
+        return "assign"
+    if group.backend_id == target_id:
+        return "already-there"
+    if group.moving:
+        return "already-requested" if group.alt_backend_id == target_id else "busy"
+    return "start"
 
 
 # --- group move: what an access of a moving group means on this backend -------------------

@@ -13,8 +13,10 @@ from typing import Any, Literal
 from palomar.config.values import (
     ADDRESSES,
     BOOL,
+    DECIMAL,
     NETWORKS,
     PATH,
+    PERCENT,
     PORT,
     SECRET,
     SIZE,
@@ -307,6 +309,72 @@ _add("controller_health_quiet_time", TIME, "30 secs", BOTH,
 _add("controller_health_min_proxies", UINT, "1", BOTH,
      "controller health: proxies that must have probed the backend successfully since it went offline",
      **_ext)
+_add("controller_history_path", PATH, "/var/lib/palomar/controller-history.sqlite", BOTH,
+     "controller: SQLite file keeping the load history, the features' recent moves and the group-size plan "
+     "across restarts (a restarted controller must not start its warm-up or its rate limits again)", **_ext)
+_add("controller_history_samples", UINT, "120", BOTH,
+     "controller: load samples kept per backend (120 = 1 hour at the backends' 30 s interval); memory and "
+     "file size grow with samples x backends, the balance feature only averages the last few", **_ext)
+_add("controller_balance_resources", WORDS,
+     "load_cpu_pct load_mem_used_pct load_avg1_per_cpu load_disk_busy_pct dovecot_sessions", BOTH,
+     "controller balance: the backend_stats gauges compared between backends, one Z-score each", **_ext)
+_add("controller_balance_window", UINT, "10", BOTH,
+     "controller balance: newest samples averaged per resource (5 minutes at 30 s), so a spike does not move "
+     "a group", **_ext)
+_add("controller_balance_min_samples", UINT, "1440", BOTH,
+     "controller balance: samples a backend needs before balance counts it (12 hours at 30 s, the vendor's "
+     "warm-up); newer backends are filled by failback instead", **_ext)
+_add("controller_balance_score_delta", DECIMAL, "2", BOTH,
+     "controller balance: the worst and best backends' summed Z-scores must differ by more than this "
+     "(in standard deviations) before a group moves", **_ext)
+_add("controller_balance_min_spread", PERCENT, "10", BOTH,
+     "controller balance: a resource whose standard deviation is below this percentage of its mean counts as "
+     "even (Z-scores of nearly equal values are noise)", **_ext)
+_add("controller_balance_groups_per_hour", UINT, "1", BOTH,
+     "controller balance: groups moved per hour at most (the vendor's default: a move costs the users' caches)",
+     **_ext)
+_add("controller_balance_min_residence", TIME, "1 hour", BOTH,
+     "controller balance: a group stays on its backend at least this long before balance moves it again "
+     "(no thrashing)", **_ext)
+_add("controller_failback_window", TIME, "1 day", BOTH,
+     "controller failback: a backend that went online (came back, or was added) within this time is filled "
+     "up to its load-factor share of the groups; after that balance alone moves groups", **_ext)
+_add("controller_failback_tolerance", UINT, "1", BOTH,
+     "controller failback: groups a backend may be below its share without failback acting (shares are "
+     "rarely whole numbers)", **_ext)
+_add("controller_failback_groups_per_hour", UINT, "30", BOTH,
+     "controller failback: groups moved per hour at most (one every 2 minutes: a returning backend warms its "
+     "caches gradually)", **_ext)
+_add("controller_failback_min_residence", TIME, "5 mins", BOTH,
+     "controller failback: a group stays on its backend at least this long before failback moves it", **_ext)
+_add("controller_evacuate_after", TIME, "10 mins", BOTH,
+     "controller evacuate: a backend offline this long has its groups moved to others for good (a restart "
+     "or a short outage is over sooner, and its groups come back by failback)", **_ext)
+_add("controller_evacuate_groups_per_hour", UINT, "600", BOTH,
+     "controller evacuate: groups moved per hour at most (10 a minute: the targets take the users' logins "
+     "gradually)", **_ext)
+_add("controller_group_size_slack", PERCENT, "20", BOTH,
+     "controller group-size: groups on one backend may differ from their mean size by this percentage "
+     "before users are re-grouped", **_ext)
+_add("controller_group_size_max_planned", UINT, "100000", BOTH,
+     "controller group-size: users one daily plan (00:00 UTC) re-groups at most", **_ext)
+_add("controller_group_size_moves_per_pass", UINT, "1000", BOTH,
+     "controller group-size: users re-grouped per execution pass (every 30 minutes) at most", **_ext)
+_add("controller_group_size_pass_interval", TIME, "30 mins", BOTH,
+     "controller group-size: time between execution passes of the daily plan (the vendor's cadence)", **_ext)
+_add("controller_site_failover_after", TIME, "5 mins", BOTH,
+     "controller site-failover: a site unreachable from this one this long is failed over (shorter outages "
+     "are cheaper to wait out than to move users twice)", **_ext)
+_add("controller_site_recover_after", TIME, "5 mins", BOTH,
+     "controller site-failover: a failed-over site reachable again this long gets its users back", **_ext)
+_add("controller_site_ramp_step", PERCENT, "10", BOTH,
+     "controller site-failover: percentage points added to the force-move (or recover) per ramp step, so "
+     "the receiving site's caches warm gradually", **_ext)
+_add("controller_site_ramp_interval", TIME, "1 min", BOTH,
+     "controller site-failover: time between ramp steps", **_ext)
+_add("cluster_backend_stats_interval", TIME, "30 secs", BACKEND,
+     "how often the backend samples its host and Dovecot load and writes backend_stats (the controller's "
+     "sample rate)", **_ext)
 _add("controller_http_listen", STRING, "", BOTH,
      "controller: `address:port` (IPv6 as `[address]:port`), space-separated, where the REST API "
      "(/api/v1/) and the web UI (/) are served; empty: not served", **_ext)

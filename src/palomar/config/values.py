@@ -121,6 +121,21 @@ class _Uint(ValueType):
         return str(value)
 
 
+@dataclass(frozen=True)
+class _Decimal(ValueType):
+    def parse(self, text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a non-negative number, got {text!r}") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"expected a non-negative number, got {text!r}")
+        return value
+
+    def format(self, value: Any) -> str:
+        return f"{value:g}"
+
+
 class _Time(ValueType):
     def parse(self, text: str) -> float:
         return parse_time(text)
@@ -203,6 +218,8 @@ SECRET: ValueType = _String("secret")
 BOOL: ValueType = _Bool("bool")
 UINT: ValueType = _Uint("uint")
 PORT: ValueType = _Uint("port", maximum=65535)
+PERCENT: ValueType = _Uint("percent", maximum=100)
+DECIMAL: ValueType = _Decimal("decimal")
 TIME: ValueType = _Time("time")
 SIZE: ValueType = _Size("size")
 WORDS: ValueType = _Words("list")

@@ -19,7 +19,7 @@ class ControllerMetrics:
         )
         self.decisions = registry.counter(
             "controller_decisions",
-            "Decisions taken (on) or only logged (dryrun), once per backend status period",
+            "Decisions carried out (on) or only logged (dryrun, once per decision)",
             ("feature", "state", "action"),
         )
         self.ticks = registry.counter("controller_ticks", "Controller evaluations by outcome", ("result",))

@@ -2,8 +2,9 @@
 
 Both are bounded in-memory windows filled by the controller loop; a restart empties them (the
 GeoDB holds the state, these only show how it got there). The samples are every gauge a backend
-writes to `backend_stats` (today `sessions_active`; more when backends report host load), so the
-chart shows whatever the backends measure without knowing the names in advance.
+writes to `backend_stats` (`sessions_active` and the host and Dovecot load of
+docs/design/controller.md), so the chart shows whatever the backends measure without knowing the
+names in advance.
 """
 
 from __future__ import annotations

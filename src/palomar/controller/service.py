@@ -2,23 +2,46 @@
 
 One controller runs per site (`cluster_local_site`). Every `controller_interval` it reads its
 site from the GeoDB and runs the enabled features. A GeoDB error never stops it: the tick is
-logged as failed, the connection is dropped and reopened on the next tick. It keeps no state
-that matters across restarts (everything it decides from is in the GeoDB), so it can be
-restarted at any time; the only memory is which dryrun decisions were already logged.
+logged as failed, the connection is dropped and reopened on the next tick. What it remembers
+between ticks (the load history, its recent moves for the rate limits, the site-failover timers,
+the day's group-size plan) is written through to `controller_history_path`, so it can be
+restarted at any time; only which dryrun decisions were already logged is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import astuple
+from uuid import UUID
 
+from palomar.cluster.balance import BalanceSettings
+from palomar.cluster.evacuate import EvacuateSettings
+from palomar.cluster.failback import FailbackSettings
+from palomar.cluster.group_size import GroupSizeSettings, UserMove, plan_group_sizes
 from palomar.cluster.health import HealthRule
+from palomar.cluster.model import ForceMove
+from palomar.cluster.moves import group_move_request
+from palomar.cluster.planning import MoveRecord
+from palomar.cluster.site_failover import SiteFailoverSettings, SiteLink
 from palomar.config import Config
-from palomar.controller.decide import Action, ControllerRules, plan
+from palomar.controller.decide import (
+    Action,
+    ControllerRules,
+    Memory,
+    MoveGroup,
+    RampSite,
+    RegroupUser,
+    SetBackendStatus,
+    Snapshot,
+    plan,
+)
 from palomar.controller.events import event_line
+from palomar.controller.history import History
 from palomar.controller.http import serve_http
 from palomar.controller.metrics import ControllerMetrics
 from palomar.controller.recent import DecisionRecord, Recent
@@ -37,8 +60,47 @@ def rules_from_config(cfg: Config) -> ControllerRules:
             min_consecutive=int(cfg["controller_health_min_probe_successes"]),
             quiet_secs=float(cfg["controller_health_quiet_time"]),
             min_proxies=int(cfg["controller_health_min_proxies"]),
-        )
+        ),
+        balance=BalanceSettings(
+            resources=tuple(cfg["controller_balance_resources"]),
+            window=int(cfg["controller_balance_window"]),
+            min_samples=int(cfg["controller_balance_min_samples"]),
+            score_delta=float(cfg["controller_balance_score_delta"]),
+            min_spread_pct=int(cfg["controller_balance_min_spread"]),
+            groups_per_hour=int(cfg["controller_balance_groups_per_hour"]),
+            min_residence=float(cfg["controller_balance_min_residence"]),
+        ),
+        failback=FailbackSettings(
+            window=float(cfg["controller_failback_window"]),
+            tolerance=int(cfg["controller_failback_tolerance"]),
+            groups_per_hour=int(cfg["controller_failback_groups_per_hour"]),
+            min_residence=float(cfg["controller_failback_min_residence"]),
+        ),
+        evacuate=EvacuateSettings(
+            after=float(cfg["controller_evacuate_after"]),
+            groups_per_hour=int(cfg["controller_evacuate_groups_per_hour"]),
+        ),
+        group_size=GroupSizeSettings(
+            slack_pct=int(cfg["controller_group_size_slack"]),
+            max_planned=int(cfg["controller_group_size_max_planned"]),
+            per_pass=int(cfg["controller_group_size_moves_per_pass"]),
+            pass_interval=float(cfg["controller_group_size_pass_interval"]),
+        ),
+        site_failover=SiteFailoverSettings(
+            after=float(cfg["controller_site_failover_after"]),
+            recover_after=float(cfg["controller_site_recover_after"]),
+            step=int(cfg["controller_site_ramp_step"]),
+            interval=float(cfg["controller_site_ramp_interval"]),
+        ),
     )
+
+
+SITE_LINK = "site-link:"
+SITE_STEP = "site-step:"
+REGROUP_DAY = "group-size-day"
+REGROUP_PLAN = "group-size-plan"
+REGROUP_DONE = "group-size-done"
+REGROUP_PASS = "group-size-last-pass"
 
 
 class Controller:
@@ -52,6 +114,7 @@ class Controller:
         metrics: ControllerMetrics,
         *,
         clock: Callable[[], float] = time.time,
+        history: History | None = None,
         recent: Recent | None = None,
     ) -> None:
         self._open_db = open_db
@@ -59,10 +122,11 @@ class Controller:
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
+        self.history = history if history is not None else History(None, 120)
         self.recent = recent if recent is not None else Recent()
         """Load samples and decisions for the web UI and the API."""
         self.db: GeoDB | None = None
-        self._logged_dryruns: set[tuple[str, str, int | None, str]] = set()
+        self._logged_dryruns: set[tuple] = set()
         self._last_problem: str | None = None
 
     async def close(self) -> None:
@@ -89,13 +153,14 @@ class Controller:
                 self.metrics.ticks.inc(result="no-site")
                 return False
             self.metrics.observe(snapshot)
-            self.recent.sample(snapshot.now, snapshot.backends, await self.db.backend_stats_list(snapshot.site.id))
-            actions, held = plan(snapshot, self.rules)
+            self.recent.sample(snapshot.now, snapshot.backends, dict(snapshot.backend_stats))
+            memory = await self._remember(snapshot)
+            actions, held = plan(snapshot, self.rules, memory)
             for item in held:
                 log.debug("%s", event_line("controller_hold", feature=item.feature, backend=item.host,
                                            reason=item.reason))
             for action in actions:
-                await self._handle(action, snapshot.site.name)
+                await self._handle(action, snapshot)
         except Exception as exc:  # any GeoDB/engine failure: log, reconnect next tick, keep running
             self._problem(event_line("controller_geodb_error", site=self.site_name,
                                      error=f"{type(exc).__name__}: {exc}"))
@@ -110,23 +175,82 @@ class Controller:
                                    actions=len(actions), ms=round((time.monotonic() - started) * 1000)))
         return True
 
-    def _remember(self, action: Action, *, executed: bool) -> None:
-        self.recent.decided(DecisionRecord(self.clock(), action.feature, action.state, action.backend.host,
-                                           action.kind, action.reason, executed))
+    async def _remember(self, snapshot: Snapshot) -> Memory:
+        """Feed the history with this snapshot and return what the planners need of it."""
+        history, now = self.history, snapshot.now
+        history.observe(snapshot.backend_stats)
+        history.forget_backends(b.id for b in snapshot.backends)
+        links: dict[UUID, SiteLink] = {}
+        for row in snapshot.reachability:
+            if row.dest_site_id == snapshot.site.id:
+                continue
+            name = f"{SITE_LINK}{row.dest_site_id}"
+            stored = history.timers.get(name, "")
+            flag, _, since = stored.partition(":")
+            if flag != str(int(row.reachable)):
+                since = repr(now)
+                history.set_timer(name, f"{int(row.reachable)}:{since}")
+            links[row.dest_site_id] = SiteLink(row.reachable, float(since))
+        steps = {UUID(k[len(SITE_STEP):]): float(v) for k, v in history.timers.items() if k.startswith(SITE_STEP)}
+        await self._plan_regrouping(snapshot)
+        plan_text = history.timers.get(REGROUP_PLAN)
+        regroup = tuple(UserMove(*item) for item in json.loads(plan_text)) if plan_text else ()
+        last_pass = history.timers.get(REGROUP_PASS)
+        return Memory(samples=history.samples, seen=history.seen, moves=tuple(history.moves), site_links=links,
+                      site_steps=steps, regroup_plan=regroup, regroup_done=int(history.timers.get(REGROUP_DONE, 0)),
+                      regroup_last_pass=None if last_pass is None else float(last_pass))
 
-    async def _handle(self, action: Action, site_name: str) -> None:
-        backend = action.backend
-        if not action.execute:
-            key = (action.feature, str(backend.id), backend.status_changed_us, action.kind)
-            if key not in self._logged_dryruns:
-                self._logged_dryruns.add(key)
-                self.metrics.decided(action)
-                self._remember(action, executed=False)
-                log.info("%s", event_line("controller_dryrun", feature=action.feature, site=site_name,
-                                          backend=backend.host, would=f"set status {action.status}",
-                                          reason=action.reason))
+    async def _plan_regrouping(self, snapshot: Snapshot) -> None:
+        """Group-size: make the day's plan on the first tick of each UTC day (a scan of the users,
+        once a day, as the vendor's midnight plan); the passes then work through it."""
+        if snapshot.feature_state("group-size") not in ("on", "dryrun"):
+            return
+        day = time.strftime("%Y-%m-%d", time.gmtime(snapshot.now))
+        if self.history.timers.get(REGROUP_DAY) == day:
             return
         assert self.db is not None
+        names = {g.name for g in snapshot.groups}
+        members: dict[str, list[str]] = {}
+        for user in await self.db.user_list_all():
+            if user.group_name in names and user.preferred_site_id in (None, snapshot.site.id) and not user.moving:
+                members.setdefault(user.group_name, []).append(user.username)
+        moves = plan_group_sizes(snapshot.groups, members, self.rules.group_size)
+        self.history.set_timer(REGROUP_PLAN, json.dumps([list(astuple(m)) for m in moves]))
+        self.history.set_timer(REGROUP_DONE, "0")
+        self.history.set_timer(REGROUP_PASS, None)
+        self.history.set_timer(REGROUP_DAY, day)
+        log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=len(moves)))
+
+    def _record(self, action: Action, snapshot: Snapshot, *, executed: bool) -> None:
+        """The decision for the web UI and the API (controller.recent)."""
+        fields = _fields(action, snapshot)
+        subject = fields.get("backend") or fields.get("to") or fields.get("target_site") or "-"
+        self.recent.decided(DecisionRecord(self.clock(), action.feature, action.state, str(subject),
+                                           action.kind, str(fields.get("reason", "")), executed))
+
+    async def _handle(self, action: Action, snapshot: Snapshot) -> None:
+        if not action.execute:
+            if action.key not in self._logged_dryruns:
+                self._logged_dryruns.add(action.key)
+                self.metrics.decided(action)
+                self._record(action, snapshot, executed=False)
+                log.info("%s", event_line("controller_dryrun", feature=action.feature, site=snapshot.site.name,
+                                          **describe(action, snapshot, "would")))
+            return
+        assert self.db is not None
+        if isinstance(action, SetBackendStatus):
+            await self._set_status(action, snapshot)
+        elif isinstance(action, MoveGroup):
+            await self._move_group(action, snapshot)
+        elif isinstance(action, RegroupUser):
+            await self._regroup(action, snapshot)
+        else:
+            await self._ramp_site(action, snapshot)
+
+    async def _set_status(self, action: SetBackendStatus, snapshot: Snapshot) -> None:
+        assert self.db is not None
+        site_name = snapshot.site.name
+        backend = action.backend
         # The snapshot may be seconds old: act only if nobody (an administrator above all)
         # changed the status since, so the controller never overrides a newer decision.
         fresh = await self.db.backend_get(backend.site_id, backend.id)
@@ -138,10 +262,96 @@ class Controller:
             return
         await self.db.backend_set_status(backend.site_id, backend.id, action.status, action.reason)
         self.metrics.decided(action)
-        self._remember(action, executed=True)
+        self._record(action, snapshot, executed=True)
         log.info("%s", event_line("cluster_backend_status_changed", backend=backend.host,
                                   backend_id=backend.id, site=site_name, status=action.status,
                                   previous=backend.status, reason=action.reason, feature=action.feature))
+
+    async def _move_group(self, action: MoveGroup, snapshot: Snapshot) -> None:
+        """Request the move as `cluster group move` does, if the group is as the snapshot saw it."""
+        assert self.db is not None
+        move = action.move
+        fresh = await self.db.group_get(snapshot.site.id, move.group)
+        seen = action.group
+        if fresh is None or (fresh.backend_id, fresh.alt_backend_id, fresh.moving) != (
+                seen.backend_id, seen.alt_backend_id, seen.moving):
+            log.info("%s", event_line("controller_skipped", feature=action.feature, group=move.group,
+                                      reason="group changed since the snapshot"))
+            return
+        request = group_move_request(fresh, move.dest)
+        if request == "busy" and move.replaces_move:
+            request = "start"  # the pending move's destination is offline for good (evacuate)
+        if request == "start":
+            await self.db.group_start_move(snapshot.site.id, move.group, move.dest)
+        elif request == "assign":
+            await self.db.group_update(snapshot.site.id, move.group, backend_id=move.dest)
+        else:
+            log.info("%s", event_line("controller_skipped", feature=action.feature, group=move.group,
+                                      reason=request))
+            return
+        self.history.record_move(MoveRecord(action.feature, move.group, move.source, move.dest, snapshot.now))
+        self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
+        log.info("%s", event_line("controller_group_move", feature=action.feature, site=snapshot.site.name,
+                                  **describe(action, snapshot, "action")))
+
+    async def _regroup(self, action: RegroupUser, snapshot: Snapshot) -> None:
+        """Request the user move as `cluster user move` does, if the user is still where the plan saw it."""
+        assert self.db is not None
+        move = action.move
+        user = await self.db.user_get(move.username)
+        self.history.set_timer(REGROUP_DONE, str(action.index + 1))
+        self.history.set_timer(REGROUP_PASS, repr(snapshot.now))
+        if user is None or user.group_name != move.from_group or user.moving:
+            log.info("%s", event_line("controller_skipped", feature=action.feature, user=move.username,
+                                      reason="user changed since the plan"))
+            return
+        await self.db.user_start_move(move.username, move.to_group, snapshot.site.id, user.failover_site_group_name)
+        self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
+        log.info("%s", event_line("controller_user_move", feature=action.feature, site=snapshot.site.name,
+                                  **describe(action, snapshot, "action")))
+
+    async def _ramp_site(self, action: RampSite, snapshot: Snapshot) -> None:
+        assert self.db is not None
+        step = action.action
+        if step.kind == "force_move":
+            assert step.move_id is not None
+            await self.db.site_force_move_set(step.site_id, ForceMove(step.move_id, step.percentage, step.dest))
+        elif step.kind == "recover":
+            assert step.move_id is not None
+            await self.db.site_recover_set(step.site_id, step.move_id, step.percentage)
+        else:
+            await self.db.site_force_move_clear(step.site_id)
+            await self.db.site_recover_clear(step.site_id)
+        self.history.set_timer(f"{SITE_STEP}{step.site_id}", None if step.kind == "clear" else repr(snapshot.now))
+        self.metrics.decided(action)
+        self._record(action, snapshot, executed=True)
+        log.info("%s", event_line("controller_site_ramp", feature=action.feature, site=snapshot.site.name,
+                                  **describe(action, snapshot, "action")))
+
+
+def describe(action: Action, snapshot: Snapshot, verb: str) -> dict[str, object]:
+    """The log fields of an action: what it does (`verb` = `action`) or would do (`would`) and why,
+    with the inputs it decided from."""
+    return {verb if k == "would" else k: v for k, v in _fields(action, snapshot).items()}
+
+
+def _fields(action: Action, snapshot: Snapshot) -> dict[str, object]:
+    hosts = {b.id: b.host for b in snapshot.backends}
+    if isinstance(action, SetBackendStatus):
+        return {"backend": action.backend.host, "would": f"set status {action.status}", "reason": action.reason}
+    if isinstance(action, MoveGroup):
+        m = action.move
+        return {"group": m.group, "from": hosts.get(m.source, str(m.source)) if m.source else None,
+                "to": hosts.get(m.dest, str(m.dest)), "would": f"move group {m.group}", "reason": m.reason}
+    if isinstance(action, RegroupUser):
+        u = action.move
+        return {"user": u.username, "from": u.from_group, "to": u.to_group,
+                "would": f"move user to group {u.to_group}", "reason": u.reason}
+    s = action.action
+    return {"target_site": s.site, "would": f"{s.kind.replace('_', '-')} {s.percentage}%",
+            "dest": ",".join(s.dest) or None, "reason": s.reason}
 
 
 async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
@@ -153,8 +363,9 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
     if interval <= 0:
         raise RuntimeError("controller_interval must be greater than zero")
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
+    history = History(cfg["controller_history_path"], int(cfg["controller_history_samples"]))
     controller = Controller(lambda: open_geodb(cfg), site_name, rules_from_config(cfg),
-                            ControllerMetrics(registry))
+                            ControllerMetrics(registry), history=history)
     servers = await serve_stats(cfg, registry)
     try:
         http = await serve_http(cfg, controller.recent, lambda: open_geodb(cfg))
@@ -170,6 +381,7 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
             await asyncio.wait({stop}, timeout=interval)
     finally:
         await controller.close()
+        history.close()
         if http is not None:
             await http[0].cleanup()
             await http[1].close()

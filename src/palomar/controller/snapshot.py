@@ -17,12 +17,19 @@ async def settings_table_has_rows(db: GeoDB) -> bool:
 
 
 async def read_snapshot(db: GeoDB, site_name: str, now: float) -> Snapshot | None:
-    """The site's backends, its proxies' statistics and the feature settings; None if no such site."""
-    site = await db.site_get_by_name(site_name)
+    """The site's backends, groups, backend and proxy statistics, the feature settings, every site
+    and this site's reachability rows; None if no such site. One partition query each (the sites
+    table is small and scanned)."""
+    sites = tuple(await db.site_list())
+    site = next((s for s in sites if s.name == site_name), None)
     if site is None:
         return None
     backends = tuple(await db.backend_list(site.id))
     stats = tuple(await db.proxy_dest_stats_list(site.id))
     settings = tuple(await db.setting_list(FEATURE_SECTION))
     present = bool(settings) or await settings_table_has_rows(db)
-    return Snapshot(site, backends, stats, settings, present, now)
+    groups = tuple(await db.group_list(site.id))
+    backend_stats = await db.backend_stats_list(site.id)
+    reachability = tuple(await db.reachability_list(site.id))
+    return Snapshot(site, backends, stats, settings, present, now, groups=groups, backend_stats=backend_stats,
+                    sites=sites, reachability=reachability)

@@ -166,6 +166,8 @@ class LocalCluster:
     """Where the backends' Dovecot submission service relays mail; None starts a recording sink."""
     controller: bool = False
     """Also run the site's `palomar controller` (health feature on)."""
+    backend_settings: tuple[str, ...] = ()
+    """Extra config lines for every `palomar backend` (e.g. `cluster_backend_stats_interval`)."""
     controller_proc: subprocess.Popen[bytes] | None = None
     controller_metrics: int = 0
     controller_http_port: int | None = None
@@ -418,6 +420,7 @@ class LocalCluster:
             f"cluster_backend_dovecot_master_password = {p.master_password}",
             f"doveadm_password = {p.doveadm_password}",
             f"doveadm_port = {p.doveadm_tcp_port}",
+            *self.backend_settings,
             "service stats {",
             f"  inet_listener http {{\n    port = {node.metrics}\n  }}",
             "}",
@@ -570,6 +573,7 @@ class LocalCluster:
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
             "controller_interval = 2 secs",
+            f"controller_history_path = {role_dir / 'history.sqlite'}",
             *http,
             *self.controller_settings,
             f"listen = {self.lb_host}",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from palomar.cluster.model import (
     NO_ID,
@@ -518,6 +518,12 @@ class GeoDB:
         found = await self.engine.read_many([Get("users", {"username": name}) for name in usernames])
         return {name for name, row in zip(usernames, found, strict=True) if row is not None}
 
+    async def user_start_move(self, username: str, group_name: str, site_id: UUID,
+                              failover_group: str | None) -> None:
+        """Mark the user moving to `group_name` in `site_id`; its backend migrates it on its next access."""
+        await self.user_put(username, moving_group_name=group_name, moving_preferred_site_id=site_id,
+                            moving_failover_site_group_name=failover_group)
+
     async def user_delete(self, username: str) -> None:
         """Delete the user's GeoDB record and its per-site rows."""
         await self.engine.delete("users", {"username": username})
@@ -608,6 +614,12 @@ class GeoDB:
         if values:
             row_values = {k: _db_value(v) for k, v in values.items()}
             await self.engine.upsert("user_groups", {"site_id": site_id, "name": name}, row_values)
+
+    async def group_start_move(self, site_id: UUID, name: str, target_id: UUID) -> str:
+        """Mark the group moving to `target_id` (a fresh `moving` ID); returns that ID."""
+        move_id = str(uuid4())
+        await self.group_update(site_id, name, alt_backend_id=target_id, moving=move_id)
+        return move_id
 
     async def group_delete(self, site_id: UUID, name: str) -> None:
         await self.engine.delete("user_groups", {"site_id": site_id, "name": name})

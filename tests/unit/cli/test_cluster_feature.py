@@ -25,28 +25,39 @@ def test_set_writes_the_controller_row_of_the_site(two_sites: Cluster) -> None:
     east = two_sites.db(lambda db: db.site_get_by_name("east"))
     stored = two_sites.db(lambda db: db.setting_list("controller"))
     assert stored == [Setting("controller", "health", "dryrun", site_id=east.id, backend_id=NO_ID)]
-    assert _states(two_sites) == [("east", "health", "dryrun", "site"), ("west", "health", "off", "default")]
-    assert _states(two_sites, "west") == [("west", "health", "off", "default")]
+    others = [f for f in FEATURES if f != "health"]
+    assert _states(two_sites) == [("east", "health", "dryrun", "site"),
+                                  *(("east", f, "off", "default") for f in others),
+                                  *(("west", f, "off", "default") for f in FEATURES)]
+    assert _states(two_sites, "west") == [("west", f, "off", "default") for f in FEATURES]
 
 
 def test_set_again_overwrites_and_warns_only_the_first_time(two_sites: Cluster) -> None:
     two_sites.ok("feature", "set", "east", "health", "off")
     result = two_sites.run("feature", "set", "east", "health", "ON")
     assert (result.exit_code, result.stderr) == (0, "")
-    assert _states(two_sites, "east") == [("east", "health", "on", "site")]
+    assert _states(two_sites, "east")[0] == ("east", "health", "on", "site")
     table = two_sites.ok("feature", "list", "east").splitlines()
     assert table[0].split() == ["SITE", "FEATURE", "STATE", "SOURCE"]
     assert table[1].split() == ["east", "health", "on", "site"]
+    assert [line.split()[1] for line in table[1:]] == list(FEATURES)
 
 
 def test_all_sites_row_applies_where_a_site_has_none(two_sites: Cluster) -> None:
     two_sites.db(lambda db: db.setting_put(Setting("controller", "health", "dryrun")))
     two_sites.ok("feature", "set", "west", "health", "on")
-    assert _states(two_sites) == [("east", "health", "dryrun", "all-sites"), ("west", "health", "on", "site")]
+    states = _states(two_sites)
+    assert ("east", "health", "dryrun", "all-sites") in states and ("west", "health", "on", "site") in states
+    assert ("west", "balance", "off", "default") in states
 
 
 def test_feature_errors(two_sites: Cluster) -> None:
-    assert two_sites.fails("feature", "set", "east", "balance", "on") == "unknown feature 'balance' (known: health)"
+    assert two_sites.fails("feature", "set", "east", "balanse", "on") == (
+        "unknown feature 'balanse' (known: health, evacuate, failback, balance, group-size, site-failover)")
+    for name in FEATURES:
+        two_sites.ok("feature", "set", "east", name, "dryrun")
+    assert {r[1]: r[2] for r in _states(two_sites, "east")} == dict.fromkeys(FEATURES, "dryrun")
+    two_sites.db(lambda db: db.engine.delete("cluster_settings", {"section": "controller"}))
     assert two_sites.fails("feature", "set", "east", "health", "maybe") == (
         "invalid state 'maybe' (use one of: on, dryrun, off)"
     )

@@ -162,7 +162,7 @@ async def test_admin_write_between_snapshot_and_action_wins(seeded) -> None:
         actions = decide(snapshot, ControllerRules())
         assert [a.backend.host for a in actions] == ["b1.test"]
         await db.backend_set_status(site.id, ids["b1.test"], "offline", "admin")
-        await controller._handle(actions[0], "east")
+        await controller._handle(actions[0], snapshot)
     finally:
         await controller.close()
     b1 = await db.backend_get(site.id, ids["b1.test"])
