@@ -7,8 +7,10 @@ session must end on a backend of the user's site (odd users DC1, even DC2)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from palomar.devcluster.sites import DC2_LB_HOST, home_demo_users, home_site_of,
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalCluster]]:
     root: Path = tmp_path_factory.mktemp("demo-sites")
     port = free_port(DC2_LB_HOST)
-    clusters = two_sites(root, LbPorts(), users=4, site_port=port)
+    clusters = two_sites(root, LbPorts(), users=4, site_port=port, ui_port=0)  # 0: a free port per site
     try:
         start_sites(clusters)
         home_demo_users(clusters[0])
@@ -61,3 +63,14 @@ def test_every_user_through_both_sites_ends_in_its_site(sites: list[LocalCluster
         site = home_site_of(user.name)
         assert records[user.name]["site"] == site
         assert records[user.name]["backend"] in {b.host for b in by_site[site].backends}
+
+
+def test_each_site_has_its_controller_ui_and_api_on_its_load_balancer_address(sites: list[LocalCluster]) -> None:
+    """As the demo prints: DC1's controller on 127.0.0.1, DC2's on 127.0.0.101, each listing its own backends."""
+    for cluster in sites:
+        auth = base64.b64encode(f"admin:{cluster.controller_admin_password}".encode()).decode()
+        request = urllib.request.Request(f"http://{cluster.lb_host}:{cluster.controller_http_port}/api/v1/backends",
+                                         headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            backends = json.loads(response.read())
+        assert sorted(b["host"] for b in backends) == sorted(b.host for b in cluster.backends), cluster.site
