@@ -31,6 +31,22 @@ FRESH = 3 * PROBE_INTERVAL
 
 
 @dataclass(frozen=True)
+class ReachabilityWindows:
+    """The numbers of the rule, from the settings `cluster_site_probe_interval`,
+    `cluster_site_unreachable_after`, `cluster_site_reachable_after` and `cluster_site_unreachable_quorum`
+    (the defaults above); a report is fresh for three probe intervals."""
+
+    probe_interval: float = PROBE_INTERVAL
+    down_window: float = DOWN_WINDOW
+    up_window: float = UP_WINDOW
+    quorum: int = QUORUM
+
+    @property
+    def fresh(self) -> float:
+        return 3 * self.probe_interval
+
+
+@dataclass(frozen=True)
 class ProbeReport:
     """One proxy's view of one destination site: the last probe's result and since when it holds."""
 
