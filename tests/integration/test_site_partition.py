@@ -20,7 +20,6 @@ per site) and prints the measured figures (docs/design/multi-site.md, "Measured"
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import imaplib
 import os
 import re
@@ -37,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netns_tools import add_namespace, ip, setns
 
 from palomar.devcluster.certs import hop_certificates
 from palomar.devcluster.cluster import LbPorts, LocalCluster
 from palomar.devcluster.sites import SITE_PORT, home_demo_users, home_site_of, two_sites
 from palomar.geodb.repository import GeoDB
 
-CLONE_NEWNET = 0x40000000
 DC1_LB = "127.0.0.51"
 DC1_PROXY = "127.0.0.10"
 DC2_LB = "127.0.0.101"
@@ -53,25 +52,13 @@ WINDOWS = ("cluster_site_probe_interval = 1 secs", "cluster_site_unreachable_aft
 LATENCY_LOGINS = 15
 
 
-def ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
 def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
     """Run `fn` in a thread that has joined `namespace` (what it starts, processes too, lives there)."""
     outcome: dict[str, Any] = {}
 
     def body() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {namespace}")
-            finally:
-                os.close(fd)
+            setns(f"/run/netns/{namespace}")
             outcome["value"] = fn()
         except BaseException as exc:  # handed to the caller
             outcome["error"] = exc
@@ -97,11 +84,7 @@ class Link:
         link = cls(f"pal-part{tag}-a", f"pal-part{tag}-b", f"ppa{tag}", f"ppb{tag}")
         try:
             for ns in (link.a, link.b):
-                ip("netns", "add", ns)
-                ip("-n", ns, "link", "set", "lo", "up")
-                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-                                "net.ipv4.conf.default.route_localnet=1", "net.ipv4.conf.all.rp_filter=0",
-                                "net.ipv4.conf.default.rp_filter=0"], check=True)
+                add_namespace(ns)
             ip("link", "add", link.dev_a, "netns", link.a, "type", "veth", "peer", "name", link.dev_b, "netns", link.b)
             link.up()
         except BaseException:
