@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
+import json
 import os
 import re
 import smtplib
@@ -285,6 +286,10 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
     wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
     failover = time.monotonic() - cut
     wait_for(lambda: sites.lands("DC2", dc1_user, "DC2"), 30, "DC2 to serve DC1's user")
+    # `site reachability list` shows the rows
+    listed = json.loads(sites.dc1.cluster("--json", "site", "reachability", "list").stdout)
+    assert sorted((r["src"], r["dest"], r["reachable"]) for r in listed) == [("DC1", "DC2", False),
+                                                                              ("DC2", "DC1", False)]
     # each site's controller reads the same rows: its site-failover feature would take the other site over
     for site, lost in (("DC1", "DC2"), ("DC2", "DC1")):
         log = sites.site(site).root / "controller" / "palomar.log"

@@ -28,6 +28,8 @@ PROBE_INTERVAL = 10.0
 """Seconds between a proxy's probes of each other site."""
 FRESH = 3 * PROBE_INTERVAL
 """A report older than this is ignored (its proxy stopped probing)."""
+PROBE_TIMEOUT = 5.0
+"""Seconds a probe may take at most (less with a shorter probe interval)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ class ReachabilityWindows:
     @property
     def fresh(self) -> float:
         return 3 * self.probe_interval
+
+    @property
+    def probe_timeout(self) -> float:
+        """No longer than an interval: a proxy whose probes hang on a silent link still reports at least
+        every two intervals, so its report stays fresh and counts towards the quorum."""
+        return min(PROBE_TIMEOUT, self.probe_interval)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from palomar.proxy.site_hop import SITE_PING_COMMAND
 
 log = logging.getLogger("palomar.proxy")
 
-PROBE_TIMEOUT = 5.0
 _KEYS = ("site_probe_ok", "site_probe_since", "site_probe_updated")
 
 
@@ -36,7 +35,7 @@ def dest_key(site_id: uuid.UUID) -> str:
     return f"site:{site_id}"
 
 
-async def probe_site(state, site: Site, timeout: float = PROBE_TIMEOUT) -> bool:
+async def probe_site(state, site: Site, timeout: float) -> bool:
     """One `site-ping` through `site`'s load balancer."""
     if not site.load_balancer:
         return False
@@ -85,7 +84,7 @@ class SiteProber:
         if local is None:
             return {}
         sites = [s for s in await geodb.site_list() if s.id != local and s.load_balancer]
-        results = await asyncio.gather(*(probe_site(state, s) for s in sites))
+        results = await asyncio.gather(*(probe_site(state, s, self.windows.probe_timeout) for s in sites))
         answers: dict[str, bool] = {}
         changed = False
         for site, ok in zip(sites, results, strict=True):

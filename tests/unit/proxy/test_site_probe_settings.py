@@ -19,12 +19,15 @@ def test_the_windows_are_read_from_the_settings(tmp_path: Path) -> None:
     windows = reachability_windows(load(path))
     assert windows == ReachabilityWindows(probe_interval=2.0, down_window=15.0, up_window=7.0, quorum=3)
     assert windows.fresh == 6.0
+    assert windows.probe_timeout == 2.0  # a probe never outlasts the interval, so reports stay fresh
 
 
 def test_the_defaults_are_the_documented_numbers(tmp_path: Path) -> None:
     path = tmp_path / "proxy.conf"
     path.write_text("")
-    assert reachability_windows(load(path)) == ReachabilityWindows(10.0, 60.0, 30.0, 2)
+    windows = reachability_windows(load(path))
+    assert windows == ReachabilityWindows(10.0, 60.0, 30.0, 2)
+    assert (windows.fresh, windows.probe_timeout) == (30.0, 5.0)
 
 
 def test_a_bad_window_is_refused(tmp_path: Path) -> None:
