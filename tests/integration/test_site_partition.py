@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,19 +188,30 @@ class Sites:
         return sum(len(re.findall(r"event=cluster_user(_group)?_move_started", node.log_path.read_text(errors="replace")))
                    for cluster in (self.dc1, self.dc2) for node in cluster.backends if node.log_path.exists())
 
-    def reachability(self) -> dict[tuple[str, str], bool]:
-        async def read() -> dict[tuple[str, str], bool]:
+    def read_geodb(self, read: Callable[[GeoDB, dict[uuid.UUID, str]], Awaitable[Any]]) -> Any:
+        """`read(geodb, site names by id)` on the shared GeoDB file."""
+        async def run() -> Any:
             engine = self.dc1.geodb_engine()
             await engine.open()
             db = GeoDB(engine)
             try:
-                sites = {s.id: s.name for s in await db.site_list()}
-                return {(sites[r.src_site_id], sites[r.dest_site_id]): r.reachable
-                        for src in sites for r in await db.reachability_list(src)}
+                return await read(db, {s.id: s.name for s in await db.site_list()})
             finally:
                 await db.close()
-        return asyncio.run(read())
+        return asyncio.run(run())
 
+    def reachability(self) -> dict[tuple[str, str], bool]:
+        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[tuple[str, str], bool]:
+            return {(sites[r.src_site_id], sites[r.dest_site_id]): r.reachable
+                    for src in sites for r in await db.reachability_list(src)}
+        return self.read_geodb(read)
+
+    def user_sites(self, user: str) -> dict[str, str]:
+        """Site -> the backend host `user` was last routed to there (the `user_sites` rows)."""
+        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[str, str]:
+            hosts = {b.id: b.host for site_id in sites for b in await db.backend_list(site_id)}
+            return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
+        return self.read_geodb(read)
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
     """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
@@ -286,6 +297,10 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
     wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
     failover = time.monotonic() - cut
     wait_for(lambda: sites.lands("DC2", dc1_user, "DC2"), 30, "DC2 to serve DC1's user")
+    # the GeoDB records where the user was served in each site: a backend of that site
+    where = sites.user_sites(dc2_user)
+    assert where.keys() == {"DC1", "DC2"}
+    assert where["DC1"] in sites.dc1._backend_hosts() and where["DC2"] in sites.dc2._backend_hosts(), where
     # `site reachability list` shows the rows
     listed = json.loads(sites.dc1.cluster("--json", "site", "reachability", "list").stdout)
     assert sorted((r["src"], r["dest"], r["reachable"]) for r in listed) == [("DC1", "DC2", False),
