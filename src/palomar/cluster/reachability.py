@@ -28,6 +28,30 @@ PROBE_INTERVAL = 10.0
 """Seconds between a proxy's probes of each other site."""
 FRESH = 3 * PROBE_INTERVAL
 """A report older than this is ignored (its proxy stopped probing)."""
+PROBE_TIMEOUT = 5.0
+"""Seconds a probe may take at most (less with a shorter probe interval)."""
+
+
+@dataclass(frozen=True)
+class ReachabilityWindows:
+    """The numbers of the rule, from the settings `cluster_site_probe_interval`,
+    `cluster_site_unreachable_after`, `cluster_site_reachable_after` and `cluster_site_unreachable_quorum`
+    (the defaults above); a report is fresh for three probe intervals."""
+
+    probe_interval: float = PROBE_INTERVAL
+    down_window: float = DOWN_WINDOW
+    up_window: float = UP_WINDOW
+    quorum: int = QUORUM
+
+    @property
+    def fresh(self) -> float:
+        return 3 * self.probe_interval
+
+    @property
+    def probe_timeout(self) -> float:
+        """No longer than an interval: a proxy whose probes hang on a silent link still reports at least
+        every two intervals, so its report stays fresh and counts towards the quorum."""
+        return min(PROBE_TIMEOUT, self.probe_interval)
 
 
 @dataclass(frozen=True)

@@ -265,6 +265,17 @@ _add("cluster_proxy_site_listen", STRING, "", PROXY,
      "ADDRESS:PORT where this proxy accepts logins other sites' proxies relay to this site (through its "
      "load balancer, whose `site update --load-balancer HOST:PORT` names the port); empty: off. Hops use the "
      "cluster_hop_* secret and TLS settings", **_ext)
+_add("cluster_site_probe_interval", TIME, "10 secs", PROXY,
+     "time between this proxy's probes of every other site's load balancer (a probe report older than three "
+     "intervals is ignored)", **_ext)
+_add("cluster_site_unreachable_after", TIME, "1 min", PROXY,
+     "this site calls another unreachable (its site_reachability row) once no proxy's probe has reached it and "
+     "cluster_site_unreachable_quorum proxies have failed for this long", **_ext)
+_add("cluster_site_reachable_after", TIME, "30 secs", PROXY,
+     "an unreachable site is reachable again once a proxy's probes have reached it for this long", **_ext)
+_add("cluster_site_unreachable_quorum", UINT, "2", PROXY,
+     "proxies of this site whose probes must fail (or every probing proxy, if fewer) before another site is "
+     "unreachable", **_ext)
 _add("cluster_proxy_stats_interval", TIME, "10 secs", PROXY,
      "how often this proxy writes its per-backend session counters to proxy_dest_stats", **_ext)
 _add("cluster_proxy_offline_failures", UINT, "3", PROXY,

@@ -38,7 +38,7 @@ from palomar.proxy.router import Router
 from palomar.proxy.session import serve
 from palomar.proxy.sieve_frontend import SieveAdapter
 from palomar.proxy.site_hop import handle_site_hop
-from palomar.proxy.site_probes import SiteProber
+from palomar.proxy.site_probes import SiteProber, reachability_windows
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.service_runtime import (
@@ -195,7 +195,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     checks = start_backend_checks(state, cfg)
     learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
-    site_probes = asyncio.get_running_loop().create_task(SiteProber(state).loop())
+    site_probes = asyncio.get_running_loop().create_task(SiteProber(state, reachability_windows(cfg)).loop())
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()

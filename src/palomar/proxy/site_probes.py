@@ -2,11 +2,14 @@
 
 A probe is a site hop (proxy/site_hop.py) carrying the `site-ping` admin command: it passes the
 network path, the other site's HAProxy, one of its proxies and the shared secret, and that
-proxy answers OK only while its site has an online backend. Each proxy stores what it saw in
+proxy answers OK only while its site has an online backend, every `cluster_site_probe_interval`.
+Each proxy stores what it saw in
 `proxy_dest_stats` (destination `site:<id>`, keys `site_probe_ok`, `site_probe_since`,
 `site_probe_updated`), then applies `cluster.reachability.site_reachable` to the reports of all
 proxies of its site and writes the row when the answer changes. Routing reads the row
-(`SiteState.unreachable`).
+(`SiteState.unreachable`), and so does the controller's site-failover feature. The proxies are the only
+writers of `site_reachability`: every proxy of a site runs the same rule over the same reports, so they
+agree without coordination, and the controller only reads.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ import uuid
 from collections.abc import Callable
 
 from palomar.cluster.model import ProxyDestStat, Site
-from palomar.cluster.reachability import PROBE_INTERVAL, ProbeReport, next_report, site_reachable
+from palomar.cluster.reachability import ProbeReport, ReachabilityWindows, next_report, site_reachable
 from palomar.proxy.hop_client import Established, HopTarget
 from palomar.proxy.site_hop import SITE_PING_COMMAND
 
 log = logging.getLogger("palomar.proxy")
 
-PROBE_TIMEOUT = 5.0
 _KEYS = ("site_probe_ok", "site_probe_since", "site_probe_updated")
 
 
@@ -33,7 +35,7 @@ def dest_key(site_id: uuid.UUID) -> str:
     return f"site:{site_id}"
 
 
-async def probe_site(state, site: Site, timeout: float = PROBE_TIMEOUT) -> bool:
+async def probe_site(state, site: Site, timeout: float) -> bool:
     """One `site-ping` through `site`'s load balancer."""
     if not site.load_balancer:
         return False
@@ -57,11 +59,19 @@ def _reports(rows: list[ProxyDestStat]) -> list[ProbeReport]:
             for host, v in by_proxy.items() if all(k in v for k in _KEYS)]
 
 
+def reachability_windows(cfg) -> ReachabilityWindows:
+    """The rule's numbers from this proxy's settings."""
+    return ReachabilityWindows(float(cfg["cluster_site_probe_interval"]), float(cfg["cluster_site_unreachable_after"]),
+                               float(cfg["cluster_site_reachable_after"]), int(cfg["cluster_site_unreachable_quorum"]))
+
+
 class SiteProber:
     """Probes the other sites and maintains this site's reachability rows; one per proxy process."""
 
-    def __init__(self, state, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state, windows: ReachabilityWindows | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        self.windows = windows or ReachabilityWindows()
         self.clock = clock
         self.mine: dict[uuid.UUID, ProbeReport] = {}
 
@@ -74,7 +84,7 @@ class SiteProber:
         if local is None:
             return {}
         sites = [s for s in await geodb.site_list() if s.id != local and s.load_balancer]
-        results = await asyncio.gather(*(probe_site(state, s) for s in sites))
+        results = await asyncio.gather(*(probe_site(state, s, self.windows.probe_timeout) for s in sites))
         answers: dict[str, bool] = {}
         changed = False
         for site, ok in zip(sites, results, strict=True):
@@ -85,7 +95,9 @@ class SiteProber:
             reports = _reports(await geodb.proxy_dest_stats_list(local, dest_key(site.id)))
             row = await geodb.reachability_get(local, site.id)
             currently = True if row is None else row.reachable
-            reachable = site_reachable(reports, currently, now)
+            w = self.windows
+            reachable = site_reachable(reports, currently, now, down_window=w.down_window, up_window=w.up_window,
+                                       quorum=w.quorum, fresh=w.fresh)
             if row is None or reachable != currently:
                 await geodb.reachability_set(local, site.id, reachable)
                 changed = changed or reachable != currently
@@ -97,10 +109,10 @@ class SiteProber:
             state.router.invalidate(f"sites/{local}")
         return answers
 
-    async def loop(self, interval: float = PROBE_INTERVAL) -> None:
+    async def loop(self) -> None:
         while True:
             try:
                 await self.run_once()
             except Exception as exc:  # a GeoDB outage or a bug must not stop the probing
                 log.warning("site probes failed: %s", exc)
-            await asyncio.sleep(interval)  # the probe period
+            await asyncio.sleep(self.windows.probe_interval)  # the probe period

@@ -17,34 +17,17 @@ reach site dc2, as a WAN cut between two sites would.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 from dataclasses import dataclass
 
-CLONE_NEWNET = 0x40000000
+from netns_tools import add_namespace, ip, setns
+
 DC1_NODES = ("127.0.0.11", "127.0.0.12")
 DC2_NODE = "127.0.0.13"
 CASSANDRA_BASE = "127.0.0.10"
 CLIENT = "127.0.0.21"
 DC2_SITE = "127.0.0.23"
-
-
-def ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
-def _setns(path: str) -> None:
-    """Move the calling thread (and what it starts from now on) into the namespace at `path`."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {path}")
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -62,7 +45,7 @@ class TwoSites:
         try:
             net._build()
             net.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            _setns(f"/run/netns/{net.dc1}")
+            setns(f"/run/netns/{net.dc1}")
         except BaseException:
             net.remove()
             raise
@@ -70,11 +53,7 @@ class TwoSites:
 
     def _build(self) -> None:
         for ns in (self.dc1, self.dc2):
-            ip("netns", "add", ns)
-            ip("-n", ns, "link", "set", "lo", "up")
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
-                            "net.ipv4.conf.default.route_localnet=1", "net.ipv4.conf.all.rp_filter=0",
-                            "net.ipv4.conf.default.rp_filter=0"], check=True)
+            add_namespace(ns)
         for a, b in (self.dc_link, self.client_link):
             ip("link", "add", a, "netns", self.dc1, "type", "veth", "peer", "name", b, "netns", self.dc2)
         self.link_up(self.dc_link)
@@ -100,7 +79,7 @@ class TwoSites:
 
     def remove(self) -> None:
         if self.home >= 0:
-            _setns(f"/proc/self/fd/{self.home}")
+            setns(f"/proc/self/fd/{self.home}")
             os.close(self.home)
             self.home = -1
         for ns in (self.dc1, self.dc2):  # deleting a namespace deletes its veth ends
