@@ -177,8 +177,9 @@ def report(results: list[Result], args: argparse.Namespace, loads: tuple[str, st
 
 `Router.route(user)` of the proxy over a GeoDB with {args.users:,} users in {args.groups} groups on
 {args.backends} online backends (one site). **cold**: every LocalDB cache entry has expired, so a lookup
-makes four GeoDB reads (site, backends, user, group) and rewrites the cache; **LocalDB-warm**: all
-cached, three LocalDB reads and no GeoDB access. Latency is per lookup; "concurrency" lookups are in
+makes six GeoDB reads (site, backends, the sites and their reachability, user, the group's
+group_sites row, group) and rewrites the cache; **LocalDB-warm**: all cached, LocalDB reads only
+and no GeoDB access. Latency is per lookup; "concurrency" lookups are in
 flight at once on one event loop, as in a proxy process. SQLite is the embedded engine (a file on
 local disk); Cassandra is a single local node at `local-one` reads, client and server sharing the
 two cores, so its numbers are a floor for network round trips, not a cluster's capacity.

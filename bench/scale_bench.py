@@ -22,7 +22,7 @@ listeners, the latency median, p99 and max, the slowest login minus the median, 
 100 ms above the median ("stalls"), failures, and each proxy's PSS after the run.
 
 With `--cassandra`, a Cassandra GeoDB (the single local node of `scripts/cassandra`) gets `--cassandra-users` users and the proxy's
-`Router.route()` is measured cold (every cache entry expired: four GeoDB reads) and LocalDB-warm.
+`Router.route()` is measured cold (every cache entry expired: six GeoDB reads) and LocalDB-warm.
 
 Results replace the `## A million users (scale_bench.py)` section of docs/benchmarks.md.
 
