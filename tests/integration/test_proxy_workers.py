@@ -32,22 +32,28 @@ def cluster(harness_root: Path):
     c.stop()
 
 
+def log_text(log: Path) -> str:
+    """The proxy's log, with the part a rotation (the SIGHUP test) moved aside."""
+    rotated = log.with_suffix(".log.1")
+    return (rotated.read_text() if rotated.exists() else "") + (log.read_text() if log.exists() else "")
+
+
 def started_workers(log: Path) -> dict[int, int]:
     """worker index -> pid of its latest start, from the parent's log lines."""
     found: dict[int, int] = {}
-    for match in re.finditer(r"worker (\d+) started, pid (\d+)", log.read_text()):
+    for match in re.finditer(r"worker (\d+) started, pid (\d+)", log_text(log)):
         found[int(match.group(1))] = int(match.group(2))
     return found
 
 
 def serving_pids(log: Path) -> set[int]:
     """Processes that wrote `proxy started` (the workers, once their listeners run)."""
-    return {int(pid) for pid in re.findall(r"proxy\[(\d+)\] INFO palomar\.proxy: proxy started", log.read_text())}
+    return {int(pid) for pid in re.findall(r"proxy\[(\d+)\] INFO palomar\.proxy: proxy started", log_text(log))}
 
 
 def session_pids(log: Path) -> set[int]:
     """Processes that logged a finished IMAP session."""
-    return {int(pid) for pid in re.findall(r"proxy\[(\d+)\] INFO \S+: session=\S+ proto=imap user=", log.read_text())}
+    return {int(pid) for pid in re.findall(r"proxy\[(\d+)\] INFO \S+: session=\S+ proto=imap user=", log_text(log))}
 
 
 def wait_serving(cluster: LocalCluster) -> dict[int, int]:
@@ -107,6 +113,19 @@ def test_a_killed_worker_is_replaced_and_logins_keep_working(cluster: LocalClust
     after = wait_serving(cluster)
     assert after[0] == before[0] and after[1] != before[1]
     login_logout(cluster, 0)
+
+
+def test_sighup_reaches_every_worker(cluster: LocalCluster) -> None:
+    node = cluster.proxies[0]
+    assert node.proc is not None
+    pids = wait_serving(cluster)
+    node.log_path.rename(node.log_path.with_suffix(".log.1"))  # what logrotate does
+    node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: node.log_path.exists() and all(
+        f"proxy[{pid}] INFO palomar: reload (SIGHUP)" in node.log_path.read_text() for pid in pids.values()),
+        15, "every worker writing its reload line to the new log")
+    assert f"SIGHUP passed to {WORKERS} worker(s)" in node.log_path.read_text()
+    login_logout(cluster, 1)
 
 
 def test_sigterm_drains_every_worker_and_the_parent_exits_0(cluster: LocalCluster) -> None:

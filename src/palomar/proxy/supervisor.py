@@ -32,8 +32,8 @@ ROLE_ENV = "PALOMAR_PROXY_WORKER"
 SOCKETS_ENV = "PALOMAR_PROXY_SOCKETS"
 """`key=fd;...`: the listening sockets a worker inherited, by `service.listener_key`."""
 STARTUP_FAILED = 3
-"""A worker's exit status when it could not start (a configuration or store problem): the parent stops
-instead of restarting it forever."""
+"""A worker's exit status when it could not start (a configuration or store problem): at the proxy's own
+start the parent stops, as a single process would; a restarted worker is retried with backoff."""
 STOP_BOUND = LOGIN_GRACE + FLUSH_GRACE + 10
 """Seconds the parent waits for draining workers after SIGTERM before it kills them."""
 SCRAPE_TIMEOUT = 5.0
@@ -46,6 +46,7 @@ class Slot:
     role: WorkerRole
     proc: asyncio.subprocess.Process | None = None
     backoff: Backoff = field(default_factory=Backoff)
+    starts: int = 0
 
 
 def encode_sockets(sockets: dict[str, socket.socket]) -> str:
@@ -96,13 +97,14 @@ class Supervisor:
         while not self.stopping:
             env = {**os.environ, ROLE_ENV: slot.role.encode(), SOCKETS_ENV: sockets}
             started = time.monotonic()
+            slot.starts += 1
             slot.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "palomar", "proxy", "-c", self.config_path, env=env, pass_fds=fds)
             log.info("worker %d started, pid %d", slot.role.index, slot.proc.pid)
             status = await slot.proc.wait()
             if self.stopping:
                 return
-            if status == STARTUP_FAILED:
+            if status == STARTUP_FAILED and slot.starts == 1:  # a restart meeting a GeoDB outage retries
                 self.failed_start = f"worker {slot.role.index} could not start (see its log lines above)"
                 self.fatal.set()
                 return
