@@ -153,3 +153,22 @@ def test_sigterm_drains_every_worker_and_the_parent_exits_0(cluster: LocalCluste
     with pytest.raises(OSError):
         socket.create_connection((node.host, node.imap), timeout=5)
     cluster.restart_proxy(node)
+
+
+def test_workers_do_not_outlive_a_killed_parent(cluster: LocalCluster) -> None:
+    node = cluster.proxies[0]
+    assert node.proc is not None
+    pids = wait_serving(cluster)
+    node.proc.kill()
+    node.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(lambda: all(gone(pid) for pid in pids.values()), EXIT_BOUND, "the workers to stop")
+    cluster.restart_proxy(node)
+    wait_serving(cluster)
