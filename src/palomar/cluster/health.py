@@ -34,6 +34,8 @@ AUTOMATIC_REASON_PREFIXES = ("proxy ", "controller:")
 PROBE_LAST_SUCCESS = "probe_last_success"
 PROBE_LAST_FAILURE = "probe_last_failure"
 PROBE_CONSECUTIVE = "probe_consecutive_success"
+PROBE_GAUGES = (PROBE_LAST_SUCCESS, PROBE_LAST_FAILURE, PROBE_CONSECUTIVE)
+"""The keys each proxy's view is made of (one view per proxy_host that wrote any of them)."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def probe_views(stats: Iterable[ProxyDestStat], dest_host: str) -> list[ProbeVie
     for s in stats:
         if s.dest_host.lower() != dest_host.lower():
             continue
-        if s.key in (PROBE_LAST_SUCCESS, PROBE_LAST_FAILURE, PROBE_CONSECUTIVE):
+        if s.key in PROBE_GAUGES:
             fields.setdefault(s.proxy_host, {})[s.key] = s.value
     views = []
     for proxy_host, values in sorted(fields.items()):

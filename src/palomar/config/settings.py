@@ -457,15 +457,18 @@ FIELD_SECTIONS = ("fields", "default_fields", "override_fields")
 
 SERVICE = Registry()
 SERVICE.add("process_min_avail", UINT, "0", BOTH,
-            "processes started ahead of connections; palomar runs one process per role, so only 0 or 1 "
-            "is accepted (more is refused: not supported yet)")
+            "on a proxy's login services: worker processes started ahead; palomar starts the largest "
+            "process_min_avail or process_limit of its login services, all at start, each serving every "
+            "listener (docs/design/proxy-workers.md). Refused on other services and on a backend")
 SERVICE.add("process_limit", UINT, "1", BOTH,
-            "maximum number of processes; only 1 is accepted (more is refused: not supported yet)")
+            "on a proxy's login services: worker processes (see process_min_avail; 1 = one process, no "
+            "parent). Dovecot's default is 100 processes grown on demand; palomar's workers are all started "
+            "ahead, at most 64. Refused on other services and on a backend")
 SERVICE.add("client_limit", UINT, "10000", BOTH,
             "connections of this service one proxy process holds, pre-login and relayed (0: no limit); "
             "beyond it a connection is refused at once with Dovecot's `Connection queue full`. "
-            "Dovecot's default is 1000 per process over up to 100 processes; palomar's one process carries "
-            "them all. Only enforced on a proxy: on a backend anything but the default is refused")
+            "Per worker process, as in Dovecot (Dovecot's default is 1000 per process over up to 100 "
+            "processes). Only enforced on a proxy: on a backend anything but the default is refused")
 
 INET_LISTENER = Registry()
 INET_LISTENER.add("port", PORT, "0", BOTH, "TCP port (0 disables the listener)")

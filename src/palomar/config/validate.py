@@ -17,6 +17,7 @@ from palomar.config.errors import ConfigError, Issue, Location
 from palomar.config.model import ListenerSettings, ServiceSettings
 from palomar.protocols.prelogin_caps import CapabilitySettings, settings_problems
 from palomar.protocols.subaddress import delimiters_problem
+from palomar.proxy.workers import LOGIN_SERVICES, MAX_WORKERS
 
 if TYPE_CHECKING:
     from palomar.config.loader import Config
@@ -93,17 +94,21 @@ def _address_rules(cfg: Config, main: Location) -> list[Issue]:
 
 
 def _processes(cfg: Config, role_at: Location) -> list[Issue]:
-    """Worker processes and client_limit: refuse what palomar would silently not do."""
+    """Worker processes and client_limit: refuse what palomar would silently not do
+    (docs/design/proxy-workers.md has the mapping of Dovecot's service settings)."""
     issues: list[Issue] = []
     for service in cfg.services.values():
         at = cfg.service_locations.get(service.name) or role_at
         where = f"service {service.name}"
-        if service.process_limit != 1:
-            issues.append(Issue(at, f"{where}: process_limit = {service.process_limit}: not supported yet "
-                                    "(palomar runs one process per role; remove it or set 1)"))
-        if service.process_min_avail > 1:
-            issues.append(Issue(at, f"{where}: process_min_avail = {service.process_min_avail}: not supported "
-                                    "yet (palomar runs one process per role; remove it or set 0 or 1)"))
+        workers_here = cfg.role == "proxy" and service.name in LOGIN_SERVICES
+        if not workers_here and (service.process_limit != 1 or service.process_min_avail > 1):
+            issues.append(Issue(at, f"{where}: process_limit and process_min_avail are only used on a proxy's "
+                                    f"{', '.join(LOGIN_SERVICES)} services (worker processes); remove them here"))
+        elif service.process_limit > MAX_WORKERS or service.process_min_avail > MAX_WORKERS:
+            issues.append(Issue(at, f"{where}: at most {MAX_WORKERS} worker processes"))
+        elif service.process_limit > 1 and service.process_min_avail > service.process_limit:
+            issues.append(Issue(at, f"{where}: process_min_avail ({service.process_min_avail}) is higher than "
+                                    f"process_limit ({service.process_limit})"))
         default = ServiceSettings(service.name).client_limit
         if service.client_limit != default and (cfg.role != "proxy" or service.name not in _LIMITED_SERVICES):
             issues.append(Issue(at, f"{where}: client_limit is only enforced on a proxy's {', '.join(_LIMITED_SERVICES)} "

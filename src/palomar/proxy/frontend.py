@@ -126,7 +126,7 @@ async def _handshake(state: ProxyState, sock: socket.socket, admission: Admissio
             local = (_plain(header.dest[0]), header.dest[1])
         tls = header.ssl is not None and bool(getattr(header.ssl, "client_ssl", False))
     if per_address and not trusted(client[0], state.login_trusted) and not admission.claim_address(client[0]):
-        refuse(state, sock, b"" if ssl else bye(too_many_from_ip(state.limits.max_per_ip)),
+        refuse(state, sock, b"" if ssl else bye(too_many_from_ip(state.limits.setting)),
                "login_max_ip_connections", client[0])
         return None
     try:

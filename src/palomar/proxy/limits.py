@@ -74,10 +74,13 @@ class Admission:
 class ConnectionLimits:
     """The counts of one proxy process; decisions only, the session code does the talking."""
 
-    def __init__(self, client_limits: dict[str, int], max_per_ip: int) -> None:
+    def __init__(self, client_limits: dict[str, int], max_per_ip: int, *, setting: int | None = None) -> None:
         self.client_limits = client_limits
         """service -> client_limit (0: no limit)."""
         self.max_per_ip = max_per_ip
+        """The cap this process applies: with worker processes, its share of `setting`."""
+        self.setting = max_per_ip if setting is None else setting
+        """login_max_ip_connections as configured: what the refusal names."""
         self.open: defaultdict[str, int] = defaultdict(int)
         self.prelogin: defaultdict[str, int] = defaultdict(int)
 

@@ -170,10 +170,12 @@ def start_capability_learning(state: ProxyState, cfg) -> asyncio.Task[None]:
         hop_source_ip(cfg)))
 
 
-def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
+def start_backend_checks(state: ProxyState, cfg, *, periodic: bool = True) -> asyncio.Task[None] | None:
     """With `cluster_proxy_check_backends = yes`: failure accounting, offline marking and probes.
 
-    Returns the probe loop's task (cancel it at shutdown), or None when checks are off.
+    Returns the probe loop's task (cancel it at shutdown), or None when checks are off or not `periodic`
+    (the workers of a proxy but the first: they confirm their own session failures with a probe, while
+    the periodic probes run once per proxy, not once per worker).
     """
     from palomar.cluster.health_proxy import ThresholdRule
     from palomar.proxy.health import BackendHealth
@@ -194,4 +196,6 @@ def start_backend_checks(state: ProxyState, cfg) -> asyncio.Task[None] | None:
     prober = Prober(state, username=username, password=cfg["cluster_backend_test_password"] or "",
                     hops=state.hops.with_timeout(timeout), timeout=timeout, source_ip=hop_source_ip(cfg))
     health.confirm = prober.confirm
+    if not periodic:
+        return None
     return asyncio.get_running_loop().create_task(run_probes(prober, cfg["cluster_proxy_probe_interval"]))

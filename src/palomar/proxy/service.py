@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
+from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 from palomar.auth.cache import AuthCache
 from palomar.auth.passdb import PassdbChain
 from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
+from palomar.cluster.health import PROBE_GAUGES
 from palomar.cluster.model import ProxyDestStat
 from palomar.config import Config
 from palomar.config.director_transition import transition_from_config
 from palomar.config.settings import DOVEADM_HTTP_LISTENER
 from palomar.geodb.guarded import GeoDBUnavailable
-from palomar.metrics.http import serve_stats
+from palomar.metrics.http import serve_metrics_unix, serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.drain import drain_service
 from palomar.net.hop_tls import hop_client_context, hop_server_context
@@ -41,6 +45,7 @@ from palomar.proxy.site_hop import handle_site_hop
 from palomar.proxy.site_probes import SiteProber, reachability_windows
 from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
+from palomar.proxy.workers import WorkerRole, per_worker_ip_limit, worker_metrics_address
 from palomar.service_runtime import (
     open_geodb,
     open_localdb,
@@ -50,6 +55,20 @@ from palomar.service_runtime import (
 )
 
 log = logging.getLogger("palomar.proxy")
+
+SINGLE = WorkerRole()
+"""The default: one proxy process, no parent."""
+
+
+def inherited(sockets: dict[str, socket.socket] | None, key: str) -> socket.socket | None:
+    """The socket the parent opened for `key`, or None when this process opens its own."""
+    if sockets is None:
+        return None
+    try:
+        return sockets.pop(key)
+    except KeyError:
+        raise RuntimeError(f"listener {key} was not opened by the parent process (was the configuration "
+                           "changed after the proxy started? restart it)") from None
 
 FRONTENDS = {
     "imap-login": ImapAdapter(),
@@ -61,13 +80,18 @@ FRONTENDS = {
 
 
 async def flush_dest_stats(state: ProxyState) -> None:
+    """Each worker writes its own rows (`host`, `host/w1`, ...); only worker 0 probes periodically, so only
+    its rows carry the probe gauges the controller's health rule reads (one view per proxy)."""
     if state.site_id is None or not state.dest.dirty:
         return
     rows = []
+    row_host = state.proxy_host + state.worker.dest_host_suffix
+    skipped = () if state.worker.primary else PROBE_GAUGES
     for dest_host in sorted(state.dest.dirty):
         for key, value in state.dest.values[dest_host].items():
-            rows.append(ProxyDestStat(state.site_id, dest_host, state.proxy_host, key, value,
-                                      state.dest.type_of(key)))
+            if key in skipped:
+                continue
+            rows.append(ProxyDestStat(state.site_id, dest_host, row_host, key, value, state.dest.type_of(key)))
     state.dest.dirty.clear()
     await state.router.geodb.proxy_dest_stats_put(rows)
 
@@ -100,7 +124,7 @@ def auth_cache(cfg: Config) -> AuthCache | None:
     return AuthCache(cfg["auth_cache_size"], cfg["auth_cache_ttl"], cfg["auth_cache_negative_ttl"])
 
 
-async def build_state(cfg: Config) -> ProxyState:
+async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
                                "its cache (docs/design/geodb-outage.md)")
@@ -133,7 +157,9 @@ async def build_state(cfg: Config) -> ProxyState:
         proxy_host=cfg["hostname"] or socket.gethostname(),
         login_trusted=tuple(cfg["login_trusted_networks"]),
         limits=ConnectionLimits({name: service.client_limit for name, service in cfg.services.items()},
-                                cfg["login_max_ip_connections"]),
+                                per_worker_ip_limit(cfg["login_max_ip_connections"], role.count),
+                                setting=cfg["login_max_ip_connections"]),
+        worker=role,
         penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
                             per_user=cfg["auth_penalty_per_user"]),
         max_auth_failures=cfg["login_max_auth_failures"],
@@ -146,56 +172,100 @@ async def build_state(cfg: Config) -> ProxyState:
     )
 
 
-def start_site_listener(state: ProxyState, address: str, tls) -> AcceptLoop:
-    """The listener for logins relayed by other sites' proxies (proxy/site_hop.py)."""
+SITE_LISTENER = "site"
+"""The key of the site hop listener among a proxy's listening sockets."""
+
+
+def listener_key(service: str, listener: str, address: str, port: int) -> str:
+    """How a worker finds the socket its parent opened for a listener (docs/design/proxy-workers.md)."""
+    return f"{service}/{listener}/{address}/{port}"
+
+
+def _site_address(address: str) -> tuple[str, int]:
     host, port = split_host_port(address, 0)
     if not port:
         raise RuntimeError(f"cluster_proxy_site_listen = {address}: give ADDRESS:PORT")
-    loop = AcceptLoop(listen_socket(host, port), partial(handle_site_hop, state, tls))
-    loop.start()
-    log.info("site hop listener on %s:%d%s", host, port, " (ssl)" if tls else "")
-    return loop
+    return host, port
 
 
-async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
-    state = await build_state(cfg)
-    site_listen = cfg["cluster_proxy_site_listen"]
-    site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
-    await state.passdb.warm()  # a large passwd-file is indexed before the first client arrives
-    loops: list[AcceptLoop] = []
-    for service_name, adapter in [*FRONTENDS.items(), ("lmtp", None), ("doveadm", None)]:
+def _client_listeners(cfg: Config) -> Iterator[tuple[str, Any, str]]:
+    """(service name, listener, address) of every client-facing listening socket, in start order."""
+    for service_name in [*FRONTENDS, "lmtp", "doveadm"]:
         service = cfg.services.get(service_name)
         if service is None:
             continue
         for listener in service.listeners.values():
             for address in listener.bind_addresses():
-                sock = listen_socket(address, listener.port)
-                if service_name == "doveadm":
-                    serve_one = serve_doveadm_http if listener.name == DOVEADM_HTTP_LISTENER else serve_doveadm
-                    handler = partial(serve_one, state, haproxy=listener.haproxy, ssl=listener.ssl)
-                    busy = b""  # Dovecot's doveadm has no refusal line either
-                elif adapter is None:
-                    handler = lmtp_handler(state, cfg, listener)
-                    busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
-                else:
-                    handler = partial(serve, state, service=service_name, adapter=adapter, haproxy=listener.haproxy,
-                                      ssl=listener.ssl)
-                    busy = WORDING[adapter.protocol].bye(state.proxy_host, QUEUE_FULL)
-                # out of descriptors: the refusal line in plain text, never on an implicit-TLS port
-                loop = AcceptLoop(sock, handler, busy_reply=b"" if listener.ssl else busy, refusals=state.refusals)
-                loop.start()
-                loops.append(loop)
-                log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
-                         " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
+                yield service_name, listener, address
+
+
+def open_listeners(cfg: Config) -> dict[str, socket.socket]:
+    """Every listening socket of the proxy, by `listener_key`: what a parent opens once for its workers."""
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for service_name, listener, address in _client_listeners(cfg):
+            sockets[listener_key(service_name, listener.name, address, listener.port)] = \
+                listen_socket(address, listener.port)
+        if cfg["cluster_proxy_site_listen"]:
+            sockets[SITE_LISTENER] = listen_socket(*_site_address(cfg["cluster_proxy_site_listen"]))
+    except OSError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+def start_site_listener(state: ProxyState, address: str, tls, sock: socket.socket | None = None) -> AcceptLoop:
+    """The listener for logins relayed by other sites' proxies (proxy/site_hop.py)."""
+    host, port = _site_address(address)
+    loop = AcceptLoop(sock or listen_socket(host, port), partial(handle_site_hop, state, tls))
+    loop.start()
+    log.info("site hop listener on %s:%d%s", host, port, " (ssl)" if tls else "")
+    return loop
+
+
+async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None,
+                    sockets: dict[str, socket.socket] | None = None, role: WorkerRole = SINGLE) -> None:
+    """One proxy process: the only one (the default), or worker `role` of a parent that opened `sockets`."""
+    state = await build_state(cfg, role)
+    site_listen = cfg["cluster_proxy_site_listen"]
+    site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
+    await state.passdb.warm()  # a large passwd-file is indexed before the first client arrives
+    loops: list[AcceptLoop] = []
+    for service_name, listener, address in _client_listeners(cfg):
+        adapter = FRONTENDS.get(service_name)
+        sock = inherited(sockets, listener_key(service_name, listener.name, address, listener.port)) \
+            or listen_socket(address, listener.port)
+        if service_name == "doveadm":
+            serve_one = serve_doveadm_http if listener.name == DOVEADM_HTTP_LISTENER else serve_doveadm
+            handler = partial(serve_one, state, haproxy=listener.haproxy, ssl=listener.ssl)
+            busy = b""  # Dovecot's doveadm has no refusal line either
+        elif adapter is None:
+            handler = lmtp_handler(state, cfg, listener)
+            busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
+        else:
+            handler = partial(serve, state, service=service_name, adapter=adapter, haproxy=listener.haproxy,
+                              ssl=listener.ssl)
+            busy = WORDING[adapter.protocol].bye(state.proxy_host, QUEUE_FULL)
+        # out of descriptors: the refusal line in plain text, never on an implicit-TLS port
+        loop = AcceptLoop(sock, handler, busy_reply=b"" if listener.ssl else busy, refusals=state.refusals)
+        loop.start()
+        loops.append(loop)
+        log.info("%s listener %s on %s:%d%s%s", service_name, listener.name, address, listener.port,
+                 " (haproxy)" if listener.haproxy else "", " (ssl)" if listener.ssl else "")
     if site_listen:
-        loops.append(start_site_listener(state, site_listen, site_tls))
-    metrics_servers = await serve_stats(cfg, state.metrics.registry)
+        loops.append(start_site_listener(state, site_listen, site_tls, inherited(sockets, SITE_LISTENER)))
+    if role.count > 1:  # the parent serves the port and adds up the workers (docs/design/proxy-workers.md)
+        metrics_servers = [await serve_metrics_unix(state.metrics.registry, worker_metrics_address(os.getppid(), role.index))]
+    else:
+        metrics_servers = await serve_stats(cfg, state.metrics.registry)
     flusher = asyncio.get_running_loop().create_task(_dest_stats_loop(state, cfg["cluster_proxy_stats_interval"]))
     summaries = asyncio.get_running_loop().create_task(_refusal_summaries(state))
-    checks = start_backend_checks(state, cfg)
+    checks = start_backend_checks(state, cfg, periodic=role.primary)
     learning = start_capability_learning(state, cfg)
     fence = asyncio.get_running_loop().create_task(fence_loop(state.sessions, state.router))
-    site_probes = asyncio.get_running_loop().create_task(SiteProber(state, reachability_windows(cfg)).loop())
+    site_probes = (asyncio.get_running_loop().create_task(SiteProber(state, reachability_windows(cfg)).loop())
+                   if role.primary else None)
     log.info("proxy started at %s for site %s", time.strftime("%Y-%m-%dT%H:%M:%S"), cfg["cluster_local_site"])
     if ready is not None:
         ready.set()
@@ -205,7 +275,8 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
     finally:
         flusher.cancel()
         fence.cancel()
-        site_probes.cancel()
+        if site_probes is not None:
+            site_probes.cancel()
         learning.cancel()
         summaries.cancel()
         if checks is not None:

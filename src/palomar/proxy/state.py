@@ -19,6 +19,7 @@ from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.limits import ConnectionLimits
+from palomar.proxy.workers import WorkerRole
 
 log = logging.getLogger("palomar.proxy")
 
@@ -122,6 +123,8 @@ class ProxyState:
     """What doveadm clients of `service doveadm { inet_listener tcp }` authenticate with."""
     max_auth_failures: int = 0
     """login_max_auth_failures: failed logins after which a connection is closed (0: never)."""
+    worker: WorkerRole = field(default_factory=WorkerRole)
+    """Which worker process of the proxy this is (docs/design/proxy-workers.md)."""
     refusals: RefusalLog = field(init=False)
 
     def __post_init__(self) -> None:

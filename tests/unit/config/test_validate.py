@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from palomar.config import ConfigError, load
+from palomar.proxy.workers import worker_count
 
 from .test_loader import PROXY
 
@@ -145,15 +146,41 @@ def test_a_backends_doveadm_listener_is_its_dovecots(write) -> None:
     assert [p.split(": ")[2] for p in problems] == ["haproxy is not used on a backend", "address is not used on a backend"]
 
 
-def test_worker_process_settings_are_refused(write) -> None:
+def test_worker_processes_only_on_a_proxys_login_services(write) -> None:
     path = write("p.conf", "service imap-login {\n  process_limit = 100\n  process_min_avail = 4\n}\n"
                            "service lmtp {\n  process_limit = 1\n  process_min_avail = 1\n}\n")
     assert _errors(path) == [
-        f"{path}:1: service imap-login: process_limit = 100: not supported yet "
-        "(palomar runs one process per role; remove it or set 1)",
-        f"{path}:1: service imap-login: process_min_avail = 4: not supported yet "
-        "(palomar runs one process per role; remove it or set 0 or 1)",
+        f"{path}:1: service imap-login: process_limit and process_min_avail are only used on a proxy's "
+        "imap-login, pop3-login, submission-login, managesieve-login services (worker processes); remove them here",
     ]
+    lmtp = write("l.conf", PROXY + "service lmtp {\n  process_limit = 2\n}\n")
+    assert [e.split(": ", 1)[1] for e in _errors(lmtp)] == [
+        "service lmtp: process_limit and process_min_avail are only used on a proxy's imap-login, pop3-login, "
+        "submission-login, managesieve-login services (worker processes); remove them here"]
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ("process_limit = 65", "service imap-login: at most 64 worker processes"),
+    ("process_min_avail = 65", "service imap-login: at most 64 worker processes"),
+    ("process_limit = 2\n  process_min_avail = 3",
+     "service imap-login: process_min_avail (3) is higher than process_limit (2)"),
+])
+def test_worker_process_counts_are_bounded(write, settings: str, problem: str) -> None:
+    path = write("w.conf", PROXY + f"service imap-login {{\n  {settings}\n}}\n")
+    assert [e.split(": ", 1)[1] for e in _errors(path)] == [problem]
+
+
+@pytest.mark.parametrize(("settings", "workers"), [
+    ("", 1),
+    ("process_limit = 1\n  process_min_avail = 1", 1),
+    ("process_min_avail = 2", 2),
+    ("process_limit = 3", 3),
+    ("process_limit = 4\n  process_min_avail = 2", 4),
+])
+def test_the_worker_count_is_the_largest_login_service_setting(write, settings: str, workers: int) -> None:
+    cfg = load(write("w.conf", PROXY + f"service imap-login {{\n  {settings}\n}}\n"
+                                       "service pop3-login {\n  process_min_avail = 1\n}\n"))
+    assert worker_count(cfg.services) == workers
 
 
 def test_client_limit_only_where_it_is_enforced(write) -> None:
