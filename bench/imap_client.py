@@ -318,3 +318,28 @@ async def fetch_times(target: Target, creds: Credentials, mailbox: str, repeats:
         conn.abort()
         raise
     return size, times
+
+
+# --- small commands -------------------------------------------------------------------------------
+
+
+def small_message(index: int) -> bytes:
+    """A short message (a few hundred bytes) for the small-command run."""
+    return (f"From: bench@example.test\r\nTo: bench@example.test\r\nSubject: small command {index}\r\n"
+            f"Message-ID: <small-{index}@example.test>\r\n\r\nA short body, line {index}.\r\n").encode()
+
+
+def small_command_lines(count: int, messages: int) -> list[bytes]:
+    """`count` commands alternating FETCH FLAGS and FETCH HEADER, walking over `messages` messages."""
+    return [(b"FETCH %d FLAGS" if i % 2 == 0 else b"FETCH %d BODY.PEEK[HEADER]") % (i // 2 % messages + 1)
+            for i in range(count)]
+
+
+async def timed_commands(conn: Connection, lines: list[bytes]) -> list[float]:
+    """Send each line after the previous one's tagged OK (no pipelining); seconds per command."""
+    times = []
+    for line in lines:
+        started = time.perf_counter()
+        await conn.command(line, [])
+        times.append(time.perf_counter() - started)
+    return times
