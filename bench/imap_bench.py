@@ -56,7 +56,8 @@ NGINX_HOST = "127.0.0.21"
 LARGE_MAILBOX = "BenchLarge"
 SMALL_MAILBOX = "BenchSmall"
 BASELINE = {"target_kib": 8, "target_tls_kib": 16, "backend_cpu": "3.5-3.9"}
-PARTS = ("logins", "small", "fetch", "idle")
+PARTS = ("logins", "latency", "small", "fetch", "idle")
+LATENCY_PATHS = ("direct", "palomar", "dovecot", "nginx")
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ class Plan:
     """Per session, as the issue has it; CPU ticks are 10 ms, so `small_sessions` sessions are pooled."""
     small_sessions: int = 5
     small_messages: int = 10
+    latency_rounds: int = 300
+    """Rounds of one session per path in turn, for the added latency (interleaved, so load bursts hit all)."""
 
 
 FULL = Plan("full", reps=3, seconds_c50=15, seconds_c1=6, max_sessions=20000, idle_sessions=2000, idle_hold=5,
             fetch_size=20 * 1024 * 1024, fetch_repeats=8)
 QUICK = Plan("quick", reps=1, seconds_c50=4, seconds_c1=2, max_sessions=5000, idle_sessions=500, idle_hold=1,
-             fetch_size=20 * 1024 * 1024, fetch_repeats=2)
+             fetch_size=20 * 1024 * 1024, fetch_repeats=2, latency_rounds=150)
 
 
 # --- the world under test -------------------------------------------------------------------------
@@ -227,6 +230,25 @@ async def measure_logins(world: World, plan: Plan) -> list[LoginRuns]:
                 log(f"rep {rep} {target.name} c={concurrency}: {result.rate:.0f} sessions/s, "
                     f"{result.errors} errors")
     return list(runs.values())
+
+
+async def measure_latency(world: World, plan: Plan) -> dict[str, list[float]]:
+    """Session milliseconds per path, one client: each round runs one session on every path, the
+    order rotating from round to round, so other work on the machine hits every path alike."""
+    samples: dict[str, list[float]] = {key: [] for key in LATENCY_PATHS}
+    errors = 0
+    for round_ in range(plan.latency_rounds):
+        shift = round_ % len(LATENCY_PATHS)
+        for key in LATENCY_PATHS[shift:] + LATENCY_PATHS[:shift]:
+            try:
+                async with asyncio.timeout(30):
+                    session_s, _ = await one_session(world.targets[key], world.users[round_ % len(world.users)])
+            except (OSError, ImapError, TimeoutError, asyncio.IncompleteReadError):
+                errors += 1
+                continue
+            samples[key].append(session_s * 1000)
+    log(f"latency: {plan.latency_rounds} rounds over {len(LATENCY_PATHS)} paths, {errors} errors")
+    return samples
 
 
 # --- 2. memory per idle connection -------------------------------------------------------------------
@@ -502,8 +524,18 @@ def fetch_table(world: World, runs: list[FetchRun]) -> str:
                   "Dovecot backends CPU ms/MB"], rows)
 
 
-def collect_figures(logins: list[LoginRuns], small: list[SmallRun], idle: list[IdleRun], fetch: list[FetchRun],
-                    lmtp: Figures) -> Figures:
+def latency_table(world: World, samples: dict[str, list[float]]) -> str:
+    direct = samples.get("direct", [])
+    rows = []
+    for key, ms in samples.items():
+        added = added_latency(ms, direct)
+        rows.append([world.targets[key].name, len(ms), f"{_f(percentile(ms, 50))} / {_f(percentile(ms, 99))}",
+                     "–" if key == "direct" else f"{added[0]:+.2f} / {added[1]:+.2f}"])
+    return table(["target", "sessions", "session p50 / p99 ms", "added p50 / p99 ms (vs direct)"], rows)
+
+
+def collect_figures(logins: list[LoginRuns], latency: dict[str, list[float]], small: list[SmallRun],
+                    idle: list[IdleRun], fetch: list[FetchRun], lmtp: Figures) -> Figures:
     """This run's numbers by issue-11 measure and path (see summary.py); for direct Dovecot the CPU
     figures are the backend's own, since it has no proxy tier."""
     figures: Figures = {key: value for key, value in lmtp.items() if key.startswith("lmtp_")}
@@ -511,22 +543,17 @@ def collect_figures(logins: list[LoginRuns], small: list[SmallRun], idle: list[I
     def put(measure: str, key: str, value: float) -> None:
         figures.setdefault(measure, {})[key.removesuffix("-tls")] = value
 
-    by = {(r.target, r.concurrency): r for r in logins}
     for r in logins:
         if r.concurrency == 50 and r.target != "haproxy":
             cpu = r.ms_per_login("dovecot backends") if r.target == "direct" else tier_ms_per_login(r)
             put("imaps_login_cpu" if r.target.endswith("-tls") else "login_cpu", r.target, cpu)
             if not r.target.endswith("-tls"):
                 put("logins_per_core", r.target, logins_per_core(cpu))
-    direct_c1 = by.get(("direct", 1))
-    for key in ("palomar", "dovecot", "nginx"):
-        if direct_c1 and (key, 1) in by:
-            p50, p99 = added_latency(by[(key, 1)].session_ms, direct_c1.session_ms)
-            put("latency_p50", key, p50)
-            put("latency_p99", key, p99)
-    if direct_c1:
-        put("latency_p50", "direct", percentile(direct_c1.session_ms, 50))
-        put("latency_p99", "direct", percentile(direct_c1.session_ms, 99))
+    direct = latency.get("direct", [])
+    for key, ms in latency.items():
+        p50, p99 = (percentile(ms, 50), percentile(ms, 99)) if key == "direct" else added_latency(ms, direct)
+        put("latency_p50", key, p50)
+        put("latency_p99", key, p99)
     for s in small:
         put("small_cmd_us", s.target, s.us_per_command("dovecot backends") if s.target == "direct" else small_tier_us(s))
     for r in idle:
@@ -608,8 +635,8 @@ def lmtp_note(lmtp: Figures) -> str:
             f"{lmtp.get('run', {}).get('load', 'unknown')} before it), not from this script's run.")
 
 
-def render(world: World, plan: Plan, logins: list[LoginRuns], small: list[SmallRun], idle: list[IdleRun],
-           fetch: list[FetchRun], lmtp: Figures, elapsed: float, load_before: str) -> str:
+def render(world: World, plan: Plan, logins: list[LoginRuns], latency: dict[str, list[float]], small: list[SmallRun],
+           idle: list[IdleRun], fetch: list[FetchRun], lmtp: Figures, elapsed: float, load_before: str) -> str:
     load_after = load_average()
     rows = [*machine_rows(), ("load average (1 min) before / after the run", f"{load_before} / {load_after}")]
     machine = table(["", ""], rows)
@@ -627,7 +654,7 @@ Ratios are palomar / Dovecot CE proxy (below 1: palomar cheaper or faster; for l
 FETCH ratio above 1 is better). For the CPU rows the direct column is what the Dovecot backend itself
 spent per login, command or delivery, for scale (direct has no proxy tier). {lmtp_note(lmtp)}
 
-{summary_table(collect_figures(logins, small, idle, fetch, lmtp))}
+{summary_table(collect_figures(logins, latency, small, idle, fetch, lmtp))}
 
 {machine}
 {load_caveat(logins, load_before)}
@@ -644,8 +671,9 @@ in the same Dovecot backend. "Direct" logs in to that backend with SASL PLAIN as
 **Method.** A session is connect, greeting, `LOGIN` (direct: `AUTHENTICATE PLAIN`), `SELECT INBOX`,
 `LOGOUT`, close. 50 concurrent sessions loop for {plan.seconds_c50:.0f} s, 1 session loops for
 {plan.seconds_c1:.0f} s (IMAPS: 50 concurrent only); {plan.reps} rep(s) alternating targets; latency
-percentiles pool all reps. Added latency is a path's session p50 (p99) at 1 client minus direct
-Dovecot's. Logins/s per core is 1000 / the tier's CPU ms per login. Small commands: one session per
+percentiles pool all reps. Added latency: {plan.latency_rounds} rounds of one session (same steps) on each of
+direct, palomar, the Dovecot proxy and nginx in turn, one at a time, the order rotating every round;
+a path's session p50 (p99) minus direct Dovecot's. Logins/s per core is 1000 / the tier's CPU ms per login. Small commands: one session per
 target logs in, `EXAMINE`s a mailbox of {plan.small_messages} short messages, sends 20 warm-up commands,
 then {plan.small_commands} commands one at a time (no pipelining), alternating `FETCH n FLAGS` and
 `FETCH n BODY.PEEK[HEADER]`; CPU is read around those {plan.small_commands} only; {plan.small_sessions} such sessions per
@@ -664,6 +692,7 @@ sessions held. Sockets per session: socket descriptors the tree holds; kernel TC
 to warm caches, then {plan.fetch_repeats} timed fetches over one connection.
 
 {_part("Login sessions", logins and login_table(world, logins))}\
+{_part("Added latency, 1 client (interleaved sessions)", latency and latency_table(world, latency))}\
 {_part("Small commands", small and small_table(world, small))}\
 {_part("Memory per idle connection", idle and idle_table(world, idle))}\
 {_part("Large FETCH", fetch and fetch_table(world, fetch))}\
@@ -678,10 +707,11 @@ to warm caches, then {plan.fetch_repeats} timed fetches over one connection.
 
 async def measure(world: World, plan: Plan, parts: tuple[str, ...] = PARTS):
     logins = await measure_logins(world, plan) if "logins" in parts else []
+    latency = await measure_latency(world, plan) if "latency" in parts else {}
     small = await measure_small(world, plan) if "small" in parts else []
     fetch = await measure_fetch(world, plan) if "fetch" in parts else []
     idle = await measure_idle(world, plan) if "idle" in parts else []
-    return logins, small, idle, fetch
+    return logins, latency, small, idle, fetch
 
 
 def _terminate(signum, frame) -> None:
@@ -711,9 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world = make_world(root, plan)
         start_world(world)
-        logins, small, idle, fetch = asyncio.run(measure(world, plan, tuple(args.only or PARTS)))
+        logins, latency, small, idle, fetch = asyncio.run(measure(world, plan, tuple(args.only or PARTS)))
         lmtp = read_figures(args.out.read_text()) if args.out.exists() else {}
-        body = render(world, plan, logins, small, idle, fetch, lmtp, time.monotonic() - started, load_before)
+        body = render(world, plan, logins, latency, small, idle, fetch, lmtp, time.monotonic() - started,
+                      load_before)
     except Exception as exc:
         print(f"imap_bench: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

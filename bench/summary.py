@@ -146,7 +146,7 @@ def _ratio(figures: Figures, spec: Spec) -> str:
     parts = []
     for key in spec.keys:
         pal, dov = figures.get(key, {}).get("palomar"), figures.get(key, {}).get("dovecot")
-        parts.append(f"{pal / dov:.2f}" if pal is not None and dov else "–")
+        parts.append(f"{pal / dov:.2f}" if pal is not None and dov is not None and dov > 0 else "–")
     return " / ".join(parts)
 
 

@@ -123,3 +123,9 @@ def test_lmtp_proxy_passdb_lines_carry_no_master_login() -> None:
     assert "master=m pass=p" in routes_file([Route("u1", "x", "127.0.0.2", 143, "m", "p")])
     conf = render_lmtp_proxy_conf(Path("/r"), "127.0.0.22", 2424)
     assert "lmtp_proxy = yes" in conf and "protocols = lmtp" in conf and "port = 2424" in conf
+
+
+def test_no_ratio_against_a_dovecot_figure_of_zero_or_less() -> None:
+    rows = summary_rows({"latency_p50": {"palomar": 2.0, "dovecot": -0.1}, "latency_p99": {"palomar": 4.0, "dovecot": 2.0}})
+    latency = next(r for r in rows if r[0].startswith("added latency"))
+    assert latency[5] == "– / 2.00"
