@@ -295,24 +295,35 @@ def large_message(size: int) -> bytes:
     return header + line * max(1, (size - len(header)) // len(line))
 
 
-async def fetch_times(target: Target, creds: Credentials, mailbox: str, repeats: int) -> tuple[int, list[float]]:
-    """EXAMINE `mailbox`, FETCH 1 BODY.PEEK[] once to warm caches, then `repeats` timed fetches."""
+async def open_examined(target: Target, creds: Credentials, mailbox: str) -> Connection:
+    """A logged-in connection with `mailbox` open read-only."""
     conn = await Connection.open(target)
     try:
         await conn.login(target, creds)
         await conn.command(f'EXAMINE "{mailbox}"'.encode())
-        times: list[float] = []
-        size = 0
-        for round_ in range(repeats + 1):
-            sink: list[bytes] = []
-            started = time.perf_counter()
-            await conn.command(b"FETCH 1 BODY.PEEK[]", sink)
-            elapsed = time.perf_counter() - started
-            if not sink:
-                raise ImapError("FETCH returned no literal")
-            size = len(sink[0])
-            if round_:
-                times.append(elapsed)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+async def timed_fetch(conn: Connection) -> tuple[int, float]:
+    """FETCH 1 BODY.PEEK[]: (message bytes, seconds)."""
+    sink: list[bytes] = []
+    started = time.perf_counter()
+    await conn.command(b"FETCH 1 BODY.PEEK[]", sink)
+    elapsed = time.perf_counter() - started
+    if not sink:
+        raise ImapError("FETCH returned no literal")
+    return len(sink[0]), elapsed
+
+
+async def fetch_times(target: Target, creds: Credentials, mailbox: str, repeats: int) -> tuple[int, list[float]]:
+    """EXAMINE `mailbox`, FETCH 1 BODY.PEEK[] once to warm caches, then `repeats` timed fetches."""
+    conn = await open_examined(target, creds, mailbox)
+    try:
+        size, _ = await timed_fetch(conn)
+        times = [(await timed_fetch(conn))[1] for _ in range(repeats)]
         await conn.logout()
     except BaseException:
         conn.abort()

@@ -129,3 +129,12 @@ def test_no_ratio_against_a_dovecot_figure_of_zero_or_less() -> None:
     rows = summary_rows({"latency_p50": {"palomar": 2.0, "dovecot": -0.1}, "latency_p99": {"palomar": 4.0, "dovecot": 2.0}})
     latency = next(r for r in rows if r[0].startswith("added latency"))
     assert latency[5] == "– / 2.00"
+
+
+def test_interleaved_rounds_start_on_each_path_in_turn() -> None:
+    from imap_bench import rotated
+
+    keys = ("direct", "palomar", "dovecot")
+    assert [rotated(keys, r) for r in range(4)] == [
+        ("direct", "palomar", "dovecot"), ("palomar", "dovecot", "direct"), ("dovecot", "direct", "palomar"),
+        ("direct", "palomar", "dovecot")]
