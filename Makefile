@@ -64,7 +64,7 @@ soak: deps
 # the IMAP path (palomar, Dovecot CE's proxy, nginx's mail proxy, direct Dovecot; logins, small commands,
 # idle memory, large FETCH), written to docs/benchmarks.md. LMTP runs first: the IMAP section's issue-11
 # summary table takes its LMTP figures from the LMTP section. Needs root.
-# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 6-8 minutes).
+# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 5 minutes).
 bench: deps
 	$(PY) bench/lmtp_bench.py
 	$(PY) bench/imap_bench.py
