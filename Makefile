@@ -60,13 +60,15 @@ SOAK_SECONDS ?= 600
 soak: deps
 	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
 
-# Side-by-side benchmarks (bench/README.md): the IMAP path (palomar, Dovecot CE's proxy, direct Dovecot;
-# plaintext and IMAPS idle memory) and LMTP delivery, written to docs/benchmarks.md. Needs root.
-# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 6-8 minutes).
+# Side-by-side benchmarks (bench/README.md): LMTP delivery (palomar, Dovecot CE's LMTP proxy, direct) and
+# the IMAP path (palomar, Dovecot CE's proxy, nginx's mail proxy, direct Dovecot; logins, small commands,
+# idle memory, large FETCH), written to docs/benchmarks.md. LMTP runs first: the IMAP section's issue-11
+# summary table takes its LMTP figures from the LMTP section. Needs root.
+# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 5 minutes).
 bench: deps
-	$(PY) bench/imap_bench.py
 	$(PY) bench/lmtp_bench.py
+	$(PY) bench/imap_bench.py
 
 bench-quick: deps
-	$(PY) bench/imap_bench.py --quick
 	$(PY) bench/lmtp_bench.py --seconds 3
+	$(PY) bench/imap_bench.py --quick

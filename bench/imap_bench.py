@@ -2,9 +2,10 @@
 
 One run starts one LocalCluster (two Dovecot CE backends, a `palomar backend` in front of
 each, two `palomar proxy` processes, HAProxy) plus a Dovecot CE proxy in front of the same
-backends, and measures login sessions, memory per idle IDLE connection and large FETCH
-throughput side by side. Results go to the `## IMAP path (issue 3)` section of
-docs/benchmarks.md; nothing else in that file is touched.
+backends, and measures login sessions (IMAP and IMAPS), small commands in one session, memory per
+idle IDLE connection and large FETCH throughput side by side. Results go to the `## IMAP path
+(issue 3)` section of docs/benchmarks.md, headed by issue 11's summary table (`summary.py`, which also
+takes the LMTP figures `lmtp_bench.py` left in its own section); nothing else in that file is touched.
 
     .venv/bin/python bench/imap_bench.py [--quick] [--out docs/benchmarks.md]
 """
@@ -32,11 +33,15 @@ from imap_client import (
     ImapError,
     Target,
     close_idle,
-    fetch_times,
     large_message,
     login_loop,
     one_session,
+    open_examined,
     open_idle,
+    small_command_lines,
+    small_message,
+    timed_commands,
+    timed_fetch,
 )
 from nginx_proxy import NginxProxy
 from palomar.devcluster.cluster import LocalCluster
@@ -44,13 +49,16 @@ from palomar.devcluster.dovecot import raise_open_files_limit
 from palomar.devcluster.net import free_port
 from proctree import CpuMeter, TreeMemory, tcp_memory_kib, tree_memory
 from report import load_average, log, machine_rows, median, percentile, table, write_section
+from summary import Figures, added_latency, logins_per_core, read_figures, summary_table
 
 HEADING = "IMAP path (issue 3)"
 DOVECOT_PROXY_HOST = "127.0.0.20"
 NGINX_HOST = "127.0.0.21"
 LARGE_MAILBOX = "BenchLarge"
-BASELINE = {"target_kib": 8, "target_tls_kib": 16, "backend_cpu": "3.5-3.9"}
-PARTS = ("logins", "fetch", "idle")
+SMALL_MAILBOX = "BenchSmall"
+BASELINE = {"backend_cpu": "3.5-3.9"}
+PARTS = ("logins", "latency", "small", "fetch", "idle")
+LATENCY_PATHS = ("direct", "palomar", "dovecot", "nginx")
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,18 @@ class Plan:
     fetch_size: int
     fetch_repeats: int
     users: int = 200
+    small_commands: int = 1000
+    """Per session, as the issue has it; CPU ticks are 10 ms, so `small_sessions` sessions are pooled."""
+    small_sessions: int = 5
+    small_messages: int = 10
+    latency_rounds: int = 300
+    """Rounds of one session per path in turn, for the added latency (interleaved, so load bursts hit all)."""
 
 
 FULL = Plan("full", reps=3, seconds_c50=15, seconds_c1=6, max_sessions=20000, idle_sessions=2000, idle_hold=5,
             fetch_size=20 * 1024 * 1024, fetch_repeats=8)
 QUICK = Plan("quick", reps=1, seconds_c50=4, seconds_c1=2, max_sessions=5000, idle_sessions=500, idle_hold=1,
-             fetch_size=20 * 1024 * 1024, fetch_repeats=2)
+             fetch_size=20 * 1024 * 1024, fetch_repeats=4, latency_rounds=150)
 
 
 # --- the world under test -------------------------------------------------------------------------
@@ -195,9 +209,10 @@ class LoginRuns:
 async def measure_logins(world: World, plan: Plan) -> list[LoginRuns]:
     runs: dict[tuple[str, int], LoginRuns] = {}
     for rep in range(1, plan.reps + 1):
-        for key in ("direct", "palomar", "haproxy", "dovecot", "nginx"):
+        for key in ("direct", "palomar", "haproxy", "dovecot", "nginx", "palomar-tls", "dovecot-tls", "nginx-tls"):
             target = world.targets[key]
-            for concurrency, seconds in ((50, plan.seconds_c50), (1, plan.seconds_c1)):
+            # IMAPS at 50 concurrent only: its row of the issue is CPU per login
+            for concurrency, seconds in ((50, plan.seconds_c50), (1, plan.seconds_c1))[:1 if target.tls else 2]:
                 meter = CpuMeter(world.trees()).start()
                 own = os.times()
                 result = await login_loop(target, world.users, concurrency=concurrency, duration=seconds,
@@ -216,6 +231,30 @@ async def measure_logins(world: World, plan: Plan) -> list[LoginRuns]:
                 log(f"rep {rep} {target.name} c={concurrency}: {result.rate:.0f} sessions/s, "
                     f"{result.errors} errors")
     return list(runs.values())
+
+
+def rotated(keys: tuple[str, ...], round_: int) -> tuple[str, ...]:
+    """`keys` starting at a different one each round: no path is always measured first or last."""
+    shift = round_ % len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+async def measure_latency(world: World, plan: Plan) -> dict[str, list[float]]:
+    """Session milliseconds per path, one client: each round runs one session on every path, the
+    order rotating from round to round, so other work on the machine hits every path alike."""
+    samples: dict[str, list[float]] = {key: [] for key in LATENCY_PATHS}
+    errors = 0
+    for round_ in range(plan.latency_rounds):
+        for key in rotated(LATENCY_PATHS, round_):
+            try:
+                async with asyncio.timeout(30):
+                    session_s, _ = await one_session(world.targets[key], world.users[round_ % len(world.users)])
+            except (OSError, ImapError, TimeoutError, asyncio.IncompleteReadError):
+                errors += 1
+                continue
+            samples[key].append(session_s * 1000)
+    log(f"latency: {plan.latency_rounds} rounds over {len(LATENCY_PATHS)} paths, {errors} errors")
+    return samples
 
 
 # --- 2. memory per idle connection -------------------------------------------------------------------
@@ -290,7 +329,52 @@ async def measure_idle(world: World, plan: Plan) -> list[IdleRun]:
     return runs
 
 
-# --- 3. large FETCH ----------------------------------------------------------------------------------
+# --- 3. small commands ------------------------------------------------------------------------------
+
+
+@dataclass
+class SmallRun:
+    target: str
+    commands: int = 0
+    seconds: list[float] = field(default_factory=list)
+    cpu: Counter[str] = field(default_factory=Counter)
+
+    def us_per_command(self, role: str) -> float:
+        return self.cpu[role] * 1e6 / self.commands if self.commands else 0.0
+
+
+async def measure_small(world: World, plan: Plan) -> list[SmallRun]:
+    """`plan.small_commands` FETCH FLAGS / FETCH HEADER one after the other in one session per target;
+    CPU is read after the login and SELECT, so it is the commands' cost alone."""
+    creds = world.users[0]
+    log(f"appending {plan.small_messages} small messages for {creds.user}")
+    await store_messages(world, creds, SMALL_MAILBOX, [small_message(i) for i in range(plan.small_messages)])
+    lines = small_command_lines(plan.small_commands, plan.small_messages)
+    runs: dict[str, SmallRun] = {}
+    for _ in range(plan.small_sessions):
+        for key in ("direct", "palomar", "dovecot", "nginx"):  # targets alternate
+            target = world.targets[key]
+            conn = await Connection.open(target)
+            try:
+                await conn.login(target, creds)
+                await conn.command(f'EXAMINE "{SMALL_MAILBOX}"'.encode())
+                await timed_commands(conn, lines[:20])  # warm-up: caches, buffers
+                meter = CpuMeter(world.trees()).start()
+                times = await timed_commands(conn, lines)
+                spent = meter.stop()
+                await conn.logout()
+            except BaseException:
+                conn.abort()
+                raise
+            entry = runs.setdefault(key, SmallRun(key))
+            entry.commands += len(times)
+            entry.seconds += times
+            entry.cpu.update(spent)
+            log(f"small commands via {target.name}: {len(times) / sum(times):.0f} commands/s")
+    return list(runs.values())
+
+
+# --- 4. large FETCH ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -298,21 +382,23 @@ class FetchRun:
     target: str
     size: int
     times: list[float]
-    cpu: dict[str, float]
+    cpu: Counter[str]
 
     @property
     def mb_per_s(self) -> list[float]:
         return [self.size / 1e6 / t for t in self.times]
 
 
-async def store_large_message(world: World, creds: Credentials, size: int) -> None:
+async def store_messages(world: World, creds: Credentials, mailbox: str, messages: list[bytes]) -> None:
+    """`mailbox` created afresh (directly on the backend) holding exactly `messages`."""
     conn = await Connection.open(world.targets["direct"])
     try:
         await conn.login(world.targets["direct"], creds)
         with contextlib.suppress(ImapError):  # not there yet
-            await conn.command(f'DELETE "{LARGE_MAILBOX}"'.encode())
-        await conn.command(f'CREATE "{LARGE_MAILBOX}"'.encode())
-        await conn.append(LARGE_MAILBOX, large_message(size))
+            await conn.command(f'DELETE "{mailbox}"'.encode())
+        await conn.command(f'CREATE "{mailbox}"'.encode())
+        for message in messages:
+            await conn.append(mailbox, message)
         await conn.logout()
     except BaseException:
         conn.abort()
@@ -320,17 +406,33 @@ async def store_large_message(world: World, creds: Credentials, size: int) -> No
 
 
 async def measure_fetch(world: World, plan: Plan) -> list[FetchRun]:
+    """One connection per path, all open at once; each round fetches once on every path in rotating
+    order (interleaved, so other work on the machine hits every path alike), CPU read around each fetch."""
     creds = world.users[0]
     log(f"appending a {plan.fetch_size / 1e6:.0f} MB message for {creds.user}")
-    await store_large_message(world, creds, plan.fetch_size)
-    runs = []
-    for key in ("direct", "palomar", "haproxy", "dovecot", "nginx"):
-        meter = CpuMeter(world.trees()).start()
-        size, times = await fetch_times(world.targets[key], creds, LARGE_MAILBOX, plan.fetch_repeats)
-        spent = meter.stop()
-        runs.append(FetchRun(key, size, times, spent))
-        log(f"FETCH via {world.targets[key].name}: median {median([size / 1e6 / t for t in times]):.0f} MB/s")
-    return runs
+    await store_messages(world, creds, LARGE_MAILBOX, [large_message(plan.fetch_size)])
+    keys = ("direct", "palomar", "haproxy", "dovecot", "nginx")
+    conns: dict[str, Connection] = {}
+    runs = {key: FetchRun(key, 0, [], Counter()) for key in keys}
+    try:
+        for key in keys:
+            conns[key] = await open_examined(world.targets[key], creds, LARGE_MAILBOX)
+            runs[key].size, _ = await timed_fetch(conns[key])  # warms caches
+        for round_ in range(plan.fetch_repeats):
+            for key in rotated(keys, round_):
+                meter = CpuMeter(world.trees()).start()
+                _, seconds = await timed_fetch(conns[key])
+                runs[key].cpu.update(meter.stop())
+                runs[key].times.append(seconds)
+        for conn in conns.values():
+            await conn.logout()
+    except BaseException:
+        for conn in conns.values():
+            conn.abort()
+        raise
+    for run in runs.values():
+        log(f"FETCH via {world.targets[run.target].name}: median {median(run.mb_per_s):.0f} MB/s")
+    return list(runs.values())
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -347,20 +449,29 @@ def _tier_roles(key: str) -> list[str]:
             "nginx": ["nginx"], "nginx-tls": ["nginx"]}[key]
 
 
+def _proxy_role(key: str) -> str | None:
+    """The process tree a path's client talks to (None for direct Dovecot)."""
+    return {"palomar": "palomar proxy", "haproxy": "palomar proxy", "dovecot": "dovecot proxy",
+            "nginx": "nginx"}.get(key.removesuffix("-tls"))
+
+
+def tier_ms_per_login(r: LoginRuns) -> float:
+    return sum(r.ms_per_login(role) for role in _tier_roles(r.target))
+
+
 def login_table(world: World, runs: list[LoginRuns]) -> str:
     rows = []
     for r in runs:
         roles = _tier_roles(r.target)
-        proxy = {"palomar": "palomar proxy", "haproxy": "palomar proxy", "dovecot": "dovecot proxy",
-                 "nginx": "nginx"}.get(r.target)
-        tier = sum(r.ms_per_login(role) for role in roles)
+        proxy = _proxy_role(r.target)
+        tier = tier_ms_per_login(r)
         rows.append([
             world.targets[r.target].name, r.concurrency, len(r.rates),
             f"{median(r.rates):.0f} ({', '.join(f'{x:.0f}' for x in r.rates)})",
             f"{_f(percentile(r.session_ms, 50))} / {_f(percentile(r.session_ms, 99))}",
             f"{_f(percentile(r.login_ms, 50))} / {_f(percentile(r.login_ms, 99))}",
             _f(r.ms_per_login(proxy)) if proxy else "–",
-            _f(r.ms_per_login("palomar backend")) if r.target in ("palomar", "haproxy") else "–",
+            _f(r.ms_per_login("palomar backend")) if "palomar backend" in roles else "–",
             _f(tier) if roles else "–",
             _f(r.ms_per_login("haproxy")) if r.target == "haproxy" else "–",
             _f(r.ms_per_login("dovecot backends")), _f(r.ms_per_login("loadgen")), r.errors,
@@ -405,6 +516,23 @@ def idle_table(world: World, runs: list[IdleRun]) -> str:
                   "sockets per session", "kernel TCP buffers KiB per session (machine)"], rows)
 
 
+def small_tier_us(r: SmallRun) -> float:
+    return sum(r.us_per_command(role) for role in _tier_roles(r.target))
+
+
+def small_table(world: World, runs: list[SmallRun]) -> str:
+    rows = []
+    for r in runs:
+        ms = [t * 1000 for t in r.seconds]
+        roles = _tier_roles(r.target)
+        rows.append([world.targets[r.target].name, r.commands, f"{r.commands / sum(r.seconds):.0f}",
+                     f"{_f(percentile(ms, 50), 3)} / {_f(percentile(ms, 99), 3)}",
+                     _f(small_tier_us(r), 0) if roles else "–",
+                     _f(r.us_per_command("dovecot backends"), 0)])
+    return table(["target", "commands", "commands/s", "command p50 / p99 ms", "proxy tier CPU µs/command",
+                  "Dovecot backends CPU µs/command"], rows)
+
+
 def fetch_table(world: World, runs: list[FetchRun]) -> str:
     rows = []
     for r in runs:
@@ -418,43 +546,56 @@ def fetch_table(world: World, runs: list[FetchRun]) -> str:
                   "Dovecot backends CPU ms/MB"], rows)
 
 
-def _against(value: float, target: float) -> str:
-    return "met" if value <= target else f"not met ({value / target:.1f}× the target)"
+def latency_table(world: World, samples: dict[str, list[float]]) -> str:
+    direct = samples.get("direct", [])
+    rows = []
+    for key, ms in samples.items():
+        added = added_latency(ms, direct)
+        rows.append([world.targets[key].name, len(ms), f"{_f(percentile(ms, 50))} / {_f(percentile(ms, 99))}",
+                     "–" if key == "direct" else f"{added[0]:+.2f} / {added[1]:+.2f}"])
+    return table(["target", "sessions", "session p50 / p99 ms", "added p50 / p99 ms (vs direct)"], rows)
 
 
-def verdicts(logins: list[LoginRuns], idle: list[IdleRun]) -> str:
-    by = {(r.target, r.concurrency): r for r in logins}
-    lines = []
-    pal, dov, ngx = by.get(("palomar", 50)), by.get(("dovecot", 50)), by.get(("nginx", 50))
-    if pal and dov and ngx:
-        pal_ms = pal.ms_per_login("palomar proxy") + pal.ms_per_login("palomar backend")
-        lines.append(
-            f"* **CPU per login** (50 concurrent): palomar proxy tier {pal_ms:.2f} ms "
-            f"({pal.ms_per_login('palomar proxy'):.2f} proxy + {pal.ms_per_login('palomar backend'):.2f} backend "
-            f"service); Dovecot CE proxy {dov.ms_per_login('dovecot proxy'):.2f} ms, nginx + auth_http "
-            f"{ngx.ms_per_login('nginx'):.2f} ms measured here. Target: at most the Dovecot proxy's: "
-            f"{_against(pal_ms, dov.ms_per_login('dovecot proxy'))}."
-        )
-    mem = {r.target: r for r in idle if r.established}
-    for key, label, target in (("palomar", "IMAP", BASELINE["target_kib"]),
-                               ("palomar-tls", "IMAPS", BASELINE["target_tls_kib"])):
-        if key not in mem:
-            continue
-        total = idle_pss_kib(mem[key])
-        others = "".join(f"; {name} {idle_pss_kib(mem[other]):.1f} KiB"
-                         for name, other in (("Dovecot CE proxy", key.replace("palomar", "dovecot")),
-                                             ("nginx", key.replace("palomar", "nginx"))) if other in mem)
-        lines.append(
-            f"* **Memory per idle {label} connection** (PSS): palomar proxy tier {total:.1f} KiB{others} measured "
-            f"here. Target {target} KiB: {_against(total, target)}."
-        )
-    return "\n".join(lines)
+def collect_figures(logins: list[LoginRuns], latency: dict[str, list[float]], small: list[SmallRun],
+                    idle: list[IdleRun], fetch: list[FetchRun], lmtp: Figures) -> Figures:
+    """This run's numbers by issue-11 measure and path (see summary.py); for direct Dovecot the CPU
+    figures are the backend's own, since it has no proxy tier."""
+    figures: Figures = {key: value for key, value in lmtp.items() if key.startswith("lmtp_")}
+
+    def put(measure: str, key: str, value: float) -> None:
+        figures.setdefault(measure, {})[key.removesuffix("-tls")] = value
+
+    for r in logins:
+        if r.concurrency == 50 and r.target != "haproxy":
+            cpu = r.ms_per_login("dovecot backends") if r.target == "direct" else tier_ms_per_login(r)
+            put("imaps_login_cpu" if r.target.endswith("-tls") else "login_cpu", r.target, cpu)
+            if not r.target.endswith("-tls"):
+                put("logins_per_core", r.target, logins_per_core(cpu))
+    direct = latency.get("direct", [])
+    for key, ms in latency.items():
+        p50, p99 = (percentile(ms, 50), percentile(ms, 99)) if key == "direct" else added_latency(ms, direct)
+        put("latency_p50", key, p50)
+        put("latency_p99", key, p99)
+    for s in small:
+        put("small_cmd_us", s.target, s.us_per_command("dovecot backends") if s.target == "direct" else small_tier_us(s))
+    for r in idle:
+        if r.established:
+            put("idle_tls_pss" if r.target.endswith("-tls") else "idle_pss", r.target, idle_pss_kib(r))
+            if not r.target.endswith("-tls"):
+                put("idle_sockets", r.target, sum(_per_session(r, b.sockets, d.sockets) for b, d in r.memory.values()))
+                put("processes", r.target, r.memory[_proxy_role(r.target) or ""][1].processes)
+    if "processes" in figures:
+        figures["processes"]["cores"] = os.cpu_count() or 1
+    direct_fetch = next((f for f in fetch if f.target == "direct"), None)
+    for f in fetch:
+        if direct_fetch and f.target != "haproxy":
+            put("fetch_ratio", f.target, median(f.mb_per_s) / median(direct_fetch.mb_per_s))
+    return figures
 
 
 def load_caveat(logins: list[LoginRuns], load_before: str) -> str:
     """Say so when the machine was busy with other work: rates then say little, CPU per login a bit more."""
     direct = next((r for r in logins if r.target == "direct" and r.concurrency == 50), None)
-    backend_ms = direct.ms_per_login("dovecot backends") if direct else 0.0
     try:
         busy = float(load_before) > (os.cpu_count() or 1) / 2
     except ValueError:
@@ -463,9 +604,10 @@ def load_caveat(logins: list[LoginRuns], load_before: str) -> str:
         return ""
     return (f"\n**Caveat: the machine was busy with other work during this run** (load average {load_before} "
             f"on {os.cpu_count()} cores before it started). Rates and latencies are therefore lower and noisier "
-            f"than on an idle machine; CPU per login is less affected but inflated too: the Dovecot backend "
-            f"itself took {backend_ms:.2f} ms per login here, against {BASELINE['backend_cpu']} ms in the recipe's "
-            f"quiet runs. Compare targets within this run, not with the recipe's absolute numbers.\n")
+            f"than on an idle machine; CPU per login is less affected but inflated too"
+            + (f": the Dovecot backend itself took {direct.ms_per_login('dovecot backends'):.2f} ms per login here, "
+               f"against {BASELINE['backend_cpu']} ms in the recipe's quiet runs" if direct else "")
+            + ". Compare targets within this run, not with the recipe's absolute numbers.\n")
 
 
 def _part(heading: str, body: str) -> str:
@@ -473,15 +615,35 @@ def _part(heading: str, body: str) -> str:
     return f"### {heading}\n\n{body}\n\n" if body else ""
 
 
-def render(world: World, plan: Plan, logins: list[LoginRuns], idle: list[IdleRun], fetch: list[FetchRun],
-           elapsed: float, load_before: str) -> str:
-    rows = [*machine_rows(), ("load average (1 min) before / after the run", f"{load_before} / {load_average()}")]
+def lmtp_note(lmtp: Figures) -> str:
+    if not lmtp:
+        return ("The LMTP row is empty: no `lmtp_bench.py` figures in the output file yet (`make bench` runs "
+                "it before this benchmark).")
+    return (f"The LMTP row comes from the `LMTP delivery (issue 5)` section below (`lmtp_bench.py`, "
+            f"{lmtp.get('run', {}).get('date', 'date unknown')}, load average "
+            f"{lmtp.get('run', {}).get('load', 'unknown')} before it), not from this script's run.")
+
+
+def render(world: World, plan: Plan, logins: list[LoginRuns], latency: dict[str, list[float]], small: list[SmallRun],
+           idle: list[IdleRun], fetch: list[FetchRun], lmtp: Figures, elapsed: float, load_before: str) -> str:
+    load_after = load_average()
+    rows = [*machine_rows(), ("load average (1 min) before / after the run", f"{load_before} / {load_after}")]
     machine = table(["", ""], rows)
     errors = [e for r in logins for e in r.first_errors] + [e for r in idle for e in r.first_errors]
     error_note = ("\nFirst errors seen: " + "; ".join(f"`{e}`" for e in errors[:5]) + "\n") if errors else ""
     return f"""\
 Written by `bench/imap_bench.py` ({plan.name} run, {elapsed / 60:.1f} min). Everything runs on the one machine
 below, load generator included (one asyncio process), so all rates are CPU-bound on its cores.
+
+### Summary against issue 11
+
+Each row of issue 11's table measured in this run (load average {load_before} before, {load_after} after,
+on {os.cpu_count()} cores shared with other work: compare paths within the run, not with other runs).
+Ratios are palomar / Dovecot CE proxy (below 1: palomar cheaper or faster; for logins per core and the
+FETCH ratio above 1 is better). For the CPU rows the direct column is what the Dovecot backend itself
+spent per login, command or delivery, for scale (direct has no proxy tier). {lmtp_note(lmtp)}
+
+{summary_table(collect_figures(logins, latency, small, idle, fetch, lmtp))}
 
 {machine}
 {load_caveat(logins, load_before)}
@@ -497,7 +659,15 @@ in the same Dovecot backend. "Direct" logs in to that backend with SASL PLAIN as
 
 **Method.** A session is connect, greeting, `LOGIN` (direct: `AUTHENTICATE PLAIN`), `SELECT INBOX`,
 `LOGOUT`, close. 50 concurrent sessions loop for {plan.seconds_c50:.0f} s, 1 session loops for
-{plan.seconds_c1:.0f} s; {plan.reps} rep(s) alternating targets; latency percentiles pool all reps. CPU is
+{plan.seconds_c1:.0f} s (IMAPS: 50 concurrent only); {plan.reps} rep(s) alternating targets; latency
+percentiles pool all reps. Added latency: {plan.latency_rounds} rounds of one session (same steps) on each of
+direct, palomar, the Dovecot proxy and nginx in turn, one at a time, the order rotating every round;
+a path's session p50 (p99) minus direct Dovecot's. Logins/s per core is 1000 / the tier's CPU ms per login. Small commands: one session per
+target logs in, `EXAMINE`s a mailbox of {plan.small_messages} short messages, sends 20 warm-up commands,
+then {plan.small_commands} commands one at a time (no pipelining), alternating `FETCH n FLAGS` and
+`FETCH n BODY.PEEK[HEADER]`; CPU is read around those {plan.small_commands} only; {plan.small_sessions} such sessions per
+target, alternating targets, pooled (`/proc` counts CPU in 10 ms ticks; one tick is
+{10_000 / plan.small_commands / plan.small_sessions:.0f} µs per command here). CPU is
 utime+stime (+ reaped children) from `/proc/<pid>/stat` of each process tree before and after a run, divided
 by completed sessions: "proxy tier" is `palomar proxy` + `palomar backend` for palomar (the HAProxy path
 counts both palomar proxies), the whole Dovecot proxy process tree for Dovecot, nginx's master and
@@ -507,15 +677,15 @@ read, {plan.idle_sessions} more sessions opened (LOGIN, SELECT
 INBOX, IDLE) through the proxy's own listener (plaintext, then IMAPS; the palomar hop is TLS as
 `cluster_hop_ssl = yes` makes it) and held {plan.idle_hold:.0f} s, PSS read again; the difference divided by the
 sessions held. Sockets per session: socket descriptors the tree holds; kernel TCP buffers: the machine's
-`/proc/net/sockstat` TCP `mem`, load generator's sockets included. Large FETCH: one {plan.fetch_size / 1e6:.0f} MB message, `FETCH 1 BODY.PEEK[]` once
-to warm caches, then {plan.fetch_repeats} timed fetches over one connection.
+`/proc/net/sockstat` TCP `mem`, load generator's sockets included. Large FETCH: one {plan.fetch_size / 1e6:.0f} MB message, one
+connection per path, `FETCH 1 BODY.PEEK[]` once on each to warm caches, then {plan.fetch_repeats} rounds of one timed fetch
+per path, the order rotating every round.
 
 {_part("Login sessions", logins and login_table(world, logins))}\
+{_part("Added latency, 1 client (interleaved sessions)", latency and latency_table(world, latency))}\
+{_part("Small commands", small and small_table(world, small))}\
 {_part("Memory per idle connection", idle and idle_table(world, idle))}\
 {_part("Large FETCH", fetch and fetch_table(world, fetch))}\
-### Against the targets
-
-{verdicts(logins, idle)}
 {error_note}"""
 
 
@@ -524,9 +694,11 @@ to warm caches, then {plan.fetch_repeats} timed fetches over one connection.
 
 async def measure(world: World, plan: Plan, parts: tuple[str, ...] = PARTS):
     logins = await measure_logins(world, plan) if "logins" in parts else []
+    latency = await measure_latency(world, plan) if "latency" in parts else {}
+    small = await measure_small(world, plan) if "small" in parts else []
     fetch = await measure_fetch(world, plan) if "fetch" in parts else []
     idle = await measure_idle(world, plan) if "idle" in parts else []
-    return logins, idle, fetch
+    return logins, latency, small, idle, fetch
 
 
 def _terminate(signum, frame) -> None:
@@ -556,8 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world = make_world(root, plan)
         start_world(world)
-        logins, idle, fetch = asyncio.run(measure(world, plan, tuple(args.only or PARTS)))
-        body = render(world, plan, logins, idle, fetch, time.monotonic() - started, load_before)
+        logins, latency, small, idle, fetch = asyncio.run(measure(world, plan, tuple(args.only or PARTS)))
+        lmtp = read_figures(args.out.read_text()) if args.out.exists() else {}
+        body = render(world, plan, logins, latency, small, idle, fetch, lmtp, time.monotonic() - started,
+                      load_before)
     except Exception as exc:
         print(f"imap_bench: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

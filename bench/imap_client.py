@@ -295,26 +295,62 @@ def large_message(size: int) -> bytes:
     return header + line * max(1, (size - len(header)) // len(line))
 
 
-async def fetch_times(target: Target, creds: Credentials, mailbox: str, repeats: int) -> tuple[int, list[float]]:
-    """EXAMINE `mailbox`, FETCH 1 BODY.PEEK[] once to warm caches, then `repeats` timed fetches."""
+async def open_examined(target: Target, creds: Credentials, mailbox: str) -> Connection:
+    """A logged-in connection with `mailbox` open read-only."""
     conn = await Connection.open(target)
     try:
         await conn.login(target, creds)
         await conn.command(f'EXAMINE "{mailbox}"'.encode())
-        times: list[float] = []
-        size = 0
-        for round_ in range(repeats + 1):
-            sink: list[bytes] = []
-            started = time.perf_counter()
-            await conn.command(b"FETCH 1 BODY.PEEK[]", sink)
-            elapsed = time.perf_counter() - started
-            if not sink:
-                raise ImapError("FETCH returned no literal")
-            size = len(sink[0])
-            if round_:
-                times.append(elapsed)
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+async def timed_fetch(conn: Connection) -> tuple[int, float]:
+    """FETCH 1 BODY.PEEK[]: (message bytes, seconds)."""
+    sink: list[bytes] = []
+    started = time.perf_counter()
+    await conn.command(b"FETCH 1 BODY.PEEK[]", sink)
+    elapsed = time.perf_counter() - started
+    if not sink:
+        raise ImapError("FETCH returned no literal")
+    return len(sink[0]), elapsed
+
+
+async def fetch_times(target: Target, creds: Credentials, mailbox: str, repeats: int) -> tuple[int, list[float]]:
+    """EXAMINE `mailbox`, FETCH 1 BODY.PEEK[] once to warm caches, then `repeats` timed fetches."""
+    conn = await open_examined(target, creds, mailbox)
+    try:
+        size, _ = await timed_fetch(conn)
+        times = [(await timed_fetch(conn))[1] for _ in range(repeats)]
         await conn.logout()
     except BaseException:
         conn.abort()
         raise
     return size, times
+
+
+# --- small commands -------------------------------------------------------------------------------
+
+
+def small_message(index: int) -> bytes:
+    """A short message (a few hundred bytes) for the small-command run."""
+    return (f"From: bench@example.test\r\nTo: bench@example.test\r\nSubject: small command {index}\r\n"
+            f"Message-ID: <small-{index}@example.test>\r\n\r\nA short body, line {index}.\r\n").encode()
+
+
+def small_command_lines(count: int, messages: int) -> list[bytes]:
+    """`count` commands alternating FETCH FLAGS and FETCH HEADER, walking over `messages` messages."""
+    return [(b"FETCH %d FLAGS" if i % 2 == 0 else b"FETCH %d BODY.PEEK[HEADER]") % (i // 2 % messages + 1)
+            for i in range(count)]
+
+
+async def timed_commands(conn: Connection, lines: list[bytes]) -> list[float]:
+    """Send each line after the previous one's tagged OK (no pipelining); seconds per command."""
+    times = []
+    for line in lines:
+        started = time.perf_counter()
+        await conn.command(line, [])
+        times.append(time.perf_counter() - started)
+    return times

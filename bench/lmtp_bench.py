@@ -1,13 +1,16 @@
-"""LMTP delivery benchmark (issue 5): deliveries per second and CPU per delivery, Dovecot's LMTP
-directly against the same delivery through a palomar proxy and the palomar backend services.
+"""LMTP delivery benchmark (issues 5 and 11): deliveries per second and CPU per delivery, Dovecot's LMTP
+directly against the same delivery through a palomar proxy and the palomar backend services, and
+through Dovecot CE's own LMTP proxy.
 
 One LocalCluster (two Dovecot CE backends sharing one mail root, a `palomar backend` in front of
-each, one `palomar proxy`). Load: `--concurrency` MTA connections, each sending transactions back
-to back for `--seconds` (PIPELINING: MAIL, RCPTs and DATA in one write), with one recipient or with
-four (through palomar: two on each backend, so every transaction fans out). Measured: transactions
-and recipient deliveries per second, and CPU seconds per delivered recipient of the proxy, of the
-two backend services and of Dovecot. Results go to the `## LMTP delivery (issue 5)` section of
-docs/benchmarks.md only.
+each, one `palomar proxy`) and a Dovecot CE LMTP proxy (`lmtp_proxy = yes`, a passdb answering
+`proxy=y host= port=` with the backend palomar placed the user on). Load: `--concurrency` MTA
+connections, each sending transactions back to back for `--seconds` (PIPELINING: MAIL, RCPTs and
+DATA in one write), with one recipient or with ten (through a proxy: five on each backend, so every
+transaction fans out). Measured: transactions and recipient deliveries per second, and CPU seconds
+per delivered recipient of each proxy tier and of Dovecot. Results go to the `## LMTP delivery
+(issue 5)` section of docs/benchmarks.md only; its summary figures are also embedded there as a
+comment for the IMAP section's summary table (`bench/summary.py`).
 
     .venv/bin/python bench/lmtp_bench.py [--seconds 10] [--concurrency 8] [--out docs/benchmarks.md]
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -24,14 +28,24 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dovecot_proxy import DovecotProxy, Route
 from palomar.devcluster.cluster import LocalCluster
+from palomar.devcluster.net import free_port
 from proctree import CpuMeter
 from report import load_average, machine_rows, table, write_section
+from summary import embed_figures, lmtp_figures
 
 HEADING = "LMTP delivery (issue 5)"
 BODY = b"".join(f"Line {i:03d} of the benchmark message, long enough to look like mail.\r\n".encode()
                 for i in range(60))
 """About 4 kB: a typical small message."""
+DOVECOT_PROXY_HOST = "127.0.0.22"
+FAN_OUT = 10
+"""Recipients per transaction in the fan-out rows, half on each backend."""
+TIERS = {"direct": (), "palomar": ("proxy", "backends"), "dovecot-proxy": ("dovecot proxy",)}
+"""The processes that make up each path's proxy tier (Dovecot itself is counted apart)."""
+PATH_NAMES = {"direct": "Dovecot LMTP directly", "palomar": "palomar proxy + backend service",
+              "dovecot-proxy": "Dovecot CE LMTP proxy"}
 
 
 def log(text: str) -> None:
@@ -54,6 +68,10 @@ class Result:
 
     def cpu_ms_per_delivery(self, name: str) -> float:
         return 1000 * self.cpu[name] / self.deliveries if self.deliveries else float("nan")
+
+    def tier_ms_per_delivery(self) -> float:
+        """CPU of the path's proxy tier per delivery (0 for the direct path, which has none)."""
+        return sum(self.cpu_ms_per_delivery(name) for name in TIERS[self.path])
 
 
 class LmtpError(Exception):
@@ -107,24 +125,35 @@ async def load(host: str, port: int, recipients: list[list[str]], concurrency: i
 
 
 def placement(cluster: LocalCluster) -> dict[str, list[str]]:
+    """backend host -> its users, as the GeoDB has them (two CLI calls, not one per user)."""
     groups = {g["name"]: g["backend"] for g in json.loads(cluster.cluster("--json", "group", "list").stdout)}
     placed: dict[str, list[str]] = {}
-    for user in cluster.users:
-        group = json.loads(cluster.cluster("--json", "user", "status", user.name).stdout)["group"]
-        placed.setdefault(groups[group], []).append(user.name)
+    for user in json.loads(cluster.cluster("--json", "user", "list").stdout):
+        if groups.get(user["group"]):
+            placed.setdefault(groups[user["group"]], []).append(user["username"])
     return placed
 
 
-def run(cluster: LocalCluster, path: str, recipients: list[list[str]], args) -> Result:
+def fan_out(first: list[str], second: list[str], size: int) -> list[list[str]]:
+    """Recipient lists of `size` users, half from each backend, alternating, no user twice in a list."""
+    half = size // 2
+    return [[user for pair in zip(first[i:i + half], second[i:i + half], strict=True) for user in pair]
+            for i in range(0, min(len(first), len(second)) - half + 1, half)]
+
+
+def run(cluster: LocalCluster, dproxy: DovecotProxy, path: str, recipients: list[list[str]], args) -> Result:
     proxy = cluster.proxies[0]
     if path == "direct":
         node = cluster.backends[0]
         host, port = node.dovecot.params.listen, node.dovecot.params.lmtp_port
+    elif path == "dovecot-proxy":
+        host, port = dproxy.listen, dproxy.port
     else:
         host, port = proxy.host, proxy.lmtp
     roots = {
         "proxy": [proxy.proc.pid],
         "backends": [node.proc.pid for node in cluster.backends],
+        "dovecot proxy": [dproxy.pid],
         "dovecot": [node.dovecot.pid for node in cluster.backends],
     }
     asyncio.run(load(host, port, recipients, 2, 1.0))  # warm-up: connections, caches, Dovecot processes
@@ -134,33 +163,42 @@ def run(cluster: LocalCluster, path: str, recipients: list[list[str]], args) -> 
     seconds = time.monotonic() - started
     result = Result(path, len(recipients[0]), transactions, ok, failed, seconds, meter.stop())
     log(f"{path} x{len(recipients[0])}: {result.per_second:.0f} deliveries/s, {failed} failed, "
-        f"proxy {result.cpu_ms_per_delivery('proxy'):.2f} ms, backends {result.cpu_ms_per_delivery('backends'):.2f} ms"
-        f", dovecot {result.cpu_ms_per_delivery('dovecot'):.2f} ms per delivery")
+        f"proxy tier {result.tier_ms_per_delivery():.2f} ms, dovecot {result.cpu_ms_per_delivery('dovecot'):.2f} ms "
+        "per delivery")
     return result
 
 
 def render(results: list[Result], args, load_before: str, load_after: str) -> str:
     rows = []
     for r in results:
-        palomar = r.path != "direct"
+        palomar = r.path == "palomar"
         rows.append([
-            "Dovecot LMTP directly" if not palomar else "palomar proxy + backend service",
-            r.recipients, f"{r.transactions / r.seconds:.0f}", f"{r.per_second:.0f}", r.failures,
+            PATH_NAMES[r.path], r.recipients, f"{r.transactions / r.seconds:.0f}", f"{r.per_second:.0f}", r.failures,
             f"{r.cpu_ms_per_delivery('proxy'):.2f}" if palomar else "-",
             f"{r.cpu_ms_per_delivery('backends'):.2f}" if palomar else "-",
-            f"{r.cpu_ms_per_delivery('proxy') + r.cpu_ms_per_delivery('backends'):.2f}" if palomar else "-",
+            f"{r.tier_ms_per_delivery():.2f}" if r.path != "direct" else "-",
             f"{r.cpu_ms_per_delivery('dovecot'):.2f}",
         ])
+    figures = lmtp_figures([(r.path, r.recipients, r.tier_ms_per_delivery(), r.cpu_ms_per_delivery("dovecot"))
+                            for r in results])
+    figures["run"] = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "load": load_before}
     return f"""`bench/lmtp_bench.py --seconds {args.seconds:g} --concurrency {args.concurrency}`: {args.concurrency} MTA
 connections deliver a ~4 kB message in back-to-back transactions (PIPELINING), for {args.seconds:g} s per
-row, to one recipient or to four; each connection writes to its own mailboxes (16 users). Directly, every transaction goes to backend1's Dovecot LMTP; through
-palomar, to the proxy's plain LMTP listener, and the four recipients are two users on each backend, so
-each transaction fans out over two hops. A delivery is one recipient that got `250`. CPU is user+system
-time of the process trees during the run, divided by the deliveries; the load generator runs on the
-same cores.
+row, to one recipient or to {FAN_OUT}; connections write to different mailboxes ({args.users} users). Directly,
+every transaction goes to backend1's Dovecot LMTP; through palomar, to the proxy's plain LMTP listener;
+through Dovecot CE's LMTP proxy (`bench/dovecot_proxy.py`: `lmtp_proxy = yes`, its passwd-file passdb
+answering `proxy=y host= port=` with the backend palomar placed the user on, Dovecot's default one
+process per connection) to its listener. Through either proxy the {FAN_OUT} recipients are {FAN_OUT // 2} users
+on each backend, so each transaction fans out over two backends. A delivery is one recipient that got
+`250`. CPU is user+system time of the process trees during the run, divided by the deliveries; "proxy
+tier" is the palomar proxy and both backend services for palomar, the whole Dovecot LMTP proxy tree for
+Dovecot. The load generator runs on the same cores.
 
-{table(["path", "recipients", "transactions/s", "deliveries/s", "failed", "proxy CPU ms/delivery",
-        "backend services CPU ms/delivery", "palomar CPU ms/delivery", "Dovecot CPU ms/delivery"], rows)}
+{table(["path", "recipients", "transactions/s", "deliveries/s", "failed", "palomar proxy CPU ms/delivery",
+        "palomar backend services CPU ms/delivery", "proxy tier CPU ms/delivery", "Dovecot backends CPU ms/delivery"],
+       rows)}
+
+{embed_figures(figures)}
 
 How it goes: the proxy keeps one hop per backend for the whole MTA connection (its LMTP session with the
 backend service is reused across transactions), so a transaction costs a passdb lookup and a routing
@@ -183,14 +221,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="LMTP delivery benchmark: direct Dovecot vs through palomar.")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per row (default 10)")
     parser.add_argument("--concurrency", type=int, default=8, help="MTA connections (default 8)")
+    parser.add_argument("--users", type=int, default=60, help="users in the cluster (default 60)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args(argv)
-    if args.seconds <= 0 or args.concurrency < 1:
-        parser.error("--seconds must be positive and --concurrency at least 1")
+    if args.seconds <= 0 or args.concurrency < 1 or args.users < 2 * FAN_OUT:
+        parser.error(f"--seconds must be positive, --concurrency at least 1, --users at least {2 * FAN_OUT}")
+    if os.geteuid() != 0:
+        print("lmtp_bench: needs root (Dovecot backends and proxy, loopback addresses)", file=sys.stderr)
+        return 2
     root = Path(tempfile.mkdtemp(prefix="palomar-lmtp-bench-"))
     root.chmod(0o755)
-    cluster = LocalCluster(root / "cluster", users_count=16, proxies_count=1, password_scheme="PLAIN",
+    cluster = LocalCluster(root / "cluster", users_count=args.users, proxies_count=1, password_scheme="PLAIN",
                            proxy_settings={"*": ("cluster_lmtp_max_mail_size = 64M",)})
+    dproxy = DovecotProxy(root / "dovecot-lmtp-proxy", DOVECOT_PROXY_HOST, free_port(DOVECOT_PROXY_HOST), [],
+                          lmtp=True)
     results: list[Result] = []
     load_before = load_average()
     try:
@@ -202,15 +246,19 @@ def main(argv: list[str] | None = None) -> int:
         if len(placed) < 2:
             raise SystemExit("the demo users all landed on one backend; rerun")
         first, second = (users for _, users in sorted(placed.items()))
-        pairs = min(len(first), len(second)) // 2
-        if pairs < 1:
-            raise SystemExit("too few demo users on one backend; rerun")
+        multi = fan_out(first, second, FAN_OUT)
+        if not multi:
+            raise SystemExit(f"fewer than {FAN_OUT // 2} users on one backend; rerun")
+        lmtp_ports = {node.host: node.dovecot.params.lmtp_port for node in cluster.backends}
+        dproxy.routes = [Route(user, "", host, lmtp_ports[host]) for host, users in placed.items() for user in users]
+        log("starting the Dovecot CE LMTP proxy")
+        dproxy.start()
         single = [[user] for user in everyone]
-        multi = [[first[2 * i], second[2 * i], first[2 * i + 1], second[2 * i + 1]] for i in range(pairs)]
-        for path in ("direct", "palomar"):
-            for recipients in (single, multi):
-                results.append(run(cluster, path, recipients, args))
+        for recipients in (single, multi):
+            for path in ("direct", "palomar", "dovecot-proxy"):  # targets alternate
+                results.append(run(cluster, dproxy, path, recipients, args))
     finally:
+        dproxy.stop()
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     write_section(args.out, HEADING, render(results, args, load_before, load_average()))
