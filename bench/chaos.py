@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos_faults import HOP_RATE, LOSS_PERCENT, inject, private_network
+from chaos_faults import HOP_RATE, LOSS_PERCENT, inject
 from chaos_load import Ledger, Load, Target
 from chaos_rules import (
     KINDS,
@@ -51,6 +51,7 @@ from palomar.devcluster.net import port_accepts
 from palomar.devcluster.supervisor import RestartPolicy, Supervisor
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
+from private_network import private_network
 from report import exit_status, invocation, load_average, log, machine_rows, median, table
 
 RECOVERY_BOUND = 120.0

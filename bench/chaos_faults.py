@@ -3,7 +3,7 @@ process tree, a held write lock on the SQLite GeoDB, and packet loss and latency
 hop to one backend. Nothing here restarts anything: the supervisor does that, as it would in
 production.
 
-The lossy hop needs a network of the harness's own: `private_network()` moves the run into a new
+The lossy hop needs a network of the harness's own: `private_network()` (private_network.py) moves the run into a new
 network namespace with its own loopback, where the whole cluster lives, so rules on that `lo`
 touch no one else's traffic (and no port of the run can collide with another on the machine).
 tc netem would be the tool, but kernels without sch_netem exist (this project's machines run one,
@@ -14,12 +14,11 @@ rate that the hop's packets are sorted into (tc u32), which delays them by queue
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from chaos_rules import Fault
 from palomar.devcluster.cluster import LocalCluster
@@ -31,24 +30,6 @@ LOSS_PERCENT = 5
 """Share of the hop's packets dropped, both ways."""
 HOP_RATE = "1mbit"
 """The hop's bandwidth, both ways: a 1500-byte packet takes 12 ms, a queue of them more."""
-CLONE_NEWNET = 0x40000000
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-@contextlib.contextmanager
-def private_network() -> Iterator[None]:
-    """Run the calling thread, and every thread and process it starts, in a new network namespace
-    whose loopback is up; the thread returns to its namespace afterwards. Needs root."""
-    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        if _LIBC.unshare(CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed (the chaos suite needs root)")
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
-        yield
-    finally:
-        if _LIBC.setns(original, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
-        os.close(original)
 
 
 def _root_pid(cluster: LocalCluster, process: str, target: int) -> int | None:

@@ -21,20 +21,27 @@ write their stats every 5 s throughout. Reported per kind: time from proxy start
 listeners, the latency median, p99 and max, the slowest login minus the median, logins more than
 100 ms above the median ("stalls"), failures, and each proxy's PSS after the run.
 
-With `--cassandra`, a Cassandra GeoDB (the single local node of `scripts/cassandra`) gets `--cassandra-users` users and the proxy's
-`Router.route()` is measured cold (every cache entry expired: six GeoDB reads) and LocalDB-warm.
+With `--cassandra`, a Cassandra GeoDB (a single node of `scripts/cassandra`) gets `--cassandra-users`
+users (`users_put_many`, the import path) and the proxy's `Router.route()` is measured cold (every
+cache entry expired: six GeoDB reads) and LocalDB-warm. The node is the one answering on
+127.0.0.1:9042 if there is one (its keyspace `palomar_scale_bench` is dropped first), else one
+started in the run's work directory and stopped at the end. `--private-network` (root) runs that
+part in a network namespace of its own, so the run always starts its own node on that namespace's
+loopback and neither uses nor blocks the fixed ports of a Cassandra on the machine.
 
 Results replace the `## A million users (scale_bench.py)` section of docs/benchmarks.md.
 
     .venv/bin/python bench/scale_bench.py                                  # 1M users, 3 min per kind
     .venv/bin/python bench/scale_bench.py --users 100000 --seconds 60 --kinds passwd-file,sql-sqlite
     .venv/bin/python bench/scale_bench.py --kinds '' --cassandra
+    sudo .venv/bin/python bench/scale_bench.py --kinds '' --cassandra --private-network --out /tmp/b.md
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import shutil
 import sqlite3
@@ -54,6 +61,7 @@ from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.userdb_servers import PostgresServer, SlapdServer
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
+from private_network import private_network
 from proctree import tree_memory
 from report import load_average, log, machine_rows, median, percentile, table, write_section
 
@@ -373,8 +381,12 @@ def report(runs: list[Run], cassandra: tuple[float, list[geodb_bench.Result]] | 
             [r.row() for r in runs]))
     if cassandra is not None:
         seconds, results = cassandra
+        where = ("started for the run in its work directory" if args.cassandra_started
+                 else "the one already answering on 127.0.0.1:9042")
+        if args.private_network:
+            where += ", in a network namespace of the run's own"
         parts.append(
-            f"Cassandra GeoDB (the single local node of `scripts/cassandra`, `local-one` reads): "
+            f"Cassandra GeoDB (a single node of `scripts/cassandra`, {where}; `local-one` reads): "
             f"{args.cassandra_users:,} users written (with 100 groups, 3 backends) and measured in {seconds:.0f} s; "
             "`Router.route(user)` for random users, **cold** (every LocalDB cache entry expired: four GeoDB "
             "reads) and **LocalDB-warm** (a sample of 20,000 users routed once, then routed again from the cache).")
@@ -390,12 +402,17 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--rate", type=float, default=20.0, help="logins per second")
     parser.add_argument("--seconds", type=float, default=180.0, help="seconds of logins per passdb kind")
-    parser.add_argument("--cassandra", action="store_true", help="also the Cassandra GeoDB (take the lock!)")
+    parser.add_argument("--cassandra", action="store_true",
+                        help="also the Cassandra GeoDB (take the lock, or use --private-network)")
+    parser.add_argument("--private-network", action="store_true",
+                        help="run the Cassandra part in a network namespace of its own (root): its own node, "
+                             "whatever Cassandra the machine runs")
     parser.add_argument("--cassandra-users", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) for inspection")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md")
     args = parser.parse_args()
     args.argv = sys.argv[1:]
+    args.cassandra_started = False
     kinds = [k for k in args.kinds.split(",") if k]
     if set(kinds) - set(KINDS):
         parser.error(f"--kinds takes {', '.join(KINDS)}")
@@ -429,12 +446,12 @@ def main() -> None:
             finally:
                 cluster.stop()
         if args.cassandra:
-            node = LocalCassandra(work / "cassandra")
-            started_here = node.start()
-            try:
-                cassandra = asyncio.run(cassandra_lookups(args, work))
-            finally:
-                if started_here:
+            with private_network() if args.private_network else contextlib.nullcontext():
+                node = LocalCassandra(work / "cassandra")
+                try:
+                    args.cassandra_started = node.start()
+                    cassandra = asyncio.run(cassandra_lookups(args, work))
+                finally:
                     node.stop()
     finally:
         loads.append(load_average())

@@ -19,17 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture
 from cassandra.connection import ConnectionException
 from cassandra.policies import DCAwareRoundRobinPolicy, HostDistance, TokenAwarePolicy
 from cassandra.protocol import ErrorMessage
-from cassandra.query import PreparedStatement, tuple_factory
+from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
 
 from palomar.geodb.engine import GeoDBError, GeoEngine, InsertResult, Key, Row, Values, now_micros
 from palomar.geodb.schema import (
@@ -65,9 +66,16 @@ _DRIVER_ERRORS = (DriverException, NoHostAvailable, ConnectionException, ErrorMe
 PROTOCOL_VERSION = 5  # Cassandra 4.0 and newer; pinned so the driver does not probe (and warn)
 SCHEMA_AGREEMENT_TIMEOUT = 60.0
 """Seconds the nodes of the local datacenter get to agree on the schema after palomar's DDL."""
+WRITE_WINDOW = 32
+"""Batches of one `upsert_many` in flight at once: enough to keep the local nodes busy, few enough
+not to queue past their request timeout."""
+BATCH_ROWS = 50
+BATCH_BYTES = 4096
+"""Rows and (estimated) bytes per unlogged batch: under Cassandra's default 5 KiB batch warning."""
 REMOTE_SCHEMA_WAIT = 10.0
 """Seconds other datacenters' nodes get to take the new schema (a node that is down never does)."""
 
+T = TypeVar("T")
 log = logging.getLogger("palomar.geodb")
 
 
@@ -538,6 +546,48 @@ class CassandraGeoEngine(GeoEngine):
         query = t.insert(cols, "USING TIMESTAMP ?").replace("INTO ", "INTO {ks}.", 1)
         await self._run(query, [*t.params(t.keys, k), *t.params(cols, v), ts], _WRITE)
 
+    async def upsert_many(self, table: str, rows: Sequence[tuple[Key, Values]], *,
+                          timestamp: int | None = None) -> None:
+        """Bulk provisioning: the rows in unlogged batches of rows that share their replicas, at most
+        `WRITE_WINDOW` batches in flight.
+
+        A batch whose partitions all live on the same replicas is written by a coordinator that is
+        one of them, in one request, so none of the cost Cassandra warns of for multi-partition
+        batches (a coordinator forwarding rows to other nodes) arises; what is saved is the cost
+        per request, client and server: 3-4 times the users per second of one request per row on
+        a two-core machine (docs/benchmarks.md). Cassandra still logs, at most once a minute,
+        "Unlogged batch covering N partitions". Batches stay under its batch size warning
+        (`batch_size_warn_threshold`, 5 KiB). Not atomic across
+        rows, as the contract says; one write time for every row, as the SQLite engine's one
+        transaction. The first failure stops the sending and is raised once the requests in
+        flight have ended."""
+        t = self._table(table)
+        ts = self._stamp(timestamp)
+        work: list[tuple[str, list[Any]]] = []
+        for key, values in rows:
+            k = validate_key(t.tdef, key)
+            v = validate_values(t.tdef, values)
+            cols = sorted(v)
+            query = t.insert(cols, "USING TIMESTAMP ?").replace("INTO ", "INTO {ks}.", 1)
+            work.append((query, [*t.params(t.keys, k), *t.params(cols, v), ts]))
+        if not work:
+            return
+        prepared = {q: await self._prepare(q.replace("{ks}", _q(self.keyspace))) for q in {q for q, _ in work}}
+        session = self._live_session()
+        metadata = session.cluster.metadata
+        bound = []
+        for query, params in work:
+            stmt = prepared[query].bind(params)
+            replicas = tuple(sorted(str(h.endpoint) for h in metadata.get_replicas(self.keyspace, stmt.routing_key)))
+            bound.append((replicas, _cell_bytes(stmt.values), stmt))
+        batches = []
+        for group in write_batches(bound, BATCH_ROWS, BATCH_BYTES):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for stmt in group:
+                batch.add(stmt)
+            batches.append(batch)
+        await _Window(session, batches, _WRITE, asyncio.get_running_loop()).run()
+
     async def insert_if_absent(self, table: str, key: Key, values: Values) -> InsertResult:
         t = self._table(table)
         k = validate_key(t.tdef, key)
@@ -611,6 +661,93 @@ class CassandraGeoEngine(GeoEngine):
         t = self._table(table)
         rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name}", [], _READ)
         return [t.to_row(r) for r in rows]
+
+
+def _cell_bytes(values: Sequence[bytes | None]) -> int:
+    """What Cassandra counts of a bound row against its batch size limit: each cell's bytes plus
+    its overhead (write time, flags), over-estimated so that a full batch stays under the limit."""
+    return 32 + sum(32 + len(v or b"") for v in values)
+
+
+def write_batches(rows: Sequence[tuple[Hashable, int, T]], max_rows: int, max_bytes: int) -> list[list[T]]:
+    """Rows `(replicas, size, item)` in batches of the same replicas, each at most `max_rows` rows
+    and `max_bytes` bytes (a single row larger than that is a batch of its own), in first-seen order."""
+    open_batches: dict[Hashable, tuple[list[T], int]] = {}
+    out: list[list[T]] = []
+    for replicas, size, item in rows:
+        batch, total = open_batches.get(replicas, ([], 0))
+        if batch and (len(batch) >= max_rows or total + size > max_bytes):
+            batch, total = [], 0
+        if not batch:
+            out.append(batch)
+        batch.append(item)
+        open_batches[replicas] = (batch, total + size)
+    return out
+
+
+class _Window:
+    """Runs `statements` with at most WRITE_WINDOW requests in flight, refilled from the driver's
+    callbacks (its I/O thread: no thread hop per request); the asyncio future ends once every
+    request has, with the first error. One thread at a time sends (`pumping`): a callback that
+    runs inside `execute_async`'s caller (a request already answered) only counts, so a long
+    run of such answers never recurses."""
+
+    def __init__(self, session: Any, statements: Sequence[Any], profile: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.session, self.statements, self.profile, self.loop = session, statements, profile, loop
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.lock = threading.Lock()
+        self.next = 0
+        self.in_flight = 0
+        self.pumping = False
+        self.settled = False
+        self.error: BaseException | None = None
+
+    async def run(self) -> None:
+        self._pump()
+        try:
+            await asyncio.shield(self.done)
+        except asyncio.CancelledError:
+            with self.lock:  # send no more; the requests in flight end on their own
+                self.next = len(self.statements)
+            raise
+        except _DRIVER_ERRORS as exc:
+            raise GeoDBError(f"cassandra GeoDB: {_describe(exc)}") from exc
+
+    def _pump(self) -> None:
+        """Send while the window has room (any thread); settle the future once nothing is left."""
+        with self.lock:
+            if self.pumping:
+                return
+            self.pumping = True
+        while True:
+            with self.lock:
+                if self.error is None and self.next < len(self.statements) and self.in_flight < WRITE_WINDOW:
+                    stmt = self.statements[self.next]
+                    self.next += 1
+                    self.in_flight += 1
+                else:
+                    self.pumping = False
+                    finished = self.in_flight == 0 and not self.settled
+                    self.settled = self.settled or finished
+                    break
+            try:
+                self.session.execute_async(stmt, execution_profile=self.profile).add_callbacks(
+                    self._answered, self._ended)
+            except _DRIVER_ERRORS as exc:
+                self._ended(exc)
+        if finished:
+            self.loop.call_soon_threadsafe(_settle, self.done, None, self.error)
+
+    def _answered(self, _rows: Any) -> None:
+        self._ended(None)
+
+    def _ended(self, exc: BaseException | None) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if exc is not None and self.error is None:
+                self.error = exc
+        self._pump()
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

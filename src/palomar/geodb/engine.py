@@ -109,9 +109,8 @@ class GeoEngine(abc.ABC):
                           timestamp: int | None = None) -> None:
         """`upsert` for many rows at once (bulk provisioning). Not atomic across rows.
 
-        This default sends them concurrently (Cassandra: parallel requests, one per partition, as
-        its documentation advises over multi-partition batches); the SQLite engine writes them in
-        one transaction."""
+        This default sends them concurrently; the Cassandra engine sends unlogged batches of rows
+        that share their replicas, the SQLite engine writes them in one transaction."""
         await asyncio.gather(*(self.upsert(table, key, values, timestamp=timestamp) for key, values in rows))
 
     @abc.abstractmethod
