@@ -66,11 +66,13 @@ def test_every_user_through_both_sites_ends_in_its_site(sites: list[LocalCluster
 
 
 def test_each_site_has_its_controller_ui_and_api_on_its_load_balancer_address(sites: list[LocalCluster]) -> None:
-    """As the demo prints: DC1's controller on 127.0.0.1, DC2's on 127.0.0.101, each listing its own backends."""
+    """As the demo prints: DC1's controller on 127.0.0.1, DC2's on 127.0.0.101; `GET /api/v1/backends` is
+    `backend list --json`, every site's backends, each with its site."""
+    expected = sorted((c.site, b.host) for c in sites for b in c.backends)
     for cluster in sites:
         auth = base64.b64encode(f"admin:{cluster.controller_admin_password}".encode()).decode()
         request = urllib.request.Request(f"http://{cluster.lb_host}:{cluster.controller_http_port}/api/v1/backends",
                                          headers={"Authorization": f"Basic {auth}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             backends = json.loads(response.read())
-        assert sorted(b["host"] for b in backends) == sorted(b.host for b in cluster.backends), cluster.site
+        assert sorted((b["site"], b["host"]) for b in backends) == expected, cluster.site
