@@ -161,7 +161,10 @@ class LineAssembler:
     def _limit(self) -> int:
         if self.max_size_for is None:
             return self.max_size
-        return self.max_size_for(bytes(self._partial[:64]) if self._partial else bytes(self._buf[:64]))
+        # Only the first max_size bytes decide: a head longer than the normal limit is classified
+        # the same way whether it arrived in one read or byte by byte.
+        head = min(64, self.max_size)
+        return self.max_size_for(bytes(self._partial[:head]) if self._partial else bytes(self._buf[:head]))
 
     def refuse_literal(self) -> None:
         """Drop the message so far (a synchronizing literal we will not wait for)."""
