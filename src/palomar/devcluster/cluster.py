@@ -133,6 +133,14 @@ class BackendNode:
         return self.config.parent / "palomar.log"
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A `palomar` command that failed, shown with its own stderr: a start-up failure then says why,
+    not only "exit status 1"."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} stderr: {(self.stderr or '').strip()[-2000:]}"
+
+
 @dataclass
 class LocalCluster:
     root: Path
@@ -275,8 +283,11 @@ class LocalCluster:
 
     def palomar(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a `palomar` command (e.g. `cluster backend list`) against this cluster."""
-        return subprocess.run([*self.palomar_cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=check, timeout=60)
+        done = subprocess.run([*self.palomar_cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=False, timeout=60)
+        if check and done.returncode != 0:
+            raise CommandFailed(done.returncode, done.args, done.stdout, done.stderr)
+        return done
 
     def cluster(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.palomar("cluster", "-c", str(self.admin_config), *args, check=check)
