@@ -19,9 +19,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from palomar.auth.passdb import PassdbChain
-from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.backend.service import BackendState, handle_hop
 from palomar.cluster.model import Backend, Site
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.geodb import open_engine
 from palomar.geodb.engine import GeoDBError, GeoEngine
 from palomar.geodb.repository import GeoDB

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.backend.moves import MoveExecutor
 from palomar.backend.service import BackendState, _serve
 from palomar.cluster.model import Backend, Group, Site
 from palomar.devcluster.dovecot import DovecotInstance
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB

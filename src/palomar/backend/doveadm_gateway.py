@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-from palomar.backend.dovecot_login import DovecotEndpoint
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.net.link import Link, open_link
 from palomar.protocols import doveadm, doveadm_http, hop
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from palomar.backend.dovecot_login import BACKEND_HELO, DovecotEndpoint
+from palomar.dovecot_login import BACKEND_HELO, DovecotEndpoint
 from palomar.net.link import Link, open_link
 from palomar.protocols import managesieve
 from palomar.protocols.imap_syntax import ImapSyntaxError, LineAssembler, parse_response

@@ -19,10 +19,10 @@ import logging
 from collections import deque
 from typing import Any
 
-from palomar.backend.dovecot_login import BACKEND_HELO, xclient_fields
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import lmtp_fanout as fan
 from palomar.cluster.ownership import Own, Refer
+from palomar.dovecot_login import BACKEND_HELO, xclient_fields
 from palomar.logsafe import safe
 from palomar.net.drain import ShuttingDown
 from palomar.net.link import Link, open_link

@@ -11,14 +11,15 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
 from palomar.backend.doveadm_gateway import read_payload, runner
-from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.load_sample import LoadSampler, doveadm_session_count
 from palomar.backend.localdb_upkeep import prune_loop
+from palomar.backend.login_check import start_login_check
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
@@ -26,6 +27,7 @@ from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
 from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
+from palomar.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
@@ -401,10 +403,39 @@ class LoginHold:
         return False  # a login cannot be aborted half-way; it ends within the Dovecot login timeout
 
 
-def _referred(state: BackendState, request: hop.HopRequest, host: str, reason: str) -> hop.Referral:
+def _referred(state: BackendState, session_id: str, user: str, host: str, reason: str) -> hop.Referral:
     state.referrals += 1
-    log.info("session=%s user=%s referred to %s: %s", request.session_id, safe(request.user), host, safe(reason))
+    log.info("session=%s user=%s referred to %s: %s", session_id, safe(user), host, safe(reason))
     return hop.Referral(host, reason)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """This backend serves the login: `hold` holds its user against moves until the caller
+    releases it (`MoveExecutor.end_delivery`) once the session exists in Dovecot."""
+
+    group: object
+    hold: LoginHold
+
+
+async def admit(state: BackendState, user: str, session_id: str) -> Admitted | hop.Referral | hop.Failure:
+    """The ownership check of every login (hop and direct path): fresh GeoDB data, pending moves
+    first, then the move fence (moves.md)."""
+    decision, group, record = await state.ownership_and_user(user)
+    if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
+        decision, group = await state.moves.on_access(user, decision, group, record=record)
+    if isinstance(decision, Refer):
+        return _referred(state, session_id, user, decision.host, decision.reason)
+    if not isinstance(decision, Own):
+        log.warning("session=%s user=%s not served here: %s", session_id, safe(user), decision.reason)
+        return hop.Failure("unavailable", decision.reason)
+    hold = LoginHold()
+    # Held like an LMTP recipient (moves.md): a move either sees this login (and waits for it
+    # before the user or the group counts as moved) or this login sees the move.
+    moved_to = state.moves.begin_delivery(user, group, hold) if state.moves is not None else None
+    if moved_to is not None:
+        return _referred(state, session_id, user, moved_to, "user moved")
+    return Admitted(group, hold)
 
 
 async def _serve_guarded(state: BackendState, request: hop.HopRequest, run: DovecotRun | None = None
@@ -429,29 +460,19 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
                  ) -> tuple[hop.HopReply, Link | None]:
     if request.protocol not in FLAVOURS and run is None:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
-    decision, group, record = await state.ownership_and_user(request.user)
-    if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-        decision, group = await state.moves.on_access(request.user, decision, group, record=record)
-    if isinstance(decision, Refer):
-        return _referred(state, request, decision.host, decision.reason), None
-    if not isinstance(decision, Own):
-        log.warning("session=%s user=%s not served here: %s", request.session_id, safe(request.user), decision.reason)
-        return hop.Failure("unavailable", decision.reason), None
-    moves, hold = state.moves, LoginHold()
-    # Held like an LMTP recipient (moves.md): a move either sees this login (and waits for it
-    # before the user or the group counts as moved) or this login sees the move.
-    moved_to = moves.begin_delivery(request.user, group, hold) if moves is not None else None
-    if moved_to is not None:
-        return _referred(state, request, moved_to, "user moved"), None
+    admitted = await admit(state, request.user, request.session_id)
+    if not isinstance(admitted, Admitted):
+        return admitted, None
+    moves, group = state.moves, admitted.group
     try:
         reply, link = await (run() if run is not None else login(state.dovecot, request))
         moved_to = moves.moved_during_login(request.user, group) if moves and link else None
     finally:
         if moves is not None:
-            moves.end_delivery(hold)  # the caller registers the relay before the loop switches
+            moves.end_delivery(admitted.hold)  # the caller registers the relay before the loop switches
     if link is not None and moved_to is not None:  # the move reached this user while it logged in
         link.close()
-        return _referred(state, request, moved_to, "user moved"), None
+        return _referred(state, request.session_id, request.user, moved_to, "user moved"), None
     log.info("session=%s user=%s proto=%s client=%s:%d login %s", request.session_id, safe(request.user),
              request.protocol, request.client[0], request.client[1],
              "ok" if link is not None else safe(getattr(reply, "text", "failed")))
@@ -533,6 +554,9 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         loops.append(loop)
         log.info("backend %s accepting hops on %s:%d (%s)", state.name, host, cfg["cluster_hop_port"],
                  "TLS" if state.tls else "plaintext: cluster_hop_ssl = no")
+    login_check = None
+    if cfg["cluster_backend_path"] == "direct":  # proxies log in to Dovecot; Dovecot asks us (login_check.py)
+        login_check = await start_login_check(state, Path(cfg["cluster_backend_login_check_socket"]))
     stats = asyncio.get_running_loop().create_task(
         stats_loop(state, float(cfg["cluster_backend_stats_interval"])))
     upkeep = asyncio.get_running_loop().create_task(prune_loop(state))
@@ -548,6 +572,8 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         stalls.cancel()
         for server in metrics_servers:
             server.close()
+        if login_check is not None:
+            login_check.close()
         await executor.stop()
         for accept_loop in loops:
             await accept_loop.close()

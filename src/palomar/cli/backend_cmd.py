@@ -63,6 +63,10 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
     for setting in ("cluster_backend_dovecot_master_password", "doveadm_password"):
         if not cfg[setting]:
             raise DovecotConfigError(f"{setting} is not set")
+    if cfg["cluster_backend_path"] == "direct":
+        raise DovecotConfigError("cluster_backend_path = direct: dovecot-config does not write the direct path's "
+                                 "Dovecot configuration yet (the login check passdb, the haproxy listeners); "
+                                 "see docs/design/login-path-cost.md")
     listen = cfg["cluster_backend_dovecot_host"]
     base_dir = Path(cfg["base_dir"])
     trusted = ["127.0.0.1/32", "::1/128"] if ":" in listen else ["127.0.0.1/32"]

@@ -424,10 +424,31 @@ _add("controller_http_session_lifetime", TIME, "8 hours", BOTH,
      "restart logs everyone out)", **_ext)
 _add("cluster_backend_dovecot_host", STRING, "127.0.0.1", BACKEND,
      "address of the local Dovecot CE behind this backend", **_ext)
-_add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BACKEND,
-     "Dovecot master user the backend logs users in with", **_ext)
-_add("cluster_backend_dovecot_master_password", SECRET, "", BACKEND,
-     "password of that master user (empty: a key derived from doveadm_password)", **_ext)
+_add("cluster_backend_dovecot_master_user", STRING, "palomar-master", BOTH,
+     "Dovecot master user the backend logs users in with (with cluster_backend_path = direct, the proxies "
+     "log in to the backends' Dovecot with it themselves)", **_ext)
+_add("cluster_backend_dovecot_master_password", SECRET, "", BOTH,
+     "password of that master user (empty: a key derived from doveadm_password); the same on every backend "
+     "and, with cluster_backend_path = direct, on every proxy", **_ext)
+_add("cluster_backend_path", enum("hop", "direct"), "hop", BOTH,
+     "how a proxy reaches a user's backend for IMAP and POP3 sessions. `hop`: over the hop to the backend's "
+     "palomar service, which checks ownership, logs in to its Dovecot and relays every byte. `direct`: "
+     "straight to the backend's Dovecot (cluster_backend_direct_imap_port / _pop3_port, a PROXY v2 header "
+     "with the client's address, login as the master user); Dovecot asks the backend's palomar service "
+     "(cluster_backend_login_check_socket) at every login, so it still decides every login but leaves the "
+     "byte path. LMTP, Submission, ManageSieve, doveadm and admin commands stay on the hop. Needs "
+     "cluster_hop_ssl = no: the direct connection is not encrypted yet (docs/design/login-path-cost.md)",
+     **_ext)
+_add("cluster_backend_direct_imap_port", PORT, "0", PROXY,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot IMAP listener with `haproxy = yes` "
+     "(the same on every backend)", **_ext)
+_add("cluster_backend_direct_pop3_port", PORT, "0", PROXY,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot POP3 listener with `haproxy = yes` "
+     "(the same on every backend)", **_ext)
+_add("cluster_backend_login_check_socket", PATH, "", BACKEND,
+     "with cluster_backend_path = direct: the UNIX socket where the backend answers its Dovecot's dict passdb "
+     "lookup (`uri = proxy:<this path>:palomar`, `password_key = passdb/%{session}`) with its ownership check",
+     **_ext)
 _add("cluster_backend_dovecot_imap_port", PORT, "10143", BACKEND, "IMAP port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_pop3_port", PORT, "10110", BACKEND, "POP3 port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_lmtp_port", PORT, "10024", BACKEND, "LMTP port of the local Dovecot", **_ext)

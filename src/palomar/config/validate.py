@@ -48,6 +48,7 @@ def cross_check(cfg: Config, main: Location) -> list[Issue]:
     issues += _geodb(cfg)
     issues += _tls(cfg, role_at)
     issues += _hop_tls(cfg, role_at)
+    issues += _backend_path(cfg, role_at)
     issues += _listeners(cfg)
     issues += _doveadm_ssl(cfg)
     issues += _backend_listeners(cfg)
@@ -173,6 +174,25 @@ def _hop_tls(cfg: Config, role_at: Location) -> list[Issue]:
     return [Issue(at, f"cluster_hop_ssl: TLS on the hop is on (cluster_hop_ssl = yes, the default) but "
                       f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; "
                       "set them or cluster_hop_ssl = no")]
+
+
+_DIRECT_PORTS = ("cluster_backend_direct_imap_port", "cluster_backend_direct_pop3_port")
+
+
+def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
+    """The direct path needs its ports (and the backend its login check socket), and is plaintext for
+    now: refused with hop TLS on rather than sending sessions in clear text the operator asked to encrypt."""
+    names = ("cluster_backend_login_check_socket",) if cfg.role == "backend" else _DIRECT_PORTS
+    if cfg["cluster_backend_path"] == "hop":
+        return [Issue(cfg.location(name), f"{name}: only used with cluster_backend_path = direct")
+                for name in names if cfg.is_set(name)]
+    at = cfg.location("cluster_backend_path") or role_at
+    needed = (*names, "cluster_backend_dovecot_master_password") if cfg.role == "proxy" else names
+    issues = [Issue(at, f"cluster_backend_path = direct needs {name}") for name in needed if not cfg[name]]
+    if cfg["cluster_hop_ssl"] == "yes":
+        issues.append(Issue(at, "cluster_backend_path = direct: the proxy's connection to Dovecot is not encrypted "
+                                "yet; it needs cluster_hop_ssl = no (a network as trusted as the hosts)"))
+    return issues
 
 
 def _explicit_listeners(cfg: Config) -> Iterator[tuple[tuple[str, str], ListenerSettings]]:

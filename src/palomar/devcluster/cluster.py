@@ -214,6 +214,11 @@ class LocalCluster:
     backend_master_password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     backend_imap_port: int = 0
     """The shared IMAP port of the backends' Dovecot once started (with `shared_backend_imap`)."""
+    backend_path: str = "hop"
+    """`cluster_backend_path`: `direct` has the proxies log in to the backends' Dovecot themselves for IMAP
+    and POP3 (haproxy listeners, one master password for all backends, a plaintext hop)."""
+    direct_ports: tuple[int, int] = (0, 0)
+    """The backends' Dovecot IMAP and POP3 haproxy listeners once started (with backend_path = direct)."""
     site: str = SITE
     """This cluster's site name (`cluster_local_site`)."""
     host_offset: int = 0
@@ -319,10 +324,17 @@ class LocalCluster:
             f"cluster_hop_secret = {self.hop_secret}",
             f"cluster_hop_port = {self.hop_port}",
             *([] if self.hop_tls else ["cluster_hop_ssl = no"]),
+            *self._direct_settings(),
             f"cluster_backend_test_username = {PROBE_USERNAME}",
             f"log_path = {role_dir / 'palomar.log'}",
             f"base_dir = {role_dir / 'run'}",
         ]
+
+    def _direct_settings(self) -> list[str]:
+        if self.backend_path == "hop":
+            return []
+        return ["cluster_backend_path = direct",
+                f"cluster_backend_dovecot_master_password = {self.backend_master_password}"]
 
     @property
     def hop_tls_dir(self) -> Path:
@@ -338,6 +350,9 @@ class LocalCluster:
         lines = ["@cluster_defaults = proxy", *self._common(role_dir)]
         if self.hop_tls:
             lines.append(f"cluster_hop_ssl_ca_file = {self.hop_tls_dir / 'hop-ca.crt'}")
+        if self.backend_path == "direct":
+            lines += [f"cluster_backend_direct_imap_port = {self.direct_ports[0]}",
+                      f"cluster_backend_direct_pop3_port = {self.direct_ports[1]}"]
         if self.site_port:
             lines.append(f"cluster_proxy_site_listen = {node.host}:{node.site}")
             if self.hop_tls:  # other sites' proxies verify this site's load balancer name
@@ -428,7 +443,8 @@ class LocalCluster:
             f"cluster_backend_dovecot_sieve_port = {p.sieve_port}",
             f"cluster_backend_dovecot_doveadm_http_port = {p.doveadm_http_port}",
             f"cluster_backend_dovecot_master_user = {p.master_user}",
-            f"cluster_backend_dovecot_master_password = {p.master_password}",
+            *([] if self.backend_path == "direct" else [f"cluster_backend_dovecot_master_password = {p.master_password}"]),
+            *([f"cluster_backend_login_check_socket = {p.login_check_socket}"] if p.login_check_socket else []),
             f"doveadm_password = {p.doveadm_password}",
             f"doveadm_port = {p.doveadm_tcp_port}",
             *self.backend_settings,
@@ -485,6 +501,10 @@ class LocalCluster:
         self.hop_port = self._hop_port()
         if self.shared_backend_imap:
             self.backend_imap_port = free_port_on_all(self._backend_hosts(), "the backends' IMAP", (self.hop_port,))
+        if self.backend_path == "direct":
+            imap = free_port_on_all(self._backend_hosts(), "the backends' direct IMAP", (self.hop_port,))
+            self.direct_ports = (imap, free_port_on_all(self._backend_hosts(), "the backends' direct POP3",
+                                                        (self.hop_port, imap)))
         mail_root = self.mail_root
         relay = self.relay
         if relay is None:
@@ -493,10 +513,13 @@ class LocalCluster:
         for index, host in enumerate(self._backend_hosts(), start=1):
             name = f"backend{index}"
             extra = (*self.backend_dovecot_settings.get("*", ()), *self.backend_dovecot_settings.get(name, ()))
-            shared = self.shared_backend_imap
+            shared = self.shared_backend_imap or self.backend_path == "direct"
             dovecot = DovecotInstance(backend_params(
                 name, host, self.dovecot_dir, mail_root, relay=relay, extra_settings=extra,
-                imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None))
+                imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None,
+                # proxies connect without binding their own address: from 127.0.0.1 on one loopback
+                direct=(*self.direct_ports, ("127.0.0.1/32", *(f"{proxy}/32" for proxy in self._proxy_hosts())))
+                if self.backend_path == "direct" else None))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from palomar.cluster.routing import MAX_REFERRAL_HOPS
 from palomar.logsafe import safe
@@ -43,7 +44,7 @@ class HopFailed:
     """The backend refused the login itself (reported to the client as an auth failure)."""
 
 
-_FAILURE_CODES = {
+FAILURE_CODES = {
     "denied": "proxy_dest_internal_failure",
     "temp": "proxy_dest_auth_temp_failed",
     "auth": "proxy_dest_auth_failed",
@@ -153,30 +154,51 @@ class HopClient:
             link.abort()
             return HopFailed(host, "proxy_dest_remote_failure", f"hop connection failed: {exc}")
 
+    async def _reply(self, host: str, target: HopTarget, ttl: int) -> Established | HopFailed | hop.HopReply:
+        """One hop: the session if the backend logged the user in, else its reply (the link closed)."""
+        outcome = await self._attempt(host, target, ttl)
+        if isinstance(outcome, HopFailed):
+            return outcome
+        reply, link = outcome
+        if isinstance(reply, hop.LoggedIn):
+            return Established(host, link, reply.text, link.take_buffer(), 0)
+        link.close()
+        return reply
+
     async def connect(self, host: str, target: HopTarget, on_redirect=None) -> Established | HopFailed:
         """Log the user in at `host`, following up to MAX_REFERRAL_HOPS referrals (never a host twice)."""
-        visited = [host]
-        ttl = START_TTL
-        for referrals in range(MAX_REFERRAL_HOPS + 1):
-            outcome = await self._attempt(host, target, ttl)
-            if isinstance(outcome, HopFailed):
-                return outcome
-            reply, link = outcome
-            if isinstance(reply, hop.LoggedIn):
-                return Established(host, link, reply.text, link.take_buffer(), referrals)
-            link.close()
-            if isinstance(reply, hop.Failure):
-                return HopFailed(host, _FAILURE_CODES[reply.code], reply.text, auth=reply.code == "auth")
-            log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, safe(target.user), host,
-                     safe(reply.host), safe(reply.reason or "no reason"))
-            if on_redirect is not None:
-                on_redirect(host)
-            if reply.host in visited:
-                return HopFailed(host, "proxy_dest_redirected", f"referral loop via {reply.host}")
-            visited.append(reply.host)
-            host = reply.host
-            ttl -= 1
-        return HopFailed(host, "proxy_dest_redirected", "too many referrals")
+        return await follow_referrals(self._reply, host, target, on_redirect)
+
+
+Attempt = Callable[[str, HopTarget, int], Awaitable["Established | HopFailed | hop.HopReply"]]
+"""One login attempt at a host with a ttl: the session, a failure to connect, or the backend's reply."""
+
+
+async def follow_referrals(attempt: Attempt, host: str, target: HopTarget, on_redirect=None
+                           ) -> Established | HopFailed:
+    """Run `attempt` at `host`, following up to MAX_REFERRAL_HOPS referrals (never a host twice); the
+    hop and the direct path (direct_client.py) alike."""
+    visited = [host]
+    ttl = START_TTL
+    for referrals in range(MAX_REFERRAL_HOPS + 1):
+        outcome = await attempt(host, target, ttl)
+        if isinstance(outcome, Established):
+            return replace(outcome, referrals=referrals)
+        if isinstance(outcome, HopFailed):
+            return outcome
+        if isinstance(outcome, hop.Failure):
+            return HopFailed(host, FAILURE_CODES[outcome.code], outcome.text, auth=outcome.code == "auth")
+        assert isinstance(outcome, hop.Referral)
+        log.info("session=%s user=%s referred from %s to %s (%s)", target.session_id, safe(target.user), host,
+                 safe(outcome.host), safe(outcome.reason or "no reason"))
+        if on_redirect is not None:
+            on_redirect(host)
+        if outcome.host in visited:
+            return HopFailed(host, "proxy_dest_redirected", f"referral loop via {outcome.host}")
+        visited.append(outcome.host)
+        host = outcome.host
+        ttl -= 1
+    return HopFailed(host, "proxy_dest_redirected", "too many referrals")
 
 
 async def _read_line(link: Link, reader: hop.LineReader[hop.T]) -> hop.T | None:

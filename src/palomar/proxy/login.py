@@ -159,7 +159,9 @@ async def route_and_connect(state: ProxyState, target: HopTarget, host_override:
         if failed is not None and route.host == failed_host:
             break
         started = time.monotonic()
-        outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
+        direct = state.direct
+        client = direct if direct is not None and direct.serves(target.protocol) else state.hops
+        outcome = await client.connect(route.host, target, on_redirect=state.count_redirect)
         if not isinstance(outcome, HopFailed):
             state.count_success(outcome.host)
             if state.health is not None:

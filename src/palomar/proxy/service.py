@@ -28,6 +28,7 @@ from palomar.net.hop_tls import hop_client_context, hop_server_context
 from palomar.net.server import AcceptLoop, listen_socket
 from palomar.protocols.prelogin_caps import CapabilitySettings
 from palomar.proxy.capabilities import SiteCapabilities
+from palomar.proxy.direct_client import DirectClient
 from palomar.proxy.doveadm_frontend import serve_doveadm
 from palomar.proxy.doveadm_http_frontend import serve_doveadm_http
 from palomar.proxy.failures import WORDING
@@ -124,6 +125,18 @@ def auth_cache(cfg: Config) -> AuthCache | None:
     return AuthCache(cfg["auth_cache_size"], cfg["auth_cache_ttl"], cfg["auth_cache_negative_ttl"])
 
 
+def direct_client(cfg: Config) -> DirectClient | None:
+    """The direct path's client when `cluster_backend_path = direct` (IMAP and POP3 sessions)."""
+    if cfg["cluster_backend_path"] != "direct":
+        return None
+    return DirectClient({"imap": cfg["cluster_backend_direct_imap_port"],
+                         "pop3": cfg["cluster_backend_direct_pop3_port"]},
+                        master_user=cfg["cluster_backend_dovecot_master_user"],
+                        master_password=cfg["cluster_backend_dovecot_master_password"],
+                        connect_timeout=cfg["cluster_hop_connect_timeout"],
+                        answer_timeout=cfg["cluster_hop_answer_timeout"])
+
+
 async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
     available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
@@ -145,6 +158,7 @@ async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
                        answer_timeout=cfg["cluster_hop_answer_timeout"]),
+        direct=direct_client(cfg),
         metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
         tls=server_tls_context(cfg),

@@ -16,6 +16,7 @@ from palomar.metrics.registry import Counter, Registry
 from palomar.net.drain import Drain
 from palomar.net.refusals import RefusalLog
 from palomar.proxy.capabilities import SiteCapabilities
+from palomar.proxy.direct_client import DirectClient
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.limits import ConnectionLimits
@@ -94,6 +95,9 @@ class ProxyState:
     metrics: ProxyMetrics
     site_id: UUID | None
     proxy_host: str = field(default_factory=socket.gethostname)
+    direct: DirectClient | None = None
+    """`cluster_backend_path = direct`: sessions of its protocols go straight to the backends' Dovecot
+    (proxy/direct_client.py); None, or another protocol: the hop."""
     tls: ssl.SSLContext | None = None
     allow_cleartext: bool = False
     auth_failure_delay: float = 2.0

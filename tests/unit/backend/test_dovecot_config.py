@@ -194,3 +194,45 @@ def test_extra_settings_are_written_quoted_at_the_end() -> None:
 def test_extra_settings_cannot_inject(extra, problem: str) -> None:
     with pytest.raises(DovecotConfigError, match=problem):
         _params(extra_settings=extra)
+
+
+DIRECT = {"login_check_socket": Path("/srv/be1/run/palomar-login-check"), "haproxy_imap_port": 10993,
+          "haproxy_pop3_port": 10995, "haproxy_trusted_networks": ("192.0.2.10/32", "192.0.2.11/32")}
+
+
+def test_render_direct_path_asks_palomar_for_the_target_user() -> None:
+    text = render(_params(**DIRECT))
+    passdbs = [_block(text[i:], "passdb {") for i in range(len(text)) if text.startswith("passdb {", i)]
+    master, deny, target = passdbs
+    assert "master = yes" in master and "skip = authenticated" in deny
+    assert "driver = dict" in target and "args = /srv/be1/etc/palomar-login-check.conf.ext" in target
+    assert "skip = unauthenticated" in target and "nopassword" not in target
+    assert "haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11/32\n" in text
+    imap = _block(text, "service imap-login {")
+    assert "inet_listener imap_haproxy {\n    port = 10993\n    haproxy = yes\n  }" in imap
+    pop3 = _block(text, "service pop3-login {")
+    assert "inet_listener pop3_haproxy {\n    port = 10995\n    haproxy = yes\n  }" in pop3
+    hop = render(_params())
+    assert "haproxy" not in hop and "driver = dict" not in hop
+
+
+def test_the_login_check_dict_file(tmp_path: Path) -> None:
+    p = _params(tmp_path, **{**DIRECT, "login_check_socket": tmp_path / "run" / "palomar-login-check"})
+    write_instance(p)
+    text = p.login_check_dict_path.read_text()
+    assert f"uri = proxy:{tmp_path}/run/palomar-login-check:palomar\n" in text
+    assert "password_key = passdb/%{session}\n" in text
+    assert stat.S_IMODE(p.login_check_dict_path.stat().st_mode) in (0o600, 0o640)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"haproxy_imap_port": 10993}, "login check socket"),
+    ({**DIRECT, "haproxy_trusted_networks": ()}, "haproxy_trusted_networks"),
+    ({**DIRECT, "login_check_socket": Path("run/sock")}, "absolute"),
+    ({**DIRECT, "login_check_socket": Path("/srv/a:b")}, "absolute"),
+    ({**DIRECT, "haproxy_imap_port": 10143}, "share a port"),
+    ({**DIRECT, "haproxy_trusted_networks": ("192.0.2.300",)}, "trusted network"),
+])
+def test_bad_direct_params_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(DovecotConfigError, match=message):
+        _params(**changes)

@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.backend.load_sample import (
     DOVECOT_SESSIONS,
     LOAD_AVG1,
@@ -32,6 +31,7 @@ from palomar.backend.load_sample import (
 )
 from palomar.backend.service import BackendState
 from palomar.cluster.model import Site
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB

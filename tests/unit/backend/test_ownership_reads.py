@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.backend.service import BackendState
 from palomar.cluster.model import Backend, Group, Site
 from palomar.cluster.ownership import Own, Refer
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB

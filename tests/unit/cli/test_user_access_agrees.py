@@ -9,11 +9,11 @@ from uuid import UUID
 
 import pytest
 
-from palomar.backend.dovecot_login import DovecotEndpoint
 from palomar.backend.service import BackendState
 from palomar.cli.cluster_user_access import access_records
 from palomar.cluster.model import Backend, Group, Site
 from palomar.cluster.ownership import NotMine, Own
+from palomar.dovecot_login import DovecotEndpoint
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb.store import LocalDB

@@ -322,3 +322,21 @@ def test_move_timeout_is_refused_on_a_proxy(write) -> None:
     path = write("p.conf", PROXY + "cluster_user_move_timeout = 1 min\n")
     assert _errors(path) == [f"{path}:8: cluster_user_move_timeout: applies only to a backend, but this is a "
                              "proxy (@cluster_defaults = proxy)"]
+
+
+def test_the_direct_path_needs_its_ports_a_master_password_and_a_plaintext_hop(write) -> None:
+    path = write("p.conf", "cluster_backend_path = direct\n")
+    assert _errors(path) == [
+        f"{path}:1: cluster_backend_path = direct needs cluster_backend_direct_imap_port",
+        f"{path}:1: cluster_backend_path = direct needs cluster_backend_direct_pop3_port",
+        f"{path}:1: cluster_backend_path = direct: the proxy's connection to Dovecot is not encrypted yet; it "
+        "needs cluster_hop_ssl = no (a network as trusted as the hosts)",
+    ]
+    good = write("good.conf", "cluster_backend_path = direct\ncluster_backend_direct_imap_port = 10993\n"
+                              "cluster_backend_direct_pop3_port = 10995\ncluster_hop_ssl = no\n")
+    assert load(good)["cluster_backend_path"] == "direct"
+
+
+def test_direct_path_settings_are_refused_on_the_hop_path(write) -> None:
+    path = write("p.conf", "cluster_backend_direct_imap_port = 10993\n")
+    assert _errors(path) == [f"{path}:1: cluster_backend_direct_imap_port: only used with cluster_backend_path = direct"]

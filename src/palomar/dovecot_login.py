@@ -1,8 +1,10 @@
-"""Logging a user in to the local Dovecot as the master user, forwarding the client's address.
+"""Logging a user in to a backend's Dovecot as the master user, forwarding the client's address.
 
 Each protocol's client core does the talking (IMAP: ID then AUTHENTICATE PLAIN; POP3 and
 ManageSieve: XCLIENT then AUTH); this module drives one of them over a connection and turns
-its result into the hop's reply.
+its result into the hop's reply. Two callers: `palomar backend` (the hop path: its local Dovecot)
+and a proxy with `cluster_backend_path = direct` (the backend's Dovecot itself, behind a PROXY
+v2 header that carries the client's address).
 """
 
 from __future__ import annotations
@@ -88,19 +90,29 @@ FLAVOURS: dict[str, LoginFlavour] = {
     "submission": LoginFlavour(_submission_client, submission.LoggedIn, lambda r: r.reply),
 }
 
+REFERRAL_MARK = "palomar-referral"
+"""Starts a refusal's text when a direct-path backend's login check refers the user elsewhere (the
+same word the LMTP gateway uses in its 451 replies)."""
+
 _FAILURE_KINDS = {"auth": "auth", "temp": "temp", "referral": "internal", "config": "internal", "other": "temp"}
 
 
 async def login(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
     """Open a session for `request.user`; on success the link is ready to relay."""
-    flavour = FLAVOURS.get(request.protocol)
-    if flavour is None:
+    if request.protocol not in FLAVOURS:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served"), None
     port = endpoint.ports[request.protocol]
     try:
         link = await open_link(endpoint.host, port, timeout=endpoint.timeout)
     except (OSError, TimeoutError) as exc:
         return hop.Failure("unavailable", f"Dovecot {request.protocol} not reachable: {exc}"), None
+    return await login_over(link, endpoint, request)
+
+
+async def login_over(link: Link, endpoint: DovecotEndpoint, request: hop.HopRequest
+                     ) -> tuple[hop.HopReply, Link | None]:
+    """Log `request.user` in on an open connection to Dovecot (closed unless the login succeeds)."""
+    flavour = FLAVOURS[request.protocol]
     client = flavour.client(endpoint, request)
     try:
         async with asyncio.timeout(endpoint.timeout):
@@ -114,8 +126,17 @@ async def login(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tuple[hop
                     link.unread(client.leftover())
                     return hop.LoggedIn(flavour.post_login(result)), link
                 link.close()
-                code = _FAILURE_KINDS.get(result.kind, "protocol")
-                return hop.Failure(code, f"Dovecot: {' '.join(result.text.split())}"), None
+                return failure_reply(result.kind, result.text), None
     except TimeoutError:
         link.abort()
         return hop.Failure("unavailable", "Dovecot did not answer the login in time"), None
+
+
+def failure_reply(kind: str, text: str) -> hop.Failure | hop.Referral:
+    """A refused login as the hop would answer it. The login check of a direct-path backend refers
+    with `nologin` and a reason `palomar-referral <host> <why>` (login_check.py), which Dovecot
+    sends as the text of its refusal; any other refusal is a failure."""
+    words = text.split()
+    if len(words) >= 2 and words[0] == REFERRAL_MARK:
+        return hop.Referral(words[1], " ".join(words[2:]))
+    return hop.Failure(_FAILURE_KINDS.get(kind, "protocol"), f"Dovecot: {' '.join(words)}")

@@ -1,0 +1,135 @@
+"""The server side of Dovecot's dict protocol (`proxy:` dict URIs), sans-IO: just enough to answer
+Dovecot's dict passdb/userdb lookups (docs/design/login-path-cost.md, "One Python process").
+
+Dovecot 2.3's dict client (src/lib-dict/dict-client.c) writes one line per command, fields
+separated by TAB and escaped with `str_tabescape` (\\x01 then 0, 1, t, r, n for NUL, \\x01, TAB,
+CR, LF):
+
+* `H<major>\\t<minor>\\t<value type>\\t<user>\\t<dict name>` once per connection (major 3), no reply;
+* `L<key>\\t<user>` a lookup: the reply is `O<value>` (found), `N` (not found) or `F<error>`.
+
+Replies go in the order of the lookups (the client matches them to its oldest pending command).
+Any other command (iterate, transactions) is answered `F`: this dict is read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAJOR_VERSION = b"3"
+MAX_LINE = 64 * 1024
+"""DICT_CLIENT_MAX_LINE_LENGTH: the client never sends more in one line."""
+
+_ESCAPES = {b"0": b"\x00", b"1": b"\x01", b"t": b"\t", b"r": b"\r", b"n": b"\n"}
+_ESCAPE_OF = {v: k for k, v in _ESCAPES.items()}
+
+
+class DictProtocolError(Exception):
+    """A line the dict client would never send: the connection is closed. The text is safe to log."""
+
+
+def tab_unescape(field: bytes) -> bytes:
+    """Undo `str_tabescape`; a \\x01 not followed by an escape letter is refused."""
+    if b"\x01" not in field:
+        return field
+    out = bytearray()
+    parts = field.split(b"\x01")
+    out += parts[0]
+    for part in parts[1:]:
+        letter, rest = part[:1], part[1:]
+        if letter not in _ESCAPES:
+            raise DictProtocolError("bad escape in a dict line")
+        out += _ESCAPES[letter] + rest
+    return bytes(out)
+
+
+def tab_escape(value: bytes) -> bytes:
+    """`str_tabescape`: the value can then hold no TAB or line end."""
+    if not any(c in value for c in b"\x00\x01\t\r\n"):
+        return value
+    return b"".join(b"\x01" + _ESCAPE_OF[bytes([c])] if c in b"\x00\x01\t\r\n" else bytes([c]) for c in value)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """`L`: the value of `key` (e.g. `shared/passdb/<user>`) for `user` (the login's user name)."""
+
+    key: str
+    user: str
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A command this read-only dict does not serve (answered `F`)."""
+
+    command: str
+
+
+Command = Lookup | Unsupported
+
+
+class DictServerConnection:
+    """One client connection: feed bytes, get the commands whose lines are complete.
+
+    A line the client would never send sets `error` (safe to log): the commands before it are
+    still returned, to be answered, and the connection is then closed."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.greeted = False
+        self.error: str | None = None
+
+    def receive(self, data: bytes) -> list[Command]:
+        self._buffer += data
+        commands: list[Command] = []
+        while self.error is None:
+            line, found, rest = self._buffer.partition(b"\n")
+            if not found:
+                if len(self._buffer) > MAX_LINE:
+                    self.error = "dict line too long"
+                return commands
+            self._buffer = rest
+            try:
+                command = self._line(line)
+            except DictProtocolError as exc:
+                self.error = str(exc)
+                return commands
+            if command is not None:
+                commands.append(command)
+        return commands
+
+    def _line(self, line: bytes) -> Command | None:
+        if len(line) > MAX_LINE:
+            raise DictProtocolError("dict line too long")
+        if not line:
+            raise DictProtocolError("empty dict line")
+        kind, fields = line[:1], [tab_unescape(f) for f in line[1:].split(b"\t")]
+        if kind == b"H":
+            if self.greeted:
+                raise DictProtocolError("second dict handshake")
+            if fields[0] != MAJOR_VERSION:
+                raise DictProtocolError(f"dict protocol major version {fields[0][:8]!r}, expected 3")
+            self.greeted = True
+            return None
+        if not self.greeted:
+            raise DictProtocolError("dict command before the handshake")
+        if kind == b"L":
+            if len(fields) < 2:
+                raise DictProtocolError("dict lookup without a user field")
+            try:
+                return Lookup(fields[0].decode(), fields[1].decode())
+            except UnicodeDecodeError:
+                raise DictProtocolError("dict lookup that is not UTF-8") from None
+        return Unsupported(kind.decode("latin-1"))
+
+
+def found(value: bytes) -> bytes:
+    return b"O" + tab_escape(value) + b"\n"
+
+
+NOT_FOUND = b"N\n"
+
+
+def failed(reason: str) -> bytes:
+    """`F<error>`: Dovecot logs the error and fails the login temporarily."""
+    return b"F" + tab_escape(reason.encode()) + b"\n"

@@ -1,0 +1,166 @@
+"""`cluster_backend_path = direct`: the proxy logs in to the backend's Dovecot itself and Dovecot asks the
+backend's palomar service at every login (its dict passdb over a UNIX socket). Real clients, HAProxy,
+proxies, Dovecot CE; the backend service is out of the byte path but still decides every login."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import imaplib
+import json
+import poplib
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from harness.clients import backend_of
+from test_moves import ImapSession, closed_within, log_text, login_once, make_group, node, user, who
+
+from palomar.devcluster.cluster import LocalCluster
+from palomar.devcluster.net import wait_until
+from palomar.protocols.proxyproto import build_v2
+
+
+@pytest.fixture(scope="module")
+def cluster(harness_root: Path):
+    c = LocalCluster(harness_root / "direct-cluster", backend_path="direct", hop_tls=False, allow_cleartext=True,
+                     users_count=90, auth_failure_delay="200 ms")
+    c.start()
+    yield c
+    c.stop()
+
+
+def dovecot_conversation(cluster: LocalCluster, backend: str, source: str, lines: list[bytes],
+                         header: bool = True) -> bytes:
+    """Talk to `backend`'s Dovecot direct IMAP listener from `source` as a proxy would (PROXY v2 header
+    with a client address), one command at a time; everything Dovecot said."""
+    port = cluster.direct_ports[0]
+    with socket.create_connection((backend, port), timeout=10, source_address=(source, 0)) as sock:
+        if header:
+            sock.sendall(build_v2(("192.0.2.50", 40000), (backend, port)))
+        stream = sock.makefile("rb")
+        said = stream.readline()
+        for line in lines:
+            sock.sendall(line)
+            tag = line.split(b" ", 1)[0]
+            while True:
+                reply = stream.readline()
+                said += reply
+                if not reply or reply.startswith(tag + b" "):
+                    break
+        return said
+
+
+def master_plain(cluster: LocalCluster, name: str, password: str | None = None) -> bytes:
+    secret = cluster.backend_master_password if password is None else password
+    return base64.b64encode(f"{name}\0palomar-master\0{secret}".encode())
+
+
+def test_imap_login_select_fetch_through_haproxy_goes_straight_to_dovecot(cluster: LocalCluster) -> None:
+    name = user(1)
+    imap = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=15)
+    assert imap.login(name, "password1")[0] == "OK"
+    assert imap.append("INBOX", None, None, b"Subject: direct\r\n\r\nbody\r\n")[0] == "OK"
+    assert imap.select("INBOX")[0] == "OK"
+    typ, data = imap.fetch("1", "(FLAGS BODY[HEADER.FIELDS (SUBJECT)])")
+    assert typ == "OK" and b"Subject: direct" in data[0][1]
+    imap.logout()
+    host = backend_of(cluster, name)
+    owner = node(cluster, host)
+    # Dovecot saw the proxy's master login on its haproxy listener, with the client's address
+    owner.dovecot.wait_for_log(rf"imap-login: Info: Login: user=<{re.escape(name)}>.*rip=127\.0\.0\.1,")
+    # the backend service decided the login (Dovecot's session id in its key) and relayed nothing
+    wait_until(lambda: re.search(rf"session=\S+ user={re.escape(name)} login check: served here",
+                                 log_text(owner.log_path)) is not None, 10, "the login check line")
+    assert not re.search(rf"user={re.escape(name)} proto=imap .* login ok", log_text(owner.log_path))
+
+
+def test_pop3_login_goes_straight_to_dovecot(cluster: LocalCluster) -> None:
+    name = user(2)
+    pop = poplib.POP3(cluster.lb_host, cluster.lb_pop3, timeout=15)
+    pop.user(name)
+    assert pop.pass_("password2").startswith(b"+OK")
+    assert pop.stat()[0] >= 0
+    pop.quit()
+    owner = node(cluster, backend_of(cluster, name))
+    owner.dovecot.wait_for_log(rf"pop3-login: Info: Login: user=<{re.escape(name)}>")
+
+
+def test_a_login_at_a_backend_that_does_not_own_the_user_is_referred_and_followed(cluster: LocalCluster) -> None:
+    b1, b2 = cluster.backends[0].host, cluster.backends[1].host
+    name = user(10)
+    make_group(cluster, "direct-ref", b1, b2, [name])
+    # Dovecot on b2 refuses with the backend service's referral, as the proxy reads it
+    said = dovecot_conversation(cluster, b2, cluster.proxies[0].host,
+                                [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name) + b"\r\n"])
+    assert re.search(rb"a NO \[CONTACTADMIN\] palomar-referral " + re.escape(b1.encode()), said), said
+    assert re.search(rf"user={re.escape(name)} referred to {re.escape(b1)}", log_text(node(cluster, b2).log_path))
+
+
+def test_a_move_kicks_the_session_and_the_next_login_lands_on_the_new_backend(cluster: LocalCluster) -> None:
+    b1, b2 = cluster.backends[0].host, cluster.backends[1].host
+    name = user(20)
+    make_group(cluster, "direct-mv", b1, b2, [name])
+    make_group(cluster, "direct-mv-dst", b2, b1, [])
+    proxy = cluster.proxies[1]
+    loop = asyncio.new_event_loop()
+    try:
+        session = loop.run_until_complete(ImapSession.open(proxy.host, proxy.imap, name))
+        assert session is not None
+        assert name in who(cluster, b1)
+        cluster.cluster("user", "move", name, "direct-mv-dst")
+        # the next login reaches b1, performs the move there and is referred to b2, where it logs in
+        assert loop.run_until_complete(login_once(proxy.host, proxy.imap, name))
+        assert closed_within(loop, [session], 15)
+        assert re.search(rf"user={re.escape(name)} referred to {re.escape(b2)}", log_text(node(cluster, b1).log_path))
+        assert asyncio.run(login_once(cluster.proxies[0].host, cluster.proxies[0].imap, name))
+        node(cluster, b2).dovecot.wait_for_log(rf"imap-login: Info: Login: user=<{re.escape(name)}>")
+        assert name not in who(cluster, b1)
+        status = json.loads(cluster.cluster("--json", "user", "status", name).stdout)
+        assert status["group"] == "direct-mv-dst"
+    finally:
+        loop.close()
+
+
+def test_dovecot_refuses_a_wrong_master_password_an_untrusted_address_and_user_logins(cluster: LocalCluster) -> None:
+    b1 = cluster.backends[0].host
+    name = user(30)
+    trusted = cluster.proxies[0].host
+    wrong = dovecot_conversation(cluster, b1, trusted,
+                                 [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name, "guess") + b"\r\n"])
+    assert b"a NO [AUTHENTICATIONFAILED]" in wrong
+    own = dovecot_conversation(cluster, b1, trusted, [f"a LOGIN {name} password30\r\n".encode()])
+    assert b"a NO " in own and b"a OK" not in own
+    with pytest.raises(ConnectionError):  # Dovecot resets a PROXY header from outside haproxy_trusted_networks
+        dovecot_conversation(cluster, b1, "127.0.0.99",
+                             [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name) + b"\r\n"])
+    node(cluster, b1).dovecot.wait_for_log(r"haproxy: Client not trusted \(rip=127\.0\.0\.99\)")
+
+
+def test_a_broken_dict_client_is_cut_off_and_logins_keep_working(cluster: LocalCluster) -> None:
+    b1 = node(cluster, cluster.backends[0].host)
+    path = b1.dovecot.params.login_check_socket
+    assert path is not None
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        # a handshake, a lookup with a hostile user (escaped TAB, NUL, a \x01 escape, a quote, a
+        # referral-looking word) and a lookup with a broken escape
+        sock.sendall(b"H3\t2\t0\t\tpalomar\n"
+                     b"Lshared/passdb/x\tpalomar-referral\x01t127.0.0.9\x010\"}{@example.test\n"
+                     b"Lshared/passdb/x\tbad\x01zescape\n")
+        replies = sock.makefile("rb").read()  # until the backend closes the connection
+    # one answer (the hostile name decided like any unknown user: its home group's backend), then
+    # the bad escape closed the connection; the answer is passdb JSON the name cannot shape
+    assert replies.count(b"\n") == 1, replies
+    if replies.startswith(b"O"):
+        fields = json.loads(replies[1:])
+        assert fields["nopassword"] == "y" and set(fields) <= {"nopassword", "nologin", "reason"}
+        assert re.fullmatch(r"palomar-referral 127\.0\.0\.\d+ \S.*", fields.get("reason", "palomar-referral 127.0.0.2 x"))
+    else:
+        assert replies.startswith(b"F"), replies
+    wait_until(lambda: "login check socket: bad escape" in log_text(b1.log_path), 10, "the refusal line")
+    name = user(40)
+    make_group(cluster, "direct-broken", b1.host, cluster.backends[1].host, [name])
+    assert asyncio.run(login_once(cluster.proxies[0].host, cluster.proxies[0].imap, name))
