@@ -52,7 +52,8 @@ def start_clusters(root: Path, users: int) -> dict[str, LocalCluster]:
     for index, (key, options) in enumerate(PATHS.items()):
         cluster = LocalCluster(root / key, backends_count=2, proxies_count=1, users_count=users,
                                allow_cleartext=True, password_scheme="PLAIN", auth_failure_delay="0 secs",
-                               host_offset=30 * index, lb_ipv6="", **options)
+                               host_offset=40 + 20 * index,  # clear of the tests' 127.0.0.2-11 and DC2's 102-111
+                               lb_ipv6="", **options)
         log(f"starting the {key} cluster")
         cluster.start()
         clusters[key] = cluster

@@ -1,0 +1,109 @@
+"""The direct path's login check: Dovecot's dict lookup answered with the hop's ownership check, over
+a real UNIX socket, against a real SQLite GeoDB and LocalDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from palomar.backend import login_check
+from palomar.backend.service import BackendState
+from palomar.cluster.model import Backend, Group, Site
+from palomar.dovecot_login import DovecotEndpoint
+from palomar.geodb.guarded import GeoDBUnavailable
+from palomar.geodb.repository import GeoDB
+from palomar.geodb.sqlite_engine import SQLiteGeoEngine
+from palomar.localdb.store import LocalDB
+from palomar.protocols.dict_server import tab_escape
+
+
+class FailingEngine(SQLiteGeoEngine):
+    """The real SQLite engine that can be told to fail like an unreachable GeoDB."""
+
+    down = False
+
+    async def _run(self, fn, *args):
+        if self.down:
+            raise GeoDBUnavailable("GeoDB not reachable (test)")
+        return await super()._run(fn, *args)
+
+
+@pytest.fixture
+async def state(tmp_path: Path) -> AsyncIterator[BackendState]:
+    engine = FailingEngine(str(tmp_path / "geodb.sqlite"))
+    await engine.open()
+    geodb = GeoDB(engine)
+    site = Site(id=uuid.uuid4(), name="east")
+    assert await geodb.site_add(site)
+    other = Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.9")
+    await geodb.backend_add(other)
+    localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
+    backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
+                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
+    await backend.register()
+    assert backend.site_id is not None and backend.backend_id is not None
+    await geodb.group_create_if_absent(Group(backend.site_id, "mine", backend_id=backend.backend_id))
+    await geodb.group_create_if_absent(Group(backend.site_id, "theirs", backend_id=other.id))
+    await geodb.user_put("alice@example.test", group_name="mine")
+    await geodb.user_put("bob@example.test", group_name="theirs")
+    yield backend
+    localdb.close()
+    await geodb.close()
+
+
+async def ask(path: Path, *users: str, key: str = "shared/passdb/sess-1") -> list[bytes]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(b"H3\t2\t0\t\tpalomar\n" + b"".join(
+        b"L" + tab_escape(key.encode()) + b"\t" + tab_escape(u.encode()) + b"\n" for u in users))
+    replies = [await reader.readline() for _ in users]
+    writer.close()
+    return replies
+
+
+async def test_answers_in_order_served_referred_and_unknown(state: BackendState, tmp_path: Path) -> None:
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    try:
+        served, referred, unknown = await ask(path, "alice@example.test", "bob@example.test", "nobody@x")
+    finally:
+        server.close()
+    assert served == b'O{"nopassword": "y"}\n'
+    fields = json.loads(referred[1:])
+    assert fields["nologin"] == "y" and fields["reason"].startswith("palomar-referral 10.0.0.9 ")
+    assert unknown.startswith(b"F")
+    assert state.logins == 1 and state.referrals == 1
+    assert (path.stat().st_mode & 0o777) in (0o600, 0o660)
+
+
+async def test_a_failing_geodb_is_a_dict_failure_and_the_socket_keeps_serving(state: BackendState,
+                                                                            tmp_path: Path) -> None:
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    engine = state.geodb.engine
+    assert isinstance(engine, FailingEngine)
+    try:
+        engine.down = True
+        assert await ask(path, "alice@example.test") == [b"Fcluster state temporarily unavailable\n"]
+        engine.down = False
+        assert await ask(path, "alice@example.test") == [b'O{"nopassword": "y"}\n']
+    finally:
+        server.close()
+
+
+async def test_a_key_that_is_not_the_passdb_key_is_refused(state: BackendState, tmp_path: Path) -> None:
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    try:
+        assert (await ask(path, "alice@example.test", key="shared/userdb/x"))[0].startswith(b"F")
+    finally:
+        server.close()
+
+
+def test_referral_reason_is_one_line_of_words() -> None:
+    fields = json.loads(login_check.referral_fields("10.0.0.9", "user\tmoved\n away"))
+    assert fields == {"nopassword": "y", "nologin": "y", "reason": "palomar-referral 10.0.0.9 user moved away"}
