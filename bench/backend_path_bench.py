@@ -1,5 +1,5 @@
-"""The backend path side by side (issue 11): `cluster_backend_path = hop` (hop TLS on, the default, and
-hop TLS off) against `direct`, three LocalClusters running at once on one loopback, measured in
+"""The backend path side by side (issue 11): `cluster_backend_path = hop` against `direct`, each with
+`cluster_hop_ssl` yes and no: four LocalClusters running at once on one loopback, measured in
 alternation (each round measures every cluster, the order rotating), so other work on the machine
 hits every path alike. Writes the `## Backend path: hop vs direct (issue 11)` section of
 docs/benchmarks.md; nothing else in that file is touched.
@@ -42,8 +42,10 @@ from proctree import CpuMeter
 from report import load_average, log, machine_rows, median, percentile, table, write_section
 
 HEADING = "Backend path: hop vs direct (issue 11)"
-PATHS = {"hop-tls": dict(hop_tls=True), "hop": dict(hop_tls=False), "direct": dict(hop_tls=False, backend_path="direct")}
-LABELS = {"hop-tls": "hop, hop TLS on (default)", "hop": "hop, cluster_hop_ssl = no", "direct": "direct"}
+PATHS = {"hop-tls": dict(hop_tls=True), "direct-tls": dict(hop_tls=True, backend_path="direct"),
+         "hop": dict(hop_tls=False), "direct": dict(hop_tls=False, backend_path="direct")}
+LABELS = {"hop-tls": "hop, TLS (default)", "direct-tls": "direct, TLS", "hop": "hop, cluster_hop_ssl = no",
+          "direct": "direct, cluster_hop_ssl = no"}
 SMALL_MAILBOX = "BenchSmall"
 
 
@@ -52,7 +54,7 @@ def start_clusters(root: Path, users: int) -> dict[str, LocalCluster]:
     for index, (key, options) in enumerate(PATHS.items()):
         cluster = LocalCluster(root / key, backends_count=2, proxies_count=1, users_count=users,
                                allow_cleartext=True, password_scheme="PLAIN", auth_failure_delay="0 secs",
-                               host_offset=40 + 20 * index,  # clear of the tests' 127.0.0.2-11 and DC2's 102-111
+                               host_offset=40 + 15 * index,  # clear of the tests' 127.0.0.2-11 and DC2's 102-111
                                lb_ipv6="", **options)
         log(f"starting the {key} cluster")
         cluster.start()
@@ -159,7 +161,7 @@ def render(figures: dict, rounds: int, seconds: float, idle: int, argv: list[str
             f"{median([s for _, s in idle_rows]):.1f}" if idle_rows else "-",
         ])
     body = [
-        f"`.venv/bin/python bench/backend_path_bench.py {' '.join(argv)}`: three clusters at once (2 Dovecot "
+        f"`.venv/bin/python bench/backend_path_bench.py {' '.join(argv)}`: four clusters at once (2 Dovecot "
         "backends, 1 palomar proxy each), sessions straight to the proxy, every measure taken in rounds that "
         f"alternate the clusters ({rounds} rounds; {seconds:g} s of logins at 50 concurrent per cluster and round; "
         f"100 single-client sessions per cluster and round; 1,000 small commands; {idle} idle IMAPS sessions). "

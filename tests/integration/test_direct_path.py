@@ -11,6 +11,7 @@ import json
 import poplib
 import re
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -24,21 +25,21 @@ from palomar.protocols.proxyproto import build_v2
 
 @pytest.fixture(scope="module")
 def cluster(harness_root: Path):
-    c = LocalCluster(harness_root / "direct-cluster", backend_path="direct", hop_tls=False, allow_cleartext=True,
+    c = LocalCluster(harness_root / "direct-cluster", backend_path="direct", allow_cleartext=True,
                      users_count=90, auth_failure_delay="200 ms")
     c.start()
     yield c
     c.stop()
 
 
-def dovecot_conversation(cluster: LocalCluster, backend: str, source: str, lines: list[bytes],
-                         header: bool = True) -> bytes:
+def dovecot_conversation(cluster: LocalCluster, backend: str, source: str, lines: list[bytes]) -> bytes:
     """Talk to `backend`'s Dovecot direct IMAP listener from `source` as a proxy would (PROXY v2 header
-    with a client address), one command at a time; everything Dovecot said."""
+    with a client address, then TLS checked against the hop CA), one command at a time; everything
+    Dovecot said."""
     port = cluster.direct_ports[0]
-    with socket.create_connection((backend, port), timeout=10, source_address=(source, 0)) as sock:
-        if header:
-            sock.sendall(build_v2(("192.0.2.50", 40000), (backend, port)))
+    with socket.create_connection((backend, port), timeout=10, source_address=(source, 0)) as raw:
+        raw.sendall(build_v2(("192.0.2.50", 40000), (backend, port)))
+        sock = hop_tls_context(cluster).wrap_socket(raw, server_hostname=backend)
         stream = sock.makefile("rb")
         said = stream.readline()
         for line in lines:
@@ -50,6 +51,11 @@ def dovecot_conversation(cluster: LocalCluster, backend: str, source: str, lines
                 if not reply or reply.startswith(tag + b" "):
                     break
         return said
+
+
+def hop_tls_context(cluster: LocalCluster) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cluster.hop_tls_dir / "hop-ca.crt"))
+    return context
 
 
 def master_plain(cluster: LocalCluster, name: str, password: str | None = None) -> bytes:
@@ -132,10 +138,15 @@ def test_dovecot_refuses_a_wrong_master_password_an_untrusted_address_and_user_l
     assert b"a NO [AUTHENTICATIONFAILED]" in wrong
     own = dovecot_conversation(cluster, b1, trusted, [f"a LOGIN {name} password30\r\n".encode()])
     assert b"a NO " in own and b"a OK" not in own
-    with pytest.raises(ConnectionError):  # Dovecot resets a PROXY header from outside haproxy_trusted_networks
+    with pytest.raises((ConnectionError, ssl.SSLError)):  # a PROXY header from outside haproxy_trusted_networks
         dovecot_conversation(cluster, b1, "127.0.0.99",
                              [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name) + b"\r\n"])
     node(cluster, b1).dovecot.wait_for_log(r"haproxy: Client not trusted \(rip=127\.0\.0\.99\)")
+    # the listener speaks TLS only: a plaintext command after the header gets no IMAP answer
+    port = cluster.direct_ports[0]
+    with socket.create_connection((b1, port), timeout=10, source_address=(trusted, 0)) as raw:
+        raw.sendall(build_v2(("192.0.2.50", 40000), (b1, port)) + b"a LOGIN x y\r\n")
+        assert not raw.makefile("rb").read().startswith(b"* OK")
 
 
 def test_a_broken_dict_client_is_cut_off_and_logins_keep_working(cluster: LocalCluster) -> None:

@@ -98,6 +98,9 @@ class DovecotParams:
     """Direct path: POP3 listener proxies reach with a PROXY v2 header (0: none)."""
     haproxy_trusted_networks: tuple[str, ...] = ()
     """Direct path: the proxies' addresses, the only ones whose PROXY header Dovecot believes."""
+    haproxy_tls: tuple[Path, Path] | None = None
+    """Direct path with TLS (`cluster_hop_ssl = yes`): the certificate and key the haproxy listeners
+    serve after the PROXY header (the backend's hop certificate); None: plaintext listeners."""
     extra_settings: tuple[tuple[str, str], ...] = ()
     """Further top-level Dovecot settings (name, value), written last: e.g. `imap_capability` with
     `+XFOO`, which tests use to tell one backend's capabilities from the defaults."""
@@ -182,6 +185,11 @@ def _check_params(p: DovecotParams) -> None:
                                                         or not p.haproxy_trusted_networks):
         raise DovecotConfigError("haproxy listeners need the login check socket and haproxy_trusted_networks: "
                                  "proxies reach Dovecot directly only with palomar deciding every login")
+    for label, path in (("haproxy TLS certificate", p.haproxy_tls[0]), ("haproxy TLS key", p.haproxy_tls[1])) \
+            if p.haproxy_tls else ():
+        if not Path(path).is_absolute() or _PATH_BAD.search(str(path)):
+            raise DovecotConfigError(f"{label} {str(path)!r} must be an absolute path without characters Dovecot "
+                                     "would interpret")
     socket = p.login_check_socket
     if socket is not None and (not Path(socket).is_absolute() or _PATH_BAD.search(str(socket))):
         raise DovecotConfigError(f"login check socket {str(p.login_check_socket)!r} must be an absolute "
@@ -260,9 +268,7 @@ listen = {p.listen}
 
 protocols = imap pop3 lmtp sieve submission
 
-# Loopback only: plaintext authentication, no TLS.
-ssl = no
-disable_plaintext_auth = no
+{_tls(p)}disable_plaintext_auth = no
 auth_mechanisms = plain login
 
 # The palomar backend forwards the client's address (IMAP ID x-originating-ip, XCLIENT);
@@ -320,7 +326,7 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-{_haproxy_listener("imap", p.haproxy_imap_port)}  service_count = 0
+{_haproxy_listener("imap", p.haproxy_imap_port, p.haproxy_tls is not None)}  service_count = 0
   process_min_avail = {LOGIN_PROCESSES}
   client_limit = {LOGIN_CLIENT_LIMIT}
 }}
@@ -331,7 +337,7 @@ service pop3-login {{
   inet_listener pop3s {{
     port = 0
   }}
-{_haproxy_listener("pop3", p.haproxy_pop3_port)}  service_count = 0
+{_haproxy_listener("pop3", p.haproxy_pop3_port, p.haproxy_tls is not None)}  service_count = 0
   process_min_avail = 1
 }}
 service submission-login {{
@@ -432,13 +438,28 @@ iterate_disable = yes
 """
 
 
-def _haproxy_listener(protocol: str, port: int) -> str:
+def _tls(p: DovecotParams) -> str:
+    if p.haproxy_tls is None:
+        return "# Loopback only: plaintext authentication, no TLS.\nssl = no\n"
+    cert, key = p.haproxy_tls
+    return f"""\
+# TLS only on the proxies' haproxy listeners (the direct path, after the PROXY header); the palomar
+# backend's own loopback logins stay plaintext.
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+"""
+
+
+def _haproxy_listener(protocol: str, port: int, tls: bool) -> str:
     if not port:
         return ""
     return f"""\
   inet_listener {protocol}_haproxy {{
     port = {port}
     haproxy = yes
+    ssl = {"yes" if tls else "no"}
   }}
 """
 

@@ -436,8 +436,9 @@ _add("cluster_backend_path", enum("hop", "direct"), "hop", BOTH,
      "straight to the backend's Dovecot (cluster_backend_direct_imap_port / _pop3_port, a PROXY v2 header "
      "with the client's address, login as the master user); Dovecot asks the backend's palomar service "
      "(cluster_backend_login_check_socket) at every login, so it still decides every login but leaves the "
-     "byte path. LMTP, Submission, ManageSieve, doveadm and admin commands stay on the hop. Needs "
-     "cluster_hop_ssl = no: the direct connection is not encrypted yet (docs/design/login-path-cost.md)",
+     "byte path. LMTP, Submission, ManageSieve, doveadm and admin commands stay on the hop. With "
+     "cluster_hop_ssl = yes the proxy speaks TLS to Dovecot after the PROXY header and checks the backend's hop "
+     "certificate as on the hop (docs/design/login-path-cost.md)",
      **_ext)
 _add("cluster_backend_direct_imap_port", PORT, "0", PROXY,
      "with cluster_backend_path = direct: the port of the backends' Dovecot IMAP listener with `haproxy = yes` "

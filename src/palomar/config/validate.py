@@ -180,8 +180,8 @@ _DIRECT_PORTS = ("cluster_backend_direct_imap_port", "cluster_backend_direct_pop
 
 
 def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
-    """The direct path needs its ports (and the backend its login check socket), and is plaintext for
-    now: refused with hop TLS on rather than sending sessions in clear text the operator asked to encrypt."""
+    """The direct path needs its ports and the master password on a proxy, and its login check socket on a
+    backend; its TLS follows cluster_hop_ssl (the hop's certificates, checked as for the hop)."""
     names = ("cluster_backend_login_check_socket",) if cfg.role == "backend" else _DIRECT_PORTS
     if cfg["cluster_backend_path"] == "hop":
         return [Issue(cfg.location(name), f"{name}: only used with cluster_backend_path = direct")
@@ -189,9 +189,6 @@ def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
     at = cfg.location("cluster_backend_path") or role_at
     needed = (*names, "cluster_backend_dovecot_master_password") if cfg.role == "proxy" else names
     issues = [Issue(at, f"cluster_backend_path = direct needs {name}") for name in needed if not cfg[name]]
-    if cfg["cluster_hop_ssl"] == "yes":
-        issues.append(Issue(at, "cluster_backend_path = direct: the proxy's connection to Dovecot is not encrypted "
-                                "yet; it needs cluster_hop_ssl = no (a network as trusted as the hosts)"))
     return issues
 
 

@@ -216,7 +216,8 @@ class LocalCluster:
     """The shared IMAP port of the backends' Dovecot once started (with `shared_backend_imap`)."""
     backend_path: str = "hop"
     """`cluster_backend_path`: `direct` has the proxies log in to the backends' Dovecot themselves for IMAP
-    and POP3 (haproxy listeners, one master password for all backends, a plaintext hop)."""
+    and POP3 (haproxy listeners, one master password for all backends; TLS with the hop certificates
+    when `hop_tls`)."""
     direct_ports: tuple[int, int] = (0, 0)
     """The backends' Dovecot IMAP and POP3 haproxy listeners once started (with backend_path = direct)."""
     site: str = SITE
@@ -519,7 +520,9 @@ class LocalCluster:
                 imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None,
                 # proxies connect without binding their own address: from 127.0.0.1 on one loopback
                 direct=(*self.direct_ports, ("127.0.0.1/32", *(f"{proxy}/32" for proxy in self._proxy_hosts())))
-                if self.backend_path == "direct" else None))
+                if self.backend_path == "direct" else None,
+                direct_tls=(self.hop_tls_dir / f"hop-{host}.crt", self.hop_tls_dir / f"hop-{host}.key")
+                if self.hop_tls else None))
             config = self.root / name / "palomar.conf"
             self.backends.append(BackendNode(name, host, config, dovecot, metrics=free_port(host)))
         for index, host in enumerate(self._proxy_hosts(), start=1):

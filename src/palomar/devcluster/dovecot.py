@@ -64,13 +64,15 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    master_password: str | None = None,
                    imap_port: int = 0,
                    direct: tuple[int, int, tuple[str, ...]] | None = None,
+                   direct_tls: tuple[Path, Path] | None = None,
                    extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
     """Params of one test backend under `root/name`, with fresh free ports and secrets.
 
     `imap_port` (0: a free one) fixes the IMAP port, e.g. one port on every backend for a
     Dovecot director in front of them, which proxies to one port on all its mail servers.
     `direct` (the direct path): the IMAP and POP3 haproxy ports and the proxies' networks; the
-    login check socket is then `run/palomar-login-check` beside Dovecot's own sockets.
+    login check socket is then `run/palomar-login-check` beside Dovecot's own sockets; `direct_tls`
+    (certificate, key) puts TLS on those listeners.
     """
     home = root / name
     taken = {imap_port, *(direct[:2] if direct else ())}
@@ -106,6 +108,7 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
         haproxy_imap_port=direct[0] if direct else 0,
         haproxy_pop3_port=direct[1] if direct else 0,
         haproxy_trusted_networks=direct[2] if direct else (),
+        haproxy_tls=direct_tls if direct else None,
     )
 
 

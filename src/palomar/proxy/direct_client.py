@@ -11,15 +11,15 @@ proxy relays straight to Dovecot: one Python process in the session's data path.
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import ssl
 
 from palomar.dovecot_login import DovecotEndpoint, login_over
+from palomar.net.hop_tls import describe_tls_failure
 from palomar.net.link import open_link
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
 from palomar.proxy.hop_client import Established, HopFailed, HopTarget, follow_referrals
-
-log = logging.getLogger("palomar.proxy")
 
 
 class DirectClient:
@@ -27,12 +27,15 @@ class DirectClient:
     backend); every other protocol stays on the hop."""
 
     def __init__(self, ports: dict[str, int], *, master_user: str, master_password: str,
-                 connect_timeout: float, answer_timeout: float) -> None:
+                 connect_timeout: float, answer_timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.ports = {protocol: port for protocol, port in ports.items() if port}
         self.master_user = master_user
         self.master_password = master_password
         self.connect_timeout = connect_timeout
         self.answer_timeout = answer_timeout
+        self.tls = tls
+        """`cluster_hop_ssl = yes`: TLS after the PROXY header, the certificate checked against the
+        hop CA and the backend's host (as on the hop); None: plaintext."""
 
     def serves(self, protocol: str) -> bool:
         return protocol in self.ports
@@ -44,6 +47,17 @@ class DirectClient:
         except (OSError, TimeoutError) as exc:
             return HopFailed(host, "proxy_dest_connect_failed", f"connect({host}:{port}) failed: {exc}")
         link.write(build_v2(target.client, target.local))
+        if self.tls is not None:  # Dovecot reads the header, then the listener's TLS handshake
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await link.start_tls(self.tls, server_side=False, server_hostname=host)
+            except ssl.SSLError as exc:
+                link.abort()
+                return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {host}:{port}: "
+                                                                    f"{describe_tls_failure(exc)}")
+            except (OSError, TimeoutError) as exc:
+                link.abort()
+                return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {host}:{port} failed: {exc!r}")
         endpoint = DovecotEndpoint(host=host, ports=self.ports, master_user=self.master_user,
                                    master_password=self.master_password, timeout=self.answer_timeout)
         request = hop.HopRequest(

@@ -134,7 +134,7 @@ def direct_client(cfg: Config) -> DirectClient | None:
                         master_user=cfg["cluster_backend_dovecot_master_user"],
                         master_password=cfg["cluster_backend_dovecot_master_password"],
                         connect_timeout=cfg["cluster_hop_connect_timeout"],
-                        answer_timeout=cfg["cluster_hop_answer_timeout"])
+                        answer_timeout=cfg["cluster_hop_answer_timeout"], tls=hop_client_context(cfg))
 
 
 async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:

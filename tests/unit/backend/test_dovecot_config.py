@@ -209,11 +209,21 @@ def test_render_direct_path_asks_palomar_for_the_target_user() -> None:
     assert "skip = unauthenticated" in target and "nopassword" not in target
     assert "haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11/32\n" in text
     imap = _block(text, "service imap-login {")
-    assert "inet_listener imap_haproxy {\n    port = 10993\n    haproxy = yes\n  }" in imap
+    assert "inet_listener imap_haproxy {\n    port = 10993\n    haproxy = yes\n    ssl = no\n  }" in imap
     pop3 = _block(text, "service pop3-login {")
-    assert "inet_listener pop3_haproxy {\n    port = 10995\n    haproxy = yes\n  }" in pop3
+    assert "inet_listener pop3_haproxy {\n    port = 10995\n    haproxy = yes\n    ssl = no\n  }" in pop3
+    assert "\nssl = no\n" in text
     hop = render(_params())
     assert "haproxy" not in hop and "driver = dict" not in hop
+
+
+def test_render_direct_path_with_tls_on_the_haproxy_listeners() -> None:
+    text = render(_params(**DIRECT, haproxy_tls=(Path("/srv/tls/hop.crt"), Path("/srv/tls/hop.key"))))
+    assert "\nssl = yes\nssl_cert = </srv/tls/hop.crt\nssl_key = </srv/tls/hop.key\n" in text
+    assert "ssl_min_protocol = TLSv1.2\n" in text
+    imap = _block(text, "service imap-login {")
+    assert "inet_listener imap_haproxy {\n    port = 10993\n    haproxy = yes\n    ssl = yes\n  }" in imap
+    assert "inet_listener imap {\n    port = 10143\n  }" in imap  # the backend service's own: no TLS
 
 
 def test_the_login_check_dict_file(tmp_path: Path) -> None:
@@ -232,6 +242,7 @@ def test_the_login_check_dict_file(tmp_path: Path) -> None:
     ({**DIRECT, "login_check_socket": Path("/srv/a:b")}, "absolute"),
     ({**DIRECT, "haproxy_imap_port": 10143}, "share a port"),
     ({**DIRECT, "haproxy_trusted_networks": ("192.0.2.300",)}, "trusted network"),
+    ({**DIRECT, "haproxy_tls": (Path("/srv/a b.crt"), Path("/srv/k.key"))}, "haproxy TLS certificate"),
 ])
 def test_bad_direct_params_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(DovecotConfigError, match=message):

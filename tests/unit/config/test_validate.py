@@ -324,17 +324,23 @@ def test_move_timeout_is_refused_on_a_proxy(write) -> None:
                              "proxy (@cluster_defaults = proxy)"]
 
 
-def test_the_direct_path_needs_its_ports_a_master_password_and_a_plaintext_hop(write) -> None:
-    path = write("p.conf", "cluster_backend_path = direct\n")
+def test_the_direct_path_needs_its_ports(write) -> None:
+    path = write("p.conf", "cluster_backend_path = direct\ncluster_hop_ssl = no\n")
     assert _errors(path) == [
         f"{path}:1: cluster_backend_path = direct needs cluster_backend_direct_imap_port",
         f"{path}:1: cluster_backend_path = direct needs cluster_backend_direct_pop3_port",
-        f"{path}:1: cluster_backend_path = direct: the proxy's connection to Dovecot is not encrypted yet; it "
-        "needs cluster_hop_ssl = no (a network as trusted as the hosts)",
     ]
     good = write("good.conf", "cluster_backend_path = direct\ncluster_backend_direct_imap_port = 10993\n"
                               "cluster_backend_direct_pop3_port = 10995\ncluster_hop_ssl = no\n")
     assert load(good)["cluster_backend_path"] == "direct"
+
+
+def test_a_direct_path_proxy_needs_the_master_password(write) -> None:
+    path = write("p.conf", "@cluster_defaults = proxy\nssl = no\ncluster_local_site = A\ncluster_hop_secret = s\n"
+                           "cluster_proxy_check_backends = no\ncluster_hop_ssl = no\n"
+                           "cluster_backend_path = direct\ncluster_backend_direct_imap_port = 10993\n"
+                           "cluster_backend_direct_pop3_port = 10995\n")
+    assert _errors(path) == [f"{path}:7: cluster_backend_path = direct needs cluster_backend_dovecot_master_password"]
 
 
 def test_direct_path_settings_are_refused_on_the_hop_path(write) -> None:
