@@ -175,3 +175,19 @@ def test_a_broken_dict_client_is_cut_off_and_logins_keep_working(cluster: LocalC
     name = user(40)
     make_group(cluster, "direct-broken", b1.host, cluster.backends[1].host, [name])
     assert asyncio.run(login_once(cluster.proxies[0].host, cluster.proxies[0].imap, name))
+
+
+def test_a_pop3_login_follows_dovecots_referral_to_the_new_backend(cluster: LocalCluster) -> None:
+    b1, b2 = cluster.backends[0].host, cluster.backends[1].host
+    name = user(50)
+    make_group(cluster, "direct-pop-a", b1, b2, [name])
+    make_group(cluster, "direct-pop-b", b2, b1, [])
+    cluster.cluster("user", "move", name, "direct-pop-b")
+    # the proxy still routes to b1; b1's login check performs the move and refers the login to b2,
+    # in the text of Dovecot's POP3 refusal (-ERR [AUTH] palomar-referral ...), which the proxy follows
+    pop = poplib.POP3(cluster.proxies[0].host, cluster.proxies[0].pop3, timeout=15)
+    pop.user(name)
+    assert pop.pass_("password50").startswith(b"+OK")
+    pop.quit()
+    node(cluster, b2).dovecot.wait_for_log(rf"pop3-login: Info: Login: user=<{re.escape(name)}>")
+    assert re.search(rf"user={re.escape(name)} referred to {re.escape(b2)}", log_text(node(cluster, b1).log_path))

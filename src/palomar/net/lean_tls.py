@@ -128,12 +128,16 @@ async def connect_tls(host: str, port: int, protocol: asyncio.Protocol, context:
 
 
 async def start_tls(transport: asyncio.Transport, protocol: asyncio.Protocol, context: ssl.SSLContext, *,
-                    server_side: bool, server_hostname: str | None = None) -> asyncio.Transport:
-    """Upgrade a plaintext transport in place (STARTTLS), as `loop.start_tls` does."""
+                    server_side: bool, server_hostname: str | None = None,
+                    session: ssl.SSLSession | None = None) -> asyncio.Transport:
+    """Upgrade a plaintext transport in place (STARTTLS), as `loop.start_tls` does; a client may offer
+    `session` to resume, as in `connect_tls`."""
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()
     tls = LeanSSLProtocol(loop, protocol, context, waiter, server_side=server_side,
                           server_hostname=server_hostname, call_connection_made=False)
+    if session is not None:
+        tls._sslobj.session = session
     transport.pause_reading()  # nothing reaches the TLS protocol before its connection_made
     transport.set_protocol(tls)
     made = loop.call_soon(tls.connection_made, transport)

@@ -153,13 +153,14 @@ class Link(asyncio.Protocol):
         name = self.transport.get_extra_info("sockname")
         return (name[0], name[1]) if name else None
 
-    async def start_tls(self, context, *, server_side: bool, server_hostname: str | None = None) -> None:
+    async def start_tls(self, context, *, server_side: bool, server_hostname: str | None = None,
+                        session: ssl.SSLSession | None = None) -> None:
         """Upgrade in place (STARTTLS). Unread plaintext is discarded: bytes pipelined after a
         STARTTLS command must never be treated as if they had been encrypted."""
         assert self.transport is not None
         self._buffer.clear()
         self.transport = await lean_tls.start_tls(self.transport, self, context, server_side=server_side,
-                                                  server_hostname=server_hostname)
+                                                  server_hostname=server_hostname, session=session)
 
 
 async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,

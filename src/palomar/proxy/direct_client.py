@@ -36,6 +36,9 @@ class DirectClient:
         self.tls = tls
         """`cluster_hop_ssl = yes`: TLS after the PROXY header, the certificate checked against the
         hop CA and the backend's host (as on the hop); None: plaintext."""
+        self.sessions: dict[str, ssl.SSLSession] = {}
+        """backend host -> the last TLS session its Dovecot gave us, offered on the next connection
+        (as the hop client does; Dovecot resumes it when the same login process takes it)."""
 
     def serves(self, protocol: str) -> bool:
         return protocol in self.ports
@@ -50,7 +53,8 @@ class DirectClient:
         if self.tls is not None:  # Dovecot reads the header, then the listener's TLS handshake
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    await link.start_tls(self.tls, server_side=False, server_hostname=host)
+                    await link.start_tls(self.tls, server_side=False, server_hostname=host,
+                                         session=self.sessions.get(host))
             except ssl.SSLError as exc:
                 link.abort()
                 return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {host}:{port}: "
@@ -71,6 +75,9 @@ class DirectClient:
             return HopFailed(host, "proxy_dest_remote_failure", f"Dovecot connection failed: {exc}")
         if isinstance(reply, hop.LoggedIn):
             assert session is not None  # login_over returns the session with every LoggedIn
+            ticket = session.new_tls_session()  # TLS 1.3 tickets came with Dovecot's first data
+            if ticket is not None and ticket.has_ticket:
+                self.sessions[host] = ticket
             return Established(host, session, reply.text, session.take_buffer(), 0)
         return reply
 

@@ -14,11 +14,12 @@ import pytest
 from palomar.backend import login_check
 from palomar.backend.service import BackendState
 from palomar.cluster.model import Backend, Group, Site
-from palomar.dovecot_login import DovecotEndpoint
+from palomar.dovecot_login import DovecotEndpoint, failure_reply
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB
+from palomar.protocols import hop
 from palomar.protocols.dict_server import tab_escape
 
 
@@ -107,3 +108,15 @@ async def test_a_key_that_is_not_the_passdb_key_is_refused(state: BackendState, 
 def test_referral_reason_is_one_line_of_words() -> None:
     fields = json.loads(login_check.referral_fields("10.0.0.9", "user\tmoved\n away"))
     assert fields == {"nopassword": "y", "nologin": "y", "reason": "palomar-referral 10.0.0.9 user moved away"}
+
+
+@pytest.mark.parametrize(("kind", "text", "reply"), [
+    ("other", "palomar-referral 10.0.0.9 user moved", hop.Referral("10.0.0.9", "user moved")),
+    ("auth", "palomar-referral 10.0.0.9", hop.Referral("10.0.0.9", "")),
+    ("auth", "Authentication failed.", hop.Failure("auth", "Dovecot: Authentication failed.")),
+    ("auth", "palomar-referral", hop.Failure("auth", "Dovecot: palomar-referral")),
+    ("temp", "Temporary authentication failure.", hop.Failure("temp", "Dovecot: Temporary authentication failure.")),
+])
+def test_how_the_proxy_reads_dovecots_refusal(kind: str, text: str, reply: object) -> None:
+    """What the login check's nologin reason becomes in Dovecot's IMAP/POP3 refusal, read back."""
+    assert failure_reply(kind, text) == reply
