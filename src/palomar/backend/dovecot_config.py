@@ -294,7 +294,7 @@ passdb {{
   deny = yes
   skip = authenticated
 }}
-{_target_passdb(p)}userdb {{
+{_target_passdb(p)}{_login_check_userdb(p)}userdb {{
   driver = static
   args = uid={p.mail_uid} gid={p.mail_gid} home={p.mail_root}/%Ld/%Ln allow_all_users=yes
 }}
@@ -428,12 +428,28 @@ passdb {{
 """
 
 
+def _login_check_userdb(p: DovecotParams) -> str:
+    """Direct path: the session's process asks palomar once more right before the session starts
+    (the move fence's last word, login_check.py); `{}` lets the static userdb below answer."""
+    if p.login_check_socket is None:
+        return ""
+    return f"""\
+userdb {{
+  driver = dict
+  args = {p.login_check_dict_path}
+  result_success = continue-ok
+  result_failure = return-fail
+}}
+"""
+
+
 def login_check_dict(p: DovecotParams) -> str:
     """The dict passdb's own file: the UNIX socket of the login check and the key it is asked."""
     return f"""\
 # The ownership check of `palomar backend` (cluster_backend_path = direct).
 uri = proxy:{p.login_check_socket}:palomar
 password_key = passdb/%{{session}}
+user_key = userdb/%{{session}}
 iterate_disable = yes
 """
 

@@ -14,9 +14,15 @@ and answers with passdb fields:
 Dovecot's `nologin` + `host` would make IMAP's `[REFERRAL imap://...]` code but POP3 loses the host
 and is answered only after the auth failure delay; the reason text reaches both at once.
 
-A served login holds its user against moves for `LOGIN_SETTLE` seconds: Dovecot starts the
-session within milliseconds of the answer, so a move that starts meanwhile waits and then kicks
-it (its `doveadm kick` sees the session) instead of missing it.
+A served login holds its user against moves (the move fence, as an LMTP recipient does) until its
+session starts: the session's process makes a dict *userdb* lookup with the same Dovecot session id
+right before it exists (verified with Dovecot 2.3.19). There the check runs `moved_during_login`:
+a move that reached the user meanwhile fails the session (`N`: Dovecot's "Internal login
+failure", the client retries and is referred); otherwise `{}` lets the static userdb answer and
+the hold ends `SETTLE_AFTER_START` later, once Dovecot has registered the session, so a waiting
+move's `doveadm kick` sees it. A userdb lookup without a held login (LMTP, doveadm, a hop login
+already settled) is answered `{}`. A login whose session never starts (the client left) releases
+its hold after `UNSTARTED_HOLD`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import grp
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,12 +47,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("palomar.backend")
 
-LOGIN_SETTLE = 2.0
-"""Seconds a served login holds its user against moves (Dovecot starts the session meanwhile)."""
 PASSDB_KEY = "shared/passdb/"
 """The dict passdb's key (`password_key = passdb/%{session}`, Dovecot adds `shared/`); the user
-comes in the lookup's own user field, so the key only carries Dovecot's session id for the log."""
+comes in the lookup's own user field, so the key only carries Dovecot's session id."""
+USERDB_KEY = "shared/userdb/"
+"""The dict userdb's key (`user_key = userdb/%{session}`): the same session id as the login's passdb
+lookup; empty for LMTP deliveries and doveadm commands."""
 SERVED = json.dumps({"nopassword": "y"}).encode()
+STARTING = b"{}"
+"""The userdb answer that lets the session start (the static userdb after it gives uid, gid, home)."""
+SETTLE_AFTER_START = 1.0
+"""Seconds a login's hold outlives its userdb lookup: Dovecot registers the session (what
+`doveadm who` and `doveadm kick` see) right after it."""
+UNSTARTED_HOLD = 30.0
+"""Seconds a served login holds its user when no session follows (the client left after the passdb)."""
+
+
+@dataclass
+class _Held:
+    user: str
+    group: object
+    hold: object
+    expiry: asyncio.TimerHandle
 
 
 def referral_fields(host: str, reason: str) -> bytes:
@@ -54,32 +77,71 @@ def referral_fields(host: str, reason: str) -> bytes:
                        "reason": " ".join([REFERRAL_MARK, host, *reason.split()])}).encode()
 
 
-async def answer(state: BackendState, lookup: dict_server.Lookup) -> bytes:
-    """One dict reply line for one passdb lookup (its user is the login's target user)."""
-    from palomar.backend.service import Admitted, admit
+class LoginCheck:
+    """Answers the dict lookups of one backend's Dovecot; keeps the served logins whose session has
+    not started yet, by Dovecot session id."""
 
-    user, session = lookup.user, lookup.key.removeprefix(PASSDB_KEY)
-    if not lookup.key.startswith(PASSDB_KEY) or not user:
+    def __init__(self, state: BackendState) -> None:
+        self.state = state
+        self.held: dict[str, _Held] = {}
+
+    async def answer(self, lookup: dict_server.Lookup) -> bytes:
+        """One dict reply line for one lookup (its user is the login's target user)."""
+        if not lookup.user:
+            return dict_server.failed("a palomar login check lookup without a user")
+        if lookup.key.startswith(PASSDB_KEY):
+            return await self._passdb(lookup.user, lookup.key.removeprefix(PASSDB_KEY))
+        if lookup.key.startswith(USERDB_KEY):
+            return self._userdb(lookup.user, lookup.key.removeprefix(USERDB_KEY))
         return dict_server.failed("not a palomar login check key")
-    try:
-        decision = await admit(state, user, session)
-    except Exception as exc:
-        log_failure(log, f"session={safe(session)} user={safe(user)} login check", exc)
-        return dict_server.failed("cluster state temporarily unavailable" if is_store_error(exc)
-                                  else "internal error")
-    if isinstance(decision, hop.Referral):
-        return dict_server.found(referral_fields(decision.host, decision.reason))
-    if not isinstance(decision, Admitted):
-        return dict_server.failed(decision.text)
-    state.logins += 1
-    moves = state.moves
-    if moves is not None:
-        asyncio.get_running_loop().call_later(LOGIN_SETTLE, moves.end_delivery, decision.hold)
-    log.info("session=%s user=%s login check: served here", safe(session), safe(user))
-    return dict_server.found(SERVED)
+
+    async def _passdb(self, user: str, session: str) -> bytes:
+        from palomar.backend.service import Admitted, admit
+
+        state = self.state
+        try:
+            decision = await admit(state, user, session)
+        except Exception as exc:
+            log_failure(log, f"session={safe(session)} user={safe(user)} login check", exc)
+            return dict_server.failed("cluster state temporarily unavailable" if is_store_error(exc)
+                                      else "internal error")
+        if isinstance(decision, hop.Referral):
+            return dict_server.found(referral_fields(decision.host, decision.reason))
+        if not isinstance(decision, Admitted):
+            return dict_server.failed(decision.text)
+        state.logins += 1
+        if state.moves is not None:
+            self._release(session)  # a session id is never reused; a repeat must not leak the first hold
+            expiry = asyncio.get_running_loop().call_later(UNSTARTED_HOLD, self._release, session)
+            self.held[session] = _Held(user, decision.group, decision.hold, expiry)
+        log.info("session=%s user=%s login check: served here", safe(session), safe(user))
+        return dict_server.found(SERVED)
+
+    def _userdb(self, user: str, session: str) -> bytes:
+        """The session is about to start: the last moment a move can still stop it."""
+        held = self.held.get(session) if session else None
+        moves = self.state.moves
+        if held is None or held.user != user or moves is None:
+            return dict_server.found(STARTING)
+        del self.held[session]
+        held.expiry.cancel()
+        moved_to = moves.moved_during_login(user, held.group)
+        if moved_to is not None:
+            moves.end_delivery(held.hold)
+            log.info("session=%s user=%s login check: moved to %s during the login, session refused",
+                     safe(session), safe(user), moved_to)
+            return dict_server.NOT_FOUND
+        asyncio.get_running_loop().call_later(SETTLE_AFTER_START, moves.end_delivery, held.hold)
+        return dict_server.found(STARTING)
+
+    def _release(self, session: str) -> None:
+        held = self.held.pop(session, None)
+        if held is not None and self.state.moves is not None:
+            held.expiry.cancel()
+            self.state.moves.end_delivery(held.hold)
 
 
-async def serve_connection(state: BackendState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def serve_connection(check: LoginCheck, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One connection of Dovecot's dict client. It pipelines lookups: they run concurrently and
     are answered in the order they came, as the client expects."""
     conn = dict_server.DictServerConnection()
@@ -97,7 +159,7 @@ async def serve_connection(state: BackendState, reader: asyncio.StreamReader, wr
         while conn.error is None and (data := await reader.read(65536)):
             for command in conn.receive(data):
                 replies.put_nowait(asyncio.create_task(
-                    answer(state, command) if isinstance(command, dict_server.Lookup)
+                    check.answer(command) if isinstance(command, dict_server.Lookup)
                     else unsupported(command.command)))
         if conn.error is not None:
             log.warning("login check socket: %s; closing the connection", conn.error)
@@ -113,7 +175,8 @@ async def serve_connection(state: BackendState, reader: asyncio.StreamReader, wr
 async def start_login_check(state: BackendState, path: Path) -> asyncio.AbstractServer:
     """Listen on `path` (replacing a stale socket), readable by Dovecot's auth process only."""
     path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(lambda r, w: serve_connection(state, r, w), path=str(path))
+    check = LoginCheck(state)
+    server = await asyncio.start_unix_server(lambda r, w: serve_connection(check, r, w), path=str(path))
     _restrict(path)
     log.info("backend %s answering Dovecot's login checks on %s", state.name, path)
     return server

@@ -208,6 +208,9 @@ def test_render_direct_path_asks_palomar_for_the_target_user() -> None:
     assert "driver = dict" in target and "args = /srv/be1/etc/palomar-login-check.conf.ext" in target
     assert "skip = unauthenticated" in target and "nopassword" not in target
     assert "haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11/32\n" in text
+    login_userdb, static_userdb = _block(text, "userdb {"), _block(text[text.index("userdb {") + 8:], "userdb {")
+    assert "driver = dict" in login_userdb and "result_success = continue-ok" in login_userdb
+    assert "result_failure = return-fail" in login_userdb and "driver = static" in static_userdb
     imap = _block(text, "service imap-login {")
     assert "inet_listener imap_haproxy {\n    port = 10993\n    haproxy = yes\n    ssl = no\n  }" in imap
     pop3 = _block(text, "service pop3-login {")
@@ -231,7 +234,7 @@ def test_the_login_check_dict_file(tmp_path: Path) -> None:
     write_instance(p)
     text = p.login_check_dict_path.read_text()
     assert f"uri = proxy:{tmp_path}/run/palomar-login-check:palomar\n" in text
-    assert "password_key = passdb/%{session}\n" in text
+    assert "password_key = passdb/%{session}\nuser_key = userdb/%{session}\n" in text
     assert stat.S_IMODE(p.login_check_dict_path.stat().st_mode) in (0o600, 0o640)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from palomar.backend import login_check
+from palomar.backend.moves import MoveExecutor
 from palomar.backend.service import BackendState
 from palomar.cluster.model import Backend, Group, Site
 from palomar.dovecot_login import DovecotEndpoint, failure_reply
@@ -96,13 +97,52 @@ async def test_a_failing_geodb_is_a_dict_failure_and_the_socket_keeps_serving(st
         server.close()
 
 
-async def test_a_key_that_is_not_the_passdb_key_is_refused(state: BackendState, tmp_path: Path) -> None:
+async def test_a_key_that_is_not_a_login_check_key_is_refused(state: BackendState, tmp_path: Path) -> None:
     path = tmp_path / "login-check"
     server = await login_check.start_login_check(state, path)
     try:
-        assert (await ask(path, "alice@example.test", key="shared/userdb/x"))[0].startswith(b"F")
+        assert (await ask(path, "alice@example.test", key="shared/other/x"))[0].startswith(b"F")
     finally:
         server.close()
+
+
+async def test_a_served_login_holds_its_user_until_its_session_starts(state: BackendState, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(login_check, "SETTLE_AFTER_START", 0.0)
+    state.moves = moves = MoveExecutor(state, None)
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    try:
+        assert await ask(path, "alice@example.test", key="shared/passdb/s1") == [b'O{"nopassword": "y"}\n']
+        assert moves._deliveries  # a move of alice now waits for this login
+        # LMTP and doveadm look users up without a session: not a login, nothing held
+        assert await ask(path, "alice@example.test", key="shared/userdb/") == [b"O{}\n"]
+        assert moves._deliveries
+        assert await ask(path, "alice@example.test", key="shared/userdb/s1") == [b"O{}\n"]
+        await asyncio.wait_for(_released(moves), 5)
+    finally:
+        server.close()
+
+
+async def test_a_move_during_the_login_refuses_the_session(state: BackendState, tmp_path: Path) -> None:
+    state.moves = moves = MoveExecutor(state, None)
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    try:
+        assert await ask(path, "alice@example.test", key="shared/passdb/s2") == [b'O{"nopassword": "y"}\n']
+        state.localdb.user_put("mine", "alice@example.test", redirect_host="10.0.0.9", now=1)  # the move's step
+        assert await ask(path, "alice@example.test", key="shared/userdb/s2") == [b"N\n"]
+        assert not moves._deliveries  # no session will exist: released at once
+        # the next login is referred
+        referred = json.loads((await ask(path, "alice@example.test", key="shared/passdb/s3"))[0][1:])
+        assert referred["reason"].startswith("palomar-referral 10.0.0.9 ")
+    finally:
+        server.close()
+
+
+async def _released(moves: MoveExecutor) -> None:
+    while moves._deliveries:
+        await asyncio.sleep(0.01)
 
 
 def test_referral_reason_is_one_line_of_words() -> None:
