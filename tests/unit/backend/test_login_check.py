@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from backend_states import backend_state
 from palomar.backend import login_check
 from palomar.backend.moves import MoveExecutor
 from palomar.backend.service import BackendState
-from palomar.cluster.model import Backend, Group, Site
-from palomar.dovecot_login import DovecotEndpoint, failure_reply
+from palomar.cluster.model import Group
+from palomar.dovecot_login import failure_reply
 from palomar.geodb.guarded import GeoDBUnavailable
-from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
-from palomar.localdb.store import LocalDB
 from palomar.protocols import hop
 from palomar.protocols.dict_server import tab_escape
 
@@ -36,26 +34,18 @@ class FailingEngine(SQLiteGeoEngine):
 
 
 @pytest.fixture
-async def state(tmp_path: Path) -> AsyncIterator[BackendState]:
-    engine = FailingEngine(str(tmp_path / "geodb.sqlite"))
-    await engine.open()
-    geodb = GeoDB(engine)
-    site = Site(id=uuid.uuid4(), name="east")
-    assert await geodb.site_add(site)
-    other = Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.9")
-    await geodb.backend_add(other)
-    localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
-    backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
-                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
-    await backend.register()
+async def state(tmp_path) -> AsyncIterator[BackendState]:
+    backend = await backend_state(tmp_path, FailingEngine(str(tmp_path / "geodb.sqlite")))
     assert backend.site_id is not None and backend.backend_id is not None
-    await geodb.group_create_if_absent(Group(backend.site_id, "mine", backend_id=backend.backend_id))
-    await geodb.group_create_if_absent(Group(backend.site_id, "theirs", backend_id=other.id))
-    await geodb.user_put("alice@example.test", group_name="mine")
-    await geodb.user_put("bob@example.test", group_name="theirs")
+    await backend.geodb.group_create_if_absent(Group(backend.site_id, "mine", backend_id=backend.backend_id))
+    other = await backend.geodb.backend_find_by_host("10.0.0.9")
+    assert other is not None
+    await backend.geodb.group_create_if_absent(Group(backend.site_id, "theirs", backend_id=other.id))
+    await backend.geodb.user_put("alice@example.test", group_name="mine")
+    await backend.geodb.user_put("bob@example.test", group_name="theirs")
     yield backend
-    localdb.close()
-    await geodb.close()
+    backend.localdb.close()
+    await backend.geodb.close()
 
 
 async def ask(path: Path, *users: str, key: str = "shared/passdb/sess-1") -> list[bytes]:

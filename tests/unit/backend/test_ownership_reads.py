@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from backend_states import backend_state
 from palomar.backend.service import BackendState
-from palomar.cluster.model import Backend, Group, Site
+from palomar.cluster.model import Group
 from palomar.cluster.ownership import Own, Refer
-from palomar.dovecot_login import DovecotEndpoint
-from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
-from palomar.localdb.store import LocalDB
 
 
 class CountingEngine(SQLiteGeoEngine):
@@ -29,20 +26,10 @@ class CountingEngine(SQLiteGeoEngine):
 
 @pytest.fixture
 async def state(tmp_path) -> AsyncIterator[BackendState]:
-    engine = CountingEngine(str(tmp_path / "geodb.sqlite"))
-    await engine.open()
-    geodb = GeoDB(engine)
-    site = Site(id=uuid.uuid4(), name="east")
-    assert await geodb.site_add(site)
-    other = Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.9")
-    await geodb.backend_add(other)
-    localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
-    backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
-                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
-    await backend.register()
+    backend = await backend_state(tmp_path, CountingEngine(str(tmp_path / "geodb.sqlite")))
     yield backend
-    localdb.close()
-    await geodb.close()
+    backend.localdb.close()
+    await backend.geodb.close()
 
 
 async def test_owned_user_is_decided_in_two_engine_calls(state: BackendState) -> None:
