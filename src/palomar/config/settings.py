@@ -448,7 +448,8 @@ _add("cluster_backend_direct_pop3_port", PORT, "0", PROXY,
      "(the same on every backend)", **_ext)
 _add("cluster_backend_login_check_socket", PATH, "", BACKEND,
      "with cluster_backend_path = direct: the UNIX socket where the backend answers its Dovecot's dict passdb "
-     "lookup (`uri = proxy:<this path>:palomar`, `password_key = passdb/%{session}`) with its ownership check",
+     "and userdb lookups (`uri = proxy:<this path>:palomar`, `password_key = passdb/%{session}`, "
+     "`user_key = userdb/%{session}`): its ownership check at login, the move fence when the session starts",
      **_ext)
 _add("cluster_backend_dovecot_imap_port", PORT, "10143", BACKEND, "IMAP port of the local Dovecot", **_ext)
 _add("cluster_backend_dovecot_pop3_port", PORT, "10110", BACKEND, "POP3 port of the local Dovecot", **_ext)
