@@ -27,6 +27,9 @@ from palomar.protocols.subaddress import delimiters_problem
 CONFIG_NAME = "dovecot.conf"
 MASTER_PASSDB_NAME = "master-users.passwd"
 LOGIN_CHECK_DICT_NAME = "palomar-login-check.conf.ext"
+LOGIN_CHECK_IDLE_MSECS = 60000
+"""How long Dovecot's dict client keeps an idle connection to the login check (its default, 0,
+reconnects for every lookup: measured 20 connections for 10 logins, 1 with this)."""
 DEFAULT_MASTER_USER = "palomar-master"
 
 # A few long-lived login processes serve all connections (Dovecot's "high-performance"
@@ -446,8 +449,9 @@ userdb {{
 def login_check_dict(p: DovecotParams) -> str:
     """The dict passdb's own file: the UNIX socket of the login check and the key it is asked."""
     return f"""\
-# The ownership check of `palomar backend` (cluster_backend_path = direct).
-uri = proxy:{p.login_check_socket}:palomar
+# The ownership check of `palomar backend` (cluster_backend_path = direct). Dovecot's dict client
+# closes an idle connection at once by default (idle_msecs=0): one UNIX connection per lookup.
+uri = proxy:idle_msecs={LOGIN_CHECK_IDLE_MSECS}:{p.login_check_socket}:palomar
 password_key = passdb/%{{session}}
 user_key = userdb/%{{session}}
 iterate_disable = yes

@@ -233,7 +233,7 @@ def test_the_login_check_dict_file(tmp_path: Path) -> None:
     p = _params(tmp_path, **{**DIRECT, "login_check_socket": tmp_path / "run" / "palomar-login-check"})
     write_instance(p)
     text = p.login_check_dict_path.read_text()
-    assert f"uri = proxy:{tmp_path}/run/palomar-login-check:palomar\n" in text
+    assert f"uri = proxy:idle_msecs=60000:{tmp_path}/run/palomar-login-check:palomar\n" in text
     assert "password_key = passdb/%{session}\nuser_key = userdb/%{session}\n" in text
     assert stat.S_IMODE(p.login_check_dict_path.stat().st_mode) in (0o600, 0o640)
 
