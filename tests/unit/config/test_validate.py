@@ -346,3 +346,13 @@ def test_a_direct_path_proxy_needs_the_master_password(write) -> None:
 def test_direct_path_settings_are_refused_on_the_hop_path(write) -> None:
     path = write("p.conf", "cluster_backend_direct_imap_port = 10993\n")
     assert _errors(path) == [f"{path}:1: cluster_backend_direct_imap_port: only used with cluster_backend_path = direct"]
+
+
+def test_a_direct_path_backend_needs_its_login_check_socket(write) -> None:
+    base = ("@cluster_defaults = backend\ncluster_backend_name = b1\ncluster_local_site = A\n"
+            "cluster_hop_secret = s\ncluster_backend_dovecot_master_password = m\ncluster_hop_ssl = no\n"
+            "cluster_backend_path = direct\n")
+    path = write("b.conf", base)
+    assert _errors(path) == [f"{path}:7: cluster_backend_path = direct needs cluster_backend_login_check_socket"]
+    good = write("good.conf", base + "cluster_backend_login_check_socket = /run/palomar/login-check\n")
+    assert str(load(good)["cluster_backend_login_check_socket"]) == "/run/palomar/login-check"
