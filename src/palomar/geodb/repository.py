@@ -12,7 +12,7 @@ replayed write is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -533,6 +533,19 @@ class GeoDB:
         """Every user: a full scan, for admin listings only (never on a login path)."""
         users = [_user(r) for r in await self.engine.scan("users")]
         return sorted(users, key=lambda u: u.username)
+
+    async def user_pages(self, page_size: int) -> AsyncIterator[list[User]]:
+        """Every user, `page_size` at a time (engine scan order): a whole-table pass that holds
+        one page of rows at a time and decodes it in small steps, so the caller's event loop
+        keeps serving between pages."""
+        after, page_size = None, max(page_size, 1)
+        while True:
+            rows = await self.engine.scan_page("users", after, page_size)
+            if rows:
+                yield [_user(r) for r in rows]
+            if len(rows) < page_size:
+                return
+            after = rows[-1]["username"]
 
     async def user_sites_list(self, username: str) -> list[UserSite]:
         rows = await self.engine.select("user_sites", {"username": username})
