@@ -45,6 +45,10 @@ log = logging.getLogger("palomar.backend")
 HOP_HEADER_TIMEOUT = 5.0
 """Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
 TLS_HANDSHAKE_RECORD = b"\x16\x03"
+SITES_TTL = 1.0
+"""Seconds a backend reuses its read of the sites table and its site's reachability for the logins
+that follow (the proxy caches its site view the same way): site status, force-move and failover
+reach a backend's ownership checks at most this late. Backends, users and groups are read fresh."""
 STALE_TTL = 1
 """LocalDB lifetime of a remembered ownership read: it is never read fresh, only during an outage."""
 STALE_SITE_KEY = "backend-site"
@@ -85,6 +89,8 @@ class BackendState:
     stall) then, and may have missed a failover of its groups while it was away."""
     _site_text: str = ""
     _sites_text: str = ""
+    _sites_read: tuple[float, SiteState] | None = None
+    """The last read of the sites table and this site's reachability rows, and when (SITES_TTL)."""
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -113,6 +119,10 @@ class BackendState:
         assert site is not None
         return SiteView(site, tuple(await self.geodb.backend_list(self.site_id)))
 
+    def forget_site_state(self) -> None:
+        """Read the sites table and the reachability rows again at the next login (SITES_TTL)."""
+        self._sites_read = None
+
     async def ownership(self, username: str):
         """Decide with fresh GeoDB data: a backend must never serve a user it does not own."""
         decision, group, _ = await self.ownership_and_user(username)
@@ -122,13 +132,20 @@ class BackendState:
         """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
 
         Two engine calls, not five: the site, its backends and the user in one batch, then
-        the user's group (its name comes from the user record). Fresh data every time; only
-        while the GeoDB cannot answer does the last fresh read stand in, under the stricter rule
-        of `cluster.stale` (docs/design/geodb-outage.md).
+        the user's group (its name comes from the user record). The ownership data (the site's
+        backends, the user, its groups) is fresh every time; the sites table and this site's
+        reachability rows (a range scan on Cassandra) are read at most once per `SITES_TTL`, as
+        the proxy caches its site view. Only while the GeoDB cannot answer does the last fresh read
+        stand in, under the stricter rule of `cluster.stale` (docs/design/geodb-outage.md).
         """
         assert self.backend_id is not None and self.site_id is not None
         try:
-            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username)
+            now = self.clock()
+            recent = self._sites_read
+            cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
+            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username, cached)
+            if cached is None:
+                self._sites_read = (now, sites)
             site = sites.local
             assert site is not None
             view = SiteView(site, tuple(backends))
