@@ -34,7 +34,7 @@ from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient, split_host_port
 from palomar.proxy.imap_frontend import ImapAdapter
-from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
+from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits
 from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
 from palomar.proxy.penalty_link import LocalPenalty, SharedPenalty
 from palomar.proxy.pop3_frontend import Pop3Adapter
@@ -252,7 +252,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None,
             busy = b""  # Dovecot's doveadm has no refusal line either
         elif adapter is None:
             handler = lmtp_handler(state, cfg, listener)
-            busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
+            busy = WORDING["lmtp"].bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
         else:
             handler = partial(serve, state, service=service_name, adapter=adapter, haproxy=listener.haproxy,
                               ssl=listener.ssl)
