@@ -512,7 +512,7 @@ def hop_metrics(state: BackendState, registry: Registry) -> None:
 async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     from palomar.net.server import AcceptLoop, listen_socket
-    from palomar.service_runtime import open_geodb, open_localdb, wait_for_stop_signal
+    from palomar.service_runtime import geodb_available_gauge, open_geodb, open_localdb, wait_for_stop_signal
 
     secret = cfg["cluster_hop_secret"]
     if not secret:
@@ -526,8 +526,10 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         master_password=cfg["cluster_backend_dovecot_master_password"],
         doveadm_password=cfg["doveadm_password"],
     )
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
+    on_geodb = geodb_available_gauge(registry, "backend decides from its last reads or answers a temporary failure")
     state = BackendState(
-        geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
+        geodb=await open_geodb(cfg, on_change=on_geodb), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
         tls=hop_server_context(cfg),
@@ -535,12 +537,12 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         clock=_clock(), stale_max=cfg["cluster_geodb_stale_max"],
     )
     await state.register()
-    state.moves = executor = executor_from_config(state, cfg)
+    state.moves = executor = executor_from_config(state, cfg, registry)
     executor.start()
     doveadm = executor.doveadm
     state.load = LoadSampler(None if doveadm is None else lambda: doveadm_session_count(doveadm.call("who", {})))
-    hop_metrics(state, executor.metrics)
-    metrics_servers = await serve_stats(cfg, executor.metrics)
+    hop_metrics(state, registry)
+    metrics_servers = await serve_stats(cfg, registry)
     loops = []
     for address in cfg["listen"]:
         host = "0.0.0.0" if address == "*" else address

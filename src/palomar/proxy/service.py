@@ -48,6 +48,7 @@ from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.proxy.workers import WorkerRole, per_worker_ip_limit, worker_metrics_address
 from palomar.service_runtime import (
+    geodb_available_gauge,
     open_geodb,
     open_localdb,
     reload_server_tls,
@@ -127,10 +128,7 @@ def auth_cache(cfg: Config) -> AuthCache | None:
 
 async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
-    available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
-                               "its cache (docs/design/geodb-outage.md)")
-    available.set(1.0)
-    geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
+    geodb = await open_geodb(cfg, on_change=geodb_available_gauge(registry, "proxy routes from its cache"))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
                     group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"],
