@@ -92,9 +92,15 @@ class SharedPenalty:
         return self._fallback.enabled
 
     async def _ask(self, request: dict) -> dict | None:
-        """One round trip; None (and the fallback from then on) when the parent does not answer."""
+        """One round trip; None (and the fallback from then on) when the parent does not answer.
+
+        Shielded: a login cancelled while it waits (its client went away) lets the round trip
+        finish, so its answer is read here and not taken for the next question's."""
         if self._broken:
             return None
+        return await asyncio.shield(self._round_trip(request))
+
+    async def _round_trip(self, request: dict) -> dict | None:
         try:
             async with self._lock:
                 self._writer.write(json.dumps(request).encode() + b"\n")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from palomar.auth.passdb import PassdbChain
-from palomar.auth.penalty import AuthPenalty, PenaltyPolicy
+from palomar.auth.penalty import AuthPenalty, PenaltyPolicy, Verdict
 from palomar.metrics.registry import Registry
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.login import AuthFailed, LoginAttempt, perform_login
@@ -57,6 +57,35 @@ async def test_the_same_wrong_password_through_two_workers_counts_once() -> None
     assert parent.sources.get(ATTACKER, now).level == 1
     s1.cancel()
     s2.cancel()
+
+
+class AskedPenalty(AuthPenalty):
+    """The parent's table, telling the test when a question reached it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked = asyncio.Event()
+
+    def before_check(self, address: str, user: str, now: float) -> Verdict:
+        self.asked.set()
+        return super().before_check(address, user, now)
+
+
+async def test_a_login_cancelled_while_asking_leaves_the_link_in_step() -> None:
+    """A client gone while its login waits for the parent's answer: the next question still gets
+    its own answer, not the abandoned one."""
+    parent = AskedPenalty(PenaltyPolicy(15.0), max_entries=100, per_user=True)
+    worker, served, _ = await _worker(parent)
+    await worker.failed(await worker.before_check(ATTACKER, "alice"), ATTACKER, "alice", "guess")
+    parent.asked.clear()
+    asking = asyncio.create_task(worker.before_check(ATTACKER, "alice"))  # the answer would be: wait
+    await parent.asked.wait()  # the parent has the question; the worker has not read the answer
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    fresh = await worker.before_check("198.51.100.9", "bob")
+    assert fresh.wait == 0 and fresh.source_level == 0
+    served.cancel()
 
 
 async def test_a_worker_whose_parent_is_gone_keeps_a_table_of_its_own(caplog) -> None:
