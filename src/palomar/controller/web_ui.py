@@ -181,7 +181,7 @@ def _moves(site: dict[str, Any]) -> str:
 def _decisions(history: History) -> str:
     items = list(reversed(history.decisions))[:20]
     if not items:
-        return '<p class="muted">No decisions since the controller started.</p>'
+        return '<p class="muted">No decisions recorded yet.</p>'
     rows = "".join(f'<tr><td>{_when(d.at)}</td><td>{e(d.feature)}</td><td>{e(d.state)}</td>'
                    f'<td>{e(d.backend)}</td><td>{e(d.action)}</td><td>{"done" if d.executed else "logged only"}'
                    f'</td><td>{e(d.reason)}</td></tr>' for d in items)
