@@ -217,12 +217,13 @@ class Controller:
         async for users in self.db.user_pages(self.regroup_page_size):
             add_group_members(members, users, names, snapshot.site.id)
         # Planning and encoding up to 100,000 moves is a second of CPU: off the loop.
-        count, text = await asyncio.to_thread(encode_regroup_plan, snapshot.groups, members, self.rules.group_size)
+        moves, text = await asyncio.to_thread(encode_regroup_plan, snapshot.groups, members, self.rules.group_size)
         self.history.set_timer(REGROUP_PLAN, text)
+        self._regroup_plan = (text, moves)  # what decoding `text` would give
         self.history.set_timer(REGROUP_DONE, "0")
         self.history.set_timer(REGROUP_PASS, None)
         self.history.set_timer(REGROUP_DAY, day)
-        log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=count))
+        log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=len(moves)))
 
     def _record(self, action: Action, snapshot: Snapshot, *, executed: bool) -> None:
         """The decision for the web UI and the API."""
@@ -335,10 +336,12 @@ class Controller:
 
 
 def encode_regroup_plan(groups: Sequence[Group], members: Mapping[str, Sequence[str]], settings: GroupSizeSettings
-                        ) -> tuple[int, str]:
-    """The day's group-size plan and its stored form (a JSON list of `UserMove` fields)."""
-    moves = plan_group_sizes(groups, members, settings)
-    return len(moves), json.dumps([list(astuple(m)) for m in moves])
+                        ) -> tuple[tuple[UserMove, ...], str]:
+    """The day's group-size plan and its stored form (a JSON list of `UserMove` fields), encoded
+    move by move: one `json.dumps` of 100,000 moves would hold the GIL, and so stall the
+    controller's event loop, for a tenth of a second."""
+    moves = tuple(plan_group_sizes(groups, members, settings))
+    return moves, "[" + ", ".join(json.dumps(list(astuple(m))) for m in moves) + "]"
 
 
 def decode_regroup_plan(text: str | None) -> tuple[UserMove, ...]:

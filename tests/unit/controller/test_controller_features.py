@@ -7,9 +7,10 @@ neither.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -23,7 +24,7 @@ from palomar.cluster.model import Backend, Group, Reachability, Setting, Site, S
 from palomar.controller.decide import ControllerRules, plan
 from palomar.controller.history import History
 from palomar.controller.metrics import ControllerMetrics
-from palomar.controller.service import Controller
+from palomar.controller.service import Controller, decode_regroup_plan, encode_regroup_plan
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
@@ -259,3 +260,15 @@ async def test_group_size_plan_reads_the_users_page_by_page(world: World, caplog
     assert len(plans) == 1 and "users=5" in plans[0], plans
     moved = sorted(u.username for u in await world.db.user_list_all() if u.moving)
     assert moved == ["u05@x", "u06@x", "u07@x", "u08@x", "u09@x"]  # from the end of g0's sorted members
+
+
+def test_the_stored_plan_decodes_to_the_planned_moves_in_the_format_of_one_json_list() -> None:
+    """The plan is encoded move by move (no long GIL hold) but stored as before: one JSON list, so a
+    plan written by an earlier controller still reads back."""
+    site = uuid4()
+    backend = uuid4()
+    groups = (Group(site, "g0", backend_id=backend), Group(site, "g1", backend_id=backend))
+    members = {"g0": [f'u{i}"quoted"@x' for i in range(6)], "g1": []}
+    moves, text = encode_regroup_plan(groups, members, RULES.group_size)
+    assert len(moves) == 3 and decode_regroup_plan(text) == moves
+    assert text == json.dumps([list(astuple(m)) for m in moves])
