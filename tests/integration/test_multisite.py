@@ -47,9 +47,11 @@ class TwoSites:
         return {name: c.backend.logins for name, c in self.sites.items()}
 
     def forget_caches(self) -> None:
-        """What `palomar cluster geodb refresh` does on every proxy: the next login reads the GeoDB."""
+        """What `palomar cluster geodb refresh` does on every proxy, and the backends' one-second
+        site cache running out: the next login reads the GeoDB."""
         for c in self.sites.values():
             c.proxy.router.cache.cache_clear()
+            c.backend.forget_site_state()
 
     async def home(self, user: str, site: str) -> None:
         await self.geodb.user_put(user, preferred_site_id=self.ids[site])

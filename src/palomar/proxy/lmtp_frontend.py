@@ -36,9 +36,9 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
-from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.protocols.subaddress import delivery_address, split_detail
+from palomar.proxy.failures import WORDING
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
 from palomar.proxy.limits import smtp_bye
@@ -77,7 +77,7 @@ async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
         conn.link.abort()
     except Exception as exc:  # the session's boundary: a 421 (the MTA retries what is open), log once
         log_failure(log, f"session={conn.session_id} proto=lmtp", exc)
-        conn.link.write(f"{fan.closing_internal(session.core.hostname)}\r\n".encode())
+        conn.link.write(WORDING["lmtp"].internal_bye(session.core.hostname))
         conn.link.close()
     finally:
         session.close_legs()
@@ -123,11 +123,11 @@ class LmtpProxySession:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     data = await self.state.drain.read(link, stoppable=not self.core.in_transaction)
             except ShuttingDown:
-                link.write(shutdown_line("lmtp", self.core.hostname))
+                link.write(WORDING["lmtp"].shutdown(self.core.hostname))
                 link.close()
                 return
             except TimeoutError:
-                link.write(f"421 4.4.2 {self.core.hostname} Disconnected client for inactivity\r\n".encode())
+                link.write(WORDING["lmtp"].timeout_bye(self.core.hostname))
                 link.close()
                 return
             if not data:
