@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_tools import add_namespace, ip, setns
+from netns_tools import add_namespace, ip, setns, wait_for
 
 from palomar.devcluster.certs import hop_certificates
 from palomar.devcluster.cluster import LbPorts, LocalCluster
@@ -212,16 +212,6 @@ class Sites:
             hosts = {b.id: b.host for site_id in sites for b in await db.backend_list(site_id)}
             return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
         return self.read_geodb(read)
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)  # polling interval of a bounded wait on a condition
-    return time.monotonic() - started
-
 
 def succeeds(fn: Callable[[], object]) -> bool:
     try:
