@@ -50,6 +50,12 @@ DC2_LB = "127.0.0.101"
 DC2_PROXY = "127.0.0.110"
 WINDOWS = ("cluster_site_probe_interval = 1 secs", "cluster_site_unreachable_after = 4 secs",
            "cluster_site_reachable_after = 3 secs", "cluster_site_unreachable_quorum = 1")
+CONTROLLER = ("controller_site_failover_after = 2 secs", "controller_site_recover_after = 8 secs",
+              "controller_site_ramp_step = 50", "controller_site_ramp_interval = 1 secs")
+"""Site-failover ramps in two steps of 50 %; recover_after is long enough for the test to see the users
+held in the failover site after the heal (the controller's tick is 2 s)."""
+RAMP = ["force-move 50%", "force-move 100%", "recover 50%", "recover 100%", "clear 0%"]
+"""What one controller does for the site it takes over, start to end, with the settings above."""
 LATENCY_LOGINS = 15
 
 
@@ -213,6 +219,29 @@ class Sites:
             return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
         return self.read_geodb(read)
 
+def site_rows(sites: Sites) -> dict[str, tuple[int | None, tuple[str, ...], int | None]]:
+    """Site -> (force-move percentage, its destination site names, recover percentage), from the GeoDB."""
+    async def read(db: GeoDB, names: dict[uuid.UUID, str]) -> dict[str, tuple[int | None, tuple[str, ...], int | None]]:
+        rows = {}
+        by_id = {str(site_id): name for site_id, name in names.items()}
+        for site in await db.site_list():
+            fm = site.force_move
+            dest = tuple(by_id.get(d, d) for d in fm.dest) if fm else ()
+            rows[site.name] = (fm.percentage if fm else None, dest, site.recover_percentage)
+        return rows
+    return sites.read_geodb(read)
+
+
+def ramps(sites: Sites, site: str, since: int) -> list[tuple[str, str]]:
+    """(target site, action) of every `controller_site_ramp` line of `site`'s controller after byte `since`."""
+    text = (sites.site(site).root / "controller" / "palomar.log").read_bytes()[since:].decode(errors="replace")
+    return re.findall(r"event=controller_site_ramp .*?target_site=(\S+) action=\"([^\"]+)\"", text)
+
+
+def controller_log_size(sites: Sites, site: str) -> int:
+    return (sites.site(site).root / "controller" / "palomar.log").stat().st_size
+
+
 def succeeds(fn: Callable[[], object]) -> bool:
     try:
         return fn() is not False
@@ -230,7 +259,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         dc1.lb_host, dc1.lb_ipv6 = DC1_LB, ""
         for cluster in (dc1, dc2):
             cluster.proxy_settings = {"*": WINDOWS}
-            cluster.controller_settings = ("controller_site_failover_after = 2 secs",)
+            cluster.controller_settings = CONTROLLER
         assert dc1.shared_hop_tls is not None
         hop_certificates(dc1.shared_hop_tls, [*dc1._backend_hosts(), DC1_LB, *dc2._backend_hosts(), DC2_LB])
         clusters.append(dc1)
@@ -342,3 +371,76 @@ def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sites: Sites) -> None:
+    """The controllers' `site-failover` feature `on`: each side takes the other over after the window
+    (a force-move ramp towards itself, written to the GeoDB both share), the users are served in the
+    failover site, and after the heal they stay there until the recover window has passed, then the
+    recover ramp brings them home and both sites' force-move and recover state is cleared."""
+    dc1_user, dc2_user = "user1@example.test", "user2@example.test"
+    acked: list[str] = []
+
+    def deliver(entry: str, user: str) -> None:
+        message_id = sites.deliver(entry, user)
+        assert message_id is not None, (entry, user)
+        acked.append(message_id)
+
+    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30, "connected sites")
+    clean = {"DC1": (None, (), None), "DC2": (None, (), None)}
+    assert site_rows(sites) == clean
+    marks = {site: controller_log_size(sites, site) for site in ("DC1", "DC2")}
+    stored_before = sites.stored(dc1_user) + sites.stored(dc2_user)
+    moves_before = sites.moves()
+    for site in ("DC1", "DC2"):
+        sites.site(site).cluster("feature", "set", site, "site-failover", "on")
+    for user, home in ((dc1_user, "DC1"), (dc2_user, "DC2")):
+        for entry in ("DC1", "DC2"):
+            assert sites.lands(entry, user, home), (user, entry)
+
+    cut = time.monotonic()
+    sites.link.down()
+    # each controller takes the other site over: its force-move ramps to 100 % towards itself
+    taken_over = {"DC1": (100, ("DC2",), None), "DC2": (100, ("DC1",), None)}
+    wait_for(lambda: site_rows(sites) == taken_over, 60, "both controllers to force-move the other site to 100%")
+    ramped = time.monotonic() - cut
+    # the users are served in the failover site (and at home on their own side: split brain)
+    assert sites.lands("DC1", dc2_user, "DC1")
+    assert sites.lands("DC2", dc1_user, "DC2")
+    assert sites.lands("DC2", dc2_user, "DC2")
+    deliver("DC1", dc2_user)
+    deliver("DC2", dc1_user)
+
+    healed = time.monotonic()
+    sites.link.up()
+    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30,
+             "the reachability rows to call the other site reachable again")
+    # inside the recover window the force-move holds the users in the failover site, whichever site
+    # they enter: no flapping back on the first good probe
+    assert site_rows(sites) == taken_over
+    assert sites.lands("DC2", dc2_user, "DC1")
+    assert sites.lands("DC1", dc1_user, "DC2")
+    deliver("DC2", dc2_user)
+    # then the recover ramp brings them home and the state is cleared
+    wait_for(lambda: site_rows(sites) == clean, 60, "both controllers to recover the other site and clear")
+    cleared = time.monotonic() - healed
+    for user, home in ((dc1_user, "DC1"), (dc2_user, "DC2")):
+        for entry in ("DC1", "DC2"):
+            wait_for(lambda user=user, home=home, entry=entry: sites.lands(entry, user, home), 30,
+                     f"{user} to be served in {home} through {entry}")
+    converged = time.monotonic() - healed
+    deliver("DC1", dc2_user)
+    deliver("DC2", dc1_user)
+
+    # each controller ramped the other site exactly once up and once down; no group moved; one backend
+    # per user in each site; every acknowledged message stored once
+    for site, lost in (("DC1", "DC2"), ("DC2", "DC1")):
+        assert ramps(sites, site, marks[site]) == [(lost, step) for step in RAMP], site
+    assert sites.moves() == moves_before
+    for (site, user), backends in sites.served().items():
+        assert len(backends) == 1, (site, user, backends)
+    stored = sites.stored(dc1_user) + sites.stored(dc2_user)
+    assert sorted(stored) == sorted(stored_before + acked)
+    print(f"\nmeasured (site-failover on): partition->force-move 100% {ramped:.1f}s, "
+          f"heal->force-move and recover cleared {cleared:.1f}s, heal->users home {converged:.1f}s, "
+          f"ramp steps {len(RAMP)} per site, group moves 0")
