@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ held in the failover site after the heal (the controller's tick is 2 s)."""
 RAMP = ["force-move 50%", "force-move 100%", "recover 50%", "recover 100%", "clear 0%"]
 """What one controller does for the site it takes over, start to end, with the settings above."""
 LATENCY_LOGINS = 15
+CLIENT_PATIENCE = 60.0
+"""Seconds a test client waits for an answer during a silent partition: far above the proxy's own bounds
+(`cluster_hop_connect_timeout` 2 s + `cluster_hop_answer_timeout` 4 s), so only a hang reaches it."""
 
 
 def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
@@ -76,6 +79,15 @@ def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+SILENT_TABLE = "palomar_partition"
+
+
+def nft(namespace: str, *args: str) -> None:
+    result = subprocess.run(["ip", "netns", "exec", namespace, "nft", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"nft {' '.join(args)} in {namespace}: {result.stderr.strip()}")
 
 
 @dataclass
@@ -112,6 +124,18 @@ class Link:
         ip("-n", self.a, "link", "set", self.dev_a, "down")
         ip("-n", self.b, "link", "set", self.dev_b, "down")
 
+    def silence(self) -> None:
+        """Drop every packet arriving over the link, in both namespaces, without a word back: the link
+        and its routes stay up, so connections and established sessions hang instead of failing."""
+        for ns, dev in ((self.a, self.dev_a), (self.b, self.dev_b)):
+            nft(ns, "add", "table", "inet", SILENT_TABLE)
+            nft(ns, "add", "chain", "inet", SILENT_TABLE, "in", "{ type filter hook prerouting priority -300 ; }")
+            nft(ns, "add", "rule", "inet", SILENT_TABLE, "in", "iifname", dev, "drop")
+
+    def unsilence(self) -> None:
+        for ns in (self.a, self.b):
+            nft(ns, "delete", "table", "inet", SILENT_TABLE)
+
     def remove(self) -> None:
         for ns in (self.a, self.b):  # deleting a namespace deletes its veth end
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
@@ -122,6 +146,8 @@ class Sites:
     link: Link
     dc1: LocalCluster
     dc2: LocalCluster
+    acked: list[str] = field(default_factory=list)
+    """Message-IDs of every LMTP message acknowledged with 250, over the whole module."""
 
     def site(self, name: str) -> LocalCluster:
         return self.dc1 if name == "DC1" else self.dc2
@@ -145,6 +171,28 @@ class Sites:
                 client.logout()
         run_in(self.namespace(entry), login)
 
+    def login_answer(self, entry: str, user: str) -> str:
+        """What an IMAP LOGIN through `entry`'s HAProxy is answered: `OK`, the NO text, or `hung` when
+        nothing came back for CLIENT_PATIENCE seconds (far above every documented timeout)."""
+        cluster = self.site(entry)
+
+        def login() -> str:
+            try:
+                client = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=CLIENT_PATIENCE)
+            except TimeoutError:
+                return "hung"
+            try:
+                client.login(user, self.password(user))
+                client.logout()
+                return "OK"
+            except imaplib.IMAP4.error as exc:
+                return str(exc)
+            except TimeoutError:
+                return "hung"
+            finally:
+                client.shutdown()
+        return run_in(self.namespace(entry), login)
+
     def deliver(self, entry: str, user: str) -> str | None:
         """One LMTP message with a new Message-ID through `entry`'s HAProxy; its Message-ID if accepted."""
         cluster = self.site(entry)
@@ -159,6 +207,37 @@ class Sites:
                     return False
                 return not refused
         return message_id if run_in(self.namespace(entry), send) else None
+
+    def deliver_acked(self, entry: str, user: str) -> None:
+        """One message that must be accepted; remembered for the exactly-once check."""
+        message_id = self.deliver(entry, user)
+        assert message_id is not None, (entry, user)
+        self.acked.append(message_id)
+
+    def wait_rows(self, reachable: bool, what: str) -> float:
+        """Wait until both sites' rows about each other say `reachable`; the seconds it took."""
+        return wait_for(lambda: self.reachability() == {("DC1", "DC2"): reachable, ("DC2", "DC1"): reachable}, 30,
+                        what)
+
+    def heal(self, restore: Callable[[], None], dc1_user: str, dc2_user: str) -> tuple[float, float]:
+        """`restore` the link; seconds until both rows are reachable, and until each user is served at
+        home through the other site's HAProxy."""
+        healed = time.monotonic()
+        restore()
+        self.wait_rows(True, "the reachability rows to call the other site reachable again")
+        back = time.monotonic() - healed
+        wait_for(lambda: self.lands("DC1", dc2_user, "DC2"), 60, "DC2's user to be served at home through DC1")
+        wait_for(lambda: self.lands("DC2", dc1_user, "DC1"), 60, "DC1's user to be served at home through DC2")
+        return back, time.monotonic() - healed
+
+    def check_consistent(self, moves_before: int) -> None:
+        """In each site one backend per user over the whole run; no group or user move since
+        `moves_before`; every acknowledged message stored exactly once over both sites' stores."""
+        for (site, user), backends in self.served().items():
+            assert len(backends) == 1, (site, user, backends)
+        assert self.moves() == moves_before
+        stored = [mid for u in self.dc1.users for mid in self.stored(u.name)]  # both sites' stores each
+        assert sorted(stored) == sorted(self.acked)
 
     def stored(self, user: str) -> list[str]:
         """Every Message-ID in `user`'s INBOX in both sites' stores (doveadm on one backend of each)."""
@@ -279,20 +358,12 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
 def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites) -> None:
     dc1_user, dc2_user = "user1@example.test", "user2@example.test"
     assert (home_site_of(dc1_user), home_site_of(dc2_user)) == ("DC1", "DC2")
-    acked: list[str] = []
-
-    def deliver(entry: str, user: str) -> None:
-        message_id = sites.deliver(entry, user)
-        assert message_id is not None, (entry, user)
-        acked.append(message_id)
-
     # connected: each user ends in its home site whichever site it enters, mail too
-    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30,
-             "both sites' proxies to write their reachability rows")
+    sites.wait_rows(True, "both sites' proxies to write their reachability rows")
     for user, home in ((dc1_user, "DC1"), (dc2_user, "DC2")):
         for entry in ("DC1", "DC2"):
             assert sites.lands(entry, user, home), (user, entry)
-            deliver(entry, user)
+            sites.deliver_acked(entry, user)
     direct: list[float] = []
     relayed: list[float] = []
     for _ in range(LATENCY_LOGINS):  # interleaved, so both see the same machine load
@@ -306,11 +377,10 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
     assert not run_in(sites.link.a, lambda: reaches(DC2_LB, SITE_PORT))
     assert sites.lands("DC1", dc1_user, "DC1")
     assert sites.lands("DC2", dc2_user, "DC2")
-    deliver("DC1", dc1_user)
-    deliver("DC2", dc2_user)
+    sites.deliver_acked("DC1", dc1_user)
+    sites.deliver_acked("DC2", dc2_user)
     # the rows flip after the window, in both directions
-    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): False, ("DC2", "DC1"): False}, 30,
-             "the reachability rows to call the other site unreachable")
+    sites.wait_rows(False, "the reachability rows to call the other site unreachable")
     flipped = time.monotonic() - cut
     # DC2's user entering through DC1 is served in DC1 by its failover group (and DC1's in DC2)
     wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
@@ -330,31 +400,19 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
         line = re.compile(rf"event=controller_dryrun feature=site-failover site={site} .*{lost} unreachable")
         wait_for(lambda log=log, line=line: line.search(log.read_text(errors="replace")), 30,
                  f"{site}'s controller to plan the failover of {lost}")
-    deliver("DC1", dc2_user)
-    deliver("DC2", dc1_user)
-    deliver("DC2", dc2_user)  # split brain: its home site serves it too
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_acked("DC2", dc2_user)  # split brain: its home site serves it too
 
     # heal: the rows flip back and each user is served at home again, through either site
-    healed = time.monotonic()
-    sites.link.up()
-    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30,
-             "the reachability rows to call the other site reachable again")
-    back = time.monotonic() - healed
-    wait_for(lambda: sites.lands("DC1", dc2_user, "DC2"), 30, "DC2's user to be served at home through DC1")
-    wait_for(lambda: sites.lands("DC2", dc1_user, "DC1"), 30, "DC1's user to be served at home through DC2")
-    converged = time.monotonic() - healed
-    deliver("DC1", dc2_user)
-    deliver("DC2", dc1_user)
+    back, converged = sites.heal(sites.link.up, dc1_user, dc2_user)
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
 
     # within each site one backend per user; no move was needed; every acknowledged message stored once
-    for (site, user), backends in sites.served().items():
-        assert len(backends) == 1, (site, user, backends)
-    moves = sites.moves() - moves_before
-    assert moves == 0
-    stored = sites.stored(dc1_user) + sites.stored(dc2_user)
-    assert sorted(stored) == sorted(acked)
+    sites.check_consistent(moves_before)
     print(f"\nmeasured: partition->rows flipped {flipped:.1f}s, partition->failover service {failover:.1f}s, "
-          f"heal->rows reachable {back:.1f}s, heal->users home {converged:.1f}s, moves {moves}, "
+          f"heal->rows reachable {back:.1f}s, heal->users home {converged:.1f}s, moves 0, "
           f"IMAP login median direct {statistics.median(direct) * 1000:.0f} ms, relayed "
           f"{statistics.median(relayed) * 1000:.0f} ms ({LATENCY_LOGINS} each)")
 
@@ -379,18 +437,10 @@ def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sit
     failover site, and after the heal they stay there until the recover window has passed, then the
     recover ramp brings them home and both sites' force-move and recover state is cleared."""
     dc1_user, dc2_user = "user1@example.test", "user2@example.test"
-    acked: list[str] = []
-
-    def deliver(entry: str, user: str) -> None:
-        message_id = sites.deliver(entry, user)
-        assert message_id is not None, (entry, user)
-        acked.append(message_id)
-
-    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30, "connected sites")
+    sites.wait_rows(True, "connected sites")
     clean = {"DC1": (None, (), None), "DC2": (None, (), None)}
     assert site_rows(sites) == clean
     marks = {site: controller_log_size(sites, site) for site in ("DC1", "DC2")}
-    stored_before = sites.stored(dc1_user) + sites.stored(dc2_user)
     moves_before = sites.moves()
     for site in ("DC1", "DC2"):
         sites.site(site).cluster("feature", "set", site, "site-failover", "on")
@@ -408,19 +458,18 @@ def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sit
     assert sites.lands("DC1", dc2_user, "DC1")
     assert sites.lands("DC2", dc1_user, "DC2")
     assert sites.lands("DC2", dc2_user, "DC2")
-    deliver("DC1", dc2_user)
-    deliver("DC2", dc1_user)
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
 
     healed = time.monotonic()
     sites.link.up()
-    wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30,
-             "the reachability rows to call the other site reachable again")
+    sites.wait_rows(True, "the reachability rows to call the other site reachable again")
     # inside the recover window the force-move holds the users in the failover site, whichever site
     # they enter: no flapping back on the first good probe
     assert site_rows(sites) == taken_over
     assert sites.lands("DC2", dc2_user, "DC1")
     assert sites.lands("DC1", dc1_user, "DC2")
-    deliver("DC2", dc2_user)
+    sites.deliver_acked("DC2", dc2_user)
     # then the recover ramp brings them home and the state is cleared
     wait_for(lambda: site_rows(sites) == clean, 60, "both controllers to recover the other site and clear")
     cleared = time.monotonic() - healed
@@ -429,18 +478,64 @@ def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sit
             wait_for(lambda user=user, home=home, entry=entry: sites.lands(entry, user, home), 30,
                      f"{user} to be served in {home} through {entry}")
     converged = time.monotonic() - healed
-    deliver("DC1", dc2_user)
-    deliver("DC2", dc1_user)
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
 
     # each controller ramped the other site exactly once up and once down; no group moved; one backend
     # per user in each site; every acknowledged message stored once
     for site, lost in (("DC1", "DC2"), ("DC2", "DC1")):
         assert ramps(sites, site, marks[site]) == [(lost, step) for step in RAMP], site
-    assert sites.moves() == moves_before
-    for (site, user), backends in sites.served().items():
-        assert len(backends) == 1, (site, user, backends)
-    stored = sites.stored(dc1_user) + sites.stored(dc2_user)
-    assert sorted(stored) == sorted(stored_before + acked)
+    sites.check_consistent(moves_before)
     print(f"\nmeasured (site-failover on): partition->force-move 100% {ramped:.1f}s, "
           f"heal->force-move and recover cleared {cleared:.1f}s, heal->users home {converged:.1f}s, "
           f"ramp steps {len(RAMP)} per site, group moves 0")
+
+
+def test_a_silent_partition_hangs_no_login_and_fails_over_and_heals(sites: Sites) -> None:
+    """The link stays up but drops every packet (nft, both namespaces): connections to the other site
+    hang instead of being refused. The probes still decide within the window (each waits at most
+    `min(5 s, probe interval)`), a login or delivery relayed into the silence is answered a temporary
+    failure within the hop's timeouts, failover and healing work as with the link down, and an idle
+    relayed session opened before the partition works again after it."""
+    dc1_user, dc2_user = "user1@example.test", "user2@example.test"
+    sites.wait_rows(True, "connected sites")
+    for site in ("DC1", "DC2"):  # the proxies' routing alone, as in the link-down test
+        sites.site(site).cluster("feature", "set", site, "site-failover", "dryrun")
+    wait_for(lambda: site_rows(sites) == {"DC1": (None, (), None), "DC2": (None, (), None)}, 60,
+             "no site force-move or recover left")
+    moves_before = sites.moves()
+    assert sites.lands("DC1", dc2_user, "DC2")
+    idle = run_in(sites.link.a, lambda: imaplib.IMAP4(sites.dc1.lb_host, sites.dc1.lb_imap, timeout=CLIENT_PATIENCE))
+    run_in(sites.link.a, lambda: idle.login(dc2_user, sites.password(dc2_user)))
+
+    cut = time.monotonic()
+    sites.link.silence()
+    assert not run_in(sites.link.a, lambda: reaches(DC2_LB, SITE_PORT))
+    # inside the window the login is still relayed into the silence: a temporary failure, not a hang
+    started = time.monotonic()
+    answer = sites.login_answer("DC1", dc2_user)
+    into_silence = time.monotonic() - started
+    assert "[UNAVAILABLE]" in answer, answer
+    assert sites.deliver("DC1", dc2_user) is None  # 451 for the recipient, nothing stored (checked below)
+    # each site keeps serving its own users
+    assert sites.lands("DC1", dc1_user, "DC1")
+    assert sites.lands("DC2", dc2_user, "DC2")
+    sites.wait_rows(False, "the reachability rows to call the silent site unreachable")
+    flipped = time.monotonic() - cut
+    wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
+    failover = time.monotonic() - cut
+    wait_for(lambda: sites.lands("DC2", dc1_user, "DC2"), 30, "DC2 to serve DC1's user")
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
+
+    back, converged = sites.heal(sites.link.unsilence, dc1_user, dc2_user)
+    sites.deliver_acked("DC1", dc2_user)
+    sites.deliver_acked("DC2", dc1_user)
+    # the idle session relayed before the partition: nothing closed it, TCP carried it over the silence
+    assert run_in(sites.link.a, lambda: idle.noop())[0] == "OK"
+    run_in(sites.link.a, idle.logout)
+
+    sites.check_consistent(moves_before)
+    print(f"\nmeasured (silent drop): login into the silence answered in {into_silence:.1f}s, "
+          f"partition->rows flipped {flipped:.1f}s, partition->failover service {failover:.1f}s, "
+          f"heal->rows reachable {back:.1f}s, heal->users home {converged:.1f}s, group moves 0")

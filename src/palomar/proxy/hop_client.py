@@ -102,8 +102,10 @@ class HopClient:
         """`cluster_hop_answer_timeout`: from the backend's challenge until its one-line reply."""
 
     def with_timeout(self, timeout: float) -> HopClient:
-        """The same hop settings with another answer timeout (probes have their own)."""
-        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
+        """The same hop settings for a probe that may take `timeout`: the answer waits that long, and
+        the connect (TCP and TLS handshake) no longer than that either, so a probe into a network that
+        drops packets silently is over in time even when `cluster_hop_connect_timeout` is longer."""
+        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=min(self.connect_timeout, timeout),
                          answer_timeout=timeout, sessions=self.sessions)
 
     async def _open(self, host: str) -> Link | HopFailed:
