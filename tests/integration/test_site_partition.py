@@ -39,10 +39,13 @@ from typing import Any
 import pytest
 from netns_tools import add_namespace, ip, setns, wait_for
 
+from palomar.cluster import codec
+from palomar.cluster.model import Group
 from palomar.devcluster.certs import hop_certificates
 from palomar.devcluster.cluster import LbPorts, LocalCluster
 from palomar.devcluster.sites import SITE_PORT, home_demo_users, home_site_of, two_sites
 from palomar.geodb.repository import GeoDB
+from palomar.localdb import LocalDB
 
 DC1_LB = "127.0.0.51"
 DC1_PROXY = "127.0.0.10"
@@ -539,3 +542,39 @@ def test_a_silent_partition_hangs_no_login_and_fails_over_and_heals(sites: Sites
     print(f"\nmeasured (silent drop): login into the silence answered in {into_silence:.1f}s, "
           f"partition->rows flipped {flipped:.1f}s, partition->failover service {failover:.1f}s, "
           f"heal->rows reachable {back:.1f}s, heal->users home {converged:.1f}s, group moves 0")
+
+
+def test_an_lmtp_referral_from_the_other_sites_backend_is_followed_through_its_load_balancer(
+        sites: Sites) -> None:
+    """DC2's proxy routes user2 from a stale cache entry to the wrong DC2 backend, which refers the
+    recipient to the right one. DC1's proxy, which relayed the recipient from DC1's HAProxy, cannot
+    reach DC2's backends (other namespace): it asks DC2's load balancer again, naming the referred
+    backend, and the message is stored once, on the backend that owns the user."""
+    dc2_user = "user2@example.test"
+    sites.wait_rows(True, "connected sites")
+    assert sites.lands("DC2", dc2_user, "DC2")  # the user's group exists and is assigned
+    moves_before = sites.moves()
+
+    async def placement(db: GeoDB, names: dict[uuid.UUID, str]) -> tuple[uuid.UUID, Group, dict[str, uuid.UUID]]:
+        dc2 = next(i for i, n in names.items() if n == "DC2")
+        user = await db.user_get(dc2_user)
+        assert user is not None and user.group_name
+        group = await db.group_get(dc2, user.group_name)
+        assert group is not None and group.backend_id is not None
+        return dc2, group, {b.host: b.id for b in await db.backend_list(dc2)}
+    dc2_id, group, backends = sites.read_geodb(placement)
+    owner = next(host for host, backend_id in backends.items() if backend_id == group.backend_id)
+    wrong = next(host for host in backends if host != owner)
+    key = f"group/{dc2_id}/{group.name}"
+    with LocalDB(str(sites.dc2.proxies[0].config.parent / "localdb.sqlite")) as cache:
+        cache.cache_put(key, codec.dumps(Group(site_id=dc2_id, name=group.name, backend_id=backends[wrong])), 3600)
+    try:
+        sites.deliver_acked("DC1", dc2_user)
+    finally:
+        with LocalDB(str(sites.dc2.proxies[0].config.parent / "localdb.sqlite")) as cache:
+            cache.cache_delete(key)
+    wrong_log = next(n for n in sites.dc2.backends if n.host == wrong).log_path.read_text(errors="replace")
+    assert re.search(rf"rcpt={re.escape(dc2_user)} referred to {re.escape(owner)}", wrong_log)
+    dc1_log = sites.dc1.proxies[0].log_path.read_text(errors="replace")
+    assert re.search(rf"rcpt={re.escape(dc2_user)} referred within site DC2 to {re.escape(owner)}", dc1_log)
+    sites.check_consistent(moves_before)

@@ -128,14 +128,22 @@ async def _site_hop(state, link: Link, peer: str) -> None:
         log.info("session=%s user=%s referred to site %s", request.session_id, safe(request.user), route.site.name)
         _refuse(link, hop.Referral(route.site.load_balancer, f"site {route.site.name}"))
         return
-    if route.host is None:
+    host = route.host
+    if request.referred:  # a backend of this site referred the caller: it knows better than our cache
+        if view is None or view.backend_by_host(request.referred) is None:
+            _refuse(link, hop.Failure("unavailable", f"referred to {request.referred}, not a backend of this site"))
+            return
+        host = request.referred
+        log.info("session=%s user=%s sent to %s, the backend of this site that referred it", request.session_id,
+                 safe(request.user), safe(host))
+    if host is None:
         _refuse(link, hop.Failure("unavailable", route.reason or "no backend"))
         return
     target = HopTarget(user=request.user, protocol=request.protocol, session_id=request.session_id,
                        client=request.client, local=request.local, client_tls=request.client_tls,
                        client_id=(hop.decode_client_id(request.client_id) or ()) if request.client_id else (),
                        via_sites=tuple(str(s) for s in visited))
-    outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
+    outcome = await state.hops.connect(host, target, on_redirect=state.count_redirect)
     if isinstance(outcome, HopFailed):
         state.count_failure(outcome.host, outcome.error_code, login=request.protocol != "lmtp")
         _refuse(link, hop.Failure(_FAILURES.get(outcome.error_code, "unavailable"), outcome.text))
