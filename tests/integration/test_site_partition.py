@@ -20,6 +20,7 @@ per site) and prints the measured figures (docs/design/multi-site.md, "Measured"
 from __future__ import annotations
 
 import asyncio
+import base64
 import imaplib
 import json
 import os
@@ -578,3 +579,41 @@ def test_an_lmtp_referral_from_the_other_sites_backend_is_followed_through_its_l
     dc1_log = sites.dc1.proxies[0].log_path.read_text(errors="replace")
     assert re.search(rf"rcpt={re.escape(dc2_user)} referred within site DC2 to {re.escape(owner)}", dc1_log)
     sites.check_consistent(moves_before)
+
+
+def test_doveadm_for_a_user_of_the_other_site_is_forwarded_there(sites: Sites) -> None:
+    """`doveadm -S <DC1 proxy> -u user2` (the real Dovecot 2.3 client) and the HTTP API through DC1's
+    HAProxy (curl) run on user2's backend in DC2, as a login would: the same Message-IDs as DC2's own
+    store shows, including a message delivered only there."""
+    dc2_user = "user2@example.test"
+    sites.wait_rows(True, "connected sites")
+    sites.deliver_acked("DC2", dc2_user)
+    newest = sites.acked[-1]
+    dc2_store = set(re.findall(r"<[0-9a-f]+@partition\.test>", sites.dc2.backends[0].dovecot.doveadm(
+        "fetch", "-u", dc2_user, "hdr.message-id", "mailbox", "INBOX", "ALL").stdout))
+    assert newest in dc2_store
+    dc1 = sites.dc1
+
+    def tcp() -> subprocess.CompletedProcess[str]:
+        proxy = dc1.proxies[0]
+        return subprocess.run(["doveadm", "-o", f"doveadm_password={dc1.doveadm_password}", "fetch",
+                               "-S", f"{proxy.host}:{proxy.doveadm}", "-u", dc2_user, "hdr.message-id",
+                               "mailbox", "INBOX", "ALL"], capture_output=True, text=True, timeout=60, check=False)
+    listed = run_in(sites.link.a, tcp)
+    assert listed.returncode == 0, listed.stderr
+    assert set(re.findall(r"<[0-9a-f]+@partition\.test>", listed.stdout)) == dc2_store
+
+    def http() -> subprocess.CompletedProcess[str]:
+        body = [["fetch", {"user": dc2_user, "field": ["hdr.message-id"], "query": ["mailbox", "INBOX", "all"]},
+                 "t1"]]
+        key = base64.b64encode(dc1.doveadm_api_key.encode()).decode()
+        return subprocess.run(["curl", "-s", "--max-time", "60", "-X", "POST", "-H", "Content-Type: application/json",
+                               "-H", f"Authorization: X-Dovecot-API {key}", "-d", json.dumps(body),
+                               f"http://{dc1.lb_host}:{dc1.lb_doveadm_http}/doveadm/v1"],
+                              capture_output=True, text=True, timeout=90, check=False)
+    answer = run_in(sites.link.a, http)
+    [[kind, rows, tag]] = json.loads(answer.stdout)
+    assert (kind, tag) == ("doveadmResponse", "t1"), answer.stdout
+    assert {row["hdr.message-id"] for row in rows} == dc2_store
+    dc2_backend_logs = "".join(n.log_path.read_text(errors="replace") for n in sites.dc2.backends)
+    assert len(re.findall(rf"user={re.escape(dc2_user)} proto=doveadm client=\S+ login ok", dc2_backend_logs)) >= 2
