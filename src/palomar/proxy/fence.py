@@ -9,6 +9,11 @@ so nothing the old backend says afterwards reaches a client. See docs/design/hea
 Two triggers: this proxy taking the backend offline (`BackendHealth`, before the failing login
 is routed again), and every other status change, seen within `FENCE_INTERVAL` plus the router's
 site-view cache time (`fence_loop`).
+
+Sessions relayed to another site's load balancer are not this site's to fence by backend status,
+but when this site's reachability row calls that site unreachable they are cut too: on a link that
+drops packets silently they would otherwise hang until TCP gives up (minutes), while their users
+can already be served in the failover site (docs/design/multi-site.md, "A silent partition").
 """
 
 from __future__ import annotations
@@ -74,9 +79,19 @@ def cut_unavailable(sessions: RelayedSessions, view: Any) -> int:
     return cut
 
 
+def cut_unreachable_sites(sessions: RelayedSessions, state: Any) -> int:
+    """Cut the sessions relayed to the load balancer of every site `state` (a SiteState) calls
+    unreachable; returns how many."""
+    cut = 0
+    for site in state.sites:
+        if site.id in state.unreachable and site.load_balancer in sessions.remote:
+            cut += sessions.cut(site.load_balancer, f"site {site.name} is unreachable")
+    return cut
+
+
 async def fence_loop(sessions: RelayedSessions, router: Any, interval: float = FENCE_INTERVAL) -> None:
     """Every `interval`, cut the sessions of backends the GeoDB no longer shows online (someone
-    else set them offline or standby, or removed them)."""
+    else set them offline or standby, or removed them), and those relayed to unreachable sites."""
     while True:
         await asyncio.sleep(interval)
         if not sessions.by_host:
@@ -86,5 +101,11 @@ async def fence_loop(sessions: RelayedSessions, router: Any, interval: float = F
         except Exception as exc:  # the GeoDB may be briefly unreachable: keep the sessions, try again
             log.warning("checking the backends of relayed sessions failed: %s", exc)
             continue
-        if view is not None:
-            cut_unavailable(sessions, view)
+        if view is None:
+            continue
+        cut_unavailable(sessions, view)
+        if sessions.remote:
+            try:
+                cut_unreachable_sites(sessions, await router.site_state(view.site.id))
+            except Exception as exc:  # as above
+                log.warning("checking the sites of relayed sessions failed: %s", exc)

@@ -7,8 +7,9 @@ import contextlib
 from uuid import uuid4
 
 from palomar.cluster.model import Backend, Site, SiteView
+from palomar.cluster.site_selection import SiteState
 from palomar.net.relay import Relay, RelayStats
-from palomar.proxy.fence import RelayedSessions, cut_unavailable
+from palomar.proxy.fence import RelayedSessions, cut_unavailable, cut_unreachable_sites
 
 BOUND = 5.0
 
@@ -94,6 +95,26 @@ async def test_cut_unavailable_cuts_every_backend_not_online() -> None:
         assert list(sessions.by_host) == ["up"]
         for session in opened[1:]:
             assert await session.client_reads_until_closed() == b""
+    finally:
+        for session in opened:
+            await session.close()
+
+
+async def test_sessions_relayed_to_a_site_whose_row_says_unreachable_are_cut() -> None:
+    """A partition that drops packets silently leaves relayed sessions hanging until TCP gives up;
+    once this site's reachability row calls the other site unreachable, they are cut, so their
+    clients reconnect and are served in the failover site."""
+    here, lost, fine = Site(uuid4(), "DC1"), Site(uuid4(), "DC2", load_balancer="lb2:7426"), \
+        Site(uuid4(), "DC3", load_balancer="lb3:7426")
+    state = SiteState(here.id, (here, lost, fine), unreachable=frozenset({lost.id}))
+    sessions = RelayedSessions()
+    opened = [await Session().open(sessions, host) for host in ("lb2:7426", "lb3:7426", "be1")]
+    sessions.remote.update({"lb2:7426", "lb3:7426"})
+    try:
+        assert cut_unreachable_sites(sessions, state) == 1
+        assert sorted(sessions.by_host) == ["be1", "lb3:7426"]
+        assert await opened[0].client_reads_until_closed() == b""
+        assert not opened[1].ended and not opened[2].ended
     finally:
         for session in opened:
             await session.close()
