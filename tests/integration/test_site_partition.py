@@ -218,6 +218,11 @@ class Sites:
         assert message_id is not None, (entry, user)
         self.acked.append(message_id)
 
+    def deliver_across(self, dc1_user: str, dc2_user: str) -> None:
+        """One message to each user through the other site's HAProxy."""
+        self.deliver_acked("DC1", dc2_user)
+        self.deliver_acked("DC2", dc1_user)
+
     def wait_rows(self, reachable: bool, what: str) -> float:
         """Wait until both sites' rows about each other say `reachable`; the seconds it took."""
         return wait_for(lambda: self.reachability() == {("DC1", "DC2"): reachable, ("DC2", "DC1"): reachable}, 30,
@@ -404,14 +409,12 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
         line = re.compile(rf"event=controller_dryrun feature=site-failover site={site} .*{lost} unreachable")
         wait_for(lambda log=log, line=line: line.search(log.read_text(errors="replace")), 30,
                  f"{site}'s controller to plan the failover of {lost}")
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
     sites.deliver_acked("DC2", dc2_user)  # split brain: its home site serves it too
 
     # heal: the rows flip back and each user is served at home again, through either site
     back, converged = sites.heal(sites.link.up, dc1_user, dc2_user)
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
 
     # within each site one backend per user; no move was needed; every acknowledged message stored once
     sites.check_consistent(moves_before)
@@ -473,8 +476,7 @@ def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sit
     assert sites.lands("DC1", dc2_user, "DC1")
     assert sites.lands("DC2", dc1_user, "DC2")
     assert sites.lands("DC2", dc2_user, "DC2")
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
 
     healed = time.monotonic()
     sites.link.up()
@@ -493,8 +495,7 @@ def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sit
             wait_for(lambda user=user, home=home, entry=entry: sites.lands(entry, user, home), 30,
                      f"{user} to be served in {home} through {entry}")
     converged = time.monotonic() - healed
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
 
     # each controller ramped the other site exactly once up and once down; no group moved; one backend
     # per user in each site; every acknowledged message stored once
@@ -544,12 +545,10 @@ def test_a_silent_partition_hangs_no_login_and_fails_over_and_heals(sites: Sites
     wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
     failover = time.monotonic() - cut
     wait_for(lambda: sites.lands("DC2", dc1_user, "DC2"), 30, "DC2 to serve DC1's user")
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
 
     back, converged = sites.heal(sites.link.unsilence, dc1_user, dc2_user)
-    sites.deliver_acked("DC1", dc2_user)
-    sites.deliver_acked("DC2", dc1_user)
+    sites.deliver_across(dc1_user, dc2_user)
 
     sites.check_consistent(moves_before)
     print(f"\nmeasured (silent drop): login into the silence answered in {into_silence:.1f}s, "
