@@ -551,6 +551,10 @@ def test_a_silent_partition_hangs_no_login_and_fails_over_and_heals(sites: Sites
     # the relayed session opened before is cut once the row says unreachable: its client is not left
     # waiting for TCP to give up, and can log in again (served in DC1 below)
     assert run_in(sites.link.a, lambda: noop_answer(idle)) == "closed"
+    # and DC2's proxy, which relayed it on to its backend, cuts its side too (its row says DC1 is gone)
+    dc2_proxy_log = sites.dc2.proxies[0].log_path
+    wait_for(lambda: "event=proxy_sessions_cut from_site=" in dc2_proxy_log.read_text(errors="replace"), 30,
+             "DC2's proxy to cut the session relayed from DC1")
     wait_for(lambda: sites.lands("DC1", dc2_user, "DC1"), 30, "DC1 to serve DC2's user")
     failover = time.monotonic() - cut
     wait_for(lambda: sites.lands("DC2", dc1_user, "DC2"), 30, "DC2 to serve DC1's user")

@@ -167,6 +167,6 @@ async def _site_hop(state, link: Link, peer: str) -> None:
     host = outcome.host
     relay = Relay(caller, backend, lambda _stats: state.sessions.remove(host, relay),
                   shutdown_line(request.protocol, state.proxy_host))
-    state.sessions.add(host, relay)
+    state.sessions.add(host, relay, origin=UUID(request.via_sites[-1]) if request.via_sites else None)
     relay.start(client_pending=link.take_buffer(), server_pending=outcome.leftover + outcome.link.take_buffer(),
                 client_eof=link.eof, server_eof=outcome.link.eof)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from palomar.cluster.model import Backend, Site, SiteView
 from palomar.cluster.site_selection import SiteState
@@ -17,7 +17,7 @@ BOUND = 5.0
 class Session:
     """client <-> [proxy relay] <-> backend, all on loopback; the test plays client and backend."""
 
-    async def open(self, sessions: RelayedSessions, host: str) -> Session:
+    async def open(self, sessions: RelayedSessions, host: str, origin: UUID | None = None) -> Session:
         loop = asyncio.get_running_loop()
         backend_side: asyncio.Future = loop.create_future()
         proxy_side: asyncio.Future = loop.create_future()
@@ -38,7 +38,7 @@ class Session:
 
         self.proxy_writer = await proxy_side  # kept: a dropped StreamWriter closes its transport
         relay = Relay(self.proxy_writer.transport, towards_backend, done)
-        sessions.add(host, relay)
+        sessions.add(host, relay, origin=origin)
         relay.start()
         return self
 
@@ -110,11 +110,17 @@ async def test_sessions_relayed_to_a_site_whose_row_says_unreachable_are_cut() -
     sessions = RelayedSessions()
     opened = [await Session().open(sessions, host) for host in ("lb2:7426", "lb3:7426", "be1")]
     sessions.remote.update({"lb2:7426", "lb3:7426"})
+    # sessions the other sites' proxies relayed here, to this site's backend be2
+    from_lost, from_fine = await Session().open(sessions, "be2", lost.id), await Session().open(sessions, "be2", fine.id)
+    opened += [from_lost, from_fine]
     try:
-        assert cut_unreachable_sites(sessions, state) == 1
-        assert sorted(sessions.by_host) == ["be1", "lb3:7426"]
-        assert await opened[0].client_reads_until_closed() == b""
-        assert not opened[1].ended and not opened[2].ended
+        assert cut_unreachable_sites(sessions, state) == 2
+        assert sorted(sessions.by_host) == ["be1", "be2", "lb3:7426"] and sessions.count("be2") == 1
+        for session in (opened[0], from_lost):
+            assert await session.client_reads_until_closed() == b""
+        assert not opened[1].ended and not opened[2].ended and not from_fine.ended
+        assert list(sessions.origin.values()) == [fine.id]
+        assert cut_unreachable_sites(sessions, state) == 0  # nothing left to cut, nothing logged again
     finally:
         for session in opened:
             await session.close()
