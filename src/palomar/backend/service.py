@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
-from palomar.backend.doveadm_gateway import read_payload, runner
+from palomar.backend.doveadm_gateway import runner
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.load_sample import LoadSampler, doveadm_session_count
@@ -31,6 +31,7 @@ from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
+from palomar.net.doveadm_hop import read_payload
 from palomar.net.drain import Drain, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link

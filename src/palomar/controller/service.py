@@ -375,8 +375,9 @@ def _fields(action: Action, snapshot: Snapshot) -> dict[str, object]:
         return {"user": u.username, "from": u.from_group, "to": u.to_group,
                 "would": f"move user to group {u.to_group}", "reason": u.reason}
     s = action.action
+    names = {str(site.id): site.name for site in snapshot.sites}
     return {"target_site": s.site, "would": f"{s.kind.replace('_', '-')} {s.percentage}%",
-            "dest": ",".join(s.dest) or None, "reason": s.reason}
+            "dest": ",".join(names.get(d, d) for d in s.dest) or None, "reason": s.reason}
 
 
 async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> None:

@@ -207,7 +207,7 @@ async def test_site_failover_recovers_when_the_site_is_back(world: World) -> Non
     await _site_failover(world)
     assert await world.controller.tick()
     west = await world.db.site_get_by_name("west")
-    assert west.force_move is not None and west.force_move.dest == ("east",) and west.force_move.percentage == 10
+    assert west.force_move is not None and west.force_move.dest == (str(world.site.id),) and west.force_move.percentage == 10
     world.clock.now += 60
     assert await world.controller.tick()
     assert (await world.db.site_get_by_name("west")).force_move.percentage == 20
