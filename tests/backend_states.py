@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from palomar.backend.service import BackendState
 from palomar.cluster.model import Backend, Site
@@ -13,7 +14,7 @@ from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB
 
 
-async def backend_state(tmp_path: Path, engine: SQLiteGeoEngine) -> BackendState:
+async def backend_state(tmp_path: Path, engine: SQLiteGeoEngine, **options: Any) -> BackendState:
     """Backend 10.0.0.1, registered in site `east` beside backend 10.0.0.9; close `localdb` and `geodb` after."""
     await engine.open()
     geodb = GeoDB(engine)
@@ -22,6 +23,6 @@ async def backend_state(tmp_path: Path, engine: SQLiteGeoEngine) -> BackendState
     await geodb.backend_add(Backend(id=uuid.uuid4(), site_id=site.id, host="10.0.0.9"))
     localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
     backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
-                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
+                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"), **options)
     await backend.register()
     return backend

@@ -72,6 +72,8 @@ class HopTarget:
     VERSION line and the command line), which the backend checks before it answers."""
     via_sites: tuple[str, ...] = ()
     """Sites whose proxies relayed this login (set when the hop goes to another site's load balancer)."""
+    referred: str = ""
+    """A backend of that other site that referred the session: its proxy hands the session there."""
 
 
 def split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -103,8 +105,10 @@ class HopClient:
         """`cluster_hop_answer_timeout`: from the backend's challenge until its one-line reply."""
 
     def with_timeout(self, timeout: float) -> HopClient:
-        """The same hop settings with another answer timeout (probes have their own)."""
-        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
+        """The same hop settings for a probe that may take `timeout`: the answer waits that long, and
+        the connect (TCP and TLS handshake) no longer than that either, so a probe into a network that
+        drops packets silently is over in time even when `cluster_hop_connect_timeout` is longer."""
+        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=min(self.connect_timeout, timeout),
                          answer_timeout=timeout, sessions=self.sessions)
 
     async def _open(self, host: str) -> Link | HopFailed:
@@ -126,6 +130,7 @@ class HopClient:
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
             client_id=hop.encode_client_id(target.client_id), admin=target.admin, via_sites=target.via_sites,
+            referred=target.referred,
         )
         try:
             async with asyncio.timeout(self.answer_timeout):
@@ -197,6 +202,7 @@ async def follow_referrals(attempt: Attempt, host: str, target: HopTarget, on_re
             return HopFailed(host, "proxy_dest_redirected", f"referral loop via {outcome.host}")
         visited.append(outcome.host)
         host = outcome.host
+        target = replace(target, referred="")  # it named a backend of the site that referred us on
         ttl -= 1
     return HopFailed(host, "proxy_dest_redirected", "too many referrals")
 
