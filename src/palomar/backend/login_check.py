@@ -9,7 +9,7 @@ and answers with passdb fields:
 |---|---|---|
 | served here | `{"nopassword": "y"}` | Dovecot's own login reply |
 | referral | `nologin` + reason `palomar-referral <host> <why>` | IMAP `NO [CONTACTADMIN] palomar-referral ...`, POP3 `-ERR [AUTH] palomar-referral ...`: the proxy follows it |
-| not served / GeoDB down | `F` (dict failure) | IMAP `NO [UNAVAILABLE]`, POP3 `-ERR [SYS/TEMP]`: the proxy's temporary failure |
+| not served / GeoDB down | `F` (dict failure) | IMAP `NO [UNAVAILABLE] Temporary authentication failure`: the proxy's temporary failure |
 
 Dovecot's `nologin` + `host` would make IMAP's `[REFERRAL imap://...]` code but POP3 loses the host
 and is answered only after the auth failure delay; the reason text reaches both at once.
