@@ -19,30 +19,23 @@ per site) and prints the measured figures (docs/design/multi-site.md, "Measured"
 
 from __future__ import annotations
 
-import asyncio
-import imaplib
 import json
 import os
 import re
-import smtplib
-import socket
 import statistics
 import subprocess
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from netns_tools import add_namespace, ip, setns
+from netns_tools import add_namespace, ip
+from site_pair import SitePair, reaches, run_in, timed, wait_for
 
 from palomar.devcluster.certs import hop_certificates
 from palomar.devcluster.cluster import LbPorts, LocalCluster
 from palomar.devcluster.sites import SITE_PORT, home_demo_users, home_site_of, two_sites
-from palomar.geodb.repository import GeoDB
 
 DC1_LB = "127.0.0.51"
 DC1_PROXY = "127.0.0.10"
@@ -51,25 +44,6 @@ DC2_PROXY = "127.0.0.110"
 WINDOWS = ("cluster_site_probe_interval = 1 secs", "cluster_site_unreachable_after = 4 secs",
            "cluster_site_reachable_after = 3 secs", "cluster_site_unreachable_quorum = 1")
 LATENCY_LOGINS = 15
-
-
-def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
-    """Run `fn` in a thread that has joined `namespace` (what it starts, processes too, lives there)."""
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            setns(f"/run/netns/{namespace}")
-            outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 @dataclass
@@ -112,122 +86,12 @@ class Link:
 
 
 @dataclass
-class Sites:
-    link: Link
-    dc1: LocalCluster
-    dc2: LocalCluster
+class Sites(SitePair):
+    link: Link | None = None
 
-    def site(self, name: str) -> LocalCluster:
-        return self.dc1 if name == "DC1" else self.dc2
-
-    def namespace(self, name: str) -> str:
-        return self.link.a if name == "DC1" else self.link.b
-
-    def password(self, user: str) -> str:
-        return next(u.password for u in self.dc1.users if u.name == user)
-
-    def imap_login(self, entry: str, user: str) -> None:
-        """LOGIN, SELECT, LOGOUT through `entry`'s HAProxy (an imaplib error if it fails)."""
-        cluster = self.site(entry)
-
-        def login() -> None:
-            client = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=20)
-            try:
-                client.login(user, self.password(user))
-                client.select("INBOX")
-            finally:
-                client.logout()
-        run_in(self.namespace(entry), login)
-
-    def deliver(self, entry: str, user: str) -> str | None:
-        """One LMTP message with a new Message-ID through `entry`'s HAProxy; its Message-ID if accepted."""
-        cluster = self.site(entry)
-        message_id = f"<{uuid.uuid4().hex}@partition.test>"
-        body = f"From: a@example.test\r\nTo: {user}\r\nMessage-ID: {message_id}\r\nSubject: p\r\n\r\nbody\r\n"
-
-        def send() -> bool:
-            with smtplib.LMTP(cluster.lb_host, cluster.lb_lmtp, timeout=20) as lmtp:
-                try:
-                    refused = lmtp.sendmail("a@example.test", [user], body)
-                except smtplib.SMTPRecipientsRefused:
-                    return False
-                return not refused
-        return message_id if run_in(self.namespace(entry), send) else None
-
-    def stored(self, user: str) -> list[str]:
-        """Every Message-ID in `user`'s INBOX in both sites' stores (doveadm on one backend of each)."""
-        ids: list[str] = []
-        for cluster in (self.dc1, self.dc2):
-            result = cluster.backends[0].dovecot.doveadm("fetch", "-u", user, "hdr.message-id", "mailbox", "INBOX",
-                                                         "ALL", check=False)
-            ids += re.findall(r"<[0-9a-f]+@partition\.test>", result.stdout)
-        return ids
-
-    def served(self) -> dict[tuple[str, str], set[str]]:
-        """(site, user) -> the backends whose logs show a successful login of the user."""
-        seen: dict[tuple[str, str], set[str]] = {}
-        for cluster in (self.dc1, self.dc2):
-            for node in cluster.backends:
-                text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
-                for user in re.findall(r"user=(\S+) proto=\w+ client=\S+ login ok", text):
-                    seen.setdefault((cluster.site, user), set()).add(node.host)
-        return seen
-
-    def logins_ok(self, site: str, user: str) -> int:
-        """Successful IMAP logins of `user` in `site`'s backends' logs (written before the login answer)."""
-        line = re.compile(rf"user={re.escape(user)} proto=imap client=\S+ login ok")
-        return sum(len(line.findall(node.log_path.read_text(errors="replace")))
-                   for node in self.site(site).backends if node.log_path.exists())
-
-    def lands(self, entry: str, user: str, site: str) -> bool:
-        """Whether an IMAP login of `user` through `entry`'s HAProxy succeeds on a backend of `site`."""
-        before = self.logins_ok(site, user)
-        return succeeds(lambda: self.imap_login(entry, user)) and self.logins_ok(site, user) > before
-
-    def moves(self) -> int:
-        return sum(len(re.findall(r"event=cluster_user(_group)?_move_started", node.log_path.read_text(errors="replace")))
-                   for cluster in (self.dc1, self.dc2) for node in cluster.backends if node.log_path.exists())
-
-    def read_geodb(self, read: Callable[[GeoDB, dict[uuid.UUID, str]], Awaitable[Any]]) -> Any:
-        """`read(geodb, site names by id)` on the shared GeoDB file."""
-        async def run() -> Any:
-            engine = self.dc1.geodb_engine()
-            await engine.open()
-            db = GeoDB(engine)
-            try:
-                return await read(db, {s.id: s.name for s in await db.site_list()})
-            finally:
-                await db.close()
-        return asyncio.run(run())
-
-    def reachability(self) -> dict[tuple[str, str], bool]:
-        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[tuple[str, str], bool]:
-            return {(sites[r.src_site_id], sites[r.dest_site_id]): r.reachable
-                    for src in sites for r in await db.reachability_list(src)}
-        return self.read_geodb(read)
-
-    def user_sites(self, user: str) -> dict[str, str]:
-        """Site -> the backend host `user` was last routed to there (the `user_sites` rows)."""
-        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[str, str]:
-            hosts = {b.id: b.host for site_id in sites for b in await db.backend_list(site_id)}
-            return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
-        return self.read_geodb(read)
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)  # polling interval of a bounded wait on a condition
-    return time.monotonic() - started
-
-
-def succeeds(fn: Callable[[], object]) -> bool:
-    try:
-        return fn() is not False
-    except (OSError, EOFError, imaplib.IMAP4.error, smtplib.SMTPException):
-        return False
+    def cut(self) -> Link:
+        assert self.link is not None
+        return self.link
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +114,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         home_demo_users(dc1)
         for cluster in (dc1, dc2):  # the controllers say what they would do; the proxies' routing fails over
             cluster.cluster("feature", "set", cluster.site, "site-failover", "dryrun")
-        yield Sites(link, dc1, dc2)
+        yield Sites({"DC1": link.a, "DC2": link.b}, dc1, dc2, link=link)
     finally:
         for cluster in reversed(clusters):
             cluster.stop()
@@ -283,8 +147,8 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
 
     # partition: each side keeps serving its own users at once
     cut = time.monotonic()
-    sites.link.down()
-    assert not run_in(sites.link.a, lambda: reaches(DC2_LB, SITE_PORT))
+    sites.cut().down()
+    assert not run_in(sites.cut().a, lambda: reaches(DC2_LB, SITE_PORT))
     assert sites.lands("DC1", dc1_user, "DC1")
     assert sites.lands("DC2", dc2_user, "DC2")
     deliver("DC1", dc1_user)
@@ -317,7 +181,7 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
 
     # heal: the rows flip back and each user is served at home again, through either site
     healed = time.monotonic()
-    sites.link.up()
+    sites.cut().up()
     wait_for(lambda: sites.reachability() == {("DC1", "DC2"): True, ("DC2", "DC1"): True}, 30,
              "the reachability rows to call the other site reachable again")
     back = time.monotonic() - healed
@@ -340,15 +204,3 @@ def test_a_partition_keeps_both_sites_serving_fails_over_and_heals(sites: Sites)
           f"{statistics.median(relayed) * 1000:.0f} ms ({LATENCY_LOGINS} each)")
 
 
-def reaches(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
-def timed(fn: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
