@@ -67,8 +67,8 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
         cassandra = LocalCassandra(cassandra_dir(path))
     if geodb == "cassandra":
         click.echo(f"palomar demo: starting Cassandra on {', '.join(cassandra.hosts)} (scripts/cassandra start; "
-                   + ("two nodes, one per datacenter, heap " + TWO_DC_HEAP + " each: about 1.5 GB of memory and "
-                      "2-4 minutes on a small machine" if sites == 2 else "the first start takes a while")
+                   + ("two nodes, one per datacenter, heap " + TWO_DC_HEAP + " each: about 2 GB of memory and "
+                      "1-3 minutes on a small machine" if sites == 2 else "the first start takes a while")
                    + ") ...")
         try:
             click.echo("palomar demo: Cassandra " + ("started" if cassandra.start() else
