@@ -28,7 +28,8 @@ test: deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # GeoDB outages on a three-node, two-datacenter Cassandra inside network namespaces of its own
-# (needs root for `ip netns`; about 3 minutes). `make test` leaves these out (marker cassandra_outage).
+# (needs root for `ip netns`), then two sites with a datacenter each on it, and the two-site demo on
+# Cassandra in a namespace of its own: about 7 minutes. `make test` leaves these out (marker cassandra_outage).
 test-cassandra-outage: deps
 	$(VENV)/bin/pytest -m cassandra_outage tests/integration/cassandra_outage $(PYTEST_ARGS)
 

@@ -162,7 +162,7 @@ class SitePair:
         return sum(len(re.findall(r"event=cluster_user(_group)?_move_started", node.log_path.read_text(errors="replace")))
                    for cluster in (self.dc1, self.dc2) for node in cluster.backends if node.log_path.exists())
 
-    def read_geodb(self, read: Callable[[GeoDB, dict[uuid.UUID, str]], Awaitable[Any]], site: str = "DC1") -> Any:
+    def on_geodb(self, read: Callable[[GeoDB, dict[uuid.UUID, str]], Awaitable[Any]], site: str = "DC1") -> Any:
         """`read(geodb, site names by id)` on the GeoDB as `site`'s servers see it (from its namespace)."""
         async def run() -> Any:
             engine = self.site(site).geodb_engine()
@@ -178,11 +178,11 @@ class SitePair:
         async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[tuple[str, str], bool]:
             return {(sites[r.src_site_id], sites[r.dest_site_id]): r.reachable
                     for src in sites for r in await db.reachability_list(src)}
-        return self.read_geodb(read, site)
+        return self.on_geodb(read, site)
 
     def user_sites(self, user: str, site: str = "DC1") -> dict[str, str]:
         """Site -> the backend host `user` was last routed to there (the `user_sites` rows)."""
         async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[str, str]:
             hosts = {b.id: b.host for site_id in sites for b in await db.backend_list(site_id)}
             return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
-        return self.read_geodb(read, site)
+        return self.on_geodb(read, site)

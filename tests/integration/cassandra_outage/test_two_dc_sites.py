@@ -99,27 +99,27 @@ def write_in(sites: SitePair, site: str, user: str, **fields: object) -> None:
     """`user_put` through `site`'s own datacenter (from its namespace)."""
     async def write(db: GeoDB, _: dict[uuid.UUID, str]) -> None:
         await db.user_put(user, **fields)
-    sites.read_geodb(write, site)
+    sites.on_geodb(write, site)
 
 
 def failover_group(sites: SitePair, user: str, site: str) -> object:
     async def read(db: GeoDB, _: dict[uuid.UUID, str]) -> object:
         row = await db.user_get(user)
         return row and row.failover_site_group_name
-    return sites.read_geodb(read, site)
+    return sites.on_geodb(read, site)
 
 
 def site_ids(sites: SitePair) -> dict[str, uuid.UUID]:
     async def read(_: GeoDB, names: dict[uuid.UUID, str]) -> dict[str, uuid.UUID]:
         return {name: site_id for site_id, name in names.items()}
-    return sites.read_geodb(read)
+    return sites.on_geodb(read)
 
 
 def admin(sites: SitePair, change: str, *args: object) -> None:
     """A GeoDB admin change (a `GeoDB` method) made in DC1's datacenter."""
     async def write(db: GeoDB, _: dict[uuid.UUID, str]) -> None:
         await getattr(db, change)(*args)
-    sites.read_geodb(write)
+    sites.on_geodb(write)
 
 
 def settles(sites: SitePair, observed: object, expected: object, what: str) -> None:
