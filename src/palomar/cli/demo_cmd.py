@@ -198,8 +198,9 @@ def _second_site_text(dc2, root: str, dc1_hosts: str) -> str:
   DC2's controller UI http://{dc2.lb_host}:{dc2.controller_http_port}/  user admin  password {dc2.controller_admin_password}
   DC2's logs under {dc2.root}.
 """ + (f"""  GeoDB: each site's servers use their own Cassandra datacenter as the local one (DC1: dc1 on
-  {dc1_hosts}, DC2: dc2 on {dc2.cassandra_hosts}; one replica per datacenter, LOCAL_QUORUM): a site keeps
-  reading and writing while the other datacenter is away, and the datacenters converge by write time.
+  {dc1_hosts}, DC2: dc2 on {dc2.cassandra_hosts}; one replica per datacenter, LOCAL_QUORUM
+  writes, LOCAL_ONE reads): a site keeps reading and writing while the other datacenter is away,
+  and the datacenters converge by write time.
 """ if dc2.geodb == "cassandra" else "")
 
 

@@ -23,7 +23,7 @@ CASSANDRA_BASE = "127.0.0.200"
 """`scripts/cassandra --base-address` for the demo's two nodes: node N (datacenter dcN) on
 127.0.0.20N, away from the backends, the proxies and a single-site demo's node on 127.0.0.1."""
 CASSANDRA_REPLICATION = "dc1:1 dc2:1"
-"""One replica per datacenter: each site's reads and writes at LOCAL_QUORUM need only its own node."""
+"""One replica per datacenter: each site's LOCAL_QUORUM writes and LOCAL_ONE reads need only its own node."""
 
 
 def datacenter_of(site_index: int) -> str:

@@ -2,8 +2,8 @@
 
 Site DC1 runs in namespace dc1 and uses Cassandra datacenter dc1 (nodes 127.0.0.11-12) as its local
 one, site DC2 runs in namespace dc2 on datacenter dc2 (node 127.0.0.13); the keyspace has one
-replica per datacenter and every read and write is LOCAL_QUORUM (LOCAL_SERIAL for conditional
-ones), so each site only needs its own datacenter. Each site has a real HAProxy, a proxy, two
+replica per datacenter and the GeoDB's default consistencies are all LOCAL_* (LOCAL_QUORUM writes,
+LOCAL_ONE reads, LOCAL_SERIAL conditional writes), so each site only needs its own datacenter. Each site has a real HAProxy, a proxy, two
 palomar backends with real Dovecot and a controller:
 
     namespace dc1                                       namespace dc2
