@@ -122,13 +122,14 @@ class SitePair:
         return message_id if run_in(self.namespace(entry), send) else None
 
     def stored(self, user: str) -> list[str]:
-        """Every Message-ID in `user`'s INBOX in both sites' stores (doveadm on one backend of each)."""
-        ids: list[str] = []
-        for cluster in (self.dc1, self.dc2):
-            result = cluster.backends[0].dovecot.doveadm("fetch", "-u", user, "hdr.message-id", "mailbox", "INBOX",
-                                                         "ALL", check=False)
-            ids += re.findall(rf"<[0-9a-f]+@{re.escape(self.domain)}>", result.stdout)
-        return ids
+        """Every Message-ID in `user`'s INBOX in both sites' stores."""
+        return self.stored_in("DC1", user) + self.stored_in("DC2", user)
+
+    def stored_in(self, site: str, user: str) -> list[str]:
+        """The Message-IDs in `user`'s INBOX in `site`'s store (doveadm on one of its backends)."""
+        result = self.site(site).backends[0].dovecot.doveadm("fetch", "-u", user, "hdr.message-id", "mailbox",
+                                                             "INBOX", "ALL", check=False)
+        return re.findall(rf"<[0-9a-f]+@{re.escape(self.domain)}>", result.stdout)
 
     def served(self) -> dict[tuple[str, str], set[str]]:
         """(site, user) -> the backends whose logs show a successful login of the user."""

@@ -136,6 +136,8 @@ def test_every_user_lands_in_its_site_through_either_load_balancer(sites: SitePa
         for entry in ("DC1", "DC2"):
             assert sites.lands(entry, user, home_site_of(user)), (user, entry)
             deliver(sites, entry, user)
+    for user in (u.name for u in sites.dc1.users):  # the mail of each user through both sites: in its site's store
+        assert len(sites.stored_in(home_site_of(user), user)) == 2, user
 
 
 def test_site_status_force_move_and_recover_seen_from_real_logins(sites: SitePair) -> None:
