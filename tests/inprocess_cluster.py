@@ -96,6 +96,10 @@ class FlakyEngine(GeoEngine):
         self._check()
         return await self.inner.scan(table)
 
+    async def scan_page(self, table, after, limit):
+        self._check()
+        return await self.inner.scan_page(table, after, limit)
+
     async def delete(self, table, key, *, timestamp=None) -> None:
         self._check()
         await self.inner.delete(table, key, timestamp=timestamp)

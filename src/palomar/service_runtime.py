@@ -21,6 +21,7 @@ from palomar.geodb.guarded import GuardedEngine
 from palomar.geodb.repository import GeoDB
 from palomar.localdb import LocalDB
 from palomar.logsafe import OneLineFormatter
+from palomar.metrics.registry import Registry
 
 log = logging.getLogger("palomar")
 
@@ -101,6 +102,15 @@ def geodb_engine_options(cfg: Config) -> tuple[str, dict]:
         "read_consistency": cfg["cassandra_read_consistency"],
         "serial_consistency": cfg["cassandra_serial_consistency"],
     }
+
+
+def geodb_available_gauge(registry: Registry, fallback: str) -> Callable[[bool], None]:
+    """The `geodb_available` gauge (1 while the GeoDB answers, 0 while the service serves `fallback`,
+    docs/design/geodb-outage.md) and the `on_change` for `open_geodb` that keeps it."""
+    available = registry.gauge("geodb_available", f"1 while the GeoDB answers; 0 while this {fallback} "
+                               "(docs/design/geodb-outage.md)")
+    available.set(1.0)
+    return lambda ok: available.set(1.0 if ok else 0.0)
 
 
 async def open_geodb(cfg: Config, on_change: Callable[[bool], None] | None = None) -> GeoDB:

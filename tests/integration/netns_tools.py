@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
+import time
+from collections.abc import Callable
 
 CLONE_NEWNET = 0x40000000
 
@@ -37,3 +39,13 @@ def setns(path: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns {path}")
     finally:
         os.close(fd)
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)  # polling interval of a bounded wait on a condition
+    return time.monotonic() - started

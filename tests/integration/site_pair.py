@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netns_tools import setns
@@ -42,16 +42,6 @@ def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)  # polling interval of a bounded wait on a condition
-    return time.monotonic() - started
 
 
 def succeeds(fn: Callable[[], object]) -> bool:
@@ -83,6 +73,8 @@ class SitePair:
     dc2: LocalCluster
     domain: str = "partition.test"
     """Of the Message-IDs `deliver` makes (and `stored` counts)."""
+    acked: list[str] = field(default_factory=list)
+    """Message-IDs of every LMTP message acknowledged with 250 (`deliver_acked`), over the whole module."""
 
     def site(self, name: str) -> LocalCluster:
         return self.dc1 if name == "DC1" else self.dc2
@@ -120,6 +112,21 @@ class SitePair:
                     return False
                 return not refused
         return message_id if run_in(self.namespace(entry), send) else None
+
+    def deliver_acked(self, entry: str, user: str) -> None:
+        """One message that must be accepted; remembered for the exactly-once check."""
+        message_id = self.deliver(entry, user)
+        assert message_id is not None, (entry, user)
+        self.acked.append(message_id)
+
+    def check_consistent(self, moves_before: int) -> None:
+        """In each site one backend per user over the whole run; no group or user move since
+        `moves_before`; every acknowledged message stored exactly once over both sites' stores."""
+        for (site, user), backends in self.served().items():
+            assert len(backends) == 1, (site, user, backends)
+        assert self.moves() == moves_before
+        stored = [mid for u in self.dc1.users for mid in self.stored(u.name)]  # both sites' stores each
+        assert sorted(stored) == sorted(self.acked)
 
     def stored(self, user: str) -> list[str]:
         """Every Message-ID in `user`'s INBOX in both sites' stores."""

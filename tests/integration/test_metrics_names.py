@@ -86,6 +86,7 @@ def test_proxy_exports_the_seeds_and_dovecots_metric_names(cluster: LocalCluster
     backend_after = scrape(backend.host, backend.metrics)
     assert delta(backend_before, backend_after, 'palomar_backend_hops_total{result="login"}') >= 1
     assert "palomar_backend_sessions" in backend_after
+    assert after["palomar_geodb_available"] == 1 and backend_after["palomar_geodb_available"] == 1  # both roles
 
 
 def test_the_prefix_of_dovecots_names_is_configurable(cluster: LocalCluster) -> None:

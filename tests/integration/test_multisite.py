@@ -31,6 +31,7 @@ from palomar.devcluster.haproxy import HAProxyInstance, Listen
 from palomar.devcluster.net import free_port
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
+from palomar.proxy.hop_client import Established, HopFailed, HopTarget
 from palomar.proxy.site_probes import SiteProber
 
 LB_HOSTS = {"DC1": "127.0.0.100", "DC2": "127.0.0.101"}
@@ -47,9 +48,11 @@ class TwoSites:
         return {name: c.backend.logins for name, c in self.sites.items()}
 
     def forget_caches(self) -> None:
-        """What `palomar cluster geodb refresh` does on every proxy: the next login reads the GeoDB."""
+        """What `palomar cluster geodb refresh` does on every proxy, and the backends' one-second
+        site cache running out: the next login reads the GeoDB."""
         for c in self.sites.values():
             c.proxy.router.cache.cache_clear()
+            c.backend.forget_site_state()
 
     async def home(self, user: str, site: str) -> None:
         await self.geodb.user_put(user, preferred_site_id=self.ids[site])
@@ -263,3 +266,25 @@ async def test_an_unreachable_site_fails_over_after_the_window_and_comes_back(tw
     assert await prober.run_once(t1) == {"DC2": False}
     assert await prober.run_once(t1 + UP_WINDOW) == {"DC2": True}
     assert await login_via(two_sites, "DC1", user) == ("OK", "DC2")
+
+
+async def test_a_site_hop_is_handed_only_to_a_referred_backend_of_that_site(two_sites: TwoSites) -> None:
+    """The referred backend a calling proxy names (TLV 0xEC, an LMTP referral from that site) is used
+    only if it is one of the receiving site's backends: never a way to reach any host at all."""
+    user = USERS[1]
+    await two_sites.home(user, "DC2")
+    dc2 = await two_sites.geodb.site_get_by_name("DC2")
+    assert dc2 is not None and dc2.load_balancer
+    [backend] = await two_sites.geodb.backend_list(dc2.id)
+    hops = two_sites.sites["DC1"].proxy.hops
+
+    async def hop_to_dc2(referred: str) -> Established | HopFailed:
+        target = HopTarget(user=user, protocol="lmtp", session_id=f"referred-{referred}", client=("127.0.0.1", 1),
+                           local=("127.0.0.1", 2), client_tls=False, via_sites=(str(two_sites.ids["DC1"]),),
+                           referred=referred)
+        return await hops.connect(dc2.load_balancer, target)
+    refused = await hop_to_dc2("127.0.0.99")
+    assert isinstance(refused, HopFailed) and "not a backend of this site" in refused.text, refused
+    handed = await hop_to_dc2(backend.host)
+    assert isinstance(handed, Established), handed
+    handed.link.close()

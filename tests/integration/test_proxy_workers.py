@@ -4,6 +4,7 @@ up, and SIGTERM drains every worker before the parent exits 0."""
 
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 import signal
@@ -25,8 +26,9 @@ WORKERS = 2
 @pytest.fixture(scope="module")
 def cluster(harness_root: Path):
     c = LocalCluster(harness_root / "workers-cluster", allow_cleartext=True, users_count=4, proxies_count=1,
-                     backends_count=1, password_scheme="PLAIN",
-                     proxy_settings={"*": ("service imap-login {", f"  process_limit = {WORKERS}", "}")})
+                     backends_count=1, password_scheme="PLAIN", auth_failure_delay="100 ms",
+                     proxy_settings={"*": ("service imap-login {", f"  process_limit = {WORKERS}", "}",
+                                           "auth_penalty_max_delay = 1 secs")})
     c.start()
     yield c
     c.stop()
@@ -100,6 +102,37 @@ def test_logins_land_on_both_workers_and_metrics_add_up(cluster: LocalCluster) -
     successes = re.search(r"^dovecot_auth_successes_total (\S+)$", text, re.MULTILINE)
     assert successes is not None and float(successes.group(1)) >= attempt + 1  # both workers' logins, summed
     assert 'palomar_geodb_available{worker="0"} 1' in text and 'palomar_geodb_available{worker="1"} 1' in text
+
+
+def counter(text: str, name: str) -> float:
+    match = re.search(rf"^{name}(?:_total)? (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def failed_login_pids(log: Path, source: str) -> list[int]:
+    """The worker of each failed login from `source`, in order."""
+    return [int(pid) for pid in re.findall(rf"proxy\[(\d+)\] INFO \S+: session=\S+ proto=imap user=\S+ "
+                                           rf"client={re.escape(source)}:\d+ result=AuthFailed", log_text(log))]
+
+
+def test_the_auth_penalty_is_one_table_for_every_worker(cluster: LocalCluster) -> None:
+    """Wrong passwords from one address, one connection each, land on both workers; every attempt
+    after the first is held back by the penalty, whichever worker the earlier failures were on (a
+    table per worker would let the first attempt on each worker through undelayed)."""
+    wait_serving(cluster)
+    source, log = "127.0.0.77", cluster.proxies[0].log_path
+    delayed_before = counter(metrics(cluster), "palomar_auth_penalty_delayed")
+    attempts = 0
+    while attempts < 3 or len(set(failed_login_pids(log, source))) < WORKERS:
+        assert attempts < 20, "20 connections all landed on one worker"
+        imap = IMAP4From(cluster.proxies[0].host, cluster.proxies[0].imap, source=source, timeout=30)
+        with pytest.raises(imaplib.IMAP4.error):
+            imap.login(cluster.users[0].name, f"wrong-{attempts}")
+        imap.logout()
+        attempts += 1
+        wait_until(lambda n=attempts: len(failed_login_pids(log, source)) == n, 10, "the failed login's log line")
+    assert counter(metrics(cluster), "palomar_auth_penalty_delayed") - delayed_before == attempts - 1
+    login_logout(cluster, 1)  # other clients are not held back
 
 
 def test_a_killed_worker_is_replaced_and_logins_keep_working(cluster: LocalCluster) -> None:

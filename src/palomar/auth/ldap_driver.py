@@ -264,6 +264,43 @@ def _unbind(conn: Any) -> None:
         conn.unbind()
 
 
+def tls_context(conf: LdapConf) -> ssl.SSLContext:
+    """The client TLS context of the ldap passdb, from its ``tls_*`` args. The host name is checked
+    by the context itself (``check_hostname``) whenever the certificate is required."""
+    validate = _REQUIRE_CERT[conf.tls_require_cert]
+    try:
+        context = ssl.create_default_context(cafile=conf.tls_ca_cert_file or None,
+                                             capath=conf.tls_ca_cert_dir or None)
+        if conf.tls_cert_file:
+            context.load_cert_chain(conf.tls_cert_file, keyfile=conf.tls_key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise LdapArgsError(f"tls_ca_cert_file/tls_ca_cert_dir/tls_cert_file/tls_key_file: {exc}") from None
+    context.check_hostname = validate == ssl.CERT_REQUIRED
+    context.verify_mode = validate
+    if conf.tls_cipher_suite:
+        try:
+            context.set_ciphers(conf.tls_cipher_suite)
+        except ssl.SSLError:
+            raise LdapArgsError(f"tls_cipher_suite {conf.tls_cipher_suite!r}: no cipher OpenSSL knows") from None
+    return context
+
+
+def _context_tls(base: type, conf: LdapConf) -> Any:
+    """An ``ldap3.Tls`` (passed as `base`: ldap3 is imported late) that wraps sockets with
+    `tls_context`. ldap3's own wrapping turns ``check_hostname`` off and checks the name itself with
+    ``ssl.match_hostname``, deprecated since Python 3.7 and removed in 3.12; here the context checks
+    it during the handshake, against the server's host name (also sent as SNI)."""
+    context = tls_context(conf)
+
+    class ContextTls(base):  # type: ignore[misc, valid-type]
+        def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+            connection.socket = context.wrap_socket(connection.socket, server_side=False,
+                                                    do_handshake_on_connect=do_handshake,
+                                                    server_hostname=connection.server.host)
+
+    return ContextTls(validate=context.verify_mode)
+
+
 class LdapDriver:
     """``driver = ldap``."""
 
@@ -273,12 +310,7 @@ class LdapDriver:
         self.conf = conf
         self.default_scheme = conf.default_pass_scheme
         self.checks_password = conf.auth_bind
-        self._tls = ldap3.Tls(
-            validate=_REQUIRE_CERT[conf.tls_require_cert],
-            ca_certs_file=conf.tls_ca_cert_file or None, ca_certs_path=conf.tls_ca_cert_dir or None,
-            local_certificate_file=conf.tls_cert_file or None, local_private_key_file=conf.tls_key_file or None,
-            ciphers=conf.tls_cipher_suite or None,
-        )
+        self._tls = _context_tls(ldap3.Tls, conf)
         self._search_pool = _Pool(lambda: self._open(conf.dn or None, conf.dnpass or None))
         self._bind_pool = _Pool(lambda: self._open(None, None))
         self._search_attrs = sorted({a for a, _, t in conf.pass_attrs if t is None and a})

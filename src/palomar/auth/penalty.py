@@ -165,15 +165,20 @@ class AuthPenalty:
         self.policy = policy
         self.sources = PenaltyTable(policy, max_entries)
         self.users = PenaltyTable(policy, max_entries) if per_user else None
-        self._key = secrets.token_bytes(16)
+        self.checksum_key = secrets.token_bytes(16)
+        """Random per table; the workers of a proxy checksum with their parent's (proxy/penalty_link.py)."""
 
     @property
     def enabled(self) -> bool:
         return self.policy.max_delay > 0
 
+    @staticmethod
+    def keyed_checksum(key: bytes, user: str, password: str) -> bytes:
+        """A keyed hash: tells repeated passwords apart without keeping anything guessable."""
+        return hashlib.blake2b(f"{user}\0{password}".encode(), key=key, digest_size=8).digest()
+
     def checksum(self, user: str, password: str) -> bytes:
-        """A per-process keyed hash: tells repeated passwords apart without keeping anything guessable."""
-        return hashlib.blake2b(f"{user}\0{password}".encode(), key=self._key, digest_size=8).digest()
+        return self.keyed_checksum(self.checksum_key, user, password)
 
     def before_check(self, address: str, user: str, now: float) -> Verdict:
         """How long to wait before checking this login (also reserves the source's next slot)."""
@@ -192,9 +197,12 @@ class AuthPenalty:
         return Verdict(wait, current_level(source, now, self.policy), user_level)
 
     def failed(self, verdict: Verdict, address: str, user: str, password: str, now: float) -> None:
+        self.failed_checksum(verdict, address, user, self.checksum(user, password), now)
+
+    def failed_checksum(self, verdict: Verdict, address: str, user: str, checksum: bytes, now: float) -> None:
+        """`failed` with the checksum already made (by a worker, with this table's key)."""
         if not self.enabled:
             return
-        checksum = self.checksum(user, password)
         key = source_key(address)
         self.sources.put(key, on_failure(self.sources.get(key, now), checksum, now, self.policy,
                                          verdict.source_level))

@@ -14,57 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 from palomar.backend.dovecot_login import DovecotEndpoint
+from palomar.net.doveadm_hop import HttpPayload, TcpPayload
 from palomar.net.link import Link, open_link
 from palomar.protocols import doveadm, doveadm_http, hop
-
-PAYLOAD_TIMEOUT = 5.0
-"""The proxy writes its two lines with the header: a hop that lacks them is broken."""
-
-
-@dataclass(frozen=True)
-class TcpPayload:
-    version_line: bytes
-    command: doveadm.Command
-
-
-@dataclass(frozen=True)
-class HttpPayload:
-    command: doveadm_http.ApiCommand
-
-
-async def read_payload(link: Link, user: str) -> TcpPayload | HttpPayload:
-    """The command the proxy sent, which must be for `user` (the hop's user).
-
-    Raises DoveadmProtocolError (or TimeoutError) for anything else."""
-    buffer = bytearray()
-    async with asyncio.timeout(PAYLOAD_TIMEOUT):
-        while buffer.count(b"\n") < 2:
-            if len(buffer) > doveadm.MAX_LINE * 2 + doveadm_http.MAX_BODY:
-                raise doveadm.DoveadmProtocolError("doveadm hop payload too long")
-            data = await link.read()
-            if not data:
-                raise doveadm.DoveadmProtocolError("hop closed before its doveadm command")
-            buffer += data
-    first = buffer.index(b"\n") + 1
-    second = buffer.index(b"\n", first) + 1
-    first_line, line = bytes(buffer[:first]), bytes(buffer[first:second])
-    link.unread(bytes(buffer[second:]))
-    payload: TcpPayload | HttpPayload
-    if first_line == doveadm_http.HOP_MARKER:
-        payload = HttpPayload(doveadm_http.parse_hop_command(line))
-        target = doveadm_http.target_user(payload.command)
-    elif first_line.startswith(doveadm.VERSION_PREFIX):
-        payload = TcpPayload(first_line, doveadm.parse_command(line))
-        target = doveadm.target_user(payload.command)
-    else:
-        raise doveadm.DoveadmProtocolError("doveadm hop payload without its VERSION or HTTP line")
-    if target != user:
-        raise doveadm.DoveadmProtocolError("doveadm command is not for the hop's user")
-    return payload
 
 
 def runner(endpoint: DovecotEndpoint, payload: TcpPayload | HttpPayload

@@ -550,9 +550,10 @@ class MoveExecutor:
             "group_moves_running": float(len(self.running)),
         }
 
-def executor_from_config(state: BackendState, cfg: Any) -> MoveExecutor:
+def executor_from_config(state: BackendState, cfg: Any, metrics: Registry) -> MoveExecutor:
     """The executor with doveadm access to the local Dovecot (`doveadm_password` and
-    `cluster_backend_dovecot_doveadm_http_port`) and `cluster_user_move_timeout`."""
+    `cluster_backend_dovecot_doveadm_http_port`) and `cluster_user_move_timeout`, counting in the
+    backend's `metrics`."""
     password = cfg["doveadm_password"]
     port = cfg["cluster_backend_dovecot_doveadm_http_port"]
     host = cfg["cluster_backend_dovecot_host"]
@@ -561,5 +562,4 @@ def executor_from_config(state: BackendState, cfg: Any) -> MoveExecutor:
         log.warning("doveadm_password is not set: moves cannot kick Dovecot sessions; "
                     "each user waits for cluster_user_move_timeout")
     timeout = float(cfg["cluster_user_move_timeout"])
-    return MoveExecutor(state, doveadm, user_move_timeout=timeout,
-                        metrics=Registry(dovecot_prefix=cfg["metrics_prefix"]))
+    return MoveExecutor(state, doveadm, user_move_timeout=timeout, metrics=metrics)

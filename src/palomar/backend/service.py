@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
-from palomar.backend.doveadm_gateway import read_payload, runner
+from palomar.backend.doveadm_gateway import runner
 from palomar.backend.dovecot_login import FLAVOURS, DovecotEndpoint, login
 from palomar.backend.lmtp_gateway import serve_lmtp
 from palomar.backend.load_sample import LoadSampler, doveadm_session_count
@@ -31,6 +31,7 @@ from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
+from palomar.net.doveadm_hop import read_payload
 from palomar.net.drain import Drain, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
@@ -38,13 +39,17 @@ from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay, RelayStats
 from palomar.protocols import doveadm, hop
 from palomar.protocols.proxyproto import ProxyProtocolError
-from palomar.protocols.shutdown import shutdown_line
+from palomar.proxy.failures import shutdown_line
 
 log = logging.getLogger("palomar.backend")
 
 HOP_HEADER_TIMEOUT = 5.0
 """Seconds a proxy has for the TLS handshake, and again for its header after the challenge."""
 TLS_HANDSHAKE_RECORD = b"\x16\x03"
+SITES_TTL = 1.0
+"""Seconds a backend reuses its read of the sites table and its site's reachability for the logins
+that follow (the proxy caches its site view the same way): site status, force-move and failover
+reach a backend's ownership checks at most this late. Backends, users and groups are read fresh."""
 STALE_TTL = 1
 """LocalDB lifetime of a remembered ownership read: it is never read fresh, only during an outage."""
 STALE_SITE_KEY = "backend-site"
@@ -85,6 +90,8 @@ class BackendState:
     stall) then, and may have missed a failover of its groups while it was away."""
     _site_text: str = ""
     _sites_text: str = ""
+    _sites_read: tuple[float, SiteState] | None = None
+    """The last read of the sites table and this site's reachability rows, and when (SITES_TTL)."""
     logins: int = 0
     referrals: int = 0
     refused: int = 0
@@ -113,6 +120,10 @@ class BackendState:
         assert site is not None
         return SiteView(site, tuple(await self.geodb.backend_list(self.site_id)))
 
+    def forget_site_state(self) -> None:
+        """Read the sites table and the reachability rows again at the next login (SITES_TTL)."""
+        self._sites_read = None
+
     async def ownership(self, username: str):
         """Decide with fresh GeoDB data: a backend must never serve a user it does not own."""
         decision, group, _ = await self.ownership_and_user(username)
@@ -122,13 +133,20 @@ class BackendState:
         """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
 
         Two engine calls, not five: the site, its backends and the user in one batch, then
-        the user's group (its name comes from the user record). Fresh data every time; only
-        while the GeoDB cannot answer does the last fresh read stand in, under the stricter rule
-        of `cluster.stale` (docs/design/geodb-outage.md).
+        the user's group (its name comes from the user record). The ownership data (the site's
+        backends, the user, its groups) is fresh every time; the sites table and this site's
+        reachability rows (a range scan on Cassandra) are read at most once per `SITES_TTL`, as
+        the proxy caches its site view. Only while the GeoDB cannot answer does the last fresh read
+        stand in, under the stricter rule of `cluster.stale` (docs/design/geodb-outage.md).
         """
         assert self.backend_id is not None and self.site_id is not None
         try:
-            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username)
+            now = self.clock()
+            recent = self._sites_read
+            cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
+            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username, cached)
+            if cached is None:
+                self._sites_read = (now, sites)
             site = sites.local
             assert site is not None
             view = SiteView(site, tuple(backends))
@@ -495,7 +513,7 @@ def hop_metrics(state: BackendState, registry: Registry) -> None:
 async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT."""
     from palomar.net.server import AcceptLoop, listen_socket
-    from palomar.service_runtime import open_geodb, open_localdb, wait_for_stop_signal
+    from palomar.service_runtime import geodb_available_gauge, open_geodb, open_localdb, wait_for_stop_signal
 
     secret = cfg["cluster_hop_secret"]
     if not secret:
@@ -509,8 +527,10 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         master_password=cfg["cluster_backend_dovecot_master_password"],
         doveadm_password=cfg["doveadm_password"],
     )
+    registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
+    on_geodb = geodb_available_gauge(registry, "backend decides from its last reads or answers a temporary failure")
     state = BackendState(
-        geodb=await open_geodb(cfg), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
+        geodb=await open_geodb(cfg, on_change=on_geodb), localdb=open_localdb(cfg), name=cfg["cluster_backend_name"],
         site_name=cfg["cluster_local_site"], secret=secret.encode(), dovecot=dovecot,
         test_username=cfg["cluster_backend_test_username"] or None,
         tls=hop_server_context(cfg),
@@ -518,12 +538,12 @@ async def run_backend(cfg, *, ready: asyncio.Event | None = None) -> None:
         clock=_clock(), stale_max=cfg["cluster_geodb_stale_max"],
     )
     await state.register()
-    state.moves = executor = executor_from_config(state, cfg)
+    state.moves = executor = executor_from_config(state, cfg, registry)
     executor.start()
     doveadm = executor.doveadm
     state.load = LoadSampler(None if doveadm is None else lambda: doveadm_session_count(doveadm.call("who", {})))
-    hop_metrics(state, executor.metrics)
-    metrics_servers = await serve_stats(cfg, executor.metrics)
+    hop_metrics(state, registry)
+    metrics_servers = await serve_stats(cfg, registry)
     loops = []
     for address in cfg["listen"]:
         host = "0.0.0.0" if address == "*" else address

@@ -33,6 +33,7 @@ def group_record(group: Group, site_names: dict[UUID, str], hosts: dict[UUID, st
         "moving": group.moving,
         "sticky_users": group.sticky_users,
         "sticky_backend": group.sticky_backend,
+        "refresh_after": group.refresh_after,
         "backend_id": group.backend_id,
         "alt_backend_id": group.alt_backend_id,
         "backend_changed": micros_to_iso(group.backend_changed_us),
@@ -125,20 +126,26 @@ def group_status(ctx: ClusterContext, site: str, name: str) -> None:
 @group.command("update")
 @click.option("--sticky-users", metavar="yes|no", help="Users are not re-grouped automatically.")
 @click.option("--sticky-backend", metavar="yes|no", help="The group is not moved automatically.")
+@click.option("--refresh-after", metavar="SECS|default",
+              help="Proxies keep their cached copy of the group at most this long (never longer than their "
+                   "cache_ttl); default: cache_ttl.")
 @click.argument("site")
 @click.argument("name", metavar="GROUP")
 @pass_ctx
 def group_update(
-    ctx: ClusterContext, sticky_users: str | None, sticky_backend: str | None, site: str, name: str
+    ctx: ClusterContext, sticky_users: str | None, sticky_backend: str | None, refresh_after: str | None, site: str,
+    name: str
 ) -> None:
-    """Change a group's sticky flags."""
+    """Change a group's sticky flags or its refresh_after."""
     fields: dict[str, Any] = {}
     if sticky_users is not None:
         fields["sticky_users"] = check.yes_no(sticky_users, "--sticky-users value")
     if sticky_backend is not None:
         fields["sticky_backend"] = check.yes_no(sticky_backend, "--sticky-backend value")
+    if refresh_after is not None:
+        fields["refresh_after"] = check.refresh_after(refresh_after)
     if not fields:
-        raise CommandError("nothing to update: give --sticky-users or --sticky-backend")
+        raise CommandError("nothing to update: give --sticky-users, --sticky-backend or --refresh-after")
 
     async def action(db: GeoDB) -> None:
         found = await _group(db, site, name)

@@ -33,8 +33,10 @@ def _run_worker(cfg, role_text: str) -> None:
     """A worker started by the proxy's parent: the parent's sockets, no pid file (the parent holds it)."""
     import asyncio
     import signal
+    import socket
     import sys
 
+    from palomar.proxy.penalty_link import PENALTY_ENV
     from palomar.proxy.service import run_proxy
     from palomar.proxy.supervisor import SOCKETS_ENV, STARTUP_FAILED, decode_sockets, die_with_parent
     from palomar.proxy.workers import WorkerRole
@@ -46,9 +48,11 @@ def _run_worker(cfg, role_text: str) -> None:
     raise_fd_limit()
     role = WorkerRole.decode(role_text)
     sockets = decode_sockets(os.environ.get(SOCKETS_ENV, ""))
+    link = os.environ.get(PENALTY_ENV)
+    penalty_link = socket.socket(fileno=int(link)) if link else None
     ready = asyncio.Event()
     try:
-        asyncio.run(run_proxy(cfg, ready=ready, sockets=sockets, role=role))
+        asyncio.run(run_proxy(cfg, ready=ready, sockets=sockets, role=role, penalty_link=penalty_link))
     except KeyboardInterrupt:
         pass
     except (RuntimeError, OSError) as exc:

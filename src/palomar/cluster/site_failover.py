@@ -47,6 +47,7 @@ class SiteAction:
     move_id: UUID | None
     percentage: int
     dest: tuple[str, ...]
+    """Destination site IDs, as `site force-move` stores them (routing reads IDs)."""
     reason: str
 
 
@@ -67,13 +68,13 @@ def plan_site_failover(own: Site, sites: Sequence[Site], links: Mapping[UUID, Si
         if helper is None or helper.id != own.id:
             continue
         fm = site.force_move
-        ours = fm is not None and own.name in fm.dest
+        ours = fm is not None and str(own.id) in fm.dest
         due = now - last_step.get(site.id, float("-inf")) >= s.interval
         if not link.reachable and now - link.since >= s.after:
             if fm is None:
                 move_id = uuid5(site.id, f"failover-{link.since}")
                 actions.append(SiteAction(FEATURE, site.id, site.name, "force_move", move_id, min(s.step, 100),
-                                          (own.name,), f"{site.name} unreachable for {now - link.since:.0f}s: "
+                                          (str(own.id),), f"{site.name} unreachable for {now - link.since:.0f}s: "
                                           f"start moving {min(s.step, 100)}% of its users to {own.name}"))
             elif ours and fm.percentage < 100 and due:
                 pct = min(100, fm.percentage + s.step)

@@ -123,8 +123,12 @@ def failover_site(home: Site, home_group: str, group_site: GroupSite | None, sta
 
 
 def _force_move_destination(home: Site, username: str, state: SiteState) -> Site | None:
+    """The site a running force-move sends the user to, or None. A running `site recover` wins:
+    it exists to bring the force-moved users home in steps, so a user it has brought home (the
+    others never get here) is not moved out again by the force-move it is undoing."""
     move = home.force_move
-    if move is None or force_move_bucket(move.id, username) >= move.percentage:
+    recovering = home.recover_id is not None and home.recover_percentage is not None
+    if move is None or recovering or force_move_bucket(move.id, username) >= move.percentage:
         return None
     dests = [state.site(_as_uuid(d)) for d in move.dest]
     usable = [d for d in dests if d is not None and d.id != home.id and state.usable(d)]

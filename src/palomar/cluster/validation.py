@@ -77,6 +77,14 @@ def percentage(value: str | int) -> int:
     return _int_in_range(value, "percentage", 0, 100)
 
 
+def refresh_after(value: str) -> int | None:
+    """`group update --refresh-after`: seconds (1..2^31-1, a Cassandra int), or `default` (None:
+    the proxies' cache_ttl)."""
+    if value.strip().lower() == "default":
+        return None
+    return _int_in_range(value, "--refresh-after seconds", 1, 2**31 - 1)
+
+
 def yes_no(value: str, what: str) -> bool:
     """The `yes|no` flags of `group update`."""
     lowered = value.strip().lower()

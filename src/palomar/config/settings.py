@@ -306,8 +306,9 @@ _add("auth_penalty_per_user", BOOL, "yes", PROXY,
      "also escalate per user name, so that many addresses guessing one account slow down; the account's "
      "owner then waits up to auth_penalty_max_delay per login while it is under attack", **_ext)
 _add("auth_penalty_max_sources", UINT, "100000", PROXY,
-     "penalty records kept per proxy process (addresses, and user names); the least recently used "
-     "go first, so memory stays bounded whatever the number of sources", **_ext)
+     "penalty records kept per proxy (addresses, and user names; with worker processes, in the parent's "
+     "one table); the least recently used go first, so memory stays bounded whatever the number of sources",
+     **_ext)
 _add("cluster_lmtp_max_mail_size", SIZE, "50M", PROXY,
      "largest message the proxy's LMTP listener accepts (advertised as SIZE; 0 = no limit)", **_ext)
 _add("controller_interval", TIME, "10 secs", BOTH,

@@ -147,7 +147,7 @@ async def stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     overview = await ctx.run(lambda db: site_overview(db, ctx.site_name))
     metric = _query(request, "metric")
-    history = {m: ctx.recent.series(m) for m in ([metric] if metric else ctx.recent.metrics())}
+    history = {m: ctx.history.series(m) for m in ([metric] if metric else ctx.history.metrics())}
     return reply({
         "site": ctx.site_name,
         "backends": {b["host"]: b["stats"] for b in overview["backends"]},
@@ -157,7 +157,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def decisions(request: web.Request) -> web.Response:
-    return reply([asdict(d) for d in reversed(request.app[CTX].recent.decisions)])
+    return reply([asdict(d) for d in reversed(request.app[CTX].history.decisions)])
 
 
 async def openapi(request: web.Request) -> web.Response:

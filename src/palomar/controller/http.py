@@ -24,6 +24,7 @@ from palomar.auth.penalty import AuthPenalty, PenaltyPolicy, current_level, sour
 from palomar.cli.cluster_context import CommandError
 from palomar.cluster.validation import ValidationError
 from palomar.controller.events import event_line
+from palomar.controller.history import History
 from palomar.controller.http_auth import (
     Credentials,
     Presented,
@@ -32,7 +33,6 @@ from palomar.controller.http_auth import (
     Sessions,
     parse_authorization,
 )
-from palomar.controller.recent import Recent
 from palomar.geodb.engine import GeoDBError
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
@@ -67,7 +67,7 @@ class HttpContext:
     credentials: Credentials
     sessions: Sessions
     penalty: AuthPenalty
-    recent: Recent
+    history: History
     site_name: str
     group_count: int
     secure_cookies: bool
@@ -266,7 +266,7 @@ def tls_context(cfg: Any) -> ssl.SSLContext | None:
     return context
 
 
-async def serve_http(cfg: Any, recent: Recent, open_db: Callable[[], Awaitable[GeoDB]]
+async def serve_http(cfg: Any, history: History, open_db: Callable[[], Awaitable[GeoDB]]
                      ) -> tuple[web.AppRunner, HttpContext] | None:
     """Start the API and UI on `controller_http_listen`; None when it is empty."""
     from palomar.controller.http_auth import CredentialsError
@@ -284,7 +284,7 @@ async def serve_http(cfg: Any, recent: Recent, open_db: Callable[[], Awaitable[G
         sessions=Sessions(float(cfg["controller_http_session_lifetime"])),
         penalty=AuthPenalty(PenaltyPolicy(float(cfg["controller_http_auth_max_delay"])),
                             max_entries=PENALTY_SOURCES, per_user=False),
-        recent=recent, site_name=str(cfg["cluster_local_site"]),
+        history=history, site_name=str(cfg["cluster_local_site"]),
         group_count=int(cfg["cluster_default_group_count"]), secure_cookies=tls is not None,
     )
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)

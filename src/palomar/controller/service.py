@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import astuple
 from uuid import UUID
 
@@ -24,7 +24,7 @@ from palomar.cluster.evacuate import EvacuateSettings
 from palomar.cluster.failback import FailbackSettings
 from palomar.cluster.group_size import GroupSizeSettings, UserMove, plan_group_sizes
 from palomar.cluster.health import HealthRule
-from palomar.cluster.model import ForceMove
+from palomar.cluster.model import ForceMove, Group, User
 from palomar.cluster.moves import group_move_request
 from palomar.cluster.planning import MoveRecord
 from palomar.cluster.site_failover import SiteFailoverSettings, SiteLink
@@ -41,10 +41,9 @@ from palomar.controller.decide import (
     plan,
 )
 from palomar.controller.events import event_line
-from palomar.controller.history import History
+from palomar.controller.history import DecisionRecord, History
 from palomar.controller.http import serve_http
 from palomar.controller.metrics import ControllerMetrics
-from palomar.controller.recent import DecisionRecord, Recent
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb.repository import GeoDB
 from palomar.metrics.http import serve_stats
@@ -101,6 +100,9 @@ REGROUP_DAY = "group-size-day"
 REGROUP_PLAN = "group-size-plan"
 REGROUP_DONE = "group-size-done"
 REGROUP_PASS = "group-size-last-pass"
+REGROUP_PAGE_USERS = 2000
+"""Users read per GeoDB page by the daily group-size plan: a page is decoded on the event loop
+between other work (a few milliseconds), never the whole user table at once."""
 
 
 class Controller:
@@ -115,7 +117,6 @@ class Controller:
         *,
         clock: Callable[[], float] = time.time,
         history: History | None = None,
-        recent: Recent | None = None,
     ) -> None:
         self._open_db = open_db
         self.site_name = site_name
@@ -123,9 +124,10 @@ class Controller:
         self.metrics = metrics
         self.clock = clock
         self.history = history if history is not None else History(None, 120)
-        self.recent = recent if recent is not None else Recent()
-        """Load samples and decisions for the web UI and the API."""
+        """What the planners remember; the web UI and the API show the same samples and decisions."""
         self.db: GeoDB | None = None
+        self.regroup_page_size = REGROUP_PAGE_USERS
+        self._regroup_plan: tuple[str | None, tuple[UserMove, ...]] = (None, ())
         self._logged_dryruns: set[tuple] = set()
         self._last_problem: str | None = None
 
@@ -153,7 +155,6 @@ class Controller:
                 self.metrics.ticks.inc(result="no-site")
                 return False
             self.metrics.observe(snapshot)
-            self.recent.sample(snapshot.now, snapshot.backends, dict(snapshot.backend_stats))
             memory = await self._remember(snapshot)
             actions, held = plan(snapshot, self.rules, memory)
             for item in held:
@@ -178,8 +179,8 @@ class Controller:
     async def _remember(self, snapshot: Snapshot) -> Memory:
         """Feed the history with this snapshot and return what the planners need of it."""
         history, now = self.history, snapshot.now
-        history.observe(snapshot.backend_stats)
-        history.forget_backends(b.id for b in snapshot.backends)
+        history.observe(snapshot.backend_stats, {b.id: b.user_count_approx for b in snapshot.backends})
+        history.keep_backends(snapshot.backends)
         links: dict[UUID, SiteLink] = {}
         for row in snapshot.reachability:
             if row.dest_site_id == snapshot.site.id:
@@ -194,7 +195,9 @@ class Controller:
         steps = {UUID(k[len(SITE_STEP):]): float(v) for k, v in history.timers.items() if k.startswith(SITE_STEP)}
         await self._plan_regrouping(snapshot)
         plan_text = history.timers.get(REGROUP_PLAN)
-        regroup = tuple(UserMove(*item) for item in json.loads(plan_text)) if plan_text else ()
+        if plan_text != self._regroup_plan[0]:  # decoded once per plan (up to 100,000 moves), off the loop
+            self._regroup_plan = (plan_text, await asyncio.to_thread(decode_regroup_plan, plan_text))
+        regroup = self._regroup_plan[1]
         last_pass = history.timers.get(REGROUP_PASS)
         return Memory(samples=history.samples, seen=history.seen, moves=tuple(history.moves), site_links=links,
                       site_steps=steps, regroup_plan=regroup, regroup_done=int(history.timers.get(REGROUP_DONE, 0)),
@@ -211,21 +214,22 @@ class Controller:
         assert self.db is not None
         names = {g.name for g in snapshot.groups}
         members: dict[str, list[str]] = {}
-        for user in await self.db.user_list_all():
-            if user.group_name in names and user.preferred_site_id in (None, snapshot.site.id) and not user.moving:
-                members.setdefault(user.group_name, []).append(user.username)
-        moves = plan_group_sizes(snapshot.groups, members, self.rules.group_size)
-        self.history.set_timer(REGROUP_PLAN, json.dumps([list(astuple(m)) for m in moves]))
+        async for users in self.db.user_pages(self.regroup_page_size):
+            add_group_members(members, users, names, snapshot.site.id)
+        # Planning and encoding up to 100,000 moves is a second of CPU: off the loop.
+        moves, text = await asyncio.to_thread(encode_regroup_plan, snapshot.groups, members, self.rules.group_size)
+        self.history.set_timer(REGROUP_PLAN, text)
+        self._regroup_plan = (text, moves)  # what decoding `text` would give
         self.history.set_timer(REGROUP_DONE, "0")
         self.history.set_timer(REGROUP_PASS, None)
         self.history.set_timer(REGROUP_DAY, day)
         log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=len(moves)))
 
     def _record(self, action: Action, snapshot: Snapshot, *, executed: bool) -> None:
-        """The decision for the web UI and the API (controller.recent)."""
+        """The decision for the web UI and the API."""
         fields = _fields(action, snapshot)
         subject = fields.get("backend") or fields.get("to") or fields.get("target_site") or "-"
-        self.recent.decided(DecisionRecord(self.clock(), action.feature, action.state, str(subject),
+        self.history.decided(DecisionRecord(self.clock(), action.feature, action.state, str(subject),
                                            action.kind, str(fields.get("reason", "")), executed))
 
     async def _handle(self, action: Action, snapshot: Snapshot) -> None:
@@ -331,6 +335,27 @@ class Controller:
                                   **describe(action, snapshot, "action")))
 
 
+def encode_regroup_plan(groups: Sequence[Group], members: Mapping[str, Sequence[str]], settings: GroupSizeSettings
+                        ) -> tuple[tuple[UserMove, ...], str]:
+    """The day's group-size plan and its stored form (a JSON list of `UserMove` fields), encoded
+    move by move: one `json.dumps` of 100,000 moves would hold the GIL, and so stall the
+    controller's event loop, for a tenth of a second."""
+    moves = tuple(plan_group_sizes(groups, members, settings))
+    return moves, "[" + ", ".join(json.dumps(list(astuple(m))) for m in moves) + "]"
+
+
+def decode_regroup_plan(text: str | None) -> tuple[UserMove, ...]:
+    return tuple(UserMove(*item) for item in json.loads(text)) if text else ()
+
+
+def add_group_members(members: dict[str, list[str]], users: Iterable[User], groups: set[str], site_id: UUID) -> None:
+    """Group-size counts the users of this site's groups that prefer this site (or none) and are
+    not moving: add one page of users to `members` (group name -> usernames)."""
+    for user in users:
+        if user.group_name in groups and user.preferred_site_id in (None, site_id) and not user.moving:
+            members.setdefault(user.group_name, []).append(user.username)
+
+
 def describe(action: Action, snapshot: Snapshot, verb: str) -> dict[str, object]:
     """The log fields of an action: what it does (`verb` = `action`) or would do (`would`) and why,
     with the inputs it decided from."""
@@ -350,8 +375,9 @@ def _fields(action: Action, snapshot: Snapshot) -> dict[str, object]:
         return {"user": u.username, "from": u.from_group, "to": u.to_group,
                 "would": f"move user to group {u.to_group}", "reason": u.reason}
     s = action.action
+    names = {str(site.id): site.name for site in snapshot.sites}
     return {"target_site": s.site, "would": f"{s.kind.replace('_', '-')} {s.percentage}%",
-            "dest": ",".join(s.dest) or None, "reason": s.reason}
+            "dest": ",".join(names.get(d, d) for d in s.dest) or None, "reason": s.reason}
 
 
 async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
@@ -368,7 +394,7 @@ async def run_controller(cfg: Config, *, ready: asyncio.Event | None = None) -> 
                             ControllerMetrics(registry), history=history)
     servers = await serve_stats(cfg, registry)
     try:
-        http = await serve_http(cfg, controller.recent, lambda: open_geodb(cfg))
+        http = await serve_http(cfg, history, lambda: open_geodb(cfg))
     except ValueError as exc:
         raise RuntimeError(str(exc)) from None
     stop = stop_signal()

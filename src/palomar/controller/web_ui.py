@@ -22,9 +22,9 @@ from palomar.cli.cluster_site import site_records
 from palomar.cli.output import cell
 from palomar.cluster import validation as check
 from palomar.cluster.model import BACKEND_STATUSES, FEATURE_STATES
+from palomar.controller.history import History
 from palomar.controller.http import CTX, SESSION, SESSION_COOKIE, Forbidden, require_admin
 from palomar.controller.http_auth import Presented, Session, csrf_ok
-from palomar.controller.recent import Recent
 from palomar.controller.views import site_overview, user_lookup
 
 CSS = """
@@ -178,10 +178,10 @@ def _moves(site: dict[str, Any]) -> str:
     return f'<table class="moves"><tr><th>group</th><th>from</th><th>to</th></tr>{rows}</table>'
 
 
-def _decisions(recent: Recent) -> str:
-    items = list(reversed(recent.decisions))[:20]
+def _decisions(history: History) -> str:
+    items = list(reversed(history.decisions))[:20]
     if not items:
-        return '<p class="muted">No decisions since the controller started.</p>'
+        return '<p class="muted">No decisions recorded yet.</p>'
     rows = "".join(f'<tr><td>{_when(d.at)}</td><td>{e(d.feature)}</td><td>{e(d.state)}</td>'
                    f'<td>{e(d.backend)}</td><td>{e(d.action)}</td><td>{"done" if d.executed else "logged only"}'
                    f'</td><td>{e(d.reason)}</td></tr>' for d in items)
@@ -222,11 +222,11 @@ def load_chart(series: dict[str, list[tuple[float, float]]], width: int = 640, h
             f'xmlns="http://www.w3.org/2000/svg">{axes}{"".join(legend)}{"".join(lines)}</svg>')
 
 
-def _chart_section(recent: Recent, metric: str) -> str:
-    names = recent.metrics()
+def _chart_section(history: History, metric: str) -> str:
+    names = history.metrics()
     choices = " ".join(f'<a href="/?metric={quote(m)}">{e(m)}</a>' if m != metric else f"<strong>{e(m)}</strong>"
                        for m in names)
-    return f'<p>Metric: {choices or e(metric)}</p>{load_chart(recent.series(metric))}'
+    return f'<p>Metric: {choices or e(metric)}</p>{load_chart(history.series(metric))}'
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -245,9 +245,9 @@ async def overview(request: web.Request) -> web.Response:
                      f'<h3>Moves in progress</h3>{_moves(site)}'
                      f'<h3>Features</h3>{_feature_rows(site, session)}</section>')
     metric = request.query.get("metric", "sessions_active")
-    parts.append(f'<section><h2>Recent feature decisions (site {e(ctx.site_name)})</h2>{_decisions(ctx.recent)}'
+    parts.append(f'<section><h2>Recent feature decisions (site {e(ctx.site_name)})</h2>{_decisions(ctx.history)}'
                  f'</section><section><h2>Load over time (site {e(ctx.site_name)})</h2>'
-                 f'{_chart_section(ctx.recent, metric)}</section>')
+                 f'{_chart_section(ctx.history, metric)}</section>')
     return page(request, "Cluster overview", "".join(parts))
 
 

@@ -138,7 +138,8 @@ class CommandFailed(subprocess.CalledProcessError):
     not only "exit status 1"."""
 
     def __str__(self) -> str:
-        return f"{super().__str__()} stderr: {(self.stderr or '').strip()[-2000:]}"
+        return (f"{super().__str__()} stdout: {(self.stdout or '').strip()[-500:]!r}"
+                f" stderr: {(self.stderr or '').strip()[-2000:]!r}")
 
 
 @dataclass

@@ -44,6 +44,7 @@ from palomar.geodb.schema import (
     validate_clustering,
     validate_delete_key,
     validate_key,
+    validate_page_after,
     validate_partition,
     validate_timestamp,
     validate_values,
@@ -660,6 +661,16 @@ class CassandraGeoEngine(GeoEngine):
     async def scan(self, table: str) -> list[Row]:
         t = self._table(table)
         rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name}", [], _READ)
+        return [t.to_row(r) for r in rows]
+
+    async def scan_page(self, table: str, after: Any, limit: int) -> list[Row]:
+        # Token order is the order of a full scan; a page resumes after the last row's token.
+        t = self._table(table)
+        col, start = validate_page_after(t.tdef, after)
+        where = "" if start is None else f" WHERE token({_q(col)}) > token(?)"
+        params = [] if start is None else t.params([col], {col: start})
+        rows, _ = await self._run(f"SELECT {t.select_list} FROM {{ks}}.{t.name}{where} LIMIT {max(int(limit), 1)}",
+                                  params, _READ)
         return [t.to_row(r) for r in rows]
 
 

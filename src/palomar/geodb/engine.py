@@ -152,5 +152,12 @@ class GeoEngine(abc.ABC):
         """Every row of a table. Only for small tables and for listings named as such."""
 
     @abc.abstractmethod
+    async def scan_page(self, table: str, after: Any, limit: int) -> list[Row]:
+        """At most `limit` rows of a table keyed by one partition column, those after the row whose
+        key is `after` (None: from the start), in the engine's scan order (SQLite: key order;
+        Cassandra: token order). For whole-table passes that must not hold the table in memory
+        at once nor hand a caller a million rows in one go."""
+
+    @abc.abstractmethod
     async def delete(self, table: str, key: Key, *, timestamp: int | None = None) -> None:
         """Delete a row (full primary key) or a whole partition (partition key only)."""

@@ -110,5 +110,8 @@ class GuardedEngine(GeoEngine):
     async def scan(self, table: str) -> list[Row]:
         return await self._call("read", lambda: self.inner.scan(table))
 
+    async def scan_page(self, table: str, after: Any, limit: int) -> list[Row]:
+        return await self._call("read", lambda: self.inner.scan_page(table, after, limit))
+
     async def delete(self, table: str, key: Key, *, timestamp: int | None = None) -> None:
         await self._call("write", lambda: self.inner.delete(table, key, timestamp=timestamp))

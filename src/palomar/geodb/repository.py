@@ -12,7 +12,7 @@ replayed write is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -32,7 +32,7 @@ from palomar.cluster.model import (
     UserSite,
 )
 from palomar.cluster.site_selection import SiteState
-from palomar.geodb.engine import GeoEngine, Get, Row, Scan, Select, now_micros
+from palomar.geodb.engine import GeoEngine, Get, Read, Row, Scan, Select, now_micros
 
 _FORCE_MOVE_CLEARED: dict[str, Any] = {
     "force_move_id": None,
@@ -476,18 +476,18 @@ class GeoDB:
         row = await self.engine.get("users", {"username": username})
         return None if row is None else _user(row)
 
-    async def sites_and_user(self, site_id: UUID, username: str
+    async def sites_and_user(self, site_id: UUID, username: str, sites: SiteState | None = None
                              ) -> tuple[SiteState, list[Backend], User | None]:
-        """Site selection's view from `site_id` (as `site_state`), that site's backends (as
-        `backend_list`) and the user, in one engine call: a backend needs all of them to decide
-        ownership on every login."""
-        sites, backends, user, reach = await self.engine.read_many([
-            Scan("sites"),
-            Select("backends", {"site_id": site_id}),
-            Get("users", {"username": username}),
-            Select("site_reachability", {"src_site_id": site_id}),
-        ])
-        return (self._site_state(site_id, sites, reach), sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
+        """Site selection's view from `site_id` (as `site_state`; not read again when `sites` is
+        given), that site's backends (as `backend_list`) and the user, in one engine call: a
+        backend needs all of them to decide ownership on every login."""
+        reads: list[Read] = [Select("backends", {"site_id": site_id}), Get("users", {"username": username})]
+        if sites is None:
+            reads += [Scan("sites"), Select("site_reachability", {"src_site_id": site_id})]
+        backends, user, *site_rows = await self.engine.read_many(reads)
+        if sites is None:
+            sites = self._site_state(site_id, *site_rows)
+        return (sites, sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
                 None if user is None else _user(user))
 
     async def group_site_and_groups(self, group_name: str, home_site_id: UUID, site_id: UUID,
@@ -533,6 +533,19 @@ class GeoDB:
         """Every user: a full scan, for admin listings only (never on a login path)."""
         users = [_user(r) for r in await self.engine.scan("users")]
         return sorted(users, key=lambda u: u.username)
+
+    async def user_pages(self, page_size: int) -> AsyncIterator[list[User]]:
+        """Every user, `page_size` at a time (engine scan order): a whole-table pass that holds
+        one page of rows at a time and decodes it in small steps, so the caller's event loop
+        keeps serving between pages."""
+        after, page_size = None, max(page_size, 1)
+        while True:
+            rows = await self.engine.scan_page("users", after, page_size)
+            if rows:
+                yield [_user(r) for r in rows]
+            if len(rows) < page_size:
+                return
+            after = rows[-1]["username"]
 
     async def user_sites_list(self, username: str) -> list[UserSite]:
         rows = await self.engine.select("user_sites", {"username": username})

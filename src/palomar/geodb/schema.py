@@ -330,6 +330,17 @@ def validate_partition(tdef: TableDef, partition: Any) -> dict[str, Any]:
     return _key_values(tdef, partition, tdef.partition_key)
 
 
+def validate_page_after(tdef: TableDef, after: Any) -> tuple[str, Any]:
+    """The key column of a table that can be scanned in pages (one key column, no clustering) and
+    the normalised `after` value (None: the first page)."""
+    if len(tdef.key_columns) != 1:
+        raise GeoDBError(f"{tdef.name}: paged scans need a table keyed by one column")
+    col = tdef.key_columns[0]
+    if after is None:
+        return col, None
+    return col, normalize_value(tdef.columns[col], after, f"{tdef.name}.{col}")
+
+
 def validate_delete_key(tdef: TableDef, key: Any) -> tuple[dict[str, Any], bool]:
     """A full primary key (row delete) or exactly the partition key (partition delete).
 

@@ -50,6 +50,7 @@ from palomar.geodb.schema import (
     validate_clustering,
     validate_delete_key,
     validate_key,
+    validate_page_after,
     validate_partition,
     validate_timestamp,
     validate_values,
@@ -508,4 +509,16 @@ class SQLiteGeoEngine(GeoEngine):
             return [t.from_sql_row(r) for r in cur.fetchall()]
 
         return run
+
+    async def scan_page(self, table: str, after: Any, limit: int) -> list[Row]:
+        t = self._table(table)
+        col, start = validate_page_after(t.tdef, after)
+        where = t.live if start is None else f"{_q(col)} > ? AND {t.live}"
+        params = [] if start is None else [_to_sql(t.tdef.columns[col], start)]
+        sql = f"SELECT {t.select_list} FROM {t.name} WHERE {where} ORDER BY {t.order_by} LIMIT ?"
+
+        def run(con: sqlite3.Connection) -> list[Row]:
+            return [t.from_sql_row(r) for r in con.execute(sql, [*params, max(limit, 1)]).fetchall()]
+
+        return await self._run(run)
 

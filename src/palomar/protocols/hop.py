@@ -44,6 +44,10 @@ MAX_CLIENT_ID_BYTES = 4096
 TLV_VIA_SITES = 0xEB
 """Site IDs (comma-separated UUIDs) a login was relayed through, proxy to proxy; optional."""
 MAX_VIA_SITES = 8
+TLV_REFERRED = 0xEC
+"""A backend of the receiving site that referred this session (its host, as in the GeoDB), sent
+through that site's load balancer by a proxy that cannot reach the site's backends; optional."""
+MAX_REFERRED_BYTES = 255
 TLV_MAC = 0xEF
 
 PROTOCOLS = ("imap", "pop3", "lmtp", "submission", "sieve", "doveadm")
@@ -78,6 +82,8 @@ class HopRequest:
     """The client's IMAP ID, `encode_client_id` (TLV 0xEA); None when there is none to pass on."""
     via_sites: tuple[str, ...] = ()
     """Sites (UUID text) whose proxies relayed this login here (TLV 0xEB): the site loop guard."""
+    referred: str = ""
+    """The receiving site's backend that referred this session (TLV 0xEC); empty when none did."""
 
     def tlvs(self) -> list[tuple[int, bytes]]:
         """The palomar TLVs, without the MAC, in their canonical order."""
@@ -96,6 +102,8 @@ class HopRequest:
             tlvs.append((TLV_CLIENT_ID, self.client_id))
         if self.via_sites:
             tlvs.append((TLV_VIA_SITES, ",".join(self.via_sites).encode("ascii")))
+        if self.referred:
+            tlvs.append((TLV_REFERRED, self.referred.encode()))
         return tlvs
 
 
@@ -194,6 +202,7 @@ def verify(
             admin=fields.get(TLV_ADMIN),
             client_id=fields.get(TLV_CLIENT_ID),
             via_sites=tuple(fields[TLV_VIA_SITES].decode("ascii").split(",")) if TLV_VIA_SITES in fields else (),
+            referred=fields[TLV_REFERRED].decode() if TLV_REFERRED in fields else "",
         )
     except UnicodeDecodeError as exc:
         raise HopError("hop field is not valid text") from exc
@@ -206,6 +215,9 @@ def verify(
         raise HopError("malformed client ID field")
     if len(request.via_sites) > MAX_VIA_SITES or not all(_is_uuid(s) for s in request.via_sites):
         raise HopError("malformed via-sites field")
+    if TLV_REFERRED in fields and not (0 < len(fields[TLV_REFERRED]) <= MAX_REFERRED_BYTES
+                                       and request.referred.isprintable() and " " not in request.referred):
+        raise HopError("malformed referred-backend field")
     if request.backend_host != own_host:
         raise HopError(f"hop meant for backend {request.backend_host!r}, this is {own_host!r}")
     if request.ttl < 1:

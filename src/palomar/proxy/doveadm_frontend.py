@@ -9,7 +9,6 @@ import asyncio
 import hmac
 import logging
 import socket
-import time
 from collections.abc import Callable
 
 from palomar.auth.passdb import AuthRequest
@@ -123,18 +122,18 @@ async def authenticate(state: ProxyState, conn: ClientConnection, credential: st
     a failure is logged as `refusal` (never with `credential`, which only feeds the penalty's checksum)."""
     address = conn.client[0]
     penalised = state.penalty.enabled and not trusted(address, state.login_trusted)
-    verdict = state.penalty.before_check(address, doveadm.USERNAME.decode(), time.monotonic()) if penalised else None
+    verdict = await state.penalty.before_check(address, doveadm.USERNAME.decode()) if penalised else None
     if verdict is not None and verdict.wait:
         state.metrics.auth_penalty_delayed.inc()
         state.metrics.auth_penalty_seconds.inc(verdict.wait)
         await asyncio.sleep(verdict.wait)  # deliberate: the escalating penalty of this source
     if check():
         if penalised:
-            state.penalty.succeeded(address, doveadm.USERNAME.decode())
+            await state.penalty.succeeded(address, doveadm.USERNAME.decode())
         state.metrics.auth_successes.inc()
         return True
     if verdict is not None:
-        state.penalty.failed(verdict, address, doveadm.USERNAME.decode(), credential, time.monotonic())
+        await state.penalty.failed(verdict, address, doveadm.USERNAME.decode(), credential)
     state.metrics.auth_failures.inc()
     log.warning("session=%s proto=doveadm client=%s: %s", conn.session_id, address, refusal)
     await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing

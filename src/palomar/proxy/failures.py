@@ -3,16 +3,19 @@
 As in Dovecot's login proxy (one `enum login_proxy_failure_type`, worded per protocol by one
 `*_proxy_send_failure_reply` each), the session code speaks one vocabulary — the outcome of a
 login (`AuthFailed`, `NoLogin`, `TempFailed`) and the two ways the proxy ends a session itself
-(inactivity, an internal error) — and only this table turns it into a protocol's words. LMTP has
-no login; its per-recipient replies are in `cluster.lmtp_fanout`. docs/design/failures.md has
-the whole map, the hop's `FAIL` codes and the LMTP replies included.
+(inactivity, an internal error, a refusal, the server's shutdown) — and only this table turns it
+into a protocol's words. LMTP has no login: its row has the closing lines only; its per-recipient
+replies are in `cluster.lmtp_fanout`. docs/design/failures.md has the whole map, the hop's `FAIL`
+codes and the LMTP replies included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
+from palomar.cluster.lmtp_fanout import closing_internal
 from palomar.protocols import imap, managesieve, pop3, submission
 from palomar.proxy.limits import Farewell, smtp_bye
 from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin, TempFailed
@@ -25,16 +28,28 @@ TEMP_UNAVAILABLE = "Account is temporarily unavailable."
 
 @dataclass(frozen=True)
 class Wording:
-    """One protocol's replies. The login replies go through the core's `login_failed(tag, text)`
-    (which adds IMAP's tag); the byes are whole lines, sent just before the proxy closes."""
+    """One protocol's replies. The byes are whole lines, sent just before the connection closes (the
+    SMTP family names the host in them); the login replies go through the core's
+    `login_failed(tag, text)` (which adds IMAP's tag). LMTP has no login: its row has no login
+    replies."""
 
-    auth_failed: str
-    temp_failed: str
-    nologin: Callable[[str], str]
-    timeout_bye: bytes
-    internal_bye: bytes
+    timeout_bye: Callable[[str], bytes]
+    internal_bye: Callable[[str], bytes]
     bye: Callable[[str, Farewell], bytes]
     """The line closing a connection the proxy refuses or gives up on (host name, why)."""
+    shutdown: Callable[[str], bytes]
+    """The line ending a session when the server stops, worded as Dovecot CE words it
+    (`MASTER_SERVICE_SHUTTING_DOWN_MSG`): the proxy's and the backend's relays and front ends."""
+    auth_failed: str | None = None
+    temp_failed: str | None = None
+    nologin: Callable[[str], str] | None = None
+
+
+SHUTTING_DOWN = "Server shutting down"
+
+
+def _smtp_shutdown(host: str) -> bytes:
+    return f"421 4.3.2 {host} {SHUTTING_DOWN}\r\n".encode()
 
 
 WORDING: dict[str, Wording] = {
@@ -42,40 +57,58 @@ WORDING: dict[str, Wording] = {
         auth_failed=imap.AUTH_FAILED,
         temp_failed=f"NO [UNAVAILABLE] {TEMP_UNAVAILABLE}",
         nologin=lambda reason: f"NO [CONTACTADMIN] {reason}",
-        timeout_bye=b"* BYE Disconnected for inactivity.\r\n",
-        internal_bye=f"* BYE [UNAVAILABLE] {INTERNAL_FAILURE}\r\n".encode(),
+        timeout_bye=lambda host: b"* BYE Disconnected for inactivity.\r\n",
+        internal_bye=lambda host: f"* BYE [UNAVAILABLE] {INTERNAL_FAILURE}\r\n".encode(),
         bye=lambda host, farewell: f"* BYE {farewell.text}\r\n".encode(),
+        shutdown=lambda host: f"* BYE {SHUTTING_DOWN}.\r\n".encode(),
     ),
     "pop3": Wording(
         auth_failed=pop3.AUTH_FAILED,
         temp_failed=pop3.TEMP_FAILED,
         nologin=pop3.auth_error,
-        timeout_bye=b"-ERR Disconnected for inactivity.\r\n",
-        internal_bye=f"{pop3.temp_error(INTERNAL_FAILURE)}\r\n".encode(),
+        timeout_bye=lambda host: b"-ERR Disconnected for inactivity.\r\n",
+        internal_bye=lambda host: f"{pop3.temp_error(INTERNAL_FAILURE)}\r\n".encode(),
         bye=lambda host, farewell: f"-ERR {farewell.text}\r\n".encode(),
+        shutdown=lambda host: f"-ERR [SYS/TEMP] {SHUTTING_DOWN}.\r\n".encode(),
     ),
     "submission": Wording(
         auth_failed=submission.AUTH_FAILED,
         temp_failed=submission.TEMP_FAILED,
         nologin=lambda reason: f"535 5.7.8 {reason}",
-        timeout_bye=b"421 4.4.2 Disconnected for inactivity.\r\n",
-        internal_bye=f"421 4.0.0 {INTERNAL_FAILURE}\r\n".encode(),
+        timeout_bye=lambda host: b"421 4.4.2 Disconnected for inactivity.\r\n",
+        internal_bye=lambda host: f"421 4.0.0 {INTERNAL_FAILURE}\r\n".encode(),
         bye=smtp_bye,  # Dovecot's submission-login prefixes its host name (smtp_server_connection_terminate)
+        shutdown=_smtp_shutdown,
+    ),
+    "lmtp": Wording(
+        timeout_bye=lambda host: f"421 4.4.2 {host} Disconnected client for inactivity\r\n".encode(),
+        internal_bye=lambda host: f"{closing_internal(host)}\r\n".encode(),
+        bye=smtp_bye,
+        shutdown=_smtp_shutdown,
     ),
     "sieve": Wording(
         auth_failed=managesieve.AUTH_FAILED,
         temp_failed=managesieve.TEMP_FAILED,
         nologin=lambda reason: managesieve.response("NO", reason, None),
-        timeout_bye=b'BYE "Disconnected for inactivity."\r\n',
-        internal_bye=f"{managesieve.response('BYE', INTERNAL_FAILURE, None)}\r\n".encode(),
+        timeout_bye=lambda host: b'BYE "Disconnected for inactivity."\r\n',
+        internal_bye=lambda host: f"{managesieve.response('BYE', INTERNAL_FAILURE, None)}\r\n".encode(),
         bye=lambda host, farewell: (managesieve.response("BYE", farewell.text) + "\r\n").encode(),
+        shutdown=lambda host: f'BYE "{SHUTTING_DOWN}."\r\n'.encode(),
     ),
 }
+
+
+@cache  # one bytes object per protocol and host, shared by every relayed session
+def shutdown_line(protocol: str, hostname: str) -> bytes:
+    """The shutdown line of a hop protocol (imap, pop3, submission, lmtp, sieve); b"" for others (doveadm)."""
+    wording = WORDING.get(protocol)
+    return wording.shutdown(hostname) if wording is not None else b""
 
 
 def login_failure(protocol: str, outcome: LoginOutcome) -> str:
     """The reply to a login command that did not log the client in."""
     wording = WORDING[protocol]
+    assert wording.auth_failed is not None and wording.temp_failed is not None and wording.nologin is not None, protocol
     if isinstance(outcome, AuthFailed):
         return wording.auth_failed
     if isinstance(outcome, NoLogin):

@@ -9,6 +9,12 @@ so nothing the old backend says afterwards reaches a client. See docs/design/hea
 Two triggers: this proxy taking the backend offline (`BackendHealth`, before the failing login
 is routed again), and every other status change, seen within `FENCE_INTERVAL` plus the router's
 site-view cache time (`fence_loop`).
+
+Sessions relayed to another site's load balancer are not this site's to fence by backend status,
+but when this site's reachability row calls that site unreachable they are cut too, and so are
+the sessions that site's proxies relayed here: on a link that drops packets silently they would
+otherwise hang until TCP gives up (minutes), while their users can already be served in the
+failover site (docs/design/multi-site.md, "A silent partition").
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from uuid import UUID
 
 from palomar.net.relay import Relay
 
@@ -32,13 +39,18 @@ class RelayedSessions:
         self.by_host: dict[str, set[Relay]] = {}
         self.remote: set[str] = set()
         """Hosts that are other sites' load balancers: their backends are not this site's to fence."""
+        self.origin: dict[Relay, UUID] = {}
+        """Sessions another site's proxy relayed here (site hops): the site they came from."""
 
-    def add(self, host: str, relay: Relay, *, remote: bool = False) -> None:
+    def add(self, host: str, relay: Relay, *, remote: bool = False, origin: UUID | None = None) -> None:
         self.by_host.setdefault(host, set()).add(relay)
         if remote:
             self.remote.add(host)
+        if origin is not None:
+            self.origin[relay] = origin
 
     def remove(self, host: str, relay: Relay) -> None:
+        self.origin.pop(relay, None)
         relays = self.by_host.get(host)
         if relays is not None:
             relays.discard(relay)
@@ -61,6 +73,15 @@ class RelayedSessions:
             log.warning("event=proxy_sessions_cut backend_host=%s sessions=%d reason=%r", host, len(relays), reason)
         return len(relays)
 
+    def cut_from(self, site_id: UUID, reason: str) -> int:
+        """Abort every session relayed here from site `site_id`; returns how many."""
+        relays = [relay for relay, origin in self.origin.items() if origin == site_id]
+        for relay in relays:
+            relay.close(by="proxy", abort=True)  # its end callback removes it
+        if relays:
+            log.warning("event=proxy_sessions_cut from_site=%s sessions=%d reason=%r", site_id, len(relays), reason)
+        return len(relays)
+
 
 def cut_unavailable(sessions: RelayedSessions, view: Any) -> int:
     """Cut the sessions of every backend `view` (a SiteView) does not show online; returns how many."""
@@ -74,9 +95,23 @@ def cut_unavailable(sessions: RelayedSessions, view: Any) -> int:
     return cut
 
 
+def cut_unreachable_sites(sessions: RelayedSessions, state: Any) -> int:
+    """Cut the sessions relayed to the load balancer of every site `state` (a SiteState) calls
+    unreachable, and those relayed here from such a site; returns how many."""
+    cut = 0
+    for site in state.sites:
+        if site.id not in state.unreachable:
+            continue
+        why = f"site {site.name} is unreachable"
+        if site.load_balancer in sessions.remote:
+            cut += sessions.cut(site.load_balancer, why)
+        cut += sessions.cut_from(site.id, why)
+    return cut
+
+
 async def fence_loop(sessions: RelayedSessions, router: Any, interval: float = FENCE_INTERVAL) -> None:
     """Every `interval`, cut the sessions of backends the GeoDB no longer shows online (someone
-    else set them offline or standby, or removed them)."""
+    else set them offline or standby, or removed them), and those relayed to unreachable sites."""
     while True:
         await asyncio.sleep(interval)
         if not sessions.by_host:
@@ -86,5 +121,11 @@ async def fence_loop(sessions: RelayedSessions, router: Any, interval: float = F
         except Exception as exc:  # the GeoDB may be briefly unreachable: keep the sessions, try again
             log.warning("checking the backends of relayed sessions failed: %s", exc)
             continue
-        if view is not None:
-            cut_unavailable(sessions, view)
+        if view is None:
+            continue
+        cut_unavailable(sessions, view)
+        if sessions.remote or sessions.origin:
+            try:
+                cut_unreachable_sites(sessions, await router.site_state(view.site.id))
+            except Exception as exc:  # as above
+                log.warning("checking the sites of relayed sessions failed: %s", exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from palomar.cluster.routing import MAX_REFERRAL_HOPS
 from palomar.logsafe import safe
@@ -71,6 +71,8 @@ class HopTarget:
     VERSION line and the command line), which the backend checks before it answers."""
     via_sites: tuple[str, ...] = ()
     """Sites whose proxies relayed this login (set when the hop goes to another site's load balancer)."""
+    referred: str = ""
+    """A backend of that other site that referred the session: its proxy hands the session there."""
 
 
 def split_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -102,8 +104,10 @@ class HopClient:
         """`cluster_hop_answer_timeout`: from the backend's challenge until its one-line reply."""
 
     def with_timeout(self, timeout: float) -> HopClient:
-        """The same hop settings with another answer timeout (probes have their own)."""
-        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=self.connect_timeout,
+        """The same hop settings for a probe that may take `timeout`: the answer waits that long, and
+        the connect (TCP and TLS handshake) no longer than that either, so a probe into a network that
+        drops packets silently is over in time even when `cluster_hop_connect_timeout` is longer."""
+        return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=min(self.connect_timeout, timeout),
                          answer_timeout=timeout, sessions=self.sessions)
 
     async def _open(self, host: str) -> Link | HopFailed:
@@ -125,6 +129,7 @@ class HopClient:
             user=target.user, protocol=target.protocol, session_id=target.session_id, backend_host=host,
             client=target.client, local=target.local, client_tls=target.client_tls, ttl=ttl,
             client_id=hop.encode_client_id(target.client_id), admin=target.admin, via_sites=target.via_sites,
+            referred=target.referred,
         )
         try:
             async with asyncio.timeout(self.answer_timeout):
@@ -175,6 +180,7 @@ class HopClient:
                 return HopFailed(host, "proxy_dest_redirected", f"referral loop via {reply.host}")
             visited.append(reply.host)
             host = reply.host
+            target = replace(target, referred="")  # it named a backend of the site that referred us on
             ttl -= 1
         return HopFailed(host, "proxy_dest_redirected", "too many referrals")
 

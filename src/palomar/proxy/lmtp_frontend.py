@@ -36,9 +36,9 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
-from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.protocols.subaddress import delivery_address, split_detail
+from palomar.proxy.failures import WORDING
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import HopFailed, HopTarget
 from palomar.proxy.limits import smtp_bye
@@ -77,7 +77,7 @@ async def serve_lmtp(state: ProxyState, sock: socket.socket, *, haproxy: bool, s
         conn.link.abort()
     except Exception as exc:  # the session's boundary: a 421 (the MTA retries what is open), log once
         log_failure(log, f"session={conn.session_id} proto=lmtp", exc)
-        conn.link.write(f"{fan.closing_internal(session.core.hostname)}\r\n".encode())
+        conn.link.write(WORDING["lmtp"].internal_bye(session.core.hostname))
         conn.link.close()
     finally:
         session.close_legs()
@@ -123,11 +123,11 @@ class LmtpProxySession:
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     data = await self.state.drain.read(link, stoppable=not self.core.in_transaction)
             except ShuttingDown:
-                link.write(shutdown_line("lmtp", self.core.hostname))
+                link.write(WORDING["lmtp"].shutdown(self.core.hostname))
                 link.close()
                 return
             except TimeoutError:
-                link.write(f"421 4.4.2 {self.core.hostname} Disconnected client for inactivity\r\n".encode())
+                link.write(WORDING["lmtp"].timeout_bye(self.core.hostname))
                 link.close()
                 return
             if not data:
@@ -247,24 +247,41 @@ class LmtpProxySession:
             host = step.host
 
     async def deliver_other_site(self, address: str, user: str, site: Site, rcpt_address: str) -> str:
-        """Give the recipient to its site's load balancer, on a leg of its own (proxy/site_hop.py)."""
-        if not site.load_balancer:
+        """Give the recipient to its site's load balancer, on a leg of its own (proxy/site_hop.py).
+
+        A backend there may refer the recipient (a move in that site, or its proxy's stale cache).
+        This proxy cannot reach that site's backends, so it asks the same load balancer again,
+        naming the referred backend in the hop: as for a backend of its own, at most
+        MAX_REFERRAL_HOPS referrals per recipient and never a backend twice.
+        """
+        lb = site.load_balancer
+        if not lb:
             return self.denied(address, fan.proxy_failed(address, f"site {site.name} has no load balancer"), "")
-        leg = await self.leg_for(site.load_balancer, user, site)
-        if isinstance(leg, HopFailed):
-            return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), site.load_balancer)
-        assert self.fanout is not None
-        reply = await leg.rcpt(rcpt_address)
-        if reply is None:
-            self.drop_leg(leg)
-            return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), leg.name)
-        if fan.parse_referral(reply) is not None:  # a move in the other site: that site's proxies follow it
-            return self.denied(address, fan.proxy_failed(address, f"referred within site {site.name}"), leg.name)
-        client_reply = fan.rcpt_reply(address, reply)
-        if reply.positive:
-            self.fanout.accept(address, user, leg.name)
-            return client_reply
-        return self.denied(address, client_reply, leg.name)
+        visited = [lb]
+        referred = ""
+        while True:
+            leg = await self.leg_for(lb, user, site, referred)
+            if isinstance(leg, HopFailed):
+                return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), lb)
+            assert self.fanout is not None
+            reply = await leg.rcpt(rcpt_address)
+            if reply is None:
+                self.drop_leg(leg)
+                return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), leg.name)
+            target = fan.parse_referral(reply)
+            if target is None:
+                client_reply = fan.rcpt_reply(address, reply)
+                if reply.positive:
+                    self.fanout.accept(address, user, leg.name)
+                    return client_reply
+                return self.denied(address, client_reply, leg.name)
+            log.info("session=%s rcpt=%s referred within site %s to %s", self.conn.session_id, safe(address),
+                     site.name, safe(target))
+            step = fan.follow_referral(visited, target)
+            if isinstance(step, fan.GiveUp):
+                return self.denied(address, fan.proxy_failed(address, step.reason), leg.name)
+            visited.append(step.host)
+            referred = step.host
 
     async def _route_again(self, user: str, host_override: str | None) -> str | None:
         try:
@@ -283,19 +300,20 @@ class LmtpProxySession:
             log.warning("backend health update for %s failed: %s", failed.host, exc)
             return False
 
-    async def leg_for(self, host: str, user: str, site: Site | None = None) -> LmtpLeg | HopFailed:
+    async def leg_for(self, host: str, user: str, site: Site | None = None, referred: str = "") -> LmtpLeg | HopFailed:
         """This session's leg to `host`, opened (hop, LHLO) if needed, inside the current transaction.
 
         With `site`, `host` is that site's load balancer and the leg carries this one user's
-        recipients (the remote proxy routed the leg by its user), named `"<lb> <user>"`.
+        recipients (the remote proxy routed the leg by its user), named `"<lb> <user>"`; with
+        `referred` too, the remote proxy hands it to that backend, named `"<lb> <user> <backend>"`.
         """
-        name = host if site is None else f"{host} {user}"
+        name = _leg_name(host, site, user, referred)
         leg = self.legs.get(name)
         if leg is not None and not leg.usable:
             self.drop_leg(leg)
             leg = None
         if leg is None:
-            opened = await self.open_leg(host, user, site)
+            opened = await self.open_leg(host, user, site, referred)
             if isinstance(opened, HopFailed):
                 return opened
             leg = self.legs[name] = opened
@@ -303,11 +321,11 @@ class LmtpProxySession:
             leg.begin(self.sender, self.mail_params)
         return leg
 
-    async def open_leg(self, host: str, user: str, site: Site | None = None) -> LmtpLeg | HopFailed:
+    async def open_leg(self, host: str, user: str, site: Site | None = None, referred: str = "") -> LmtpLeg | HopFailed:
         conn = self.conn
         via = (str(self.state.site_id),) if site is not None and self.state.site_id is not None else ()
         target = HopTarget(user=user, protocol="lmtp", session_id=conn.session_id, client=conn.client,
-                           local=conn.local, client_tls=conn.tls, via_sites=via)
+                           local=conn.local, client_tls=conn.tls, via_sites=via, referred=referred)
         outcome = await self.state.hops.connect(host, target, on_redirect=self.state.count_redirect)
         if isinstance(outcome, HopFailed):
             self.state.count_failure(outcome.host, outcome.error_code, login=False)
@@ -315,7 +333,8 @@ class LmtpProxySession:
                         safe(outcome.text))
             return outcome
         client = LmtpClient(lhlo_name=self.core.lhlo_name or "unknown")
-        leg = LmtpLeg(outcome.host if site is None else f"{outcome.host} {user}", outcome.link, client,
+        name = _leg_name(outcome.host, site, user, referred)
+        leg = LmtpLeg(name, outcome.link, client,
                       timeout=LEG_TIMEOUT)
         leg.feed(outcome.leftover)
         if not await leg.handshake():
@@ -424,6 +443,12 @@ class LmtpProxySession:
         log.info("event=smtp_server_transaction_rcpt_finished session=%s rcpt=%s dest_host=%s status_code=%d "
                  "enhanced_code=%s%s", self.conn.session_id, safe(address), host or "-", event.status_code,
                  event.enhanced_code, f" error={safe(repr(event.error))}" if event.error else "")
+
+
+def _leg_name(host: str, site: Site | None, user: str, referred: str) -> str:
+    """A backend's leg is named by its host; a leg to another site's load balancer carries one user
+    (and maybe the referred backend there): `<lb> <user>` or `<lb> <user> <backend>`."""
+    return host if site is None else " ".join(filter(None, (host, user, referred)))
 
 
 def _hop_detail(failed: HopFailed) -> str:

@@ -100,6 +100,15 @@ async def perform_login(state: ProxyState, attempt: LoginAttempt) -> tuple[Login
         return TempFailed("internal_failure", "internal error"), attempt.username
 
 
+def penalty_name(passdb: object, username: str) -> str:
+    """The name a user's penalty is kept under: the name after `auth_username_format` (and
+    `auth_username_chars`), as Dovecot's auth process uses it, so `Alice@Example` and `alice@example`
+    (or, with `%Ln`, every domain of alice) share one record; a name the passdb refuses keeps its
+    lower-cased self."""
+    normalize = getattr(passdb, "normalize_username", None)
+    return (normalize(username) if normalize is not None else None) or username.lower()
+
+
 async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome, str]:
     request = AuthRequest(
         username=attempt.username, password=attempt.password, service=attempt.protocol,
@@ -107,8 +116,8 @@ async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome
         mechanism=attempt.mechanism,
     )
     penalised = state.penalty.enabled and not trusted(attempt.client[0], state.login_trusted)
-    verdict = state.penalty.before_check(attempt.client[0], attempt.username.lower(), time.monotonic()) \
-        if penalised else None
+    penalty_user = penalty_name(state.passdb, attempt.username)
+    verdict = await state.penalty.before_check(attempt.client[0], penalty_user) if penalised else None
     if verdict is not None and verdict.wait:
         state.metrics.auth_penalty_delayed.inc()
         state.metrics.auth_penalty_seconds.inc(verdict.wait)
@@ -116,13 +125,12 @@ async def _login(state: ProxyState, attempt: LoginAttempt) -> tuple[LoginOutcome
     result = await state.passdb.authenticate(request)
     if result.status in ("failed", "unknown_user"):
         if verdict is not None:
-            state.penalty.failed(verdict, attempt.client[0], attempt.username.lower(), attempt.password,
-                                 time.monotonic())
+            await state.penalty.failed(verdict, attempt.client[0], penalty_user, attempt.password)
         state.metrics.auth_failures.inc()
         await asyncio.sleep(state.auth_failure_delay)  # deliberate: slows password guessing
         return AuthFailed(result.reason or result.status.replace("_", " ")), attempt.username
     if penalised and result.status in ("ok", "nologin"):
-        state.penalty.succeeded(attempt.client[0], attempt.username.lower())
+        await state.penalty.succeeded(attempt.client[0], penalty_user)
     if result.status == "nologin":
         await asyncio.sleep(state.auth_failure_delay)
         return NoLogin(result.reason or "Login disabled."), result.user

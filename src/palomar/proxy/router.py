@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from palomar.cluster import codec
+from palomar.cluster.cache_lifetime import group_cache_lifetime
 from palomar.cluster.director_transition import DirectorTransition
 from palomar.cluster.model import Group, GroupSite, Site, SiteView, User, UserSite
 from palomar.cluster.routing import LoginDecision, OtherSite, Routed, Unavailable, group_of, route_login
@@ -111,7 +112,9 @@ class Router:
         authority (`geodb refresh` from another process clears it): a memo entry is used only
         while its text is exactly what the LocalDB holds now. The values are frozen dataclasses."""
 
-    async def _cached(self, key: str, load, fetch, *, memo: bool = False):
+    async def _cached(self, key: str, load, fetch, *, memo: bool = False, lifetime=None):
+        """`key` from the LocalDB cache, else `fetch()`ed and cached for `lifetime(value)` seconds
+        (default `cache_ttl`)."""
         now = int(self.clock())
         text = self.cache.cache_get(key, now)
         if text is not None:
@@ -130,11 +133,12 @@ class Router:
                     raise
                 self.stale_reads += 1
                 return load(text)  # not memoised and not re-cached: it must not look fresh
+            ttl = self.cache_ttl if lifetime is None else lifetime(value)
             if not memo:
-                self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, now)
+                self.cache.cache_put(key, codec.dumps(value), ttl, now)
                 return value
             text = codec.dumps(value)
-            self.cache.cache_put(key, text, self.cache_ttl, now)
+            self.cache.cache_put(key, text, ttl, now)
         if len(self._decoded) >= DECODED_LIMIT:
             self._decoded.clear()
         self._decoded[key] = (text, value)
@@ -150,8 +154,8 @@ class Router:
         assert entry is not None
         return entry.text
 
-    def _remember(self, key: str, value: Any) -> None:
-        self.cache.cache_put(key, codec.dumps(value), self.cache_ttl, int(self.clock()))
+    def _remember(self, key: str, value: Any, ttl: int | None = None) -> None:
+        self.cache.cache_put(key, codec.dumps(value), self.cache_ttl if ttl is None else ttl, int(self.clock()))
 
     def invalidate(self, *keys: str) -> None:
         for key in keys:
@@ -180,7 +184,8 @@ class Router:
 
     async def group(self, site_id: UUID, name: str) -> Group | None:
         return await self._cached(f"group/{site_id}/{name}", codec.load_group,
-                                  lambda: self.geodb.group_get(site_id, name), memo=True)
+                                  lambda: self.geodb.group_get(site_id, name), memo=True,
+                                  lifetime=lambda group: group_cache_lifetime(group, self.cache_ttl))
 
     async def group_site(self, group_name: str, site_id: UUID) -> GroupSite | None:
         return await self._cached(f"group_site/{group_name}/{site_id}", codec.load_group_site,
@@ -252,7 +257,8 @@ class Router:
                 log.info("group %s failed over to backend %s", new.name, new.backend_id)
                 await self._record_move(view, write.expect_backend_id, new.backend_id)
         if applied:
-            self._remember(key, new)  # what we wrote is what the next login (or an outage) needs
+            # what we wrote is what the next login (or an outage) needs
+            self._remember(key, new, group_cache_lifetime(new, self.cache_ttl))
         else:
             self.invalidate(key)
         return applied

@@ -34,8 +34,9 @@ from palomar.proxy.failures import WORDING
 from palomar.proxy.fence import fence_loop
 from palomar.proxy.hop_client import HopClient, split_host_port
 from palomar.proxy.imap_frontend import ImapAdapter
-from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits, smtp_bye
+from palomar.proxy.limits import QUEUE_FULL, ConnectionLimits
 from palomar.proxy.lmtp_frontend import lmtp_handler, lmtp_hostname
+from palomar.proxy.penalty_link import LocalPenalty, SharedPenalty
 from palomar.proxy.pop3_frontend import Pop3Adapter
 from palomar.proxy.probes import start_backend_checks, start_capability_learning
 from palomar.proxy.router import Router
@@ -47,6 +48,7 @@ from palomar.proxy.state import ProxyMetrics, ProxyState
 from palomar.proxy.submission_frontend import SubmissionAdapter
 from palomar.proxy.workers import WorkerRole, per_worker_ip_limit, worker_metrics_address
 from palomar.service_runtime import (
+    geodb_available_gauge,
     open_geodb,
     open_localdb,
     reload_server_tls,
@@ -126,10 +128,7 @@ def auth_cache(cfg: Config) -> AuthCache | None:
 
 async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
     registry = Registry(dovecot_prefix=cfg["metrics_prefix"])
-    available = registry.gauge("geodb_available", "1 while the GeoDB answers; 0 while this proxy routes from "
-                               "its cache (docs/design/geodb-outage.md)")
-    available.set(1.0)
-    geodb = await open_geodb(cfg, on_change=lambda ok: available.set(1.0 if ok else 0.0))
+    geodb = await open_geodb(cfg, on_change=geodb_available_gauge(registry, "proxy routes from its cache"))
     localdb = open_localdb(cfg)
     router = Router(geodb, localdb, site_name=cfg["cluster_local_site"],
                     group_count=cfg["cluster_default_group_count"], max_stale=cfg["cluster_geodb_stale_max"],
@@ -160,8 +159,7 @@ async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
                                 per_worker_ip_limit(cfg["login_max_ip_connections"], role.count),
                                 setting=cfg["login_max_ip_connections"]),
         worker=role,
-        penalty=AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
-                            per_user=cfg["auth_penalty_per_user"]),
+        penalty=LocalPenalty(penalty_table(cfg)),
         max_auth_failures=cfg["login_max_auth_failures"],
         doveadm_password=cfg["doveadm_password"],
         doveadm_api_key=cfg["doveadm_api_key"],
@@ -224,10 +222,20 @@ def start_site_listener(state: ProxyState, address: str, tls, sock: socket.socke
     return loop
 
 
+def penalty_table(cfg: Config) -> AuthPenalty:
+    """The auth penalty table of a proxy: in the process, or in the parent of its workers."""
+    return AuthPenalty(PenaltyPolicy(cfg["auth_penalty_max_delay"]), max_entries=cfg["auth_penalty_max_sources"],
+                       per_user=cfg["auth_penalty_per_user"])
+
+
 async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None,
-                    sockets: dict[str, socket.socket] | None = None, role: WorkerRole = SINGLE) -> None:
-    """One proxy process: the only one (the default), or worker `role` of a parent that opened `sockets`."""
+                    sockets: dict[str, socket.socket] | None = None, role: WorkerRole = SINGLE,
+                    penalty_link: socket.socket | None = None) -> None:
+    """One proxy process: the only one (the default), or worker `role` of a parent that opened `sockets`
+    and holds the auth penalty table at the other end of `penalty_link`."""
     state = await build_state(cfg, role)
+    if penalty_link is not None:
+        state.penalty = await SharedPenalty.connect(penalty_link, penalty_table(cfg))
     site_listen = cfg["cluster_proxy_site_listen"]
     site_tls = hop_server_context(cfg) if site_listen else None  # a missing certificate stops the start here
     await state.passdb.warm()  # a large passwd-file is indexed before the first client arrives
@@ -242,7 +250,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None,
             busy = b""  # Dovecot's doveadm has no refusal line either
         elif adapter is None:
             handler = lmtp_handler(state, cfg, listener)
-            busy = smtp_bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
+            busy = WORDING["lmtp"].bye(lmtp_hostname(state.proxy_host), QUEUE_FULL)
         else:
             handler = partial(serve, state, service=service_name, adapter=adapter, haproxy=listener.haproxy,
                               ssl=listener.ssl)

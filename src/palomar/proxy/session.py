@@ -19,9 +19,8 @@ from palomar.logsafe import safe
 from palomar.metrics.registry import Counter
 from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
-from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.client_info import note_client_info
-from palomar.proxy.failures import WORDING, failure_reason, login_failure
+from palomar.proxy.failures import WORDING, failure_reason, login_failure, shutdown_line
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established
@@ -108,7 +107,7 @@ async def serve(state: ProxyState, sock: socket.socket, *, service: str, adapter
         conn.link.abort()
     except Exception as exc:  # the session's boundary: answer, log once, close the transport
         log_failure(log, f"session={conn.session_id} proto={adapter.protocol}", exc)
-        conn.link.write(WORDING[adapter.protocol].internal_bye)
+        conn.link.write(WORDING[adapter.protocol].internal_bye(state.proxy_host))
         conn.link.close()
     finally:
         if not conn.relaying:
@@ -126,7 +125,7 @@ async def _session(state: ProxyState, conn: ClientConnection, adapter: Adapter, 
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            link.write(WORDING[adapter.protocol].timeout_bye)
+            link.write(WORDING[adapter.protocol].timeout_bye(state.proxy_host))
             link.close()
             return
         try:

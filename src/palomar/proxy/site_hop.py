@@ -6,7 +6,9 @@ passes the bytes to one of the site's proxies, which arrives here. This proxy ro
 with its own view (the same `route_login`), opens the hop to its backend, answers the calling
 proxy with the backend's reply and relays bytes both ways. The caller then sees the remote
 site exactly as it sees a backend: for IMAP, POP3, Submission and ManageSieve the login, for
-LMTP the leg of one recipient (the backend checks every recipient again).
+LMTP the leg of one recipient (the backend checks every recipient again; a backend that refers
+it is named in the caller's next hop, TLV 0xEC), for doveadm one command for one user (the two
+lines after the header, checked and passed on as they came).
 
 Loop guard: the hop carries the sites it passed through (TLV 0xEB, under the MAC, so only
 holders of the secret can set it). A user this site would send on to a site already passed
@@ -26,12 +28,13 @@ from uuid import UUID
 from palomar.boundary import log_failure
 from palomar.cluster.site_selection import follow_site
 from palomar.logsafe import safe
+from palomar.net.doveadm_hop import read_payload
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay
-from palomar.protocols import hop
+from palomar.protocols import doveadm, hop
 from palomar.protocols.proxyproto import ProxyProtocolError
-from palomar.protocols.shutdown import shutdown_line
+from palomar.proxy.failures import shutdown_line
 from palomar.proxy.hop_client import HopFailed, HopTarget
 
 log = logging.getLogger("palomar.proxy")
@@ -111,9 +114,16 @@ async def _site_hop(state, link: Link, peer: str) -> None:
     if request.admin is not None:
         _refuse(link, _site_ping(view, request.admin))
         return
-    if request.protocol == "doveadm":
-        _refuse(link, hop.Failure("protocol", "doveadm is not relayed between sites"))
-        return
+    payload = b""
+    if request.protocol == "doveadm":  # the command follows the header: checked, then passed on as it came
+        try:
+            payload = (await read_payload(link, request.user)).raw
+        except (TimeoutError, doveadm.DoveadmProtocolError) as exc:
+            log.warning("session=%s user=%s proto=doveadm site hop refused: %s", request.session_id,
+                        safe(request.user), "no doveadm command in time" if isinstance(exc, TimeoutError)
+                        else safe(str(exc)))
+            _refuse(link, hop.Failure("protocol", "bad doveadm command"))
+            return
     visited = [UUID(s) for s in request.via_sites]
     if state.site_id is not None:
         visited.append(state.site_id)
@@ -128,14 +138,22 @@ async def _site_hop(state, link: Link, peer: str) -> None:
         log.info("session=%s user=%s referred to site %s", request.session_id, safe(request.user), route.site.name)
         _refuse(link, hop.Referral(route.site.load_balancer, f"site {route.site.name}"))
         return
-    if route.host is None:
+    host = route.host
+    if request.referred:  # a backend of this site referred the caller: it knows better than our cache
+        if view is None or view.backend_by_host(request.referred) is None:
+            _refuse(link, hop.Failure("unavailable", f"referred to {request.referred}, not a backend of this site"))
+            return
+        host = request.referred
+        log.info("session=%s user=%s sent to %s, the backend of this site that referred it", request.session_id,
+                 safe(request.user), safe(host))
+    if host is None:
         _refuse(link, hop.Failure("unavailable", route.reason or "no backend"))
         return
     target = HopTarget(user=request.user, protocol=request.protocol, session_id=request.session_id,
                        client=request.client, local=request.local, client_tls=request.client_tls,
                        client_id=(hop.decode_client_id(request.client_id) or ()) if request.client_id else (),
-                       via_sites=tuple(str(s) for s in visited))
-    outcome = await state.hops.connect(route.host, target, on_redirect=state.count_redirect)
+                       via_sites=tuple(str(s) for s in visited), payload=payload)
+    outcome = await state.hops.connect(host, target, on_redirect=state.count_redirect)
     if isinstance(outcome, HopFailed):
         state.count_failure(outcome.host, outcome.error_code, login=request.protocol != "lmtp")
         _refuse(link, hop.Failure(_FAILURES.get(outcome.error_code, "unavailable"), outcome.text))
@@ -149,6 +167,6 @@ async def _site_hop(state, link: Link, peer: str) -> None:
     host = outcome.host
     relay = Relay(caller, backend, lambda _stats: state.sessions.remove(host, relay),
                   shutdown_line(request.protocol, state.proxy_host))
-    state.sessions.add(host, relay)
+    state.sessions.add(host, relay, origin=UUID(request.via_sites[-1]) if request.via_sites else None)
     relay.start(client_pending=link.take_buffer(), server_pending=outcome.leftover + outcome.link.take_buffer(),
                 client_eof=link.eof, server_eof=outcome.link.eof)

@@ -110,9 +110,12 @@ class SiteProber:
         return answers
 
     async def loop(self) -> None:
+        """Probe every `probe_interval` from start to start: a probe that waited out its timeout on a
+        silent link does not push the next one back, so the reports stay fresh and the windows hold."""
         while True:
+            started = time.monotonic()
             try:
                 await self.run_once()
             except Exception as exc:  # a GeoDB outage or a bug must not stop the probing
                 log.warning("site probes failed: %s", exc)
-            await asyncio.sleep(self.windows.probe_interval)  # the probe period
+            await asyncio.sleep(max(0.0, self.windows.probe_interval - (time.monotonic() - started)))  # the period

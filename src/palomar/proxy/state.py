@@ -19,6 +19,7 @@ from palomar.proxy.capabilities import SiteCapabilities
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.hop_client import HopClient
 from palomar.proxy.limits import ConnectionLimits
+from palomar.proxy.penalty_link import LocalPenalty, Penalty
 from palomar.proxy.workers import WorkerRole
 
 log = logging.getLogger("palomar.proxy")
@@ -114,8 +115,9 @@ class ProxyState:
     sessions: RelayedSessions = field(default_factory=RelayedSessions)
     """The relayed client sessions by backend host, so a backend's can be cut (proxy/fence.py)."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits({}, 0))
-    penalty: AuthPenalty = field(default_factory=lambda: AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
-                                                                     per_user=False))
+    penalty: Penalty = field(default_factory=lambda: LocalPenalty(AuthPenalty(PenaltyPolicy(0.0), max_entries=1,
+                                                                              per_user=False)))
+    """This process's table, or the proxy parent's when it runs workers (proxy/penalty_link.py)."""
     capabilities: SiteCapabilities = field(default_factory=SiteCapabilities)
     """The pre-login capability lists offered to clients, learnt from the site's backends."""
     doveadm_password: str = field(default="", repr=False)

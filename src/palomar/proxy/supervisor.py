@@ -3,7 +3,8 @@
 It opens every listening socket once and starts the workers with those sockets inherited, so all
 of them accept on the same queue; it restarts a worker that dies (with backoff) without the port
 ever closing, passes SIGHUP on, and on SIGTERM lets every worker drain and waits for them. It also
-serves the proxy's `/metrics` port, adding up what the workers serve on their own UNIX sockets.
+serves the proxy's `/metrics` port, adding up what the workers serve on their own UNIX sockets, and
+holds the proxy's auth penalty table, which every worker asks (proxy/penalty_link.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from palomar.config import Config
 from palomar.metrics.http import scrape_unix, serve_stats
 from palomar.net.drain import FLUSH_GRACE, LOGIN_GRACE
+from palomar.proxy.penalty_link import PENALTY_ENV, serve_worker
 from palomar.proxy.workers import Backoff, WorkerRole, merge_expositions, worker_metrics_address
 from palomar.service_runtime import stop_signal
 
@@ -79,6 +81,10 @@ class Supervisor:
         self.stopping = False
         self.failed_start: str | None = None
         self.fatal = asyncio.Event()
+        from palomar.proxy.service import penalty_table
+
+        self.penalty = penalty_table(cfg)
+        """The proxy's one auth penalty table, asked by every worker (as Dovecot's anvil)."""
 
     def _signal_all(self, sig: signal.Signals) -> int:
         sent = 0
@@ -95,13 +101,20 @@ class Supervisor:
     async def _keep(self, slot: Slot, sockets: str, fds: list[int]) -> None:
         """Run the worker of `slot` until the proxy stops; start it again when it dies."""
         while not self.stopping:
-            env = {**os.environ, ROLE_ENV: slot.role.encode(), SOCKETS_ENV: sockets}
+            ours, theirs = socket.socketpair()  # the worker's link to the auth penalty table
+            env = {**os.environ, ROLE_ENV: slot.role.encode(), SOCKETS_ENV: sockets, PENALTY_ENV: str(theirs.fileno())}
             started = time.monotonic()
             slot.starts += 1
-            slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "palomar", "proxy", "-c", self.config_path, env=env, pass_fds=fds)
+            try:
+                slot.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "palomar", "proxy", "-c", self.config_path, env=env,
+                    pass_fds=[*fds, theirs.fileno()])
+            finally:
+                theirs.close()
+            link = asyncio.create_task(serve_worker(self.penalty, ours))
             log.info("worker %d started, pid %d", slot.role.index, slot.proc.pid)
             status = await slot.proc.wait()
+            link.cancel()
             if self.stopping:
                 return
             if status == STARTUP_FAILED and slot.starts == 1:  # a restart meeting a GeoDB outage retries

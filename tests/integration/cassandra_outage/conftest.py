@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cassandra_outage.netns import CASSANDRA_BASE, DC1_NODES, DC2_NODE, DC2_SITE, TwoSites
+from netns_tools import wait_for
 
 from palomar.devcluster.cassandra import datacenters_settled
 
@@ -71,16 +71,6 @@ class Nodes:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(self.pid(n), signal.SIGCONT)
         self.script("stop", "--timeout", "20")
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
-    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 @dataclass

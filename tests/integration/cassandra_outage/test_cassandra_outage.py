@@ -16,7 +16,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-from cassandra_outage.conftest import DC1_NODES, DC2_NODE, KEYSPACE, REPO, Outage, Site, wait_for
+from cassandra_outage.conftest import DC1_NODES, DC2_NODE, KEYSPACE, REPO, Outage, Site
+from netns_tools import wait_for
 from test_store_failures import LOGINS
 
 from palomar.cluster.model import Tag

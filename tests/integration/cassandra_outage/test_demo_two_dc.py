@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns_tools import add_namespace
-from site_pair import run_in, wait_for
+from netns_tools import add_namespace, wait_for
+from site_pair import run_in
 from test_demo import Demo
 
 from palomar.devcluster.cluster import shared_dir_for

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 from cassandra_outage.conftest import DC1_NODES, DC2_NODE, Outage
-from site_pair import SitePair, run_in, wait_for
+from netns_tools import wait_for
+from site_pair import SitePair, run_in
 
 from palomar.cluster.hashing import force_move_bucket
 from palomar.cluster.model import ForceMove
@@ -49,10 +50,6 @@ replication to the other, and the proxies' cache lifetime (3 s)."""
 DC1_USER, DC2_USER = "user1@example.test", "user2@example.test"
 CONFLICTED = "user11@example.test"
 """A user no test logs in: both sides write its row during the partition."""
-
-acked: list[str] = []
-"""Message-IDs every LMTP delivery of this module was acknowledged with (counted at the end)."""
-
 
 @pytest.fixture(scope="module")
 def sites(outage: Outage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SitePair]:
@@ -82,12 +79,6 @@ def sites(outage: Outage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         for cluster in reversed(started):
             cluster.stop()
-
-
-def deliver(sites: SitePair, entry: str, user: str) -> None:
-    message_id = sites.deliver(entry, user)
-    assert message_id is not None, (entry, user)
-    acked.append(message_id)
 
 
 def both_views(sites: SitePair, read: str, *args: str) -> tuple[object, object]:
@@ -135,7 +126,7 @@ def test_every_user_lands_in_its_site_through_either_load_balancer(sites: SitePa
     for user in (u.name for u in sites.dc1.users):
         for entry in ("DC1", "DC2"):
             assert sites.lands(entry, user, home_site_of(user)), (user, entry)
-            deliver(sites, entry, user)
+            sites.deliver_acked(entry, user)
     for user in (u.name for u in sites.dc1.users):  # the mail of each user through both sites: in its site's store
         assert len(sites.stored_in(home_site_of(user), user)) == 2, user
 
@@ -182,17 +173,17 @@ def test_a_cut_between_the_datacenters_keeps_both_sites_serving_and_converges(si
     # each side keeps serving its own users at once, logins and mail
     assert sites.lands("DC1", DC1_USER, "DC1")
     assert sites.lands("DC2", DC2_USER, "DC2")
-    deliver(sites, "DC1", DC1_USER)
-    deliver(sites, "DC2", DC2_USER)
+    sites.deliver_acked("DC1", DC1_USER)
+    sites.deliver_acked("DC2", DC2_USER)
     # each datacenter's row (written by its own site's proxy) flips after the window
     wait_for(lambda: sites.reachability("DC1")[("DC1", "DC2")] is False, 30, "DC1 to call DC2 unreachable")
     wait_for(lambda: sites.reachability("DC2")[("DC2", "DC1")] is False, 30, "DC2 to call DC1 unreachable")
     wait_for(lambda: sites.lands("DC1", DC2_USER, "DC1"), 30, "DC1 to serve DC2's user")
     failover = time.monotonic() - cut
     wait_for(lambda: sites.lands("DC2", DC1_USER, "DC2"), 30, "DC2 to serve DC1's user")
-    deliver(sites, "DC1", DC2_USER)
-    deliver(sites, "DC2", DC1_USER)
-    deliver(sites, "DC2", DC2_USER)  # split brain: its home site serves it too
+    sites.deliver_acked("DC1", DC2_USER)
+    sites.deliver_acked("DC2", DC1_USER)
+    sites.deliver_acked("DC2", DC2_USER)  # split brain: its home site serves it too
     # the same row written on both sides: the later write must win everywhere once healed
     write_in(sites, "DC1", CONFLICTED, failover_site_group_name="written-in-dc1")
     write_in(sites, "DC2", CONFLICTED, failover_site_group_name="written-in-dc2")
@@ -204,8 +195,8 @@ def test_a_cut_between_the_datacenters_keeps_both_sites_serving_and_converges(si
     wait_for(lambda: sites.lands("DC1", DC2_USER, "DC2"), 60, "DC2's user served at home through DC1")
     wait_for(lambda: sites.lands("DC2", DC1_USER, "DC1"), 60, "DC1's user served at home through DC2")
     home = time.monotonic() - healed
-    deliver(sites, "DC1", DC2_USER)
-    deliver(sites, "DC2", DC1_USER)
+    sites.deliver_acked("DC1", DC2_USER)
+    sites.deliver_acked("DC2", DC1_USER)
 
     # the GeoDB converges: both datacenters answer the same rows, the later conflicting write won
     def converged() -> bool:
@@ -220,12 +211,8 @@ def test_a_cut_between_the_datacenters_keeps_both_sites_serving_and_converges(si
     assert user_sites.keys() == {"DC1", "DC2"}, user_sites  # type: ignore[union-attr]
 
     # one backend per user within each site over the whole module; no move; every acked message stored once
-    for (site, user), backends in sites.served().items():
-        assert len(backends) == 1, (site, user, backends)
-    moves = sites.moves() - moves_before
-    assert moves == 0
-    stored = [m for u in (u.name for u in sites.dc1.users) for m in sites.stored(u)]
-    assert sorted(stored) == sorted(acked)
+    sites.check_consistent(moves_before)
     print(f"\nmeasured on Cassandra: cut->failover service {failover:.1f}s, heal->users home {home:.1f}s, "
-          f"heal->GeoDB converged {geodb:.1f}s, moves {moves}, acknowledged messages {len(acked)}")
+          f"heal->GeoDB converged {geodb:.1f}s, moves {sites.moves() - moves_before}, "
+          f"acknowledged messages {len(sites.acked)}")
 

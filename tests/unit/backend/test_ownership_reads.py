@@ -1,4 +1,5 @@
-"""The backend's ownership check on every login: fresh GeoDB data, in two engine calls."""
+"""The backend's ownership check on every login: fresh ownership data, in two engine calls; the
+sites table and the reachability rows at most once a second."""
 
 from __future__ import annotations
 
@@ -9,22 +10,36 @@ from typing import Any
 import pytest
 
 from palomar.backend.dovecot_login import DovecotEndpoint
-from palomar.backend.service import BackendState
+from palomar.backend.service import SITES_TTL, BackendState
 from palomar.cluster.model import Backend, Group, Site
 from palomar.cluster.ownership import Own, Refer
+from palomar.geodb.engine import Scan
 from palomar.geodb.repository import GeoDB
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.localdb.store import LocalDB
 
 
 class CountingEngine(SQLiteGeoEngine):
-    """The real SQLite engine, counting the jobs it hands to its worker thread."""
+    """The real SQLite engine, counting the jobs it hands to its worker thread and the full scans."""
 
     jobs = 0
+    scans = 0
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         self.jobs += 1
         return await super()._run(fn, *args)
+
+    async def read_many(self, reads: Any) -> list[Any]:
+        self.scans += sum(1 for r in reads if isinstance(r, Scan))
+        return await super().read_many(reads)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -38,7 +53,7 @@ async def state(tmp_path) -> AsyncIterator[BackendState]:
     await geodb.backend_add(other)
     localdb = LocalDB(str(tmp_path / "localdb.sqlite"))
     backend = BackendState(geodb=geodb, localdb=localdb, name="10.0.0.1", site_name="east", secret=b"s",
-                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"))
+                           dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"), clock=Clock())
     await backend.register()
     yield backend
     localdb.close()
@@ -59,7 +74,7 @@ async def test_owned_user_is_decided_in_two_engine_calls(state: BackendState) ->
 
 
 async def test_fresh_data_every_time(state: BackendState) -> None:
-    """No caching: a group moved to another backend is refused on the very next login."""
+    """Ownership data is never cached: a group moved to another backend is refused on the very next login."""
     assert state.site_id is not None and state.backend_id is not None
     other = next(b for b in await state.geodb.backend_list(state.site_id) if b.id != state.backend_id)
     await state.geodb.group_create_if_absent(Group(state.site_id, "g2", backend_id=state.backend_id))
@@ -75,3 +90,23 @@ async def test_fresh_data_every_time(state: BackendState) -> None:
 async def test_unknown_user_is_not_served(state: BackendState) -> None:
     decision, group, record = await state.ownership_and_user("nobody@example.test")
     assert not isinstance(decision, Own) and group is None and record is None
+
+
+async def test_the_sites_table_is_read_once_a_second_and_ownership_stays_fresh(state: BackendState) -> None:
+    """The sites scan (a range query on Cassandra) is not repeated for every login; a site change
+    reaches the ownership check within SITES_TTL; a group's new backend on the very next login."""
+    assert state.site_id is not None and state.backend_id is not None
+    await state.geodb.group_create_if_absent(Group(state.site_id, "g3", backend_id=state.backend_id))
+    await state.geodb.user_put("carol@example.test", group_name="g3")
+    engine, clock = state.geodb.engine, state.clock
+    assert isinstance(engine, CountingEngine) and isinstance(clock, Clock)
+    before = engine.scans
+    for _ in range(3):
+        assert isinstance((await state.ownership("carol@example.test"))[0], Own)
+    assert engine.scans - before == 1
+    clock.now += SITES_TTL
+    await state.ownership("carol@example.test")
+    assert engine.scans - before == 2
+    other = next(b for b in await state.geodb.backend_list(state.site_id) if b.id != state.backend_id)
+    await state.geodb.group_replace_backend(state.site_id, "g3", other.id, None, expect_backend_id=state.backend_id)
+    assert isinstance((await state.ownership("carol@example.test"))[0], Refer)  # within the second: fresh

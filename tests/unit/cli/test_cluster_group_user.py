@@ -95,6 +95,16 @@ def test_group_update_sticky_flags(groups: Cluster) -> None:
     assert "does not exist" in groups.fails("group", "update", "--sticky-users", "yes", "east", "nope")
 
 
+def test_group_update_refresh_after(groups: Cluster) -> None:
+    groups.ok("group", "update", "--refresh-after", "2", "east", "default-1")
+    assert _group(groups, "east", "default-1").refresh_after == 2
+    assert groups.json("group", "status", "east", "default-1")["refresh_after"] == 2
+    for bad in ("0", "-1", "soon", "2147483648"):
+        assert "refresh-after" in groups.fails("group", "update", "--refresh-after", bad, "east", "default-1")
+    groups.ok("group", "update", "--refresh-after", "default", "east", "default-1")
+    assert _group(groups, "east", "default-1").refresh_after is None
+
+
 def test_group_list_all_site_and_mask(groups: Cluster) -> None:
     groups.ok("site", "init", "east")
     every = groups.json("group", "list")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from uuid import UUID
 
 import pytest
 
 from palomar.cluster.group_size import GroupSizeSettings, next_pass, plan_group_sizes
-from palomar.cluster.model import ForceMove, Site
+from palomar.cluster.model import ForceMove, Site, User
 from palomar.cluster.site_failover import SiteFailoverSettings, SiteLink, plan_site_failover
+from palomar.cluster.site_selection import SiteChoice, SiteState, select_site
 from planner_tables import group
 
 GS = GroupSizeSettings(slack_pct=20, max_planned=1000, per_pass=3)
@@ -75,7 +77,7 @@ def test_a_site_unreachable_long_enough_is_ramped_to_its_failover_site() -> None
     assert plan_site_failover(A, [A, B, C], down, {}, NOW, SF) == []  # not long enough
     down = {C.id: SiteLink(False, NOW - 300)}
     actions = plan_site_failover(A, [A, B, C], down, {}, NOW, SF)
-    assert _kinds(actions) == [("c", "force_move", 25, ("a",))]
+    assert _kinds(actions) == [("c", "force_move", 25, (str(A.id),))]
     # only the failover site (first online by name) acts; b leaves it to a
     assert plan_site_failover(B, [A, B, C], {C.id: SiteLink(False, 0)}, {}, NOW, SF) == []
     # the same outage always gets the same force-move ID (a restarted controller continues it)
@@ -83,21 +85,21 @@ def test_a_site_unreachable_long_enough_is_ramped_to_its_failover_site() -> None
 
 
 def test_the_ramp_rises_one_step_per_interval_up_to_100() -> None:
-    fm = ForceMove(UUID(int=9), 25, ("a",))
+    fm = ForceMove(UUID(int=9), 25, (str(A.id),))
     lost = Site(C.id, "c", force_move=fm)
     down = {C.id: SiteLink(False, 0)}
     assert plan_site_failover(A, [A, lost], down, {C.id: NOW - 59}, NOW, SF) == []
     assert _kinds(plan_site_failover(A, [A, lost], down, {C.id: NOW - 60}, NOW, SF)) == [
-        ("c", "force_move", 50, ("a",))]
-    full = Site(C.id, "c", force_move=ForceMove(fm.id, 100, ("a",)))
+        ("c", "force_move", 50, (str(A.id),))]
+    full = Site(C.id, "c", force_move=ForceMove(fm.id, 100, (str(A.id),)))
     assert plan_site_failover(A, [A, full], down, {}, NOW, SF) == []
     # a force-move an administrator set towards another site is left alone
-    theirs = Site(C.id, "c", force_move=ForceMove(fm.id, 10, ("b",)))
+    theirs = Site(C.id, "c", force_move=ForceMove(fm.id, 10, (str(B.id),)))
     assert plan_site_failover(A, [A, B, theirs], down, {}, NOW, SF) == []
 
 
 def test_a_recovered_site_gets_its_users_back_by_a_recover_ramp() -> None:
-    fm = ForceMove(UUID(int=9), 100, ("a",))
+    fm = ForceMove(UUID(int=9), 100, (str(A.id),))
     up_short = {C.id: SiteLink(True, NOW - 100)}
     lost = Site(C.id, "c", force_move=fm)
     assert plan_site_failover(A, [A, lost], up_short, {}, NOW, SF) == []
@@ -108,6 +110,16 @@ def test_a_recovered_site_gets_its_users_back_by_a_recover_ramp() -> None:
     done = Site(C.id, "c", force_move=fm, recover_id=fm.id, recover_percentage=100)
     assert _kinds(plan_site_failover(A, [A, done], up, {}, NOW, SF)) == [("c", "clear", 0, ())]
     assert plan_site_failover(A, [A, done], up, {C.id: NOW - 10}, NOW, SF) == []  # interval
+
+
+def test_the_force_move_it_writes_sends_the_lost_sites_users_to_this_site() -> None:
+    """The ramp is stored as `site force-move` stores it (destination site IDs), so routing applies it."""
+    down = {C.id: SiteLink(False, NOW - 300)}
+    (action,) = plan_site_failover(A, [A, C], down, {}, NOW, replace(SF, step=100))
+    lost = replace(C, force_move=ForceMove(action.move_id, action.percentage, action.dest))
+    decision = select_site("u", User("u", "g", C.id), "g", None, SiteState(A.id, (A, lost)))
+    assert isinstance(decision, SiteChoice)
+    assert (decision.site.name, decision.via) == ("a", "force-move")
 
 
 def test_no_failover_site_online_means_nothing_to_do() -> None:

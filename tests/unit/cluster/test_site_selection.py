@@ -25,7 +25,7 @@ NAMES = {v: k for k, v in SITE_IDS.items()}
 
 
 def test_the_table_has_every_row() -> None:
-    assert len(ROWS) == 29
+    assert len(ROWS) == 30
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.line for r in ROWS])
@@ -85,15 +85,30 @@ def test_force_move_ramp_keeps_moved_users_and_selects_the_share() -> None:
     assert previous == set(USERS)
 
 
-def test_recover_ramp_brings_users_home_and_keeps_them_there() -> None:
-    home = Site(SITE_IDS["DC2"], "DC2")
+def _recover_ramp(home: Site, steps: tuple[int, ...]) -> set[str]:
+    """Ramp `site recover` of `home` through `steps`: each step keeps away only the users at or above
+    its percentage, a subset of the previous step's; the users still away at the end."""
     away_before = set(USERS)
-    for pct in (0, 10, 50):
+    for pct in steps:
         away = _moved(replace(home, recover_id=SALT, recover_percentage=pct))
         assert away <= away_before
         assert away == {u for u in USERS if force_move_bucket(SALT, u) >= pct}
         away_before = away
+    return away_before
+
+
+def test_recover_ramp_brings_users_home_and_keeps_them_there() -> None:
+    home = Site(SITE_IDS["DC2"], "DC2")
+    _recover_ramp(home, (0, 10, 50))
     assert _moved(home) == set()
+
+
+def test_recover_ramp_under_a_full_force_move_brings_users_home_in_steps() -> None:
+    """What the controller's site-failover does after a site returns: its force-move stays at 100 %
+    while `site recover` ramps, and each step must bring its share home (not all at the clear)."""
+    home = Site(SITE_IDS["DC2"], "DC2", force_move=ForceMove(SALT, 100, (str(SITE_IDS["DC3"]),)))
+    assert _moved(home) == set(USERS)
+    assert _recover_ramp(home, (10, 50, 100)) == set()
 
 
 def test_rendezvous_failover_is_the_same_from_every_site_and_spreads_groups() -> None:

@@ -7,14 +7,16 @@ neither.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
 
+from inprocess_cluster import FlakyEngine
 from palomar.backend.load_sample import SAMPLED_AT
 from palomar.cluster.balance import BalanceSettings
 from palomar.cluster.failback import FailbackSettings
@@ -22,7 +24,7 @@ from palomar.cluster.model import Backend, Group, Reachability, Setting, Site, S
 from palomar.controller.decide import ControllerRules, plan
 from palomar.controller.history import History
 from palomar.controller.metrics import ControllerMetrics
-from palomar.controller.service import Controller
+from palomar.controller.service import Controller, decode_regroup_plan, encode_regroup_plan
 from palomar.controller.snapshot import read_snapshot
 from palomar.geodb import open_engine
 from palomar.geodb.repository import GeoDB
@@ -205,7 +207,7 @@ async def test_site_failover_recovers_when_the_site_is_back(world: World) -> Non
     await _site_failover(world)
     assert await world.controller.tick()
     west = await world.db.site_get_by_name("west")
-    assert west.force_move is not None and west.force_move.dest == ("east",) and west.force_move.percentage == 10
+    assert west.force_move is not None and west.force_move.dest == (str(world.site.id),) and west.force_move.percentage == 10
     world.clock.now += 60
     assert await world.controller.tick()
     assert (await world.db.site_get_by_name("west")).force_move.percentage == 20
@@ -227,3 +229,46 @@ async def test_evacuate_replaces_a_move_whose_destination_died(world: World) -> 
     world.clock.now += 601
     assert await world.controller.tick()
     assert (await world.placement())["stuck0"] == (world.ids["b2"], world.ids["b3"], True)
+
+
+class NoWholeUserScan(FlakyEngine):
+    """A real engine that refuses to hand over the whole users table in one read."""
+
+    async def scan(self, table):
+        assert table != "users", "the users table was read in one piece"
+        return await super().scan(table)
+
+
+async def test_group_size_plan_reads_the_users_page_by_page(world: World, caplog) -> None:
+    """The daily plan must not decode the whole user table on the event loop in one go (a
+    million users is seconds): it reads pages, and the plan is the one of a single read."""
+    await world.db.setting_put(Setting("controller", "group-size", "on", world.site.id))
+    await world.db.setting_put(Setting("controller", "health", "off", world.site.id))
+    await _group_size(world)
+    await world.db.user_put("other@x", group_name="g0", preferred_site_id=uuid4())  # prefers another site
+
+    async def open_paged() -> GeoDB:
+        engine = NoWholeUserScan(open_engine("sqlite", path=str(world.path)))
+        await engine.open()
+        return GeoDB(engine)
+
+    world.controller._open_db = open_paged
+    world.controller.regroup_page_size = 3
+    caplog.set_level(logging.INFO, "palomar.controller")
+    assert await world.controller.tick()
+    plans = [r.getMessage() for r in caplog.records if "controller_group_size_plan" in r.getMessage()]
+    assert len(plans) == 1 and "users=5" in plans[0], plans
+    moved = sorted(u.username for u in await world.db.user_list_all() if u.moving)
+    assert moved == ["u05@x", "u06@x", "u07@x", "u08@x", "u09@x"]  # from the end of g0's sorted members
+
+
+def test_the_stored_plan_decodes_to_the_planned_moves_in_the_format_of_one_json_list() -> None:
+    """The plan is encoded move by move (no long GIL hold) but stored as before: one JSON list, so a
+    plan written by an earlier controller still reads back."""
+    site = uuid4()
+    backend = uuid4()
+    groups = (Group(site, "g0", backend_id=backend), Group(site, "g1", backend_id=backend))
+    members = {"g0": [f'u{i}"quoted"@x' for i in range(6)], "g1": []}
+    moves, text = encode_regroup_plan(groups, members, RULES.group_size)
+    assert len(moves) == 3 and decode_regroup_plan(text) == moves
+    assert text == json.dumps([list(astuple(m)) for m in moves])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from palomar.backend.load_sample import SAMPLED_AT
-from palomar.cluster.model import Stat
+from palomar.cluster.model import Backend, Stat
 from palomar.cluster.planning import MoveRecord
 from palomar.controller.history import MOVE_MEMORY_SECS, History
 
@@ -49,7 +49,7 @@ def test_moves_and_timers_survive_a_restart_and_old_moves_are_forgotten(tmp_path
 def test_forgotten_backends_lose_their_history(tmp_path) -> None:
     history = History(str(tmp_path / "h.sqlite"), 5)
     history.observe({B1: _stats(1, 1), B2: _stats(1, 2)})
-    history.forget_backends([B2])
+    history.keep_backends([Backend(B2, UUID(int=9), "b2")])
     history.close()
     again = History(str(tmp_path / "h.sqlite"), 5)
     assert set(again.samples) == {B2} and set(again.seen) == {B2}

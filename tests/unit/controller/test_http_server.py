@@ -85,7 +85,7 @@ async def test_https_serves_the_dryrun_decision_of_a_real_tick(east: Path, tmp_p
                             clock=lambda: time.time() + 60)
     started = await serve_http(_cfg(port, controller_http_ssl_cert_file=str(pair.cert),
                                     controller_http_ssl_key_file=str(pair.key)),
-                               controller.recent, lambda: _open(east))
+                               controller.history, lambda: _open(east))
     assert started is not None
     runner, ctx = started
     context = ssl.create_default_context(cafile=str(pair.cert))
@@ -123,7 +123,7 @@ async def test_a_failing_geodb_is_503_and_the_next_request_reconnects(east: Path
         return _Failing() if len(opened) == 1 else await _open(east)
 
     started = await serve_http(_cfg(port), Controller(open_db, "east", ControllerRules(),
-                                                      ControllerMetrics(Registry())).recent, open_db)
+                                                      ControllerMetrics(Registry())).history, open_db)
     assert started is not None
     runner, ctx = started
     try:
@@ -140,7 +140,7 @@ async def test_a_failing_geodb_is_503_and_the_next_request_reconnects(east: Path
 async def test_basic_auth_and_the_login_page_share_the_credentials(east: Path) -> None:
     port = free_port("127.0.0.1")
     started = await serve_http(_cfg(port), Controller(lambda: _open(east), "east", ControllerRules(),
-                                                      ControllerMetrics(Registry())).recent, lambda: _open(east))
+                                                      ControllerMetrics(Registry())).history, lambda: _open(east))
     assert started is not None
     runner, ctx = started
 
@@ -168,7 +168,7 @@ async def test_a_client_certificate_from_the_client_ca_authenticates(east: Path,
     started = await serve_http(
         _cfg(port, controller_http_ssl_cert_file=str(server.cert), controller_http_ssl_key_file=str(server.key),
              controller_http_ssl_client_ca_file=str(clients.ca), controller_http_ssl_client_admin_names=["ops.test"]),
-        Controller(lambda: _open(east), "east", ControllerRules(), ControllerMetrics(Registry())).recent,
+        Controller(lambda: _open(east), "east", ControllerRules(), ControllerMetrics(Registry())).history,
         lambda: _open(east))
     assert started is not None
     runner, ctx = started

@@ -63,3 +63,41 @@ async def test_every_driver_failure_of_a_request_is_a_geodb_error(error: BaseExc
     engine._session = _FailingSession(error)
     with pytest.raises(GeoDBError, match=type(error).__name__):
         await engine.get("sites", {"id": uuid.uuid4()})
+
+
+class _PagingSession:
+    """Stands in for the driver's session over a users table whose token order is `order`: answers
+    the two page queries of `scan_page` as Cassandra does (rows after the given key's token, at most
+    LIMIT), and records every query."""
+
+    def __init__(self, order: list[str], width: int) -> None:
+        self.order, self.width, self.queries = order, width, []
+        self.has_more_pages = False
+
+    def prepare(self, query: str) -> str:
+        return query
+
+    def execute_async(self, stmt: str, params: list, execution_profile: object) -> _PagingSession:
+        self.queries.append((stmt, list(params)))
+        limit = int(stmt.rsplit("LIMIT ", 1)[1])
+        start = self.order.index(params[0]) + 1 if params else 0
+        self._page = [(name, *([None] * (self.width - 1))) for name in self.order[start:start + limit]]
+        return self
+
+    def add_callbacks(self, callback: Callable[[list], None], errback: object) -> None:
+        callback(self._page)
+
+
+async def test_the_users_are_paged_by_token_on_cassandra() -> None:
+    from palomar.geodb.repository import GeoDB
+
+    engine = CassandraGeoEngine("127.0.0.11", keyspace="ks", local_dc="dc1")
+    table = engine._table("users")
+    session = _PagingSession(["u3", "u1", "u4", "u2", "u5"], len(table.keys) + 2 * len(table.vals))
+    engine._session = session
+    pages = [[u.username for u in page] async for page in GeoDB(engine).user_pages(2)]
+    assert pages == [["u3", "u1"], ["u4", "u2"], ["u5"]]  # token order, each user once
+    first, *rest = session.queries
+    assert "WHERE" not in first[0] and first[0].endswith(" LIMIT 2") and first[1] == []
+    assert all('WHERE token("username") > token(?) LIMIT 2' in q for q, _ in rest)
+    assert [p for _, p in rest] == [["u1"], ["u2"]]

@@ -21,6 +21,7 @@ from palomar.cluster.model import (
     User,
 )
 from palomar.geodb import open_engine
+from palomar.geodb.engine import GeoDBError
 from palomar.geodb.repository import GeoDB, GroupSite, UserSite
 
 
@@ -179,6 +180,22 @@ async def test_users_put_fields_clear_and_delete(db: GeoDB) -> None:
     await db.user_delete("alice")
     assert await db.user_get("alice") is None
     assert await db.user_sites_list("alice") == []
+
+
+async def test_user_pages_list_every_live_user_once_page_by_page(db: GeoDB) -> None:
+    names = [f"u{i:02d}" for i in range(11)]
+    for name in reversed(names):
+        await db.user_put(name, group_name="g")
+    await db.user_delete("u05")
+    pages = [[u.username for u in page] async for page in db.user_pages(3)]
+    assert [len(p) for p in pages] == [3, 3, 3, 1]
+    assert [n for p in pages for n in p] == [n for n in names if n != "u05"]
+    assert [[u.username for u in p] async for p in db.user_pages(10)] == [[n for n in names if n != "u05"]]
+
+
+async def test_paged_scans_need_a_table_keyed_by_one_column(db: GeoDB) -> None:
+    with pytest.raises(GeoDBError, match="paged scans"):
+        await db.engine.scan_page("user_groups", None, 10)
 
 
 async def test_group_create_if_absent_first_writer_wins(db: GeoDB) -> None:

@@ -11,7 +11,7 @@ import pytest
 from palomar.net.drain import Drain, ShuttingDown
 from palomar.net.link import Link
 from palomar.net.relay import Relay
-from palomar.protocols.shutdown import shutdown_line
+from palomar.proxy.failures import shutdown_line
 
 BYE = b"* BYE Server shutting down.\r\n"
 

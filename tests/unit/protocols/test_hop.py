@@ -215,3 +215,19 @@ def test_via_sites_travel_under_the_mac():
 def test_malformed_via_sites_are_refused(via):
     with pytest.raises(hop.HopError, match="via-sites"):
         verify(hop.seal(request(via_sites=via), SECRET, CHALLENGE))
+
+
+def test_the_referred_backend_travels_under_the_mac():
+    sent = request(referred="127.0.0.103")
+    assert verify(hop.seal(sent, SECRET, CHALLENGE)).referred == "127.0.0.103"
+    tlvs = [(t, b"127.0.0.9" if t == hop.TLV_REFERRED else v) for t, v in hop.seal(sent, SECRET, CHALLENGE)]
+    with pytest.raises(hop.HopError, match="MAC mismatch"):  # only a cluster member names the backend
+        verify(tlvs)
+    plain = hop.seal(request(), SECRET, CHALLENGE)
+    assert hop.TLV_REFERRED not in dict(plain) and verify(plain).referred == ""
+
+
+@pytest.mark.parametrize("referred", ["two words", "x" * 256, "tab\there"])
+def test_a_malformed_referred_backend_is_refused(referred):
+    with pytest.raises(hop.HopError, match="referred-backend"):
+        verify(hop.seal(request(referred=referred), SECRET, CHALLENGE))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from palomar.cluster.model import Backend, Site, SiteView
+from palomar.cluster.site_selection import SiteState
 from palomar.net.relay import Relay, RelayStats
-from palomar.proxy.fence import RelayedSessions, cut_unavailable
+from palomar.proxy.fence import RelayedSessions, cut_unavailable, cut_unreachable_sites
 
 BOUND = 5.0
 
@@ -16,7 +17,7 @@ BOUND = 5.0
 class Session:
     """client <-> [proxy relay] <-> backend, all on loopback; the test plays client and backend."""
 
-    async def open(self, sessions: RelayedSessions, host: str) -> Session:
+    async def open(self, sessions: RelayedSessions, host: str, origin: UUID | None = None) -> Session:
         loop = asyncio.get_running_loop()
         backend_side: asyncio.Future = loop.create_future()
         proxy_side: asyncio.Future = loop.create_future()
@@ -37,7 +38,7 @@ class Session:
 
         self.proxy_writer = await proxy_side  # kept: a dropped StreamWriter closes its transport
         relay = Relay(self.proxy_writer.transport, towards_backend, done)
-        sessions.add(host, relay)
+        sessions.add(host, relay, origin=origin)
         relay.start()
         return self
 
@@ -94,6 +95,32 @@ async def test_cut_unavailable_cuts_every_backend_not_online() -> None:
         assert list(sessions.by_host) == ["up"]
         for session in opened[1:]:
             assert await session.client_reads_until_closed() == b""
+    finally:
+        for session in opened:
+            await session.close()
+
+
+async def test_sessions_relayed_to_a_site_whose_row_says_unreachable_are_cut() -> None:
+    """A partition that drops packets silently leaves relayed sessions hanging until TCP gives up;
+    once this site's reachability row calls the other site unreachable, they are cut, so their
+    clients reconnect and are served in the failover site."""
+    here, lost, fine = Site(uuid4(), "DC1"), Site(uuid4(), "DC2", load_balancer="lb2:7426"), \
+        Site(uuid4(), "DC3", load_balancer="lb3:7426")
+    state = SiteState(here.id, (here, lost, fine), unreachable=frozenset({lost.id}))
+    sessions = RelayedSessions()
+    opened = [await Session().open(sessions, host) for host in ("lb2:7426", "lb3:7426", "be1")]
+    sessions.remote.update({"lb2:7426", "lb3:7426"})
+    # sessions the other sites' proxies relayed here, to this site's backend be2
+    from_lost, from_fine = await Session().open(sessions, "be2", lost.id), await Session().open(sessions, "be2", fine.id)
+    opened += [from_lost, from_fine]
+    try:
+        assert cut_unreachable_sites(sessions, state) == 2
+        assert sorted(sessions.by_host) == ["be1", "be2", "lb3:7426"] and sessions.count("be2") == 1
+        for session in (opened[0], from_lost):
+            assert await session.client_reads_until_closed() == b""
+        assert not opened[1].ended and not opened[2].ended and not from_fine.ended
+        assert list(sessions.origin.values()) == [fine.id]
+        assert cut_unreachable_sites(sessions, state) == 0  # nothing left to cut, nothing logged again
     finally:
         for session in opened:
             await session.close()

@@ -168,3 +168,22 @@ async def test_a_user_of_another_site_is_sent_to_that_site(world: World) -> None
     result = await world.router.route("dave")
     assert result.host is None and result.site is not None and result.site.name == "west"
     assert await world.geodb.group_get(world.site.id, "default-1") is None  # nothing placed here
+
+
+async def test_a_group_with_refresh_after_is_read_again_sooner_than_cache_ttl(world: World) -> None:
+    """`user_groups.refresh_after` (seconds): a proxy keeps its cached copy of that group no longer.
+    The router's cache_ttl here is 60 s and its clock is held still: only the group's own
+    refresh_after can make the change below visible."""
+    now = [1_000_000.0]
+    world.router.clock = lambda: now[0]
+    first = await world.router.route("alice@example.test")
+    assert first.group is not None and first.host is not None
+    other = next(b for b in world.backends if b.host != first.host)
+    await world.geodb.group_update(world.site.id, first.group, refresh_after=2)
+    world.router.invalidate(f"group/{world.site.id}/{first.group}")  # read the row with its refresh_after
+    assert (await world.router.route("alice@example.test")).host == first.host
+    await world.geodb.group_update(world.site.id, first.group, backend_id=other.id)
+    now[0] += 1
+    assert (await world.router.route("alice@example.test")).host == first.host  # cached, 1 s old
+    now[0] += 1
+    assert (await world.router.route("alice@example.test")).host == other.host  # 2 s: read again

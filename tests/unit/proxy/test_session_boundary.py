@@ -91,7 +91,7 @@ async def test_a_bug_outside_the_login_ends_the_session_with_the_protocols_bye(
 
     monkeypatch.setattr(pop3.Pop3LoginServer, "receive", broken)
     out = await asyncio.to_thread(exchange, cluster.listeners["pop3"], b"CAPA\r\n")
-    assert out == WORDING["pop3"].internal_bye
+    assert out == WORDING["pop3"].internal_bye("proxy.test")
     assert len([r for r in caplog.records if r.exc_info]) == 1
     monkeypatch.undo()
     out = await asyncio.to_thread(exchange, cluster.listeners["pop3"], b"QUIT\r\n")  # the listener goes on
