@@ -28,7 +28,8 @@ test: deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # GeoDB outages on a three-node, two-datacenter Cassandra inside network namespaces of its own
-# (needs root for `ip netns`; about 3 minutes). `make test` leaves these out (marker cassandra_outage).
+# (needs root for `ip netns`), then two sites with a datacenter each on it, and the two-site demo on
+# Cassandra in a namespace of its own: about 7 minutes. `make test` leaves these out (marker cassandra_outage).
 test-cassandra-outage: deps
 	$(VENV)/bin/pytest -m cassandra_outage tests/integration/cassandra_outage $(PYTEST_ARGS)
 
@@ -38,10 +39,13 @@ clean:
 DEMO_DIR ?= demo-run
 GEODB    ?= sqlite
 
+SITES    ?= 1
+
 # make demo GEODB=cassandra: the GeoDB on a local Cassandra node (scripts/cassandra, stopped on Ctrl-C).
+# make demo SITES=2 [GEODB=cassandra]: two sites (with Cassandra: a node, and a datacenter, per site).
 demo: deps
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/palomar demo --dir $(DEMO_DIR) --geodb $(GEODB)
+	$(VENV)/bin/palomar demo --dir $(DEMO_DIR) --geodb $(GEODB) --sites $(SITES)
 
 # The chaos suite: faults from a seeded schedule under mixed load for CHAOS_SECONDS, then the mail
 # store is counted against every answer; writes docs/reliability.md, fails on any broken promise.

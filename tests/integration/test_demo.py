@@ -45,12 +45,12 @@ PORT_OPTIONS = ("imap", "imaps", "pop3", "pop3s", "submission", "submissions", "
 class Demo:
     """`python -m palomar demo --dir DIR ...` with its output read line by line."""
 
-    def __init__(self, directory: Path, ports: dict[str, int]) -> None:
+    def __init__(self, directory: Path, ports: dict[str, int], options: tuple[str, ...] = ()) -> None:
         self.directory = directory
         self.ports = ports
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
-        args = [sys.executable, "-m", "palomar", "demo", "--dir", str(directory), "--users", "6"]
+        args = [sys.executable, "-m", "palomar", "demo", "--dir", str(directory), "--users", "6", *options]
         for name, port in ports.items():
             args += [f"--{name}-port", str(port)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -19,27 +19,24 @@ per site) and prints the measured figures (docs/design/multi-site.md, "Measured"
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import imaplib
 import json
 import os
 import re
-import smtplib
-import socket
 import statistics
 import subprocess
-import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from netns_tools import add_namespace, ip, setns, wait_for
+from netns_tools import add_namespace, ip, wait_for
+from site_pair import SitePair, reaches, run_in, timed
 
 from palomar.cluster import codec
 from palomar.cluster.model import Group
@@ -65,25 +62,6 @@ LATENCY_LOGINS = 15
 CLIENT_PATIENCE = 60.0
 """Seconds a test client waits for an answer during a silent partition: far above the proxy's own bounds
 (`cluster_hop_connect_timeout` 2 s + `cluster_hop_answer_timeout` 4 s), so only a hang reaches it."""
-
-
-def run_in(namespace: str, fn: Callable[[], Any]) -> Any:
-    """Run `fn` in a thread that has joined `namespace` (what it starts, processes too, lives there)."""
-    outcome: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            setns(f"/run/netns/{namespace}")
-            outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
 
 
 SILENT_TABLE = "palomar_partition"
@@ -147,34 +125,8 @@ class Link:
 
 
 @dataclass
-class Sites:
-    link: Link
-    dc1: LocalCluster
-    dc2: LocalCluster
-    acked: list[str] = field(default_factory=list)
-    """Message-IDs of every LMTP message acknowledged with 250, over the whole module."""
-
-    def site(self, name: str) -> LocalCluster:
-        return self.dc1 if name == "DC1" else self.dc2
-
-    def namespace(self, name: str) -> str:
-        return self.link.a if name == "DC1" else self.link.b
-
-    def password(self, user: str) -> str:
-        return next(u.password for u in self.dc1.users if u.name == user)
-
-    def imap_login(self, entry: str, user: str) -> None:
-        """LOGIN, SELECT, LOGOUT through `entry`'s HAProxy (an imaplib error if it fails)."""
-        cluster = self.site(entry)
-
-        def login() -> None:
-            client = imaplib.IMAP4(cluster.lb_host, cluster.lb_imap, timeout=20)
-            try:
-                client.login(user, self.password(user))
-                client.select("INBOX")
-            finally:
-                client.logout()
-        run_in(self.namespace(entry), login)
+class Sites(SitePair):
+    link: Link = field(kw_only=True)
 
     def login_answer(self, entry: str, user: str) -> str:
         """What an IMAP LOGIN through `entry`'s HAProxy is answered: `OK`, the NO text, or `hung` when
@@ -198,27 +150,6 @@ class Sites:
                 client.shutdown()
         return run_in(self.namespace(entry), login)
 
-    def deliver(self, entry: str, user: str) -> str | None:
-        """One LMTP message with a new Message-ID through `entry`'s HAProxy; its Message-ID if accepted."""
-        cluster = self.site(entry)
-        message_id = f"<{uuid.uuid4().hex}@partition.test>"
-        body = f"From: a@example.test\r\nTo: {user}\r\nMessage-ID: {message_id}\r\nSubject: p\r\n\r\nbody\r\n"
-
-        def send() -> bool:
-            with smtplib.LMTP(cluster.lb_host, cluster.lb_lmtp, timeout=20) as lmtp:
-                try:
-                    refused = lmtp.sendmail("a@example.test", [user], body)
-                except smtplib.SMTPRecipientsRefused:
-                    return False
-                return not refused
-        return message_id if run_in(self.namespace(entry), send) else None
-
-    def deliver_acked(self, entry: str, user: str) -> None:
-        """One message that must be accepted; remembered for the exactly-once check."""
-        message_id = self.deliver(entry, user)
-        assert message_id is not None, (entry, user)
-        self.acked.append(message_id)
-
     def deliver_across(self, dc1_user: str, dc2_user: str) -> None:
         """One message to each user through the other site's HAProxy."""
         self.deliver_acked("DC1", dc2_user)
@@ -240,73 +171,6 @@ class Sites:
         wait_for(lambda: self.lands("DC2", dc1_user, "DC1"), 60, "DC1's user to be served at home through DC2")
         return back, time.monotonic() - healed
 
-    def check_consistent(self, moves_before: int) -> None:
-        """In each site one backend per user over the whole run; no group or user move since
-        `moves_before`; every acknowledged message stored exactly once over both sites' stores."""
-        for (site, user), backends in self.served().items():
-            assert len(backends) == 1, (site, user, backends)
-        assert self.moves() == moves_before
-        stored = [mid for u in self.dc1.users for mid in self.stored(u.name)]  # both sites' stores each
-        assert sorted(stored) == sorted(self.acked)
-
-    def stored(self, user: str) -> list[str]:
-        """Every Message-ID in `user`'s INBOX in both sites' stores (doveadm on one backend of each)."""
-        ids: list[str] = []
-        for cluster in (self.dc1, self.dc2):
-            result = cluster.backends[0].dovecot.doveadm("fetch", "-u", user, "hdr.message-id", "mailbox", "INBOX",
-                                                         "ALL", check=False)
-            ids += re.findall(r"<[0-9a-f]+@partition\.test>", result.stdout)
-        return ids
-
-    def served(self) -> dict[tuple[str, str], set[str]]:
-        """(site, user) -> the backends whose logs show a successful login of the user."""
-        seen: dict[tuple[str, str], set[str]] = {}
-        for cluster in (self.dc1, self.dc2):
-            for node in cluster.backends:
-                text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
-                for user in re.findall(r"user=(\S+) proto=\w+ client=\S+ login ok", text):
-                    seen.setdefault((cluster.site, user), set()).add(node.host)
-        return seen
-
-    def logins_ok(self, site: str, user: str) -> int:
-        """Successful IMAP logins of `user` in `site`'s backends' logs (written before the login answer)."""
-        line = re.compile(rf"user={re.escape(user)} proto=imap client=\S+ login ok")
-        return sum(len(line.findall(node.log_path.read_text(errors="replace")))
-                   for node in self.site(site).backends if node.log_path.exists())
-
-    def lands(self, entry: str, user: str, site: str) -> bool:
-        """Whether an IMAP login of `user` through `entry`'s HAProxy succeeds on a backend of `site`."""
-        before = self.logins_ok(site, user)
-        return succeeds(lambda: self.imap_login(entry, user)) and self.logins_ok(site, user) > before
-
-    def moves(self) -> int:
-        return sum(len(re.findall(r"event=cluster_user(_group)?_move_started", node.log_path.read_text(errors="replace")))
-                   for cluster in (self.dc1, self.dc2) for node in cluster.backends if node.log_path.exists())
-
-    def read_geodb(self, read: Callable[[GeoDB, dict[uuid.UUID, str]], Awaitable[Any]]) -> Any:
-        """`read(geodb, site names by id)` on the shared GeoDB file."""
-        async def run() -> Any:
-            engine = self.dc1.geodb_engine()
-            await engine.open()
-            db = GeoDB(engine)
-            try:
-                return await read(db, {s.id: s.name for s in await db.site_list()})
-            finally:
-                await db.close()
-        return asyncio.run(run())
-
-    def reachability(self) -> dict[tuple[str, str], bool]:
-        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[tuple[str, str], bool]:
-            return {(sites[r.src_site_id], sites[r.dest_site_id]): r.reachable
-                    for src in sites for r in await db.reachability_list(src)}
-        return self.read_geodb(read)
-
-    def user_sites(self, user: str) -> dict[str, str]:
-        """Site -> the backend host `user` was last routed to there (the `user_sites` rows)."""
-        async def read(db: GeoDB, sites: dict[uuid.UUID, str]) -> dict[str, str]:
-            hosts = {b.id: b.host for site_id in sites for b in await db.backend_list(site_id)}
-            return {sites[r.site_id]: hosts.get(r.backend_id, "") for r in await db.user_sites_list(user)}
-        return self.read_geodb(read)
 
 def site_rows(sites: Sites) -> dict[str, tuple[int | None, tuple[str, ...], int | None]]:
     """Site -> (force-move percentage, its destination site names, recover percentage), from the GeoDB."""
@@ -318,7 +182,7 @@ def site_rows(sites: Sites) -> dict[str, tuple[int | None, tuple[str, ...], int 
             dest = tuple(by_id.get(d, d) for d in fm.dest) if fm else ()
             rows[site.name] = (fm.percentage if fm else None, dest, site.recover_percentage)
         return rows
-    return sites.read_geodb(read)
+    return sites.on_geodb(read)
 
 
 def ramps(sites: Sites, site: str, since: int) -> list[tuple[str, str]]:
@@ -329,13 +193,6 @@ def ramps(sites: Sites, site: str, since: int) -> list[tuple[str, str]]:
 
 def controller_log_size(sites: Sites, site: str) -> int:
     return (sites.site(site).root / "controller" / "palomar.log").stat().st_size
-
-
-def succeeds(fn: Callable[[], object]) -> bool:
-    try:
-        return fn() is not False
-    except (OSError, EOFError, imaplib.IMAP4.error, smtplib.SMTPException):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +215,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
         home_demo_users(dc1)
         for cluster in (dc1, dc2):  # the controllers say what they would do; the proxies' routing fails over
             cluster.cluster("feature", "set", cluster.site, "site-failover", "dryrun")
-        yield Sites(link, dc1, dc2)
+        yield Sites({"DC1": link.a, "DC2": link.b}, dc1, dc2, link=link)
     finally:
         for cluster in reversed(clusters):
             cluster.stop()
@@ -436,23 +293,11 @@ def noop_answer(client: imaplib.IMAP4) -> str:
     return "OK"
 
 
-def reaches(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        return False
-    return True
-
-
 def timed_value(fn: Callable[[], Any]) -> tuple[float, Any]:
     """(seconds `fn` took, what it returned)."""
     started = time.perf_counter()
     value = fn()
     return time.perf_counter() - started, value
-
-
-def timed(fn: Callable[[], object]) -> float:
-    return timed_value(fn)[0]
 
 
 def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sites: Sites) -> None:
@@ -587,7 +432,7 @@ def test_an_lmtp_referral_from_the_other_sites_backend_is_followed_through_its_l
         group = await db.group_get(dc2, user.group_name)
         assert group is not None and group.backend_id is not None
         return dc2, group, {b.host: b.id for b in await db.backend_list(dc2)}
-    dc2_id, group, backends = sites.read_geodb(placement)
+    dc2_id, group, backends = sites.on_geodb(placement)
     owner = next(host for host, backend_id in backends.items() if backend_id == group.backend_id)
     wrong = next(host for host in backends if host != owner)
     key = f"group/{dc2_id}/{group.name}"

@@ -19,6 +19,8 @@ from typing import IO
 import click
 
 SUPERVISE_INTERVAL = 0.5
+TWO_DC_HEAP = "512M"
+"""JVM heap of each of the two Cassandra nodes of `--sites 2 --geodb cassandra`."""
 
 
 @click.command()
@@ -37,7 +39,8 @@ SUPERVISE_INTERVAL = 0.5
 @click.option("--doveadm-http-port", default=8080, show_default=True, help="HAProxy's doveadm HTTP API port")
 @click.option("--users", default=20, show_default=True, help="how many demo users to create")
 @click.option("--geodb", type=click.Choice(["sqlite", "cassandra"]), default="sqlite", show_default=True,
-              help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs")
+              help="GeoDB engine; cassandra starts a local node with scripts/cassandra unless one runs "
+                   "(with --sites 2: two nodes, datacenters dc1 and dc2, one per site)")
 @click.option("--sites", type=click.IntRange(1, 2), default=1, show_default=True,
               help="2: a second site DC2 with its own HAProxy on 127.0.0.101 (the same ports); odd users prefer "
                    "DC1, even users DC2")
@@ -49,25 +52,27 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
     With --sites 2, two sites of two backends and one proxy each, one HAProxy per site.
     Started again on the same --dir, the demo keeps its mail and GeoDB.
     """
-    if sites == 2 and geodb != "sqlite":
-        click.echo("palomar demo: --sites 2 runs on the SQLite GeoDB only (a Cassandra DC per site is not "
-                   "supported by the demo yet)", err=True)
-        sys.exit(1)
     from palomar.devcluster.cassandra import LocalCassandra, cassandra_dir
     from palomar.devcluster.cluster import LbPorts, LocalCluster, shared_dir_for
     from palomar.devcluster.login_check import check_logins, error_lines
-    from palomar.devcluster.sites import home_demo_users, start_sites, two_sites
+    from palomar.devcluster.sites import CASSANDRA_BASE, home_demo_users, start_sites, two_sites
     from palomar.devcluster.supervisor import Supervisor
 
     path = Path(root).resolve()
     path.mkdir(parents=True, exist_ok=True)
     lock = _lock(path)
-    cassandra = LocalCassandra(cassandra_dir(path))
+    if sites == 2:  # one node per site's datacenter: dc1 on 127.0.0.201, dc2 on 127.0.0.202
+        cassandra = LocalCassandra(cassandra_dir(path), nodes=2, base_address=CASSANDRA_BASE, heap=TWO_DC_HEAP)
+    else:
+        cassandra = LocalCassandra(cassandra_dir(path))
     if geodb == "cassandra":
-        click.echo("palomar demo: starting Cassandra (scripts/cassandra start; the first start takes a while) ...")
+        click.echo(f"palomar demo: starting Cassandra on {', '.join(cassandra.hosts)} (scripts/cassandra start; "
+                   + ("two nodes, one per datacenter, heap " + TWO_DC_HEAP + " each: about 2 GB of memory and "
+                      "1-3 minutes on a small machine" if sites == 2 else "the first start takes a while")
+                   + ") ...")
         try:
             click.echo("palomar demo: Cassandra " + ("started" if cassandra.start() else
-                                                      "already answers on 127.0.0.1:9042; using it"))
+                                                      f"already answers on {', '.join(cassandra.hosts)}; using it"))
         except (RuntimeError, KeyboardInterrupt) as exc:
             cassandra.stop()
             click.echo(f"palomar demo: {exc or 'interrupted'}", err=True)
@@ -76,7 +81,8 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
                        submission=submission_port, submissions=submissions_port, lmtp=lmtp_port,
                        doveadm=doveadm_port, doveadm_http=doveadm_http_port)
     if sites == 2:
-        clusters = two_sites(path, lb_ports, users, ui_port=ui_port)
+        clusters = two_sites(path, lb_ports, users, ui_port=ui_port, geodb=geodb,
+                             cassandra_hosts=(cassandra.hosts[0], cassandra.hosts[-1]))
     else:
         clusters = [LocalCluster(path, users_count=users, lb_ports=lb_ports, controller=True, allow_cleartext=True,
                                  geodb=geodb, shared_dir=shared_dir_for(path), controller_http_port=ui_port)]
@@ -123,7 +129,7 @@ def demo(root: str, imap_port: int, imaps_port: int, pop3_port: int, pop3s_port:
             started.stop()
         cassandra.stop()
         sys.exit(1)
-    where = (f"Cassandra 127.0.0.1, keyspace {cluster.keyspace}" if geodb == "cassandra"
+    where = (f"Cassandra {' and '.join(cassandra.hosts)}, keyspace {cluster.keyspace}" if geodb == "cassandra"
              else str(cluster.geodb_path))
     click.echo(f"""
 palomar demo is running (site DC1, GeoDB {where}); every protocol served a login through HAProxy.
@@ -159,7 +165,7 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
   A server that dies is restarted.  Ctrl-C stops everything; `palomar demo --dir {root}` resumes.
 """)
     if sites == 2:
-        click.echo(_second_site_text(clusters[1], root))
+        click.echo(_second_site_text(clusters[1], root, cluster.cassandra_hosts))
     supervisor = Supervisor([child for c in clusters for child in c.children()],
                             lambda line: click.echo(f"palomar demo: {line}"))
     stop = threading.Event()
@@ -179,7 +185,7 @@ palomar demo is running (site DC1, GeoDB {where}); every protocol served a login
         lock.close()
 
 
-def _second_site_text(dc2, root: str) -> str:
+def _second_site_text(dc2, root: str, dc1_hosts: str) -> str:
     users = dc2.users
     return f"""  Two sites share the GeoDB: DC1 above (HAProxy on 127.0.0.1) and DC2 (HAProxy on {dc2.lb_host}, the same
   ports; backends {", ".join(b.host for b in dc2.backends)}, proxy {", ".join(p.host for p in dc2.proxies)}).
@@ -191,7 +197,11 @@ def _second_site_text(dc2, root: str) -> str:
         palomar cluster -c {dc2.admin_config} site reachability list
   DC2's controller UI http://{dc2.lb_host}:{dc2.controller_http_port}/  user admin  password {dc2.controller_admin_password}
   DC2's logs under {dc2.root}.
-"""
+""" + (f"""  GeoDB: each site's servers use their own Cassandra datacenter as the local one (DC1: dc1 on
+  {dc1_hosts}, DC2: dc2 on {dc2.cassandra_hosts}; one replica per datacenter, LOCAL_QUORUM
+  writes, LOCAL_ONE reads): a site keeps reading and writing while the other datacenter is away,
+  and the datacenters converge by write time.
+""" if dc2.geodb == "cassandra" else "")
 
 
 def _lock(path: Path) -> IO[str]:

@@ -6,13 +6,17 @@ starts from an empty one, so a second demo or test run never sees the first one'
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "cassandra"
 CQL_PORT = 9042
+SETTLE_TIMEOUT = 180
+"""Seconds for a new multi-datacenter cluster's nodes to learn every datacenter."""
 
 
 class CassandraError(RuntimeError):
@@ -48,30 +52,62 @@ def cassandra_dir(demo_root: Path) -> Path:
 
 
 class LocalCassandra:
-    """Node 1 of `scripts/cassandra` (127.0.0.1, dc1), started only if nothing answers CQL yet.
+    """`scripts/cassandra` nodes 1..`nodes` (node N in datacenter dcN, on 127.0.0.N or, with
+    `base_address`, on base + N), started only if not every one of them answers CQL yet.
 
     Its data and logs go to `directory`, which the caller owns (the demo's `--dir/cassandra`):
     two demos from one install never share a data directory, and none lands in the source tree.
-    `stop()` stops it only if `start()` started it: a Cassandra someone else runs stays up.
+    `stop()` stops the nodes only if `start()` started them: a Cassandra someone else runs stays up.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, nodes: int = 1, base_address: str = "", heap: str = "") -> None:
         self.directory = directory
+        self.nodes = nodes
+        self.base_address = base_address
+        self.heap = heap
         self.started = False
 
+    @property
+    def hosts(self) -> list[str]:
+        """Node N's address, N = 1..nodes (what `scripts/cassandra` gives it)."""
+        base = ipaddress.IPv4Address(self.base_address or "127.0.0.0")
+        return [str(base + n) for n in range(1, self.nodes + 1)]
+
     def start(self) -> bool:
-        """Fetch the jars if needed and start node 1; True if this call started it."""
-        if cql_answers():
+        """Fetch the jars if needed and start the nodes; True if this call started them. With several
+        datacenters, returns once node 1 lists every node up and every datacenter (a keyspace that
+        names a datacenter node 1 has not learnt yet is refused)."""
+        if all(cql_answers(host) for host in self.hosts):
             return False
         _script("fetch")
         self.started = True  # from here on stop() is due, even if start is interrupted half-way
-        _script("start", "--nodes", "1", "--dir", str(self.directory))
+        placement = [*(["--base-address", self.base_address] if self.base_address else []),
+                     *(["--heap", self.heap] if self.heap else [])]
+        _script("start", "--nodes", str(self.nodes), *placement, "--dir", str(self.directory))
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while self.nodes > 1 and not datacenters_settled(self.directory, 1, self.nodes,
+                                                         [f"dc{n}" for n in range(1, self.nodes + 1)]):
+            if time.monotonic() > deadline:
+                raise CassandraError(f"node 1 did not list all {self.nodes} nodes up within {SETTLE_TIMEOUT}s")
+            time.sleep(1.0)  # polling interval of the bounded wait above
         return True
 
     def stop(self) -> None:
         if self.started:
             self.started = False
             _script("stop", "--dir", str(self.directory))
+
+
+def datacenters_settled(directory: Path, node: int, up: int, datacenters: list[str]) -> bool:
+    """Whether `nodetool status` on `node` lists `up` nodes Up/Normal and every datacenter named.
+
+    Gossip can mark a node UP before its datacenter reaches every peer's token metadata, and a
+    keyspace naming that datacenter is refused until then."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "nodetool", "--dir", str(directory), "--node", str(node),
+                             "status"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    status = result.stdout if result.returncode == 0 else ""  # not reachable over JMX yet: not settled
+    return (all(f"Datacenter: {dc}" in status for dc in datacenters)
+            and sum(line.startswith("UN ") for line in status.splitlines()) >= up)
 
 
 def reset_keyspace(hosts: str, keyspace: str, *, port: int = CQL_PORT, local_dc: str | None = None) -> None:

@@ -204,6 +204,9 @@ class LocalCluster:
     """Empty: `palomar_` + the root folder's name. start() drops it first: the cluster owns it."""
     cassandra_local_dc: str = "dc1"
     cassandra_replication: str = "dc1:1"
+    owns_geodb: bool = True
+    """start() empties the Cassandra keyspace of a fresh cluster; False for a site that shares the
+    keyspace of another one started before it (`sites.two_sites`)."""
     haproxy_maxconn: int = 4096
     """HAProxy's global and per-listener connection limit (the soak holds 10,000 connections)."""
     hop_tls: bool = True
@@ -540,7 +543,7 @@ class LocalCluster:
             node.config.write_text(self._proxy_config(node))
             node.config.chmod(0o600)
         if not resumed:
-            if self.geodb == "cassandra":
+            if self.geodb == "cassandra" and self.owns_geodb:
                 reset_keyspace(self.cassandra_hosts, self.keyspace, local_dc=self.cassandra_local_dc)
             self.cluster("site", "add", self.site)
             (self.root / STARTED_MARK).write_text(f"site {self.site}\n")

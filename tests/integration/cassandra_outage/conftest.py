@@ -24,6 +24,8 @@ import pytest
 from cassandra_outage.netns import CASSANDRA_BASE, DC1_NODES, DC2_NODE, DC2_SITE, TwoSites
 from netns_tools import wait_for
 
+from palomar.devcluster.cassandra import datacenters_settled
+
 REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "scripts" / "cassandra"
 SITE_PROCESS = Path(__file__).with_name("site_process.py")
@@ -115,13 +117,7 @@ def start_site(name: str, netns: str, root: Path, mail_root: Path, *, hosts: str
 def topology_settled(nodes: Nodes) -> bool:
     """Nodes 1 and 2 (DC1, where the first site creates the keyspace) each list three nodes Up/Normal
     and know datacenter dc2."""
-    for n in (1, 2):
-        result = subprocess.run([sys.executable, str(SCRIPT), "nodetool", "--dir", str(nodes.directory), "--node",
-                                 str(n), "status"], capture_output=True, text=True, timeout=120)
-        status = result.stdout if result.returncode == 0 else ""  # not reachable over JMX yet: not settled
-        if "Datacenter: dc2" not in status or sum(line.startswith("UN ") for line in status.splitlines()) < 3:
-            return False
-    return True
+    return all(datacenters_settled(nodes.directory, n, 3, ["dc2"]) for n in (1, 2))
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netns_tools import add_namespace, ip, setns
 
@@ -38,6 +38,8 @@ class TwoSites:
     client_link: tuple[str, str]
     home: int = -1
     """The test thread's original namespace (an open fd), restored by `remove`."""
+    carried: list[tuple[str, str, str]] = field(default_factory=list)
+    """(namespace, far address, our source) of further addresses routed over the dc link (`carry`)."""
 
     @classmethod
     def create(cls, tag: str) -> TwoSites:
@@ -63,7 +65,8 @@ class TwoSites:
         """(namespace, device, far address, our source) for each route over `link`."""
         a, b = link
         if link == self.dc_link:
-            return [(self.dc1, a, DC2_NODE, DC1_NODES[0])] + [(self.dc2, b, n, DC2_NODE) for n in DC1_NODES]
+            return ([(self.dc1, a, DC2_NODE, DC1_NODES[0])] + [(self.dc2, b, n, DC2_NODE) for n in DC1_NODES]
+                    + [(ns, a if ns == self.dc1 else b, far, src) for ns, far, src in self.carried])
         return [(self.dc1, a, DC2_SITE, CLIENT), (self.dc2, b, CLIENT, DC2_SITE)]
 
     def link_up(self, link: tuple[str, str]) -> None:
@@ -72,6 +75,12 @@ class TwoSites:
             ip("-n", ns, "link", "set", dev, "up")
         for ns, dev, far, src in self._routes(link):
             ip("-n", ns, "route", "replace", "table", "local", f"{far}/32", "dev", dev, "src", src)
+
+    def carry(self, routes: list[tuple[str, str, str]]) -> None:
+        """Route (namespace, far address, our source) over the dc link too, from now on: a cut of the
+        dc link then also separates whatever lives at those addresses (the sites' site hops)."""
+        self.carried += routes
+        self.link_up(self.dc_link)
 
     def link_down(self, link: tuple[str, str]) -> None:
         for ns, dev in zip((self.dc1, self.dc2), link, strict=True):
