@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import gc
 import json
 import os
@@ -27,22 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from palomar.devcluster.malloc_stats import malloc_in_use
+
 HOST = "127.0.0.1"
 SMALL = 100
 LARGE = 1024 * 1024
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def malloc_in_use() -> int:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
 
 
 def contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

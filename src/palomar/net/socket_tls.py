@@ -1,6 +1,6 @@
 """TLS transports over a non-blocking `ssl.SSLSocket`: no record buffers while a connection is idle.
 
-asyncio's TLS (and `MemoryBIO`s in general) keeps two memory BIOs per connection between OpenSSL and
+asyncio's TLS keeps two memory BIOs (`ssl.MemoryBIO`) per connection between OpenSSL and
 the socket, whose capacity never shrinks. Here OpenSSL reads and writes the socket itself (its
 socket BIO), and with `SSL_MODE_RELEASE_BUFFERS` (CPython sets it on every context) it frees its
 record buffers whenever they are empty: an idle connection holds only the `SSL` object, its session
