@@ -23,9 +23,9 @@ class RelayStats:
 
     started: float
     bytes_in: int = 0
-    """client -> backend"""
+    """client -> backend (set when the relay ends)"""
     bytes_out: int = 0
-    """backend -> client"""
+    """backend -> client (set when the relay ends)"""
     last_activity: float = 0.0
     closed_by: str = ""
     """"client", "server" or "proxy"."""
@@ -33,10 +33,9 @@ class RelayStats:
 
 class _End(asyncio.Protocol):
     """One side of the relay. `data_received` runs for every chunk of every session, so it does only
-    the write and the byte count, with no call besides the clock (the two sides are two classes rather
-    than one with a side test)."""
+    the write, its own byte count and the clock; the relay's stats get the counts when it ends."""
 
-    __slots__ = ("relay", "stats", "side", "transport", "peer")
+    __slots__ = ("relay", "stats", "side", "transport", "peer", "received", "tracks_lines")
 
     def __init__(self, relay: Relay, side: str, transport: asyncio.Transport) -> None:
         self.relay = relay
@@ -44,15 +43,19 @@ class _End(asyncio.Protocol):
         self.side = side
         self.transport = transport
         self.peer: _End | None = None
+        self.received = 0
+        self.tracks_lines = side == "server"
+        """Whether the relay must know that this side's stream ended a line (the server's)."""
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is None or peer.transport.is_closing():
             return
         peer.transport.write(data)
-        stats = self.stats
-        stats.bytes_in += len(data)
-        stats.last_activity = monotonic()
+        self.received += len(data)
+        self.stats.last_activity = monotonic()
+        if self.tracks_lines:
+            self.relay.at_line_start = data[-1:] == b"\n"
 
     def eof_received(self) -> bool:
         self.relay.half_closed(self)
@@ -68,22 +71,6 @@ class _End(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.lost(self)
-
-
-class _ServerEnd(_End):
-    """The backend's side: counts what goes to the client, and whether its stream ended a line."""
-
-    __slots__ = ()
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.transport.is_closing():
-            return
-        peer.transport.write(data)
-        stats = self.stats
-        stats.bytes_out += len(data)
-        stats.last_activity = monotonic()
-        self.relay.at_line_start = data[-1:] == b"\n"
 
 
 class Relay:
@@ -108,7 +95,7 @@ class Relay:
         self._finished = False
         self._eofs = 0
         self.client = _End(self, "client", client)
-        self.server = _ServerEnd(self, "server", server)
+        self.server = _End(self, "server", server)
         self.client.peer = self.server
         self.server.peer = self.client
 
@@ -180,5 +167,7 @@ class Relay:
                 end.transport.close()
         if not self._finished:
             self._finished = True
+            self.stats.bytes_in = self.client.received
+            self.stats.bytes_out = self.server.received
             if self._on_done is not None:
                 self._on_done(self.stats)
