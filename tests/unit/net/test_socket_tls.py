@@ -278,3 +278,25 @@ async def test_a_handshake_that_never_comes_is_cut_off(certs: HopCertificates) -
         silent.close()
     finally:
         lsock.close()
+
+
+async def test_small_writes_into_a_full_socket_arrive_in_order(certs: HopCertificates) -> None:
+    """Many small writes while the peer does not read: the socket fills, the write OpenSSL could not
+    finish is offered again as it was, the rest queues behind it, and the peer gets every byte in order."""
+    server_ctx, client_ctx = contexts(certs)
+    lsock = listener()
+    try:
+        server, client = await tls_pair(server_ctx, client_ctx, lsock)
+        assert client.transport is not None
+        client.transport.pause_reading()  # the server's writes pile up in the kernel, then in its queue
+        pieces = [os.urandom(1 + i % 3000) for i in range(3000)]
+        for piece in pieces:
+            server.write(piece)
+        assert server.transport is not None and server.transport.get_write_buffer_size() > 0
+        client.transport.resume_reading()
+        expected = b"".join(pieces)
+        assert await asyncio.wait_for(read_exactly(client, len(expected)), 60) == expected
+        client.close()
+        server.close()
+    finally:
+        lsock.close()
