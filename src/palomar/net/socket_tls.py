@@ -147,6 +147,7 @@ class SocketTLSTransport(asyncio.Transport):
         view = _read_buffer()
         got = 0
         eof = False
+        failed: BaseException | None = None
         try:
             while got < READ_SIZE:
                 count = self._sock.recv_into(view[got:])
@@ -161,16 +162,17 @@ class SocketTLSTransport(asyncio.Transport):
         except ssl.SSLWantWriteError:  # OpenSSL must answer something first (a key update)
             self._read_wants_write = True
             self._want_writer()
-        except (OSError, ValueError) as exc:  # SSLError is an OSError
-            self._force_close(exc)
-            return
+        except (OSError, ValueError) as exc:  # SSLError is an OSError; what came before it is delivered
+            failed = exc
         if got:
             try:
                 self._protocol.data_received(bytes(view[:got]))  # type: ignore[attr-defined]
             except Exception as exc:
                 self._protocol_failed(exc, "data_received")
                 return
-        if eof:
+        if failed is not None:
+            self._force_close(failed)
+        elif eof:
             self._end_of_stream()
         elif got == READ_SIZE and self._reading and not self._closing and self._sock.pending():
             self._loop.call_soon(self._read_ready)
