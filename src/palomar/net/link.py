@@ -11,7 +11,7 @@ import asyncio
 import socket
 import ssl
 
-from palomar.net import lean_tls
+from palomar.net import socket_tls
 from palomar.net.server import handed_over
 
 READ_LIMIT = 256 * 1024
@@ -159,8 +159,14 @@ class Link(asyncio.Protocol):
         STARTTLS command must never be treated as if they had been encrypted."""
         assert self.transport is not None
         self._buffer.clear()
-        self.transport = await lean_tls.start_tls(self.transport, self, context, server_side=server_side,
-                                                  server_hostname=server_hostname, session=session)
+        if self.transport.get_write_buffer_size():  # the reply to STARTTLS goes out in plaintext first
+            self.transport.set_write_buffer_limits(high=0)
+            await self.drain()
+            if self._lost:
+                raise ConnectionResetError("the peer closed before TLS started")
+        self.transport = await socket_tls.start_tls(self.transport, self, context, server_side=server_side,
+                                                    server_hostname=server_hostname, session=session,
+                                                    on_transport=handed_over)
 
 
 async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
@@ -172,7 +178,7 @@ async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
     (`fileno() == -1`): whoever still holds `sock` (the accept loop's last-resort close) can no
     longer close a descriptor that a live transport owns. Closing it under the transport would
     let the kernel hand the same number to the next connection while the event loop still
-    watches it ("File descriptor N is used by transport"). TLS goes through `net.lean_tls`.
+    watches it ("File descriptor N is used by transport"). TLS goes through `net.socket_tls`.
     """
     owned = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
     owned.setblocking(False)
@@ -182,8 +188,8 @@ async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
             transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: link, owned)
             handed_over(transport)
         else:
-            await lean_tls.accept_tls(owned, link, tls, handshake_timeout=handshake_timeout,
-                                      on_transport=handed_over)
+            await socket_tls.accept_tls(owned, link, tls, handshake_timeout=handshake_timeout,
+                                        on_transport=handed_over)
     except BaseException:
         owned.close()
         raise
@@ -199,5 +205,5 @@ async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext
         if tls is None:
             await asyncio.get_running_loop().create_connection(lambda: link, host, port)
         else:
-            await lean_tls.connect_tls(host, port, link, tls, handshake_timeout=timeout, session=session)
+            await socket_tls.connect_tls(host, port, link, tls, handshake_timeout=timeout, session=session)
     return link

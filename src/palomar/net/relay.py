@@ -9,9 +9,9 @@ of either side closes both and reports who closed first.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
@@ -23,32 +23,39 @@ class RelayStats:
 
     started: float
     bytes_in: int = 0
-    """client -> backend"""
+    """client -> backend (set when the relay ends)"""
     bytes_out: int = 0
-    """backend -> client"""
+    """backend -> client (set when the relay ends)"""
     last_activity: float = 0.0
     closed_by: str = ""
     """"client", "server" or "proxy"."""
 
 
 class _End(asyncio.Protocol):
-    __slots__ = ("relay", "side", "transport", "peer")
+    """One side of the relay. `data_received` runs for every chunk of every session, so it does only
+    the write, its own byte count and the clock; the relay's stats get the counts when it ends."""
+
+    __slots__ = ("relay", "stats", "side", "transport", "peer", "received", "tracks_lines")
 
     def __init__(self, relay: Relay, side: str, transport: asyncio.Transport) -> None:
         self.relay = relay
+        self.stats = relay.stats
         self.side = side
         self.transport = transport
         self.peer: _End | None = None
+        self.received = 0
+        self.tracks_lines = side == "server"
+        """Whether the relay must know that this side's stream ended a line (the server's)."""
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
         if peer is None or peer.transport.is_closing():
             return
         peer.transport.write(data)
-        relay = self.relay
-        relay.count(self.side, len(data))
-        if self.side == "server":
-            relay.at_line_start = data[-1:] == b"\n"
+        self.received += len(data)
+        self.stats.last_activity = monotonic()
+        if self.tracks_lines:
+            self.relay.at_line_start = data[-1:] == b"\n"
 
     def eof_received(self) -> bool:
         self.relay.half_closed(self)
@@ -78,7 +85,7 @@ class Relay:
         on_done: Callable[[RelayStats], None] | None = None,
         shutdown_line: bytes = b"",
     ) -> None:
-        now = time.monotonic()
+        now = monotonic()
         self.stats = RelayStats(started=now, last_activity=now)
         self._on_done = on_done
         self.shutdown_line = shutdown_line
@@ -109,13 +116,6 @@ class Relay:
                 self.lost(end)
             elif eof:
                 self.half_closed(end)
-
-    def count(self, side: str, n: int) -> None:
-        if side == "client":
-            self.stats.bytes_in += n
-        else:
-            self.stats.bytes_out += n
-        self.stats.last_activity = time.monotonic()
 
     def half_closed(self, end: _End) -> None:
         self._eofs += 1
@@ -167,5 +167,7 @@ class Relay:
                 end.transport.close()
         if not self._finished:
             self._finished = True
+            self.stats.bytes_in = self.client.received
+            self.stats.bytes_out = self.server.received
             if self._on_done is not None:
                 self._on_done(self.stats)
