@@ -41,9 +41,9 @@ from palomar.protocols.lmtp import (
     RcptRequest,
     TransactionReset,
 )
+from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
 from palomar.protocols.subaddress import split_detail
-from palomar.proxy.failures import shutdown_line
 
 log = logging.getLogger("palomar.backend")
 

@@ -4,19 +4,20 @@ As in Dovecot's login proxy (one `enum login_proxy_failure_type`, worded per pro
 `*_proxy_send_failure_reply` each), the session code speaks one vocabulary — the outcome of a
 login (`AuthFailed`, `NoLogin`, `TempFailed`) and the two ways the proxy ends a session itself
 (inactivity, an internal error, a refusal, the server's shutdown) — and only this table turns it
-into a protocol's words. LMTP has no login: its row has the closing lines only; its per-recipient
-replies are in `cluster.lmtp_fanout`. docs/design/failures.md has the whole map, the hop's `FAIL`
-codes and the LMTP replies included.
+into a protocol's words. The shutdown line is the backend's too, so its wording lives in
+`protocols.shutdown` and each row here takes it from there. LMTP has no login: its row has the
+closing lines only; its per-recipient replies are in `cluster.lmtp_fanout`. docs/design/failures.md
+has the whole map, the hop's `FAIL` codes and the LMTP replies included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 
 from palomar.cluster.lmtp_fanout import closing_internal
 from palomar.protocols import imap, managesieve, pop3, submission
+from palomar.protocols.shutdown import SHUTDOWN
 from palomar.proxy.limits import Farewell, smtp_bye
 from palomar.proxy.login import AuthFailed, LoginOutcome, NoLogin, TempFailed
 
@@ -39,17 +40,10 @@ class Wording:
     """The line closing a connection the proxy refuses or gives up on (host name, why)."""
     shutdown: Callable[[str], bytes]
     """The line ending a session when the server stops, worded as Dovecot CE words it
-    (`MASTER_SERVICE_SHUTTING_DOWN_MSG`): the proxy's and the backend's relays and front ends."""
+    (`MASTER_SERVICE_SHUTTING_DOWN_MSG`): `protocols.shutdown`'s, shared with the backend."""
     auth_failed: str | None = None
     temp_failed: str | None = None
     nologin: Callable[[str], str] | None = None
-
-
-SHUTTING_DOWN = "Server shutting down"
-
-
-def _smtp_shutdown(host: str) -> bytes:
-    return f"421 4.3.2 {host} {SHUTTING_DOWN}\r\n".encode()
 
 
 WORDING: dict[str, Wording] = {
@@ -60,7 +54,7 @@ WORDING: dict[str, Wording] = {
         timeout_bye=lambda host: b"* BYE Disconnected for inactivity.\r\n",
         internal_bye=lambda host: f"* BYE [UNAVAILABLE] {INTERNAL_FAILURE}\r\n".encode(),
         bye=lambda host, farewell: f"* BYE {farewell.text}\r\n".encode(),
-        shutdown=lambda host: f"* BYE {SHUTTING_DOWN}.\r\n".encode(),
+        shutdown=SHUTDOWN["imap"],
     ),
     "pop3": Wording(
         auth_failed=pop3.AUTH_FAILED,
@@ -69,7 +63,7 @@ WORDING: dict[str, Wording] = {
         timeout_bye=lambda host: b"-ERR Disconnected for inactivity.\r\n",
         internal_bye=lambda host: f"{pop3.temp_error(INTERNAL_FAILURE)}\r\n".encode(),
         bye=lambda host, farewell: f"-ERR {farewell.text}\r\n".encode(),
-        shutdown=lambda host: f"-ERR [SYS/TEMP] {SHUTTING_DOWN}.\r\n".encode(),
+        shutdown=SHUTDOWN["pop3"],
     ),
     "submission": Wording(
         auth_failed=submission.AUTH_FAILED,
@@ -78,13 +72,13 @@ WORDING: dict[str, Wording] = {
         timeout_bye=lambda host: b"421 4.4.2 Disconnected for inactivity.\r\n",
         internal_bye=lambda host: f"421 4.0.0 {INTERNAL_FAILURE}\r\n".encode(),
         bye=smtp_bye,  # Dovecot's submission-login prefixes its host name (smtp_server_connection_terminate)
-        shutdown=_smtp_shutdown,
+        shutdown=SHUTDOWN["submission"],
     ),
     "lmtp": Wording(
         timeout_bye=lambda host: f"421 4.4.2 {host} Disconnected client for inactivity\r\n".encode(),
         internal_bye=lambda host: f"{closing_internal(host)}\r\n".encode(),
         bye=smtp_bye,
-        shutdown=_smtp_shutdown,
+        shutdown=SHUTDOWN["lmtp"],
     ),
     "sieve": Wording(
         auth_failed=managesieve.AUTH_FAILED,
@@ -93,16 +87,9 @@ WORDING: dict[str, Wording] = {
         timeout_bye=lambda host: b'BYE "Disconnected for inactivity."\r\n',
         internal_bye=lambda host: f"{managesieve.response('BYE', INTERNAL_FAILURE, None)}\r\n".encode(),
         bye=lambda host, farewell: (managesieve.response("BYE", farewell.text) + "\r\n").encode(),
-        shutdown=lambda host: f'BYE "{SHUTTING_DOWN}."\r\n'.encode(),
+        shutdown=SHUTDOWN["sieve"],
     ),
 }
-
-
-@cache  # one bytes object per protocol and host, shared by every relayed session
-def shutdown_line(protocol: str, hostname: str) -> bytes:
-    """The shutdown line of a hop protocol (imap, pop3, submission, lmtp, sieve); b"" for others (doveadm)."""
-    wording = WORDING.get(protocol)
-    return wording.shutdown(hostname) if wording is not None else b""
 
 
 def login_failure(protocol: str, outcome: LoginOutcome) -> str:

@@ -19,8 +19,9 @@ from palomar.logsafe import safe
 from palomar.metrics.registry import Counter
 from palomar.net.drain import ShuttingDown
 from palomar.net.relay import Relay, RelayStats
+from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.client_info import note_client_info
-from palomar.proxy.failures import WORDING, failure_reason, login_failure, shutdown_line
+from palomar.proxy.failures import WORDING, failure_reason, login_failure
 from palomar.proxy.fence import RelayedSessions
 from palomar.proxy.frontend import ClientConnection, accept
 from palomar.proxy.hop_client import Established

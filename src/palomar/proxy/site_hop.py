@@ -34,7 +34,7 @@ from palomar.net.proxyheader import read_proxy_header_from
 from palomar.net.relay import Relay
 from palomar.protocols import doveadm, hop
 from palomar.protocols.proxyproto import ProxyProtocolError
-from palomar.proxy.failures import shutdown_line
+from palomar.protocols.shutdown import shutdown_line
 from palomar.proxy.hop_client import HopFailed, HopTarget
 
 log = logging.getLogger("palomar.proxy")

@@ -11,7 +11,6 @@ import pytest
 from palomar.net.drain import Drain, ShuttingDown
 from palomar.net.link import Link
 from palomar.net.relay import Relay
-from palomar.proxy.failures import shutdown_line
 
 BYE = b"* BYE Server shutting down.\r\n"
 
@@ -97,14 +96,3 @@ async def test_drain_read_passes_other_cancellations_on() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
 
-
-@pytest.mark.parametrize("protocol,line", [
-    ("imap", b"* BYE Server shutting down.\r\n"),
-    ("pop3", b"-ERR [SYS/TEMP] Server shutting down.\r\n"),
-    ("submission", b"421 4.3.2 mx1.example.test Server shutting down\r\n"),
-    ("lmtp", b"421 4.3.2 mx1.example.test Server shutting down\r\n"),
-    ("sieve", b'BYE "Server shutting down."\r\n'),
-    ("doveadm", b""),
-])
-def test_shutdown_lines_are_worded_as_dovecot_words_them(protocol: str, line: bytes) -> None:
-    assert shutdown_line(protocol, "mx1.example.test") == line
