@@ -15,9 +15,11 @@ import ssl
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from harness.clients import backend_of
 from test_moves import ImapSession, closed_within, log_text, login_once, make_group, node, user, who
 
+from palomar.cli.main import main
 from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.net import wait_until
 from palomar.protocols.proxyproto import build_v2
@@ -191,3 +193,27 @@ def test_a_pop3_login_follows_dovecots_referral_to_the_new_backend(cluster: Loca
     pop.quit()
     node(cluster, b2).dovecot.wait_for_log(rf"pop3-login: Info: Login: user=<{re.escape(name)}>")
     assert re.search(rf"user={re.escape(name)} referred to {re.escape(b2)}", log_text(node(cluster, b1).log_path))
+
+
+def _direct_parts(dovecot_conf: str) -> list[str]:
+    """The direct path's part of a dovecot.conf: trusted proxies, TLS files, the haproxy listeners, the login
+    check passdb/userdb (paths stripped of their directory, which differs between two writes)."""
+    parts = re.findall(r"^haproxy_trusted_networks = [^\n]*|^ssl[^\n]*|  inet_listener \w+_haproxy \{.*?\n  \}",
+                       dovecot_conf, flags=re.M | re.S)
+    parts += [Path(path).name for path in re.findall(r"args = (\S+login-check\S*)", dovecot_conf)]
+    return parts
+
+
+def test_dovecot_config_from_a_backends_palomar_conf_matches_the_running_dovecot(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """What an operator runs on a real host (`palomar backend dovecot-config` from the backend's palomar.conf)
+    writes the same direct path the devcluster's Dovecot runs with."""
+    b1 = cluster.backends[0]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["backend", "dovecot-config", "-c", str(b1.config),
+                                       "--mail-root", str(cluster.mail_root), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    written, running = (out / "dovecot.conf").read_text(), b1.dovecot.params.config_path.read_text()
+    assert _direct_parts(written) == _direct_parts(running)
+    assert len(_direct_parts(written)) >= 6  # networks, TLS, two listeners, passdb and userdb
+    assert (out / "palomar-login-check.conf.ext").read_text() == b1.dovecot.params.login_check_dict_path.read_text()

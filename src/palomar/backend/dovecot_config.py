@@ -100,7 +100,11 @@ class DovecotParams:
     haproxy_pop3_port: int = 0
     """Direct path: POP3 listener proxies reach with a PROXY v2 header (0: none)."""
     haproxy_trusted_networks: tuple[str, ...] = ()
-    """Direct path: the proxies' addresses, the only ones whose PROXY header Dovecot believes."""
+    """Direct path: the proxies' addresses, the only ones whose PROXY header Dovecot believes (a network
+    covering every address is refused: anyone could then claim any client address)."""
+    haproxy_listen: str = ""
+    """Direct path: the address the haproxy listeners bind to, reachable from the proxies ("": `listen`).
+    Everything else stays on `listen`, the loopback address only the local `palomar backend` uses."""
     haproxy_tls: tuple[Path, Path] | None = None
     """Direct path with TLS (`cluster_hop_ssl = yes`): the certificate and key the haproxy listeners
     serve after the PROXY header (the backend's hop certificate); None: plaintext listeners."""
@@ -161,6 +165,13 @@ def _check_params(p: DovecotParams) -> None:
         raise DovecotConfigError(f"listen address {p.listen!r} is not an IP address") from None
     if not listen.is_loopback:
         raise DovecotConfigError(f"listen address {p.listen} is not a loopback address")
+    if p.haproxy_listen:
+        if not (p.haproxy_imap_port or p.haproxy_pop3_port):
+            raise DovecotConfigError("haproxy listen address without haproxy listeners")
+        try:
+            ipaddress.ip_address(p.haproxy_listen)
+        except ValueError:
+            raise DovecotConfigError(f"haproxy listen address {p.haproxy_listen!r} is not an IP address") from None
     for label, path in (("conf_dir", p.conf_dir), ("base_dir", p.base_dir), ("state_dir", p.state_dir),
                         ("log_path", p.log_path), ("mail_root", p.mail_root)):
         if not Path(path).is_absolute():
@@ -202,6 +213,10 @@ def _check_params(p: DovecotParams) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise DovecotConfigError(f"trusted network {net!r} is not an address or network") from None
+    everyone = [net for net in p.haproxy_trusted_networks if ipaddress.ip_network(net, strict=False).prefixlen == 0]
+    if everyone:
+        raise DovecotConfigError(f"haproxy_trusted_networks {everyone[0]} trusts every address: name the proxies' "
+                                 "networks, whose PROXY header Dovecot believes")
     for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password)):
         if not secret:
             raise DovecotConfigError(f"{label} is empty")
@@ -329,7 +344,7 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-{_haproxy_listener("imap", p.haproxy_imap_port, p.haproxy_tls is not None)}  service_count = 0
+{_haproxy_listener("imap", p.haproxy_imap_port, p)}  service_count = 0
   process_min_avail = {LOGIN_PROCESSES}
   client_limit = {LOGIN_CLIENT_LIMIT}
 }}
@@ -340,7 +355,7 @@ service pop3-login {{
   inet_listener pop3s {{
     port = 0
   }}
-{_haproxy_listener("pop3", p.haproxy_pop3_port, p.haproxy_tls is not None)}  service_count = 0
+{_haproxy_listener("pop3", p.haproxy_pop3_port, p)}  service_count = 0
   process_min_avail = 1
 }}
 service submission-login {{
@@ -472,14 +487,15 @@ ssl_min_protocol = TLSv1.2
 """
 
 
-def _haproxy_listener(protocol: str, port: int, tls: bool) -> str:
+def _haproxy_listener(protocol: str, port: int, p: DovecotParams) -> str:
     if not port:
         return ""
+    address = f"    address = {p.haproxy_listen}\n" if p.haproxy_listen else ""
     return f"""\
   inet_listener {protocol}_haproxy {{
-    port = {port}
+{address}    port = {port}
     haproxy = yes
-    ssl = {"yes" if tls else "no"}
+    ssl = {"yes" if p.haproxy_tls is not None else "no"}
   }}
 """
 
