@@ -302,6 +302,8 @@ cluster_backend_path = direct
 cluster_backend_login_check_socket = {base}/run/palomar-login-check
 cluster_backend_direct_imap_port = 20993
 cluster_backend_direct_pop3_port = 20995
+cluster_backend_direct_submission_port = 20465
+cluster_backend_direct_sieve_port = 24190
 cluster_backend_direct_listen = 192.0.2.7
 haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11
 """
@@ -319,7 +321,8 @@ def test_cli_writes_the_direct_path_config_dovecot_accepts(tmp_path: Path, harne
     assert checked.returncode == 0, checked.stderr
     assert "haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11/32\n" in checked.stdout
     assert "listen = 127.0.0.7\n" in checked.stdout
-    for name, port in (("imap_haproxy", 20993), ("pop3_haproxy", 20995)):
+    for name, port in (("imap_haproxy", 20993), ("pop3_haproxy", 20995), ("submission_haproxy", 20465),
+                       ("sieve_haproxy", 24190)):
         assert (f"inet_listener {name} {{\n    address = 192.0.2.7\n    haproxy = yes\n    port = {port}\n"
                 f"    ssl = no\n  }}") in checked.stdout
     assert checked.stdout.count(f"args = {out / 'palomar-login-check.conf.ext'}") == 2  # passdb and userdb

@@ -117,6 +117,8 @@ def _direct_path(cfg: Any) -> dict[str, Any]:
         "login_check_socket": Path(cfg["cluster_backend_login_check_socket"]),
         "haproxy_imap_port": cfg["cluster_backend_direct_imap_port"],
         "haproxy_pop3_port": cfg["cluster_backend_direct_pop3_port"],
+        "haproxy_submission_port": cfg["cluster_backend_direct_submission_port"],
+        "haproxy_sieve_port": cfg["cluster_backend_direct_sieve_port"],
         "haproxy_trusted_networks": tuple(str(net) for net in cfg["haproxy_trusted_networks"]),
         "haproxy_listen": cfg["cluster_backend_direct_listen"],
         "haproxy_tls": tls,

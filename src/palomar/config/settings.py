@@ -440,7 +440,8 @@ _add("cluster_backend_path", enum("hop", "direct"), "hop", BOTH,
      "straight to the backend's Dovecot (cluster_backend_direct_imap_port / _pop3_port, a PROXY v2 header "
      "with the client's address, login as the master user); Dovecot asks the backend's palomar service "
      "(cluster_backend_login_check_socket) at every login, so it still decides every login but leaves the "
-     "byte path. LMTP, Submission, ManageSieve, doveadm and admin commands stay on the hop. With "
+     "byte path. Submission and ManageSieve go the same way when cluster_backend_direct_submission_port / "
+     "_sieve_port are set (else they stay on the hop); LMTP, doveadm and admin commands stay on the hop. With "
      "cluster_hop_ssl = yes the proxy speaks TLS to Dovecot after the PROXY header and checks the backend's hop "
      "certificate as on the hop. `palomar backend dovecot-config` writes a backend's Dovecot side of it "
      "(docs/design/login-path-cost.md)",
@@ -451,9 +452,15 @@ _add("cluster_backend_direct_imap_port", PORT, "0", BOTH,
 _add("cluster_backend_direct_pop3_port", PORT, "0", BOTH,
      "with cluster_backend_path = direct: the port of the backends' Dovecot POP3 listener with `haproxy = yes` "
      "(the same on every backend; on a backend, `palomar backend dovecot-config` opens it)", **_ext)
+_add("cluster_backend_direct_submission_port", PORT, "0", BOTH,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot Submission listener with "
+     "`haproxy = yes` (the same on every backend; 0: Submission sessions stay on the hop)", **_ext)
+_add("cluster_backend_direct_sieve_port", PORT, "0", BOTH,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot ManageSieve listener with "
+     "`haproxy = yes` (the same on every backend; 0: ManageSieve sessions stay on the hop)", **_ext)
 _add("cluster_backend_direct_listen", STRING, "", BACKEND,
-     "with cluster_backend_path = direct: the address the direct IMAP and POP3 listeners of the local Dovecot "
-     "bind to, one the proxies reach (empty: cluster_backend_dovecot_host, a loopback address, which only "
+     "with cluster_backend_path = direct: the address the direct listeners (IMAP, POP3, Submission, "
+     "ManageSieve) of the local Dovecot bind to, one the proxies reach (empty: cluster_backend_dovecot_host, a loopback address, which only "
      "proxies on the same host reach); the rest of that Dovecot stays on cluster_backend_dovecot_host",
      **_ext)
 _add("cluster_backend_login_check_socket", PATH, "", BACKEND,

@@ -177,7 +177,9 @@ def _hop_tls(cfg: Config, role_at: Location) -> list[Issue]:
 
 
 _DIRECT_PORTS = ("cluster_backend_direct_imap_port", "cluster_backend_direct_pop3_port")
-_BACKEND_DIRECT_DOVECOT = (*_DIRECT_PORTS, "cluster_backend_direct_listen", "haproxy_trusted_networks")
+_DIRECT_OPTIONAL_PORTS = ("cluster_backend_direct_submission_port", "cluster_backend_direct_sieve_port")
+_BACKEND_DIRECT_DOVECOT = (*_DIRECT_PORTS, *_DIRECT_OPTIONAL_PORTS, "cluster_backend_direct_listen",
+                           "haproxy_trusted_networks")
 """A backend's settings for its Dovecot's direct listeners: only `palomar backend dovecot-config` reads them."""
 
 
@@ -186,7 +188,7 @@ def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
     backend; its TLS follows cluster_hop_ssl (the hop's certificates, checked as for the hop)."""
     names = ("cluster_backend_login_check_socket",) if cfg.role == "backend" else _DIRECT_PORTS
     if cfg["cluster_backend_path"] == "hop":
-        unused = (*names, *_BACKEND_DIRECT_DOVECOT) if cfg.role == "backend" else names
+        unused = (*names, *_BACKEND_DIRECT_DOVECOT) if cfg.role == "backend" else (*names, *_DIRECT_OPTIONAL_PORTS)
         return [Issue(cfg.location(name), f"{name}: only used with cluster_backend_path = direct")
                 for name in unused if cfg.is_set(name)]
     at = cfg.location("cluster_backend_path") or role_at
