@@ -343,9 +343,11 @@ def test_a_direct_path_proxy_needs_the_master_password(write) -> None:
     assert _errors(path) == [f"{path}:7: cluster_backend_path = direct needs cluster_backend_dovecot_master_password"]
 
 
-def test_direct_path_settings_are_refused_on_the_hop_path(write) -> None:
-    path = write("p.conf", "cluster_backend_direct_imap_port = 10993\n")
-    assert _errors(path) == [f"{path}:1: cluster_backend_direct_imap_port: only used with cluster_backend_path = direct"]
+@pytest.mark.parametrize("name", ["cluster_backend_direct_imap_port", "cluster_backend_direct_submission_port",
+                                  "cluster_backend_direct_sieve_port"])
+def test_direct_path_settings_are_refused_on_the_hop_path(write, name: str) -> None:
+    path = write("p.conf", f"{name} = 10993\n")
+    assert _errors(path) == [f"{path}:1: {name}: only used with cluster_backend_path = direct"]
 
 
 def test_a_direct_path_backend_needs_its_login_check_socket(write) -> None:
