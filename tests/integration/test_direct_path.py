@@ -10,14 +10,18 @@ import imaplib
 import json
 import poplib
 import re
+import smtplib
 import socket
 import ssl
 from pathlib import Path
 
 import pytest
-from harness.clients import backend_of
+from click.testing import CliRunner
+from harness.clients import backend_of, tls_context
 from test_moves import ImapSession, closed_within, log_text, login_once, make_group, node, user, who
+from test_pop3_sieve_path import sieve_connect
 
+from palomar.cli.main import main
 from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.net import wait_until
 from palomar.protocols.proxyproto import build_v2
@@ -36,7 +40,7 @@ def dovecot_conversation(cluster: LocalCluster, backend: str, source: str, lines
     """Talk to `backend`'s Dovecot direct IMAP listener from `source` as a proxy would (PROXY v2 header
     with a client address, then TLS checked against the hop CA), one command at a time; everything
     Dovecot said."""
-    port = cluster.direct_ports[0]
+    port = cluster.direct_ports["imap"]
     with socket.create_connection((backend, port), timeout=10, source_address=(source, 0)) as raw:
         raw.sendall(build_v2(("192.0.2.50", 40000), (backend, port)))
         sock = hop_tls_context(cluster).wrap_socket(raw, server_hostname=backend)
@@ -143,7 +147,7 @@ def test_dovecot_refuses_a_wrong_master_password_an_untrusted_address_and_user_l
                              [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name) + b"\r\n"])
     node(cluster, b1).dovecot.wait_for_log(r"haproxy: Client not trusted \(rip=127\.0\.0\.99\)")
     # the listener speaks TLS only: a plaintext command after the header gets no IMAP answer
-    port = cluster.direct_ports[0]
+    port = cluster.direct_ports["imap"]
     with socket.create_connection((b1, port), timeout=10, source_address=(trusted, 0)) as raw:
         raw.sendall(build_v2(("192.0.2.50", 40000), (b1, port)) + b"a LOGIN x y\r\n")
         assert not raw.makefile("rb").read().startswith(b"* OK")
@@ -191,3 +195,92 @@ def test_a_pop3_login_follows_dovecots_referral_to_the_new_backend(cluster: Loca
     pop.quit()
     node(cluster, b2).dovecot.wait_for_log(rf"pop3-login: Info: Login: user=<{re.escape(name)}>")
     assert re.search(rf"user={re.escape(name)} referred to {re.escape(b2)}", log_text(node(cluster, b1).log_path))
+
+
+def _direct_parts(dovecot_conf: str) -> list[str]:
+    """The direct path's part of a dovecot.conf: trusted proxies, TLS files, the haproxy listeners, the login
+    check passdb/userdb (paths stripped of their directory, which differs between two writes)."""
+    parts = re.findall(r"^haproxy_trusted_networks = [^\n]*|^ssl[^\n]*|  inet_listener \w+_haproxy \{.*?\n  \}",
+                       dovecot_conf, flags=re.M | re.S)
+    parts += [Path(path).name for path in re.findall(r"args = (\S+login-check\S*)", dovecot_conf)]
+    return parts
+
+
+def test_dovecot_config_from_a_backends_palomar_conf_matches_the_running_dovecot(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    """What an operator runs on a real host (`palomar backend dovecot-config` from the backend's palomar.conf)
+    writes the same direct path the devcluster's Dovecot runs with."""
+    b1 = cluster.backends[0]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["backend", "dovecot-config", "-c", str(b1.config),
+                                       "--mail-root", str(cluster.mail_root), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    written, running = (out / "dovecot.conf").read_text(), b1.dovecot.params.config_path.read_text()
+    assert _direct_parts(written) == _direct_parts(running)
+    assert len(_direct_parts(written)) >= 6  # networks, TLS, two listeners, passdb and userdb
+    assert (out / "palomar-login-check.conf.ext").read_text() == b1.dovecot.params.login_check_dict_path.read_text()
+
+
+def _submit(cluster: LocalCluster, name: str, password: str, subject: str) -> None:
+    with smtplib.SMTP(cluster.lb_host, cluster.lb_submission, timeout=15) as smtp:
+        smtp.starttls(context=tls_context())
+        smtp.login(name, password)
+        refused = smtp.sendmail(name, ["rcpt@example.org"],
+                                f"From: {name}\r\nTo: rcpt@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n".encode())
+        assert refused == {}
+    assert cluster.sink is not None
+    cluster.sink.wait_for_match(lambda m: f"Subject: {subject}".encode() in m.data, timeout=20)
+
+
+def _not_relayed_by_the_backend_service(owner_log: Path, name: str, protocol: str) -> bool:
+    """The backend service decided the login (its login check) but did not log in itself and relay."""
+    text = log_text(owner_log)
+    return (re.search(rf"session=\S+ user={re.escape(name)} login check: served here", text) is not None
+            and re.search(rf"user={re.escape(name)} proto={protocol} .* login ok", text) is None)
+
+
+def test_submission_goes_straight_to_dovecot(cluster: LocalCluster) -> None:
+    name = user(60)
+    _submit(cluster, name, "password60", "direct submission")
+    owner = node(cluster, backend_of(cluster, name))
+    owner.dovecot.wait_for_log(rf"submission-login: Info: Login: user=<{re.escape(name)}>.*rip=127\.0\.0\.1,")
+    wait_until(lambda: _not_relayed_by_the_backend_service(owner.log_path, name, "submission"), 10,
+               "the login check line")
+
+
+def test_managesieve_goes_straight_to_dovecot(cluster: LocalCluster, tmp_path: Path) -> None:
+    name = user(61)
+    script = tmp_path / "keep.sieve"
+    script.write_text("keep;\n")
+    up = sieve_connect(cluster, cluster.lb_sieve, name, "password61", "--upload", "--localsieve", str(script),
+                       "--remotesieve", "direct-test")
+    assert up.returncode == 0, up.stderr
+    listed = sieve_connect(cluster, cluster.lb_sieve, name, "password61", "--list")
+    assert listed.returncode == 0 and "direct-test" in listed.stdout, listed.stderr
+    owner = node(cluster, backend_of(cluster, name))
+    owner.dovecot.wait_for_log(rf"managesieve-login: Info: Login: user=<{re.escape(name)}>.*rip=127\.0\.0\.1,")
+    wait_until(lambda: _not_relayed_by_the_backend_service(owner.log_path, name, "sieve"), 10,
+               "the login check line")
+
+
+@pytest.mark.parametrize("protocol", ["submission", "sieve"])
+def test_submission_and_managesieve_follow_dovecots_referral(cluster: LocalCluster, protocol: str,
+                                                              tmp_path: Path) -> None:
+    b1, b2 = cluster.backends[0].host, cluster.backends[1].host
+    number = 62 if protocol == "submission" else 63
+    name, password = user(number), f"password{number}"
+    make_group(cluster, f"direct-{protocol}-a", b1, b2, [name])
+    make_group(cluster, f"direct-{protocol}-b", b2, b1, [])
+    cluster.cluster("user", "move", name, f"direct-{protocol}-b")
+    # the proxy still routes to b1; b1's login check performs the move and refers the login to b2 in the
+    # text of Dovecot's refusal, which the proxy follows
+    if protocol == "submission":
+        _submit(cluster, name, password, "direct referral")
+    else:
+        listed = sieve_connect(cluster, cluster.lb_sieve, name, password, "--list")
+        assert listed.returncode == 0, listed.stderr
+    login = "submission-login" if protocol == "submission" else "managesieve-login"
+    node(cluster, b2).dovecot.wait_for_log(rf"{login}: Info: Login: user=<{re.escape(name)}>")
+    assert re.search(rf"user={re.escape(name)} referred to {re.escape(b2)}", log_text(node(cluster, b1).log_path))
+    wait_until(lambda: _not_relayed_by_the_backend_service(node(cluster, b2).log_path, name, protocol), 10,
+               "b2's login check line")

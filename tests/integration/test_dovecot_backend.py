@@ -297,10 +297,48 @@ def test_cli_writes_a_config_dovecot_accepts(tmp_path: Path, harness_root: Path)
     assert "login_trusted_networks = 127.0.0.1/32 127.0.0.7/32" in checked.stdout
 
 
+DIRECT_CONF = BACKEND_CONF + """\
+cluster_backend_path = direct
+cluster_backend_login_check_socket = {base}/run/palomar-login-check
+cluster_backend_direct_imap_port = 20993
+cluster_backend_direct_pop3_port = 20995
+cluster_backend_direct_submission_port = 20465
+cluster_backend_direct_sieve_port = 24190
+cluster_backend_direct_listen = 192.0.2.7
+haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11
+"""
+
+
+def test_cli_writes_the_direct_path_config_dovecot_accepts(tmp_path: Path, harness_root: Path) -> None:
+    conf = tmp_path / "palomar.conf"
+    conf.write_text(DIRECT_CONF.format(base=tmp_path))
+    out = harness_root / "cli-direct-out"
+    result = CliRunner().invoke(main, ["backend", "dovecot-config", "-c", str(conf), "--mail-root",
+                                       str(harness_root / "mail"), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    checked = subprocess.run(["doveconf", "-n", "-c", str(out / "dovecot.conf")], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "haproxy_trusted_networks = 192.0.2.10/32 192.0.2.11/32\n" in checked.stdout
+    assert "listen = 127.0.0.7\n" in checked.stdout
+    for name, port in (("imap_haproxy", 20993), ("pop3_haproxy", 20995), ("submission_haproxy", 20465),
+                       ("sieve_haproxy", 24190)):
+        assert (f"inet_listener {name} {{\n    address = 192.0.2.7\n    haproxy = yes\n    port = {port}\n"
+                f"    ssl = no\n  }}") in checked.stdout
+    assert checked.stdout.count(f"args = {out / 'palomar-login-check.conf.ext'}") == 2  # passdb and userdb
+    lookup = (out / "palomar-login-check.conf.ext").read_text()
+    assert f"proxy:idle_msecs=60000:{tmp_path}/run/palomar-login-check:palomar" in lookup
+
+
 @pytest.mark.parametrize(
     ("extra_args", "conf_text", "message"),
     [
         ([], None, "palomar.conf"),
+        ([], DIRECT_CONF.replace("192.0.2.10/32 192.0.2.11", "0.0.0.0/0"), "trusts every address"),
+        ([], DIRECT_CONF.replace("cluster_backend_direct_pop3_port = 20995\n", ""),
+         "cluster_backend_direct_pop3_port is not set"),
+        ([], DIRECT_CONF.replace("cluster_backend_path = direct", "cluster_backend_path = hop").replace(
+            "cluster_backend_login_check_socket", "#"), "cluster_backend_direct_listen: only used with"),
         (["--relay", "nohostport"], BACKEND_CONF, "--relay"),
         ([], BACKEND_CONF.replace("127.0.0.7", "192.0.2.7"), "not a loopback address"),
         ([], BACKEND_CONF + "no_such_setting = 1\n", "no_such_setting"),

@@ -99,8 +99,16 @@ class DovecotParams:
     """Direct path: IMAP listener proxies reach with a PROXY v2 header (0: none)."""
     haproxy_pop3_port: int = 0
     """Direct path: POP3 listener proxies reach with a PROXY v2 header (0: none)."""
+    haproxy_submission_port: int = 0
+    """Direct path: Submission listener proxies reach with a PROXY v2 header (0: none)."""
+    haproxy_sieve_port: int = 0
+    """Direct path: ManageSieve listener proxies reach with a PROXY v2 header (0: none)."""
     haproxy_trusted_networks: tuple[str, ...] = ()
-    """Direct path: the proxies' addresses, the only ones whose PROXY header Dovecot believes."""
+    """Direct path: the proxies' addresses, the only ones whose PROXY header Dovecot believes (a network
+    covering every address is refused: anyone could then claim any client address)."""
+    haproxy_listen: str = ""
+    """Direct path: the address the haproxy listeners bind to, reachable from the proxies ("": `listen`).
+    Everything else stays on `listen`, the loopback address only the local `palomar backend` uses."""
     haproxy_tls: tuple[Path, Path] | None = None
     """Direct path with TLS (`cluster_hop_ssl = yes`): the certificate and key the haproxy listeners
     serve after the PROXY header (the backend's hop certificate); None: plaintext listeners."""
@@ -134,10 +142,14 @@ class DovecotParams:
             "doveadm_http": self.doveadm_http_port,
             "doveadm_tcp": self.doveadm_tcp_port,
             "metrics": self.metrics_port,
-            "imap_haproxy": self.haproxy_imap_port,
-            "pop3_haproxy": self.haproxy_pop3_port,
+            **{f"{protocol}_haproxy": port for protocol, port in self.haproxy_ports().items()},
         }
         return {name: port for name, port in ports.items() if port}
+
+    def haproxy_ports(self) -> dict[str, int]:
+        """The direct path's listeners with `haproxy = yes`, by protocol (0: none)."""
+        return {"imap": self.haproxy_imap_port, "pop3": self.haproxy_pop3_port,
+                "submission": self.haproxy_submission_port, "sieve": self.haproxy_sieve_port}
 
 
 @dataclass(frozen=True)
@@ -161,6 +173,13 @@ def _check_params(p: DovecotParams) -> None:
         raise DovecotConfigError(f"listen address {p.listen!r} is not an IP address") from None
     if not listen.is_loopback:
         raise DovecotConfigError(f"listen address {p.listen} is not a loopback address")
+    if p.haproxy_listen:
+        if not any(p.haproxy_ports().values()):
+            raise DovecotConfigError("haproxy listen address without haproxy listeners")
+        try:
+            ipaddress.ip_address(p.haproxy_listen)
+        except ValueError:
+            raise DovecotConfigError(f"haproxy listen address {p.haproxy_listen!r} is not an IP address") from None
     for label, path in (("conf_dir", p.conf_dir), ("base_dir", p.base_dir), ("state_dir", p.state_dir),
                         ("log_path", p.log_path), ("mail_root", p.mail_root)):
         if not Path(path).is_absolute():
@@ -170,7 +189,7 @@ def _check_params(p: DovecotParams) -> None:
     required = {"imap": p.imap_port, "pop3": p.pop3_port, "lmtp": p.lmtp_port,
                 "submission": p.submission_port, "sieve": p.sieve_port}
     optional = {"doveadm_http": p.doveadm_http_port, "doveadm_tcp": p.doveadm_tcp_port, "metrics": p.metrics_port,
-                "imap_haproxy": p.haproxy_imap_port, "pop3_haproxy": p.haproxy_pop3_port}
+                **{f"{protocol}_haproxy": port for protocol, port in p.haproxy_ports().items()}}
     for name, port in {**required, **optional}.items():
         low = 1 if name in required else 0
         if not isinstance(port, int) or not low <= port <= 65535:
@@ -184,7 +203,7 @@ def _check_params(p: DovecotParams) -> None:
         raise DovecotConfigError(f"relay host {p.relay_host!r} is not a host name or address")
     if not p.trusted_networks:
         raise DovecotConfigError("trusted_networks must name the palomar backend's address")
-    if (p.haproxy_imap_port or p.haproxy_pop3_port) and (p.login_check_socket is None
+    if any(p.haproxy_ports().values()) and (p.login_check_socket is None
                                                         or not p.haproxy_trusted_networks):
         raise DovecotConfigError("haproxy listeners need the login check socket and haproxy_trusted_networks: "
                                  "proxies reach Dovecot directly only with palomar deciding every login")
@@ -202,6 +221,10 @@ def _check_params(p: DovecotParams) -> None:
             ipaddress.ip_network(net, strict=False)
         except ValueError:
             raise DovecotConfigError(f"trusted network {net!r} is not an address or network") from None
+    everyone = [net for net in p.haproxy_trusted_networks if ipaddress.ip_network(net, strict=False).prefixlen == 0]
+    if everyone:
+        raise DovecotConfigError(f"haproxy_trusted_networks {everyone[0]} trusts every address: name the proxies' "
+                                 "networks, whose PROXY header Dovecot believes")
     for label, secret in (("master password", p.master_password), ("doveadm password", p.doveadm_password)):
         if not secret:
             raise DovecotConfigError(f"{label} is empty")
@@ -329,7 +352,7 @@ service imap-login {{
   inet_listener imaps {{
     port = 0
   }}
-{_haproxy_listener("imap", p.haproxy_imap_port, p.haproxy_tls is not None)}  service_count = 0
+{_haproxy_listener("imap", p)}  service_count = 0
   process_min_avail = {LOGIN_PROCESSES}
   client_limit = {LOGIN_CLIENT_LIMIT}
 }}
@@ -340,19 +363,19 @@ service pop3-login {{
   inet_listener pop3s {{
     port = 0
   }}
-{_haproxy_listener("pop3", p.haproxy_pop3_port, p.haproxy_tls is not None)}  service_count = 0
+{_haproxy_listener("pop3", p)}  service_count = 0
   process_min_avail = 1
 }}
 service submission-login {{
   inet_listener submission {{
     port = {p.submission_port}
   }}
-}}
+{_haproxy_listener("submission", p)}}}
 service managesieve-login {{
   inet_listener sieve {{
     port = {p.sieve_port}
   }}
-}}
+{_haproxy_listener("sieve", p)}}}
 service lmtp {{
   inet_listener lmtp {{
     port = {p.lmtp_port}
@@ -472,14 +495,16 @@ ssl_min_protocol = TLSv1.2
 """
 
 
-def _haproxy_listener(protocol: str, port: int, tls: bool) -> str:
+def _haproxy_listener(protocol: str, p: DovecotParams) -> str:
+    port = p.haproxy_ports()[protocol]
     if not port:
         return ""
+    address = f"    address = {p.haproxy_listen}\n" if p.haproxy_listen else ""
     return f"""\
   inet_listener {protocol}_haproxy {{
-    port = {port}
+{address}    port = {port}
     haproxy = yes
-    ssl = {"yes" if tls else "no"}
+    ssl = {"yes" if p.haproxy_tls is not None else "no"}
   }}
 """
 

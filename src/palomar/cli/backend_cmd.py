@@ -63,10 +63,6 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
     for setting in ("cluster_backend_dovecot_master_password", "doveadm_password"):
         if not cfg[setting]:
             raise DovecotConfigError(f"{setting} is not set")
-    if cfg["cluster_backend_path"] == "direct":
-        raise DovecotConfigError("cluster_backend_path = direct: dovecot-config does not write the direct path's "
-                                 "Dovecot configuration yet (the login check passdb, the haproxy listeners); "
-                                 "see docs/design/login-path-cost.md")
     listen = cfg["cluster_backend_dovecot_host"]
     base_dir = Path(cfg["base_dir"])
     trusted = ["127.0.0.1/32", "::1/128"] if ":" in listen else ["127.0.0.1/32"]
@@ -100,7 +96,33 @@ def params_from_config(cfg: Any, mail_root: Path, out_dir: Path, relay: tuple[st
         relay_host=relay[0],
         relay_port=relay[1],
         recipient_delimiter=cfg["recipient_delimiter"],
+        **_direct_path(cfg),
     )
+
+
+def _direct_path(cfg: Any) -> dict[str, Any]:
+    """`cluster_backend_path = direct`: the login check passdb and the listeners proxies reach with a PROXY
+    header, with TLS from the hop's certificate when cluster_hop_ssl = yes (the proxies check it as on the hop)."""
+    if cfg["cluster_backend_path"] != "direct":
+        return {}
+    for setting in ("cluster_backend_direct_imap_port", "cluster_backend_direct_pop3_port",
+                    "haproxy_trusted_networks"):
+        if not cfg[setting]:
+            raise DovecotConfigError(f"cluster_backend_path = direct: {setting} is not set (the Dovecot listeners "
+                                     "proxies reach with a PROXY header need it)")
+    tls = None
+    if cfg["cluster_hop_ssl"] == "yes":
+        tls = (Path(cfg["cluster_hop_ssl_cert_file"]), Path(cfg["cluster_hop_ssl_key_file"]))
+    return {
+        "login_check_socket": Path(cfg["cluster_backend_login_check_socket"]),
+        "haproxy_imap_port": cfg["cluster_backend_direct_imap_port"],
+        "haproxy_pop3_port": cfg["cluster_backend_direct_pop3_port"],
+        "haproxy_submission_port": cfg["cluster_backend_direct_submission_port"],
+        "haproxy_sieve_port": cfg["cluster_backend_direct_sieve_port"],
+        "haproxy_trusted_networks": tuple(str(net) for net in cfg["haproxy_trusted_networks"]),
+        "haproxy_listen": cfg["cluster_backend_direct_listen"],
+        "haproxy_tls": tls,
+    }
 
 
 @backend.command("dovecot-config")

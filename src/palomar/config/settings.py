@@ -121,8 +121,11 @@ _add("login_socket_path", enum("cluster"), "cluster", BOTH,
      "service; palomar's proxy authenticates and routes in-process")
 
 # --- Dovecot settings palomar honours --------------------------------------------------------------------
-_add("haproxy_trusted_networks", NETWORKS, "", PROXY,
-     "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners")
+_add("haproxy_trusted_networks", NETWORKS, "", BOTH,
+     "networks allowed to send a HAProxy PROXY header to `haproxy = yes` listeners. On a backend (only with "
+     "cluster_backend_path = direct): the proxies' networks, the only ones whose PROXY header the direct "
+     "listeners of its Dovecot believe (`palomar backend dovecot-config` writes them; a network covering every "
+     "address, such as 0.0.0.0/0, is refused)")
 _add("haproxy_timeout", TIME, "3 secs", PROXY, "how long to wait for the PROXY header")
 _add("login_trusted_networks", NETWORKS, "", PROXY,
      "networks whose connections may forward the client's address and session (IMAP ID, XCLIENT), e.g. a "
@@ -437,16 +440,29 @@ _add("cluster_backend_path", enum("hop", "direct"), "hop", BOTH,
      "straight to the backend's Dovecot (cluster_backend_direct_imap_port / _pop3_port, a PROXY v2 header "
      "with the client's address, login as the master user); Dovecot asks the backend's palomar service "
      "(cluster_backend_login_check_socket) at every login, so it still decides every login but leaves the "
-     "byte path. LMTP, Submission, ManageSieve, doveadm and admin commands stay on the hop. With "
+     "byte path. Submission and ManageSieve go the same way when cluster_backend_direct_submission_port / "
+     "_sieve_port are set (else they stay on the hop); LMTP, doveadm and admin commands stay on the hop. With "
      "cluster_hop_ssl = yes the proxy speaks TLS to Dovecot after the PROXY header and checks the backend's hop "
-     "certificate as on the hop (docs/design/login-path-cost.md)",
+     "certificate as on the hop. `palomar backend dovecot-config` writes a backend's Dovecot side of it "
+     "(docs/design/login-path-cost.md)",
      **_ext)
-_add("cluster_backend_direct_imap_port", PORT, "0", PROXY,
+_add("cluster_backend_direct_imap_port", PORT, "0", BOTH,
      "with cluster_backend_path = direct: the port of the backends' Dovecot IMAP listener with `haproxy = yes` "
-     "(the same on every backend)", **_ext)
-_add("cluster_backend_direct_pop3_port", PORT, "0", PROXY,
+     "(the same on every backend; on a backend, `palomar backend dovecot-config` opens it)", **_ext)
+_add("cluster_backend_direct_pop3_port", PORT, "0", BOTH,
      "with cluster_backend_path = direct: the port of the backends' Dovecot POP3 listener with `haproxy = yes` "
-     "(the same on every backend)", **_ext)
+     "(the same on every backend; on a backend, `palomar backend dovecot-config` opens it)", **_ext)
+_add("cluster_backend_direct_submission_port", PORT, "0", BOTH,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot Submission listener with "
+     "`haproxy = yes` (the same on every backend; 0: Submission sessions stay on the hop)", **_ext)
+_add("cluster_backend_direct_sieve_port", PORT, "0", BOTH,
+     "with cluster_backend_path = direct: the port of the backends' Dovecot ManageSieve listener with "
+     "`haproxy = yes` (the same on every backend; 0: ManageSieve sessions stay on the hop)", **_ext)
+_add("cluster_backend_direct_listen", STRING, "", BACKEND,
+     "with cluster_backend_path = direct: the address the direct listeners (IMAP, POP3, Submission, "
+     "ManageSieve) of the local Dovecot bind to, one the proxies reach (empty: cluster_backend_dovecot_host, a loopback address, which only "
+     "proxies on the same host reach); the rest of that Dovecot stays on cluster_backend_dovecot_host",
+     **_ext)
 _add("cluster_backend_login_check_socket", PATH, "", BACKEND,
      "with cluster_backend_path = direct: the UNIX socket where the backend answers its Dovecot's dict passdb "
      "and userdb lookups (`uri = proxy:<this path>:palomar`, `password_key = passdb/%{session}`, "

@@ -177,6 +177,10 @@ def _hop_tls(cfg: Config, role_at: Location) -> list[Issue]:
 
 
 _DIRECT_PORTS = ("cluster_backend_direct_imap_port", "cluster_backend_direct_pop3_port")
+_DIRECT_OPTIONAL_PORTS = ("cluster_backend_direct_submission_port", "cluster_backend_direct_sieve_port")
+_BACKEND_DIRECT_DOVECOT = (*_DIRECT_PORTS, *_DIRECT_OPTIONAL_PORTS, "cluster_backend_direct_listen",
+                           "haproxy_trusted_networks")
+"""A backend's settings for its Dovecot's direct listeners: only `palomar backend dovecot-config` reads them."""
 
 
 def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
@@ -184,8 +188,9 @@ def _backend_path(cfg: Config, role_at: Location) -> list[Issue]:
     backend; its TLS follows cluster_hop_ssl (the hop's certificates, checked as for the hop)."""
     names = ("cluster_backend_login_check_socket",) if cfg.role == "backend" else _DIRECT_PORTS
     if cfg["cluster_backend_path"] == "hop":
+        unused = (*names, *_BACKEND_DIRECT_DOVECOT) if cfg.role == "backend" else (*names, *_DIRECT_OPTIONAL_PORTS)
         return [Issue(cfg.location(name), f"{name}: only used with cluster_backend_path = direct")
-                for name in names if cfg.is_set(name)]
+                for name in unused if cfg.is_set(name)]
     at = cfg.location("cluster_backend_path") or role_at
     needed = (*names, "cluster_backend_dovecot_master_password") if cfg.role == "proxy" else names
     issues = [Issue(at, f"cluster_backend_path = direct needs {name}") for name in needed if not cfg[name]]

@@ -222,8 +222,9 @@ class LocalCluster:
     """`cluster_backend_path`: `direct` has the proxies log in to the backends' Dovecot themselves for IMAP
     and POP3 (haproxy listeners, one master password for all backends; TLS with the hop certificates
     when `hop_tls`)."""
-    direct_ports: tuple[int, int] = (0, 0)
-    """The backends' Dovecot IMAP and POP3 haproxy listeners once started (with backend_path = direct)."""
+    direct_ports: dict[str, int] = field(default_factory=dict)
+    """The backends' Dovecot haproxy listeners by protocol (imap, pop3, submission, sieve) once started
+    (with backend_path = direct)."""
     site: str = SITE
     """This cluster's site name (`cluster_local_site`)."""
     host_offset: int = 0
@@ -356,8 +357,8 @@ class LocalCluster:
         if self.hop_tls:
             lines.append(f"cluster_hop_ssl_ca_file = {self.hop_tls_dir / 'hop-ca.crt'}")
         if self.backend_path == "direct":
-            lines += [f"cluster_backend_direct_imap_port = {self.direct_ports[0]}",
-                      f"cluster_backend_direct_pop3_port = {self.direct_ports[1]}"]
+            lines += [f"cluster_backend_direct_{protocol}_port = {port}"
+                      for protocol, port in self.direct_ports.items()]
         if self.site_port:
             lines.append(f"cluster_proxy_site_listen = {node.host}:{node.site}")
             if self.hop_tls:  # other sites' proxies verify this site's load balancer name
@@ -449,7 +450,9 @@ class LocalCluster:
             f"cluster_backend_dovecot_doveadm_http_port = {p.doveadm_http_port}",
             f"cluster_backend_dovecot_master_user = {p.master_user}",
             *([] if self.backend_path == "direct" else [f"cluster_backend_dovecot_master_password = {p.master_password}"]),
-            *([f"cluster_backend_login_check_socket = {p.login_check_socket}"] if p.login_check_socket else []),
+            *([f"cluster_backend_login_check_socket = {p.login_check_socket}",
+               *(f"cluster_backend_direct_{protocol}_port = {port}" for protocol, port in p.haproxy_ports().items()),
+               f"haproxy_trusted_networks = {' '.join(p.haproxy_trusted_networks)}"] if p.login_check_socket else []),
             f"doveadm_password = {p.doveadm_password}",
             f"doveadm_port = {p.doveadm_tcp_port}",
             *self.backend_settings,
@@ -507,9 +510,10 @@ class LocalCluster:
         if self.shared_backend_imap:
             self.backend_imap_port = free_port_on_all(self._backend_hosts(), "the backends' IMAP", (self.hop_port,))
         if self.backend_path == "direct":
-            imap = free_port_on_all(self._backend_hosts(), "the backends' direct IMAP", (self.hop_port,))
-            self.direct_ports = (imap, free_port_on_all(self._backend_hosts(), "the backends' direct POP3",
-                                                        (self.hop_port, imap)))
+            self.direct_ports = {}
+            for protocol in ("imap", "pop3", "submission", "sieve"):
+                self.direct_ports[protocol] = free_port_on_all(
+                    self._backend_hosts(), f"the backends' direct {protocol}", (self.hop_port, *self.direct_ports.values()))
         mail_root = self.mail_root
         relay = self.relay
         if relay is None:
@@ -523,7 +527,7 @@ class LocalCluster:
                 name, host, self.dovecot_dir, mail_root, relay=relay, extra_settings=extra,
                 imap_port=self.backend_imap_port, master_password=self.backend_master_password if shared else None,
                 # proxies connect without binding their own address: from 127.0.0.1 on one loopback
-                direct=(*self.direct_ports, ("127.0.0.1/32", *(f"{proxy}/32" for proxy in self._proxy_hosts())))
+                direct=(self.direct_ports, ("127.0.0.1/32", *(f"{proxy}/32" for proxy in self._proxy_hosts())))
                 if self.backend_path == "direct" else None,
                 direct_tls=(self.hop_tls_dir / f"hop-{host}.crt", self.hop_tls_dir / f"hop-{host}.key")
                 if self.hop_tls else None))

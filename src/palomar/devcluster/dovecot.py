@@ -63,20 +63,20 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
                    relay: tuple[str, int] = ("127.0.0.1", 25),
                    master_password: str | None = None,
                    imap_port: int = 0,
-                   direct: tuple[int, int, tuple[str, ...]] | None = None,
+                   direct: tuple[dict[str, int], tuple[str, ...]] | None = None,
                    direct_tls: tuple[Path, Path] | None = None,
                    extra_settings: tuple[tuple[str, str], ...] = ()) -> DovecotParams:
     """Params of one test backend under `root/name`, with fresh free ports and secrets.
 
     `imap_port` (0: a free one) fixes the IMAP port, e.g. one port on every backend for a
     Dovecot director in front of them, which proxies to one port on all its mail servers.
-    `direct` (the direct path): the IMAP and POP3 haproxy ports and the proxies' networks; the
+    `direct` (the direct path): the haproxy ports by protocol and the proxies' networks; the
     login check socket is then `run/palomar-login-check` beside Dovecot's own sockets; `direct_tls`
     (certificate, key) puts TLS on those listeners.
     """
     home = root / name
-    taken = {imap_port, *(direct[:2] if direct else ())}
-    ports = [port for port in free_ports(listen, 11) if port not in taken][:8]
+    taken = {imap_port, *(direct[0].values() if direct else ())}
+    ports = [port for port in free_ports(listen, 13) if port not in taken][:8]
     imap, pop3, lmtp, submission, sieve, doveadm_http, doveadm_tcp, metrics = ports
     imap = imap_port or imap
     return DovecotParams(
@@ -105,9 +105,11 @@ def backend_params(name: str, listen: str, root: Path, mail_root: Path, *,
         relay_port=relay[1],
         extra_settings=extra_settings,
         login_check_socket=home / "run" / "palomar-login-check" if direct else None,
-        haproxy_imap_port=direct[0] if direct else 0,
-        haproxy_pop3_port=direct[1] if direct else 0,
-        haproxy_trusted_networks=direct[2] if direct else (),
+        haproxy_imap_port=direct[0].get("imap", 0) if direct else 0,
+        haproxy_pop3_port=direct[0].get("pop3", 0) if direct else 0,
+        haproxy_submission_port=direct[0].get("submission", 0) if direct else 0,
+        haproxy_sieve_port=direct[0].get("sieve", 0) if direct else 0,
+        haproxy_trusted_networks=direct[1] if direct else (),
         haproxy_tls=direct_tls if direct else None,
     )
 

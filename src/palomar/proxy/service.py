@@ -128,11 +128,14 @@ def auth_cache(cfg: Config) -> AuthCache | None:
 
 
 def direct_client(cfg: Config) -> DirectClient | None:
-    """The direct path's client when `cluster_backend_path = direct` (IMAP and POP3 sessions)."""
+    """The direct path's client when `cluster_backend_path = direct` (IMAP and POP3 sessions; Submission and
+    ManageSieve when their ports are set)."""
     if cfg["cluster_backend_path"] != "direct":
         return None
     return DirectClient({"imap": cfg["cluster_backend_direct_imap_port"],
-                         "pop3": cfg["cluster_backend_direct_pop3_port"]},
+                         "pop3": cfg["cluster_backend_direct_pop3_port"],
+                         "submission": cfg["cluster_backend_direct_submission_port"],
+                         "sieve": cfg["cluster_backend_direct_sieve_port"]},
                         master_user=cfg["cluster_backend_dovecot_master_user"],
                         master_password=cfg["cluster_backend_dovecot_master_password"],
                         connect_timeout=cfg["cluster_hop_connect_timeout"],

@@ -238,8 +238,36 @@ def test_the_login_check_dict_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(p.login_check_dict_path.stat().st_mode) in (0o600, 0o640)
 
 
+def test_render_direct_submission_and_managesieve_listeners() -> None:
+    text = render(_params(**DIRECT, haproxy_submission_port=10465, haproxy_sieve_port=14191))
+    submission = _block(text, "service submission-login {")
+    assert "inet_listener submission_haproxy {\n    port = 10465\n    haproxy = yes\n    ssl = no\n  }" in submission
+    assert "inet_listener submission {\n    port = 10587\n  }" in submission
+    sieve = _block(text, "service managesieve-login {")
+    assert "inet_listener sieve_haproxy {\n    port = 14191\n    haproxy = yes\n    ssl = no\n  }" in sieve
+    assert "_haproxy" not in _block(render(_params(**DIRECT)), "service submission-login {")
+    assert _params(**DIRECT, haproxy_sieve_port=14191).listeners()["sieve_haproxy"] == 14191
+
+
+def test_direct_listeners_bind_the_address_the_proxies_reach() -> None:
+    text = render(_params(**DIRECT, haproxy_listen="192.0.2.20"))
+    assert "\nlisten = 127.0.0.2\n" in text  # everything else stays on loopback
+    imap, pop3 = _block(text, "service imap-login {"), _block(text, "service pop3-login {")
+    assert "inet_listener imap_haproxy {\n    address = 192.0.2.20\n    port = 10993\n    haproxy = yes\n" in imap
+    assert "inet_listener pop3_haproxy {\n    address = 192.0.2.20\n    port = 10995\n    haproxy = yes\n" in pop3
+    assert "inet_listener imap {\n    port = 10143\n  }" in imap
+    assert text.count("address = ") == 2
+    assert "address = " not in render(_params(**DIRECT))  # without it: `listen`, as before
+
+
 @pytest.mark.parametrize(("changes", "message"), [
+    ({**DIRECT, "haproxy_trusted_networks": ("0.0.0.0/0",)}, "trusts every address"),
+    ({**DIRECT, "haproxy_trusted_networks": ("192.0.2.10/32", "::/0")}, "trusts every address"),
+    ({**DIRECT, "haproxy_listen": "proxy-net"}, "haproxy listen address"),
+    ({"haproxy_listen": "192.0.2.20"}, "without haproxy listeners"),
     ({"haproxy_imap_port": 10993}, "login check socket"),
+    ({"haproxy_sieve_port": 14191}, "login check socket"),
+    ({**DIRECT, "haproxy_submission_port": 10587}, "share a port"),
     ({**DIRECT, "haproxy_trusted_networks": ()}, "haproxy_trusted_networks"),
     ({**DIRECT, "login_check_socket": Path("run/sock")}, "absolute"),
     ({**DIRECT, "login_check_socket": Path("/srv/a:b")}, "absolute"),

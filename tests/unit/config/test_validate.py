@@ -307,7 +307,7 @@ def test_listeners_a_backend_would_never_open_are_refused(write, block: str, why
 
 
 @pytest.mark.parametrize("setting", [
-    "haproxy_trusted_networks = 10.0.0.0/8", "haproxy_timeout = 5 secs", "login_trusted_networks = 10.0.0.0/8",
+    "haproxy_timeout = 5 secs", "login_trusted_networks = 10.0.0.0/8",
     "ssl = required", "ssl_server_cert_file = /etc/c.pem", "ssl_server_key_file = /etc/k.pem",
 ])
 def test_client_side_settings_are_refused_on_a_backend(write, setting: str) -> None:
@@ -343,9 +343,11 @@ def test_a_direct_path_proxy_needs_the_master_password(write) -> None:
     assert _errors(path) == [f"{path}:7: cluster_backend_path = direct needs cluster_backend_dovecot_master_password"]
 
 
-def test_direct_path_settings_are_refused_on_the_hop_path(write) -> None:
-    path = write("p.conf", "cluster_backend_direct_imap_port = 10993\n")
-    assert _errors(path) == [f"{path}:1: cluster_backend_direct_imap_port: only used with cluster_backend_path = direct"]
+@pytest.mark.parametrize("name", ["cluster_backend_direct_imap_port", "cluster_backend_direct_submission_port",
+                                  "cluster_backend_direct_sieve_port"])
+def test_direct_path_settings_are_refused_on_the_hop_path(write, name: str) -> None:
+    path = write("p.conf", f"{name} = 10993\n")
+    assert _errors(path) == [f"{path}:1: {name}: only used with cluster_backend_path = direct"]
 
 
 def test_a_direct_path_backend_needs_its_login_check_socket(write) -> None:
@@ -356,3 +358,17 @@ def test_a_direct_path_backend_needs_its_login_check_socket(write) -> None:
     assert _errors(path) == [f"{path}:7: cluster_backend_path = direct needs cluster_backend_login_check_socket"]
     good = write("good.conf", base + "cluster_backend_login_check_socket = /run/palomar/login-check\n")
     assert str(load(good)["cluster_backend_login_check_socket"]) == "/run/palomar/login-check"
+
+
+@pytest.mark.parametrize("setting", [
+    "haproxy_trusted_networks = 10.0.0.0/8", "cluster_backend_direct_imap_port = 10993",
+    "cluster_backend_direct_pop3_port = 10995", "cluster_backend_direct_listen = 192.0.2.7",
+])
+def test_a_hop_path_backend_refuses_the_direct_listener_settings(write, setting: str) -> None:
+    """Only `palomar backend dovecot-config` with cluster_backend_path = direct reads them on a backend."""
+    path = write("b.conf", BACKEND + setting + "\n")
+    name = setting.split(" ")[0]
+    assert _errors(path) == [f"{path}:7: {name}: only used with cluster_backend_path = direct"]
+    direct = write("d.conf", BACKEND + "cluster_backend_path = direct\n"
+                                       "cluster_backend_login_check_socket = /run/palomar/login-check\n" + setting + "\n")
+    assert load(direct)["cluster_backend_path"] == "direct"
