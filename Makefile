@@ -68,11 +68,14 @@ soak: deps
 # the IMAP path (palomar, Dovecot CE's proxy, nginx's mail proxy, direct Dovecot; logins, small commands,
 # idle memory, large FETCH), written to docs/benchmarks.md. LMTP runs first: the IMAP section's issue-11
 # summary table takes its LMTP figures from the LMTP section. Needs root.
-# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 5 minutes).
+# The IMAP run is made twice: with the default hop and with `cluster_backend_path = direct` (its own section).
+# `make bench-quick`: the same rows with shorter runs and fewer idle sessions (about 8 minutes).
 bench: deps
 	$(PY) bench/lmtp_bench.py
 	$(PY) bench/imap_bench.py
+	$(PY) bench/imap_bench.py --backend-path direct
 
 bench-quick: deps
 	$(PY) bench/lmtp_bench.py --seconds 3
 	$(PY) bench/imap_bench.py --quick
+	$(PY) bench/imap_bench.py --quick --backend-path direct

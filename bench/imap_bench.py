@@ -119,10 +119,10 @@ class World:
         }
 
 
-def make_world(root: Path, plan: Plan) -> World:
+def make_world(root: Path, plan: Plan, backend_path: str = "hop") -> World:
     """The servers, configured but not started (so a failed start can still stop what did start)."""
     cluster = LocalCluster(root / "cluster", users_count=plan.users, allow_cleartext=True, password_scheme="PLAIN",
-                           auth_failure_delay="0 secs")
+                           auth_failure_delay="0 secs", backend_path=backend_path)
     tls = (cluster.root / "tls" / "localhost.crt", cluster.root / "tls" / "localhost.key")  # made by cluster.start()
     return World(cluster, DovecotProxy(root / "dovecot-proxy", DOVECOT_PROXY_HOST, free_port(DOVECOT_PROXY_HOST),
                                        [], imaps_port=free_port(DOVECOT_PROXY_HOST), tls=tls),
@@ -713,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (configs and logs)")
     parser.add_argument("--only", choices=PARTS, action="append",
                         help="measure only this part (repeatable; default: all)")
+    parser.add_argument("--backend-path", choices=("hop", "direct"), default="hop",
+                        help="cluster_backend_path of the palomar cluster; `direct` writes a section of its own")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if os.geteuid() != 0:
@@ -726,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     world: World | None = None
     try:
-        world = make_world(root, plan)
+        world = make_world(root, plan, args.backend_path)
         start_world(world)
         logins, latency, small, idle, fetch = asyncio.run(measure(world, plan, tuple(args.only or PARTS)))
         lmtp = read_figures(args.out.read_text()) if args.out.exists() else {}
@@ -744,7 +746,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"run directory kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    heading = HEADING if not args.only else f"{HEADING}: {' + '.join(args.only)} only"  # a part keeps the whole
+    heading = HEADING if args.backend_path == "hop" else f"{HEADING}, cluster_backend_path = direct"
+    if args.only:
+        heading = f"{heading}: {' + '.join(args.only)} only"  # a part keeps the whole
     write_section(args.out, heading, body)
     log(f"wrote '## {heading}' in {args.out} ({(time.monotonic() - started) / 60:.1f} min)")
     return 0
