@@ -41,6 +41,8 @@ class RelayedSessions:
         """Hosts that are other sites' load balancers: their backends are not this site's to fence."""
         self.origin: dict[Relay, UUID] = {}
         """Sessions another site's proxy relayed here (site hops): the site they came from."""
+        self.from_site: dict[UUID, set[Relay]] = {}
+        """The same sessions by the site they came from: cutting one site touches only its sessions."""
 
     def add(self, host: str, relay: Relay, *, remote: bool = False, origin: UUID | None = None) -> None:
         self.by_host.setdefault(host, set()).add(relay)
@@ -48,9 +50,12 @@ class RelayedSessions:
             self.remote.add(host)
         if origin is not None:
             self.origin[relay] = origin
+            self.from_site.setdefault(origin, set()).add(relay)
 
     def remove(self, host: str, relay: Relay) -> None:
-        self.origin.pop(relay, None)
+        origin = self.origin.pop(relay, None)
+        if origin is not None:
+            self.from_site.get(origin, set()).discard(relay)
         relays = self.by_host.get(host)
         if relays is not None:
             relays.discard(relay)
@@ -75,7 +80,7 @@ class RelayedSessions:
 
     def cut_from(self, site_id: UUID, reason: str) -> int:
         """Abort every session relayed here from site `site_id`; returns how many."""
-        relays = [relay for relay, origin in self.origin.items() if origin == site_id]
+        relays = list(self.from_site.pop(site_id, ()))
         for relay in relays:
             relay.close(by="proxy", abort=True)  # its end callback removes it
         if relays:

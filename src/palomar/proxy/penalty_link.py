@@ -103,6 +103,8 @@ class SharedPenalty:
     async def _round_trip(self, request: dict) -> dict | None:
         try:
             async with self._lock:
+                if self._broken:  # it broke while this login waited for the lock: logged once already
+                    return None
                 self._writer.write(json.dumps(request).encode() + b"\n")
                 async with asyncio.timeout(ANSWER_TIMEOUT):
                     await self._writer.drain()

@@ -140,8 +140,10 @@ async def _site_hop(state, link: Link, peer: str) -> None:
         return
     host = route.host
     if request.referred:  # a backend of this site referred the caller: it knows better than our cache
-        if view is None or view.backend_by_host(request.referred) is None:
-            _refuse(link, hop.Failure("unavailable", f"referred to {request.referred}, not a backend of this site"))
+        referred = None if view is None else view.backend_by_host(request.referred)
+        if referred is None or not referred.online:
+            why = "not an online backend of this site"
+            _refuse(link, hop.Failure("unavailable", f"referred to {request.referred}, {why}"))
             return
         host = request.referred
         log.info("session=%s user=%s sent to %s, the backend of this site that referred it", request.session_id,

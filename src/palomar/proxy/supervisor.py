@@ -109,6 +109,12 @@ class Supervisor:
                 slot.proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "palomar", "proxy", "-c", self.config_path, env=env,
                     pass_fds=[*fds, theirs.fileno()])
+            except OSError as exc:  # no process or descriptor left now: the slot retries, it never goes away
+                ours.close()
+                delay = slot.backoff.next_delay(time.monotonic() - started)
+                log.error("worker %d could not be started (%s); trying again in %gs", slot.role.index, exc, delay)
+                await asyncio.sleep(delay)  # deliberate: the restart backoff
+                continue
             finally:
                 theirs.close()
             link = asyncio.create_task(serve_worker(self.penalty, ours))

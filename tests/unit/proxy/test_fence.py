@@ -119,7 +119,7 @@ async def test_sessions_relayed_to_a_site_whose_row_says_unreachable_are_cut() -
         for session in (opened[0], from_lost):
             assert await session.client_reads_until_closed() == b""
         assert not opened[1].ended and not opened[2].ended and not from_fine.ended
-        assert list(sessions.origin.values()) == [fine.id]
+        assert list(sessions.origin.values()) == [fine.id] and set(sessions.from_site) == {fine.id}
         assert cut_unreachable_sites(sessions, state) == 0  # nothing left to cut, nothing logged again
     finally:
         for session in opened:
