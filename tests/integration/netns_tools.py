@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import os
 import subprocess
-import time
 from collections.abc import Callable
+
+from palomar.devcluster.net import wait_until
 
 CLONE_NEWNET = 0x40000000
 
@@ -41,11 +42,6 @@ def setns(path: str) -> None:
         os.close(fd)
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
-    """Poll `condition` until it is true; the seconds it took (AssertionError after `timeout`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)  # polling interval of a bounded wait on a condition
-    return time.monotonic() - started
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
+    """`wait_until` at a slower pace: these conditions run commands and logins across namespaces."""
+    return wait_until(condition, timeout, what, interval=0.2)

@@ -59,10 +59,15 @@ def reaches(host: str, port: int) -> bool:
     return True
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed_value(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds `fn` took, what it returned)."""
     started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def timed(fn: Callable[[], object]) -> float:
+    return timed_value(fn)[0]
 
 
 @dataclass

@@ -32,11 +32,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netns_tools import add_namespace, ip, wait_for
-from site_pair import SitePair, reaches, run_in, timed
+from site_pair import SitePair, reaches, run_in, timed, timed_value
 
 from palomar.cluster import codec
 from palomar.cluster.model import Group
@@ -291,13 +290,6 @@ def noop_answer(client: imaplib.IMAP4) -> str:
     except (imaplib.IMAP4.abort, OSError, EOFError) as exc:
         return "hung" if "timed out" in str(exc) else "closed"
     return "OK"
-
-
-def timed_value(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(seconds `fn` took, what it returned)."""
-    started = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - started, value
 
 
 def test_site_failover_on_force_moves_the_lost_site_and_recovers_it_in_steps(sites: Sites) -> None:

@@ -60,10 +60,13 @@ def wait_port(host: str, port: int, deadline: float, alive: Callable[[], bool] |
         time.sleep(POLL_INTERVAL)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               interval: float = POLL_INTERVAL) -> float:
+    """Poll `predicate` every `interval` until it holds; the seconds it took (TimeoutError naming
+    `what` after `timeout`)."""
+    started = time.monotonic()
     while not predicate():
-        if time.monotonic() >= deadline:
+        if time.monotonic() - started >= timeout:
             raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(POLL_INTERVAL)
+        time.sleep(interval)
+    return time.monotonic() - started

@@ -16,38 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAJOR_VERSION = b"3"
+from palomar.protocols.tabescape import BadEscape, tab_escape, tab_unescape
+
+MAJOR_VERSION = "3"
 MAX_LINE = 64 * 1024
 """DICT_CLIENT_MAX_LINE_LENGTH: the client never sends more in one line."""
 
-_ESCAPES = {b"0": b"\x00", b"1": b"\x01", b"t": b"\t", b"r": b"\r", b"n": b"\n"}
-_ESCAPE_OF = {v: k for k, v in _ESCAPES.items()}
 
 
 class DictProtocolError(Exception):
     """A line the dict client would never send: the connection is closed. The text is safe to log."""
-
-
-def tab_unescape(field: bytes) -> bytes:
-    """Undo `str_tabescape`; a \\x01 not followed by an escape letter is refused."""
-    if b"\x01" not in field:
-        return field
-    out = bytearray()
-    parts = field.split(b"\x01")
-    out += parts[0]
-    for part in parts[1:]:
-        letter, rest = part[:1], part[1:]
-        if letter not in _ESCAPES:
-            raise DictProtocolError("bad escape in a dict line")
-        out += _ESCAPES[letter] + rest
-    return bytes(out)
-
-
-def tab_escape(value: bytes) -> bytes:
-    """`str_tabescape`: the value can then hold no TAB or line end."""
-    if not any(c in value for c in b"\x00\x01\t\r\n"):
-        return value
-    return b"".join(b"\x01" + _ESCAPE_OF[bytes([c])] if c in b"\x00\x01\t\r\n" else bytes([c]) for c in value)
 
 
 @dataclass(frozen=True)
@@ -103,8 +81,15 @@ class DictServerConnection:
             raise DictProtocolError("dict line too long")
         if not line:
             raise DictProtocolError("empty dict line")
-        kind, fields = line[:1], [tab_unescape(f) for f in line[1:].split(b"\t")]
-        if kind == b"H":
+        try:
+            text = line.decode()
+        except UnicodeDecodeError:
+            raise DictProtocolError("dict line that is not UTF-8") from None
+        try:
+            kind, fields = text[:1], [tab_unescape(f, strict=True) for f in text[1:].split("\t")]
+        except BadEscape:
+            raise DictProtocolError("bad escape in a dict line") from None
+        if kind == "H":
             if self.greeted:
                 raise DictProtocolError("second dict handshake")
             if fields[0] != MAJOR_VERSION:
@@ -113,18 +98,15 @@ class DictServerConnection:
             return None
         if not self.greeted:
             raise DictProtocolError("dict command before the handshake")
-        if kind == b"L":
+        if kind == "L":
             if len(fields) < 2:
                 raise DictProtocolError("dict lookup without a user field")
-            try:
-                return Lookup(fields[0].decode(), fields[1].decode())
-            except UnicodeDecodeError:
-                raise DictProtocolError("dict lookup that is not UTF-8") from None
-        return Unsupported(kind.decode("latin-1"))
+            return Lookup(fields[0], fields[1])
+        return Unsupported(kind)
 
 
 def found(value: bytes) -> bytes:
-    return b"O" + tab_escape(value) + b"\n"
+    return b"O" + tab_escape(value.decode()).encode() + b"\n"
 
 
 NOT_FOUND = b"N\n"
@@ -132,4 +114,4 @@ NOT_FOUND = b"N\n"
 
 def failed(reason: str) -> bytes:
     """`F<error>`: Dovecot logs the error and fails the login temporarily."""
-    return b"F" + tab_escape(reason.encode()) + b"\n"
+    return b"F" + tab_escape(reason).encode() + b"\n"

@@ -20,6 +20,8 @@ import binascii
 import struct
 from dataclasses import dataclass
 
+from palomar.protocols.tabescape import tab_escape, tab_unescape
+
 MAX_LINE = 1024 * 1024
 """Dovecot's doveadm server reads lines of up to 1 MiB (client-connection-tcp.c MAX_INBUF_SIZE)."""
 VERSION_PREFIX = b"VERSION\tdoveadm-server\t1\t"
@@ -35,23 +37,6 @@ class DoveadmProtocolError(Exception):
     """The peer broke the protocol; the text is safe to log (it never holds the password)."""
 
 
-def tab_unescape(field: str) -> str:
-    """Dovecot's str_tabunescape: \\001 followed by 1, t, r, n or 0."""
-    if "\x01" not in field:
-        return field
-    out, i = [], 0
-    table = {"1": "\x01", "t": "\t", "r": "\r", "n": "\n", "0": "\x00"}
-    while i < len(field):
-        char = field[i]
-        if char == "\x01" and i + 1 < len(field):
-            out.append(table.get(field[i + 1], field[i + 1]))
-            i += 2
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
-
-
 @dataclass(frozen=True)
 class Command:
     """One command line: `raw` (with its LF) is what goes to the backend unchanged."""
@@ -61,13 +46,6 @@ class Command:
     name: str
     args: tuple[str, ...]
     raw: bytes
-
-
-def tab_escape(field: str) -> str:
-    """Dovecot's str_tabescape, the inverse of `tab_unescape`."""
-    for char, code in (("\x01", "\x011"), ("\t", "\x01t"), ("\r", "\x01r"), ("\n", "\x01n"), ("\x00", "\x010")):
-        field = field.replace(char, code)
-    return field
 
 
 def encode_command(flags: str, user: str, name: str, args: tuple[str, ...]) -> bytes:

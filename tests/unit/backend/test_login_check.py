@@ -19,7 +19,7 @@ from palomar.dovecot_login import failure_reply
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from palomar.protocols import hop
-from palomar.protocols.dict_server import tab_escape
+from palomar.protocols.tabescape import tab_escape
 
 
 class FailingEngine(SQLiteGeoEngine):
@@ -51,7 +51,7 @@ async def state(tmp_path) -> AsyncIterator[BackendState]:
 async def ask(path: Path, *users: str, key: str = "shared/passdb/sess-1") -> list[bytes]:
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(b"H3\t2\t0\t\tpalomar\n" + b"".join(
-        b"L" + tab_escape(key.encode()) + b"\t" + tab_escape(u.encode()) + b"\n" for u in users))
+        b"L" + tab_escape(key).encode() + b"\t" + tab_escape(u).encode() + b"\n" for u in users))
     replies = [await reader.readline() for _ in users]
     writer.close()
     return replies

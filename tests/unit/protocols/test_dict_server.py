@@ -11,9 +11,8 @@ from palomar.protocols.dict_server import (
     Unsupported,
     failed,
     found,
-    tab_escape,
-    tab_unescape,
 )
+from palomar.protocols.tabescape import tab_escape, tab_unescape
 
 # What Dovecot 2.3.19's dict passdb sent in an experiment (handshake and lookup in one read).
 DOVECOT_LINES = b"H3\t2\t0\t\tpalomar\nLshared/passdb/alice@example.test\talice@example.test\n"
@@ -39,14 +38,14 @@ def test_lines_split_anywhere_give_the_same_commands() -> None:
     (b"palomar-referral\x01t127.0.0.9", b"palomar-referral\t127.0.0.9"),
 ])
 def test_tab_escapes_round_trip(raw: bytes, value: bytes) -> None:
-    assert tab_unescape(raw) == value
-    assert tab_escape(value) == raw
+    assert tab_unescape(raw.decode(), strict=True) == value.decode()
+    assert tab_escape(value.decode()) == raw.decode()
 
 
 def test_hostile_user_bytes_stay_one_field() -> None:
     conn = DictServerConnection()
     hostile = "x\ty\r\n\"}{\x00\x01@example.test"
-    line = b"H3\t2\t0\t\tp\nLshared/passdb/s\t" + tab_escape(hostile.encode()) + b"\n"
+    line = b"H3\t2\t0\t\tp\nLshared/passdb/s\t" + tab_escape(hostile).encode() + b"\n"
     assert conn.receive(line) == [Lookup("shared/passdb/s", hostile)]
 
 
