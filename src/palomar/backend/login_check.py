@@ -33,6 +33,7 @@ import grp
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,17 +151,13 @@ async def serve_connection(check: LoginCheck, reader: asyncio.StreamReader, writ
     async def write_in_order() -> None:
         while (task := await replies.get()) is not None:
             writer.write(await task)
-
-    async def unsupported(command: str) -> bytes:
-        return dict_server.failed(f"palomar's login check dict is read-only ({command!r})")
+            await writer.drain()
 
     writing = asyncio.create_task(write_in_order())
     try:
         while conn.error is None and (data := await reader.read(65536)):
-            for command in conn.receive(data):
-                replies.put_nowait(asyncio.create_task(
-                    check.answer(command) if isinstance(command, dict_server.Lookup)
-                    else unsupported(command.command)))
+            for lookup in conn.receive(data):
+                replies.put_nowait(asyncio.create_task(check.answer(lookup)))
         if conn.error is not None:
             log.warning("login check socket: %s; closing the connection", conn.error)
     except ConnectionError:
@@ -176,8 +173,17 @@ async def start_login_check(state: BackendState, path: Path) -> asyncio.Abstract
     """Listen on `path` (replacing a stale socket), readable by Dovecot's auth process only."""
     path.unlink(missing_ok=True)
     check = LoginCheck(state)
-    server = await asyncio.start_unix_server(lambda r, w: serve_connection(check, r, w), path=str(path))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)  # no moment in which another local user could connect
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
     _restrict(path)
+    server = await asyncio.start_unix_server(lambda r, w: serve_connection(check, r, w), sock=sock)
     log.info("backend %s answering Dovecot's login checks on %s", state.name, path)
     return server
 

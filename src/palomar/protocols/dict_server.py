@@ -9,7 +9,8 @@ CR, LF):
 * `L<key>\\t<user>` a lookup: the reply is `O<value>` (found), `N` (not found) or `F<error>`.
 
 Replies go in the order of the lookups (the client matches them to its oldest pending command).
-Any other command (iterate, transactions) is answered `F`: this dict is read-only.
+Any other command (iterate, transactions) closes the connection: this dict is read-only, and some of
+those commands get no reply, so answering them would put every later reply out of step.
 """
 
 from __future__ import annotations
@@ -36,16 +37,6 @@ class Lookup:
     user: str
 
 
-@dataclass(frozen=True)
-class Unsupported:
-    """A command this read-only dict does not serve (answered `F`)."""
-
-    command: str
-
-
-Command = Lookup | Unsupported
-
-
 class DictServerConnection:
     """One client connection: feed bytes, get the commands whose lines are complete.
 
@@ -57,9 +48,9 @@ class DictServerConnection:
         self.greeted = False
         self.error: str | None = None
 
-    def receive(self, data: bytes) -> list[Command]:
+    def receive(self, data: bytes) -> list[Lookup]:
         self._buffer += data
-        commands: list[Command] = []
+        commands: list[Lookup] = []
         while self.error is None:
             line, found, rest = self._buffer.partition(b"\n")
             if not found:
@@ -76,7 +67,7 @@ class DictServerConnection:
                 commands.append(command)
         return commands
 
-    def _line(self, line: bytes) -> Command | None:
+    def _line(self, line: bytes) -> Lookup | None:
         if len(line) > MAX_LINE:
             raise DictProtocolError("dict line too long")
         if not line:
@@ -102,7 +93,7 @@ class DictServerConnection:
             if len(fields) < 2:
                 raise DictProtocolError("dict lookup without a user field")
             return Lookup(fields[0], fields[1])
-        return Unsupported(kind)
+        raise DictProtocolError(f"dict command {kind!r} is not served (a read-only login check)")
 
 
 def found(value: bytes) -> bytes:

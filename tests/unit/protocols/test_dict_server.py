@@ -8,7 +8,6 @@ from palomar.protocols.dict_server import (
     NOT_FOUND,
     DictServerConnection,
     Lookup,
-    Unsupported,
     failed,
     found,
 )
@@ -73,9 +72,12 @@ def test_commands_before_a_bad_line_are_still_answered() -> None:
     assert conn.error == "bad escape in a dict line"
 
 
-def test_writes_are_unsupported() -> None:
+def test_other_commands_close_the_connection() -> None:
+    """A transaction's begin gets no reply in Dovecot's protocol: answering it would put every later
+    reply out of step, so the read-only login check refuses the connection instead."""
     conn = DictServerConnection()
-    assert conn.receive(b"H3\t2\t0\t\tp\nB1\n") == [Unsupported("B")]
+    assert conn.receive(b"H3\t2\t0\t\tp\nB1\nLk\tu\n") == []
+    assert conn.error is not None and "'B'" in conn.error
 
 
 def test_replies() -> None:
