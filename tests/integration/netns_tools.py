@@ -42,6 +42,6 @@ def setns(path: str) -> None:
         os.close(fd)
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
     """`wait_until` at a slower pace: these conditions run commands and logins across namespaces."""
-    return wait_until(condition, timeout, what, interval=0.2)
+    return wait_until(condition, timeout, what, interval=interval)
