@@ -102,7 +102,8 @@ def test_admin_sees_both_backends_toggles_a_feature_and_sets_standby(browser: we
     row = browser.find_element(By.CSS_SELECTOR, f'table.backends tr[data-host="{host}"]')
     row.find_element(By.CSS_SELECTOR, 'select[name="status"] option[value="standby"]').click()
     row.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    confirm = browser.find_element(By.ID, "confirm-text").text
+    # a click that submits a form does not wait for the next page: wait for the confirmation itself
+    confirm = WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.ID, "confirm-text"))[0].text
     assert host in confirm and "online → standby" in confirm
     assert cli_json(cluster, "backend", "status", host)["status"] == "online", "nothing changes before confirming"  # type: ignore[index]
     shot(browser, "04-confirm-standby")
@@ -126,7 +127,8 @@ def test_user_lookup_and_the_load_chart(browser: webdriver.Chrome, cluster: Loca
     browser.find_element(By.ID, "lookup-name").send_keys(user)
     browser.find_element(By.ID, "lookup").click()
     expected = cli_json(cluster, "user", "access", "-u", user)[0]["backend"]  # type: ignore[index]
-    assert expected in browser.find_element(By.ID, "where").text
+    where = WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.ID, "where"))[0].text
+    assert expected in where
     shot(browser, "07-user-lookup")
 
 

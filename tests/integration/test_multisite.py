@@ -284,7 +284,7 @@ async def test_a_site_hop_is_handed_only_to_a_referred_backend_of_that_site(two_
                            referred=referred)
         return await hops.connect(dc2.load_balancer, target)
     refused = await hop_to_dc2("127.0.0.99")
-    assert isinstance(refused, HopFailed) and "not a backend of this site" in refused.text, refused
+    assert isinstance(refused, HopFailed) and "not an online backend of this site" in refused.text, refused
     handed = await hop_to_dc2(backend.host)
     assert isinstance(handed, Established), handed
     handed.link.close()

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 POLL_INTERVAL = 0.02
+_HANDED_OUT: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -15,13 +16,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_ports(host: str, count: int) -> list[int]:
-    """`count` distinct free ports: all are held at once, since the kernel may hand out one twice."""
+    """`count` distinct free ports, none handed out before by this process.
+
+    All are held at once, since the kernel may hand out one twice; and a port picked here is only
+    bound later by a server, so a second pick in between (another server's ports) could get the same
+    one again: the ports already handed out are remembered and never given twice.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(count)]
+    socks: list[socket.socket] = []
     try:
-        for sock in socks:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
             sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in socks]
+            port = sock.getsockname()[1]
+            if port not in _HANDED_OUT:
+                ports.append(port)
+            if len(socks) > count + 1000:
+                raise RuntimeError(f"no {count} fresh free ports on {host}")
+        _HANDED_OUT.update(ports)
+        return ports
     finally:
         for sock in socks:
             sock.close()
