@@ -43,6 +43,13 @@ class DirectClient:
     def serves(self, protocol: str) -> bool:
         return protocol in self.ports
 
+    def with_timeout(self, timeout: float) -> DirectClient:
+        """The same client for a probe that may take `timeout` (as `HopClient.with_timeout`)."""
+        probe = DirectClient(self.ports, master_user=self.master_user, master_password=self.master_password,
+                             connect_timeout=min(self.connect_timeout, timeout), answer_timeout=timeout, tls=self.tls)
+        probe.sessions = self.sessions
+        return probe
+
     async def _attempt(self, host: str, target: HopTarget, ttl: int) -> Established | HopFailed | hop.HopReply:
         port = self.ports[target.protocol]
         try:
