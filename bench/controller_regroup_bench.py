@@ -132,6 +132,15 @@ def main() -> int:
             ("stalls over 100 ms", over),
             ("probe wake-ups", len(late)),
         ]),
+        "How: the users come in pages of 2,000 (`GeoEngine.scan_page`; the SQLite worker thread reads each"
+        " page), planning and encoding the plan (up to 100,000 moves, encoded move by move) run in a thread,"
+        " and the whole scan runs as a task beside the ticks. What is left of the stalls is the loop waiting"
+        " for the GIL while the planning thread is inside one C call (sorting a group's members) and the"
+        " garbage collector's full passes; both grow with the machine's load. Earlier runs of this bench:"
+        " with the whole table read in one `scan` and planned on the loop, one tick of 14.15 s and a longest"
+        " stall of 7,883 ms (commit 93e2bc8, 2026-12-05); with pages and the planning thread but the scan inside"
+        " the tick, a tick of 11.86 s (health and evacuation waited that long) and a longest stall of 104 ms"
+        " (03:35 UTC, load average 6.8).",
         "Machine:",
         table(["", ""], [*machine_rows(), ("load average before / after", f"{load_before} / {load_average()}")]),
     ])
