@@ -8,8 +8,8 @@ and the few Python objects below, as nginx's connections do.
 
 The transport drives the `SSLSocket` from the event loop's reader/writer callbacks:
 
-* reads go into one buffer per thread (an event loop runs in one thread), record after record while
-  they are full, and reach the protocol as one `data_received` per readiness event;
+* reads go into one buffer per thread (an event loop runs in one thread), record after record until
+  a short one (`SHORT_RECORD`), and reach the protocol as one `data_received` per readiness event;
 * a write is handed to OpenSSL at once, in pieces of at most `WRITE_PIECE` bytes; a piece OpenSSL
   could not finish (`SSLWantWriteError`) is offered again, identical, when the socket is writable
   (OpenSSL's rule for a retried `SSL_write`); the rest waits in the transport's queue, with the usual
@@ -36,10 +36,14 @@ from typing import Any
 READ_SIZE = 64 * 1024
 """Plaintext taken per readiness event at most (four full TLS records): one `data_received` for all."""
 
-RECORD_SIZE = 16 * 1024
-"""The most plaintext a TLS record carries. After a shorter one the read stops; if more records did
-arrive, the socket stays readable and the next loop iteration takes them (one syscall fewer per
-small command than reading on until OpenSSL reports that the socket is empty)."""
+SHORT_RECORD = 4 * 1024
+"""A record with less plaintext than this ends a read: it is most likely the last of a reply (one
+syscall fewer per small command than reading on until OpenSSL reports that the socket is empty); if
+more records did arrive, the socket stays readable and the next loop iteration takes them. Records of
+this size and more are a bulk transfer and the read goes on: OpenSSL writers fill records to 16 KiB,
+but Dovecot 2.3's login process, the TLS end in front of its `imap` process on the direct path, writes
+4 KiB records (`LOGIN_MAX_OUTBUF_SIZE`), and one `data_received` per 4 KiB record made the relay send
+to the client once per record (docs/design/login-path-cost.md, "Large FETCH on the direct path with TLS")."""
 
 WRITE_PIECE = 64 * 1024
 """Plaintext handed to one `SSL_write` at most, so a large write does not sit whole in OpenSSL."""
@@ -155,7 +159,7 @@ class SocketTLSTransport(asyncio.Transport):
                     eof = True
                     break
                 got += count
-                if count < RECORD_SIZE and not self._sock.pending():
+                if count < SHORT_RECORD and not self._sock.pending():
                     break  # a short record is most likely the last: no recv that only says EAGAIN
         except ssl.SSLWantReadError:
             pass
