@@ -419,12 +419,16 @@ async def accept_tls(sock: socket.socket, protocol: asyncio.BaseProtocol, contex
 
 
 async def connect_tls(host: str, port: int, protocol: asyncio.BaseProtocol, context: ssl.SSLContext, *,
-                      handshake_timeout: float | None, session: ssl.SSLSession | None = None) -> asyncio.Transport:
+                      handshake_timeout: float | None, session: ssl.SSLSession | None = None,
+                      preamble: bytes = b"") -> asyncio.Transport:
     """Client-side TLS to host:port, the certificate checked against `host`; with `session` (from an
     earlier connection to the same host with the same context) the server may resume it, which skips
-    the certificate's signature and its verification."""
+    the certificate's signature and its verification. `preamble` goes first, in clear (a PROXY header:
+    Dovecot's `haproxy = yes` listener reads it before its handshake)."""
     sock = await _connect(host, port)
     try:
+        if preamble:
+            await asyncio.get_running_loop().sock_sendall(sock, preamble)
         tls = _wrap(sock, context, server_side=False, server_hostname=host, session=session)
     except BaseException:
         sock.close()
