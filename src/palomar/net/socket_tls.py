@@ -8,8 +8,9 @@ and the few Python objects below, as nginx's connections do.
 
 The transport drives the `SSLSocket` from the event loop's reader/writer callbacks:
 
-* reads go into one buffer per thread (an event loop runs in one thread), record after record until
-  a short one (`SHORT_RECORD`), and reach the protocol as one `data_received` per readiness event;
+* reads go into one buffer per thread (an event loop runs in one thread), record after record until a
+  short one (`SHORT_RECORD`) or the socket is empty, and reach the protocol as one `data_received` per
+  readiness event;
 * a write is handed to OpenSSL at once, in pieces of at most `WRITE_PIECE` bytes; a piece OpenSSL
   could not finish (`SSLWantWriteError`) is offered again, identical, when the socket is writable
   (OpenSSL's rule for a retried `SSL_write`); the rest waits in the transport's queue, with the usual
@@ -26,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import fcntl
 import os
 import socket
 import ssl
+import termios
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,13 +40,14 @@ READ_SIZE = 64 * 1024
 """Plaintext taken per readiness event at most (four full TLS records): one `data_received` for all."""
 
 SHORT_RECORD = 4 * 1024
-"""A record with less plaintext than this ends a read: it is most likely the last of a reply (one
-syscall fewer per small command than reading on until OpenSSL reports that the socket is empty); if
-more records did arrive, the socket stays readable and the next loop iteration takes them. Records of
-this size and more are a bulk transfer and the read goes on: OpenSSL writers fill records to 16 KiB,
-but Dovecot 2.3's login process, the TLS end in front of its `imap` process on the direct path, writes
-4 KiB records (`LOGIN_MAX_OUTBUF_SIZE`), and one `data_received` per 4 KiB record made the relay send
-to the client once per record (docs/design/login-path-cost.md, "Large FETCH on the direct path with TLS")."""
+"""A record with less plaintext than this ends a read: it is most likely the last of a reply, and the
+next loop iteration takes any record that did follow (no syscall that only says EAGAIN per small
+command). After a longer record the read goes on while the kernel holds more bytes (`_bytes_waiting`:
+one ioctl, far cheaper than an `SSL_read` that fails with SSLWantReadError). OpenSSL writers fill
+records to 16 KiB, but Dovecot 2.3's login process, the TLS end in front of its `imap` process on the
+direct path, writes 4 KiB records (`LOGIN_MAX_OUTBUF_SIZE`): one `data_received` per record made the
+relay send to the client once per 4 KiB (docs/design/login-path-cost.md, "Large FETCH on the direct
+path with TLS")."""
 
 WRITE_PIECE = 64 * 1024
 """Plaintext handed to one `SSL_write` at most, so a large write does not sit whole in OpenSSL."""
@@ -55,6 +59,13 @@ SHUTDOWN_TIMEOUT = 30.0
 """How long a closing transport waits for its peer to take the queued data and the close_notify."""
 
 _per_thread = threading.local()
+
+
+def _bytes_waiting(fd: int) -> bool:
+    """Whether the socket's receive queue holds anything (FIONREAD)."""
+    count = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return any(count)
 
 
 def _read_buffer() -> memoryview:
@@ -159,8 +170,8 @@ class SocketTLSTransport(asyncio.Transport):
                     eof = True
                     break
                 got += count
-                if count < SHORT_RECORD and not self._sock.pending():
-                    break  # a short record is most likely the last: no recv that only says EAGAIN
+                if not self._sock.pending() and (count < SHORT_RECORD or not _bytes_waiting(self._fd)):
+                    break  # the last record that came: no recv that only says EAGAIN
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLWantWriteError:  # OpenSSL must answer something first (a key update)
