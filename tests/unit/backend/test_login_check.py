@@ -32,6 +32,11 @@ class FailingEngine(SQLiteGeoEngine):
             raise GeoDBUnavailable("GeoDB not reachable (test)")
         return await super()._run(fn, *args)
 
+    async def _read(self, job):
+        if self.down:
+            raise GeoDBUnavailable("GeoDB not reachable (test)")
+        return await super()._read(job)
+
 
 @pytest.fixture
 async def state(tmp_path) -> AsyncIterator[BackendState]:
