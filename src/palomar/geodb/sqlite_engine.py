@@ -210,27 +210,28 @@ class SQLiteGeoEngine(GeoEngine):
         self._reader: sqlite3.Connection | None = None
         """Read-only, no busy timeout: the inline reads (None for an in-memory database, which a
         second connection would not share)."""
-        self._queued = 0
-        """Jobs handed to the worker thread and not yet answered: while any is, reads queue behind."""
+        self._writes_queued = 0
+        """Writes handed to the worker thread and not yet answered: while any is, reads queue behind
+        them (a read must see the writes its caller started before it)."""
 
     def __repr__(self) -> str:
         return f"SQLiteGeoEngine(path={self.path!r})"
 
     # ------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
         if self._executor is None:
             raise GeoDBError(f"{self!r} is not open")
         loop = asyncio.get_running_loop()
-        self._queued += 1
+        self._writes_queued += write
         try:
             return await loop.run_in_executor(self._executor, self._guard, fn, args)
         finally:
-            self._queued -= 1
+            self._writes_queued -= write
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        """`job` inline when nothing is queued on the worker and the file is not busy, else on the worker."""
-        if self._reader is not None and not self._queued:
+        """`job` inline when no write is queued on the worker and the file is not busy, else on the worker."""
+        if self._reader is not None and not self._writes_queued:
             try:
                 return job(self._reader)
             except sqlite3.OperationalError as exc:
@@ -238,7 +239,7 @@ class SQLiteGeoEngine(GeoEngine):
                     raise GeoDBError(f"sqlite GeoDB {self.path}: {exc}") from exc
             except sqlite3.Error as exc:
                 raise GeoDBError(f"sqlite GeoDB {self.path}: {exc}") from exc
-        return await self._run(job)
+        return await self._run(job, write=False)
 
     def _guard(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._con is None:
@@ -524,7 +525,7 @@ class SQLiteGeoEngine(GeoEngine):
             return [job(con) for job in jobs]
 
         if any(isinstance(r, Scan) for r in reads):
-            return await self._run(run)
+            return await self._run(run, write=False)
         return await self._read(run)
 
     def _select_job(self, table: str, partition: Key, clustering: Sequence[Any]
@@ -548,7 +549,7 @@ class SQLiteGeoEngine(GeoEngine):
         return run
 
     async def scan(self, table: str) -> list[Row]:
-        return await self._run(self._scan_job(table))
+        return await self._run(self._scan_job(table), write=False)
 
     def _scan_job(self, table: str) -> Callable[[sqlite3.Connection], list[Row]]:
         t = self._table(table)
@@ -569,5 +570,5 @@ class SQLiteGeoEngine(GeoEngine):
         def run(con: sqlite3.Connection) -> list[Row]:
             return [t.from_sql_row(r) for r in con.execute(sql, [*params, max(limit, 1)]).fetchall()]
 
-        return await self._run(run)
+        return await self._run(run, write=False)
 

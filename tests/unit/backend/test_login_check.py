@@ -27,10 +27,10 @@ class FailingEngine(SQLiteGeoEngine):
 
     down = False
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn, *args, **options):
         if self.down:
             raise GeoDBUnavailable("GeoDB not reachable (test)")
-        return await super()._run(fn, *args)
+        return await super()._run(fn, *args, **options)
 
     async def _read(self, job):
         if self.down:

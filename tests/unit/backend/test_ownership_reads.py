@@ -28,16 +28,16 @@ class CountingEngine(SQLiteGeoEngine):
     down = False
     """Fail every call as an unreachable GeoDB does."""
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Any, *args: Any, **options: Any) -> Any:
         if self.down:
             raise GeoDBUnavailable("GeoDB not reachable (test)")
         self.jobs += 1
-        return await super()._run(fn, *args)
+        return await super()._run(fn, *args, **options)
 
     async def _read(self, job: Any) -> Any:
         if self.down:
             raise GeoDBUnavailable("GeoDB not reachable (test)")
-        if self._reader is None or self._queued:
+        if self._reader is None or self._writes_queued:
             return await super()._read(job)  # counted by _run
         self.jobs += 1
         return await super()._read(job)

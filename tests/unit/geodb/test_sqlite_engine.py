@@ -159,9 +159,9 @@ class _HandOffCounter(SQLiteGeoEngine):
 
     handed_off = 0
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn, *args, **options):
         self.handed_off += 1
-        return await super()._run(fn, *args)
+        return await super()._run(fn, *args, **options)
 
 
 async def test_point_and_partition_reads_need_no_thread_hand_off(tmp_path: Path) -> None:
