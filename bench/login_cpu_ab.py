@@ -2,13 +2,13 @@
 
 For a change to the login path: the tree under test (this checkout) and an older one (`--old-src`,
 e.g. `git archive <commit> src | tar -x -C /tmp/old`, then `--old-src /tmp/old/src`) each run a
-LocalCluster per backend path (2 Dovecot backends, 1 proxy, hop TLS on, PLAIN passwords, no auth
-failure delay), all at once; rounds of logins (LOGIN, SELECT, LOGOUT; 50 concurrent) alternate the
+LocalCluster per backend path (2 Dovecot backends, 1 proxy, hop TLS as `--hop-ssl` says (on by
+default), PLAIN passwords, no auth failure delay), all at once; rounds of logins (LOGIN, SELECT, LOGOUT; 50 concurrent) alternate the
 clusters, the order rotating, so other work on a shared machine hits old and new alike. Prints
 the CPU per login of the proxy, the backend service and the backends' Dovecot (the control: its
 work per login is the same in both versions) per cluster; writes nothing.
 
-    .venv/bin/python bench/login_cpu_ab.py --old-src /tmp/old/src [--rounds 6] [--seconds 8]
+    .venv/bin/python bench/login_cpu_ab.py --old-src /tmp/old/src [--rounds 6] [--seconds 8] [--hop-ssl no]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from report import load_average, log
 PATHS = ("hop", "direct")
 
 
-def start_clusters(root: Path, old_src: Path, users: int) -> dict[str, LocalCluster]:
+def start_clusters(root: Path, old_src: Path, users: int, hop_tls: bool) -> dict[str, LocalCluster]:
     clusters = {}
     versions = {"old": ("env", f"PYTHONPATH={old_src}", sys.executable, "-m", "palomar"),
                 "new": (sys.executable, "-m", "palomar")}
@@ -43,7 +43,8 @@ def start_clusters(root: Path, old_src: Path, users: int) -> dict[str, LocalClus
             cluster = LocalCluster(root / key.replace(" ", "-"), backends_count=2, proxies_count=1,
                                    users_count=users, allow_cleartext=True, password_scheme="PLAIN",
                                    auth_failure_delay="0 secs", palomar_cmd=command, lb_ipv6="",
-                                   host_offset=120 + 15 * (2 * index + offset), backend_path=path)
+                                   host_offset=120 + 15 * (2 * index + offset), backend_path=path,
+                                   hop_tls=hop_tls)
             log(f"starting {key}")
             cluster.start()
             clusters[key] = cluster
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8.0, help="login load per cluster and round")
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--hop-ssl", choices=("yes", "no"), default="yes",
+                        help="cluster_hop_ssl: TLS on the hop and on the direct path's leg to Dovecot")
     args = parser.parse_args(argv)
     if not (args.old_src / "palomar" / "__init__.py").is_file():
         parser.error(f"--old-src {args.old_src}: no palomar package there")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(root, 0o755)
     clusters: dict[str, LocalCluster] = {}
     try:
-        clusters = start_clusters(root, args.old_src.resolve(), args.users)
+        clusters = start_clusters(root, args.old_src.resolve(), args.users, args.hop_ssl == "yes")
         asyncio.run(measure(clusters, args.rounds, args.seconds))
     finally:
         for cluster in clusters.values():
