@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import sqlite3
 import stat
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -73,12 +75,22 @@ async def test_new_schema_columns_are_added_to_an_existing_file(tmp_path: Path) 
         await engine.close()
 
 
-async def test_a_write_waiting_for_another_process_does_not_block_the_loop(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def engine_and_holder(tmp_path: Path, busy_timeout_ms: int) -> AsyncIterator[tuple[SQLiteGeoEngine, sqlite3.Connection]]:
+    """An open engine, and another connection to its file standing in for another process."""
     path = str(tmp_path / "geodb.sqlite")
-    engine = SQLiteGeoEngine(path, busy_timeout_ms=20_000)
+    engine = SQLiteGeoEngine(path, busy_timeout_ms=busy_timeout_ms)
     await engine.open()
     holder = sqlite3.connect(path, isolation_level=None)
     try:
+        yield engine, holder
+    finally:
+        holder.close()
+        await engine.close()
+
+
+async def test_a_write_waiting_for_another_process_does_not_block_the_loop(tmp_path: Path) -> None:
+    async with engine_and_holder(tmp_path, 20_000) as (engine, holder):
         holder.execute("BEGIN IMMEDIATE")  # as another process in the middle of a write
         key = {"id": uuid.uuid4()}
         pending = asyncio.create_task(engine.upsert("tags", key, {"tag": "waited"}))
@@ -89,25 +101,15 @@ async def test_a_write_waiting_for_another_process_does_not_block_the_loop(tmp_p
         await pending
         row = await engine.get("tags", key)
         assert row is not None and row["tag"] == "waited"
-    finally:
-        holder.close()
-        await engine.close()
 
 
 async def test_lock_held_past_the_busy_timeout_is_a_geodb_error(tmp_path: Path) -> None:
-    path = str(tmp_path / "geodb.sqlite")
-    engine = SQLiteGeoEngine(path, busy_timeout_ms=50)
-    await engine.open()
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
+    async with engine_and_holder(tmp_path, 50) as (engine, holder):
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(GeoDBError, match="locked"):
             await engine.upsert("tags", {"id": uuid.uuid4()}, {"tag": "x"})
         holder.execute("ROLLBACK")
         await engine.upsert("tags", {"id": uuid.uuid4()}, {"tag": "x"})  # the engine is still usable
-    finally:
-        holder.close()
-        await engine.close()
 
 
 async def test_use_before_open_is_an_error(tmp_path: Path) -> None:
@@ -184,12 +186,8 @@ async def test_point_and_partition_reads_need_no_thread_hand_off(tmp_path: Path)
         await engine.close()
 
 
-async def test_a_read_waits_for_the_jobs_queued_before_it(tmp_path: Path) -> None:
-    path = str(tmp_path / "geodb.sqlite")
-    engine = SQLiteGeoEngine(path, busy_timeout_ms=20_000)
-    await engine.open()
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
+async def test_a_read_waits_for_the_writes_queued_before_it(tmp_path: Path) -> None:
+    async with engine_and_holder(tmp_path, 20_000) as (engine, holder):
         key = {"username": "ordered"}
         await engine.upsert("users", key, {"group_name": "before"})
         holder.execute("BEGIN IMMEDIATE")  # the next write waits on the worker thread
@@ -203,26 +201,16 @@ async def test_a_read_waits_for_the_jobs_queued_before_it(tmp_path: Path) -> Non
         holder.execute("COMMIT")
         await write
         assert (await read)["group_name"] == "after"
-    finally:
-        holder.close()
-        await engine.close()
 
 
 async def test_a_read_does_not_wait_for_another_process_writing(tmp_path: Path) -> None:
-    path = str(tmp_path / "geodb.sqlite")
-    engine = SQLiteGeoEngine(path, busy_timeout_ms=20_000)
-    await engine.open()
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
+    async with engine_and_holder(tmp_path, 20_000) as (engine, holder):
         key = {"id": uuid.uuid4()}
         await engine.upsert("tags", key, {"tag": "committed"})
         holder.execute("BEGIN IMMEDIATE")
         holder.execute("DELETE FROM tags")  # uncommitted: invisible to the read
         assert (await asyncio.wait_for(engine.get("tags", key), 5))["tag"] == "committed"
-    finally:
         holder.execute("ROLLBACK")
-        holder.close()
-        await engine.close()
 
 
 class _BusyReader:
