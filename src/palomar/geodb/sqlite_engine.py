@@ -13,11 +13,11 @@ Mapping (see docs/design/geodb-schema.md):
 
 Several processes on one host may share the file: WAL mode, a busy timeout, and every
 read-modify-write (per-column merge, lightweight transactions) runs inside BEGIN IMMEDIATE.
-Writes, scans and anything that may wait for a lock run on one worker thread per engine. Point
-and partition reads (`get`, `select`, `read_many` without scans) run inline on a second,
-read-only connection with no busy timeout when the worker has nothing queued: a hand-off to the
-thread costs more CPU than such a read (docs/design/login-path-cost.md), and in WAL mode a read
-does not wait for writers. A read that finds the file busy goes to the worker thread after all,
+Writes, scans, partition selects and anything that may wait for a lock run on one worker thread
+per engine. Point reads (`get`, and small `read_many` batches without scans: the login paths') run
+inline on a second, read-only connection with no busy timeout when no write is queued on the
+worker: a hand-off to the thread costs more CPU than such a read (docs/design/login-path-cost.md),
+and in WAL mode a read does not wait for writers. A read that finds the file busy goes to the worker thread after all,
 which waits with the busy timeout; a read never overtakes a job queued before it.
 """
 
@@ -67,6 +67,9 @@ T = TypeVar("T")
 
 _SQL_TYPES = {"uuid": "BLOB", "int": "INTEGER", "double": "REAL", "text": "TEXT", "timestamp": "INTEGER"}
 _MARKER, _DELETED, _WT = "_marker", "_deleted", "__wt"
+INLINE_READS = 8
+"""At most this many reads of one `read_many` run inline (a login's batch has two to four; a bulk
+import's check of many users goes to the worker and leaves the loop free)."""
 _PDEL_SUFFIX = "__partition_deletes"
 
 
@@ -514,17 +517,19 @@ class SQLiteGeoEngine(GeoEngine):
         return await self._read(self._get_job(table, key))
 
     async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
-        return await self._read(self._select_job(table, partition, clustering))
+        # on the worker: a partition may be long (a site's groups), which would stall the loop
+        return await self._run(self._select_job(table, partition, clustering), write=False)
 
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
-        """All reads in one job: inline, or one hand-off to the worker when a scan is among them."""
+        """All reads in one job: inline (the login paths batch point reads and a site's backends this
+        way), or one hand-off to the worker for a scan or more than `INLINE_READS` reads."""
         jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
                 if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
 
         def run(con: sqlite3.Connection) -> list[Any]:
             return [job(con) for job in jobs]
 
-        if any(isinstance(r, Scan) for r in reads):
+        if len(reads) > INLINE_READS or any(isinstance(r, Scan) for r in reads):
             return await self._run(run, write=False)
         return await self._read(run)
 

@@ -15,7 +15,7 @@ import pytest
 
 from palomar.geodb import GeoDBError, open_engine
 from palomar.geodb.engine import Get, Scan, Select
-from palomar.geodb.sqlite_engine import SQLiteGeoEngine
+from palomar.geodb.sqlite_engine import INLINE_READS, SQLiteGeoEngine
 from sqlite_workers import open_and_write
 
 
@@ -166,7 +166,7 @@ class _HandOffCounter(SQLiteGeoEngine):
         return await super()._run(fn, *args, **options)
 
 
-async def test_point_and_partition_reads_need_no_thread_hand_off(tmp_path: Path) -> None:
+async def test_point_reads_need_no_thread_hand_off(tmp_path: Path) -> None:
     engine = _HandOffCounter(str(tmp_path / "geodb.sqlite"))
     await engine.open()
     try:
@@ -176,12 +176,14 @@ async def test_point_and_partition_reads_need_no_thread_hand_off(tmp_path: Path)
         await engine.upsert("user_sites", {"username": "inline", "site_id": site}, {"preferred_site": 1})
         engine.handed_off = 0
         assert (await engine.get("users", key))["group_name"] == "g"
-        assert [r["site_id"] for r in await engine.select("user_sites", {"username": "inline"})] == [site]
         user, sites = await engine.read_many([Get("users", key), Select("user_sites", {"username": "inline"})])
-        assert user["group_name"] == "g" and len(sites) == 1
+        assert user["group_name"] == "g" and [r["site_id"] for r in sites] == [site]
         assert engine.handed_off == 0
         await engine.read_many([Get("users", key), Scan("users")])  # a scan may be long: the worker's
-        assert engine.handed_off == 1
+        assert len(await engine.select("user_sites", {"username": "inline"})) == 1  # so may a partition
+        assert engine.handed_off == 2
+        many = await engine.read_many([Get("users", {"username": f"u{i}"}) for i in range(INLINE_READS + 1)])
+        assert many == [None] * (INLINE_READS + 1) and engine.handed_off == 3  # a bulk check: the worker's
     finally:
         await engine.close()
 
