@@ -17,8 +17,9 @@ Writes, scans, partition selects and anything that may wait for a lock run on on
 per engine. Point reads (`get`, and small `read_many` batches without scans: the login paths') run
 inline on a second, read-only connection with no busy timeout when no write is queued on the
 worker: a hand-off to the thread costs more CPU than such a read (docs/design/login-path-cost.md),
-and in WAL mode a read does not wait for writers. A read that finds the file busy goes to the worker thread after all,
-which waits with the busy timeout; a read never overtakes a job queued before it.
+and in WAL mode a read does not wait for writers. A read that finds the file busy goes to the
+worker thread after all, which waits with the busy timeout; a read never overtakes a write queued
+before it.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ T = TypeVar("T")
 
 _SQL_TYPES = {"uuid": "BLOB", "int": "INTEGER", "double": "REAL", "text": "TEXT", "timestamp": "INTEGER"}
 _MARKER, _DELETED, _WT = "_marker", "_deleted", "__wt"
+_PDEL_SUFFIX = "__partition_deletes"
 INLINE_READS = 8
 """At most this many reads of one `read_many` run inline (a login's batch has two to four; a bulk
 import's check of many users goes to the worker and leaves the loop free)."""
-_PDEL_SUFFIX = "__partition_deletes"
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -280,7 +281,7 @@ class SQLiteGeoEngine(GeoEngine):
             self._reader = self._open_reader()
         except BaseException:
             executor, self._executor = self._executor, None
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+            executor.submit(self._close_sync)
             executor.shutdown(wait=True)
             raise
 

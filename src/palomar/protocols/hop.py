@@ -112,8 +112,8 @@ class HopRequest:
 
 @functools.lru_cache(maxsize=8)
 def _keyed(secret: bytes) -> hmac.HMAC:
-    """The HMAC keyed with `secret` and fed the version prefix, copied for each header: setting up
-    the key (an OpenSSL MAC fetch and two hash blocks) cost more than the rest of the MAC."""
+    """The HMAC keyed with `secret` and fed the version prefix, copied for each header: the key's
+    set-up (an OpenSSL MAC fetch, the padded key's two hash blocks) is done once, not per hop."""
     return hmac.new(secret, b"palomar-hop-v2\0", hashlib.sha256)
 
 
