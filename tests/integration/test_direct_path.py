@@ -153,6 +153,19 @@ def test_dovecot_refuses_a_wrong_master_password_an_untrusted_address_and_user_l
         assert not raw.makefile("rb").read().startswith(b"* OK")
 
 
+def test_dovecot_keeps_no_auth_penalty_on_client_addresses(cluster: LocalCluster) -> None:
+    """Dovecot sees the end client's address at every direct login: with its auth penalty each
+    referral (a refusal to Dovecot) would delay that client's next logins by 2 to 15 s."""
+    b1 = node(cluster, cluster.backends[0].host)
+    name = user(31)
+    for _ in range(3):
+        wrong = dovecot_conversation(cluster, b1.host, cluster.proxies[0].host,
+                                     [b"a AUTHENTICATE PLAIN " + master_plain(cluster, name, "guess") + b"\r\n"])
+        assert b"a NO [AUTHENTICATIONFAILED]" in wrong
+    penalties = b1.dovecot.doveadm("penalty").stdout
+    assert "192.0.2.50" not in penalties, penalties
+
+
 def test_a_broken_dict_client_is_cut_off_and_logins_keep_working(cluster: LocalCluster) -> None:
     b1 = node(cluster, cluster.backends[0].host)
     path = b1.dovecot.params.login_check_socket

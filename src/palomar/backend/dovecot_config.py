@@ -271,6 +271,17 @@ def master_passwd_line(user: str, password: str) -> str:
     return f"{user}:{hash_password(password)}\n"
 
 
+def _no_auth_penalty(p: DovecotParams) -> str:
+    """On the direct path Dovecot sees the end client's address (the PROXY header) at every login,
+    and would raise that address's auth penalty for each referral of the login check (a refusal to
+    Dovecot) until logins from it wait up to 15 s; the proxies already apply the auth penalty.
+    Closing the anvil socket the auth process asks is Dovecot's documented way to turn it off."""
+    if not p.haproxy_trusted_networks:
+        return ""
+    return ("  # cluster_backend_path = direct: no auth penalty on client addresses (the proxies apply it)\n"
+            "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n")
+
+
 def render(p: DovecotParams) -> str:
     """The complete dovecot.conf of one backend instance."""
     trusted = " ".join(p.trusted_networks)
@@ -391,7 +402,7 @@ service pop3 {{
 # client_limit of 1000 stalls new sessions beyond 1000.
 service anvil {{
   client_limit = {SHARED_CLIENT_LIMIT}
-}}
+{_no_auth_penalty(p)}}}
 service auth {{
   client_limit = {SHARED_CLIENT_LIMIT}
 }}
