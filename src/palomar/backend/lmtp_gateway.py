@@ -40,6 +40,7 @@ from palomar.protocols.lmtp import (
     MailFrom,
     RcptRequest,
     TransactionReset,
+    ends_message,
 )
 from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
@@ -135,8 +136,10 @@ class LmtpGateway:
                 await self.data_start()
             elif isinstance(event, DataChunk):
                 if self.data_open and self.dovecot is not None:
-                    self.dovecot.write_chunk(event.data)
-                    await self.dovecot.drain()
+                    last = ends_message(queue)  # then the chunk goes out with the final dot
+                    self.dovecot.write_chunk(event.data, last=last)
+                    if not last:
+                        await self.dovecot.drain()
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end(event.recipients)))
             elif isinstance(event, DataAborted):
@@ -172,9 +175,10 @@ class LmtpGateway:
         the whole address, so its Sieve and lmtp_save_to_detail_mailbox still see the detail."""
         session, state = self.request.session_id, self.state
         user = split_detail(address, state.recipient_delimiter).username
-        decision, group = await state.ownership(user)  # raises: the recipient's boundary answers 451
+        # raises: the recipient's boundary answers 451
+        decision, group, record = await state.ownership_and_user(user)
         if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-            decision, group = await state.moves.on_access(user, decision, group)
+            decision, group = await state.moves.on_access(user, decision, group, record=record)
         if isinstance(decision, Refer):
             state.referrals += 1
             log.info("session=%s rcpt=%s referred to %s: %s", session, safe(address), decision.host, decision.reason)

@@ -140,6 +140,12 @@ class Close:
 Event = MailFrom | RcptRequest | DataStart | DataChunk | DataEnd | DataAborted | TransactionReset | Close
 
 
+def ends_message(pending: Sequence[Event]) -> bool:
+    """The message's end is the next event (it arrived with the last chunk): a caller streaming the
+    message on can send that chunk together with the final dot instead of on its own."""
+    return bool(pending) and isinstance(pending[0], DataEnd)
+
+
 class ServerState(enum.Enum):
     COMMAND = "command"
     AWAIT_RCPT = "await-rcpt"

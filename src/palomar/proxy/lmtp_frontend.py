@@ -35,6 +35,7 @@ from palomar.protocols.lmtp import (
     MailFrom,
     RcptRequest,
     TransactionReset,
+    ends_message,
 )
 from palomar.protocols.smtp_syntax import Reply
 from palomar.protocols.subaddress import delivery_address, split_detail
@@ -149,7 +150,7 @@ class LmtpProxySession:
             elif isinstance(event, DataStart):
                 await self.data_start()
             elif isinstance(event, DataChunk):
-                await self.data_chunk(event.data)
+                await self.data_chunk(event.data, last=ends_message(queue))
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end()))
             elif isinstance(event, DataAborted):
@@ -377,11 +378,13 @@ class LmtpProxySession:
             else:
                 self.outcomes[host] = [reply] * len(self.fanout.recipients_of(host))
 
-    async def data_chunk(self, data: bytes) -> None:
-        """The same bytes to every backend; the next read from the MTA waits until all took them."""
+    async def data_chunk(self, data: bytes, *, last: bool = False) -> None:
+        """The same bytes to every backend; the next read from the MTA waits until all took them.
+        The `last` chunk goes out with the final dot (`data_end` writes it and waits for replies)."""
         for leg in self.data_legs.values():
-            leg.write_chunk(data)
-        await asyncio.gather(*(leg.drain() for leg in self.data_legs.values()))
+            leg.write_chunk(data, last=last)
+        if not last:
+            await asyncio.gather(*(leg.drain() for leg in self.data_legs.values()))
 
     async def data_end(self) -> list[str]:
         assert self.fanout is not None

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend_states import backend_state
+from backend_states import Clock, backend_state
 from palomar.backend.service import SITES_TTL, BackendState
 from palomar.cluster.model import Group
 from palomar.cluster.ownership import Own, Refer
@@ -29,14 +29,6 @@ class CountingEngine(SQLiteGeoEngine):
     async def read_many(self, reads: Any) -> list[Any]:
         self.scans += sum(1 for r in reads if isinstance(r, Scan))
         return await super().read_many(reads)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
