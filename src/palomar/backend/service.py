@@ -9,9 +9,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
@@ -23,7 +24,7 @@ from palomar.backend.login_check import start_login_check
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
-from palomar.cluster.model import Backend, SiteView, Stat
+from palomar.cluster.model import Backend, Group, SiteView, Stat, User
 from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
 from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
@@ -141,26 +142,8 @@ class BackendState:
         the proxy caches its site view. Only while the GeoDB cannot answer does the last fresh read
         stand in, under the stricter rule of `cluster.stale` (docs/design/geodb-outage.md).
         """
-        assert self.backend_id is not None and self.site_id is not None
         try:
-            now = self.clock()
-            recent = self._sites_read
-            cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
-            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username, cached)
-            if cached is None:
-                self._sites_read = (now, sites)
-            site = sites.local
-            assert site is not None
-            view = SiteView(site, tuple(backends))
-            home, _ = home_site(user, sites)
-            home_group = group_of(username, user, self.group_count)
-            # Both groups the user may be served in here (home, failover) with the group_sites
-            # row that decides between them: one call, then the pure rule picks.
-            names = [home_group, failover_group(user, home_group)] if user is not None and user.group_name else []
-            group_site, groups = await self.geodb.group_site_and_groups(
-                home_group, (home or site).id, self.site_id, names)
-            served = self._site_group(username, user, group_site, sites)
-            group = groups.get(served) if isinstance(served, str) else None
+            return (await self.ownership_of([username]))[username]
         except GeoDBUnavailable:
             cached = self._stale_ownership_inputs(username)
             if cached is None:
@@ -177,10 +160,42 @@ class BackendState:
             return ownership_when_stale(
                 decision, group, self_online=me is not None and me.online, moving_here=moving_here,
                 test_user=username == self._test_user()), group, user
-        self._remember_ownership_inputs(username, view, sites, user, group_site, group)
-        if isinstance(served, NotMine):
-            return served, group, user
-        return self._decide(username, view, group), group, user
+
+    async def ownership_of(self, usernames: Sequence[str]) -> dict[str, tuple[Any, Group | None, User | None]]:
+        """The fresh path of `ownership_and_user` for several users at once (the pipelined RCPTs of
+        an LMTP hop): the same two engine calls for all of them, each user's data read fresh. A
+        GeoDB that cannot answer fails the whole batch (GeoDBUnavailable): callers then check each
+        user alone, where the stale rule applies."""
+        assert self.backend_id is not None and self.site_id is not None
+        now = self.clock()
+        recent = self._sites_read
+        cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
+        sites, backends, users = await self.geodb.sites_and_users(self.site_id, usernames, cached)
+        if cached is None:
+            self._sites_read = (now, sites)
+        site = sites.local
+        assert site is not None
+        view = SiteView(site, tuple(backends))
+        # Both groups each user may be served in here (home, failover) with the group_sites row
+        # that decides between them: one call for all, then the pure rule picks.
+        homes: dict[str, tuple[str, UUID]] = {}
+        names: list[str] = []
+        for username, user in users.items():
+            home, _ = home_site(user, sites)
+            home_group = group_of(username, user, self.group_count)
+            homes[username] = (home_group, (home or site).id)
+            if user is not None and user.group_name:
+                names += [home_group, failover_group(user, home_group)]
+        group_sites, groups = await self.geodb.group_sites_and_groups(homes.values(), self.site_id, names)
+        decided: dict[str, tuple[Any, Group | None, User | None]] = {}
+        for username, user in users.items():
+            group_site = group_sites[homes[username]]
+            served = self._site_group(username, user, group_site, sites)
+            group = groups.get(served) if isinstance(served, str) else None
+            self._remember_ownership_inputs(username, view, sites, user, group_site, group)
+            decided[username] = (served if isinstance(served, NotMine) else self._decide(username, view, group),
+                                 group, user)
+        return decided
 
     def _site_group(self, username: str, user, group_site, sites) -> str | NotMine:
         return site_group(username, user, group_site, sites, group_count=self.group_count,

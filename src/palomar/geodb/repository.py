@@ -476,31 +476,36 @@ class GeoDB:
         row = await self.engine.get("users", {"username": username})
         return None if row is None else _user(row)
 
-    async def sites_and_user(self, site_id: UUID, username: str, sites: SiteState | None = None
-                             ) -> tuple[SiteState, list[Backend], User | None]:
+    async def sites_and_users(self, site_id: UUID, usernames: Sequence[str], sites: SiteState | None = None
+                              ) -> tuple[SiteState, list[Backend], dict[str, User | None]]:
         """Site selection's view from `site_id` (as `site_state`; not read again when `sites` is
-        given), that site's backends (as `backend_list`) and the user, in one engine call: a
-        backend needs all of them to decide ownership on every login."""
-        reads: list[Read] = [Select("backends", {"site_id": site_id}), Get("users", {"username": username})]
+        given), that site's backends (as `backend_list`) and the users, in one engine call: a
+        backend needs all of them to decide ownership on every login (and on every batch of LMTP
+        recipients)."""
+        names = list(dict.fromkeys(usernames))
+        reads: list[Read] = [Select("backends", {"site_id": site_id}),
+                             *(Get("users", {"username": name}) for name in names)]
         if sites is None:
             reads += [Scan("sites"), Select("site_reachability", {"src_site_id": site_id})]
-        backends, user, *site_rows = await self.engine.read_many(reads)
+        rows = await self.engine.read_many(reads)
+        backends, users, site_rows = rows[0], rows[1:1 + len(names)], rows[1 + len(names):]
         if sites is None:
             sites = self._site_state(site_id, *site_rows)
         return (sites, sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
-                None if user is None else _user(user))
+                {name: None if row is None else _user(row) for name, row in zip(names, users, strict=True)})
 
-    async def group_site_and_groups(self, group_name: str, home_site_id: UUID, site_id: UUID,
-                                    names: Iterable[str]) -> tuple[GroupSite | None, dict[str, Group | None]]:
-        """The `group_sites` row of `group_name` in its home site and the named groups of `site_id`,
-        in one engine call (the backend reads the groups the user may be served in here)."""
-        wanted = list(dict.fromkeys(names))
+    async def group_sites_and_groups(self, group_sites: Iterable[tuple[str, UUID]], site_id: UUID,
+                                     names: Iterable[str]
+                                     ) -> tuple[dict[tuple[str, UUID], GroupSite | None], dict[str, Group | None]]:
+        """The `group_sites` rows of (group name, its home site) pairs and the named groups of
+        `site_id`, in one engine call (the backend reads the groups its users may be served in here)."""
+        pairs, wanted = list(dict.fromkeys(group_sites)), list(dict.fromkeys(names))
         rows = await self.engine.read_many([
-            Get("group_sites", {"group_name": group_name, "site_id": home_site_id}),
+            *(Get("group_sites", {"group_name": group, "site_id": home}) for group, home in pairs),
             *(Get("user_groups", {"site_id": site_id, "name": n}) for n in wanted),
         ])
-        group_site = None if rows[0] is None else self._group_site(rows[0])
-        return group_site, {n: None if r is None else _group(r) for n, r in zip(wanted, rows[1:], strict=True)}
+        return ({pair: None if row is None else self._group_site(row) for pair, row in zip(pairs, rows, strict=False)},
+                {n: None if r is None else _group(r) for n, r in zip(wanted, rows[len(pairs):], strict=True)})
 
     async def user_put(self, username: str, **fields: Any) -> None:
         """Write the given user columns (None clears one); creates the row when it does not exist."""

@@ -117,8 +117,16 @@ class LmtpLeg:
 
     async def rcpt(self, address: str) -> Reply | None:
         """The server's reply to RCPT, or the refusal of MAIL FROM if that failed; None if the leg failed."""
-        self.client.rcpt(address)
+        self.send_rcpt(address)
         self.flush()
+        return await self.rcpt_reply()
+
+    def send_rcpt(self, address: str) -> None:
+        """RCPT, pipelined: it goes out with the next `flush`; `rcpt_reply` reads the replies in order."""
+        self.client.rcpt(address)
+
+    async def rcpt_reply(self) -> Reply | None:
+        """The reply to the oldest RCPT not read yet (as `rcpt`)."""
         reply = await self._reply("RCPT")
         if reply is None:
             return None
