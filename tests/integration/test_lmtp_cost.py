@@ -79,23 +79,26 @@ class UserReads:
 
     def __init__(self, engine: Any) -> None:
         self.counts: dict[str, int] = {}
+        self.calls: list[list[str]] = []
+        """The users whose rows each engine call read (calls that read none left out)."""
         get, read_many = engine.get, engine.read_many
 
         async def counted_get(table: str, key: Any) -> Any:
-            self._note(table, key)
+            self._note([Get(table, key)])
             return await get(table, key)
 
         async def counted_read_many(reads: Any) -> Any:
-            for read in reads:
-                if isinstance(read, Get):
-                    self._note(read.table, read.key)
+            self._note(reads)
             return await read_many(reads)
 
         engine.get, engine.read_many = counted_get, counted_read_many
 
-    def _note(self, table: str, key: Any) -> None:
-        if table == "users":
-            self.counts[key["username"]] = self.counts.get(key["username"], 0) + 1
+    def _note(self, reads: Any) -> None:
+        users = [read.key["username"] for read in reads if isinstance(read, Get) and read.table == "users"]
+        for user in users:
+            self.counts[user] = self.counts.get(user, 0) + 1
+        if users:
+            self.calls.append(users)
 
 
 async def test_the_backend_reads_each_recipients_user_row_once(cluster: InProcessCluster) -> None:
@@ -107,8 +110,76 @@ async def test_the_backend_reads_each_recipients_user_row_once(cluster: InProces
     replies = await asyncio.to_thread(deliver, cluster.listeners["lmtp"], recipients, subject)
     assert [line[:3] for line in replies] == [b"250"] * (len(recipients) + 1) + [b"354"] + [b"250"] * len(recipients)
     assert reads.counts == {user: 1 for user in recipients}
+    assert reads.calls == [recipients]  # pipelined: the batch's rows in one engine call
     for user in recipients:  # and each got the message exactly once
         assert await asyncio.to_thread(count_subject, cluster.listeners["imap"], user, subject) == 1
+
+
+async def test_a_failing_geodb_fails_each_pipelined_recipient_alone_and_the_session_goes_on(
+        cluster: InProcessCluster) -> None:
+    """The batch's ownership read fails: every recipient is checked alone (its own boundary: 451
+    4.4.3, nothing stored), and once the GeoDB answers again the same MTA connection delivers."""
+    recipients, subject = list(USERS[5:7]), f"geodb down {uuid.uuid4()}"
+    await asyncio.to_thread(deliver, cluster.listeners["lmtp"], recipients, f"warm {uuid.uuid4()}")
+    reader, writer = await lmtp_session(cluster.listeners["lmtp"])
+    try:
+        cluster.backend_engine.failing = True
+        writer.write(envelope(recipients))
+        replies = [await read_reply(reader) for _ in range(len(recipients) + 1)]
+        assert replies[0].startswith(b"250 ")
+        assert [line[:10] for line in replies[1:]] == [b"451 4.4.3 "] * len(recipients), replies
+        assert cluster.backend_engine.failed_calls >= 1 + len(recipients)  # the batch, then each alone
+        writer.write(b"RSET\r\n")
+        assert (await read_reply(reader)).startswith(b"250 ")
+        cluster.backend_engine.failing = False
+        writer.write(envelope(recipients) + b"DATA\r\n")
+        assert [(await read_reply(reader))[:3] for _ in range(len(recipients) + 2)] == [b"250"] * 3 + [b"354"]
+        writer.write(f"Subject: {subject}\r\n\r\nbody\r\n.\r\nQUIT\r\n".encode())
+        assert [(await read_reply(reader))[:3] for _ in recipients] == [b"250"] * len(recipients)
+    finally:
+        writer.close()
+    for user in recipients:
+        assert await asyncio.to_thread(count_subject, cluster.listeners["imap"], user, subject) == 1
+
+
+async def test_a_pipelined_batch_holds_each_owned_user_until_its_transaction_ends(cluster: InProcessCluster) -> None:
+    """The move fence per recipient, also in a batch: every owned user is held (a move of it waits)
+    from its RCPT until the message is stored."""
+    moves = cluster.backend.moves
+    assert moves is not None
+    recipients, subject = list(USERS[:2]), f"held {uuid.uuid4()}"
+    await asyncio.to_thread(deliver, cluster.listeners["lmtp"], recipients, f"warm {uuid.uuid4()}")
+    reader, writer = await lmtp_session(cluster.listeners["lmtp"])
+    try:
+        writer.write(envelope(recipients))
+        assert [(await read_reply(reader))[:3] for _ in range(len(recipients) + 1)] == [b"250"] * 3
+        assert moves.held_users() == set(recipients)
+        writer.write(f"DATA\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n".encode())
+        assert [(await read_reply(reader))[:3] for _ in range(len(recipients) + 1)] == [b"354"] + [b"250"] * 2
+        assert moves.held_users() == set()  # released before the replies were written
+    finally:
+        writer.close()
+
+
+async def lmtp_session(address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An MTA's connection, greeted and past LHLO."""
+    reader, writer = await asyncio.open_connection(*address)
+    await read_reply(reader)
+    writer.write(b"LHLO mta.example\r\n")
+    await read_reply(reader)
+    return reader, writer
+
+
+def envelope(recipients: list[str]) -> bytes:
+    return b"MAIL FROM:<sender@example.org>\r\n" + b"".join(f"RCPT TO:<{rcpt}>\r\n".encode() for rcpt in recipients)
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    """One reply (its last line), within TIMEOUT."""
+    async with asyncio.timeout(TIMEOUT):
+        while (line := await reader.readline()) and line[3:4] == b"-":
+            pass
+    return line
 
 
 class Writes:

@@ -122,8 +122,9 @@ class LmtpGateway:
                 return
 
     async def handle(self, events: list[Event]) -> bool:
+        """As the proxy's session does (LmtpProxySession.handle): replies go out in one write when
+        the events are handled, the 354 and the replies after a message at once."""
         queue = deque(events)
-        self.flush()
         while queue:
             event = queue.popleft()
             if isinstance(event, MailFrom):
@@ -135,6 +136,7 @@ class LmtpGateway:
                 for reply in await self.recipients([rcpt.address for rcpt in rcpt_batch(event, queue)]):
                     queue.extend(self.core.rcpt_reply(reply))
             elif isinstance(event, DataStart):
+                self.flush()  # the 354: the peer streams while the next hop opens DATA
                 await self.data_start()
             elif isinstance(event, DataChunk):
                 if self.data_open and self.dovecot is not None:
@@ -144,6 +146,7 @@ class LmtpGateway:
                         await self.dovecot.drain()
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end(event.recipients)))
+                self.flush()  # the replies to a stored message are never held back
             elif isinstance(event, DataAborted):
                 self.drop_dovecot()
                 self.end_transaction()
@@ -157,7 +160,7 @@ class LmtpGateway:
                 self.flush()
                 self.link.close()
                 return False
-            self.flush()
+        self.flush()
         return True
 
     # ---- recipients

@@ -188,13 +188,15 @@ class BackendState:
                 names += [home_group, failover_group(user, home_group)]
         group_sites, groups = await self.geodb.group_sites_and_groups(homes.values(), self.site_id, names)
         decided: dict[str, tuple[Any, Group | None, User | None]] = {}
+        seen: list[tuple[str, Any, Any, Any]] = []
         for username, user in users.items():
             group_site = group_sites[homes[username]]
             served = self._site_group(username, user, group_site, sites)
             group = groups.get(served) if isinstance(served, str) else None
-            self._remember_ownership_inputs(username, view, sites, user, group_site, group)
+            seen.append((username, user, group, group_site))
             decided[username] = (served if isinstance(served, NotMine) else self._decide(username, view, group),
                                  group, user)
+        self._remember_ownership_inputs(view, sites, seen)
         return decided
 
     def _site_group(self, username: str, user, group_site, sites) -> str | NotMine:
@@ -217,23 +219,22 @@ class BackendState:
         return check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
                                self.clock(), site_view=view, test_username=self._test_user())
 
-    def _remember_ownership_inputs(self, username: str, view: SiteView, sites: SiteState, user, group_site,
-                                   group) -> None:
-        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login
-        (the site view only when it changed)."""
+    def _remember_ownership_inputs(self, view: SiteView, sites: SiteState,
+                                   seen: list[tuple[str, Any, Any, Any]]) -> None:
+        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login or
+        batch of LMTP recipients (the site view only when it changed). `seen`: (username, user,
+        group, group_site) of each user read."""
         if self.stale_max <= 0:
             return
-        now = int(time.time())
-        site_text = codec.dumps(view)
+        items = [(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]))
+                 for username, user, group, group_site in seen]
+        site_text, sites_text = codec.dumps(view), codec.dumps(sites)
         if site_text != self._site_text:
-            self.localdb.cache_put(STALE_SITE_KEY, site_text, STALE_TTL, now)
-            self._site_text = site_text
-        sites_text = codec.dumps(sites)
+            items.append((STALE_SITE_KEY, site_text))
         if sites_text != self._sites_text:
-            self.localdb.cache_put(STALE_SITES_KEY, sites_text, STALE_TTL, now)
-            self._sites_text = sites_text
-        self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]),
-                               STALE_TTL, now)
+            items.append((STALE_SITES_KEY, sites_text))
+        self.localdb.cache_put_many(items, STALE_TTL, int(time.time()))
+        self._site_text, self._sites_text = site_text, sites_text
 
     def _stale_ownership_inputs(self, username: str):
         """(view, sites, user, group_site, group) from the last fresh read, if the stale rule allows

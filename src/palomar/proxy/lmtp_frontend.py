@@ -140,9 +140,10 @@ class LmtpProxySession:
                 return
 
     async def handle(self, events: list[Event]) -> bool:
-        """Act on the core's events in order; False once the connection is to be closed."""
+        """Act on the core's events in order; False once the connection is to be closed. Replies
+        collect and go out in one write when the events are handled (the MAIL and RCPT replies of
+        a pipelined envelope together); the 354 and the replies after a message go out at once."""
         queue = deque(events)
-        self.flush()
         while queue:
             event = queue.popleft()
             if isinstance(event, MailFrom):
@@ -151,11 +152,13 @@ class LmtpProxySession:
                 for reply in await self.recipients([rcpt.address for rcpt in rcpt_batch(event, queue)]):
                     queue.extend(self.core.rcpt_reply(reply))
             elif isinstance(event, DataStart):
+                self.flush()  # the 354: the peer streams while the next hop opens DATA
                 await self.data_start()
             elif isinstance(event, DataChunk):
                 await self.data_chunk(event.data, last=ends_message(queue))
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end()))
+                self.flush()  # the replies to a stored message are never held back
             elif isinstance(event, DataAborted):
                 self.data_aborted()
             elif isinstance(event, TransactionReset):
@@ -164,7 +167,7 @@ class LmtpProxySession:
                 self.flush()
                 self.conn.link.close()
                 return False
-            self.flush()
+        self.flush()
         return True
 
     # ---- transaction
