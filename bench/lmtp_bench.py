@@ -204,8 +204,8 @@ How it goes: the proxy keeps one hop per backend for the whole MTA connection (i
 backend service is reused across transactions), so a transaction costs a passdb lookup and a routing
 decision per recipient (cached LocalDB reads), the envelope on each involved hop (pipelined RCPTs go to a
 backend as one batch, in one write), and the message streamed once per backend. The backend service
-checks ownership of a batch's recipients with one fresh read of the GeoDB (two engine calls, each a hand-off
-to the SQLite engine's worker thread) and streams the message on to Dovecot over its own LMTP connection
+checks ownership of a batch's recipients with one fresh read of the GeoDB (one job on the SQLite engine's
+worker thread) and streams the message on to Dovecot over its own LMTP connection
 (the batch's RCPTs again in one write). That is two more LMTP parsers in Python per delivery, and each
 transaction still costs three writes and three wake-ups per hop in each direction: palomar's processes
 together spend more CPU per delivery than Dovecot's own delivery, and on a machine with few cores,

@@ -167,7 +167,7 @@ class LmtpGateway:
 
     async def recipients(self, addresses: list[str]) -> list[str]:
         """The replies to pipelined RCPTs, in order. Ownership of all their users is read at once
-        (fresh, two engine calls for the batch: `BackendState.ownership_of`); each owned recipient
+        (fresh, one engine call for the batch: `BackendState.ownership_of`); each owned recipient
         is held against moves, and the RCPTs go to Dovecot in one write, its replies read after.
         A hold this batch took is released for a user none of whose RCPTs Dovecot accepted."""
         state = self.state

@@ -135,8 +135,9 @@ class BackendState:
     async def ownership_and_user(self, username: str):
         """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
 
-        Two engine calls, not five: the site, its backends and the user in one batch, then
-        the user's group (its name comes from the user record). The ownership data (the site's
+        One engine call, not five (`GeoDB.ownership_rows`): the site, its backends and the user in
+        one batch, then the user's groups (their names come from the user record), both batches in
+        one job of the SQLite engine's worker thread. The ownership data (the site's
         backends, the user, its groups) is fresh every time; the sites table and this site's
         reachability rows (a range scan on Cassandra) are read at most once per `SITES_TTL`, as
         the proxy caches its site view. Only while the GeoDB cannot answer does the last fresh read
@@ -163,30 +164,21 @@ class BackendState:
 
     async def ownership_of(self, usernames: Sequence[str]) -> dict[str, tuple[Any, Group | None, User | None]]:
         """The fresh path of `ownership_and_user` for several users at once (the pipelined RCPTs of
-        an LMTP hop): the same two engine calls for all of them, each user's data read fresh. A
+        an LMTP hop): the same one engine call for all of them, each user's data read fresh. A
         GeoDB that cannot answer fails the whole batch (GeoDBUnavailable): callers then check each
         user alone, where the stale rule applies."""
         assert self.backend_id is not None and self.site_id is not None
         now = self.clock()
         recent = self._sites_read
         cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
-        sites, backends, users = await self.geodb.sites_and_users(self.site_id, usernames, cached)
+        sites, backends, users, group_sites, groups = await self.geodb.ownership_rows(
+            self.site_id, usernames, cached, self._group_keys)
         if cached is None:
             self._sites_read = (now, sites)
         site = sites.local
         assert site is not None
         view = SiteView(site, tuple(backends))
-        # Both groups each user may be served in here (home, failover) with the group_sites row
-        # that decides between them: one call for all, then the pure rule picks.
-        homes: dict[str, tuple[str, UUID]] = {}
-        names: list[str] = []
-        for username, user in users.items():
-            home, _ = home_site(user, sites)
-            home_group = group_of(username, user, self.group_count)
-            homes[username] = (home_group, (home or site).id)
-            if user is not None and user.group_name:
-                names += [home_group, failover_group(user, home_group)]
-        group_sites, groups = await self.geodb.group_sites_and_groups(homes.values(), self.site_id, names)
+        homes = {username: self._home(username, user, sites) for username, user in users.items()}
         decided: dict[str, tuple[Any, Group | None, User | None]] = {}
         seen: list[tuple[str, Any, Any, Any]] = []
         for username, user in users.items():
@@ -198,6 +190,27 @@ class BackendState:
                                  group, user)
         self._remember_ownership_inputs(view, sites, seen)
         return decided
+
+    def _group_keys(self, sites: SiteState, users: dict[str, User | None]
+                    ) -> tuple[list[tuple[str, UUID]], list[str]]:
+        """The (home group, home site) pairs whose `group_sites` rows decide between the groups each
+        user may be served in here (home, failover), and those groups. Pure: the GeoDB engine may call
+        it on its worker thread (`GeoDB.ownership_rows`)."""
+        pairs: list[tuple[str, UUID]] = []
+        names: list[str] = []
+        for username, user in users.items():
+            home_group, home_site_id = self._home(username, user, sites)
+            pairs.append((home_group, home_site_id))
+            if user is not None and user.group_name:
+                names += [home_group, failover_group(user, home_group)]
+        return pairs, names
+
+    def _home(self, username: str, user: User | None, sites: SiteState) -> tuple[str, UUID]:
+        """The user's home group and the site whose `group_sites` row of it counts."""
+        home, _ = home_site(user, sites)
+        local = sites.local
+        assert local is not None
+        return group_of(username, user, self.group_count), (home or local).id
 
     def _site_group(self, username: str, user, group_site, sites) -> str | NotMine:
         return site_group(username, user, group_site, sites, group_count=self.group_count,

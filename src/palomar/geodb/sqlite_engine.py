@@ -470,13 +470,27 @@ class SQLiteGeoEngine(GeoEngine):
 
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
         """All reads in one worker-thread job: one hand-off instead of one per read."""
-        jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
-                if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
+        jobs = self._read_jobs(reads)
 
         def run(con: sqlite3.Connection) -> list[Any]:
             return [job(con) for job in jobs]
 
         return await self._run(run)
+
+    async def read_then(self, reads: Sequence[Read], then: Callable[[list[Any]], Sequence[Read]]
+                        ) -> tuple[list[Any], list[Any]]:
+        """Both batches in one worker-thread job (`then` runs on the worker thread)."""
+        jobs = self._read_jobs(reads)
+
+        def run(con: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            first = [job(con) for job in jobs]
+            return first, [job(con) for job in self._read_jobs(then(first))]
+
+        return await self._run(run)
+
+    def _read_jobs(self, reads: Sequence[Read]) -> list[Callable[[sqlite3.Connection], Any]]:
+        return [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
+                if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
 
     def _select_job(self, table: str, partition: Key, clustering: Sequence[Any]
                     ) -> Callable[[sqlite3.Connection], list[Row]]:

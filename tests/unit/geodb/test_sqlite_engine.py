@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from palomar.geodb import GeoDBError, open_engine
+from palomar.geodb.engine import GeoEngine, Get
 from palomar.geodb.sqlite_engine import SQLiteGeoEngine
 from sqlite_workers import open_and_write
 
@@ -149,5 +150,38 @@ async def test_processes_creating_the_file_at_once(tmp_path: Path) -> None:
     await engine.open()
     try:
         assert sorted(r["tag"] for r in await engine.scan("tags")) == ["w0", "w1", "w2", "w3"]
+    finally:
+        await engine.close()
+
+
+async def test_read_then_reads_what_the_first_answers_name_in_one_worker_job(tmp_path: Path) -> None:
+    """`read_then` answers as `read_many` twice (the base engine's way, as on Cassandra), with the
+    second batch made from the first's rows, but hands off to the worker thread once."""
+    engine = SQLiteGeoEngine(str(tmp_path / "geodb.sqlite"))
+    await engine.open()
+    try:
+        site = uuid.uuid4()
+        await engine.upsert("users", {"username": "alice"}, {"group_name": "g1"})
+        await engine.upsert("user_groups", {"site_id": site, "name": "g1"}, {"sticky_users": 7})
+        reads = [Get("users", {"username": "alice"}), Get("users", {"username": "nobody"})]
+
+        def groups(rows: list) -> list:
+            return [Get("user_groups", {"site_id": site, "name": row["group_name"]}) for row in rows if row]
+
+        jobs = 0
+        run = engine._run
+
+        async def counted(fn, *args):
+            nonlocal jobs
+            jobs += 1
+            return await run(fn, *args)
+
+        engine._run = counted  # type: ignore[method-assign]
+        first, second = await engine.read_then(reads, groups)
+        assert jobs == 1
+        assert first[0]["group_name"] == "g1" and first[1] is None
+        assert [row["sticky_users"] for row in second] == [7]
+        assert (first, second) == await GeoEngine.read_then(engine, reads, groups)  # the default: two calls
+        assert jobs == 3
     finally:
         await engine.close()
