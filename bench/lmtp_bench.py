@@ -202,14 +202,15 @@ Dovecot. The load generator runs on the same cores.
 
 How it goes: the proxy keeps one hop per backend for the whole MTA connection (its LMTP session with the
 backend service is reused across transactions), so a transaction costs a passdb lookup and a routing
-decision per recipient (cached LocalDB reads), the envelope on each involved hop, and the message
-streamed once per backend. The backend service checks ownership per recipient (GeoDB reads) and streams
-the message on to Dovecot over its own LMTP connection. That is two more LMTP parsers in Python per
-delivery: palomar's processes together spend more CPU per delivery than Dovecot's own delivery, and on a
-machine with few cores, shared with the load generator as here, that CPU bounds the rate through palomar
-(proxy, backend services and Dovecot together use most of the cores in the palomar rows). Reads of the
-GeoDB for the ownership check go through the SQLite engine's single worker thread of each backend service.
-Load average before/after: {load_before} / {load_after}.
+decision per recipient (cached LocalDB reads), the envelope on each involved hop (pipelined RCPTs go to a
+backend as one batch, in one write), and the message streamed once per backend. The backend service
+checks ownership of a batch's recipients with one fresh read of the GeoDB (one job on the SQLite engine's
+worker thread) and streams the message on to Dovecot over its own LMTP connection
+(the batch's RCPTs again in one write). That is two more LMTP parsers in Python per delivery, and each
+transaction still costs three writes and three wake-ups per hop in each direction: palomar's processes
+together spend more CPU per delivery than Dovecot's own delivery, and on a machine with few cores,
+shared with the load generator as here, that CPU bounds the rate through palomar. Where the CPU goes:
+docs/design/login-path-cost.md, "LMTP CPU, profiled". Load average before/after: {load_before} / {load_after}.
 
 Machine:
 

@@ -26,3 +26,13 @@ async def backend_state(tmp_path: Path, engine: SQLiteGeoEngine, **options: Any)
                            dovecot=DovecotEndpoint("127.0.0.1", {}, "master", "pw"), **options)
     await backend.register()
     return backend
+
+
+class Clock:
+    """A test clock for BackendState(clock=...): time moves only when a test sets `now`."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -66,7 +66,8 @@ def dot_stuff(data: bytes) -> bytes:
 
 
 class RawLmtp:
-    """A plain LMTP client: pipelining-free, one reply per accepted recipient after DATA."""
+    """A plain LMTP client: one reply per accepted recipient after DATA; the envelope is sent one
+    command at a time, or pipelined (MAIL and every RCPT in one write)."""
 
     def __init__(self, host: str, port: int, *, lhlo: str = "mta.example.test") -> None:
         self.sock = socket.create_connection((host, port), timeout=TIMEOUT, source_address=(CLIENT_SOURCE, 0))
@@ -99,9 +100,14 @@ class RawLmtp:
         self.send(line.encode() + b"\r\n")
         return self.reply()
 
-    def envelope(self, sender: str, recipients: list[str]) -> list[tuple[int, str]]:
-        assert self.cmd(f"MAIL FROM:<{sender}>")[0] == 250
-        return [self.cmd(f"RCPT TO:<{rcpt}>") for rcpt in recipients]
+    def envelope(self, sender: str, recipients: list[str], *, pipelined: bool = False) -> list[tuple[int, str]]:
+        if not pipelined:
+            assert self.cmd(f"MAIL FROM:<{sender}>")[0] == 250
+            return [self.cmd(f"RCPT TO:<{rcpt}>") for rcpt in recipients]
+        self.send(f"MAIL FROM:<{sender}>\r\n".encode() + b"".join(f"RCPT TO:<{rcpt}>\r\n".encode()
+                                                                  for rcpt in recipients))
+        assert self.reply()[0] == 250
+        return [self.reply() for _ in recipients]
 
     def data(self, body: bytes, count: int, *, midway: Callable[[], None] | None = None) -> list[tuple[int, str]]:
         """DATA; with `midway`, half of the message is sent, then midway() runs, then the rest."""
@@ -115,8 +121,9 @@ class RawLmtp:
         self.send(payload[half:])
         return [self.reply() for _ in range(count)]
 
-    def transaction(self, sender: str, recipients: list[str], body: bytes) -> list[tuple[int, str]]:
-        accepted = [code for code, _ in self.envelope(sender, recipients) if code == 250]
+    def transaction(self, sender: str, recipients: list[str], body: bytes, *, pipelined: bool = False
+                    ) -> list[tuple[int, str]]:
+        accepted = [code for code, _ in self.envelope(sender, recipients, pipelined=pipelined) if code == 250]
         return self.data(body, len(accepted))
 
 
@@ -227,16 +234,22 @@ def test_one_transaction_fans_out_to_both_backends_exactly_once(cluster: LocalCl
         assert len(mailbox(cluster, user, subject)) == expected, user
 
 
-def test_referred_recipient_is_followed_to_its_backend(cluster: LocalCluster) -> None:
-    """The passdb pins PINNED to 127.0.0.3, its group lives on 127.0.0.2: that backend refers the RCPT."""
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_referred_recipient_is_followed_to_its_backend(cluster: LocalCluster, pipelined: bool) -> None:
+    """The passdb pins PINNED to 127.0.0.3, its group lives on 127.0.0.2: that backend refers the RCPT.
+    Pipelined, the referred RCPT goes to 127.0.0.2 behind the owner's RCPT already on that hop: each
+    reply still reaches its own recipient, in RCPT order."""
     placed = users_by_backend(cluster)
     owner = placed["127.0.0.2"][0]
     group = json.loads(cluster.cluster("--json", "user", "status", owner).stdout)["group"]
     cluster.cluster("user", "move", "--direct", PINNED, group)
     subject = f"referral {uuid.uuid4().hex}"
     with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
-        replies = lmtp.transaction("referral@example.org", [PINNED, owner], message(subject))
+        envelope = lmtp.envelope("referral@example.org", [PINNED, owner], pipelined=pipelined)
+        assert [code for code, _ in envelope] == [250, 250]
+        replies = lmtp.data(message(subject), 2)
     assert [code for code, _ in replies] == [250, 250]
+    assert f"<{PINNED}>" in replies[0][1] and f"<{owner}>" in replies[1][1]
     log = (cluster.backends[1].log_path).read_text()
     assert re.search(rf"rcpt={re.escape(PINNED)} referred to 127\.0\.0\.2", log)
     assert len(mailbox(cluster, owner, subject)) == 1
@@ -335,10 +348,11 @@ def kill_and_restart(cluster: LocalCluster, what: str) -> tuple[Callable[[Backen
     return cluster.kill_backend_service, cluster.restart_backend
 
 
+@pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("when", ["before-data", "during-data"])
 @pytest.mark.parametrize("what", ["dovecot", "backend-service"])
 def test_killed_backend_gets_4xx_and_a_retry_delivers_exactly_once(cluster: LocalCluster, what: str,
-                                                                   when: str) -> None:
+                                                                   when: str, pipelined: bool) -> None:
     placed = users_by_backend(cluster)
     victim = cluster.backends[0]
     doomed, safe = placed[victim.host][:2], next(users for host, users in placed.items() if host != victim.host)[:2]
@@ -348,7 +362,7 @@ def test_killed_backend_gets_4xx_and_a_retry_delivers_exactly_once(cluster: Loca
     kill, restart = kill_and_restart(cluster, what)
     with RawLmtp(cluster.lb_host, cluster.lb_lmtp) as lmtp:
         try:
-            assert [code for code, _ in lmtp.envelope("kill@example.org", recipients)] == [250] * 4
+            assert [code for code, _ in lmtp.envelope("kill@example.org", recipients, pipelined=pipelined)] == [250] * 4
             if when == "before-data":
                 kill(victim)
                 replies = lmtp.data(sent, 4)
@@ -365,7 +379,7 @@ def test_killed_backend_gets_4xx_and_a_retry_delivers_exactly_once(cluster: Loca
         for user in doomed:
             assert mailbox(cluster, user, subject) == [], f"{user} got a copy although the MTA got a 4xx"
         # The MTA retries the 4xx recipients on the same connection: the proxy replaces its dead hop.
-        assert [code for code, _ in lmtp.transaction("kill@example.org", doomed, sent)] == [250, 250]
+        assert [code for code, _ in lmtp.transaction("kill@example.org", doomed, sent, pipelined=pipelined)] == [250, 250]
     for user in recipients:
         [stored] = mailbox(cluster, user, subject)
         assert_delivered_as_sent(stored, sent)

@@ -40,6 +40,8 @@ from palomar.protocols.lmtp import (
     MailFrom,
     RcptRequest,
     TransactionReset,
+    ends_message,
+    rcpt_batch,
 )
 from palomar.protocols.shutdown import shutdown_line
 from palomar.protocols.smtp_syntax import Reply
@@ -120,8 +122,9 @@ class LmtpGateway:
                 return
 
     async def handle(self, events: list[Event]) -> bool:
+        """As the proxy's session does (LmtpProxySession.handle): replies go out in one write when
+        the events are handled, the 354 and the replies after a message at once."""
         queue = deque(events)
-        self.flush()
         while queue:
             event = queue.popleft()
             if isinstance(event, MailFrom):
@@ -130,15 +133,20 @@ class LmtpGateway:
                 if self.dovecot is not None:
                     self.dovecot.reset()
             elif isinstance(event, RcptRequest):
-                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
+                for reply in await self.recipients([rcpt.address for rcpt in rcpt_batch(event, queue)]):
+                    queue.extend(self.core.rcpt_reply(reply))
             elif isinstance(event, DataStart):
+                self.flush()  # the 354: the peer streams while the next hop opens DATA
                 await self.data_start()
             elif isinstance(event, DataChunk):
                 if self.data_open and self.dovecot is not None:
-                    self.dovecot.write_chunk(event.data)
-                    await self.dovecot.drain()
+                    last = ends_message(queue)  # then the chunk goes out with the final dot
+                    self.dovecot.write_chunk(event.data, last=last)
+                    if not last:
+                        await self.dovecot.drain()
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end(event.recipients)))
+                self.flush()  # the replies to a stored message are never held back
             elif isinstance(event, DataAborted):
                 self.drop_dovecot()
                 self.end_transaction()
@@ -152,29 +160,54 @@ class LmtpGateway:
                 self.flush()
                 self.link.close()
                 return False
-            self.flush()
+        self.flush()
         return True
 
     # ---- recipients
 
-    async def guarded_recipient(self, address: str) -> str:
-        """One recipient's exception boundary: a GeoDB or LocalDB that fails (e.g. during the
-        ownership check) or a bug gives this recipient a 451 and is logged once; the hop and its
-        other recipients go on."""
-        try:
-            return await self.recipient(address)
-        except Exception as exc:
-            log_failure(log, f"session={self.request.session_id} rcpt={safe(address)}", exc)
-            return fan.rcpt_failed(address, store=is_store_error(exc))
+    async def recipients(self, addresses: list[str]) -> list[str]:
+        """The replies to pipelined RCPTs, in order. Ownership of all their users is read at once
+        (fresh, one engine call for the batch: `BackendState.ownership_of`); each owned recipient
+        is held against moves, and the RCPTs go to Dovecot in one write, its replies read after.
+        A hold this batch took is released for a user none of whose RCPTs Dovecot accepted."""
+        state = self.state
+        users = [split_detail(address, state.recipient_delimiter).username for address in addresses]
+        checked: dict[str, Any] = {}
+        if len(addresses) > 1:
+            try:
+                checked = await state.ownership_of(users)
+            except Exception as exc:  # each recipient is checked alone: its own boundary, the stale rule
+                log.debug("session=%s batched ownership check failed: %s", self.request.session_id, exc)
+        replies = [""] * len(addresses)
+        sent: list[tuple[int, LmtpLeg]] = []
+        newly_held: set[str] = set()
+        for index, (address, user) in enumerate(zip(addresses, users, strict=True)):
+            try:
+                reply = await self.recipient(address, user, checked.get(user), newly_held)
+            except Exception as exc:
+                log_failure(log, f"session={self.request.session_id} rcpt={safe(address)}", exc)
+                reply = fan.rcpt_failed(address, store=is_store_error(exc))
+            if isinstance(reply, LmtpLeg):
+                sent.append((index, reply))
+            else:
+                replies[index] = reply
+        await self.dovecot_replies(addresses, sent, replies)
+        if state.moves is not None:
+            taken = {users[index] for index, _ in sent if replies[index].startswith("2")}
+            for user in newly_held - taken:
+                self.held.discard(user)
+                state.moves.end_delivery(self, user)
+        return replies
 
-    async def recipient(self, address: str) -> str:
-        """Ownership, moves and holds go by the user (the address without its detail); Dovecot gets
-        the whole address, so its Sieve and lmtp_save_to_detail_mailbox still see the detail."""
+    async def recipient(self, address: str, user: str, checked: Any, newly_held: set[str]) -> str | LmtpLeg:
+        """One recipient up to Dovecot: the Dovecot session its RCPT is queued on, else the reply. Ownership,
+        moves and holds go by the user (the address without its detail); Dovecot gets the whole
+        address, so its Sieve and lmtp_save_to_detail_mailbox still see the detail. `checked`: the
+        batch's ownership of `user`, None to read it here. Raises: the caller's boundary answers 451."""
         session, state = self.request.session_id, self.state
-        user = split_detail(address, state.recipient_delimiter).username
-        decision, group = await state.ownership(user)  # raises: the recipient's boundary answers 451
+        decision, group, record = checked if checked is not None else await state.ownership_and_user(user)
         if state.moves is not None:  # a pending group or user move runs first (backend/moves.py)
-            decision, group = await state.moves.on_access(user, decision, group)
+            decision, group = await state.moves.on_access(user, decision, group, record=record)
         if isinstance(decision, Refer):
             state.referrals += 1
             log.info("session=%s rcpt=%s referred to %s: %s", session, safe(address), decision.host, decision.reason)
@@ -184,38 +217,43 @@ class LmtpGateway:
             return f"451 4.4.0 <{address}> Mailbox not served by this backend"
         if self.broken is not None:
             return fan.proxy_failed(address, f"Dovecot: {self.broken}")
-        newly_held = user not in self.held
         if state.moves is not None:
             moved_to = state.moves.begin_delivery(user, group, self)
             if moved_to is not None:  # migrated while this RCPT was checked
                 state.referrals += 1
                 log.info("session=%s rcpt=%s referred to %s: user moved", session, safe(address), moved_to)
                 return fan.referral_reply(moved_to)
-            self.held.add(user)
+            if user not in self.held:
+                newly_held.add(user)
+                self.held.add(user)
         elif group is not None:
             state.localdb.user_put(group.name, user)
-        reply = await self.forward_rcpt(address)
-        if not reply.startswith("2") and newly_held and state.moves is not None:
-            self.held.discard(user)
-            state.moves.end_delivery(self, user)
-        return reply
-
-    async def forward_rcpt(self, address: str) -> str:
-        """RCPT to Dovecot; the reply for the proxy."""
-        session = self.request.session_id
         leg = await self.dovecot_leg()
         if leg is None:
             return fan.proxy_failed(address, f"Dovecot: {self.broken or self.data_failure}")
-        reply = await leg.rcpt(address)
-        if reply is None:
-            detail = self.broken or leg.failure or "connection lost"
-            self.drop_dovecot()
-            return fan.proxy_failed(address, f"Dovecot: {detail}")
-        if reply.positive:
-            self.accepted += 1
-        log.info("session=%s rcpt=%s client=%s dovecot: %s", session, safe(address), self.request.client[0],
-                 safe(reply.first_line()))
-        return fan.rcpt_reply(address, reply)
+        leg.send_rcpt(address)
+        return leg
+
+    async def dovecot_replies(self, addresses: list[str], sent: list[tuple[int, LmtpLeg]], replies: list[str]
+                              ) -> None:
+        """Write the queued RCPTs to Dovecot and fill in its replies, in order. A RCPT queued on a
+        session that was lost (and replaced) meanwhile never went out: it fails like the session."""
+        if self.dovecot is not None:
+            self.dovecot.flush()
+        for index, leg in sent:
+            address = addresses[index]
+            reply = await leg.rcpt_reply() if leg is self.dovecot else None
+            if reply is None:
+                detail = self.broken or leg.failure or "connection lost"
+                if leg is self.dovecot:
+                    self.drop_dovecot()
+                replies[index] = fan.proxy_failed(address, f"Dovecot: {detail}")
+                continue
+            if reply.positive:
+                self.accepted += 1
+            log.info("session=%s rcpt=%s client=%s dovecot: %s", self.request.session_id, safe(address),
+                     self.request.client[0], safe(reply.first_line()))
+            replies[index] = fan.rcpt_reply(address, reply)
 
     async def dovecot_leg(self) -> LmtpLeg | None:
         """The LMTP session to Dovecot inside the current transaction; None (detail in data_failure) if down."""

@@ -381,7 +381,10 @@ class MoveExecutor:
         """
         if group is None:
             return None
-        row = self.state.localdb.user_get(group.name, user)
+        return self._moved_to(group, self.state.localdb.user_get(group.name, user))
+
+    def _moved_to(self, group: Group, row: Any) -> str | None:
+        """The destination the LocalDB row of a user of `group` (or the group's finishing move) names."""
         if row is not None and row.redirect_host and row.redirect_host != self.state.name:
             return row.redirect_host
         return self.finishing.get(group.name)
@@ -395,14 +398,20 @@ class MoveExecutor:
         Synchronous, like `moved_during_login`: the executor either sees the hold (and waits for
         the transaction before it counts the user as moved) or the RCPT sees the redirect.
         """
-        moved_to = self.moved_during_login(user, group)
+        if group is None:
+            return None
+        localdb = self.state.localdb
+        row = localdb.user_get(group.name, user)
+        moved_to = self._moved_to(group, row)
         if moved_to is not None:
             return moved_to
-        if group is not None:
-            # recorded now, not after Dovecot's reply: a later write would wipe a redirect the
-            # executor wrote while the RCPT was on its way
-            self.state.localdb.user_put(group.name, user)
-            self._deliveries.setdefault(holder, set()).add((group.name, user))
+        # recorded now, not after Dovecot's reply: a later write would wipe a redirect the
+        # executor wrote while the RCPT was on its way. A row that already says exactly this
+        # (no redirect, this second) is not written again: a busy mailbox gets many RCPTs a second.
+        now = int(self.clock())
+        if row is None or row.redirect_host or row.redirect_group or row.last_update != now:
+            localdb.user_put(group.name, user, now=now)
+        self._deliveries.setdefault(holder, set()).add((group.name, user))
         return None
 
     def end_delivery(self, holder: DeliveryHolder, user: str | None = None) -> None:

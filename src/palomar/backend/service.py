@@ -9,9 +9,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 from palomar.backend.admin import execute_admin
@@ -23,7 +24,7 @@ from palomar.backend.login_check import start_login_check
 from palomar.backend.moves import MoveExecutor, executor_from_config
 from palomar.boundary import is_store_error, log_failure
 from palomar.cluster import codec
-from palomar.cluster.model import Backend, SiteView, Stat
+from palomar.cluster.model import Backend, Group, SiteView, Stat, User
 from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
 from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
@@ -136,33 +137,16 @@ class BackendState:
     async def ownership_and_user(self, username: str):
         """`ownership`, plus the user's GeoDB record it read (the move check needs it too).
 
-        Two engine calls, not five: the site, its backends and the user in one batch, then
-        the user's group (its name comes from the user record). The ownership data (the site's
+        One engine call, not five (`GeoDB.ownership_rows`): the site, its backends and the user in
+        one batch, then the user's groups (their names come from the user record), both batches in
+        one job of the SQLite engine's worker thread. The ownership data (the site's
         backends, the user, its groups) is fresh every time; the sites table and this site's
         reachability rows (a range scan on Cassandra) are read at most once per `SITES_TTL`, as
         the proxy caches its site view. Only while the GeoDB cannot answer does the last fresh read
         stand in, under the stricter rule of `cluster.stale` (docs/design/geodb-outage.md).
         """
-        assert self.backend_id is not None and self.site_id is not None
         try:
-            now = self.clock()
-            recent = self._sites_read
-            cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
-            sites, backends, user = await self.geodb.sites_and_user(self.site_id, username, cached)
-            if cached is None:
-                self._sites_read = (now, sites)
-            site = sites.local
-            assert site is not None
-            view = SiteView(site, tuple(backends))
-            home, _ = home_site(user, sites)
-            home_group = group_of(username, user, self.group_count)
-            # Both groups the user may be served in here (home, failover) with the group_sites
-            # row that decides between them: one call, then the pure rule picks.
-            names = [home_group, failover_group(user, home_group)] if user is not None and user.group_name else []
-            group_site, groups = await self.geodb.group_site_and_groups(
-                home_group, (home or site).id, self.site_id, names)
-            served = self._site_group(username, user, group_site, sites)
-            group = groups.get(served) if isinstance(served, str) else None
+            return (await self.ownership_of([username]))[username]
         except GeoDBUnavailable:
             cached = self._stale_ownership_inputs(username)
             if cached is None:
@@ -179,10 +163,56 @@ class BackendState:
             return ownership_when_stale(
                 decision, group, self_online=me is not None and me.online, moving_here=moving_here,
                 test_user=username == self._test_user()), group, user
-        self._remember_ownership_inputs(username, view, sites, user, group_site, group)
-        if isinstance(served, NotMine):
-            return served, group, user
-        return self._decide(username, view, group), group, user
+
+    async def ownership_of(self, usernames: Sequence[str]) -> dict[str, tuple[Any, Group | None, User | None]]:
+        """The fresh path of `ownership_and_user` for several users at once (the pipelined RCPTs of
+        an LMTP hop): the same one engine call for all of them, each user's data read fresh. A
+        GeoDB that cannot answer fails the whole batch (GeoDBUnavailable): callers then check each
+        user alone, where the stale rule applies."""
+        assert self.backend_id is not None and self.site_id is not None
+        now = self.clock()
+        recent = self._sites_read
+        cached = recent[1] if recent is not None and 0 <= now - recent[0] < SITES_TTL else None
+        sites, backends, users, group_sites, groups = await self.geodb.ownership_rows(
+            self.site_id, usernames, cached, self._group_keys)
+        if cached is None:
+            self._sites_read = (now, sites)
+        site = sites.local
+        assert site is not None
+        view = SiteView(site, tuple(backends))
+        homes = {username: self._home(username, user, sites) for username, user in users.items()}
+        decided: dict[str, tuple[Any, Group | None, User | None]] = {}
+        seen: list[tuple[str, Any, Any, Any]] = []
+        for username, user in users.items():
+            group_site = group_sites[homes[username]]
+            served = self._site_group(username, user, group_site, sites)
+            group = groups.get(served) if isinstance(served, str) else None
+            seen.append((username, user, group, group_site))
+            decided[username] = (served if isinstance(served, NotMine) else self._decide(username, view, group),
+                                 group, user)
+        self._remember_ownership_inputs(view, sites, seen)
+        return decided
+
+    def _group_keys(self, sites: SiteState, users: dict[str, User | None]
+                    ) -> tuple[list[tuple[str, UUID]], list[str]]:
+        """The (home group, home site) pairs whose `group_sites` rows decide between the groups each
+        user may be served in here (home, failover), and those groups. Pure: the GeoDB engine may call
+        it on its worker thread (`GeoDB.ownership_rows`)."""
+        pairs: list[tuple[str, UUID]] = []
+        names: list[str] = []
+        for username, user in users.items():
+            home_group, home_site_id = self._home(username, user, sites)
+            pairs.append((home_group, home_site_id))
+            if user is not None and user.group_name:
+                names += [home_group, failover_group(user, home_group)]
+        return pairs, names
+
+    def _home(self, username: str, user: User | None, sites: SiteState) -> tuple[str, UUID]:
+        """The user's home group and the site whose `group_sites` row of it counts."""
+        home, _ = home_site(user, sites)
+        local = sites.local
+        assert local is not None
+        return group_of(username, user, self.group_count), (home or local).id
 
     def _site_group(self, username: str, user, group_site, sites) -> str | NotMine:
         return site_group(username, user, group_site, sites, group_count=self.group_count,
@@ -204,22 +234,23 @@ class BackendState:
         return check_ownership(self.backend_id, username, group, user_redirect, group_redirect,
                                self.clock(), site_view=view, test_username=self._test_user())
 
-    def _remember_ownership_inputs(self, username: str, view: SiteView, sites: SiteState, user, group_site,
-                                   group) -> None:
-        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login,
-        plus the site view and the sites rows when they changed or at most once a second. A row is
-        as old as its write (the stale rule bounds that age, and the LocalDB purges rows that old),
-        so the shared rows are written again while they stay the same; they are compared as
-        objects and encoded only when written."""
+    def _remember_ownership_inputs(self, view: SiteView, sites: SiteState,
+                                   seen: list[tuple[str, Any, Any, Any]]) -> None:
+        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login or
+        batch of LMTP recipients, with the site view and the sites rows when they changed or at most
+        once a second. A row is as old as its write (the stale rule bounds that age, and the LocalDB
+        purges rows that old), so the shared rows are written again while they stay the same; they
+        are compared as objects and encoded only when written. `seen`: (username, user, group,
+        group_site) of each user read."""
         if self.stale_max <= 0:
             return
         now = int(time.time())
+        items = [(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]))
+                 for username, user, group, group_site in seen]
         if now != self._shared_written or view != self._view_seen or sites != self._sites_seen:
-            self.localdb.cache_put(STALE_SITE_KEY, codec.dumps(view), STALE_TTL, now)
-            self.localdb.cache_put(STALE_SITES_KEY, codec.dumps(sites), STALE_TTL, now)
+            items += [(STALE_SITE_KEY, codec.dumps(view)), (STALE_SITES_KEY, codec.dumps(sites))]
             self._shared_written, self._view_seen, self._sites_seen = now, view, sites
-        self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]),
-                               STALE_TTL, now)
+        self.localdb.cache_put_many(items, STALE_TTL, now)
 
     def _stale_ownership_inputs(self, username: str):
         """(view, sites, user, group_site, group) from the last fresh read, if the stale rule allows

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,15 @@ class GeoEngine(abc.ABC):
             else self.select(r.table, r.partition, r.clustering)
             for r in reads
         )))
+
+    async def read_then(self, reads: Sequence[Read], then: Callable[[list[Any]], Sequence[Read]]
+                        ) -> tuple[list[Any], list[Any]]:
+        """`read_many(reads)`, then `read_many` of the reads `then` makes from those answers: a
+        second batch that depends on the first (the backend's ownership check: the users, then
+        their groups). `then` must be pure and quick, engines may call it off the event loop. This
+        default makes two calls; the SQLite engine runs both batches in one worker job."""
+        first = await self.read_many(reads)
+        return first, await self.read_many(then(first))
 
     @abc.abstractmethod
     async def scan(self, table: str) -> list[Row]:

@@ -107,6 +107,10 @@ class GuardedEngine(GeoEngine):
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
         return await self._call("read", lambda: self.inner.read_many(reads))
 
+    async def read_then(self, reads: Sequence[Read], then: Callable[[list[Any]], Sequence[Read]]
+                        ) -> tuple[list[Any], list[Any]]:
+        return await self._call("read", lambda: self.inner.read_then(reads, then))
+
     async def scan(self, table: str) -> list[Row]:
         return await self._call("read", lambda: self.inner.scan(table))
 

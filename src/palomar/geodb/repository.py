@@ -12,7 +12,7 @@ replayed write is harmless.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -476,31 +476,37 @@ class GeoDB:
         row = await self.engine.get("users", {"username": username})
         return None if row is None else _user(row)
 
-    async def sites_and_user(self, site_id: UUID, username: str, sites: SiteState | None = None
-                             ) -> tuple[SiteState, list[Backend], User | None]:
-        """Site selection's view from `site_id` (as `site_state`; not read again when `sites` is
-        given), that site's backends (as `backend_list`) and the user, in one engine call: a
-        backend needs all of them to decide ownership on every login."""
-        reads: list[Read] = [Select("backends", {"site_id": site_id}), Get("users", {"username": username})]
+    async def ownership_rows(
+        self, site_id: UUID, usernames: Sequence[str], sites: SiteState | None,
+        groups_for: Callable[[SiteState, dict[str, User | None]], tuple[list[tuple[str, UUID]], list[str]]],
+    ) -> tuple[SiteState, list[Backend], dict[str, User | None], dict[tuple[str, UUID], GroupSite | None],
+               dict[str, Group | None]]:
+        """What a backend decides ownership from, for each of `usernames`: site selection's view
+        from `site_id` (as `site_state`; not read again when `sites` is given), that site's backends
+        (as `backend_list`) and the users; then the `group_sites` rows of the (group, home site)
+        pairs and the groups of `site_id` that `groups_for` names from those (pure: it may run on
+        the engine's worker thread). One `read_then`: the SQLite engine reads all of it in one job."""
+        names = list(dict.fromkeys(usernames))
+        reads: list[Read] = [Select("backends", {"site_id": site_id}),
+                             *(Get("users", {"username": name}) for name in names)]
         if sites is None:
             reads += [Scan("sites"), Select("site_reachability", {"src_site_id": site_id})]
-        backends, user, *site_rows = await self.engine.read_many(reads)
-        if sites is None:
-            sites = self._site_state(site_id, *site_rows)
-        return (sites, sorted((_backend(r) for r in backends), key=lambda b: (b.host, str(b.id))),
-                None if user is None else _user(user))
+        seen: dict[str, Any] = {}
 
-    async def group_site_and_groups(self, group_name: str, home_site_id: UUID, site_id: UUID,
-                                    names: Iterable[str]) -> tuple[GroupSite | None, dict[str, Group | None]]:
-        """The `group_sites` row of `group_name` in its home site and the named groups of `site_id`,
-        in one engine call (the backend reads the groups the user may be served in here)."""
-        wanted = list(dict.fromkeys(names))
-        rows = await self.engine.read_many([
-            Get("group_sites", {"group_name": group_name, "site_id": home_site_id}),
-            *(Get("user_groups", {"site_id": site_id, "name": n}) for n in wanted),
-        ])
-        group_site = None if rows[0] is None else self._group_site(rows[0])
-        return group_site, {n: None if r is None else _group(r) for n, r in zip(wanted, rows[1:], strict=True)}
+        def then(rows: list[Any]) -> list[Read]:
+            state = sites or self._site_state(site_id, *rows[1 + len(names):])
+            users = {name: None if row is None else _user(row) for name, row in zip(names, rows[1:], strict=False)}
+            pairs, groups = groups_for(state, users)
+            seen.update(sites=state, users=users, pairs=list(dict.fromkeys(pairs)), groups=list(dict.fromkeys(groups)))
+            return [*(Get("group_sites", {"group_name": group, "site_id": home}) for group, home in seen["pairs"]),
+                    *(Get("user_groups", {"site_id": site_id, "name": n}) for n in seen["groups"])]
+
+        first, second = await self.engine.read_then(reads, then)
+        pairs, wanted = seen["pairs"], seen["groups"]
+        return (seen["sites"], sorted((_backend(r) for r in first[0]), key=lambda b: (b.host, str(b.id))),
+                seen["users"],
+                {pair: None if row is None else self._group_site(row) for pair, row in zip(pairs, second, strict=False)},
+                {n: None if r is None else _group(r) for n, r in zip(wanted, second[len(pairs):], strict=True)})
 
     async def user_put(self, username: str, **fields: Any) -> None:
         """Write the given user columns (None clears one); creates the row when it does not exist."""

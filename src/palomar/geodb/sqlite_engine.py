@@ -524,15 +524,33 @@ class SQLiteGeoEngine(GeoEngine):
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
         """All reads in one job: inline (the login paths batch point reads and a site's backends this
         way), or one hand-off to the worker for a scan or more than `INLINE_READS` reads."""
-        jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
-                if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
+        jobs = self._read_jobs(reads)
 
         def run(con: sqlite3.Connection) -> list[Any]:
             return [job(con) for job in jobs]
 
+        return await self._read_inline_if_small(reads, run)
+
+    async def _read_inline_if_small(self, reads: Sequence[Read], run: Callable[[sqlite3.Connection], T]) -> T:
         if len(reads) > INLINE_READS or any(isinstance(r, Scan) for r in reads):
             return await self._run(run, write=False)
         return await self._read(run)
+
+    async def read_then(self, reads: Sequence[Read], then: Callable[[list[Any]], Sequence[Read]]
+                        ) -> tuple[list[Any], list[Any]]:
+        """Both batches in one job, inline or on the worker as `read_many` decides by the first
+        batch (`then` may run on the worker thread)."""
+        jobs = self._read_jobs(reads)
+
+        def run(con: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            first = [job(con) for job in jobs]
+            return first, [job(con) for job in self._read_jobs(then(first))]
+
+        return await self._read_inline_if_small(reads, run)
+
+    def _read_jobs(self, reads: Sequence[Read]) -> list[Callable[[sqlite3.Connection], Any]]:
+        return [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
+                if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
 
     def _select_job(self, table: str, partition: Key, clustering: Sequence[Any]
                     ) -> Callable[[sqlite3.Connection], list[Row]]:

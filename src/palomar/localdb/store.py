@@ -386,16 +386,21 @@ class LocalDB:
 
     def cache_put(self, key: str, value: str, ttl_secs: int, now: int | None = None) -> None:
         """Cache `value` until `now + ttl_secs`; also purges whatever else has expired."""
-        key, now = _name(key, "cache key"), _now(now)
-        if not isinstance(value, str):
-            raise LocalDBError("cache value must be a string")
+        self.cache_put_many([(key, value)], ttl_secs, now)
+
+    def cache_put_many(self, items: list[tuple[str, str]], ttl_secs: int, now: int | None = None) -> None:
+        """`cache_put` of several (key, value) pairs in one transaction (a batch of LMTP recipients)."""
+        now = _now(now)
         if not isinstance(ttl_secs, int) or isinstance(ttl_secs, bool) or ttl_secs <= 0:
             raise LocalDBError("cache ttl_secs must be a positive int")
-        self._exec(
-            "INSERT OR REPLACE INTO cluster_geodb_cache (cache_key, value, expire_timestamp) "
-            "VALUES (?, ?, ?)",
-            (key, value, now + ttl_secs),
-        )
+        if not all(isinstance(value, str) for _, value in items):
+            raise LocalDBError("cache value must be a string")
+        rows = [(_name(key, "cache key"), value, now + ttl_secs) for key, value in items]
+        sql = "INSERT OR REPLACE INTO cluster_geodb_cache (cache_key, value, expire_timestamp) VALUES (?, ?, ?)"
+        if len(rows) == 1:
+            self._exec(sql, rows[0])
+        else:
+            self._many(sql, rows)
         if now != self._purged_at:  # expiry has one-second steps: a second purge within it finds nothing
             self.cache_purge(now, limit=CACHE_PURGE_BATCH)
 

@@ -105,20 +105,28 @@ class LmtpLeg:
         return True
 
     def begin(self, sender: str, params: dict[str, str | None]) -> None:
-        """MAIL FROM (pipelined: its reply is read with the first RCPT's). Parameters of extensions the
+        """MAIL FROM, pipelined: it is written with the first RCPT (one write, one TLS record, one
+        wake-up of the server) and its reply is read with the RCPT's. Parameters of extensions the
         server did not advertise are left out (e.g. SIZE towards a Dovecot that offers no SIZE)."""
         if self.in_transaction:
             self.reset()
         offered = {cap.split(" ", 1)[0].upper() for cap in self.client.capabilities}
         params = {key: value for key, value in params.items() if _PARAM_EXTENSION.get(key.upper()) in offered}
         self.client.mail_from(sender, params)
-        self.flush()
         self.in_transaction, self._mail_pending, self.mail_reply = True, True, None
 
     async def rcpt(self, address: str) -> Reply | None:
         """The server's reply to RCPT, or the refusal of MAIL FROM if that failed; None if the leg failed."""
-        self.client.rcpt(address)
+        self.send_rcpt(address)
         self.flush()
+        return await self.rcpt_reply()
+
+    def send_rcpt(self, address: str) -> None:
+        """RCPT, pipelined: it goes out with the next `flush`; `rcpt_reply` reads the replies in order."""
+        self.client.rcpt(address)
+
+    async def rcpt_reply(self) -> Reply | None:
+        """The reply to the oldest RCPT not read yet (as `rcpt`)."""
         reply = await self._reply("RCPT")
         if reply is None:
             return None
@@ -132,10 +140,13 @@ class LmtpLeg:
         self.flush()
         return await self._reply("DATA")
 
-    def write_chunk(self, data: bytes) -> None:
+    def write_chunk(self, data: bytes, *, last: bool = False) -> None:
+        """Message bytes; with `last` (the end of the message follows at once) they wait for
+        `finish_data` and go out with the final dot in one write."""
         if self.failure is None and self.client.data_open:
             self.client.data_chunk(data)
-            self.flush()
+            if not last:
+                self.flush()
 
     async def drain(self) -> None:
         """Back-pressure: wait until the server took most of what was written."""

@@ -6,12 +6,15 @@ LMTP differs from SMTP where it matters to a proxy: after the message, the serve
 once per accepted recipient, in RCPT order. The server core therefore asks the caller for
 each RCPT reply (routing happens outside, asynchronously) and for the list of per-recipient
 DATA replies, and holds back later pipelined commands meanwhile, so replies stay in order.
+RCPTs pipelined behind a RCPT are handed out at once (one RcptRequest each, answered in order),
+so the caller can route and forward them as a batch instead of one round trip each.
 Reply texts follow Dovecot's LMTP server.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -85,7 +88,8 @@ class MailFrom:
 
 @dataclass(frozen=True)
 class RcptRequest:
-    """Route this recipient, then answer with rcpt_reply(); the session waits until then."""
+    """Route this recipient, then answer with rcpt_reply(); the session waits until then. Several
+    may be pending (pipelined RCPTs): rcpt_reply() answers the oldest."""
 
     address: str
     params: dict[str, str | None]
@@ -140,6 +144,21 @@ class Close:
 Event = MailFrom | RcptRequest | DataStart | DataChunk | DataEnd | DataAborted | TransactionReset | Close
 
 
+def rcpt_batch(first: RcptRequest, pending: deque[Event]) -> list[RcptRequest]:
+    """`first` and the RcptRequests right behind it, taken off `pending`: pipelined RCPTs the caller
+    can route and forward together, answering them in order."""
+    batch = [first]
+    while pending and isinstance(pending[0], RcptRequest):
+        batch.append(pending.popleft())  # type: ignore[arg-type]
+    return batch
+
+
+def ends_message(pending: Sequence[Event]) -> bool:
+    """The message's end is the next event (it arrived with the last chunk): a caller streaming the
+    message on can send that chunk together with the final dot instead of on its own."""
+    return bool(pending) and isinstance(pending[0], DataEnd)
+
+
 class ServerState(enum.Enum):
     COMMAND = "command"
     AWAIT_RCPT = "await-rcpt"
@@ -155,7 +174,8 @@ class _Transaction:
     params: dict[str, str | None]
     smtputf8: bool
     recipients: list[str] = field(default_factory=list)
-    pending: str | None = None
+    pending: deque[str] = field(default_factory=deque)
+    """Recipients handed out in RcptRequests and not answered yet, oldest first."""
     chunking: bool = False  # BDAT was used: DATA is no longer allowed
     size: int = 0
     too_big: bool = False
@@ -251,16 +271,17 @@ class LmtpServer:
         return self._process()
 
     def rcpt_reply(self, reply: str | bytes) -> list[Event]:
-        """Answer the pending RcptRequest: a 2xx reply accepts the recipient (RCPT_OK is the
-        usual one), 4xx/5xx refuse it. Processing of pipelined commands resumes."""
-        if self.state is not ServerState.AWAIT_RCPT or self._tx is None or self._tx.pending is None:
+        """Answer the oldest pending RcptRequest: a 2xx reply accepts the recipient (RCPT_OK is the
+        usual one), 4xx/5xx refuse it. Once none is pending, processing of pipelined commands resumes."""
+        if self.state is not ServerState.AWAIT_RCPT or self._tx is None or not self._tx.pending:
             raise RuntimeError("no RCPT is waiting for a reply")
         line = _final_reply(reply)
         self._out += line
+        address = self._tx.pending.popleft()
         if line.startswith(b"2"):
-            self._tx.recipients.append(self._tx.pending)
-        self._tx.pending = None
-        self.state = ServerState.COMMAND
+            self._tx.recipients.append(address)
+        if not self._tx.pending:
+            self.state = ServerState.COMMAND
         return self._process()
 
     def data_replies(self, replies: Sequence[str | bytes]) -> list[Event]:
@@ -296,9 +317,34 @@ class LmtpServer:
                 if line is None:
                     break
                 self._on_command(line, events)
+            elif self.state is ServerState.AWAIT_RCPT:
+                if not self._rcpt_ahead(events):
+                    break
             else:
                 break
         return events
+
+    def _rcpt_ahead(self, events: list[Event]) -> bool:
+        """While RCPTs wait for replies, hand out the next pipelined line too if it is a RCPT that
+        becomes a RcptRequest. Anything else (another command, a RCPT the core itself refuses,
+        an incomplete line) waits until every pending RCPT is answered, so replies stay in order."""
+        line = self._lines.peek_line()
+        tx = self._tx
+        if line is None or tx is None or line[:5].upper() != b"RCPT ":
+            return False
+        try:
+            command = parse_command(line)
+        except SmtpSyntaxError:
+            return False
+        if command.verb != "RCPT":
+            return False
+        request = self._rcpt_request(tx, command.args, len(tx.pending))
+        if not isinstance(request, RcptRequest):
+            return False
+        self._lines.next_line()
+        tx.pending.append(request.address)
+        events.append(request)
+        return True
 
     def _close(self, reply: str, reason: str, events: list[Event]) -> None:
         self._reset(reason, events)
@@ -399,34 +445,36 @@ class LmtpServer:
         if tx is None:
             self._out += _out("503 5.5.0 MAIL needed first")
             return
+        request = self._rcpt_request(tx, args, 0)
+        if isinstance(request, str):
+            self._out += _out(request)
+            return
+        tx.pending.append(request.address)
+        self.state = ServerState.AWAIT_RCPT
+        events.append(request)
+
+    def _rcpt_request(self, tx: _Transaction, args: str, pending: int) -> RcptRequest | str:
+        """The RcptRequest for RCPT `args`, or the core's own refusal; `pending`: RCPTs of `tx`
+        not answered yet (they may still be accepted, so they count against max_recipients)."""
         try:
             address, params = parse_rcpt_to(args)
         except SmtpSyntaxError as exc:
-            self._out += _out(f"501 5.5.4 {exc}")
-            return
+            return f"501 5.5.4 {exc}"
         allowed = _DSN_RCPT_PARAMS if "DSN" in self.extensions else set()
         if set(params) - allowed:
-            self._out += _out("555 5.5.4 Unsupported parameters")
-            return
+            return "555 5.5.4 Unsupported parameters"
         notify = params.get("NOTIFY")
         if "NOTIFY" in params and not _valid_notify(notify):
-            self._out += _out("501 5.5.4 Invalid NOTIFY parameter")
-            return
+            return "501 5.5.4 Invalid NOTIFY parameter"
         if "ORCPT" in params and ";" not in (params["ORCPT"] or ""):
-            self._out += _out("501 5.5.4 Invalid ORCPT parameter")
-            return
+            return "501 5.5.4 Invalid ORCPT parameter"
         if not tx.smtputf8 and not address.isascii():
-            self._out += _out("553 5.6.7 Non-ASCII address requires SMTPUTF8")
-            return
+            return "553 5.6.7 Non-ASCII address requires SMTPUTF8"
         if tx.chunking:
-            self._out += _out("503 5.5.0 RCPT not allowed after BDAT")
-            return
-        if len(tx.recipients) >= self.max_recipients:
-            self._out += _out("452 4.5.3 Too many recipients")
-            return
-        tx.pending = address
-        self.state = ServerState.AWAIT_RCPT
-        events.append(RcptRequest(address, dict(params)))
+            return "503 5.5.0 RCPT not allowed after BDAT"
+        if len(tx.recipients) + pending >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        return RcptRequest(address, dict(params))
 
     def _cmd_data(self, args: str, events: list[Event]) -> None:
         error = self._data_refusal()

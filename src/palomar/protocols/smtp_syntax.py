@@ -117,6 +117,17 @@ class LineReader:
         self._buf.clear()
         self._skipping = False
 
+    def peek_line(self) -> bytes | None:
+        """The next line without its ending, left in place; None when it is not complete yet, is
+        too long, or an over-long line is being skipped (`next_line` deals with those)."""
+        if self._skipping:
+            return None
+        end = self._buf.find(b"\n")
+        if end < 0 or end > self.max_line + 1:
+            return None
+        line = bytes(self._buf[:end])
+        return line[:-1] if line.endswith(b"\r") else line
+
     def next_line(self) -> bytes | None:
         """The next line without its ending, or None when more bytes are needed."""
         while True:

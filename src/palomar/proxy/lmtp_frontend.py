@@ -14,6 +14,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 from palomar.auth.passdb import AuthRequest
@@ -35,6 +36,8 @@ from palomar.protocols.lmtp import (
     MailFrom,
     RcptRequest,
     TransactionReset,
+    ends_message,
+    rcpt_batch,
 )
 from palomar.protocols.smtp_syntax import Reply
 from palomar.protocols.subaddress import delivery_address, split_detail
@@ -137,21 +140,25 @@ class LmtpProxySession:
                 return
 
     async def handle(self, events: list[Event]) -> bool:
-        """Act on the core's events in order; False once the connection is to be closed."""
+        """Act on the core's events in order; False once the connection is to be closed. Replies
+        collect and go out in one write when the events are handled (the MAIL and RCPT replies of
+        a pipelined envelope together); the 354 and the replies after a message go out at once."""
         queue = deque(events)
-        self.flush()
         while queue:
             event = queue.popleft()
             if isinstance(event, MailFrom):
                 self.begin(event)
             elif isinstance(event, RcptRequest):
-                queue.extend(self.core.rcpt_reply(await self.guarded_recipient(event.address)))
+                for reply in await self.recipients([rcpt.address for rcpt in rcpt_batch(event, queue)]):
+                    queue.extend(self.core.rcpt_reply(reply))
             elif isinstance(event, DataStart):
+                self.flush()  # the 354: the peer streams while the next hop opens DATA
                 await self.data_start()
             elif isinstance(event, DataChunk):
-                await self.data_chunk(event.data)
+                await self.data_chunk(event.data, last=ends_message(queue))
             elif isinstance(event, DataEnd):
                 queue.extend(self.core.data_replies(await self.data_end()))
+                self.flush()  # the replies to a stored message are never held back
             elif isinstance(event, DataAborted):
                 self.data_aborted()
             elif isinstance(event, TransactionReset):
@@ -160,7 +167,7 @@ class LmtpProxySession:
                 self.flush()
                 self.conn.link.close()
                 return False
-            self.flush()
+        self.flush()
         return True
 
     # ---- transaction
@@ -173,18 +180,42 @@ class LmtpProxySession:
         self.sender, self.mail_params = event.address, dict(event.params)
         self.data_legs, self.outcomes = {}, {}
 
-    async def guarded_recipient(self, address: str) -> str:
+    async def recipients(self, addresses: list[str]) -> list[str]:
+        """The replies to pipelined RCPTs, in order. Each recipient is looked up and routed in turn;
+        those for this site's backends are written to their legs together (one write per leg) and
+        the replies read after, in the order sent. A referral sends the recipient on to the next
+        backend, behind what that leg already carries. Recipients are accepted into the fan-out in
+        RCPT order, so DATA's replies line up with the core's recipient list."""
+        replies = [""] * len(addresses)
+        sent: deque[_Routed] = deque()
+        for index, address in enumerate(addresses):
+            try:
+                step = await self.route_recipient(index, address)
+                if isinstance(step, _Routed):
+                    refused = await self.send(step)
+                    if refused is None:
+                        sent.append(step)
+                    else:
+                        replies[index] = refused
+                elif isinstance(step, _OtherSite):  # its own leg and referrals: after the others, alone
+                    await self.answer(sent, replies)
+                    replies[index] = await self.deliver_other_site(address, step.user, step.site, step.rcpt_address)
+                else:
+                    replies[index] = step
+            except Exception as exc:
+                replies[index] = self.recipient_failed(address, exc)
+        await self.answer(sent, replies)
+        return replies
+
+    def recipient_failed(self, address: str, exc: Exception) -> str:
         """One recipient's exception boundary: a GeoDB or LocalDB that fails while routing it
         (`451 4.4.3`) or a bug (`451 4.3.0`) fails this recipient only, logged once; the MTA's
         session and the transaction's other recipients go on."""
-        try:
-            return await self.recipient(address)
-        except Exception as exc:
-            log_failure(log, f"session={self.conn.session_id} rcpt={safe(address)}", exc)
-            return self.denied(address, fan.rcpt_failed(address, store=is_store_error(exc)), "")
+        log_failure(log, f"session={self.conn.session_id} rcpt={safe(address)}", exc)
+        return self.denied(address, fan.rcpt_failed(address, store=is_store_error(exc)), "")
 
-    async def recipient(self, address: str) -> str:
-        """Look up, route and hand on one recipient; the reply the MTA gets for its RCPT."""
+    async def route_recipient(self, index: int, address: str) -> str | _Routed | _OtherSite:
+        """Look up and route one recipient: its backend (or site), or the reply that refuses it."""
         rcpt = split_detail(address, self.state.recipient_delimiter)
         request = AuthRequest(username=rcpt.username, service="lmtp", remote_ip=self.conn.client[0],
                               local_ip=self.conn.local[0], secured=self.conn.tls)
@@ -199,52 +230,89 @@ class LmtpProxySession:
             return self.denied(address, fan.login_disabled(address), "")
         if result.status != "ok":
             return self.denied(address, fan.lookup_failed(address), "")
-        return await self.deliver_to(address, result.user, result.fields.get("host"),
-                                     delivery_address(address, rcpt, result.user))
-
-    async def deliver_to(self, address: str, user: str, host_override: str | None, rcpt_address: str) -> str:
-        """Route `user` and give its backend `rcpt_address` (the address with its detail)."""
-        route = await self.state.router.route(user, host_override=host_override)  # raises: guarded_recipient
+        user, host_override = result.user, result.fields.get("host")
+        rcpt_address = delivery_address(address, rcpt, user)  # the backend gets the detail too
+        route = await self.state.router.route(user, host_override=host_override)  # raises: recipient_failed
         if route.site is not None:
-            return await self.deliver_other_site(address, user, route.site, rcpt_address)
+            return _OtherSite(user, route.site, rcpt_address)
         if route.host is None:
             log.warning("session=%s rcpt=%s not routed: %s", self.conn.session_id, safe(address), route.reason)
             return self.denied(address, fan.proxy_failed(address, "no backend available"), "")
-        host: str = route.host
-        visited: list[str] = []
-        rerouted = False
+        return _Routed(index, address, user, rcpt_address, host_override, route.host)
+
+    async def send(self, rcpt: _Routed) -> str | None:
+        """Put the recipient's RCPT on the leg to `rcpt.host` (written by `answer`); the refusal if
+        no leg can be had there, after one re-route if the backend turned out to be offline."""
         while True:
-            visited.append(host)
-            leg = await self.leg_for(host, user)
+            rcpt.visited.append(rcpt.host)
+            leg = await self.leg_for(rcpt.host, rcpt.user)
             if isinstance(leg, HopFailed):
-                if not rerouted and await self.backend_went_offline(leg):
-                    rerouted = True
-                    again = await self._route_again(user, host_override)
-                    if again is not None and again not in visited:
-                        host = again
+                if not rcpt.rerouted and await self.backend_went_offline(leg):
+                    rcpt.rerouted = True
+                    again = await self._route_again(rcpt.user, rcpt.host_override)
+                    if again is not None and again not in rcpt.visited:
+                        rcpt.host = again
                         continue
-                return self.denied(address, fan.proxy_failed(address, _hop_detail(leg)), host)
-            assert self.fanout is not None
-            reply = await leg.rcpt(rcpt_address)
-            if reply is None:
-                self.drop_leg(leg)
-                return self.denied(address, fan.proxy_failed(address, leg.failure or "connection lost"), host)
-            target = fan.parse_referral(reply)
-            if target is None:
-                client_reply = fan.rcpt_reply(address, reply)
-                if reply.positive:  # only the backend's Dovecot accepts a recipient
-                    if self.state.health is not None:
-                        self.state.health.session_succeeded(leg.name)
-                    self.fanout.accept(address, user, leg.name)
-                    return client_reply
-                return self.denied(address, client_reply, leg.name)
-            log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, safe(address), leg.name,
-                     safe(target))
-            self.state.count_redirect(leg.name)
-            step = fan.follow_referral(visited, target)
-            if isinstance(step, fan.GiveUp):
-                return self.denied(address, fan.proxy_failed(address, step.reason), leg.name)
-            host = step.host
+                return self.denied(rcpt.address, fan.proxy_failed(rcpt.address, _hop_detail(leg)), rcpt.host)
+            rcpt.leg = leg
+            leg.send_rcpt(rcpt.rcpt_address)
+            return None
+
+    async def answer(self, sent: deque[_Routed], replies: list[str]) -> None:
+        """Write the RCPTs `send` queued, read their replies in the order sent, follow referrals;
+        accept the recipients backends took, in RCPT order."""
+        accepted: list[_Routed] = []
+        for leg in {id(r.leg): r.leg for r in sent}.values():
+            assert leg is not None
+            leg.flush()
+        while sent:
+            rcpt = sent.popleft()
+            try:
+                reply = await self.rcpt_answer(rcpt)
+                if reply is None:  # referred: on to the next backend, behind that leg's RCPTs
+                    reply = await self.send(rcpt)
+                    if reply is None:
+                        assert rcpt.leg is not None
+                        rcpt.leg.flush()
+                        sent.append(rcpt)
+                        continue
+            except Exception as exc:
+                reply = self.recipient_failed(rcpt.address, exc)
+            replies[rcpt.index] = reply
+            if rcpt.accepted:
+                accepted.append(rcpt)
+        assert self.fanout is not None
+        for rcpt in sorted(accepted, key=lambda r: r.index):
+            assert rcpt.leg is not None
+            self.fanout.accept(rcpt.address, rcpt.user, rcpt.leg.name)
+
+    async def rcpt_answer(self, rcpt: _Routed) -> str | None:
+        """The backend's reply to the recipient's RCPT made the MTA's reply; None if it referred the
+        recipient on (`rcpt.host` is the next backend)."""
+        leg = rcpt.leg
+        assert leg is not None
+        reply = await leg.rcpt_reply()
+        if reply is None:
+            self.drop_leg(leg)
+            return self.denied(rcpt.address, fan.proxy_failed(rcpt.address, leg.failure or "connection lost"),
+                               rcpt.host)
+        target = fan.parse_referral(reply)
+        if target is None:
+            client_reply = fan.rcpt_reply(rcpt.address, reply)
+            if reply.positive:  # only the backend's Dovecot accepts a recipient
+                if self.state.health is not None:
+                    self.state.health.session_succeeded(leg.name)
+                rcpt.accepted = True
+                return client_reply
+            return self.denied(rcpt.address, client_reply, leg.name)
+        log.info("session=%s rcpt=%s referred from %s to %s", self.conn.session_id, safe(rcpt.address), leg.name,
+                 safe(target))
+        self.state.count_redirect(leg.name)
+        step = fan.follow_referral(rcpt.visited, target)
+        if isinstance(step, fan.GiveUp):
+            return self.denied(rcpt.address, fan.proxy_failed(rcpt.address, step.reason), leg.name)
+        rcpt.host = step.host
+        return None
 
     async def deliver_other_site(self, address: str, user: str, site: Site, rcpt_address: str) -> str:
         """Give the recipient to its site's load balancer, on a leg of its own (proxy/site_hop.py).
@@ -377,11 +445,13 @@ class LmtpProxySession:
             else:
                 self.outcomes[host] = [reply] * len(self.fanout.recipients_of(host))
 
-    async def data_chunk(self, data: bytes) -> None:
-        """The same bytes to every backend; the next read from the MTA waits until all took them."""
+    async def data_chunk(self, data: bytes, *, last: bool = False) -> None:
+        """The same bytes to every backend; the next read from the MTA waits until all took them.
+        The `last` chunk goes out with the final dot (`data_end` writes it and waits for replies)."""
         for leg in self.data_legs.values():
-            leg.write_chunk(data)
-        await asyncio.gather(*(leg.drain() for leg in self.data_legs.values()))
+            leg.write_chunk(data, last=last)
+        if not last:
+            await asyncio.gather(*(leg.drain() for leg in self.data_legs.values()))
 
     async def data_end(self) -> list[str]:
         assert self.fanout is not None
@@ -443,6 +513,31 @@ class LmtpProxySession:
         log.info("event=smtp_server_transaction_rcpt_finished session=%s rcpt=%s dest_host=%s status_code=%d "
                  "enhanced_code=%s%s", self.conn.session_id, safe(address), host or "-", event.status_code,
                  event.enhanced_code, f" error={safe(repr(event.error))}" if event.error else "")
+
+
+@dataclass
+class _Routed:
+    """A recipient on its way to a backend of this site: where it is now, where it has been."""
+
+    index: int
+    address: str
+    user: str
+    rcpt_address: str
+    host_override: str | None
+    host: str
+    visited: list[str] = field(default_factory=list)
+    rerouted: bool = False
+    leg: LmtpLeg | None = None
+    accepted: bool = False
+
+
+@dataclass(frozen=True)
+class _OtherSite:
+    """A recipient routed to another site's load balancer."""
+
+    user: str
+    site: Site
+    rcpt_address: str
 
 
 def _leg_name(host: str, site: Site | None, user: str, referred: str) -> str:

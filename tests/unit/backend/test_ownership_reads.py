@@ -1,5 +1,5 @@
-"""The backend's ownership check on every login: fresh ownership data, in two engine calls; the
-sites table and the reachability rows at most once a second."""
+"""The backend's ownership check on every login: fresh ownership data, in one job of the SQLite
+engine's worker thread; the sites table and the reachability rows at most once a second."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend_states import backend_state
+from backend_states import Clock, backend_state
 from palomar.backend import service
 from palomar.backend.service import SITES_TTL, BackendState
 from palomar.cluster.model import Group
@@ -42,17 +42,9 @@ class CountingEngine(SQLiteGeoEngine):
         self.jobs += 1
         return await super()._read(job)
 
-    async def read_many(self, reads: Any) -> list[Any]:
+    def _read_jobs(self, reads: Any) -> list[Any]:
         self.scans += sum(1 for r in reads if isinstance(r, Scan))
-        return await super().read_many(reads)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+        return super()._read_jobs(reads)
 
 
 @pytest.fixture
@@ -63,7 +55,7 @@ async def state(tmp_path) -> AsyncIterator[BackendState]:
     await backend.geodb.close()
 
 
-async def test_owned_user_is_decided_in_two_engine_calls(state: BackendState) -> None:
+async def test_owned_user_is_decided_in_one_worker_job(state: BackendState) -> None:
     assert state.site_id is not None and state.backend_id is not None
     await state.geodb.group_create_if_absent(Group(state.site_id, "g1", backend_id=state.backend_id))
     await state.geodb.user_put("alice@example.test", group_name="g1")
@@ -71,7 +63,7 @@ async def test_owned_user_is_decided_in_two_engine_calls(state: BackendState) ->
     assert isinstance(engine, CountingEngine)
     before = engine.jobs
     decision, group, record = await state.ownership_and_user("alice@example.test")
-    assert engine.jobs - before == 2
+    assert engine.jobs - before == 1  # the users, then their groups: one thread hand-off
     assert isinstance(decision, Own) and group is not None and group.name == "g1"
     assert record is not None and record.group_name == "g1"
 

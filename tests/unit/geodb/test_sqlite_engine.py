@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from palomar.geodb import GeoDBError, open_engine
-from palomar.geodb.engine import Get, Scan, Select
+from palomar.geodb.engine import GeoEngine, Get, Scan, Select
 from palomar.geodb.sqlite_engine import INLINE_READS, SQLiteGeoEngine
 from sqlite_workers import open_and_write
 
@@ -250,5 +250,38 @@ async def test_an_in_memory_database_reads_its_own_tables(tmp_path: Path) -> Non
         key = {"id": uuid.uuid4()}
         await engine.upsert("tags", key, {"tag": "mem"})
         assert (await engine.get("tags", key))["tag"] == "mem"
+    finally:
+        await engine.close()
+
+
+async def test_read_then_reads_what_the_first_answers_name_in_one_job(tmp_path: Path) -> None:
+    """`read_then` answers as `read_many` twice (the base engine's way, as on Cassandra), with the
+    second batch made from the first's rows, but in one job (inline, or one hand-off to the worker)."""
+    engine = SQLiteGeoEngine(str(tmp_path / "geodb.sqlite"))
+    await engine.open()
+    try:
+        site = uuid.uuid4()
+        await engine.upsert("users", {"username": "alice"}, {"group_name": "g1"})
+        await engine.upsert("user_groups", {"site_id": site, "name": "g1"}, {"sticky_users": 7})
+        reads = [Get("users", {"username": "alice"}), Get("users", {"username": "nobody"})]
+
+        def groups(rows: list) -> list:
+            return [Get("user_groups", {"site_id": site, "name": row["group_name"]}) for row in rows if row]
+
+        jobs = 0
+        job = engine._read_inline_if_small
+
+        async def counted(reads, run):
+            nonlocal jobs
+            jobs += 1
+            return await job(reads, run)
+
+        engine._read_inline_if_small = counted  # type: ignore[method-assign]
+        first, second = await engine.read_then(reads, groups)
+        assert jobs == 1
+        assert first[0]["group_name"] == "g1" and first[1] is None
+        assert [row["sticky_users"] for row in second] == [7]
+        assert (first, second) == await GeoEngine.read_then(engine, reads, groups)  # the default: two calls
+        assert jobs == 3
     finally:
         await engine.close()

@@ -86,6 +86,18 @@ def test_groups(db: LocalDB) -> None:
     assert db.group_get("default-3") is None
 
 
+def test_cache_put_many_stores_every_pair_in_one_go(db: LocalDB) -> None:
+    db.cache_put("user/old", "gone", ttl_secs=1, now=1000)
+    db.cache_put_many([("user/alice", "a"), ("user/bob", "b"), ("user/alice", "a2")], ttl_secs=60, now=2000)
+    with sqlite3.connect(db.path) as raw:  # the expired row was purged by the put, as cache_put does
+        assert {r[0] for r in raw.execute("SELECT cache_key FROM cluster_geodb_cache")} == {"user/alice", "user/bob"}
+    assert [db.cache_get(key, now=2059) for key in ("user/alice", "user/bob")] == ["a2", "b"]
+    assert db.cache_get("user/bob", now=2060) is None
+    with pytest.raises(LocalDBError):
+        db.cache_put_many([("user/carol", "c"), ("user/dave", 4)], ttl_secs=60, now=2000)  # type: ignore[list-item]
+    assert db.cache_get("user/carol", now=2001) is None  # nothing of a refused batch is stored
+
+
 def test_cache_expires_and_purges(db: LocalDB, tmp_path: Path) -> None:
     db.cache_put("user/alice", "site-a", ttl_secs=60, now=1000)
     db.cache_put("user/bob", "site-b", ttl_secs=5, now=1000)

@@ -173,23 +173,50 @@ def test_control_characters_in_a_quoted_local_part_are_refused() -> None:
 
 
 def test_pipelined_transaction_replies_stay_in_order() -> None:
+    """Pipelined RCPTs are handed out together (the caller may route them as a batch); their
+    replies go out in RCPT order, and DATA waits until every one is answered."""
     server = ready_server()
     pipeline = b"MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nDATA\r\n"
     out, events = talk(server, pipeline)
     assert out == b"250 2.1.0 OK\r\n"
-    assert events == [MailFrom("s@x", {}), RcptRequest("a@x", {})]
+    assert events == [MailFrom("s@x", {}), RcptRequest("a@x", {}), RcptRequest("b@x", {}), RcptRequest("c@x", {})]
     assert server.paused
     assert talk(server, b"ignored until DATA\r\n") == (b"", [])  # buffered, not parsed yet
-    events = server.rcpt_reply(RCPT_OK)
+    assert server.rcpt_reply(RCPT_OK) == []
     assert server.data_to_send() == b"250 2.1.5 OK\r\n"
-    assert events == [RcptRequest("b@x", {})]
-    events = server.rcpt_reply("550 5.1.1 <b@x> User doesn't exist: b@x")
-    assert events == [RcptRequest("c@x", {})]
+    assert server.rcpt_reply("550 5.1.1 <b@x> User doesn't exist: b@x") == []
+    assert server.paused
     events = server.rcpt_reply(b"250 2.1.5 OK\r\n")
     assert server.data_to_send() == b"550 5.1.1 <b@x> User doesn't exist: b@x\r\n250 2.1.5 OK\r\n354 OK\r\n"
     assert events[0] == DataStart()
     assert chunks_of(events) == b"ignored until DATA"  # its CRLF may still precede the end
     assert server.recipients == ("a@x", "c@x")
+
+
+def test_a_rcpt_the_core_refuses_waits_behind_pending_ones() -> None:
+    """Only RCPTs that become requests are handed out early: a malformed one, or one over the
+    recipient limit counting those still pending, is answered by the core in its turn."""
+    server = ready_server(max_recipients=2)
+    out, events = talk(server, b"MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b c>\r\nRCPT TO:<d@x>\r\n")
+    assert events == [MailFrom("s@x", {}), RcptRequest("a@x", {})]
+    assert server.rcpt_reply(RCPT_OK) == [RcptRequest("d@x", {})]
+    assert server.data_to_send() == b"250 2.1.5 OK\r\n501 5.5.4 Invalid TO: Invalid character in path\r\n"
+    out, events = talk(server, b"RCPT TO:<e@x>\r\n")  # two accepted or pending: the limit
+    assert (out, events) == (b"", [])
+    assert server.rcpt_reply("450 4.2.0 <d@x> busy") == [RcptRequest("e@x", {})]  # d refused: room again
+    assert server.data_to_send() == b"450 4.2.0 <d@x> busy\r\n"
+
+
+def test_rcpts_read_while_others_are_pending_are_handed_out_with_the_next_reply() -> None:
+    server = ready_server()
+    _, events = talk(server, b"MAIL FROM:<s@x>\r\nRCPT TO:<a@x>\r\n")
+    assert events == [MailFrom("s@x", {}), RcptRequest("a@x", {})]
+    assert talk(server, b"RCPT TO:<b@x>\r\nRCPT TO:<c@x>\r\nRSET\r\n") == (b"", [])
+    assert server.rcpt_reply(RCPT_OK) == [RcptRequest("b@x", {}), RcptRequest("c@x", {})]
+    assert server.rcpt_reply(RCPT_OK) == []
+    events = server.rcpt_reply(RCPT_OK)
+    assert events == [TransactionReset("RSET")]
+    assert server.data_to_send() == b"250 2.1.5 OK\r\n" * 3 + b"250 2.0.0 OK\r\n"
 
 
 def test_rcpt_reply_misuse() -> None:
