@@ -27,7 +27,7 @@ from palomar.cluster.model import Backend, SiteView, Stat
 from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
 from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
-from palomar.dovecot_login import FLAVOURS, DovecotEndpoint, login
+from palomar.dovecot_login import FLAVOURS, DovecotEndpoint, connect, login_over
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
@@ -478,12 +478,19 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
                  ) -> tuple[hop.HopReply, Link | None]:
     if request.protocol not in FLAVOURS and run is None:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
-    admitted = await admit(state, request.user, request.session_id)
+    # Dovecot's connect and greeting overlap the ownership check instead of following it.
+    dovecot = None if run is not None else asyncio.ensure_future(connect(state.dovecot, request.protocol))
+    try:
+        admitted = await admit(state, request.user, request.session_id)
+    except BaseException:
+        _discard(dovecot)
+        raise
     if not isinstance(admitted, Admitted):
+        _discard(dovecot)
         return admitted, None
     moves, group = state.moves, admitted.group
     try:
-        reply, link = await (run() if run is not None else login(state.dovecot, request))
+        reply, link = await (run() if dovecot is None else _login(state, request, dovecot))
         moved_to = moves.moved_during_login(request.user, group) if moves and link else None
     finally:
         if moves is not None:
@@ -495,6 +502,24 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
              request.protocol, request.client[0], request.client[1],
              "ok" if link is not None else safe(getattr(reply, "text", "failed")))
     return reply, link
+
+
+async def _login(state: BackendState, request: hop.HopRequest, dovecot: asyncio.Future[Link | hop.Failure]
+                 ) -> tuple[hop.HopReply, Link | None]:
+    link = await dovecot
+    if isinstance(link, hop.Failure):
+        return link, None
+    return await login_over(link, state.dovecot, request)
+
+
+def _discard(dovecot: asyncio.Future[Link | hop.Failure] | None) -> None:
+    """Close a Dovecot connection the login will not use (or stop it being made): nothing was sent on it."""
+    if dovecot is None:
+        return
+    if not dovecot.done():
+        dovecot.cancel()
+    elif not dovecot.cancelled() and dovecot.exception() is None and isinstance(link := dovecot.result(), Link):
+        link.close()
 
 
 def _clock() -> Callable[[], float]:
