@@ -34,7 +34,7 @@ from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.doveadm_hop import read_payload
-from palomar.net.drain import Drain, drain_service
+from palomar.net.drain import Drain, ShuttingDown, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
@@ -310,10 +310,10 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     link.write(hop.encode_challenge(challenge))
     try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
-            header = await _read_header(link, tls=state.tls is not None)
+            header = await _read_header(link, state.drain, tls=state.tls is not None)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
                              challenge=challenge)
-    except ConnectionError:  # connected and left without a word (e.g. a port probe)
+    except (ConnectionError, ShuttingDown):  # left without a word (a port probe, an unused spare), or we stop
         link.abort()
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
@@ -374,9 +374,11 @@ def _handshake_failure(exc: BaseException) -> str:
     return f"TLS handshake failed ({type(exc).__name__}: {exc})"
 
 
-async def _read_header(link: Link, *, tls: bool):
-    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such."""
-    first = await link.read()
+async def _read_header(link: Link, drain: Drain, *, tls: bool):
+    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such. A stop
+    (SIGTERM) ends the wait at once: no login has started on this hop yet (a proxy's spare hop
+    waits here for up to 2 s)."""
+    first = await drain.read(link)
     if not tls and first.startswith(TLS_HANDSHAKE_RECORD):
         raise hop.HopError("a TLS handshake arrived but this backend has cluster_hop_ssl = no "
                            "(the proxy has cluster_hop_ssl = yes)")

@@ -287,3 +287,21 @@ async def test_probe_clients_keep_no_spares(tmp_path, certs, backend_factory, mo
     for _ in range(2):
         assert isinstance(await probe.connect(HOST, TARGET), HopFailed)
     assert opened == [True, True] and not probe.has_spare(HOST)
+
+
+async def test_a_stopping_backend_closes_hops_still_waiting_for_their_header(tmp_path, certs, backend_factory,
+                                                                            monkeypatch) -> None:
+    """A spare hop (challenge read, no header yet) must not hold a backend's stop for the header
+    timeout: the stop closes it at once, and the proxy then sees it closed."""
+    monkeypatch.setattr(service, "HOP_HEADER_TIMEOUT", 60.0)
+    monkeypatch.setattr(hop_client, "SPARE_MAX_AGE", 60.0)  # only the backend closes it here
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    try:
+        assert isinstance(await hops.connect(HOST, TARGET), HopFailed)
+        await _until(lambda: hops.has_spare(HOST))
+        backend.state.drain.stop_readers()
+        await _until(lambda: not hops.has_spare(HOST), bound=10.0)
+    finally:
+        hops.close_spares()
