@@ -47,6 +47,7 @@ from nginx_proxy import NginxProxy
 from palomar.devcluster.cluster import LocalCluster
 from palomar.devcluster.dovecot import raise_open_files_limit
 from palomar.devcluster.net import free_port
+from palomar.protocols.proxyproto import build_v2
 from proctree import CpuMeter, TreeMemory, tcp_memory_kib, tree_memory
 from report import load_average, log, machine_rows, median, percentile, table, write_section
 from summary import Figures, added_latency, logins_per_core, read_figures, summary_table
@@ -167,6 +168,12 @@ def start_world(world: World) -> None:
         "nginx": Target("nginx mail proxy", NGINX_HOST, world.nginx.port),
         "nginx-tls": Target("nginx mail proxy, IMAPS", NGINX_HOST, world.nginx.imaps_port, tls=True),
     }
+    if params.haproxy_imap_port and params.haproxy_tls is not None:  # direct path with TLS: Dovecot's own TLS
+        host = params.haproxy_listen or params.listen
+        world.targets["direct-tls"] = Target(
+            f"Dovecot {world.backend_node().name} direct, TLS (haproxy listener)", host, params.haproxy_imap_port,
+            params.master_user, params.master_password, tls=True,
+            proxy_header=build_v2(("127.0.0.1", 40000), (host, params.haproxy_imap_port)))
 
 
 async def first_logins(target: Target, users: list[Credentials]) -> None:
@@ -411,7 +418,8 @@ async def measure_fetch(world: World, plan: Plan) -> list[FetchRun]:
     creds = world.users[0]
     log(f"appending a {plan.fetch_size / 1e6:.0f} MB message for {creds.user}")
     await store_messages(world, creds, LARGE_MAILBOX, [large_message(plan.fetch_size)])
-    keys = ("direct", "palomar", "haproxy", "dovecot", "nginx")
+    keys = ("direct", *(("direct-tls",) if "direct-tls" in world.targets else ()), "palomar", "haproxy", "dovecot",
+            "nginx")
     conns: dict[str, Connection] = {}
     runs = {key: FetchRun(key, 0, [], Counter()) for key in keys}
     try:
@@ -443,7 +451,7 @@ def _f(value: float, digits: int = 2) -> str:
 
 
 def _tier_roles(key: str) -> list[str]:
-    return {"direct": [], "palomar": ["palomar proxy", "palomar backend"],
+    return {"direct": [], "direct-tls": [], "palomar": ["palomar proxy", "palomar backend"],
             "haproxy": ["palomar proxy", "palomar backend"], "dovecot": ["dovecot proxy"],
             "palomar-tls": ["palomar proxy", "palomar backend"], "dovecot-tls": ["dovecot proxy"],
             "nginx": ["nginx"], "nginx-tls": ["nginx"]}[key]
@@ -588,7 +596,7 @@ def collect_figures(logins: list[LoginRuns], latency: dict[str, list[float]], sm
         figures["processes"]["cores"] = os.cpu_count() or 1
     direct_fetch = next((f for f in fetch if f.target == "direct"), None)
     for f in fetch:
-        if direct_fetch and f.target != "haproxy":
+        if direct_fetch and f.target not in ("haproxy", "direct-tls"):
             put("fetch_ratio", f.target, median(f.mb_per_s) / median(direct_fetch.mb_per_s))
     return figures
 
@@ -679,7 +687,9 @@ INBOX, IDLE) through the proxy's own listener (plaintext, then IMAPS; the paloma
 sessions held. Sockets per session: socket descriptors the tree holds; kernel TCP buffers: the machine's
 `/proc/net/sockstat` TCP `mem`, load generator's sockets included. Large FETCH: one {plan.fetch_size / 1e6:.0f} MB message, one
 connection per path, `FETCH 1 BODY.PEEK[]` once on each to warm caches, then {plan.fetch_repeats} rounds of one timed fetch
-per path, the order rotating every round.
+per path, the order rotating every round. On the direct path with TLS, "direct, TLS" is a client speaking TLS
+straight to the backend Dovecot's haproxy listener (PROXY v2 header, TLS, master login): Dovecot's own TLS,
+the most the direct path's TLS leg can carry.
 
 {_part("Login sessions", logins and login_table(world, logins))}\
 {_part("Added latency, 1 client (interleaved sessions)", latency and latency_table(world, latency))}\

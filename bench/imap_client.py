@@ -47,6 +47,9 @@ class Target:
     master_password: str | None = field(default=None, repr=False)
     tls: bool = False
     """Implicit TLS (IMAPS); the certificate is not verified (loopback, self-signed)."""
+    proxy_header: bytes = b""
+    """Sent in clear first (a PROXY v2 header for Dovecot's `haproxy = yes` listeners); TLS, if any,
+    starts after it, as HAProxy's `send-proxy-v2` with `ssl` does."""
 
     def login_command(self, user: str, password: str) -> bytes:
         if self.master_user is not None:
@@ -72,8 +75,15 @@ class Connection:
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
-        reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT,
-                                                       ssl=_UNVERIFIED if target.tls else None)
+        if target.proxy_header:
+            reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT)
+            writer.write(target.proxy_header)
+            await writer.drain()
+            if target.tls:
+                await writer.start_tls(_UNVERIFIED)
+        else:
+            reader, writer = await asyncio.open_connection(target.host, target.port, limit=READ_LIMIT,
+                                                           ssl=_UNVERIFIED if target.tls else None)
         conn = cls(reader, writer)
         greeting = await reader.readline()
         if not greeting.startswith(b"* OK"):

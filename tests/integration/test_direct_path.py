@@ -239,6 +239,14 @@ def _not_relayed_by_the_backend_service(owner_log: Path, name: str, protocol: st
             and re.search(rf"user={re.escape(name)} proto={protocol} .* login ok", text) is None)
 
 
+def test_the_proxies_probes_take_the_direct_path(cluster: LocalCluster) -> None:
+    """A probe must fail where a user's IMAP session would: on the direct path that is the backend's
+    Dovecot listener and its login check, not the hop (which IMAP sessions no longer take)."""
+    for backend in cluster.backends:
+        wait_until(lambda b=backend: _not_relayed_by_the_backend_service(b.log_path, f"probe-{b.host}", "imap"),
+                   20, f"the start-up probe of {backend.host} through its login check")
+
+
 def test_submission_goes_straight_to_dovecot(cluster: LocalCluster) -> None:
     name = user(60)
     _submit(cluster, name, "password60", "direct submission")

@@ -316,6 +316,8 @@ def test_cli_writes_the_direct_path_config_dovecot_accepts(tmp_path: Path, harne
     result = CliRunner().invoke(main, ["backend", "dovecot-config", "-c", str(conf), "--mail-root",
                                        str(harness_root / "mail"), "--out-dir", str(out)])
     assert result.exit_code == 0, result.output
+    assert ("direct-path listeners (imap 20993, pop3 20995, submission 20465, sieve 24190; plaintext, PROXY header) "
+            "bind to 192.0.2.7\n") in result.output
     checked = subprocess.run(["doveconf", "-n", "-c", str(out / "dovecot.conf")], stdin=subprocess.DEVNULL,
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stderr
@@ -328,6 +330,23 @@ def test_cli_writes_the_direct_path_config_dovecot_accepts(tmp_path: Path, harne
     assert checked.stdout.count(f"args = {out / 'palomar-login-check.conf.ext'}") == 2  # passdb and userdb
     lookup = (out / "palomar-login-check.conf.ext").read_text()
     assert f"proxy:idle_msecs=60000:{tmp_path}/run/palomar-login-check:palomar" in lookup
+
+
+def test_cli_says_an_empty_direct_listen_binds_the_loopback_dovecot_host(tmp_path: Path, harness_root: Path) -> None:
+    """The documented default of cluster_backend_direct_listen (cluster_backend_dovecot_host) is a loopback
+    address: the command says where the direct listeners went, and that only proxies on this host reach them."""
+    conf = tmp_path / "palomar.conf"
+    conf.write_text(DIRECT_CONF.replace("cluster_backend_direct_listen = 192.0.2.7\n", "").format(base=tmp_path))
+    out = harness_root / "cli-direct-loopback-out"
+    result = CliRunner().invoke(main, ["backend", "dovecot-config", "-c", str(conf), "--mail-root",
+                                       str(harness_root / "mail"), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "bind to 127.0.0.7: cluster_backend_direct_listen is empty" in result.output
+    assert "only proxies on this host reach them" in result.output
+    checked = subprocess.run(["doveconf", "-n", "-c", str(out / "dovecot.conf")], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    assert "inet_listener imap_haproxy {\n    haproxy = yes\n    port = 20993\n" in checked.stdout  # on `listen`
 
 
 @pytest.mark.parametrize(

@@ -292,9 +292,13 @@ class PasswdFile:
     builds the new one, so editing a large file never stops logins.
     """
 
-    def __init__(self, path: str, *, build: Callable[[str], PasswdIndex] | None = None) -> None:
+    def __init__(self, path: str, *, build: Callable[[str], PasswdIndex] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self._build = build
+        self._clock = clock
+        self._synced_at: int | None = None
+        """The whole second of `lookup_nowait`'s last stat of the file."""
         self._index: PasswdIndex | None = None
         self._build_lock = threading.Lock()
         self._reloader: threading.Thread | None = None
@@ -311,19 +315,23 @@ class PasswdFile:
         return None if isinstance(found, _Stale) else found
 
     def lookup_nowait(self, user: str) -> tuple[bool, PasswdEntry | None]:
-        """(True, entry) without blocking: one stat and a table probe, from the old index while
-        a changed file is being indexed in the background. (False, None) when there is no usable
-        index (not built yet, the file is gone, or was rewritten in place): the caller then falls
-        back to the blocking `lookup` in a thread."""
+        """(True, entry) without blocking: a table probe, from the old index while a changed file
+        is being indexed in the background. (False, None) when there is no usable index (not built
+        yet, the file is gone, or was rewritten in place): the caller then falls back to the
+        blocking `lookup` in a thread. The file is stat()ed for changes at most once a second, as
+        Dovecot's passwd-file does (`passwd_file_sync` in db-passwd-file.c)."""
         index = self._index
         if index is None:
             return False, None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False, None  # the blocking path reports it
-        if _stamp(st) != index.stamp:
-            self._start_reload()
+        now = int(self._clock())
+        if now != self._synced_at:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return False, None  # the blocking path reports it
+            self._synced_at = now
+            if _stamp(st) != index.stamp:
+                self._start_reload()
         found = index.find(user)
         if isinstance(found, _Stale):
             return False, None

@@ -495,6 +495,21 @@ ssl_min_protocol = TLSv1.2
 """
 
 
+def direct_listeners_note(p: DovecotParams) -> str | None:
+    """What the direct path's listeners bind to, for `palomar backend dovecot-config` to say: an empty
+    `cluster_backend_direct_listen` means `cluster_backend_dovecot_host`, a loopback address that only
+    proxies on the same host reach, which is easy to miss on real hosts. None without direct listeners."""
+    ports = ", ".join(f"{protocol} {port}" for protocol, port in p.haproxy_ports().items() if port)
+    if not ports:
+        return None
+    tls = "TLS" if p.haproxy_tls is not None else "plaintext"
+    if p.haproxy_listen:
+        return f"direct-path listeners ({ports}; {tls}, PROXY header) bind to {p.haproxy_listen}"
+    return (f"direct-path listeners ({ports}; {tls}, PROXY header) bind to {p.listen}: cluster_backend_direct_listen "
+            f"is empty, which means cluster_backend_dovecot_host, a loopback address; only proxies on this host reach "
+            f"them (set cluster_backend_direct_listen to an address the proxies reach)")
+
+
 def _haproxy_listener(protocol: str, p: DovecotParams) -> str:
     port = p.haproxy_ports()[protocol]
     if not port:

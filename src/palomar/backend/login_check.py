@@ -54,9 +54,9 @@ comes in the lookup's own user field, so the key only carries Dovecot's session 
 USERDB_KEY = "shared/userdb/"
 """The dict userdb's key (`user_key = userdb/%{session}`): the same session id as the login's passdb
 lookup; empty for LMTP deliveries and doveadm commands."""
-SERVED = json.dumps({"nopassword": "y"}).encode()
-STARTING = b"{}"
-"""The userdb answer that lets the session start (the static userdb after it gives uid, gid, home)."""
+SERVED = dict_server.found(json.dumps({"nopassword": "y"}).encode())
+STARTING = dict_server.found(b"{}")
+"""The userdb reply that lets the session start (the static userdb after it gives uid, gid, home)."""
 SETTLE_AFTER_START = 1.0
 """Seconds a login's hold outlives its userdb lookup: Dovecot registers the session (what
 `doveadm who` and `doveadm kick` see) right after it."""
@@ -88,10 +88,17 @@ class LoginCheck:
 
     async def answer(self, lookup: dict_server.Lookup) -> bytes:
         """One dict reply line for one lookup (its user is the login's target user)."""
+        reply = self.answer_now(lookup)
+        if reply is not None:
+            return reply
+        return await self._passdb(lookup.user, lookup.key.removeprefix(PASSDB_KEY))
+
+    def answer_now(self, lookup: dict_server.Lookup) -> bytes | None:
+        """The reply when it needs no GeoDB read (the userdb's, a refusal), else None: `answer` it."""
         if not lookup.user:
             return dict_server.failed("a palomar login check lookup without a user")
         if lookup.key.startswith(PASSDB_KEY):
-            return await self._passdb(lookup.user, lookup.key.removeprefix(PASSDB_KEY))
+            return None
         if lookup.key.startswith(USERDB_KEY):
             return self._userdb(lookup.user, lookup.key.removeprefix(USERDB_KEY))
         return dict_server.failed("not a palomar login check key")
@@ -116,14 +123,14 @@ class LoginCheck:
             expiry = asyncio.get_running_loop().call_later(UNSTARTED_HOLD, self._release, session)
             self.held[session] = _Held(user, decision.group, decision.hold, expiry)
         log.info("session=%s user=%s login check: served here", safe(session), safe(user))
-        return dict_server.found(SERVED)
+        return SERVED
 
     def _userdb(self, user: str, session: str) -> bytes:
         """The session is about to start: the last moment a move can still stop it."""
         held = self.held.get(session) if session else None
         moves = self.state.moves
         if held is None or held.user != user or moves is None:
-            return dict_server.found(STARTING)
+            return STARTING
         del self.held[session]
         held.expiry.cancel()
         moved_to = moves.moved_during_login(user, held.group)
@@ -133,7 +140,7 @@ class LoginCheck:
                      safe(session), safe(user), moved_to)
             return dict_server.NOT_FOUND
         asyncio.get_running_loop().call_later(SETTLE_AFTER_START, moves.end_delivery, held.hold)
-        return dict_server.found(STARTING)
+        return STARTING
 
     def _release(self, session: str) -> None:
         held = self.held.pop(session, None)
@@ -142,22 +149,36 @@ class LoginCheck:
             self.state.moves.end_delivery(held.hold)
 
 
+WRITE_AT_ONCE_LIMIT = 64 * 1024
+"""Bytes Dovecot may leave unread before an immediate reply goes through the draining writer."""
+
+
 async def serve_connection(check: LoginCheck, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One connection of Dovecot's dict client. It pipelines lookups: they run concurrently and
-    are answered in the order they came, as the client expects."""
+    are answered in the order they came, as the client expects. A reply that needs no GeoDB read
+    (the userdb's) is written at once when no earlier reply is pending: no task, no queue."""
     conn = dict_server.DictServerConnection()
-    replies: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue()
+    replies: asyncio.Queue[asyncio.Task[bytes] | bytes | None] = asyncio.Queue()
+    pending = 0
+    """Replies queued and not yet written."""
 
     async def write_in_order() -> None:
-        while (task := await replies.get()) is not None:
-            writer.write(await task)
+        nonlocal pending
+        while (reply := await replies.get()) is not None:
+            writer.write(reply if isinstance(reply, bytes) else await reply)
+            pending -= 1
             await writer.drain()
 
     writing = asyncio.create_task(write_in_order())
     try:
         while conn.error is None and (data := await reader.read(65536)):
             for lookup in conn.receive(data):
-                replies.put_nowait(asyncio.create_task(check.answer(lookup)))
+                reply = None if pending else check.answer_now(lookup)
+                if reply is not None and writer.transport.get_write_buffer_size() < WRITE_AT_ONCE_LIMIT:
+                    writer.write(reply)
+                    continue
+                pending += 1
+                replies.put_nowait(reply if reply is not None else asyncio.create_task(check.answer(lookup)))
         if conn.error is not None:
             log.warning("login check socket: %s; closing the connection", conn.error)
     except ConnectionError:

@@ -90,8 +90,10 @@ class BackendState:
     trusted_since: float = field(default_factory=time.time)
     """Reads made before this moment are never used stale: the process started (or resumed from a
     stall) then, and may have missed a failover of its groups while it was away."""
-    _site_text: str = ""
-    _sites_text: str = ""
+    _shared_written: int | None = None
+    """The second the site view and the sites rows were last remembered (`_remember_ownership_inputs`)."""
+    _view_seen: SiteView | None = None
+    _sites_seen: SiteState | None = None
     _sites_read: tuple[float, SiteState] | None = None
     """The last read of the sites table and this site's reachability rows, and when (SITES_TTL)."""
     logins: int = 0
@@ -204,19 +206,18 @@ class BackendState:
 
     def _remember_ownership_inputs(self, username: str, view: SiteView, sites: SiteState, user, group_site,
                                    group) -> None:
-        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login
-        (the site view only when it changed)."""
+        """Keep what a fresh ownership read saw, for a GeoDB outage: one LocalDB write per login,
+        plus the site view and the sites rows when they changed or at most once a second. A row is
+        as old as its write (the stale rule bounds that age, and the LocalDB purges rows that old),
+        so the shared rows are written again while they stay the same; they are compared as
+        objects and encoded only when written."""
         if self.stale_max <= 0:
             return
         now = int(time.time())
-        site_text = codec.dumps(view)
-        if site_text != self._site_text:
-            self.localdb.cache_put(STALE_SITE_KEY, site_text, STALE_TTL, now)
-            self._site_text = site_text
-        sites_text = codec.dumps(sites)
-        if sites_text != self._sites_text:
-            self.localdb.cache_put(STALE_SITES_KEY, sites_text, STALE_TTL, now)
-            self._sites_text = sites_text
+        if now != self._shared_written or view != self._view_seen or sites != self._sites_seen:
+            self.localdb.cache_put(STALE_SITE_KEY, codec.dumps(view), STALE_TTL, now)
+            self.localdb.cache_put(STALE_SITES_KEY, codec.dumps(sites), STALE_TTL, now)
+            self._shared_written, self._view_seen, self._sites_seen = now, view, sites
         self.localdb.cache_put(f"{STALE_USER_PREFIX}{username}", codec.dumps([user, group, group_site]),
                                STALE_TTL, now)
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import click
 
-from palomar.backend.dovecot_config import DovecotConfigError, DovecotParams, write_instance
+from palomar.backend.dovecot_config import (
+    DovecotConfigError,
+    DovecotParams,
+    direct_listeners_note,
+    write_instance,
+)
 
 DEFAULT_RELAY = "127.0.0.1:25"
 DEFAULT_METRICS_PORT = 19900
@@ -160,5 +165,8 @@ def dovecot_config(config_path: str, mail_root: str, out_dir: str, relay: str, m
         raise click.ClickException(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     click.echo(f"wrote {files.config}")
     click.echo(f"wrote {files.master_passdb}")
+    note = direct_listeners_note(params)
+    if note is not None:
+        click.echo(note)
     click.echo(f"mail root {params.mail_root} must exist and be writable by {params.mail_uid}")
     click.echo(f"start it with: dovecot -c {files.config}")

@@ -443,7 +443,8 @@ _add("cluster_backend_path", enum("hop", "direct"), "hop", BOTH,
      "byte path. Submission and ManageSieve go the same way when cluster_backend_direct_submission_port / "
      "_sieve_port are set (else they stay on the hop); LMTP, doveadm and admin commands stay on the hop. With "
      "cluster_hop_ssl = yes the proxy speaks TLS to Dovecot after the PROXY header and checks the backend's hop "
-     "certificate as on the hop. `palomar backend dovecot-config` writes a backend's Dovecot side of it "
+     "certificate as on the hop; Dovecot's login process then relays the session's bytes in 4 KiB TLS records, "
+     "which bounds a large FETCH at Dovecot's own TLS speed (below the hop's). `palomar backend dovecot-config` writes a backend's Dovecot side of it "
      "(docs/design/login-path-cost.md)",
      **_ext)
 _add("cluster_backend_direct_imap_port", PORT, "0", BOTH,

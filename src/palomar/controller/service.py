@@ -128,10 +128,13 @@ class Controller:
         self.db: GeoDB | None = None
         self.regroup_page_size = REGROUP_PAGE_USERS
         self._regroup_plan: tuple[str | None, tuple[UserMove, ...]] = (None, ())
+        self._planning: tuple[str, asyncio.Task[tuple[tuple[UserMove, ...], str]]] | None = None
+        """The day and the task of a group-size scan under way."""
         self._logged_dryruns: set[tuple] = set()
         self._last_problem: str | None = None
 
     async def close(self) -> None:
+        self._stop_planning()  # its reads use the connection closed here
         db, self.db = self.db, None
         if db is not None:
             with contextlib.suppress(Exception):
@@ -204,26 +207,54 @@ class Controller:
                       regroup_last_pass=None if last_pass is None else float(last_pass))
 
     async def _plan_regrouping(self, snapshot: Snapshot) -> None:
-        """Group-size: make the day's plan on the first tick of each UTC day (a scan of the users,
-        once a day, as the vendor's midnight plan); the passes then work through it."""
+        """Group-size: make the day's plan once each UTC day (a scan of the users, once a day, as the
+        vendor's midnight plan); the passes then work through it.
+
+        The scan reads every user (seconds at a million users), so it runs beside the ticks, not in
+        one: health, evacuation and the other features keep their interval meanwhile, and the tick
+        after the scan ends stores the plan."""
         if snapshot.feature_state("group-size") not in ("on", "dryrun"):
             return
         day = time.strftime("%Y-%m-%d", time.gmtime(snapshot.now))
         if self.history.timers.get(REGROUP_DAY) == day:
             return
-        assert self.db is not None
-        names = {g.name for g in snapshot.groups}
-        members: dict[str, list[str]] = {}
-        async for users in self.db.user_pages(self.regroup_page_size):
-            add_group_members(members, users, names, snapshot.site.id)
-        # Planning and encoding up to 100,000 moves is a second of CPU: off the loop.
-        moves, text = await asyncio.to_thread(encode_regroup_plan, snapshot.groups, members, self.rules.group_size)
+        if self._planning is None or self._planning[0] != day:
+            assert self.db is not None
+            self._stop_planning()
+            self._planning = (day, asyncio.create_task(self._make_regroup_plan(self.db, snapshot)))
+            return
+        task = self._planning[1]
+        if not task.done():
+            return
+        self._planning = None
+        moves, text = task.result()  # a failed scan raises here: the tick fails and the next one starts again
         self.history.set_timer(REGROUP_PLAN, text)
         self._regroup_plan = (text, moves)  # what decoding `text` would give
         self.history.set_timer(REGROUP_DONE, "0")
         self.history.set_timer(REGROUP_PASS, None)
         self.history.set_timer(REGROUP_DAY, day)
         log.info("%s", event_line("controller_group_size_plan", site=snapshot.site.name, day=day, users=len(moves)))
+
+    async def _make_regroup_plan(self, db: GeoDB, snapshot: Snapshot) -> tuple[tuple[UserMove, ...], str]:
+        names = {g.name for g in snapshot.groups}
+        members: dict[str, list[str]] = {}
+        async for users in db.user_pages(self.regroup_page_size):
+            add_group_members(members, users, names, snapshot.site.id)
+        # Planning and encoding up to 100,000 moves is a second of CPU: off the loop.
+        return await asyncio.to_thread(encode_regroup_plan, snapshot.groups, members, self.rules.group_size)
+
+    async def regroup_plan_made(self) -> bool:
+        """Wait until a group-size scan under way has ended (tests; the next tick stores its plan).
+        False if none was under way."""
+        if self._planning is None:
+            return False
+        await asyncio.wait([self._planning[1]])
+        return True
+
+    def _stop_planning(self) -> None:
+        if self._planning is not None:
+            self._planning[1].cancel()
+            self._planning = None
 
     def _record(self, action: Action, snapshot: Snapshot, *, executed: bool) -> None:
         """The decision for the web UI and the API."""

@@ -13,7 +13,13 @@ Mapping (see docs/design/geodb-schema.md):
 
 Several processes on one host may share the file: WAL mode, a busy timeout, and every
 read-modify-write (per-column merge, lightweight transactions) runs inside BEGIN IMMEDIATE.
-All SQLite calls run on one worker thread per engine so the event loop never blocks.
+Writes, scans, partition selects and anything that may wait for a lock run on one worker thread
+per engine. Point reads (`get`, and small `read_many` batches without scans: the login paths') run
+inline on a second, read-only connection with no busy timeout when no write is queued on the
+worker: a hand-off to the thread costs more CPU than such a read (docs/design/login-path-cost.md),
+and in WAL mode a read does not wait for writers. A read that finds the file busy goes to the
+worker thread after all, which waits with the busy timeout; a read never overtakes a write queued
+before it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from palomar.geodb.cells import StoredRow, apply_deletion, merge_write
@@ -62,6 +69,14 @@ T = TypeVar("T")
 _SQL_TYPES = {"uuid": "BLOB", "int": "INTEGER", "double": "REAL", "text": "TEXT", "timestamp": "INTEGER"}
 _MARKER, _DELETED, _WT = "_marker", "_deleted", "__wt"
 _PDEL_SUFFIX = "__partition_deletes"
+INLINE_READS = 8
+"""At most this many reads of one `read_many` run inline (a login's batch has two to four; a bulk
+import's check of many users goes to the worker and leaves the loop free)."""
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds what the statement needs."""
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _q(name: str) -> str:
@@ -196,17 +211,39 @@ class SQLiteGeoEngine(GeoEngine):
         self._tables = {name: _Table(tdef) for name, tdef in self._schema.items()}
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        """Read-only, no busy timeout: the inline reads (None for an in-memory database, which a
+        second connection would not share)."""
+        self._writes_queued = 0
+        """Writes handed to the worker thread and not yet answered: while any is, reads queue behind
+        them (a read must see the writes its caller started before it)."""
 
     def __repr__(self) -> str:
         return f"SQLiteGeoEngine(path={self.path!r})"
 
     # ------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, write: bool = True) -> T:
         if self._executor is None:
             raise GeoDBError(f"{self!r} is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._guard, fn, args)
+        self._writes_queued += write
+        try:
+            return await loop.run_in_executor(self._executor, self._guard, fn, args)
+        finally:
+            self._writes_queued -= write
+
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """`job` inline when no write is queued on the worker and the file is not busy, else on the worker."""
+        if self._reader is not None and not self._writes_queued:
+            try:
+                return job(self._reader)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise GeoDBError(f"sqlite GeoDB {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise GeoDBError(f"sqlite GeoDB {self.path}: {exc}") from exc
+        return await self._run(job, write=False)
 
     def _guard(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         if self._con is None:
@@ -241,10 +278,24 @@ class SQLiteGeoEngine(GeoEngine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geodb-sqlite")
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
+            self._reader = self._open_reader()
         except BaseException:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            executor, self._executor = self._executor, None
+            executor.submit(self._close_sync)
+            executor.shutdown(wait=True)
             raise
+
+    def _open_reader(self) -> sqlite3.Connection | None:
+        """The inline reads' connection, opened after `_open_sync` made the tables and WAL mode."""
+        if self.path == ":memory:" or "mode=memory" in self.path:
+            return None
+        target = self.path if self.path.startswith("file:") else Path(os.path.abspath(self.path)).as_uri()
+        try:
+            con = sqlite3.connect(target, timeout=0, isolation_level=None, uri=True, check_same_thread=False)
+            con.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise GeoDBError(f"sqlite GeoDB {self.path}: cannot open: {exc}") from exc
+        return con
 
     def _open_sync(self) -> None:
         try:
@@ -278,7 +329,7 @@ class SQLiteGeoEngine(GeoEngine):
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _busy(exc):
                     raise
                 if time.monotonic() >= deadline:
                     raise
@@ -304,15 +355,16 @@ class SQLiteGeoEngine(GeoEngine):
         if executor is None:
             return
 
-        def _close() -> None:
-            con, self._con = self._con, None
-            if con is not None:
-                con.close()
-
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, _close)
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         finally:
             executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        for con in (self._con, self._reader):
+            if con is not None:
+                con.close()
+        self._con = self._reader = None
 
     # ------------------------------------------------------------ shared steps (worker thread)
 
@@ -463,20 +515,24 @@ class SQLiteGeoEngine(GeoEngine):
         return run
 
     async def get(self, table: str, key: Key) -> Row | None:
-        return await self._run(self._get_job(table, key))
+        return await self._read(self._get_job(table, key))
 
     async def select(self, table: str, partition: Key, clustering: Sequence[Any] = ()) -> list[Row]:
-        return await self._run(self._select_job(table, partition, clustering))
+        # on the worker: a partition may be long (a site's groups), which would stall the loop
+        return await self._run(self._select_job(table, partition, clustering), write=False)
 
     async def read_many(self, reads: Sequence[Read]) -> list[Any]:
-        """All reads in one worker-thread job: one hand-off instead of one per read."""
+        """All reads in one job: inline (the login paths batch point reads and a site's backends this
+        way), or one hand-off to the worker for a scan or more than `INLINE_READS` reads."""
         jobs = [self._get_job(r.table, r.key) if isinstance(r, Get) else self._scan_job(r.table)
                 if isinstance(r, Scan) else self._select_job(r.table, r.partition, r.clustering) for r in reads]
 
         def run(con: sqlite3.Connection) -> list[Any]:
             return [job(con) for job in jobs]
 
-        return await self._run(run)
+        if len(reads) > INLINE_READS or any(isinstance(r, Scan) for r in reads):
+            return await self._run(run, write=False)
+        return await self._read(run)
 
     def _select_job(self, table: str, partition: Key, clustering: Sequence[Any]
                     ) -> Callable[[sqlite3.Connection], list[Row]]:
@@ -499,7 +555,7 @@ class SQLiteGeoEngine(GeoEngine):
         return run
 
     async def scan(self, table: str) -> list[Row]:
-        return await self._run(self._scan_job(table))
+        return await self._run(self._scan_job(table), write=False)
 
     def _scan_job(self, table: str) -> Callable[[sqlite3.Connection], list[Row]]:
         t = self._table(table)
@@ -520,5 +576,5 @@ class SQLiteGeoEngine(GeoEngine):
         def run(con: sqlite3.Connection) -> list[Row]:
             return [t.from_sql_row(r) for r in con.execute(sql, [*params, max(limit, 1)]).fetchall()]
 
-        return await self._run(run)
+        return await self._run(run, write=False)
 

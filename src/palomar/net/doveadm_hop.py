@@ -34,14 +34,16 @@ async def read_payload(link: Link, user: str) -> TcpPayload | HttpPayload:
 
     Raises DoveadmProtocolError (or TimeoutError) for anything else."""
     buffer = bytearray()
+    newlines = 0  # counted in each piece as it comes: the buffer is never scanned again
     async with asyncio.timeout(PAYLOAD_TIMEOUT):
-        while buffer.count(b"\n") < 2:
+        while newlines < 2:
             if len(buffer) > doveadm.MAX_LINE * 2 + doveadm_http.MAX_BODY:
                 raise doveadm.DoveadmProtocolError("doveadm hop payload too long")
             data = await link.read()
             if not data:
                 raise doveadm.DoveadmProtocolError("hop closed before its doveadm command")
             buffer += data
+            newlines += data.count(b"\n")
     first = buffer.index(b"\n") + 1
     second = buffer.index(b"\n", first) + 1
     first_line, line = bytes(buffer[:first]), bytes(buffer[first:second])

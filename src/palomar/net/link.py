@@ -197,13 +197,17 @@ async def accept_link(sock: socket.socket, *, tls: ssl.SSLContext | None = None,
 
 
 async def open_link(host: str, port: int, *, timeout: float, tls: ssl.SSLContext | None = None,
-                    session: ssl.SSLSession | None = None) -> Link:
+                    session: ssl.SSLSession | None = None, preamble: bytes = b"") -> Link:
     """Connect to host:port within `timeout` seconds; with `tls`, handshake and verify the
-    certificate against `host` within the same time (or resume `session`)."""
+    certificate against `host` within the same time (or resume `session`). `preamble` is sent first,
+    in clear, before any handshake (a PROXY header)."""
     link = Link()
     async with asyncio.timeout(timeout):  # not wait_for: that wraps the connect in one more task
         if tls is None:
             await asyncio.get_running_loop().create_connection(lambda: link, host, port)
+            if preamble:
+                link.write(preamble)
         else:
-            await socket_tls.connect_tls(host, port, link, tls, handshake_timeout=timeout, session=session)
+            await socket_tls.connect_tls(host, port, link, tls, handshake_timeout=timeout, session=session,
+                                         preamble=preamble)
     return link

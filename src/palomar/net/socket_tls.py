@@ -8,8 +8,9 @@ and the few Python objects below, as nginx's connections do.
 
 The transport drives the `SSLSocket` from the event loop's reader/writer callbacks:
 
-* reads go into one buffer per thread (an event loop runs in one thread), record after record while
-  they are full, and reach the protocol as one `data_received` per readiness event;
+* reads go into one buffer per thread (an event loop runs in one thread), record after record until a
+  short one (`SHORT_RECORD`) or the socket is empty, and reach the protocol as one `data_received` per
+  readiness event;
 * a write is handed to OpenSSL at once, in pieces of at most `WRITE_PIECE` bytes; a piece OpenSSL
   could not finish (`SSLWantWriteError`) is offered again, identical, when the socket is writable
   (OpenSSL's rule for a retried `SSL_write`); the rest waits in the transport's queue, with the usual
@@ -26,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import fcntl
 import os
 import socket
 import ssl
+import termios
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,10 +39,15 @@ from typing import Any
 READ_SIZE = 64 * 1024
 """Plaintext taken per readiness event at most (four full TLS records): one `data_received` for all."""
 
-RECORD_SIZE = 16 * 1024
-"""The most plaintext a TLS record carries. After a shorter one the read stops; if more records did
-arrive, the socket stays readable and the next loop iteration takes them (one syscall fewer per
-small command than reading on until OpenSSL reports that the socket is empty)."""
+SHORT_RECORD = 4 * 1024
+"""A record with less plaintext than this ends a read: it is most likely the last of a reply, and the
+next loop iteration takes any record that did follow (no syscall that only says EAGAIN per small
+command). After a longer record the read goes on while the kernel holds more bytes (`_bytes_waiting`:
+one ioctl, far cheaper than an `SSL_read` that fails with SSLWantReadError). OpenSSL writers fill
+records to 16 KiB, but Dovecot 2.3's login process, the TLS end in front of its `imap` process on the
+direct path, writes 4 KiB records (`LOGIN_MAX_OUTBUF_SIZE`): one `data_received` per record made the
+relay send to the client once per 4 KiB (docs/design/login-path-cost.md, "Large FETCH on the direct
+path with TLS")."""
 
 WRITE_PIECE = 64 * 1024
 """Plaintext handed to one `SSL_write` at most, so a large write does not sit whole in OpenSSL."""
@@ -51,6 +59,13 @@ SHUTDOWN_TIMEOUT = 30.0
 """How long a closing transport waits for its peer to take the queued data and the close_notify."""
 
 _per_thread = threading.local()
+
+
+def _bytes_waiting(fd: int) -> bool:
+    """Whether the socket's receive queue holds anything (FIONREAD)."""
+    count = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return any(count)
 
 
 def _read_buffer() -> memoryview:
@@ -155,8 +170,8 @@ class SocketTLSTransport(asyncio.Transport):
                     eof = True
                     break
                 got += count
-                if count < RECORD_SIZE and not self._sock.pending():
-                    break  # a short record is most likely the last: no recv that only says EAGAIN
+                if not self._sock.pending() and (count < SHORT_RECORD or not _bytes_waiting(self._fd)):
+                    break  # the last record that came: no recv that only says EAGAIN
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLWantWriteError:  # OpenSSL must answer something first (a key update)
@@ -415,12 +430,16 @@ async def accept_tls(sock: socket.socket, protocol: asyncio.BaseProtocol, contex
 
 
 async def connect_tls(host: str, port: int, protocol: asyncio.BaseProtocol, context: ssl.SSLContext, *,
-                      handshake_timeout: float | None, session: ssl.SSLSession | None = None) -> asyncio.Transport:
+                      handshake_timeout: float | None, session: ssl.SSLSession | None = None,
+                      preamble: bytes = b"") -> asyncio.Transport:
     """Client-side TLS to host:port, the certificate checked against `host`; with `session` (from an
     earlier connection to the same host with the same context) the server may resume it, which skips
-    the certificate's signature and its verification."""
+    the certificate's signature and its verification. `preamble` goes first, in clear (a PROXY header:
+    Dovecot's `haproxy = yes` listener reads it before its handshake)."""
     sock = await _connect(host, port)
     try:
+        if preamble:
+            await asyncio.get_running_loop().sock_sendall(sock, preamble)
         tls = _wrap(sock, context, server_side=False, server_hostname=host, session=session)
     except BaseException:
         sock.close()

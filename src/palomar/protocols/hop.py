@@ -14,11 +14,14 @@ referral / failure); after a logged-in line both sides only relay bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
 import json
 import os
+import socket
 import struct
 import uuid
 from collections.abc import Iterable
@@ -107,14 +110,29 @@ class HopRequest:
         return tlvs
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """The HMAC keyed with `secret` and fed the version prefix, copied for each header: the key's
+    set-up (an OpenSSL MAC fetch, the padded key's two hash blocks) is done once, not per hop."""
+    return hmac.new(secret, b"palomar-hop-v2\0", hashlib.sha256)
+
+
+def _packed(host: str) -> bytes:
+    """The address's bytes; dotted IPv4 (what the kernel and PROXY headers give) without `ipaddress`
+    (`inet_pton` takes exactly the dotted quads `ipaddress` takes; anything else goes to it)."""
+    with contextlib.suppress(OSError):
+        return socket.inet_pton(socket.AF_INET, host)
+    return ipaddress.ip_address(host).packed
+
+
 def _mac(secret: bytes, challenge: bytes, client: tuple[str, int], local: tuple[str, int],
          tlvs: Iterable[tuple[int, bytes]]) -> bytes:
     """HMAC over the backend's challenge, the addresses and every palomar TLV (sorted by type):
     nothing can be altered, and the header answers one connection only."""
-    mac = hmac.new(secret, b"palomar-hop-v2\0", hashlib.sha256)
+    mac = _keyed(secret).copy()
     mac.update(struct.pack(">B", len(challenge)) + challenge)
     for host, port in (client, local):
-        mac.update(ipaddress.ip_address(host).packed + struct.pack(">H", port))
+        mac.update(_packed(host) + struct.pack(">H", port))
     for tlv_type, value in sorted(t for t in tlvs if t[0] != TLV_MAC):
         mac.update(struct.pack(">BH", tlv_type, len(value)) + value)
     return mac.digest()

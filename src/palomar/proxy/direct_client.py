@@ -11,15 +11,19 @@ proxy relays straight to Dovecot: one Python process in the session's data path.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 
 from palomar.dovecot_login import DovecotEndpoint, login_over
-from palomar.net.hop_tls import describe_tls_failure
-from palomar.net.link import open_link
 from palomar.protocols import hop
 from palomar.protocols.proxyproto import build_v2
-from palomar.proxy.hop_client import Established, HopFailed, HopTarget, follow_referrals
+from palomar.proxy.hop_client import (
+    Established,
+    HopFailed,
+    HopTarget,
+    follow_referrals,
+    open_backend_link,
+    split_host_port,
+)
 
 
 class DirectClient:
@@ -35,7 +39,7 @@ class DirectClient:
         self.answer_timeout = answer_timeout
         self.tls = tls
         """`cluster_hop_ssl = yes`: TLS after the PROXY header, the certificate checked against the
-        hop CA and the backend's host (as on the hop); None: plaintext."""
+        hop CA and the backend's address (as on the hop); None: plaintext."""
         self.sessions: dict[str, ssl.SSLSession] = {}
         """backend host -> the last TLS session its Dovecot gave us, offered on the next connection
         (as the hop client does; Dovecot resumes it when the same login process takes it)."""
@@ -43,25 +47,20 @@ class DirectClient:
     def serves(self, protocol: str) -> bool:
         return protocol in self.ports
 
+    def with_timeout(self, timeout: float) -> DirectClient:
+        """The same client for a probe that may take `timeout` (as `HopClient.with_timeout`)."""
+        probe = DirectClient(self.ports, master_user=self.master_user, master_password=self.master_password,
+                             connect_timeout=min(self.connect_timeout, timeout), answer_timeout=timeout, tls=self.tls)
+        probe.sessions = self.sessions
+        return probe
+
     async def _attempt(self, host: str, target: HopTarget, ttl: int) -> Established | HopFailed | hop.HopReply:
         port = self.ports[target.protocol]
-        try:
-            link = await open_link(host, port, timeout=self.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            return HopFailed(host, "proxy_dest_connect_failed", f"connect({host}:{port}) failed: {exc}")
-        link.write(build_v2(target.client, target.local))
-        if self.tls is not None:  # Dovecot reads the header, then the listener's TLS handshake
-            try:
-                async with asyncio.timeout(self.connect_timeout):
-                    await link.start_tls(self.tls, server_side=False, server_hostname=host,
-                                         session=self.sessions.get(host))
-            except ssl.SSLError as exc:
-                link.abort()
-                return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {host}:{port}: "
-                                                                    f"{describe_tls_failure(exc)}")
-            except (OSError, TimeoutError) as exc:
-                link.abort()
-                return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {host}:{port} failed: {exc!r}")
+        address, _ = split_host_port(host, port)  # a port in a backend's name is its hop port, not Dovecot's
+        link = await open_backend_link(host, address, port, timeout=self.connect_timeout, tls=self.tls,
+                                       sessions=self.sessions, preamble=build_v2(target.client, target.local))
+        if isinstance(link, HopFailed):
+            return link
         endpoint = DovecotEndpoint(host=host, ports=self.ports, master_user=self.master_user,
                                    master_password=self.master_password, timeout=self.answer_timeout)
         request = hop.HopRequest(

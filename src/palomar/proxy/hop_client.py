@@ -99,6 +99,19 @@ def split_host_port(address: str, default_port: int) -> tuple[str, int]:
     return address, default_port
 
 
+async def open_backend_link(host: str, address: str, port: int, *, timeout: float, tls: ssl.SSLContext | None,
+                            sessions: dict[str, ssl.SSLSession], preamble: bytes = b"") -> Link | HopFailed:
+    """A link to backend `host` at address:port (`split_host_port` of the host), with TLS checked
+    against the address and the host's last session offered; the hop and the direct path alike.
+    `preamble` goes first, in clear (the direct path's PROXY header)."""
+    try:
+        return await open_link(address, port, timeout=timeout, tls=tls, session=sessions.get(host), preamble=preamble)
+    except ssl.SSLError as exc:  # verification failed, or TLS on one side only
+        return HopFailed(host, "proxy_dest_connect_failed", f"TLS to {address}:{port}: {describe_tls_failure(exc)}")
+    except (OSError, TimeoutError) as exc:
+        return HopFailed(host, "proxy_dest_connect_failed", f"connect({address}:{port}) failed: {exc}")
+
+
 class HopClient:
     """Opens hops with one shared secret, port and TLS context (None: plaintext hop)."""
 
@@ -132,20 +145,10 @@ class HopClient:
         return HopClient(self.secret, self.port, tls=self.tls, connect_timeout=min(self.connect_timeout, timeout),
                          answer_timeout=timeout, sessions=self.sessions)
 
-    async def _open(self, host: str) -> Link | HopFailed:
-        address, port = split_host_port(host, self.port)
-        try:
-            return await open_link(address, port, timeout=self.connect_timeout, tls=self.tls,
-                                   session=self.sessions.get(host))
-        except ssl.SSLError as exc:  # verification failed, or TLS on one side only
-            return HopFailed(host, "proxy_dest_connect_failed", f"hop to {address}:{port}: "
-                                                                f"{describe_tls_failure(exc)}")
-        except (OSError, TimeoutError) as exc:
-            return HopFailed(host, "proxy_dest_connect_failed", f"connect({address}:{port}) failed: {exc}")
-
     async def _challenged(self, host: str, deadline: float) -> tuple[Link, bytes] | HopFailed:
         """A new hop to `host` with the backend's challenge read (by `deadline`, loop time)."""
-        link = await self._open(host)
+        link = await open_backend_link(host, *split_host_port(host, self.port), timeout=self.connect_timeout,
+                                       tls=self.tls, sessions=self.sessions)
         if isinstance(link, HopFailed):
             return link
         try:

@@ -1,7 +1,8 @@
 """Probes: the proxy logs in to one specific backend with that backend's test login.
 
-A probe takes the same way as a user's session (passdb, hop, the backend's Dovecot login),
-so it fails for the same reasons a user's login would, and it goes to the named backend
+A probe takes the same way as a user's IMAP session (passdb, then the hop, or with
+`cluster_backend_path = direct` the backend's Dovecot listener and its login check; the backend's
+Dovecot login), so it fails for the same reasons a user's login would, and it goes to the named backend
 without routing: the backend always owns its own test user. Every backend of the site is
 probed once at start-up, offline ones every `cluster_proxy_probe_interval`, and a backend
 whose session just failed right away (the confirmation the threshold rule asks for).
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from palomar.auth.passdb import AuthRequest
 from palomar.cluster.ownership import expand_test_username
 from palomar.proxy.capabilities import learn_capabilities
+from palomar.proxy.direct_client import DirectClient
 from palomar.proxy.hop_client import HopClient, HopFailed, HopTarget
 from palomar.proxy.state import ProxyState
 
@@ -46,12 +48,13 @@ class ProbeResult:
 class Prober:
     """Runs probes for one proxy; at most one probe per backend host at a time."""
 
-    def __init__(self, state: ProxyState, *, username: str, password: str, hops: HopClient,
+    def __init__(self, state: ProxyState, *, username: str, password: str, hops: HopClient | DirectClient,
                  timeout: float, source_ip: str = "127.0.0.1") -> None:
         self.state = state
         self.username = username
         self._password = password
         self.hops = hops
+        """How an IMAP session reaches a backend: the hop, or the direct path's client."""
         self.timeout = timeout
         self.source_ip = source_ip
         self._running: dict[str, asyncio.Task[tuple[ProbeResult, bool]]] = {}
@@ -193,8 +196,9 @@ def start_backend_checks(state: ProxyState, cfg, *, periodic: bool = True) -> as
         log.warning("cluster_backend_test_username is not set: no probes, offline marking from sessions only")
         return None
     timeout = cfg["cluster_proxy_probe_timeout"]
+    direct = state.direct if state.direct is not None and state.direct.serves("imap") else None
     prober = Prober(state, username=username, password=cfg["cluster_backend_test_password"] or "",
-                    hops=state.hops.with_timeout(timeout), timeout=timeout, source_ip=hop_source_ip(cfg))
+                    hops=(direct or state.hops).with_timeout(timeout), timeout=timeout, source_ip=hop_source_ip(cfg))
     health.confirm = prober.confirm
     if not periodic:
         return None

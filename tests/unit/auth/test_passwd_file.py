@@ -225,3 +225,35 @@ def test_many_users_and_lines_without_final_newline(tmp_path: Path) -> None:
     assert pf.lookup("u40001").password == "{PLAIN}p40001"  # type: ignore[union-attr]
     assert pf.lookup("u59999").password == "{PLAIN}p59999"  # type: ignore[union-attr]
     assert len(pf.users()) == 59_998
+
+
+class SecondsClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_changed_file_is_noticed_at_the_next_second_as_dovecot_does(tmp_path: Path) -> None:
+    """`lookup_nowait` stats the file at most once a second (Dovecot's passwd_file_sync): a file
+    replaced within the second of the last check is read from the next second on."""
+    path = tmp_path / "users"
+    path.write_text("alice:{PLAIN}a\n")
+    clock = SecondsClock()
+    pf = PasswdFile(str(path), clock=clock)
+    pf.warm()
+    assert pf.lookup_nowait("alice")[1].password == "{PLAIN}a"  # type: ignore[union-attr]
+    (tmp_path / "users.new").write_text("alice:{PLAIN}b\nbob:{PLAIN}c\n")
+    (tmp_path / "users.new").rename(path)
+    clock.now += 0.5  # the same whole second: no stat, the open index answers
+    assert pf.lookup_nowait("alice")[1].password == "{PLAIN}a"  # type: ignore[union-attr]
+    if pf._reloader is not None:  # (none was started: the file was not looked at)
+        pf._reloader.join(10)
+    assert pf.lookup_nowait("bob") == (True, None)
+    clock.now += 0.5  # the next second: the change is seen and indexed in the background
+    pf.lookup_nowait("alice")
+    assert pf._reloader is not None
+    pf._reloader.join(10)
+    assert pf.lookup_nowait("alice")[1].password == "{PLAIN}b"  # type: ignore[union-attr]
+    assert pf.lookup_nowait("bob")[1].password == "{PLAIN}c"  # type: ignore[union-attr]

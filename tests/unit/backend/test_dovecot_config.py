@@ -14,6 +14,7 @@ import pytest
 from palomar.backend.dovecot_config import (
     DovecotConfigError,
     DovecotParams,
+    direct_listeners_note,
     hash_password,
     master_passwd_line,
     render,
@@ -247,6 +248,19 @@ def test_render_direct_submission_and_managesieve_listeners() -> None:
     assert "inet_listener sieve_haproxy {\n    port = 14191\n    haproxy = yes\n    ssl = no\n  }" in sieve
     assert "_haproxy" not in _block(render(_params(**DIRECT)), "service submission-login {")
     assert _params(**DIRECT, haproxy_sieve_port=14191).listeners()["sieve_haproxy"] == 14191
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({}, None),
+    ({**DIRECT, "haproxy_listen": "192.0.2.20"},
+     "direct-path listeners (imap 10993, pop3 10995; plaintext, PROXY header) bind to 192.0.2.20"),
+    ({**DIRECT, "haproxy_sieve_port": 14191, "haproxy_tls": (Path("/c.crt"), Path("/c.key"))},
+     "direct-path listeners (imap 10993, pop3 10995, sieve 14191; TLS, PROXY header) bind to 127.0.0.2: "
+     "cluster_backend_direct_listen is empty, which means cluster_backend_dovecot_host, a loopback address; only "
+     "proxies on this host reach them (set cluster_backend_direct_listen to an address the proxies reach)"),
+])
+def test_direct_listeners_note_says_what_they_bind(changes: dict[str, object], expected: str | None) -> None:
+    assert direct_listeners_note(_params(**changes)) == expected
 
 
 def test_direct_listeners_bind_the_address_the_proxies_reach() -> None:

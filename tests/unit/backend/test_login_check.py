@@ -27,10 +27,15 @@ class FailingEngine(SQLiteGeoEngine):
 
     down = False
 
-    async def _run(self, fn, *args):
+    async def _run(self, fn, *args, **options):
         if self.down:
             raise GeoDBUnavailable("GeoDB not reachable (test)")
-        return await super()._run(fn, *args)
+        return await super()._run(fn, *args, **options)
+
+    async def _read(self, job):
+        if self.down:
+            raise GeoDBUnavailable("GeoDB not reachable (test)")
+        return await super()._read(job)
 
 
 @pytest.fixture
@@ -49,10 +54,15 @@ async def state(tmp_path) -> AsyncIterator[BackendState]:
 
 
 async def ask(path: Path, *users: str, key: str = "shared/passdb/sess-1") -> list[bytes]:
+    return await ask_each(path, [(key, user) for user in users])
+
+
+async def ask_each(path: Path, lookups: list[tuple[str, str]]) -> list[bytes]:
+    """Send the handshake and every (key, user) lookup in one write, as Dovecot pipelines them."""
     reader, writer = await asyncio.open_unix_connection(str(path))
     writer.write(b"H3\t2\t0\t\tpalomar\n" + b"".join(
-        b"L" + tab_escape(key).encode() + b"\t" + tab_escape(u).encode() + b"\n" for u in users))
-    replies = [await reader.readline() for _ in users]
+        b"L" + tab_escape(key).encode() + b"\t" + tab_escape(u).encode() + b"\n" for key, u in lookups))
+    replies = [await reader.readline() for _ in lookups]
     writer.close()
     return replies
 
@@ -70,6 +80,24 @@ async def test_answers_in_order_served_referred_and_unknown(state: BackendState,
     assert unknown.startswith(b"F")
     assert state.logins == 1 and state.referrals == 1
     assert (path.stat().st_mode & 0o777) in (0o600, 0o660)
+
+
+async def test_pipelined_lookups_of_every_kind_are_answered_in_order(state: BackendState, tmp_path: Path) -> None:
+    """Replies that need no GeoDB read (the userdb's, refusals) wait for the passdb replies before them."""
+    path = tmp_path / "login-check"
+    server = await login_check.start_login_check(state, path)
+    try:
+        replies = await ask_each(path, [("shared/userdb/", "alice@example.test"),
+                                        ("shared/passdb/p1", "alice@example.test"),
+                                        ("shared/userdb/", "alice@example.test"),
+                                        ("shared/passdb/p2", "bob@example.test"),
+                                        ("shared/other/x", "alice@example.test"),
+                                        ("shared/userdb/", "bob@example.test")])
+    finally:
+        server.close()
+    assert replies[:3] == [b"O{}\n", b'O{"nopassword": "y"}\n', b"O{}\n"]
+    assert json.loads(replies[3][1:])["reason"].startswith("palomar-referral 10.0.0.9 ")
+    assert replies[4] == b"Fnot a palomar login check key\n" and replies[5] == b"O{}\n"
 
 
 async def test_a_failing_geodb_is_a_dict_failure_and_the_socket_keeps_serving(state: BackendState,

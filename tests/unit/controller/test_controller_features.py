@@ -7,6 +7,7 @@ neither.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -150,6 +151,8 @@ async def test_feature_states(world: World, feature: str, state: str, caplog) ->
     caplog.set_level(logging.INFO, "palomar.controller")
     caplog.clear()
     assert await world.controller.tick()
+    if await world.controller.regroup_plan_made():  # group-size: the day's scan ran beside the tick
+        assert await world.controller.tick()  # stores the plan and starts on it
     first_tick = len(caplog.records)
     world.clock.now += 1
     assert await world.controller.tick()
@@ -256,6 +259,8 @@ async def test_group_size_plan_reads_the_users_page_by_page(world: World, caplog
     world.controller.regroup_page_size = 3
     caplog.set_level(logging.INFO, "palomar.controller")
     assert await world.controller.tick()
+    assert await world.controller.regroup_plan_made()
+    assert await world.controller.tick()
     plans = [r.getMessage() for r in caplog.records if "controller_group_size_plan" in r.getMessage()]
     assert len(plans) == 1 and "users=5" in plans[0], plans
     moved = sorted(u.username for u in await world.db.user_list_all() if u.moving)
@@ -272,3 +277,40 @@ def test_the_stored_plan_decodes_to_the_planned_moves_in_the_format_of_one_json_
     moves, text = encode_regroup_plan(groups, members, RULES.group_size)
     assert len(moves) == 3 and decode_regroup_plan(text) == moves
     assert text == json.dumps([list(astuple(m)) for m in moves])
+
+
+class StalledUserScan(FlakyEngine):
+    """A real engine whose pages of users arrive only when the test lets them (a million users)."""
+
+    released: asyncio.Event
+
+    async def scan_page(self, table, after, limit):
+        if table == "users":
+            await self.released.wait()
+        return await super().scan_page(table, after, limit)
+
+
+async def test_the_day_s_user_scan_does_not_hold_the_ticks(world: World, caplog) -> None:
+    """At a million users the scan takes seconds: health and the other features keep their interval
+    meanwhile, and the plan is stored by the first tick after the scan."""
+    await world.db.setting_put(Setting("controller", "group-size", "on", world.site.id))
+    await _group_size(world)
+    released = asyncio.Event()
+
+    async def open_stalled() -> GeoDB:
+        engine = StalledUserScan(open_engine("sqlite", path=str(world.path)))
+        engine.released = released
+        await engine.open()
+        return GeoDB(engine)
+
+    world.controller._open_db = open_stalled
+    caplog.set_level(logging.INFO, "palomar.controller")
+    for _ in range(3):  # each tick ends while the scan waits (a tick held by it would never end)
+        assert await asyncio.wait_for(world.controller.tick(), 60)
+        world.clock.now += 1
+    assert not [u for u in await world.db.user_list_all() if u.moving]
+    released.set()
+    assert await world.controller.regroup_plan_made()
+    assert await world.controller.tick()
+    assert [r for r in caplog.records if "controller_group_size_plan" in r.getMessage()]
+    assert len([u for u in await world.db.user_list_all() if u.moving]) == 5

@@ -4,10 +4,13 @@ many connections share one read buffer, for accepted, connected and STARTTLS-upg
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import os
 import socket
 import ssl
+import struct
+import termios
 import tracemalloc
 from pathlib import Path
 
@@ -298,5 +301,48 @@ async def test_small_writes_into_a_full_socket_arrive_in_order(certs: HopCertifi
         assert await asyncio.wait_for(read_exactly(client, len(expected)), 60) == expected
         client.close()
         server.close()
+    finally:
+        lsock.close()
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes in the socket's receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+async def test_records_of_4_kib_are_read_on_as_a_bulk_transfer(certs: HopCertificates) -> None:
+    """Dovecot 2.3's login process writes a large FETCH in 4 KiB records: records that had all arrived
+    when the socket became readable reach the protocol in one `data_received`, not one per record
+    (which made the relay write to the client once per 4 KiB)."""
+    server_ctx, client_ctx = contexts(certs)
+    lsock = listener()
+    try:
+        server, client = await tls_pair(server_ctx, client_ctx, lsock)
+        assert client.transport is not None and server.transport is not None
+        client.transport.pause_reading()
+        records = [os.urandom(4096) for _ in range(16)]  # 64 KiB: one read's worth (READ_SIZE)
+        for record in records:
+            server.write(record)  # one SSL_write each: one record each
+        assert server.transport.get_write_buffer_size() == 0
+        sock = client.transport.get_extra_info("socket")
+        at_least = sum(len(r) + 5 for r in records)  # plaintext plus a record header each, at the least
+        async with asyncio.timeout(10):
+            while queued_bytes(sock) < at_least:  # every record is in the kernel before the read starts
+                await asyncio.sleep(0)
+        chunks: list[bytes] = []
+        got = asyncio.get_running_loop().create_future()
+
+        class Recording(asyncio.Protocol):
+            def data_received(self, chunk: bytes) -> None:
+                chunks.append(chunk)
+                if not got.done():
+                    got.set_result(None)
+
+        client.transport.set_protocol(Recording())
+        client.transport.resume_reading()
+        await asyncio.wait_for(got, 10)
+        assert chunks == [b"".join(records)]
+        client.abort()
+        server.abort()
     finally:
         lsock.close()
