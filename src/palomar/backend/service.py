@@ -484,6 +484,8 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
     # Dovecot's connect and greeting overlap the ownership check instead of following it.
     dovecot = None if run is not None else asyncio.ensure_future(connect(state.dovecot, request.protocol))
     try:
+        if dovecot is not None:
+            await asyncio.sleep(0)  # the check's reads may run inline, never yielding: the connect goes first
         admitted = await admit(state, request.user, request.session_id)
     except BaseException:
         _discard(dovecot)
