@@ -97,16 +97,16 @@ same word the LMTP gateway uses in its 451 replies)."""
 _FAILURE_KINDS = {"auth": "auth", "temp": "temp", "referral": "internal", "config": "internal", "other": "temp"}
 
 
-async def login(endpoint: DovecotEndpoint, request: hop.HopRequest) -> tuple[hop.HopReply, Link | None]:
-    """Open a session for `request.user`; on success the link is ready to relay."""
-    if request.protocol not in FLAVOURS:
-        return hop.Failure("protocol", f"protocol {request.protocol} is not served"), None
-    port = endpoint.ports[request.protocol]
+async def connect(endpoint: DovecotEndpoint, protocol: str) -> Link | hop.Failure:
+    """A connection to Dovecot's `protocol` service, nothing sent yet. Connecting logs nobody in,
+    so the backend opens it while the login's ownership check runs (a login that is not admitted
+    closes it unused) and Dovecot's greeting is usually waiting when the check is done."""
+    if protocol not in FLAVOURS:
+        return hop.Failure("protocol", f"protocol {protocol} is not served")
     try:
-        link = await open_link(endpoint.host, port, timeout=endpoint.timeout)
+        return await open_link(endpoint.host, endpoint.ports[protocol], timeout=endpoint.timeout)
     except (OSError, TimeoutError) as exc:
-        return hop.Failure("unavailable", f"Dovecot {request.protocol} not reachable: {exc}"), None
-    return await login_over(link, endpoint, request)
+        return hop.Failure("unavailable", f"Dovecot {protocol} not reachable: {exc}")
 
 
 async def login_over(link: Link, endpoint: DovecotEndpoint, request: hop.HopRequest

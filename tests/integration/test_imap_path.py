@@ -401,3 +401,28 @@ def test_proxy_keeps_serving_while_clients_misbehave(cluster: LocalCluster) -> N
     assert imap.noop()[0] == "OK"
     imap.logout()
     silent.close()
+
+
+def _hop_connections(cluster: LocalCluster) -> int:
+    """Established TCP connections to the backends' hop ports (the kernel's table)."""
+    count = 0
+    for backend in cluster.backends:
+        out = subprocess.run(["ss", "-tnH", "state", "established", "dst", f"{backend.host}:{cluster.hop_port}"],
+                             capture_output=True, text=True, check=True).stdout
+        count += len(out.splitlines())
+    return count
+
+
+def test_spare_hops_are_kept_after_a_login_then_closed_without_a_refusal(cluster: LocalCluster) -> None:
+    """A login leaves a spare hop to its backend open at the proxy; unused, the proxy closes it
+    within seconds, and the backend takes that for a hop that left without a word (no refusal)."""
+    proxy = cluster.proxies[0]
+    logged = [len(b.log_path.read_text()) for b in cluster.backends]
+    for _ in range(2):
+        imap = imaplib.IMAP4_SSL(proxy.host, proxy.imaps, ssl_context=tls_context(), timeout=15)
+        imap.login("user1@example.test", "password1")
+        imap.logout()
+        wait_until(lambda: _hop_connections(cluster) >= 1, 10, "a spare hop kept")
+    wait_until(lambda: _hop_connections(cluster) == 0, 15, "the spare hops closed")
+    for backend, offset in zip(cluster.backends, logged, strict=True):
+        assert "refused" not in backend.log_path.read_text()[offset:]

@@ -41,22 +41,41 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class Gate:
-    """A forwarder (on 127.0.0.1) to Dovecot's IMAP port that runs `before_forwarding` on each connection first."""
+    """A forwarder (on 127.0.0.1) to Dovecot's IMAP port. Dovecot's greeting passes at once; what the
+    backend sends (its login) waits until `before_forwarding` has run. `accepted` is set when a
+    connection arrives; `unused` counts connections the backend closed without sending a byte."""
 
     def __init__(self, dovecot: DovecotInstance, before_forwarding: Callable[[], Awaitable[None]]) -> None:
         self.dovecot = dovecot
         self.before_forwarding = before_forwarding
         self.server: asyncio.Server | None = None
+        self.accepted = asyncio.Event()
+        self.unused = 0
+        self.closed = asyncio.Event()
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         return self.server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self.before_forwarding()
+        self.accepted.set()
         p = self.dovecot.params
         up_reader, up_writer = await asyncio.open_connection(p.listen, p.imap_port)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        greeting = asyncio.ensure_future(_pipe(up_reader, writer))
+        try:
+            first = await reader.read(65536)
+        except ConnectionError:
+            first = b""
+        if not first:
+            self.unused += 1
+            up_writer.close()
+            writer.close()
+            await greeting
+            self.closed.set()
+            return
+        await self.before_forwarding()
+        up_writer.write(first)
+        await asyncio.gather(_pipe(reader, up_writer), greeting)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -141,3 +160,53 @@ async def test_move_landing_during_the_dovecot_login_refers_the_login(
     # after the move the user is referred by the straggler redirect, before any Dovecot login
     decision, _ = await state.ownership(USER)
     assert getattr(decision, "host", None) == DEST
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def test_dovecot_connection_opens_while_the_ownership_check_runs(
+    backend: BackendState, dovecot_backends: dict[str, DovecotInstance], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ownership check's GeoDB read waits here until the backend has connected to Dovecot: it
+    finishes only if the connection is opened alongside the check, not after it."""
+    state = backend
+    gate = Gate(dovecot_backends["backend1"], _nothing)
+    state.dovecot.ports["imap"] = await gate.start()
+    read = state.geodb.sites_and_user
+
+    async def read_once_dovecot_is_connected(*args):
+        async with asyncio.timeout(BOUND / 2):
+            await gate.accepted.wait()
+        return await read(*args)
+
+    monkeypatch.setattr(state.geodb, "sites_and_user", read_once_dovecot_is_connected)
+    try:
+        reply, link = await _serve(state, _request())
+    finally:
+        await gate.close()
+    assert isinstance(reply, hop.LoggedIn) and link is not None
+    link.close()
+    assert gate.unused == 0
+
+
+async def test_a_login_not_served_here_closes_its_dovecot_connection_unused(
+    backend: BackendState, dovecot_backends: dict[str, DovecotInstance],
+) -> None:
+    state = backend
+    assert state.site_id is not None
+    dest = await state.geodb.backend_find_by_host(DEST)
+    assert dest is not None
+    await state.geodb.group_update(state.site_id, "g1", backend_id=dest.id)
+    gate = Gate(dovecot_backends["backend1"], _nothing)
+    state.dovecot.ports["imap"] = await gate.start()
+    try:
+        reply, link = await _serve(state, _request())
+        if gate.accepted.is_set():  # the connect may have been stopped before it was made
+            async with asyncio.timeout(BOUND):
+                await gate.closed.wait()
+    finally:
+        await gate.close()
+    assert link is None and isinstance(reply, hop.Referral) and reply.host == DEST
+    assert gate.unused == (1 if gate.accepted.is_set() else 0)

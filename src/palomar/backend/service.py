@@ -28,14 +28,14 @@ from palomar.cluster.model import Backend, Group, SiteView, Stat, User
 from palomar.cluster.ownership import NotMine, Own, Refer, check_ownership, expand_test_username, site_group
 from palomar.cluster.site_selection import SiteState, failover_group, group_of, home_site
 from palomar.cluster.stale import CachedEntry, ownership_when_stale, usable_when_stale
-from palomar.dovecot_login import FLAVOURS, DovecotEndpoint, login
+from palomar.dovecot_login import FLAVOURS, DovecotEndpoint, connect, login_over
 from palomar.geodb.guarded import GeoDBUnavailable
 from palomar.geodb.repository import GeoDB
 from palomar.logsafe import safe
 from palomar.metrics.http import serve_stats
 from palomar.metrics.registry import Registry
 from palomar.net.doveadm_hop import read_payload
-from palomar.net.drain import Drain, drain_service
+from palomar.net.drain import Drain, ShuttingDown, drain_service
 from palomar.net.hop_tls import hop_server_context
 from palomar.net.link import Link, accept_link
 from palomar.net.proxyheader import read_proxy_header_from
@@ -342,10 +342,10 @@ async def _hop_session(state: BackendState, link: Link, peer: str) -> None:
     link.write(hop.encode_challenge(challenge))
     try:
         async with asyncio.timeout(HOP_HEADER_TIMEOUT):
-            header = await _read_header(link, tls=state.tls is not None)
+            header = await _read_header(link, state.drain, tls=state.tls is not None)
         request = hop.verify(header.source, header.dest, header.tlvs, secret=state.secret, own_host=state.name,
                              challenge=challenge)
-    except ConnectionError:  # connected and left without a word (e.g. a port probe)
+    except (ConnectionError, ShuttingDown):  # left without a word (a port probe, an unused spare), or we stop
         link.abort()
         return
     except (TimeoutError, ProxyProtocolError, OSError, hop.HopError) as exc:
@@ -406,9 +406,11 @@ def _handshake_failure(exc: BaseException) -> str:
     return f"TLS handshake failed ({type(exc).__name__}: {exc})"
 
 
-async def _read_header(link: Link, *, tls: bool):
-    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such."""
-    first = await link.read()
+async def _read_header(link: Link, drain: Drain, *, tls: bool):
+    """The proxy's PROXY header; a TLS ClientHello on a plaintext hop is named as such. A stop
+    (SIGTERM) ends the wait at once: no login has started on this hop yet (a proxy's spare hop
+    waits here for up to 2 s)."""
+    first = await drain.read(link)
     if not tls and first.startswith(TLS_HANDSHAKE_RECORD):
         raise hop.HopError("a TLS handshake arrived but this backend has cluster_hop_ssl = no "
                            "(the proxy has cluster_hop_ssl = yes)")
@@ -510,12 +512,21 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
                  ) -> tuple[hop.HopReply, Link | None]:
     if request.protocol not in FLAVOURS and run is None:
         return hop.Failure("protocol", f"protocol {request.protocol} is not served yet"), None
-    admitted = await admit(state, request.user, request.session_id)
+    # Dovecot's connect and greeting overlap the ownership check instead of following it.
+    dovecot = None if run is not None else asyncio.ensure_future(connect(state.dovecot, request.protocol))
+    try:
+        if dovecot is not None:
+            await asyncio.sleep(0)  # the check's reads may run inline, never yielding: the connect goes first
+        admitted = await admit(state, request.user, request.session_id)
+    except BaseException:
+        _discard(dovecot)
+        raise
     if not isinstance(admitted, Admitted):
+        _discard(dovecot)
         return admitted, None
     moves, group = state.moves, admitted.group
     try:
-        reply, link = await (run() if run is not None else login(state.dovecot, request))
+        reply, link = await (run() if dovecot is None else _login(state, request, dovecot))
         moved_to = moves.moved_during_login(request.user, group) if moves and link else None
     finally:
         if moves is not None:
@@ -527,6 +538,24 @@ async def _serve(state: BackendState, request: hop.HopRequest, run: DovecotRun |
              request.protocol, request.client[0], request.client[1],
              "ok" if link is not None else safe(getattr(reply, "text", "failed")))
     return reply, link
+
+
+async def _login(state: BackendState, request: hop.HopRequest, dovecot: asyncio.Future[Link | hop.Failure]
+                 ) -> tuple[hop.HopReply, Link | None]:
+    link = await dovecot
+    if isinstance(link, hop.Failure):
+        return link, None
+    return await login_over(link, state.dovecot, request)
+
+
+def _discard(dovecot: asyncio.Future[Link | hop.Failure] | None) -> None:
+    """Close a Dovecot connection the login will not use (or stop it being made): nothing was sent on it."""
+    if dovecot is None:
+        return
+    if not dovecot.done():
+        dovecot.cancel()
+    elif not dovecot.cancelled() and dovecot.exception() is None and isinstance(link := dovecot.result(), Link):
+        link.close()
 
 
 def _clock() -> Callable[[], float]:

@@ -159,7 +159,7 @@ async def build_state(cfg: Config, role: WorkerRole = SINGLE) -> ProxyState:
         router=router,
         hops=HopClient(secret.encode(), cfg["cluster_hop_port"], tls=hop_client_context(cfg),
                        connect_timeout=cfg["cluster_hop_connect_timeout"],
-                       answer_timeout=cfg["cluster_hop_answer_timeout"]),
+                       answer_timeout=cfg["cluster_hop_answer_timeout"], spares=True),
         direct=direct_client(cfg),
         metrics=ProxyMetrics(registry),
         site_id=site.id if site else None,
@@ -308,6 +308,7 @@ async def run_proxy(cfg: Config, *, ready: asyncio.Event | None = None,
             checks.cancel()
         with contextlib.suppress(Exception):
             await flush_dest_stats(state)
+        state.hops.close_spares()
         for accept_loop in loops:
             await accept_loop.close()
         for server in metrics_servers:

@@ -4,6 +4,7 @@ refusal on both sides, never a hang."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -201,3 +202,106 @@ def test_a_key_that_is_not_the_certificates_is_refused(tmp_path, certs, other_ca
                                f"cluster_hop_ssl_key_file = {other_ca.backends[HOST].key}"]) + "\n")
     with pytest.raises(HopTlsError, match="cannot load the certificate and key: KEY_VALUES_MISMATCH"):
         hop_server_context(load(path))
+
+
+async def _until(condition, bound: float = 10.0) -> None:
+    async with asyncio.timeout(bound):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def _counting_open_link(monkeypatch) -> list[bool]:
+    """Records each hop opened: True when a login opened it, False for a spare made in the background."""
+    opened: list[bool] = []
+
+    async def counting(*args, **kwargs):
+        task = asyncio.current_task()
+        opened.append(task is None or task.get_coro().__name__ != "_make_spare")
+        return await open_link(*args, **kwargs)
+
+    monkeypatch.setattr(hop_client, "open_link", counting)
+    return opened
+
+
+async def test_the_next_login_uses_the_spare_hop_opened_after_the_last_one(tmp_path, certs, backend_factory,
+                                                                          monkeypatch, caplog) -> None:
+    """After a hop, the client opens the next one (connect, TLS, challenge) in the background; the
+    next login to that backend only writes its header on it: no connection is made during it."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    opened = _counting_open_link(monkeypatch)
+    caplog.set_level(logging.INFO)
+    try:
+        assert isinstance(await hops.connect(HOST, TARGET), HopFailed)
+        await _until(lambda: hops.has_spare(HOST))
+        assert opened == [True, False]
+        before = len(opened)
+        outcome = await hops.connect(HOST, TARGET)
+        assert not any(opened[before:]), "the login opened a hop of its own"
+        assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"  # its header reached the backend
+        assert sum("hop MAC mismatch" in m for m in refusals(caplog)) == 2
+    finally:
+        hops.close_spares()
+
+
+async def test_a_spare_the_backend_gave_up_on_is_replaced_by_a_fresh_hop(tmp_path, certs, backend_factory,
+                                                                       monkeypatch, caplog) -> None:
+    """A spare that waited past the backend's header timeout (closed with a refusal) is not used:
+    the login opens a fresh hop and reaches the backend."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(service, "HOP_HEADER_TIMEOUT", 1.0)  # the spare waits longer than this
+    try:
+        assert isinstance(await hops.connect(HOST, TARGET), HopFailed)
+        await _until(lambda: hops.has_spare(HOST))
+        await _until(lambda: any("no hop header in time" in m for m in refusals(caplog)) and not hops.has_spare(HOST))
+        opened = _counting_open_link(monkeypatch)
+        outcome = await hops.connect(HOST, TARGET)
+        assert opened[:1] == [True], "the login did not open a fresh hop"
+        assert isinstance(outcome, HopFailed) and outcome.text == "hop refused"
+        assert sum("hop MAC mismatch" in m for m in refusals(caplog)) == 2
+    finally:
+        hops.close_spares()
+
+
+async def test_a_spare_nobody_used_is_closed_in_time(tmp_path, certs, backend_factory, monkeypatch) -> None:
+    backend = backend_factory(backend_config(tmp_path, certs))
+    monkeypatch.setattr(hop_client, "SPARE_MAX_AGE", 0.05)
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    assert isinstance(await hops.connect(HOST, TARGET), HopFailed)
+    await _until(lambda: hops.has_spare(HOST))
+    await _until(lambda: not hops.has_spare(HOST))
+
+
+async def test_probe_clients_keep_no_spares(tmp_path, certs, backend_factory, monkeypatch) -> None:
+    """A probe must test a fresh connection to the backend, so `with_timeout` clients keep no spares."""
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    probe = hops.with_timeout(5)
+    opened = _counting_open_link(monkeypatch)
+    for _ in range(2):
+        assert isinstance(await probe.connect(HOST, TARGET), HopFailed)
+    assert opened == [True, True] and not probe.has_spare(HOST)
+
+
+async def test_a_stopping_backend_closes_hops_still_waiting_for_their_header(tmp_path, certs, backend_factory,
+                                                                            monkeypatch) -> None:
+    """A spare hop (challenge read, no header yet) must not hold a backend's stop for the header
+    timeout: the stop closes it at once, and the proxy then sees it closed."""
+    monkeypatch.setattr(service, "HOP_HEADER_TIMEOUT", 60.0)
+    monkeypatch.setattr(hop_client, "SPARE_MAX_AGE", 60.0)  # only the backend closes it here
+    backend = backend_factory(backend_config(tmp_path, certs))
+    hops = HopClient(b"proxies-secret", backend.port, tls=hop_client_context(proxy_config(tmp_path, certs.ca)),
+                     connect_timeout=10, answer_timeout=10, spares=True)
+    try:
+        assert isinstance(await hops.connect(HOST, TARGET), HopFailed)
+        await _until(lambda: hops.has_spare(HOST))
+        backend.state.drain.stop_readers()
+        await _until(lambda: not hops.has_spare(HOST), bound=10.0)
+    finally:
+        hops.close_spares()
