@@ -59,6 +59,8 @@ LARGE_MAILBOX = "BenchLarge"
 SMALL_MAILBOX = "BenchSmall"
 BASELINE = {"backend_cpu": "3.5-3.9"}
 PARTS = ("logins", "latency", "small", "fetch", "idle")
+PROXY_WORKERS = ("service imap-login {", f"  process_limit = {os.cpu_count() or 1}", "}")
+"""Each palomar proxy runs a worker per core, as Dovecot's proxy and nginx run several processes."""
 LATENCY_PATHS = ("direct", "palomar", "dovecot", "nginx")
 
 
@@ -123,7 +125,8 @@ class World:
 def make_world(root: Path, plan: Plan, backend_path: str = "hop") -> World:
     """The servers, configured but not started (so a failed start can still stop what did start)."""
     cluster = LocalCluster(root / "cluster", users_count=plan.users, allow_cleartext=True, password_scheme="PLAIN",
-                           auth_failure_delay="0 secs", backend_path=backend_path)
+                           auth_failure_delay="0 secs", backend_path=backend_path,
+                           proxy_settings={"*": PROXY_WORKERS})
     tls = (cluster.root / "tls" / "localhost.crt", cluster.root / "tls" / "localhost.key")  # made by cluster.start()
     return World(cluster, DovecotProxy(root / "dovecot-proxy", DOVECOT_PROXY_HOST, free_port(DOVECOT_PROXY_HOST),
                                        [], imaps_port=free_port(DOVECOT_PROXY_HOST), tls=tls),
@@ -656,7 +659,8 @@ spent per login, command or delivery, for scale (direct has no proxy tier). {lmt
 {machine}
 {load_caveat(logins, load_before)}
 **Set-up.** Two Dovecot CE backends on shared storage with a `palomar backend` in front of each, two
-`palomar proxy` processes and HAProxy (`send-proxy-v2`), as `palomar.devcluster.LocalCluster` builds them,
+`palomar proxy` instances with a worker process per core each (`service imap-login {{ process_limit = {os.cpu_count() or 1} }}`)
+and HAProxy (`send-proxy-v2`), as `palomar.devcluster.LocalCluster` builds them,
 plus a Dovecot CE proxy (`bench/dovecot_proxy.py`: high-performance login mode, passwd-file passdb returning
 `proxy=y host= port= master= pass=`, i.e. it logs in to the backend as palomar's master user, the only login
 the backends accept), and nginx's mail proxy (`bench/nginx_proxy.py`: two workers, its `auth_http` service
