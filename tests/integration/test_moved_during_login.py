@@ -174,14 +174,14 @@ async def test_dovecot_connection_opens_while_the_ownership_check_runs(
     state = backend
     gate = Gate(dovecot_backends["backend1"], _nothing)
     state.dovecot.ports["imap"] = await gate.start()
-    read = state.geodb.sites_and_user
+    read = state.geodb.ownership_rows
 
     async def read_once_dovecot_is_connected(*args):
         async with asyncio.timeout(BOUND / 2):
             await gate.accepted.wait()
         return await read(*args)
 
-    monkeypatch.setattr(state.geodb, "sites_and_user", read_once_dovecot_is_connected)
+    monkeypatch.setattr(state.geodb, "ownership_rows", read_once_dovecot_is_connected)
     try:
         reply, link = await _serve(state, _request())
     finally:
