@@ -31,7 +31,8 @@ class DirectClient:
     backend); every other protocol stays on the hop."""
 
     def __init__(self, ports: dict[str, int], *, master_user: str, master_password: str,
-                 connect_timeout: float, answer_timeout: float, tls: ssl.SSLContext | None = None) -> None:
+                 connect_timeout: float, answer_timeout: float, tls: ssl.SSLContext | None = None,
+                 sessions: dict[str, ssl.SSLSession] | None = None) -> None:
         self.ports = {protocol: port for protocol, port in ports.items() if port}
         self.master_user = master_user
         self.master_password = master_password
@@ -40,7 +41,7 @@ class DirectClient:
         self.tls = tls
         """`cluster_hop_ssl = yes`: TLS after the PROXY header, the certificate checked against the
         hop CA and the backend's address (as on the hop); None: plaintext."""
-        self.sessions: dict[str, ssl.SSLSession] = {}
+        self.sessions: dict[str, ssl.SSLSession] = {} if sessions is None else sessions
         """backend host -> the last TLS session its Dovecot gave us, offered on the next connection
         (as the hop client does; Dovecot resumes it when the same login process takes it)."""
 
@@ -49,10 +50,9 @@ class DirectClient:
 
     def with_timeout(self, timeout: float) -> DirectClient:
         """The same client for a probe that may take `timeout` (as `HopClient.with_timeout`)."""
-        probe = DirectClient(self.ports, master_user=self.master_user, master_password=self.master_password,
-                             connect_timeout=min(self.connect_timeout, timeout), answer_timeout=timeout, tls=self.tls)
-        probe.sessions = self.sessions
-        return probe
+        return DirectClient(self.ports, master_user=self.master_user, master_password=self.master_password,
+                            connect_timeout=min(self.connect_timeout, timeout), answer_timeout=timeout, tls=self.tls,
+                            sessions=self.sessions)
 
     async def _attempt(self, host: str, target: HopTarget, ttl: int) -> Established | HopFailed | hop.HopReply:
         port = self.ports[target.protocol]
